@@ -1,0 +1,65 @@
+# kit: every command a user runs. `make` alone lists them.
+COMP ?= digits
+FOLD ?= 0
+RUN ?=
+MSG ?=
+SLUG ?=
+GPUS ?= 1
+SET ?=
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KIT := $(BIN)/kit
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint list download folds train lr-find predict submit clean-runs
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  (COMP=name picks the competition, e.g. make train COMP=dog-breed; default COMP=$(COMP))"
+
+# The venv is made once and re-installed only when pyproject.toml changes. torch is pinned here because
+# pip finds these releases on this project's machines' disks; elsewhere pip fetches them from PyPI.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the kit (once; again when pyproject.toml changes)
+
+demo: $(STAMP) ## Offline end to end on the embedded digits competition: download, train, predict, score
+	$(KIT) download digits
+	$(KIT) train digits
+	$(KIT) predict digits
+	$(KIT) submit digits -m "make demo"
+
+test: $(STAMP) ## Run the test suite (CPU, tiny data, offline)
+	$(BIN)/pytest tests
+
+lint: $(STAMP) ## Check style with ruff
+	$(BIN)/ruff check kit tests scripts competitions
+
+list: $(STAMP) ## List competitions and their status
+	$(KIT) list
+
+download: $(STAMP) ## Download COMP's files into data/raw/COMP (once)
+	$(KIT) download $(COMP)
+
+folds: $(STAMP) ## Make and show COMP's cross-validation folds
+	$(KIT) folds $(COMP)
+
+train: $(STAMP) ## Train COMP (FOLD=0|all, SET="train.epochs=2 ..."; GPUS=N uses torchrun)
+ifeq ($(GPUS),1)
+	$(KIT) train $(COMP) --fold $(FOLD) $(foreach s,$(SET),--set $(s))
+else
+	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m kit train $(COMP) --fold $(FOLD) $(foreach s,$(SET),--set $(s))
+endif
+
+predict: $(STAMP) ## Predict COMP's test set with RUN (default: newest) and write the submission
+	$(KIT) predict $(COMP) $(RUN)
+
+submit: $(STAMP) ## Train and predict if needed, check, then upload COMP's submission (MSG="...")
+	$(KIT) submit $(COMP) $(if $(RUN),--run $(RUN)) -m "$(MSG)"

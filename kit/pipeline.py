@@ -1,0 +1,127 @@
+"""The steps a user runs, in order: download, folds, train, predict, submit. The CLI calls these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from kit import data, predict, submission, train
+from kit.config import Config, competition_names, config_from_dict, load_competition, load_hooks
+from kit.runs import find_run, git_commit, list_runs, new_run, raw_dir, read_json, utc_stamp
+
+
+def download(config: Config) -> bool:
+    """Fill data/raw/<name> (once): from hooks.download when the competition has one, else from Kaggle."""
+    target = raw_dir(config)
+    hooks = load_hooks(config)
+    if "download" in hooks:
+        if (target / ".download-complete").exists():
+            return False
+        import shutil
+        import tempfile
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".partial-{config.name}-", dir=target.parent))
+        try:
+            hooks["download"](partial)
+            (partial / ".download-complete").touch()
+            if target.exists():
+                shutil.rmtree(target)
+            partial.rename(target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return True
+    if not config.competition.kaggle:
+        raise click.ClickException(f"{config.path}: set competition.kaggle (the Kaggle slug) or add a download hook")
+    from kit import kaggle
+
+    return kaggle.download_competition(config.competition.kaggle, target)
+
+
+def folds(config: Config) -> pd.DataFrame:
+    labels = data.load_labels(config)
+    assigned = data.load_folds(config, labels)
+    return pd.crosstab(pd.Series([labels.classes[t] for t in labels.targets], name="class"), pd.Series(assigned, name="fold"))
+
+
+def train_run(config: Config, fold: str) -> Path:
+    run_dir = new_run(config)
+    click.echo(f"run {run_dir.relative_to(run_dir.parents[2])}")
+    summary = train.train(config, fold, run_dir)
+    click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+    return run_dir
+
+
+def run_config(run_dir: Path) -> Config:
+    """The config a run was trained with (its saved copy), so prediction matches training."""
+    saved = read_json(run_dir / "config.json")
+    return config_from_dict(saved, Path(saved["path"]))
+
+
+def predict_run(config: Config, run: str | None) -> Path:
+    run_dir = find_run(config, run)
+    path = predict.predict_run(run_config(run_dir), run_dir)
+    click.echo(f"submission {path.relative_to(path.parents[1])} from run {run_dir.name}")
+    return path
+
+
+def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict:
+    """Train and predict if needed, check the file, then upload it (or score it locally) and record it."""
+    if run is None and not [p for p in list_runs(config) if (p / "metrics.json").exists()]:
+        click.echo(f"no trained run of {config.name}: training one first")
+        train_run(config, "0")
+    run_dir = find_run(config, run)
+    summary = read_json(run_dir / "metrics.json")
+    if not (run_dir / "submission.json").exists() or not (submission.SUBMISSIONS_DIR / read_json(run_dir / "submission.json")["file"]).exists():
+        predict.predict_run(run_config(run_dir), run_dir)
+    path = submission.SUBMISSIONS_DIR / read_json(run_dir / "submission.json")["file"]
+    frame = pd.read_csv(path, dtype={config.submission.id_column: str})
+    sample = submission.read_sample(config)
+    submission.check(config, frame, sample, str(path), summary["classes"])
+    frame = submission.clip(config, frame)
+    commit = read_json(run_dir / "provenance.json").get("commit", git_commit())
+    text = f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | run {run_dir.name} | commit {commit}"
+    row = {"time_utc": utc_stamp(), "competition": config.name, "file": path.name, "run": run_dir.name,
+           "commit": commit, "metric": summary["metric"], "cv": f"{summary['cv']:.6f}", "message": text}
+    hooks = load_hooks(config)
+    if "score" in hooks:
+        scores = hooks["score"](frame, raw_dir(config))
+        row.update(status="scored locally", public_score=f"{next(iter(scores.values())):.6f}")
+        click.echo("local leaderboard: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    elif dry_run:
+        row.update(status="dry run (not uploaded)")
+    else:
+        from kit import kaggle
+
+        upload = path.with_name(f".upload-{path.name}")  # the clipped file, as uploaded
+        frame.to_csv(upload, index=False)
+        try:
+            kaggle.submit(config.competition.kaggle, upload, text)
+        finally:
+            upload.unlink(missing_ok=True)
+        row.update(status="uploaded")
+    submission.append_ledger(row)
+    click.echo(f"{row['status']}: {path.name} ({text})")
+    return row
+
+
+def list_competitions() -> list[dict]:
+    """Each competition with its slug and how far it has got (downloaded, runs, best CV)."""
+    rows = []
+    for name in competition_names():
+        try:
+            config = load_competition(name)
+        except click.ClickException as error:
+            rows.append({"competition": name, "kaggle": "", "status": f"config error: {error.message}"})
+            continue
+        runs = [p for p in list_runs(config) if (p / "metrics.json").exists()]
+        scores = [read_json(p / "metrics.json")["cv"] for p in runs]
+        downloaded = (raw_dir(config) / ".download-complete").exists() or (raw_dir(config).is_dir() and any(raw_dir(config).iterdir()))
+        status = "downloaded" if downloaded else "not downloaded"
+        if runs:
+            status += f", {len(runs)} runs, last CV {config.competition.metric} {scores[-1]:.4f}"
+        rows.append({"competition": name, "kaggle": config.competition.kaggle or "(local)", "status": status})
+    return rows
+

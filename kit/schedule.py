@@ -1,0 +1,91 @@
+"""Learning-rate schedules and LR-finder suggestions: pure functions of progress, floats in, floats out.
+
+SGDR (Loshchilov & Hutter): cosine annealing restarted at the start of every cycle; cycle k lasts
+cycle_len * cycle_mult**k epochs. Progress is measured in epochs (fractional, per iteration).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def sched_cos(start: float, end: float, position: float) -> float:
+    """Cosine from `start` (position 0) to `end` (position 1)."""
+    return end + (start - end) * (1 + math.cos(math.pi * position)) / 2
+
+
+def cycle_ends(n_cycles: int, cycle_len: float, cycle_mult: float) -> list[float]:
+    """The epoch at which each cycle ends, e.g. (3, 1, 2) -> [1, 3, 7]."""
+    ends, total = [], 0.0
+    for index in range(n_cycles):
+        total += cycle_len * cycle_mult**index
+        ends.append(total)
+    return ends
+
+
+def sgdr_position(epoch: float, cycle_len: float, cycle_mult: float) -> tuple[int, float]:
+    """(cycle index, position 0..1 within that cycle) at fractional `epoch`."""
+    index, start, length = 0, 0.0, cycle_len
+    while epoch >= start + length - 1e-12:
+        start += length
+        length *= cycle_mult
+        index += 1
+    return index, (epoch - start) / length
+
+
+def sgdr_lr(epoch: float, lr_max: float, cycle_len: float, cycle_mult: float, lr_min: float = 0.0) -> float:
+    """Cosine annealing with warm restarts: lr_max at every cycle start, falling to lr_min at its end."""
+    _, position = sgdr_position(epoch, cycle_len, cycle_mult)
+    return sched_cos(lr_max, lr_min, position)
+
+
+def one_cycle_lr(
+    fraction: float, lr_max: float, warmup: float = 0.25, start_divisor: float = 25.0, end_divisor: float = 1e4
+) -> float:
+    """Warm-up from lr_max/start_divisor to lr_max over `warmup` of training, then cosine to lr_max/end_divisor."""
+    if fraction < warmup:
+        return sched_cos(lr_max / start_divisor, lr_max, fraction / warmup)
+    return sched_cos(lr_max, lr_max / end_divisor, (fraction - warmup) / (1 - warmup))
+
+
+def lr_find_rates(start: float = 1e-7, end: float = 10.0, steps: int = 100) -> list[float]:
+    """Exponentially spaced learning rates for the range test."""
+    return [start * (end / start) ** (step / (steps - 1)) for step in range(steps)]
+
+
+def smooth(losses: list[float], beta: float = 0.98) -> list[float]:
+    """Exponential moving average with bias correction (as fastai's recorder does)."""
+    average, result = 0.0, []
+    for step, loss in enumerate(losses, start=1):
+        average = beta * average + (1 - beta) * loss
+        result.append(average / (1 - beta**step))
+    return result
+
+
+def diverged(smoothed: list[float], factor: float = 4.0) -> bool:
+    """The range test stops once the smoothed loss exceeds `factor` times its minimum so far."""
+    return len(smoothed) > 1 and (not math.isfinite(smoothed[-1]) or smoothed[-1] > factor * min(smoothed))
+
+
+def suggest_lr(rates: list[float], losses: list[float]) -> tuple[float, str]:
+    """A learning rate from a range test, and why.
+
+    The steepest descent of the smoothed loss (on a log-LR axis), capped at a tenth of the LR of the
+    minimum loss: the lesson's rule of thumb is "an order of magnitude below where the loss is lowest".
+    """
+    if len(rates) != len(losses) or len(rates) < 3:
+        raise ValueError("suggest_lr needs at least 3 (rate, loss) pairs of equal length")
+    smoothed = smooth(losses)
+    finite = [i for i, loss in enumerate(smoothed) if math.isfinite(loss)]
+    lowest = min(finite, key=lambda i: smoothed[i])
+    tenth_of_minimum = rates[lowest] / 10
+    slopes = [
+        (smoothed[i + 1] - smoothed[i - 1]) / (math.log(rates[i + 1]) - math.log(rates[i - 1]))
+        for i in range(1, lowest)
+    ]
+    if not slopes:
+        return max(rates[0], tenth_of_minimum), f"one tenth of the LR at the minimum loss ({rates[lowest]:.2g})"
+    steepest = 1 + min(range(len(slopes)), key=slopes.__getitem__)
+    if rates[steepest] <= tenth_of_minimum:
+        return rates[steepest], f"steepest descent of the smoothed loss (minimum at {rates[lowest]:.2g})"
+    return tenth_of_minimum, f"one tenth of the LR at the minimum loss ({rates[lowest]:.2g}); steepest at {rates[steepest]:.2g}"

@@ -1,0 +1,332 @@
+"""Training: the recipe's stages for each fold, with one explicit loop (`run_stage`) read top to bottom.
+
+A stage is: which layer groups train, at what image size, with which learning rates, for how many SGDR
+cycles, on augmented images or on precomputed body features, saving snapshots or not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as functional
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from tqdm import tqdm
+
+from kit import augment, cache, metrics, models, predict, schedule
+from kit.config import LAYER_GROUPS, Config, Stage
+from kit.data import LabelTable, load_folds, load_labels
+from kit.runs import interim_dir, read_json, require_download, save_array, write_json
+
+
+class BatchDataset(Dataset):
+    """Whole batches from a cached uint8 array: one call per batch, augmented image by image."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, rows: np.ndarray, transform=None):
+        self.images, self.targets, self.rows, self.transform = images, targets, rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows[positions]
+        if self.transform is None:
+            batch = np.ascontiguousarray(self.images[rows])
+        else:
+            batch = np.stack([self.transform(image=self.images[row])["image"] for row in rows])
+        return torch.from_numpy(batch), torch.from_numpy(self.targets[rows])
+
+
+def worker_count(setting: int) -> int:
+    if setting >= 0:
+        return setting
+    # On a CPU box the model needs every core; on a GPU box the loader does.
+    return min(16, torch.get_num_threads()) if torch.cuda.is_available() else 0
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        sampler=BatchSampler(sampler, batch_size, drop_last=False),
+        batch_size=None,  # the dataset returns whole batches
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
+
+
+def stage_image_size(config: Config, stage: Stage) -> int:
+    return stage.image_size or config.train.image_size
+
+
+def stage_batch_size(config: Config, stage: Stage) -> int:
+    """Batch size for the stage: as given, or scaled with the pixel count so memory stays about the same."""
+    if stage.batch_size:
+        return stage.batch_size
+    scale = (config.train.image_size / stage_image_size(config, stage)) ** 2
+    return max(8, min(4 * config.train.batch_size, int(config.train.batch_size * scale) // 8 * 8))
+
+
+def stage_learning_rates(config: Config, stage: Stage) -> list[float]:
+    """One learning rate per layer group (early body, late body, head)."""
+    if isinstance(stage.lr, tuple):
+        return list(stage.lr)
+    return [stage.lr or config.train.lr] * LAYER_GROUPS
+
+
+def make_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer:
+    fused = torch.cuda.is_available()  # one kernel for all parameters instead of one per tensor
+    if config.train.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=config.train.weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=config.train.weight_decay, fused=fused or None)
+
+
+def body_features(model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Pooled body activations (N x features): the head's input, computed once per image."""
+    target = predict.device()
+    model.eval()
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = predict.to_input(torch.from_numpy(np.array(images[start : start + batch_size])), mean, std, target)
+            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
+                outputs.append(model.forward_head(model.forward_features(batch), pre_logits=True).float().cpu())
+    return torch.cat(outputs).numpy()
+
+
+def cached_features(config: Config, model: nn.Module, images: np.ndarray, images_key: str, batch_size: int) -> np.ndarray:
+    """Body features cached under data/interim, keyed by model, body weights and the image cache."""
+    import hashlib
+
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    digest = hashlib.sha1(config.train.model.encode())
+    for name, parameter in model.named_parameters():
+        if id(parameter) not in head_ids:
+            digest.update(name.encode() + parameter.detach().cpu().numpy().tobytes())
+    path = interim_dir(config) / f"features-{config.train.model}-{digest.hexdigest()[:12]}-{images_key}.npy"
+    if path.exists():
+        return np.load(path)
+    features = body_features(model, images, batch_size)
+    save_array(path, features)
+    return features
+
+
+@dataclass
+class FoldState:
+    """What one fold's stages share: the model, its data, and where to write."""
+
+    model: nn.Module
+    labels: LabelTable
+    train_rows: np.ndarray
+    valid_rows: np.ndarray
+    fold_dir: Path
+    meta: dict
+    history: list
+    best_score: float | None = None
+    snapshots_taken: int = 0
+
+
+def evaluate(config: Config, forward, inputs: torch.Tensor | np.ndarray, targets: np.ndarray, batch_size: int, model: nn.Module) -> tuple[float, float, np.ndarray]:
+    """Validation loss, metric and probabilities; logits stay on the device until the end (one sync)."""
+    target = predict.device()
+    model.eval()
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    logits = []
+    with torch.inference_mode():
+        for start in range(0, len(targets), batch_size):
+            chunk = inputs[start : start + batch_size]
+            if isinstance(chunk, np.ndarray):  # cached images, not features
+                chunk = predict.to_input(torch.from_numpy(np.array(chunk)), mean, std, target)
+            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
+                logits.append(forward(chunk.to(target)).float())
+    logits_all = torch.cat(logits)
+    loss = functional.cross_entropy(logits_all, torch.from_numpy(targets).to(target)).item()
+    probabilities = logits_all.softmax(1).double().cpu().numpy()
+    return loss, metrics.score(config.competition.metric, targets, probabilities), probabilities
+
+
+def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool = True) -> None:
+    """Train one stage of the recipe: the whole loop, from data to snapshots."""
+    stage = config.stages[stage_index]
+    model, labels = state.model, state.labels
+    target = predict.device()
+    image_size, batch_size = stage_image_size(config, stage), stage_batch_size(config, stage)
+    images, _ = training_images(config, labels, image_size)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+
+    # What trains, and at which learning rates.
+    models.freeze_to(model, stage.freeze_to)
+    base_rates = stage_learning_rates(config, stage)
+    optimizer = make_optimizer(config, models.parameter_groups(model, base_rates))
+
+    # Inputs: precomputed body features (head only, no augmentation) or augmented cached images.
+    if stage.precompute:
+        features = cached_features(config, model, images, f"{image_size}px-{len(images)}", batch_size)
+        train_inputs = torch.from_numpy(features[state.train_rows])
+        valid_inputs: torch.Tensor | np.ndarray = torch.from_numpy(features[state.valid_rows])
+        forward = model.get_classifier()
+        train_batches = make_loader(
+            torch.utils.data.TensorDataset(train_inputs, torch.from_numpy(labels.targets[state.train_rows])),
+            batch_size, True, config.train.seed + stage_index, 0,
+        )
+    else:
+        transform = augment.train_transform(config, image_size) if stage.augment else None
+        dataset = BatchDataset(images, labels.targets, state.train_rows, transform)
+        valid_inputs = images[state.valid_rows]
+        forward = model
+        train_batches = make_loader(
+            dataset, batch_size, True, config.train.seed + stage_index, worker_count(config.train.num_workers)
+        )
+    valid_targets = labels.targets[state.valid_rows]
+
+    # Schedule: per iteration, in fractional epochs.
+    steps_per_epoch = len(train_batches)
+    total_epochs = config.stage_epochs(stage)
+    total_steps = max(1, round(total_epochs * steps_per_epoch))
+    cycle_end_steps = [round(end * steps_per_epoch) for end in schedule.cycle_ends(stage.n_cycles, stage.cycle_len, stage.cycle_mult)]
+    step, epoch = 0, 0
+    bar = tqdm(total=total_steps, desc=f"{stage.name} ({image_size}px)", disable=not progress, leave=False)
+    while step < total_steps:
+        epoch_started = time.time()
+        models.train_mode(model)
+        loss_sum = torch.zeros((), device=target)  # summed on the device: no sync per batch
+        seen = 0
+        for inputs, targets in train_batches:
+            progress_epochs = step / steps_per_epoch
+            if config.train.schedule == "sgdr":
+                factor = schedule.sgdr_lr(progress_epochs, 1.0, stage.cycle_len, stage.cycle_mult)
+            else:
+                factor = schedule.one_cycle_lr(progress_epochs / total_epochs, 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+            targets = targets.to(target, non_blocking=True)
+            if not stage.precompute:
+                inputs = predict.to_input(inputs, mean, std, target)
+            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
+                loss = functional.cross_entropy(forward(inputs.to(target)), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(targets)
+            seen += len(targets)
+            step += 1
+            bar.update()
+            if step in cycle_end_steps and stage.snapshots:
+                state.snapshots_taken += 1
+                models.save_weights(model, state.fold_dir / f"snapshot-{state.snapshots_taken}.pt", state.meta)
+            if step == total_steps:
+                break
+        epoch += 1
+
+        # End of epoch: validate, record, keep the best and the last weights.
+        train_loss = (loss_sum / max(seen, 1)).item()
+        if not math.isfinite(train_loss):
+            raise click.ClickException(
+                f"stage '{stage.name}': training loss is {train_loss} (diverged) at epoch {epoch}; lower the "
+                f"learning rate (try `make lr-find COMP={config.name}`); last good weights: {state.fold_dir}/best.pt"
+            )
+        valid_loss, valid_score, _ = evaluate(config, forward, valid_inputs, valid_targets, batch_size * 2, model)
+        record = {
+            "stage": stage.name, "epoch": epoch, "step": step, "image_size": image_size, "batch_size": batch_size,
+            "lr": factor * base_rates[-1], "train_loss": train_loss, "valid_loss": valid_loss,
+            config.competition.metric: valid_score, "seconds": round(time.time() - epoch_started, 2),
+        }
+        state.history.append(record)
+        tqdm.write(
+            f"  {stage.name} epoch {epoch}: train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
+            f"{config.competition.metric} {valid_score:.4f}  ({record['seconds']:.1f}s)"
+        )
+        if metrics.is_better(config.competition.metric, valid_score, state.best_score):
+            state.best_score = valid_score
+            models.save_weights(model, state.fold_dir / "best.pt", state.meta)
+    bar.close()
+    models.save_weights(model, state.fold_dir / "last.pt", state.meta)
+
+
+def training_images(config: Config, labels: LabelTable, image_size: int) -> tuple[np.ndarray, dict]:
+    require_download(config)
+    return cache.image_cache(labels.paths, image_size, interim_dir(config), "train")
+
+
+def usable_rows(config: Config, labels: LabelTable, run_dir: Path) -> np.ndarray:
+    """Rows whose image decodes; a few bad ones are skipped and reported, many stop training."""
+    _, problems = training_images(config, labels, config.train.image_size)
+    if problems:
+        write_json(run_dir / "bad-images.json", problems)
+        listing = "; ".join(f"{Path(p).name}: {why}" for p, why in list(problems.items())[:5])
+        if len(problems) > config.data.max_bad_images:
+            raise click.ClickException(
+                f"{len(problems)} training images cannot be read (limit data.max_bad_images = "
+                f"{config.data.max_bad_images}): {listing} ...; list in {run_dir / 'bad-images.json'}"
+            )
+        tqdm.write(f"skipping {len(problems)} unreadable training images ({listing}); see bad-images.json")
+    bad = {str(p) for p in problems}
+    return np.array([i for i, path in enumerate(labels.paths) if str(path) not in bad], dtype=np.int64)
+
+
+def train_fold(config: Config, labels: LabelTable, folds: np.ndarray, fold: int, run_dir: Path, rows: np.ndarray) -> dict:
+    """All stages on one fold; returns its metrics and out-of-fold probabilities."""
+    torch.manual_seed(config.train.seed + fold)
+    fold_dir = run_dir / f"fold-{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained).to(predict.device())
+    if torch.cuda.is_available():
+        model = model.to(memory_format=torch.channels_last)
+    meta = {"model": config.train.model, "classes": labels.classes}
+    in_fold = folds[rows] == fold
+    state = FoldState(model, labels, rows[~in_fold], rows[in_fold], fold_dir, meta, [])
+    for stage_index in range(len(config.stages)):
+        run_stage(config, stage_index, state)
+
+    # Out-of-fold probabilities the way test predictions are made: snapshots or last weights, with TTA.
+    last_stage = config.stages[-1]
+    images, _ = training_images(config, labels, stage_image_size(config, last_stage))
+    weights = predict.prediction_weights(fold_dir, config.train.predict_weights, config.train.snapshot_ensemble)
+    probabilities = predict.ensemble_probabilities(
+        model, weights, meta, images[state.valid_rows], stage_batch_size(config, last_stage) * 2,
+        mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"],
+        preset=config.augment.preset, tta=config.train.tta,
+    )
+    score = metrics.score(config.competition.metric, labels.targets[state.valid_rows], probabilities)
+    tqdm.write(f"fold {fold}: {config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.train.tta})")
+    return {"score": score, "history": state.history, "valid_rows": state.valid_rows, "probabilities": probabilities}
+
+
+def train(config: Config, fold: str, run_dir: Path) -> dict:
+    """Train one fold or all of them in `run_dir`; write OOF probabilities and metrics.json."""
+    labels = load_labels(config)
+    folds = load_folds(config, labels)
+    fold_numbers = list(range(config.train.folds)) if fold == "all" else [int(fold)]
+    if any(not 0 <= number < config.train.folds for number in fold_numbers):
+        raise click.ClickException(f"--fold {fold}: choose 0..{config.train.folds - 1} or 'all'")
+    rows = usable_rows(config, labels, run_dir)
+    oof = np.full((len(labels.ids), len(labels.classes)), np.nan)
+    results = {}
+    started = time.time()
+    for number in fold_numbers:
+        result = train_fold(config, labels, folds, number, run_dir, rows)
+        oof[result["valid_rows"]] = result["probabilities"]
+        results[number] = {"score": result["score"], "history": result["history"]}
+        save_array(run_dir / "oof.npy", oof)  # after every fold: an interrupted --fold all keeps its progress
+    predicted = ~np.isnan(oof[:, 0])
+    cv = metrics.score(config.competition.metric, labels.targets[predicted], oof[predicted])
+    summary = {
+        "metric": config.competition.metric, "cv": cv, "folds_trained": fold_numbers,
+        "classes": labels.classes, "seconds": round(time.time() - started, 1),
+        "folds": {str(k): v for k, v in results.items()},
+    }
+    write_json(run_dir / "metrics.json", summary)
+    return summary
+
+
+def run_metrics(run_dir: Path) -> dict:
+    return read_json(run_dir / "metrics.json")
