@@ -8,7 +8,6 @@ impossible combination is a one-line `ConfigError` naming the file, the key and 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import tomllib
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COMPETITIONS_DIR = PROJECT_ROOT / "competitions"

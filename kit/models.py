@@ -72,10 +72,10 @@ def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
         grouped = timm.models.group_parameters(model, model.group_matcher(coarse=True))
         order = {name: index for index, names in enumerate(grouped.values()) for name in names}
         blocks = len(grouped)
-        cut = lambda name: order.get(name, blocks) < blocks // 2  # noqa: E731
+        cut = lambda name: order.get(name, blocks) < blocks // 2
     else:  # no timm grouping: cut the parameter list in half
         first_half = {name for name, _ in named[: len(named) // 2]}
-        cut = lambda name: name in first_half  # noqa: E731
+        cut = lambda name: name in first_half
     early = [p for name, p in named if cut(name)]
     late = [p for name, p in named if not cut(name)]
     head = list(model.get_classifier().parameters())

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as functional
 from torch import nn
+from torch.nn import functional
 
 from kit.models import load_weights
 
@@ -108,11 +108,11 @@ def prediction_weights(fold_dir: Path, mode: str, snapshot_count: int) -> list[P
 
 def predict_run(config, run_dir: Path) -> Path:
     """Test probabilities from every trained fold of a run (snapshots, TTA), then the submission file."""
+    import click
+
     from kit import cache, data, models, submission
     from kit.runs import interim_dir, read_json, save_array, write_json
     from kit.train import stage_batch_size, stage_image_size
-
-    import click
 
     summary = read_json(run_dir / "metrics.json")
     classes = summary["classes"]

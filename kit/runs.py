@@ -12,10 +12,11 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -66,9 +67,8 @@ def save_array(target: Path, array) -> None:
     """np.save, atomically (np.save would add '.npy' to a temporary name, so write through a handle)."""
     import numpy as np
 
-    with atomic_path(target) as temporary:
-        with open(temporary, "wb") as handle:
-            np.save(handle, array)
+    with atomic_path(target) as temporary, open(temporary, "wb") as handle:
+        np.save(handle, array)
 
 
 def git_commit() -> str:

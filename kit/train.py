@@ -14,8 +14,8 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-import torch.nn.functional as functional
 from torch import nn
+from torch.nn import functional
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
