@@ -33,7 +33,7 @@ def _offline_efficientnet_lite0(model: nn.Module) -> None:
     if len(source) != len(target):
         raise click.ClickException(f"efficientnet_lite0 weights: {len(source)} tensors, timm expects {len(target)}")
     mapped = {}
-    for (source_name, tensor), (target_name, expected) in zip(source.items(), target.items()):
+    for (source_name, tensor), (target_name, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
             raise click.ClickException(
                 f"efficientnet_lite0 weights: {source_name} {tuple(tensor.shape)} does not fit "
@@ -103,7 +103,7 @@ def train_mode(model: nn.Module) -> None:
 def parameter_groups(model: nn.Module, learning_rates: list[float]) -> list[dict]:
     """Optimizer param groups: one per layer group with trainable weights, each with its own LR."""
     groups = []
-    for parameters, learning_rate in zip(layer_groups(model), learning_rates):
+    for parameters, learning_rate in zip(layer_groups(model), learning_rates, strict=True):
         trainable = [p for p in parameters if p.requires_grad]
         if trainable:
             groups.append({"params": trainable, "lr": learning_rate, "initial_lr": learning_rate})

@@ -29,7 +29,7 @@ def download(raw_dir: Path) -> None:
     pd.DataFrame({"id": ids[train_rows], "label": digits.target[train_rows]}).to_csv(raw_dir / "train.csv", index=False)
     test_ids = sorted(ids[test_rows])
     pd.DataFrame({"id": test_ids, "label": 0}).to_csv(raw_dir / "sample_submission.csv", index=False)
-    answers = dict(zip(ids[test_rows], digits.target[test_rows]))
+    answers = dict(zip(ids[test_rows], digits.target[test_rows], strict=True))
     pd.DataFrame({"id": test_ids, "label": [answers[i] for i in test_ids]}).to_csv(raw_dir / "solution.csv", index=False)
 
 
