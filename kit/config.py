@@ -8,6 +8,7 @@ impossible combination is a one-line `ConfigError` naming the file, the key and 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from typing import Any
 import click
 import tomllib
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Everything (competitions/, data/, runs/, submissions/) lives under the project root; tests point
+# KIT_PROJECT_ROOT at a temporary copy so they never touch the real folders.
+PROJECT_ROOT = Path(os.environ.get("KIT_PROJECT_ROOT") or Path(__file__).resolve().parent.parent)
 COMPETITIONS_DIR = PROJECT_ROOT / "competitions"
 
 LABEL_SOURCES = ("csv", "filenames", "folders")

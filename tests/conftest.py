@@ -1,0 +1,54 @@
+"""Shared fixtures: an isolated project tree, so tests never touch the real data/, runs/ or submissions/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import kit.config
+import kit.runs
+import kit.submission
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A temporary project root with a copy of competitions/; kit's paths point into it.
+
+    Subprocesses inherit KIT_PROJECT_ROOT, so `python -m kit ...` run by a test also stays inside it.
+    """
+    root = tmp_path / "project"
+    shutil.copytree(REPO / "competitions", root / "competitions", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("KIT_PROJECT_ROOT", str(root))
+    monkeypatch.setattr(kit.config, "PROJECT_ROOT", root)
+    monkeypatch.setattr(kit.config, "COMPETITIONS_DIR", root / "competitions")
+    monkeypatch.setattr(kit.runs, "DATA_DIR", root / "data")
+    monkeypatch.setattr(kit.runs, "RUNS_DIR", root / "runs")
+    monkeypatch.setattr(kit.runs, "SUBMISSIONS_DIR", root / "submissions")
+    monkeypatch.setattr(kit.submission, "SUBMISSIONS_DIR", root / "submissions")
+    return root
+
+
+# Small and fast on a 2-core CPU: a tiny timm model from scratch, 32 px, few epochs.
+TINY = [
+    "train.model=test_efficientnet",
+    "train.pretrained=false",
+    "train.image_size=32",
+    "train.batch_size=64",
+    "train.epochs=1",
+    "train.lr=3e-3",
+]
+
+
+@pytest.fixture
+def digits(project):
+    """The embedded digits competition, downloaded into the temporary project; returns a loader of
+    its config with the tiny-model overrides plus any extra `key=value` strings."""
+    from kit import pipeline
+    from kit.config import load_competition
+
+    pipeline.download(load_competition("digits"))
+    return lambda *extra: load_competition("digits", [*TINY, *extra])
