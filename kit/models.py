@@ -43,13 +43,19 @@ def _offline_efficientnet_lite0(model: nn.Module) -> None:
     model.load_state_dict(mapped)
 
 
+def imagenet_efficientnet_lite0() -> nn.Module:
+    """timm's efficientnet_lite0 with its 1000-class ImageNet head and the offline ImageNet weights."""
+    model = timm.create_model("efficientnet_lite0", pretrained=False)  # 1000 classes, to take the head too
+    _offline_efficientnet_lite0(model)
+    return model
+
+
 def create_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     """timm model `name` with a fresh `num_classes` head; ImageNet body weights when `pretrained`."""
-    if name not in timm.list_models():
+    if not timm.is_model(name):  # also accepts a weights tag: "resnet50.a1_in1k"
         raise click.ClickException(f"unknown timm model {name!r}; see `timm.list_models()` for names")
     if pretrained and name == "efficientnet_lite0":
-        model = timm.create_model(name, pretrained=False)  # 1000 classes, to take the ImageNet head too
-        _offline_efficientnet_lite0(model)
+        model = imagenet_efficientnet_lite0()
         model.reset_classifier(num_classes)
         return model
     try:
