@@ -48,6 +48,13 @@ def _check_unique(ids: list[str], where: str) -> None:
         seen.add(identifier)
 
 
+def image_path(folder: Path, identifier: str, extension: str) -> Path:
+    """The image file of an id: some competitions' ids already carry the extension ('0021e90e4.png')."""
+    if extension and identifier.lower().endswith(extension.lower()):
+        return folder / identifier
+    return folder / f"{identifier}{extension}"
+
+
 def _image_files(folder: Path, extension: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == extension.lower())
 
@@ -81,7 +88,7 @@ def load_labels(config: Config) -> LabelTable:
         for row, label in enumerate(labels, start=2):
             if not label.strip():
                 raise click.ClickException(f"{source}: empty label in row {row}; fill it or drop the row")
-        paths = [train_dir / f"{i}{data.extension}" for i in ids]
+        paths = [image_path(train_dir, i, data.extension) for i in ids]
     elif data.labels == "filenames":
         pattern = re.compile(data.filename_pattern)
         ids, labels, paths = [], [], []
@@ -125,7 +132,7 @@ def load_test(config: Config) -> TestTable:
         ids = list(read_csv(sample, [config.submission.id_column], "set submission.id_column")[config.submission.id_column])
         ids = [_check_id(i, str(sample)) for i in ids]
         _check_unique(ids, str(sample))
-        paths = [test_dir / f"{i}{data.extension}" for i in ids]
+        paths = [image_path(test_dir, i, data.extension) for i in ids]
     else:
         paths = _image_files(test_dir, data.extension)
         ids = [p.stem for p in paths]
