@@ -6,6 +6,8 @@ on the device, for the whole batch.
 
 from __future__ import annotations
 
+import inspect
+
 import albumentations
 import cv2
 
@@ -39,14 +41,22 @@ def _custom(spec: dict, border: int, where: str):
     transform_class = getattr(albumentations, str(name), None)
     if not isinstance(transform_class, type) or not issubclass(transform_class, albumentations.BasicTransform):
         raise ConfigError(f"{where}: unknown albumentations transform {name!r}; see albumentations.ai/docs")
-    if "border_mode" in transform_class.__init__.__code__.co_varnames and "border_mode" not in arguments:
+    # albumentations only warns about an unknown argument and drops it: refuse it, as for config keys.
+    parameters = inspect.signature(transform_class.__init__).parameters
+    takes_any = any(item.kind is inspect.Parameter.VAR_KEYWORD for item in parameters.values())
+    unknown = [key for key in arguments if key not in parameters or key == "self"]
+    if unknown and not takes_any:
+        allowed = [key for key in parameters if key != "self"]
+        raise ConfigError(f"{where}: {name} has no argument {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+    if "border_mode" in parameters and "border_mode" not in arguments:
         arguments["border_mode"] = border
     arguments = {key: tuple(value) if isinstance(value, list) else value for key, value in arguments.items()}
     try:
         return transform_class(**arguments)
     except Exception as error:  # albumentations validates arguments with pydantic and raises its errors
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(f"{where}: bad arguments for {name}: {first_line}") from None
+        # pydantic's message is "N validation errors for InitSchema", then the field, then what is wrong.
+        lines = [line.strip() for line in str(error).splitlines()[:3]] or [type(error).__name__]
+        raise ConfigError(f"{where}: bad arguments for {name}: {' '.join(lines)}") from None
 
 
 def train_transform(config: Config, image_size: int) -> albumentations.Compose | None:

@@ -247,7 +247,9 @@ def _apply_override(raw: dict, key: str, value: Any, file: Path) -> None:
     parts = key.split(".")
     if len(parts) == 1:  # a bare key: find its section
         owners = [name for name, cls in SECTIONS.items() if parts[0] in {f.name for f in dataclasses.fields(cls)}]
-        if len(owners) != 1:
+        if len(owners) > 1:
+            raise ConfigError(f"--set {key}: ambiguous; write {' or '.join(f'{owner}.{key}' for owner in owners)}")
+        if not owners:
             raise ConfigError(f"--set {key}: unknown key; write section.key, sections: {', '.join(SECTIONS)}")
         parts = [owners[0], parts[0]]
     if parts[0] == "stages" and len(parts) == 3 and parts[1].isdigit():
@@ -267,6 +269,9 @@ def load_config(path: Path, overrides: typing.Sequence[str] = ()) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: malformed TOML: {error}") from None
+    for key in ("name", "path"):  # config_from_dict drops these (a run's config.json has them); a TOML may not
+        if key in raw:
+            raise ConfigError(f"{path}: unknown top-level key '{key}'; the competition's name is its folder's name")
     for text in overrides:
         _apply_override(raw, *parse_override(text), path)
     return config_from_dict(raw, path)
