@@ -48,7 +48,7 @@ class DataSection:
     labels_csv: str = "labels.csv"  # relative to data/raw/<name>; used when labels = "csv"
     id_column: str = "id"
     label_column: str = "label"
-    # For labels = "filenames": a regex with named groups `label` and `id`, matched on the file stem.
+    # For labels = "filenames": a regex with a named group `label`, matched on the file stem (the image's id).
     filename_pattern: str = r"^(?P<label>[^.]+)\.(?P<id>.+)$"
     train_dir: str = "train"
     test_dir: str = "test"

@@ -90,13 +90,19 @@ def load_labels(config: Config) -> LabelTable:
                 raise click.ClickException(f"{source}: empty label in row {row}; fill it or drop the row")
         paths = [image_path(train_dir, i, data.extension) for i in ids]
     elif data.labels == "filenames":
-        pattern = re.compile(data.filename_pattern)
+        try:
+            pattern = re.compile(data.filename_pattern)
+        except re.error as error:
+            raise click.ClickException(f"{config.path}: data.filename_pattern is not a regex: {error}") from None
+        if "label" not in pattern.groupindex:
+            raise click.ClickException(f"{config.path}: data.filename_pattern needs a named group (?P<label>...)")
         ids, labels, paths = [], [], []
         for path in _image_files(_folder(train_dir, config), data.extension):
             match = pattern.match(path.stem)
             if match is None:
                 raise click.ClickException(f"{path}: name does not match data.filename_pattern {pattern.pattern!r}")
-            ids.append(match["id"] if "id" in pattern.groupindex else path.stem)
+            # The stem is the id: the number alone repeats across classes (cat.12.jpg, dog.12.jpg).
+            ids.append(path.stem)
             labels.append(match["label"])
             paths.append(path)
         source = train_dir
