@@ -92,7 +92,7 @@ def problems(config: Config, frame: pd.DataFrame, sample: pd.DataFrame, classes:
     if not np.isfinite(numbers).all():
         row = int(np.argwhere(~np.isfinite(numbers))[0][0])
         found.append(f"row {row + 2} has a missing, NaN or infinite probability")
-    elif numbers.min() < 0 or numbers.max() > 1:
+    elif numbers.size and (numbers.min() < 0 or numbers.max() > 1):  # size: an empty frame has no min
         found.append("probabilities must lie in [0, 1]")
     elif config.submission.format == "probabilities" and not np.allclose(numbers.sum(1), 1, atol=1e-3):
         row = int(np.argmax(np.abs(numbers.sum(1) - 1)))
