@@ -1,0 +1,114 @@
+"""The decoded-image cache: exact pixels, reused, rebuilt when a source changes, bad files reported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kit import cache
+
+
+def random_pixels(seed: int, height: int = 32, width: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path) -> tuple[list[Path], list[np.ndarray]]:
+    pixels = [random_pixels(seed) for seed in range(5)]
+    paths = [write_png(tmp_path / "train" / f"{index}.png", image) for index, image in enumerate(pixels)]
+    return paths, pixels
+
+
+@pytest.fixture
+def decode_count(monkeypatch) -> list[Path]:
+    """The paths kit.cache decodes, in a list that grows with every decode."""
+    decoded: list[Path] = []
+    original = cache.decode
+
+    def counting(path, image_size):
+        decoded.append(path)
+        return original(path, image_size)
+
+    monkeypatch.setattr(cache, "decode", counting)
+    return decoded
+
+
+def test_cache_round_trips_pixels_exactly(tmp_path, images):
+    paths, pixels = images
+    array, problems = cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    assert problems == {}
+    assert array.shape == (5, 32, 32, 3) and array.dtype == np.uint8
+    for index, image in enumerate(pixels):
+        assert np.array_equal(array[index], image)
+    assert not array.flags.writeable  # a read-only memory map: nobody edits the cache by accident
+
+
+def test_decode_resizes_the_shorter_side_and_centre_crops(tmp_path):
+    wide = np.zeros((32, 64, 3), dtype=np.uint8)
+    wide[:, 8:56] = 255  # a white centre band, wider than the crop: only the dark sides are cut
+    decoded = cache.decode(write_png(tmp_path / "wide.png", wide), 16)
+    assert decoded.shape == (16, 16, 3) and decoded.dtype == np.uint8
+    assert decoded.min() >= 250  # the crop is the white centre
+    gray = Image.fromarray(np.full((10, 10), 77, dtype=np.uint8))  # one channel in, three out
+    gray.save(tmp_path / "gray.png")
+    assert np.array_equal(cache.decode(tmp_path / "gray.png", 10), np.full((10, 10, 3), 77, dtype=np.uint8))
+
+
+def test_cache_is_reused(tmp_path, images, decode_count):
+    paths, pixels = images
+    first, _ = cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    assert len(decode_count) == 5
+    second, problems = cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    assert len(decode_count) == 5  # nothing decoded again
+    assert problems == {} and np.array_equal(first, second)
+    assert len(list((tmp_path / "interim").glob("*.npy"))) == 1
+
+    cache.image_cache(paths, 16, tmp_path / "interim", "train")  # another size is another cache
+    assert len(decode_count) == 10
+
+
+def test_cache_is_rebuilt_when_a_source_image_changes(tmp_path, images, decode_count):
+    paths, pixels = images
+    cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    changed = random_pixels(99)
+    write_png(paths[2], changed)
+    later = paths[2].stat().st_mtime + 10  # seconds; a coarse file-system clock could miss the rewrite
+    os.utime(paths[2], (later, later))
+    decode_count.clear()
+    array, problems = cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    assert len(decode_count) == 5 and problems == {}
+    assert np.array_equal(array[2], changed) and np.array_equal(array[1], pixels[1])
+
+
+def test_bad_files_are_reported_not_fatal(tmp_path, images, decode_count):
+    paths, pixels = images
+    zero_byte = tmp_path / "train" / "empty.png"
+    zero_byte.write_bytes(b"")
+    corrupt = tmp_path / "train" / "corrupt.png"
+    corrupt.write_bytes(b"this is not a PNG file at all")
+    truncated = tmp_path / "train" / "truncated.png"
+    truncated.write_bytes(paths[0].read_bytes()[:200])
+    missing = tmp_path / "train" / "missing.png"
+    listed = [paths[0], zero_byte, corrupt, truncated, missing, paths[1]]
+
+    array, problems = cache.image_cache(listed, 32, tmp_path / "interim", "train")
+    assert set(problems) == {str(zero_byte), str(corrupt), str(truncated), str(missing)}
+    assert problems[str(missing)] == "missing"
+    assert all(problems[str(path)].startswith("unreadable") for path in (zero_byte, corrupt, truncated))
+    assert all("\n" not in problem for problem in problems.values())
+    assert np.array_equal(array[0], pixels[0]) and np.array_equal(array[5], pixels[1])
+    assert not array[1:5].any()  # bad images are black squares
+
+    decode_count.clear()  # the report is kept with the cache and comes back with it
+    again, problems_again = cache.image_cache(listed, 32, tmp_path / "interim", "train")
+    assert decode_count == [] and problems_again == problems and np.array_equal(again, array)
