@@ -4,6 +4,7 @@ FOLD ?= 0
 RUN ?=
 MSG ?=
 SLUG ?=
+METRIC ?=
 GPUS ?= 1
 SET ?=
 PYTHON ?= python3
@@ -13,7 +14,7 @@ KIT := $(BIN)/kit
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint list download folds train lr-find predict submit clean-runs
+.PHONY: help install demo test lint list download folds train lr-find predict submit ledger new clean-runs
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,3 +64,9 @@ predict: $(STAMP) ## Predict COMP's test set with RUN (default: newest) and writ
 
 submit: $(STAMP) ## Train and predict if needed, check, then upload COMP's submission (MSG="...")
 	$(KIT) submit $(COMP) $(if $(RUN),--run $(RUN)) -m "$(MSG)"
+
+ledger: $(STAMP) ## Refresh COMP's leaderboard scores from Kaggle; show them next to CV
+	$(KIT) ledger $(COMP)
+
+new: $(STAMP) ## Fork for a new competition: make new COMP=name SLUG=kaggle-slug [METRIC=f1_micro]
+	$(KIT) new $(COMP) $(if $(SLUG),--kaggle $(SLUG)) $(if $(METRIC),--metric $(METRIC))

@@ -67,5 +67,24 @@ def submit(competition: str, run: str | None, message: str, dry_run: bool) -> No
     pipeline.submit(load_competition(competition), run, message, dry_run)
 
 
+@main.command("ledger")
+@COMPETITION
+def ledger_command(competition: str) -> None:
+    """Refresh leaderboard scores from Kaggle and show them next to CV for every submission."""
+    config = load_competition(competition)
+    table = pipeline.ledger(config)
+    click.echo(table.to_string(index=False) if len(table) else f"no submissions of {config.name} yet")
+
+
+@main.command("new")
+@click.argument("name")
+@click.option("--kaggle", "slug", default="", help="Kaggle slug, from the competition's URL.")
+@click.option("--metric", default=None, help="Metric name (default: log_loss for probabilities, accuracy for labels).")
+@click.option("--from-raw", is_flag=True, help="Use the files already in data/raw/NAME instead of downloading.")
+def new(name: str, slug: str, metric: str | None, from_raw: bool) -> None:
+    """Fork the kit for a new competition: download, inspect, write competitions/NAME/competition.toml."""
+    pipeline.new_competition(name, slug, metric, from_raw)
+
+
 if __name__ == "__main__":
     main()

@@ -151,14 +151,43 @@ def safe_extract(zip_path: pathlib.Path, destination: pathlib.Path) -> None:
         ) from None
 
 
+def _nested_destination(archive: pathlib.Path) -> pathlib.Path:
+    """Where an archive found inside the download goes, so that train.zip always ends up as train/.
+
+    Kaggle's train.zip usually holds a train/ folder (extract beside it), sometimes loose images
+    (extract into train/). A single member (labels.csv.zip) or a single top folder goes beside it too.
+    """
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            tops = {member.filename.replace("\\", "/").lstrip("/").split("/")[0] for member in opened.infolist()}
+    except zipfile.BadZipFile:
+        return archive.parent  # safe_extract reports it
+    return archive.parent if len(tops - {""}) <= 1 else archive.parent / archive.name.removesuffix(".zip")
+
+
+def _collapse_doubled_folders(folder: pathlib.Path) -> None:
+    """train/train/x.jpg -> train/x.jpg: a folder whose only entry is a folder of the same name is one level."""
+    for outer in [path for path in folder.iterdir() if path.is_dir()]:
+        entries = list(outer.iterdir())
+        if len(entries) == 1 and entries[0].is_dir() and entries[0].name == outer.name:
+            moved = outer.with_name(f".collapse-{outer.name}")
+            os.replace(entries[0], moved)
+            outer.rmdir()
+            os.replace(moved, outer)
+
+
 def _extract_archives(folder: pathlib.Path) -> None:
-    """Extract every zip under folder and delete it, repeating for zips found inside (train.zip, test.zip)."""
-    for _ in range(MAXIMUM_ZIP_NESTING):
+    """Extract every zip under folder and delete it, repeating for zips found inside (train.zip, test.zip).
+
+    The downloaded bundle is extracted where it lies; archives found inside it go to _nested_destination.
+    """
+    for level in range(MAXIMUM_ZIP_NESTING):
         archives = sorted(path for path in folder.rglob("*.zip") if path.is_file())
         if not archives:
+            _collapse_doubled_folders(folder)
             return
         for archive in archives:
-            safe_extract(archive, archive.parent)
+            safe_extract(archive, archive.parent if level == 0 else _nested_destination(archive))
             archive.unlink()
     raise click.ClickException(f"zip archives in {folder.name} nest deeper than {MAXIMUM_ZIP_NESTING} levels")
 

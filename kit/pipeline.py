@@ -68,7 +68,18 @@ def predict_run(config: Config, run: str | None) -> Path:
 
 
 def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict:
-    """Train and predict if needed, check the file, then upload it (or score it locally) and record it."""
+    """Train and predict if needed, check the file, then upload it (or score it locally) and record it.
+
+    Nothing is uploaded unless the file passes submission.check; the ledger row is written only once the
+    upload (or local score, or dry run) has succeeded.
+    """
+    from kit import kaggle
+
+    hooks = load_hooks(config)
+    if "score" not in hooks and not dry_run:
+        if not config.competition.kaggle:
+            raise click.ClickException(f"{config.path}: set competition.kaggle (the Kaggle slug) to upload, or use --dry-run")
+        kaggle.authenticated_api()  # missing credentials stop here, before any training
     if run is None and not [p for p in list_runs(config) if (p / "metrics.json").exists()]:
         click.echo(f"no trained run of {config.name}: training one first")
         train_run(config, "0")
@@ -77,7 +88,8 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     if not (run_dir / "submission.json").exists() or not (submission.SUBMISSIONS_DIR / read_json(run_dir / "submission.json")["file"]).exists():
         predict.predict_run(run_config(run_dir), run_dir)
     path = submission.SUBMISSIONS_DIR / read_json(run_dir / "submission.json")["file"]
-    frame = pd.read_csv(path, dtype={config.submission.id_column: str})
+    # Labels stay text ('007' is not 7); probabilities are read as numbers so that NaN is seen.
+    frame = pd.read_csv(path, dtype=str if config.submission.format == "label" else {config.submission.id_column: str})
     sample = submission.read_sample(config)
     submission.check(config, frame, sample, str(path), summary["classes"])
     frame = submission.clip(config, frame)
@@ -85,7 +97,6 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     text = f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | run {run_dir.name} | commit {commit}"
     row = {"time_utc": utc_stamp(), "competition": config.name, "file": path.name, "run": run_dir.name,
            "commit": commit, "metric": summary["metric"], "cv": f"{summary['cv']:.6f}", "message": text}
-    hooks = load_hooks(config)
     if "score" in hooks:
         scores = hooks["score"](frame, raw_dir(config))
         row.update(status="scored locally", public_score=f"{next(iter(scores.values())):.6f}")
@@ -93,18 +104,74 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     elif dry_run:
         row.update(status="dry run (not uploaded)")
     else:
-        from kit import kaggle
+        import tempfile
 
-        upload = path.with_name(f".upload-{path.name}")  # the clipped file, as uploaded
-        frame.to_csv(upload, index=False)
-        try:
+        # The clipped copy keeps the file's name: Kaggle lists it, and `kit ledger` matches on it.
+        with tempfile.TemporaryDirectory(prefix=".upload-", dir=path.parent) as folder:
+            upload = Path(folder) / path.name
+            frame.to_csv(upload, index=False)
             kaggle.submit(config.competition.kaggle, upload, text)
-        finally:
-            upload.unlink(missing_ok=True)
         row.update(status="uploaded")
     submission.append_ledger(row)
     click.echo(f"{row['status']}: {path.name} ({text})")
     return row
+
+
+def ledger(config: Config) -> pd.DataFrame:
+    """Every submission of the competition, CV next to leaderboard; public scores refreshed from Kaggle first."""
+    from datetime import datetime
+
+    table = submission.read_ledger()
+    strangers = []
+    if config.competition.kaggle and "score" not in load_hooks(config):
+        from kit import kaggle
+
+        table, strangers = submission.merge_kaggle_scores(table, kaggle.list_submissions(config.competition.kaggle), config.name)
+        submission.write_ledger(table)
+    columns = ["time_utc", "file", "run", "metric", "cv", "public_score", "private_score", "status"]
+    shown = table.loc[table["competition"] == config.name, columns]
+    outside = pd.DataFrame(
+        [{"time_utc": datetime.fromisoformat(entry["date"]).strftime("%Y%m%d-%H%M%S") if entry["date"] else "",
+          "file": entry["file_name"] or "", "run": "", "metric": config.competition.metric, "cv": "",
+          "public_score": entry["public_score"] or "", "private_score": entry["private_score"] or "",
+          "status": f"{entry['status'] or 'unknown'} (not in ledger)"} for entry in strangers],
+        columns=columns,
+    )
+    return pd.concat([shown, outside], ignore_index=True).sort_values("time_utc", kind="stable").reset_index(drop=True)
+
+
+def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) -> Path:
+    """Fork: download SLUG into data/raw/NAME (once), infer its layout, write competitions/NAME/competition.toml."""
+    import tomllib
+
+    from kit import config as configuration
+    from kit import kaggle, metrics, runs, scaffold
+
+    # Module attributes read at call time (not imported names), so a test's temporary tree is honoured.
+    target = configuration.COMPETITIONS_DIR / name / "competition.toml"
+    scaffold.check_name(name, target)
+    if metric is not None and metric not in metrics.METRICS:
+        raise click.ClickException(f"--metric {metric!r}: choose one of {', '.join(metrics.METRICS)}")
+    target_raw = runs.DATA_DIR / "raw" / name
+    marker = target_raw / kaggle.DOWNLOAD_MARKER
+    if from_raw:
+        if not target_raw.is_dir() or not any(target_raw.iterdir()):
+            raise click.ClickException(f"--from-raw: {target_raw} is empty; put the competition's files there first")
+    elif marker.is_file():
+        slug = slug or marker.read_text().strip()
+        click.echo(f"{target_raw} is already downloaded: inspecting it")
+    else:
+        if not slug:
+            raise click.ClickException("kit new NAME needs --kaggle SLUG (from the competition's URL), or --from-raw")
+        if target_raw.is_dir() and any(target_raw.iterdir()):
+            raise click.ClickException(f"{target_raw} holds files but no finished download: add --from-raw to use them, or move it away")
+        kaggle.download_competition(slug, target_raw)
+    layout = scaffold.inspect(target_raw)
+    text = scaffold.render(name, slug or "", layout, metric or scaffold.default_metric(layout.submission_format))
+    config_from_dict(tomllib.loads(text), target)  # what is written must load: check first
+    scaffold.write_new(target, text)
+    click.echo(scaffold.report(layout, metric or scaffold.default_metric(layout.submission_format), target))
+    return target
 
 
 def list_competitions() -> list[dict]:

@@ -27,12 +27,14 @@ import base64
 import datetime
 import fcntl
 import http.server
+import io
 import json
 import tempfile
 import threading
 import time
 import types
 import uuid
+import zipfile
 from typing import NamedTuple
 
 STANDIN_USERNAME = "kit-test-user"
@@ -281,3 +283,27 @@ class KaggleStandIn:
 
     def __exit__(self, *exception_info) -> None:
         self.stop()
+
+
+# Building downloads shaped like Kaggle's, for the stand-in to serve.
+
+
+def make_zip(members: dict) -> bytes:
+    """A zip holding {name: bytes}; names are stored verbatim, hostile ones included."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(zipfile.ZipInfo(name), content)
+    return buffer.getvalue()
+
+
+def image_bytes(color: tuple[int, int, int], seed: int, image_format: str = "JPEG", size: int = 40) -> bytes:
+    """A small noisy image tinted by `color`: a class a tiny model can learn from its colour."""
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(seed).integers(-40, 40, (size, size, 3))
+    pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format)
+    return buffer.getvalue()

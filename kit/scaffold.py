@@ -1,0 +1,326 @@
+"""Forking: look at a competition's raw download and write a competition.toml that fits it.
+
+`inspect(raw_dir)` finds the image folders, where the labels are (a label CSV, one folder per class, or
+the file names) and what sample_submission.csv asks for; `render` turns that into TOML text with the
+kit's standard recipe. Both only read. `write_new` writes the file once, never over an existing one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pandas as pd
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# Column names that usually hold the class, best first; otherwise the column with fewest distinct values.
+LABEL_COLUMN_HINTS = ("label", "labels", "class", "category", "breed", "species", "target", "type")
+FILENAME_SEPARATORS = (".", "_", "-")  # cat.12.jpg, cat_12.jpg, cat-12.jpg
+ID_MATCH_SHARE = 0.9  # share of a CSV column's values that must name training images to be the id column
+DEFAULT_FOLDS = 5
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a raw download holds: enough to fill [data] and [submission]."""
+
+    labels: str  # "csv", "folders" or "filenames" (kit.config.LABEL_SOURCES)
+    train_dir: str  # relative to the raw folder
+    test_dir: str
+    extension: str  # with the dot, as the files spell it
+    sample_submission: str
+    submission_format: str  # "probabilities", "binary" or "label"
+    submission_id_column: str
+    submission_label_column: str  # the value column for binary and label formats
+    positive_class: str  # binary only
+    classes: tuple[str, ...]
+    smallest_class: int  # training images in the rarest class
+    image_count: int
+    labels_csv: str = ""
+    id_column: str = ""
+    label_column: str = ""
+    filename_pattern: str = ""
+    notes: tuple[str, ...] = ()  # what a person should check
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _image_count(folder: Path) -> int:
+    return sum(1 for _, _, files in os.walk(folder) for name in files if Path(name).suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def find_image_folder(raw_dir: Path, word: str) -> Path:
+    """The folder named word* (at most two levels down) holding the most images, e.g. train/ or images/train/."""
+    candidates = [p for p in [*raw_dir.glob("*"), *raw_dir.glob("*/*")] if p.is_dir() and p.name.lower().startswith(word)]
+    counted = [(_image_count(p), p) for p in candidates]
+    counted = [(count, p) for count, p in counted if count]
+    if not counted:
+        raise click.ClickException(
+            f"{raw_dir}: no folder named {word}* with images found; write data.{word}_dir in competition.toml by hand"
+        )
+    return max(counted, key=lambda pair: (pair[0], -len(pair[1].parts)))[1]
+
+
+def find_sample_submission(raw_dir: Path) -> Path:
+    """sample_submission.csv, sampleSubmission.csv, sample_submission_v2.csv ..."""
+    found = [p for p in sorted(raw_dir.glob("*.csv")) if "samplesubmission" in re.sub(r"[^a-z]", "", p.stem.lower())]
+    if not found:
+        raise click.ClickException(
+            f"{raw_dir}: no sample_submission*.csv; kit needs one to know the submission's columns and test ids"
+        )
+    return found[0]
+
+
+def _class_folders(train_dir: Path) -> dict[str, int]:
+    return {p.name: count for p in sorted(train_dir.iterdir()) if p.is_dir() and (count := len(_images(p)))}
+
+
+def _label_csv(raw_dir: Path, train_dir: Path, sample: Path) -> tuple[Path, str, str] | None:
+    """(csv, id column, label column) for a CSV whose id column names the training images, else None."""
+    images = _images(train_dir)
+    names = {p.name for p in images} | {p.stem for p in images}
+    for path in sorted(raw_dir.glob("*.csv")):
+        if path == sample:
+            continue
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=2000)
+        if len(table.columns) < 2 or table.empty:
+            continue
+        head = table.head(200)
+        id_columns = [c for c in table.columns if head[c].isin(names).mean() >= ID_MATCH_SHARE]
+        if not id_columns:
+            continue
+        others = [c for c in table.columns if c != id_columns[0] and 1 < table[c].nunique() < len(table)]
+        if not others:
+            continue
+        hinted = [c for hint in LABEL_COLUMN_HINTS for c in others if c.lower() == hint]
+        label_column = (hinted or sorted(others, key=lambda c: table[c].nunique()))[0]
+        return path, id_columns[0], label_column
+    return None
+
+
+def _filename_labels(train_dir: Path) -> tuple[str, Counter] | None:
+    """(pattern, images per class) when names look like <class><separator><rest>, e.g. cat.12.jpg."""
+    stems = [p.stem for p in _images(train_dir)]
+    for separator in FILENAME_SEPARATORS:
+        if not stems or not all(separator in stem for stem in stems):
+            continue
+        counts = Counter(stem.split(separator, 1)[0] for stem in stems)
+        if 2 <= len(counts) <= len(stems) // 2:
+            escaped = re.escape(separator)
+            return f"^(?P<label>[^{escaped}]+){escaped}", counts
+    return None
+
+
+def infer_labels(raw_dir: Path, train_dir: Path, sample: Path) -> dict:
+    """Where the classes come from, tried in this order: class folders, a label CSV, file names."""
+    folders = _class_folders(train_dir)
+    if len(folders) >= 2 and not _images(train_dir):
+        return {"labels": "folders", "counts": folders}
+    found = _label_csv(raw_dir, train_dir, sample)
+    if found:
+        path, id_column, label_column = found
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        counts = Counter(table[label_column])
+        return {"labels": "csv", "labels_csv": path.name, "id_column": id_column, "label_column": label_column,
+                "counts": dict(counts)}
+    named = _filename_labels(train_dir)
+    if named:
+        return {"labels": "filenames", "filename_pattern": named[0], "counts": dict(named[1])}
+    raise click.ClickException(
+        f"{train_dir}: cannot tell where the labels are (no class folders, no CSV naming these images, no "
+        "<class>.<n> file names); set data.labels, data.labels_csv and the columns by hand"
+    )
+
+
+def _is_probability(values: pd.Series) -> bool:
+    numbers = pd.to_numeric(values, errors="coerce")
+    return bool(numbers.notna().all() and numbers.between(0, 1).all())
+
+
+def infer_submission(sample: pd.DataFrame, classes: list[str]) -> dict:
+    """The format sample_submission.csv asks for: probabilities per class, one P(positive), or a label."""
+    id_column, value_columns = sample.columns[0], list(sample.columns[1:])
+    result = {"submission_id_column": id_column, "submission_label_column": "label", "positive_class": "", "notes": []}
+    if len(value_columns) >= 2:
+        unknown = sorted(set(value_columns) - set(classes))
+        if unknown:
+            raise click.ClickException(
+                f"sample submission columns {unknown[:3]} are not training classes ({', '.join(classes[:5])} ...); "
+                "kit writes one probability column per class, id + P(positive), or id + label"
+            )
+        return {**result, "submission_format": "probabilities"}
+    if not value_columns:
+        raise click.ClickException("the sample submission has only an id column; kit needs a value column")
+    column = value_columns[0]
+    values = sample[column]
+    result["submission_label_column"] = column
+    if len(classes) == 2 and _is_probability(values) and not values.isin(classes).all():
+        named = [c for c in classes if c.lower() in column.lower()]
+        positive = named[0] if len(named) == 1 else sorted(classes)[1]
+        if len(named) != 1:
+            result["notes"].append(
+                f"submission.positive_class = {positive!r} is a guess: check that '{column}' means P({positive})"
+            )
+        return {**result, "submission_format": "binary", "positive_class": positive}
+    return {**result, "submission_format": "label"}
+
+
+def inspect(raw_dir: Path) -> Layout:
+    """Read a raw download's layout; one-line errors say which key to set by hand when a guess fails."""
+    train_dir, test_dir = find_image_folder(raw_dir, "train"), find_image_folder(raw_dir, "test")
+    sample_path = find_sample_submission(raw_dir)
+    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
+    suffixes = Counter(p.suffix for _, _, files in os.walk(train_dir) for p in map(Path, files))
+    extension = max((s for s in suffixes if s.lower() in IMAGE_EXTENSIONS), key=lambda s: suffixes[s])
+    labels = infer_labels(raw_dir, train_dir, sample_path)
+    counts = labels.pop("counts")
+    classes = sorted(counts)
+    submission = infer_submission(sample, classes)
+    notes = submission.pop("notes")
+    test_names = {p.name for p in _images(test_dir)} | {p.stem for p in _images(test_dir)}
+    missing = [i for i in sample[submission["submission_id_column"]] if i not in test_names]
+    if missing:
+        notes.append(f"{len(missing)} sample submission ids have no image in {test_dir.name}/, e.g. {missing[0]!r}")
+    if min(counts.values()) < DEFAULT_FOLDS:
+        notes.append(f"the rarest class has {min(counts.values())} images: train.folds lowered to fit")
+    return Layout(
+        train_dir=train_dir.relative_to(raw_dir).as_posix(), test_dir=test_dir.relative_to(raw_dir).as_posix(),
+        extension=extension, sample_submission=sample_path.name, classes=tuple(classes),
+        smallest_class=min(counts.values()), image_count=sum(counts.values()), notes=tuple(notes),
+        **labels, **submission,
+    )
+
+
+def default_metric(submission_format: str) -> str:
+    """Log loss is what probability submissions are almost always scored by; labels by accuracy."""
+    return "accuracy" if submission_format == "label" else "log_loss"
+
+
+def _string(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    import json
+
+    return json.dumps(value)
+
+
+RECIPE = """
+# The fast.ai 2018 recipe: the head on cached body features, the head on augmented images, then the whole
+# network with differential learning rates and SGDR cycles that double in length, saving snapshots.
+
+[[stages]]
+name = "head-precomputed"
+freeze_to = -1              # head only
+precompute = true           # body features computed once
+augment = false
+n_cycles = 1
+cycle_len = 1               # epochs
+
+[[stages]]
+name = "head-augmented"
+freeze_to = -1
+n_cycles = 1
+cycle_len = 1
+
+[[stages]]
+name = "unfrozen"
+freeze_to = 0
+lr = [1.1e-4, 3.3e-4, 1e-3]   # lr/9 (early body), lr/3 (late body), lr (head)
+n_cycles = 3
+cycle_len = 1
+cycle_mult = 2              # cycles of 1, 2, 4 epochs
+snapshots = true
+"""
+
+
+def render(name: str, slug: str, layout: Layout, metric: str) -> str:
+    """competition.toml text for the layout: [competition], [data], [submission], [augment], [train], stages."""
+    data = {"labels": layout.labels}
+    if layout.labels == "csv":
+        data.update(labels_csv=layout.labels_csv, id_column=layout.id_column, label_column=layout.label_column)
+    if layout.labels == "filenames":
+        data["filename_pattern"] = layout.filename_pattern
+    data.update(train_dir=layout.train_dir, test_dir=layout.test_dir, extension=layout.extension,
+                sample_submission=layout.sample_submission)
+    submission = {"format": layout.submission_format, "id_column": layout.submission_id_column}
+    if layout.submission_format != "probabilities":
+        submission["label_column"] = layout.submission_label_column
+    if layout.positive_class:
+        submission["positive_class"] = layout.positive_class
+    folds = max(2, min(DEFAULT_FOLDS, layout.smallest_class))
+
+    def table(values: dict) -> str:
+        return "\n".join(f"{key} = {_string(value)}" for key, value in values.items())
+
+    description = f"{layout.image_count} training images, {len(layout.classes)} classes"
+    return f"""# Written by `kit new {name}` from data/raw/{name}; check the notes it printed, then edit freely.
+
+[competition]
+kaggle = {_string(slug)}
+metric = {_string(metric)}
+description = {_string(description)}
+
+[data]
+{table(data)}
+
+[submission]
+{table(submission)}
+
+[augment]
+preset = "side_on"          # photos from the side; "top_down" for satellite or microscope images
+
+[train]
+model = "efficientnet_lite0"
+pretrained = true
+image_size = 224            # pixels
+batch_size = 64             # images per step
+lr = 3e-3                   # peak rate of the head stages (AdamW)
+folds = {folds}
+tta = 4                     # augmented views added at prediction time
+snapshot_ensemble = 3
+predict_weights = "snapshots"
+{RECIPE}"""
+
+
+def check_name(name: str, target: Path) -> None:
+    if not NAME_PATTERN.match(name):
+        raise click.ClickException(f"competition name {name!r}: use lowercase letters, digits, '-' and '_'")
+    if target.exists():
+        raise click.ClickException(f"{target} already exists; choose another NAME or delete it first")
+
+
+def write_new(target: Path, text: str) -> None:
+    """Write target atomically, refusing (even in a race) to replace an existing file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    try:
+        os.link(temporary, target)  # fails if target exists, unlike a rename
+    except FileExistsError:
+        raise click.ClickException(f"{target} already exists; choose another NAME or delete it first") from None
+    finally:
+        temporary.unlink()
+
+
+def report(layout: Layout, metric: str, target: Path) -> str:
+    """What was inferred and what to check, for the terminal."""
+    source = {"csv": f"{layout.labels_csv} ({layout.id_column} -> {layout.label_column})",
+              "folders": f"one folder per class in {layout.train_dir}/",
+              "filenames": f"file names in {layout.train_dir}/ ({layout.filename_pattern})"}[layout.labels]
+    shown = ", ".join(layout.classes[:6]) + (" ..." if len(layout.classes) > 6 else "")
+    lines = [
+        f"wrote {target}",
+        f"  labels: {source}; {layout.image_count} images, {len(layout.classes)} classes ({shown})",
+        f"  images: {layout.train_dir}/ and {layout.test_dir}/, *{layout.extension}",
+        f"  submission: {layout.sample_submission} -> format {layout.submission_format}"
+        + (f", P({layout.positive_class})" if layout.positive_class else "") + f"; metric {metric}",
+        "check: competition.metric against the competition's Evaluation page, augment.preset, the recipe's epochs",
+        *[f"check: {note}" for note in layout.notes],
+    ]
+    return "\n".join(lines)
