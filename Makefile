@@ -2,6 +2,7 @@
 COMP ?= digits
 FOLD ?= 0
 RUN ?=
+RUNS ?=
 MSG ?=
 SLUG ?=
 METRIC ?=
@@ -59,11 +60,24 @@ else
 	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m kit train $(COMP) --fold $(FOLD) $(foreach s,$(SET),--set $(s))
 endif
 
+lr-find: $(STAMP) ## Learning-rate finder for COMP (STAGE=N, RUN= to start from a run's weights)
+	$(KIT) lr-find $(COMP) --stage $(or $(STAGE),0) $(if $(RUN),--run $(RUN)) $(foreach s,$(SET),--set $(s))
+
 predict: $(STAMP) ## Predict COMP's test set with RUN (default: newest) and write the submission
 	$(KIT) predict $(COMP) $(RUN)
 
 submit: $(STAMP) ## Train and predict if needed, check, then upload COMP's submission (MSG="...")
 	$(KIT) submit $(COMP) $(if $(RUN),--run $(RUN)) -m "$(MSG)"
+
+.PHONY: report runs ensemble
+report: $(STAMP) ## Write COMP's HTML report for RUN (default: newest) into its run folder
+	$(KIT) report $(COMP) $(RUN)
+
+runs: $(STAMP) ## Table of COMP's runs: CV score, time and the settings that differ
+	$(KIT) runs $(COMP)
+
+ensemble: $(STAMP) ## Blend COMP's RUNS="a b" on OOF (fitted weights, calibration), write the submission
+	$(KIT) ensemble $(COMP) $(RUNS)
 
 ledger: $(STAMP) ## Refresh COMP's leaderboard scores from Kaggle; show them next to CV
 	$(KIT) ledger $(COMP)

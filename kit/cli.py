@@ -49,6 +49,16 @@ def train(competition: str, fold: str, overrides: tuple[str, ...]) -> None:
     pipeline.train_run(load_competition(competition, overrides), fold)
 
 
+@main.command("lr-find")
+@COMPETITION
+@click.option("--stage", default=0, show_default=True, help="Recipe stage to test (frozen, unfrozen, new size).")
+@click.option("--run", default=None, help="Start from this run's fold-0 weights (default: fresh pretrained).")
+@OVERRIDES
+def lr_find(competition: str, stage: int, run: str | None, overrides: tuple[str, ...]) -> None:
+    """Learning-rate range test: plot loss against LR and suggest a rate."""
+    pipeline.find_learning_rate(load_competition(competition, overrides), stage, run=run)
+
+
 @main.command()
 @COMPETITION
 @click.argument("run", required=False)
@@ -84,6 +94,41 @@ def ledger_command(competition: str) -> None:
 def new(name: str, slug: str, metric: str | None, from_raw: bool) -> None:
     """Fork the kit for a new competition: download, inspect, write competitions/NAME/competition.toml."""
     pipeline.new_competition(name, slug, metric, from_raw)
+
+
+@main.command()
+@COMPETITION
+@click.argument("run", required=False)
+def report(competition: str, run: str | None) -> None:
+    """Write a run's self-contained HTML report (default: the newest run) into its folder."""
+    from kit.report import report_run
+
+    click.echo(f"report {report_run(load_competition(competition), run)}")
+
+
+@main.command()
+@COMPETITION
+def runs(competition: str) -> None:
+    """Table of the competition's runs: CV, time and the settings that differ between them."""
+    from kit.report import runs_table
+
+    table = runs_table(load_competition(competition))
+    click.echo(table.to_string(index=False) if len(table) else "no runs yet")
+
+
+@main.command()
+@COMPETITION
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN RUN ...")
+def ensemble(competition: str, run_ids: tuple[str, ...]) -> None:
+    """Blend runs with weights fitted on OOF log loss, calibrate, and write the submission."""
+    from kit.ensemble import ensemble_runs
+    from kit.runs import read_json
+
+    run_dir = ensemble_runs(load_competition(competition), list(run_ids))
+    summary = read_json(run_dir / "metrics.json")
+    weights = ", ".join(f"{name} {weight:.3f}" for name, weight in zip(summary["ensemble"]["runs"], summary["ensemble"]["weights"], strict=True))
+    click.echo(f"ensemble {run_dir.name}: OOF {summary['metric']} {summary['cv']:.4f} (weights {weights}); "
+               f"submission {read_json(run_dir / 'submission.json')['file']}")
 
 
 if __name__ == "__main__":

@@ -245,6 +245,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _apply_override(raw: dict, key: str, value: Any, file: Path) -> None:
     parts = key.split(".")
+    if parts == ["stages"]:  # a whole recipe, e.g. stages=[{cycle_len=2}]; [] means one plain stage
+        raw["stages"] = value
+        return
     if len(parts) == 1:  # a bare key: find its section
         owners = [name for name, cls in SECTIONS.items() if parts[0] in {f.name for f in dataclasses.fields(cls)}]
         if len(owners) > 1:

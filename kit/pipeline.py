@@ -49,9 +49,30 @@ def folds(config: Config) -> pd.DataFrame:
 def train_run(config: Config, fold: str) -> Path:
     run_dir = new_run(config)
     click.echo(f"run {run_dir.relative_to(run_dir.parents[2])}")
+    if config.train.lr_find:
+        find_learning_rate(config, 0, run_dir)
     summary = train.train(config, fold, run_dir)
     click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
     return run_dir
+
+
+def find_learning_rate(config: Config, stage: int, run_dir: Path | None = None, run: str | None = None) -> dict:
+    """The LR finder at a stage; with `run`, starting from that run's fold-0 weights, and writing there."""
+    from kit.lr_find import lr_find
+
+    if not 0 <= stage < len(config.stages):
+        raise click.ClickException(f"--stage {stage}: {config.path} has stages 0..{len(config.stages) - 1}")
+    weights = None
+    if run is not None:
+        run_dir = find_run(config, run)
+        weights = run_dir / "fold-0" / "last.pt"
+    run_dir = run_dir or new_run(config)
+    result = lr_find(config, stage, run_dir, weights)
+    click.echo(
+        f"LR finder, stage {stage} ({result['stage']}): suggested lr {result['suggestion']:.3g}: {result['reason']}; "
+        f"plot in {run_dir / f'lr-find-stage{stage}.png'}"
+    )
+    return result
 
 
 def run_config(run_dir: Path) -> Config:

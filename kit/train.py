@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 from tqdm import tqdm
 
 from kit import augment, cache, metrics, models, predict, schedule
@@ -89,37 +96,6 @@ def make_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=config.train.weight_decay, fused=fused or None)
 
 
-def body_features(model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Pooled body activations (N x features): the head's input, computed once per image."""
-    target = predict.device()
-    model.eval()
-    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = predict.to_input(torch.from_numpy(np.array(images[start : start + batch_size])), mean, std, target)
-            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
-                outputs.append(model.forward_head(model.forward_features(batch), pre_logits=True).float().cpu())
-    return torch.cat(outputs).numpy()
-
-
-def cached_features(config: Config, model: nn.Module, images: np.ndarray, images_key: str, batch_size: int) -> np.ndarray:
-    """Body features cached under data/interim, keyed by model, body weights and the image cache."""
-    import hashlib
-
-    head_ids = {id(p) for p in model.get_classifier().parameters()}
-    digest = hashlib.sha1(config.train.model.encode())
-    for name, parameter in model.named_parameters():
-        if id(parameter) not in head_ids:
-            digest.update(name.encode() + parameter.detach().cpu().numpy().tobytes())
-    path = interim_dir(config) / f"features-{config.train.model}-{digest.hexdigest()[:12]}-{images_key}.npy"
-    if path.exists():
-        return np.load(path)
-    features = body_features(model, images, batch_size)
-    save_array(path, features)
-    return features
-
-
 @dataclass
 class FoldState:
     """What one fold's stages share: the model, its data, and where to write."""
@@ -154,39 +130,69 @@ def evaluate(config: Config, forward, inputs: torch.Tensor | np.ndarray, targets
     return loss, metrics.score(config.competition.metric, targets, probabilities), probabilities
 
 
-def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool = True) -> None:
-    """Train one stage of the recipe: the whole loop, from data to snapshots."""
+@dataclass
+class StageData:
+    """Everything one stage's loop needs: what to call, on which batches, at which learning rates."""
+
+    forward: nn.Module  # the whole model, or only its head when training on precomputed features
+    optimizer: torch.optim.Optimizer
+    base_rates: list[float]
+    train_batches: DataLoader
+    valid_inputs: torch.Tensor | np.ndarray  # features, or cached uint8 images
+    valid_targets: np.ndarray
+    image_size: int
+    batch_size: int
+    images_are_raw: bool  # uint8 images to normalise on the device, not features
+
+
+def prepare_stage(config: Config, stage_index: int, state: FoldState) -> StageData:
+    """Freeze the right layer groups, build the optimizer, and the stage's inputs."""
     stage = config.stages[stage_index]
     model, labels = state.model, state.labels
-    target = predict.device()
     image_size, batch_size = stage_image_size(config, stage), stage_batch_size(config, stage)
     images, _ = training_images(config, labels, image_size)
-    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-
-    # What trains, and at which learning rates.
     models.freeze_to(model, stage.freeze_to)
     base_rates = stage_learning_rates(config, stage)
     optimizer = make_optimizer(config, models.parameter_groups(model, base_rates))
+    seed = config.train.seed + stage_index
+    if stage.precompute:  # the body is frozen and sees no augmentation: its output never changes
+        features = cache.body_features_cached(model, images, f"{config.train.model}-{image_size}px-{len(images)}", interim_dir(config), batch_size)
+        train_set = TensorDataset(torch.from_numpy(features[state.train_rows]), torch.from_numpy(labels.targets[state.train_rows]))
+        return StageData(
+            model.get_classifier(), optimizer, base_rates, make_loader(train_set, batch_size, True, seed, 0),
+            torch.from_numpy(features[state.valid_rows]), labels.targets[state.valid_rows], image_size, batch_size, False,
+        )
+    transform = augment.train_transform(config, image_size) if stage.augment else None
+    train_set = BatchDataset(images, labels.targets, state.train_rows, transform)
+    loader = make_loader(train_set, batch_size, True, seed, worker_count(config.train.num_workers))
+    return StageData(
+        model, optimizer, base_rates, loader, images[state.valid_rows], labels.targets[state.valid_rows],
+        image_size, batch_size, True,
+    )
 
-    # Inputs: precomputed body features (head only, no augmentation) or augmented cached images.
-    if stage.precompute:
-        features = cached_features(config, model, images, f"{image_size}px-{len(images)}", batch_size)
-        train_inputs = torch.from_numpy(features[state.train_rows])
-        valid_inputs: torch.Tensor | np.ndarray = torch.from_numpy(features[state.valid_rows])
-        forward = model.get_classifier()
-        train_batches = make_loader(
-            torch.utils.data.TensorDataset(train_inputs, torch.from_numpy(labels.targets[state.train_rows])),
-            batch_size, True, config.train.seed + stage_index, 0,
-        )
-    else:
-        transform = augment.train_transform(config, image_size) if stage.augment else None
-        dataset = BatchDataset(images, labels.targets, state.train_rows, transform)
-        valid_inputs = images[state.valid_rows]
-        forward = model
-        train_batches = make_loader(
-            dataset, batch_size, True, config.train.seed + stage_index, worker_count(config.train.num_workers)
-        )
-    valid_targets = labels.targets[state.valid_rows]
+
+def train_step(data: StageData, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One optimizer step; returns the loss as a device tensor (no host sync)."""
+    target = predict.device()
+    targets = targets.to(target, non_blocking=True)
+    if data.images_are_raw:
+        inputs = predict.to_input(inputs, model.pretrained_cfg["mean"], model.pretrained_cfg["std"], target)
+    with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
+        loss = functional.cross_entropy(data.forward(inputs.to(target)), targets)
+    data.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    data.optimizer.step()
+    return loss.detach()
+
+
+def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool = True) -> None:
+    """Train one stage of the recipe: the whole loop, from data to snapshots."""
+    stage = config.stages[stage_index]
+    model = state.model
+    target = predict.device()
+    data = prepare_stage(config, stage_index, state)
+    optimizer, forward, image_size, batch_size = data.optimizer, data.forward, data.image_size, data.batch_size
+    train_batches, base_rates = data.train_batches, data.base_rates
 
     # Schedule: per iteration, in fractional epochs.
     steps_per_epoch = len(train_batches)
@@ -208,15 +214,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
                 factor = schedule.one_cycle_lr(progress_epochs / total_epochs, 1.0)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
-            targets = targets.to(target, non_blocking=True)
-            if not stage.precompute:
-                inputs = predict.to_input(inputs, mean, std, target)
-            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
-                loss = functional.cross_entropy(forward(inputs.to(target)), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(targets)
+            loss_sum += train_step(data, model, inputs, targets) * len(targets)
             seen += len(targets)
             step += 1
             bar.update()
@@ -234,7 +232,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
                 f"stage '{stage.name}': training loss is {train_loss} (diverged) at epoch {epoch}; lower the "
                 f"learning rate (try `make lr-find COMP={config.name}`); last good weights: {state.fold_dir}/best.pt"
             )
-        valid_loss, valid_score, _ = evaluate(config, forward, valid_inputs, valid_targets, batch_size * 2, model)
+        valid_loss, valid_score, _ = evaluate(config, forward, data.valid_inputs, data.valid_targets, batch_size * 2, model)
         record = {
             "stage": stage.name, "epoch": epoch, "step": step, "image_size": image_size, "batch_size": batch_size,
             "lr": factor * base_rates[-1], "train_loss": train_loss, "valid_loss": valid_loss,
