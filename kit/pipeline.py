@@ -188,10 +188,11 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
             raise click.ClickException(f"{target_raw} holds files but no finished download: add --from-raw to use them, or move it away")
         kaggle.download_competition(slug, target_raw)
     layout = scaffold.inspect(target_raw)
-    text = scaffold.render(name, slug or "", layout, metric or scaffold.default_metric(layout.submission_format))
+    metric = metric or scaffold.default_metric(layout.submission["format"])
+    text = scaffold.render(name, slug or "", layout, metric)
     config_from_dict(tomllib.loads(text), target)  # what is written must load: check first
     scaffold.write_new(target, text)
-    click.echo(scaffold.report(layout, metric or scaffold.default_metric(layout.submission_format), target))
+    click.echo(scaffold.report(layout, metric, target))
     return target
 
 

@@ -7,6 +7,7 @@ kit's standard recipe. Both only read. `write_new` writes the file once, never o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -23,28 +24,16 @@ FILENAME_SEPARATORS = (".", "_", "-")  # cat.12.jpg, cat_12.jpg, cat-12.jpg
 ID_MATCH_SHARE = 0.9  # share of a CSV column's values that must name training images to be the id column
 DEFAULT_FOLDS = 5
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+ALREADY_EXISTS = "{target} already exists; choose another NAME or delete it first"
 
 
 @dataclass(frozen=True)
 class Layout:
-    """What a raw download holds: enough to fill [data] and [submission]."""
+    """What a raw download holds, as competition.toml's [data] and [submission] tables."""
 
-    labels: str  # "csv", "folders" or "filenames" (kit.config.LABEL_SOURCES)
-    train_dir: str  # relative to the raw folder
-    test_dir: str
-    extension: str  # with the dot, as the files spell it
-    sample_submission: str
-    submission_format: str  # "probabilities", "binary" or "label"
-    submission_id_column: str
-    submission_label_column: str  # the value column for binary and label formats
-    positive_class: str  # binary only
-    classes: tuple[str, ...]
-    smallest_class: int  # training images in the rarest class
-    image_count: int
-    labels_csv: str = ""
-    id_column: str = ""
-    label_column: str = ""
-    filename_pattern: str = ""
+    data: dict  # keys of kit.config.DataSection
+    submission: dict  # keys of kit.config.SubmissionSection
+    class_counts: dict  # training images per class name
     notes: tuple[str, ...] = ()  # what a person should check
 
 
@@ -53,14 +42,13 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _image_count(folder: Path) -> int:
-    return sum(1 for _, _, files in os.walk(folder) for name in files if Path(name).suffix.lower() in IMAGE_EXTENSIONS)
+    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def find_image_folder(raw_dir: Path, word: str) -> Path:
     """The folder named word* (at most two levels down) holding the most images, e.g. train/ or images/train/."""
-    candidates = [p for p in [*raw_dir.glob("*"), *raw_dir.glob("*/*")] if p.is_dir() and p.name.lower().startswith(word)]
-    counted = [(_image_count(p), p) for p in candidates]
-    counted = [(count, p) for count, p in counted if count]
+    candidates = [p for p in [*raw_dir.glob("*"), *raw_dir.glob("*/*")] if p.name.lower().startswith(word)]
+    counted = [(count, p) for p in candidates if p.is_dir() and (count := _image_count(p))]
     if not counted:
         raise click.ClickException(
             f"{raw_dir}: no folder named {word}* with images found; write data.{word}_dir in competition.toml by hand"
@@ -70,7 +58,11 @@ def find_image_folder(raw_dir: Path, word: str) -> Path:
 
 def find_sample_submission(raw_dir: Path) -> Path:
     """sample_submission.csv, sampleSubmission.csv, sample_submission_v2.csv ..."""
-    found = [p for p in sorted(raw_dir.glob("*.csv")) if "samplesubmission" in re.sub(r"[^a-z]", "", p.stem.lower())]
+    found = [
+        p
+        for p in sorted(raw_dir.glob("*.csv"))
+        if "samplesubmission" in re.sub(r"[^a-z]", "", p.stem.lower())
+    ]
     if not found:
         raise click.ClickException(
             f"{raw_dir}: no sample_submission*.csv; kit needs one to know the submission's columns and test ids"
@@ -118,36 +110,34 @@ def _filename_labels(train_dir: Path) -> tuple[str, Counter] | None:
     return None
 
 
-def infer_labels(raw_dir: Path, train_dir: Path, sample: Path) -> dict:
-    """Where the classes come from, tried in this order: class folders, a label CSV, file names."""
+def infer_labels(raw_dir: Path, train_dir: Path, sample: Path) -> tuple[dict, dict]:
+    """([data] keys, images per class), trying in turn: class folders, a label CSV, file names."""
     folders = _class_folders(train_dir)
     if len(folders) >= 2 and not _images(train_dir):
-        return {"labels": "folders", "counts": folders}
+        return {"labels": "folders"}, folders
     found = _label_csv(raw_dir, train_dir, sample)
     if found:
         path, id_column, label_column = found
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        counts = Counter(table[label_column])
-        return {"labels": "csv", "labels_csv": path.name, "id_column": id_column, "label_column": label_column,
-                "counts": dict(counts)}
+        counts = Counter(pd.read_csv(path, dtype=str, keep_default_na=False)[label_column])
+        data = {
+            "labels": "csv",
+            "labels_csv": path.name,
+            "id_column": id_column,
+            "label_column": label_column,
+        }
+        return data, counts
     named = _filename_labels(train_dir)
     if named:
-        return {"labels": "filenames", "filename_pattern": named[0], "counts": dict(named[1])}
+        return {"labels": "filenames", "filename_pattern": named[0]}, named[1]
     raise click.ClickException(
         f"{train_dir}: cannot tell where the labels are (no class folders, no CSV naming these images, no "
         "<class>.<n> file names); set data.labels, data.labels_csv and the columns by hand"
     )
 
 
-def _is_probability(values: pd.Series) -> bool:
-    numbers = pd.to_numeric(values, errors="coerce")
-    return bool(numbers.notna().all() and numbers.between(0, 1).all())
-
-
-def infer_submission(sample: pd.DataFrame, classes: list[str]) -> dict:
-    """The format sample_submission.csv asks for: probabilities per class, one P(positive), or a label."""
+def infer_submission(sample: pd.DataFrame, classes: list[str]) -> tuple[dict, list[str]]:
+    """([submission] keys, notes): probabilities per class, one P(positive), or a label, as the sample asks."""
     id_column, value_columns = sample.columns[0], list(sample.columns[1:])
-    result = {"submission_id_column": id_column, "submission_label_column": "label", "positive_class": "", "notes": []}
     if len(value_columns) >= 2:
         unknown = sorted(set(value_columns) - set(classes))
         if unknown:
@@ -155,21 +145,24 @@ def infer_submission(sample: pd.DataFrame, classes: list[str]) -> dict:
                 f"sample submission columns {unknown[:3]} are not training classes ({', '.join(classes[:5])} ...); "
                 "kit writes one probability column per class, id + P(positive), or id + label"
             )
-        return {**result, "submission_format": "probabilities"}
+        return {"format": "probabilities", "id_column": id_column}, []
     if not value_columns:
         raise click.ClickException("the sample submission has only an id column; kit needs a value column")
     column = value_columns[0]
-    values = sample[column]
-    result["submission_label_column"] = column
-    if len(classes) == 2 and _is_probability(values) and not values.isin(classes).all():
+    values, numbers = sample[column], pd.to_numeric(sample[column], errors="coerce")
+    probabilities = numbers.notna().all() and numbers.between(0, 1).all() and not values.isin(classes).all()
+    if len(classes) == 2 and probabilities:
         named = [c for c in classes if c.lower() in column.lower()]
         positive = named[0] if len(named) == 1 else sorted(classes)[1]
-        if len(named) != 1:
-            result["notes"].append(
-                f"submission.positive_class = {positive!r} is a guess: check that '{column}' means P({positive})"
-            )
-        return {**result, "submission_format": "binary", "positive_class": positive}
-    return {**result, "submission_format": "label"}
+        guess = f"submission.positive_class = {positive!r} is a guess: is '{column}' P({positive})?"
+        binary = {
+            "format": "binary",
+            "id_column": id_column,
+            "label_column": column,
+            "positive_class": positive,
+        }
+        return binary, [] if len(named) == 1 else [guess]
+    return {"format": "label", "id_column": id_column, "label_column": column}, []
 
 
 def inspect(raw_dir: Path) -> Layout:
@@ -177,25 +170,25 @@ def inspect(raw_dir: Path) -> Layout:
     train_dir, test_dir = find_image_folder(raw_dir, "train"), find_image_folder(raw_dir, "test")
     sample_path = find_sample_submission(raw_dir)
     sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
-    suffixes = Counter(p.suffix for _, _, files in os.walk(train_dir) for p in map(Path, files))
+    suffixes = Counter(Path(name).suffix for _, _, files in os.walk(train_dir) for name in files)
     extension = max((s for s in suffixes if s.lower() in IMAGE_EXTENSIONS), key=lambda s: suffixes[s])
-    labels = infer_labels(raw_dir, train_dir, sample_path)
-    counts = labels.pop("counts")
-    classes = sorted(counts)
-    submission = infer_submission(sample, classes)
-    notes = submission.pop("notes")
+    data, counts = infer_labels(raw_dir, train_dir, sample_path)
+    data.update(
+        train_dir=train_dir.relative_to(raw_dir).as_posix(),
+        test_dir=test_dir.relative_to(raw_dir).as_posix(),
+        extension=extension,
+        sample_submission=sample_path.name,
+    )
+    submission, notes = infer_submission(sample, sorted(counts))
     test_names = {p.name for p in _images(test_dir)} | {p.stem for p in _images(test_dir)}
-    missing = [i for i in sample[submission["submission_id_column"]] if i not in test_names]
+    missing = [i for i in sample[submission["id_column"]] if i not in test_names]
     if missing:
-        notes.append(f"{len(missing)} sample submission ids have no image in {test_dir.name}/, e.g. {missing[0]!r}")
+        notes.append(
+            f"{len(missing)} sample submission ids have no image in {test_dir.name}/, e.g. {missing[0]!r}"
+        )
     if min(counts.values()) < DEFAULT_FOLDS:
         notes.append(f"the rarest class has {min(counts.values())} images: train.folds lowered to fit")
-    return Layout(
-        train_dir=train_dir.relative_to(raw_dir).as_posix(), test_dir=test_dir.relative_to(raw_dir).as_posix(),
-        extension=extension, sample_submission=sample_path.name, classes=tuple(classes),
-        smallest_class=min(counts.values()), image_count=sum(counts.values()), notes=tuple(notes),
-        **labels, **submission,
-    )
+    return Layout(data, submission, dict(counts), tuple(notes))
 
 
 def default_metric(submission_format: str) -> str:
@@ -203,14 +196,21 @@ def default_metric(submission_format: str) -> str:
     return "accuracy" if submission_format == "label" else "log_loss"
 
 
-def _string(value: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's)."""
-    import json
-
-    return json.dumps(value)
-
-
 RECIPE = """
+[augment]
+preset = "side_on"          # photos from the side; "top_down" for satellite or microscope images
+
+[train]
+model = "efficientnet_lite0"
+pretrained = true
+image_size = 224            # pixels
+batch_size = 64             # images per step
+lr = 3e-3                   # peak rate of the head stages (AdamW)
+folds = {folds}
+tta = 4                     # augmented views added at prediction time
+snapshot_ensemble = 3
+predict_weights = "snapshots"
+
 # The fast.ai 2018 recipe: the head on cached body features, the head on augmented images, then the whole
 # network with differential learning rates and SGDR cycles that double in length, saving snapshots.
 
@@ -240,59 +240,29 @@ snapshots = true
 
 
 def render(name: str, slug: str, layout: Layout, metric: str) -> str:
-    """competition.toml text for the layout: [competition], [data], [submission], [augment], [train], stages."""
-    data = {"labels": layout.labels}
-    if layout.labels == "csv":
-        data.update(labels_csv=layout.labels_csv, id_column=layout.id_column, label_column=layout.label_column)
-    if layout.labels == "filenames":
-        data["filename_pattern"] = layout.filename_pattern
-    data.update(train_dir=layout.train_dir, test_dir=layout.test_dir, extension=layout.extension,
-                sample_submission=layout.sample_submission)
-    submission = {"format": layout.submission_format, "id_column": layout.submission_id_column}
-    if layout.submission_format != "probabilities":
-        submission["label_column"] = layout.submission_label_column
-    if layout.positive_class:
-        submission["positive_class"] = layout.positive_class
-    folds = max(2, min(DEFAULT_FOLDS, layout.smallest_class))
+    """competition.toml text: the inferred tables, then the kit's standard training recipe."""
 
-    def table(values: dict) -> str:
-        return "\n".join(f"{key} = {_string(value)}" for key, value in values.items())
+    def table(values: dict) -> str:  # a JSON string is a valid TOML string
+        return "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
 
-    description = f"{layout.image_count} training images, {len(layout.classes)} classes"
-    return f"""# Written by `kit new {name}` from data/raw/{name}; check the notes it printed, then edit freely.
-
-[competition]
-kaggle = {_string(slug)}
-metric = {_string(metric)}
-description = {_string(description)}
-
-[data]
-{table(data)}
-
-[submission]
-{table(submission)}
-
-[augment]
-preset = "side_on"          # photos from the side; "top_down" for satellite or microscope images
-
-[train]
-model = "efficientnet_lite0"
-pretrained = true
-image_size = 224            # pixels
-batch_size = 64             # images per step
-lr = 3e-3                   # peak rate of the head stages (AdamW)
-folds = {folds}
-tta = 4                     # augmented views added at prediction time
-snapshot_ensemble = 3
-predict_weights = "snapshots"
-{RECIPE}"""
+    competition = {
+        "kaggle": slug,
+        "metric": metric,
+        "description": f"{sum(layout.class_counts.values())} training images, {len(layout.class_counts)} classes",
+    }
+    folds = max(2, min(DEFAULT_FOLDS, min(layout.class_counts.values())))
+    return (
+        f"# Written by `kit new {name}` from data/raw/{name}; check the notes it printed, then edit freely.\n\n"
+        f"[competition]\n{table(competition)}\n\n[data]\n{table(layout.data)}\n\n[submission]\n{table(layout.submission)}\n"
+        + RECIPE.replace("{folds}", str(folds))
+    )
 
 
 def check_name(name: str, target: Path) -> None:
     if not NAME_PATTERN.match(name):
         raise click.ClickException(f"competition name {name!r}: use lowercase letters, digits, '-' and '_'")
     if target.exists():
-        raise click.ClickException(f"{target} already exists; choose another NAME or delete it first")
+        raise click.ClickException(ALREADY_EXISTS.format(target=target))
 
 
 def write_new(target: Path, text: str) -> None:
@@ -303,24 +273,28 @@ def write_new(target: Path, text: str) -> None:
     try:
         os.link(temporary, target)  # fails if target exists, unlike a rename
     except FileExistsError:
-        raise click.ClickException(f"{target} already exists; choose another NAME or delete it first") from None
+        raise click.ClickException(ALREADY_EXISTS.format(target=target)) from None
     finally:
         temporary.unlink()
 
 
 def report(layout: Layout, metric: str, target: Path) -> str:
     """What was inferred and what to check, for the terminal."""
-    source = {"csv": f"{layout.labels_csv} ({layout.id_column} -> {layout.label_column})",
-              "folders": f"one folder per class in {layout.train_dir}/",
-              "filenames": f"file names in {layout.train_dir}/ ({layout.filename_pattern})"}[layout.labels]
-    shown = ", ".join(layout.classes[:6]) + (" ..." if len(layout.classes) > 6 else "")
-    lines = [
-        f"wrote {target}",
-        f"  labels: {source}; {layout.image_count} images, {len(layout.classes)} classes ({shown})",
-        f"  images: {layout.train_dir}/ and {layout.test_dir}/, *{layout.extension}",
-        f"  submission: {layout.sample_submission} -> format {layout.submission_format}"
-        + (f", P({layout.positive_class})" if layout.positive_class else "") + f"; metric {metric}",
-        "check: competition.metric against the competition's Evaluation page, augment.preset, the recipe's epochs",
-        *[f"check: {note}" for note in layout.notes],
-    ]
-    return "\n".join(lines)
+    data, submission, classes = layout.data, layout.submission, sorted(layout.class_counts)
+    source = {
+        "csv": f"{data.get('labels_csv')} ({data.get('id_column')} -> {data.get('label_column')})",
+        "folders": f"one folder per class in {data['train_dir']}/",
+        "filenames": f"file names in {data['train_dir']}/ ({data.get('filename_pattern')})",
+    }[data["labels"]]
+    shown = ", ".join(classes[:6]) + (" ..." if len(classes) > 6 else "")
+    positive = f", P({submission['positive_class']})" if "positive_class" in submission else ""
+    return "\n".join(
+        [
+            f"wrote {target}",
+            f"  labels: {source}; {sum(layout.class_counts.values())} images, {len(classes)} classes ({shown})",
+            f"  images: {data['train_dir']}/ and {data['test_dir']}/, *{data['extension']}",
+            f"  submission: {data['sample_submission']} -> format {submission['format']}{positive}; metric {metric}",
+            "check: competition.metric against the competition's Evaluation page, augment.preset, the recipe's epochs",
+            *[f"check: {note}" for note in layout.notes],
+        ]
+    )
