@@ -1,0 +1,163 @@
+"""Plots as PNG files: each function takes plain values and a path, draws one figure, returns the path.
+
+matplotlib's object API (Figure + savefig, the Agg renderer) is used without pyplot: no global state,
+no display needed, safe on a headless GPU box.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from kit import schedule
+from kit.runs import atomic_path
+
+DPI = 100  # pixels per inch of figure size
+
+
+def save(figure: Figure, path: Path) -> Path:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_lr_find(rates: list[float], losses: list[float], suggestion: float, path: Path) -> Path:
+    """The LR range test: raw and smoothed loss against the learning rate (log axis), suggestion marked."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    smoothed = schedule.smooth(list(losses))
+    axes.plot(rates, losses, color="0.75", linewidth=1, label="loss")
+    axes.plot(rates, smoothed, color="C0", linewidth=2, label="smoothed loss")
+    axes.axvline(suggestion, color="C3", linestyle="--", label=f"suggestion {suggestion:.2g}")
+    finite = [value for value in smoothed if math.isfinite(value)]
+    if finite:  # the diverging tail would squash the useful part of the curve
+        low, high = min(finite), min(max(finite), smoothed[0] * 1.5 if math.isfinite(smoothed[0]) else max(finite))
+        axes.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+        nearest = int(np.argmin(np.abs(np.log(np.asarray(rates)) - math.log(suggestion))))
+        axes.plot([rates[nearest]], [smoothed[nearest]], "o", color="C3")
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate (log scale)")
+    axes.set_ylabel("training loss")
+    axes.set_title("LR finder")
+    axes.legend()
+    return save(figure, path)
+
+
+def plot_history(
+    folds: dict[str, list[dict]],
+    metric: str,
+    schedule_epochs: np.ndarray,
+    schedule_rates: np.ndarray,
+    stage_starts: list[tuple[float, str]],
+    path: Path,
+) -> Path:
+    """Loss and metric per epoch for every fold, with the per-iteration LR schedule underneath.
+
+    `folds`: fold -> records with an `x` (epochs since training began) added; `schedule_rates`:
+    iterations x layer groups.
+    """
+    figure = Figure(figsize=(9, 8))
+    loss_axes, metric_axes, lr_axes = figure.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2, 2]})
+    for index, (fold, records) in enumerate(sorted(folds.items())):
+        xs = [record["x"] for record in records]
+        color = f"C{index % 10}"
+        loss_axes.plot(xs, [r["train_loss"] for r in records], "--", color=color, marker=".", label=f"fold {fold} train")
+        loss_axes.plot(xs, [r["valid_loss"] for r in records], "-", color=color, marker="o", label=f"fold {fold} valid")
+        metric_axes.plot(xs, [r.get(metric, math.nan) for r in records], "-", color=color, marker="o", label=f"fold {fold}")
+        lr_axes.plot(xs, [r["lr"] for r in records], "o", color=color, markersize=4)
+    group_names = ["early body", "late body", "head"]
+    distinct = schedule_rates.shape[1] > 1 and not np.allclose(schedule_rates, schedule_rates[:, -1:])
+    for group in range(schedule_rates.shape[1]) if distinct else [schedule_rates.shape[1] - 1]:
+        name = group_names[group] if schedule_rates.shape[1] == 3 else f"group {group}"
+        lr_axes.plot(schedule_epochs, schedule_rates[:, group], linewidth=1.2, label=f"lr ({name})")
+    for axes in (loss_axes, metric_axes, lr_axes):
+        for start, _ in stage_starts:
+            axes.axvline(start, color="0.6", linestyle=":", linewidth=1)
+    for start, name in stage_starts:
+        loss_axes.annotate(name, (start, 1), xycoords=("data", "axes fraction"), xytext=(3, -12), textcoords="offset points", fontsize=8)
+    loss_axes.set_ylabel("loss")
+    loss_axes.legend(fontsize=7, ncol=2)
+    metric_axes.set_ylabel(metric)
+    lr_axes.set_ylabel("learning rate")
+    lr_axes.set_xlabel("epoch (dots: recorded at each epoch's end)")
+    lr_axes.legend(fontsize=7)
+    loss_axes.set_title("training history")
+    return save(figure, path)
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, max_classes: int = 20) -> Path:
+    """Counts of (true, predicted); beyond `max_classes` classes, only those in the most confused pairs."""
+    shown = list(range(len(classes)))
+    title = "confusion matrix (counts)"
+    if len(classes) > max_classes:
+        errors = confusion.astype(float).copy()
+        np.fill_diagonal(errors, 0)
+        order = np.dstack(np.unravel_index(np.argsort(-errors, axis=None), errors.shape))[0]
+        shown = []
+        for true, predicted in order:
+            if errors[true, predicted] == 0 or len(shown) >= max_classes:
+                break
+            shown += [c for c in (true, predicted) if c not in shown and len(shown) < max_classes]
+        shown = shown or list(range(max_classes))
+        title = f"confusion among the {len(shown)} classes of the most confused pairs (of {len(classes)})"
+    sub = confusion[np.ix_(shown, shown)]
+    names = [_short(classes[c], 20) for c in shown]
+    size = max(5.0, 0.45 * len(shown) + 2.5)
+    figure = Figure(figsize=(size, size))
+    axes = figure.add_subplot()
+    axes.imshow(sub, cmap="Blues")
+    axes.set_xticks(range(len(shown)), names, rotation=90, fontsize=8)
+    axes.set_yticks(range(len(shown)), names, fontsize=8)
+    threshold = sub.max() / 2 if sub.size else 0
+    for (row, column), count in np.ndenumerate(sub):
+        if count:
+            axes.text(column, row, str(int(count)), ha="center", va="center", fontsize=7,
+                      color="white" if count > threshold else "black")
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title, fontsize=10)
+    return save(figure, path)
+
+
+def plot_image_grid(images: list[np.ndarray], captions: list[str], title: str, path: Path, columns: int = 4) -> Path:
+    """Square images (S x S x 3 uint8, one size) in a grid, each with its caption above it.
+
+    One mosaic in one axes: drawing 16 axes costs several times more for the same picture.
+    """
+    rows = max(1, math.ceil(len(images) / columns))
+    side = images[0].shape[0] if images else 1
+    gap, band = max(1, side // 16), side // 2  # pixels between tiles; pixels above each tile for its caption
+    mosaic = np.full((rows * (side + band + gap), columns * (side + gap), 3), 255, dtype=np.uint8)
+    figure = Figure(figsize=(columns * 2.4, rows * 2.9))
+    axes = figure.add_subplot()
+    for index, image in enumerate(images):
+        top, left = (index // columns) * (side + band + gap) + band, (index % columns) * (side + gap)
+        mosaic[top : top + side, left : left + side] = image[:side, :side]
+        axes.text(left + side / 2, top - 1, captions[index], ha="center", va="bottom", fontsize=7)
+    axes.imshow(mosaic, interpolation="nearest")
+    axes.axis("off")
+    axes.set_title(title)
+    return save(figure, path)
+
+
+def plot_image_sizes(sizes: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Histograms of raw image widths and heights (pixels), one series per image set (train, test)."""
+    figure = Figure(figsize=(10, 3.8))
+    width_axes, height_axes = figure.subplots(1, 2)
+    for name, (widths, heights) in sizes.items():
+        if len(widths):
+            width_axes.hist(widths, bins=40, alpha=0.6, label=f"{name} (median {int(np.median(widths))})")
+            height_axes.hist(heights, bins=40, alpha=0.6, label=f"{name} (median {int(np.median(heights))})")
+    for axes, what in ((width_axes, "width"), (height_axes, "height")):
+        axes.set_xlabel(f"{what} (pixels)")
+        axes.set_ylabel("images")
+        axes.legend(fontsize=8)
+    figure.suptitle("raw image sizes")
+    return save(figure, path)
+
+
+def _short(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1] + "…"

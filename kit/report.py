@@ -1,0 +1,287 @@
+"""What a run did, on one page: `kit report` writes runs/<name>/<run>/report.html, `kit runs` compares runs.
+
+The page is self-contained (plots embedded as base64 PNG), so it can be mailed or opened from a GPU box's
+copy. The selections behind the image grids (most wrong, most uncertain, most confidently right) are
+pure functions of (probabilities, targets) returning row indices.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from kit import cache, calibrate, data, plots, schedule, submission
+from kit.config import Config, config_from_dict
+from kit.runs import atomic_path, find_run, list_runs, read_json
+
+GRID_IMAGES = 16  # images per grid: 4 x 4
+CONFUSED_PAIRS = 15  # rows in the table of most confused class pairs
+SIZE_SAMPLE = 4000  # image headers read per set for the size histogram (evenly spaced sample)
+
+
+def _predicted(probabilities: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(~np.isnan(probabilities).any(1))
+
+
+def _true_probability(probabilities: np.ndarray, targets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return probabilities[rows, targets[rows]]
+
+
+def most_wrong(probabilities: np.ndarray, targets: np.ndarray, count: int = GRID_IMAGES) -> np.ndarray:
+    """Misclassified rows, the least probability given to the true label first (where mislabels hide)."""
+    rows = _predicted(probabilities)
+    rows = rows[probabilities[rows].argmax(1) != targets[rows]]
+    return rows[np.argsort(_true_probability(probabilities, targets, rows), kind="stable")][:count]
+
+
+def most_uncertain(probabilities: np.ndarray, targets: np.ndarray, count: int = GRID_IMAGES) -> np.ndarray:
+    """Rows where the top two classes are closest (smallest margin), whatever the label."""
+    rows = _predicted(probabilities)
+    top_two = np.sort(probabilities[rows], 1)[:, -2:]
+    return rows[np.argsort(top_two[:, 1] - top_two[:, 0], kind="stable")][:count]
+
+
+def most_confident_right(probabilities: np.ndarray, targets: np.ndarray, count: int = GRID_IMAGES) -> np.ndarray:
+    """Correctly classified rows, the highest probability of the true label first."""
+    rows = _predicted(probabilities)
+    rows = rows[probabilities[rows].argmax(1) == targets[rows]]
+    return rows[np.argsort(-_true_probability(probabilities, targets, rows), kind="stable")][:count]
+
+
+def confusion_counts(targets: np.ndarray, predictions: np.ndarray, class_count: int) -> np.ndarray:
+    """class_count x class_count counts: row = true class, column = predicted class."""
+    return np.bincount(targets * class_count + predictions, minlength=class_count**2).reshape(class_count, class_count)
+
+
+def most_confused_pairs(confusion: np.ndarray, count: int = CONFUSED_PAIRS) -> list[tuple[int, int, int]]:
+    """(true, predicted, images) for the largest off-diagonal counts, largest first."""
+    errors = confusion.copy()
+    np.fill_diagonal(errors, 0)
+    order = np.argsort(-errors, axis=None, kind="stable")[:count]
+    pairs = [(int(t), int(p), int(errors[t, p])) for t, p in zip(*np.unravel_index(order, errors.shape), strict=True)]
+    return [pair for pair in pairs if pair[2] > 0]
+
+
+def lr_schedule(config: Config, points_per_epoch: int = 100) -> tuple[np.ndarray, np.ndarray, list[tuple[float, str]]]:
+    """The learning rate of every layer group across all stages, as trained: (epochs, rates, stage starts)."""
+    from kit.train import stage_learning_rates  # the single statement of how a stage's rates are chosen
+
+    epochs, rates, starts, offset = [], [], [], 0.0
+    for stage in config.stages:
+        length = config.stage_epochs(stage)
+        positions = np.arange(0, length, 1 / points_per_epoch)
+        if config.train.schedule == "sgdr":
+            factors = [schedule.sgdr_lr(p, 1.0, stage.cycle_len, stage.cycle_mult) for p in positions]
+        else:
+            factors = [schedule.one_cycle_lr(p / length, 1.0) for p in positions]
+        epochs.append(positions + offset)
+        rates.append(np.outer(factors, stage_learning_rates(config, stage)))
+        starts.append((offset, stage.name))
+        offset += length
+    return np.concatenate(epochs), np.concatenate(rates), starts
+
+
+def history_positions(config: Config, history: list[dict]) -> list[dict]:
+    """Each epoch record with `x`: epochs since training began (stages follow each other)."""
+    lengths = [config.stage_epochs(stage) for stage in config.stages]
+    stage, offset, previous, placed = 0, 0.0, None, []
+    for record in history:
+        if previous is not None and (record["stage"] != previous["stage"] or record["epoch"] <= previous["epoch"]):
+            offset += lengths[stage] if stage < len(lengths) else previous["epoch"]
+            stage += 1
+        length = lengths[stage] if stage < len(lengths) else record["epoch"]
+        placed.append({**record, "x": offset + min(record["epoch"], length)})
+        previous = record
+    return placed
+
+
+def image_sizes(paths: list[Path], limit: int = SIZE_SAMPLE) -> tuple[np.ndarray, np.ndarray]:
+    """Widths and heights in pixels, read from file headers (no decoding); unreadable files are skipped."""
+    step = max(1, len(paths) // limit)
+    widths, heights = [], []
+    for path in paths[::step]:
+        try:
+            with Image.open(path) as image:  # lazy: only the header is parsed
+                widths.append(image.size[0])
+                heights.append(image.size[1])
+        except OSError:
+            continue
+    return np.array(widths), np.array(heights)
+
+
+def _probability(value: float) -> str:
+    """0.93, or 3e-05 where two decimals would say 0.00."""
+    return f"{value:.2f}" if value >= 0.005 else f"{value:.0e}"
+
+
+def image_captions(probabilities: np.ndarray, targets: np.ndarray, rows: np.ndarray, classes: list[str]) -> list[str]:
+    captions = []
+    for row in rows:
+        predicted = int(probabilities[row].argmax())
+        captions.append(
+            f"true {classes[targets[row]]} ({_probability(probabilities[row, targets[row]])})\n"
+            f"pred {classes[predicted]} ({_probability(probabilities[row, predicted])})"
+        )
+    return captions
+
+
+def make_plots(config: Config, run_config: Config, run_dir: Path, labels: data.LabelTable, oof: np.ndarray | None) -> list[tuple[str, Path, str]]:
+    """Every plot the run supports, written as PNGs in the run folder: [(title, path, note)]."""
+    summary = read_json(run_dir / "metrics.json")
+    made = []
+    for found in sorted(run_dir.glob("lr-find*.json")):  # the LR finder's record; draw it if it was not drawn
+        finder = read_json(found)
+        if not found.with_suffix(".png").exists():
+            plots.plot_lr_find(finder["rates"], finder["losses"], finder["suggestion"], found.with_suffix(".png"))
+    made += [(f"LR finder ({path.stem})", path, "") for path in sorted(run_dir.glob("lr-find*.png"))]
+    histories = {fold: history_positions(run_config, result["history"]) for fold, result in summary["folds"].items() if result.get("history")}
+    if histories:
+        epochs, rates, starts = lr_schedule(run_config)
+        made.append(("Loss, metric and learning rate per epoch", plots.plot_history(
+            histories, summary["metric"], epochs, rates, starts, run_dir / "history.png"), ""))
+    if oof is not None:
+        rows = _predicted(oof)
+        confusion = confusion_counts(labels.targets[rows], oof[rows].argmax(1), len(labels.classes))
+        made.append(("Confusion matrix (out of fold)", plots.plot_confusion(confusion, labels.classes, run_dir / "confusion.png"), ""))
+        image_size = run_config.stages[-1].image_size or run_config.train.image_size
+        for name, select in (("most-wrong", most_wrong), ("most-uncertain", most_uncertain), ("most-confident", most_confident_right)):
+            chosen = select(oof, labels.targets, GRID_IMAGES)
+            images = [cache.decode(labels.paths[row], image_size) for row in chosen]
+            title = {"most-wrong": "Most wrong (lowest probability of the true label)",
+                     "most-uncertain": "Most uncertain (smallest margin between the top two classes)",
+                     "most-confident": "Most confidently right"}[name]
+            made.append((title, plots.plot_image_grid(
+                images, image_captions(oof, labels.targets, chosen, labels.classes), title, run_dir / f"{name}.png"),
+                "ids, in grid order: " + ", ".join(labels.ids[row] for row in chosen)))
+    test_paths = data.load_test(config).paths
+    sizes = {"train": image_sizes(labels.paths), "test": image_sizes(test_paths)}
+    made.append(("Raw image sizes", plots.plot_image_sizes(sizes, run_dir / "image-sizes.png"), ""))
+    return made
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, border=0, classes="table", float_format=lambda v: f"{v:.4f}")
+
+
+def _embed(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def fold_table(summary: dict) -> pd.DataFrame:
+    rows = []
+    for fold, result in sorted(summary["folds"].items(), key=lambda item: int(item[0])):
+        history = result.get("history") or [{}]
+        rows.append({"fold": fold, summary["metric"]: result["score"], "epochs": len(result.get("history") or []),
+                     "last valid loss": history[-1].get("valid_loss", np.nan),
+                     "seconds": sum(r.get("seconds", 0) for r in result.get("history") or [])})
+    return pd.DataFrame(rows)
+
+
+def submission_rows(run_dir: Path) -> pd.DataFrame:
+    """The submission file made from the run and every ledger entry (upload, score) for it."""
+    if not (run_dir / "submission.json").exists():
+        return pd.DataFrame()
+    name = read_json(run_dir / "submission.json")["file"]
+    ledger_path = submission.SUBMISSIONS_DIR / "ledger.csv"
+    ledger = pd.read_csv(ledger_path, dtype=str, keep_default_na=False) if ledger_path.exists() else pd.DataFrame()
+    entries = ledger[ledger["file"] == name] if len(ledger) else ledger
+    if not len(entries):
+        return pd.DataFrame([{"file": name, "status": "written, not submitted"}])
+    return entries[["time_utc", "file", "status", "public_score", "message"]]
+
+
+def write_report(config: Config, run_dir: Path) -> Path:
+    """runs/<name>/<run>/report.html: config, CV per fold, plots, confusions, calibration, submission."""
+    summary = read_json(run_dir / "metrics.json")
+    saved = read_json(run_dir / "config.json")
+    run_config = config_from_dict(saved, Path(saved["path"]))
+    labels = data.load_labels(config)
+    oof = np.load(run_dir / "oof.npy") if (run_dir / "oof.npy").exists() else None
+    if oof is not None and oof.shape != (len(labels.ids), len(labels.classes)):
+        oof = None  # the labels changed since the run: its rows no longer line up
+    classes, metric = labels.classes, summary["metric"]
+    sections = [f"<h1>{html.escape(config.name)}: run {html.escape(run_dir.name)}</h1>",
+                f"<p>CV {html.escape(metric)} <b>{summary['cv']:.4f}</b> (folds {summary['folds_trained']}), "
+                f"{summary.get('seconds', 0) / 60:.1f} minutes</p>"]
+    sections.append("<h2>Submission</h2>" + (_table(submission_rows(run_dir)) if (run_dir / "submission.json").exists() else "<p>none yet: <code>make predict</code></p>"))
+    if summary["folds"]:
+        sections.append("<h2>Cross-validation per fold</h2>" + _table(fold_table(summary)))
+    if "ensemble" in summary:
+        details = summary["ensemble"]
+        frame = pd.DataFrame([{"run": name, "weight": weight, **details["single_runs"][name]}
+                              for name, weight in zip(details["runs"], details["weights"], strict=True)])
+        sections.append(f"<h2>Ensemble of {len(frame)} runs</h2>" + _table(frame)
+                        + f"<p>blend OOF log loss {details['oof_log_loss']:.4f} on {details['rows']} rows</p>")
+    if oof is not None:
+        rows = _predicted(oof)
+        if "ensemble" in summary:
+            fitted = summary["ensemble"]["calibration"]
+            temperature, epsilon, before, after = (fitted[k] for k in ("temperature", "epsilon", "log_loss_before", "log_loss_after"))
+        else:
+            temperature, epsilon, before, after = calibrate.calibrate(oof[rows], labels.targets[rows])
+        sections.append(
+            f"<h2>Calibration (fitted on OOF)</h2><p>OOF log loss before {before:.4f}, after {after:.4f} "
+            f"(temperature {temperature:.3f}, clip epsilon {epsilon:.0e})"
+            + ("" if metric == "log_loss" else "; not applied: the metric is not log loss") + "</p>")
+    for title, path, note in make_plots(config, run_config, run_dir, labels, oof):
+        sections.append(f"<h2>{html.escape(title)}</h2><img alt=\"{html.escape(title)}\" src=\"{_embed(path)}\">"
+                        + (f"<p class=\"note\">{html.escape(note)}</p>" if note else ""))
+    if oof is not None:
+        rows = _predicted(oof)
+        confusion = confusion_counts(labels.targets[rows], oof[rows].argmax(1), len(classes))
+        pairs = pd.DataFrame([{"true": classes[t], "predicted": classes[p], "images": n} for t, p, n in most_confused_pairs(confusion)])
+        sections.append("<h2>Most confused pairs</h2>" + (_table(pairs) if len(pairs) else "<p>no confusions</p>"))
+        totals = confusion.sum(1)
+        per_class = pd.DataFrame({"class": classes, "images": totals,
+                                  "recall": np.divide(np.diag(confusion), totals, out=np.full(len(classes), np.nan), where=totals > 0)})
+        sections.append("<h2>Per class (out of fold)</h2>" + _table(per_class))
+    sections.append("<h2>Config</h2><pre>" + html.escape(json.dumps(saved, indent=2)) + "</pre>")
+    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(config.name)} {html.escape(run_dir.name)}</title>"
+            f"<style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>\n")
+    target = run_dir / "report.html"
+    with atomic_path(target) as temporary:
+        temporary.write_text(page, encoding="utf-8")
+    return target
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
+         " .table{border-collapse:collapse;font-size:13px} .table td,.table th{padding:3px 10px;border-bottom:1px solid #ddd}"
+         " .note{font-size:12px;color:#555} pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}")
+
+
+def report_run(config: Config, run: str | None) -> Path:
+    """The report of a run by id (default: the newest finished run)."""
+    return write_report(config, find_run(config, run))
+
+
+def flatten(value, prefix: str = "") -> dict:
+    """{'train': {'lr': 1}, 'stages': [{'lr': 2}]} -> {'train.lr': 1, 'stages.0.lr': 2}."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return {k: v for index, item in enumerate(value) for k, v in flatten(item, f"{prefix}{index}.").items()}
+    return {prefix.rstrip("."): json.dumps(value) if isinstance(value, list) else value}
+
+
+def runs_table(config: Config) -> pd.DataFrame:
+    """One row per run: CV, folds, minutes, and every setting that differs between the trained runs."""
+    rows, settings = [], {}
+    for run_dir in list_runs(config):
+        summary = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+        ensemble = summary.get("ensemble")
+        rows.append({"run": run_dir.name, "cv": summary.get("cv", np.nan), "metric": summary.get("metric", "(unfinished)"),
+                     "folds": "+".join(ensemble["runs"]) if ensemble else ",".join(map(str, summary.get("folds_trained", []))),
+                     "minutes": round(summary.get("seconds", 0) / 60, 1)})
+        if not ensemble:  # an ensemble's config.json is its first run's: its settings say nothing new
+            settings[run_dir.name] = {k: v for k, v in flatten(read_json(run_dir / "config.json")).items() if k != "path"}
+    keys = sorted({key for values in settings.values() for key in values})
+    differing = [key for key in keys if len({json.dumps(values.get(key), default=str) for values in settings.values()}) > 1]
+    for row in rows:
+        row.update({key: settings.get(row["run"], {}).get(key, "") for key in differing})
+    return pd.DataFrame(rows)

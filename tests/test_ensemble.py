@@ -1,0 +1,144 @@
+"""OOF ensembles and calibration: pure numpy properties, then a blend of two tiny digits runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from kit import calibrate, ensemble, pipeline
+from kit.cli import main
+from kit.data import load_labels
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exponentials = np.exp(logits - logits.max(1, keepdims=True))
+    return exponentials / exponentials.sum(1, keepdims=True)
+
+
+def synthetic(rows: int = 2000, classes: int = 10, signal: float = 2.0, seed: int = 0):
+    """Logits whose true class is `signal` higher on average, and the targets."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, classes, rows)
+    logits = rng.normal(size=(rows, classes))
+    logits[np.arange(rows), targets] += signal
+    return logits, targets
+
+
+def test_temperature_softens_over_confident_and_sharpens_under_confident_predictions():
+    logits, targets = synthetic()
+    over_temperature, _, over_before, over_after = calibrate.calibrate(softmax(4 * logits), targets)
+    under_temperature, _, under_before, under_after = calibrate.calibrate(softmax(0.25 * logits), targets)
+    # With unit Gaussian noise the true posterior is softmax(signal * logits) = softmax(2 * logits):
+    # 4x logits are twice too sharp (T = 2), 0.25x eight times too soft (T = 1/8).
+    assert over_temperature == pytest.approx(2, rel=0.1) and over_after < over_before - 0.05
+    assert under_temperature == pytest.approx(1 / 8, rel=0.1) and under_after < under_before - 0.5
+    reference = calibrate.log_loss(softmax(2 * logits), targets)
+    assert over_after == pytest.approx(reference, abs=0.005) and under_after == pytest.approx(reference, abs=0.005)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_calibration_never_raises_oof_log_loss(seed):
+    rng = np.random.default_rng(seed)
+    rows, classes = int(rng.integers(5, 300)), int(rng.integers(2, 12))
+    # Anything from pure noise to sharp, from well-calibrated to wildly off, even labels that ignore the model.
+    probabilities = rng.dirichlet(np.full(classes, rng.choice([0.05, 0.5, 5.0])), rows)
+    targets = rng.integers(0, classes, rows) if seed % 3 == 0 else probabilities.argmax(1)
+    temperature, epsilon, before, after = calibrate.calibrate(probabilities, targets)
+    assert after <= before
+    assert after == pytest.approx(calibrate.log_loss(calibrate.apply_temperature(probabilities, temperature), targets, epsilon))
+
+
+def test_calibrated_rows_keep_their_argmax_and_sum_to_one():
+    logits, _ = synthetic(rows=50)
+    probabilities = softmax(3 * logits)
+    for temperature in (0.3, 1.0, 4.0):
+        scaled = calibrate.apply_calibration(probabilities, temperature, 1e-3)
+        assert np.array_equal(scaled.argmax(1), probabilities.argmax(1))
+        assert np.allclose(scaled.sum(1), 1)
+    assert np.allclose(calibrate.apply_temperature(probabilities, 1.0), probabilities)
+
+
+def test_epsilon_is_chosen_on_oof_to_soften_confident_mistakes():
+    targets = np.zeros(100, dtype=np.int64)
+    probabilities = np.tile([0.99, 0.01], (100, 1))
+    probabilities[0] = [1e-12, 1 - 1e-12]  # one confidently wrong row would cost 0.28 on its own
+    epsilon = calibrate.choose_epsilon(probabilities, targets)
+    assert epsilon > calibrate.NO_CLIP
+    assert calibrate.log_loss(probabilities, targets, epsilon) < calibrate.log_loss(probabilities, targets)
+
+
+def test_oof_nan_rows_are_ignored_by_calibration():
+    logits, targets = synthetic(rows=200)
+    probabilities = softmax(3 * logits)
+    probabilities[:50] = np.nan
+    temperature, _, before, after = calibrate.calibrate(probabilities, targets)
+    assert np.isfinite([temperature, before, after]).all() and after <= before
+
+
+def test_weights_lie_on_the_simplex_and_the_blend_beats_each_run():
+    logits, targets = synthetic(signal=1.5)
+    rng = np.random.default_rng(1)
+    # Two runs that see the truth through independent noise: the blend knows more than either.
+    first, second = (softmax(logits + rng.normal(scale=1.5, size=logits.shape)) for _ in range(2))
+    weights = ensemble.fit_weights([first, second], targets)
+    assert np.all(weights >= 0) and weights.sum() == pytest.approx(1)
+    blended = calibrate.log_loss(ensemble.blend([first, second], weights), targets)
+    assert blended < min(calibrate.log_loss(first, targets), calibrate.log_loss(second, targets)) - 0.01
+
+
+def test_a_useless_run_gets_no_weight():
+    logits, targets = synthetic()
+    good = softmax(logits)
+    noise = np.random.default_rng(2).dirichlet(np.ones(10), len(targets))
+    weights = ensemble.fit_weights([noise, good], targets)
+    assert weights[1] > 0.95
+    assert calibrate.log_loss(ensemble.blend([noise, good], weights), targets) <= calibrate.log_loss(good, targets)
+
+
+def test_common_rows_are_those_every_run_predicted():
+    first, second = np.ones((5, 2)) / 2, np.ones((5, 2)) / 2
+    first[[0, 1]] = np.nan
+    second[[1, 4]] = np.nan
+    assert ensemble.common_rows([first, second]).tolist() == [False, False, True, True, False]
+
+
+def invoke(*arguments):
+    return CliRunner().invoke(main, [str(a) for a in arguments])
+
+
+def test_ensemble_of_two_digits_runs_beats_the_better_one_on_oof(digits, project):
+    # Log loss as the metric, so calibration is fitted and applied end to end; fold 0 of 10 keeps it quick.
+    settings = ("competition.metric=log_loss", "train.folds=10", "train.lr=1e-2")
+    first = pipeline.train_run(digits(*settings, "train.batch_size=32"), "0")
+    second = pipeline.train_run(digits(*settings, "train.seed=7"), "0")
+    assert invoke("ensemble", "digits", first.name).exit_code == 1  # one run is not an ensemble
+
+    result = invoke("ensemble", "digits", first.name, second.name)
+    assert result.exit_code == 0, result.output
+    (blend_dir,) = (project / "runs" / "digits").glob("*-ensemble")
+    summary = json.loads((blend_dir / "metrics.json").read_text())
+    targets = load_labels(digits()).targets
+    oofs = [np.load(run / "oof.npy") for run in (first, second)]
+    rows = ensemble.common_rows(oofs)
+    assert 0 < rows.sum() < len(targets)  # fold 0 only
+    singles = [calibrate.log_loss(oof[rows], targets[rows]) for oof in oofs]
+    blended = np.load(blend_dir / "oof.npy")
+    assert summary["metric"] == "log_loss" and summary["cv"] <= min(singles) + 1e-12
+    assert calibrate.log_loss(blended[rows], targets[rows]) == pytest.approx(summary["cv"])
+    assert np.isnan(blended[~rows]).all()
+    details = summary["ensemble"]
+    assert details["calibration"]["log_loss_after"] <= details["calibration"]["log_loss_before"]
+    assert sum(details["weights"]) == pytest.approx(1) and min(details["weights"]) >= 0
+
+    # The blended submission: written from both runs' test probabilities (predicted on demand), valid, submittable.
+    assert all((run / "test-probabilities.npy").exists() for run in (first, second))
+    name = json.loads((blend_dir / "submission.json").read_text())["file"]
+    frame = pd.read_csv(project / "submissions" / name, dtype=str)
+    assert len(frame) == 360 and set(frame["label"]) <= {str(d) for d in range(10)}
+    result = invoke("submit", "digits", "--run", blend_dir.name, "-m", "blend")
+    assert result.exit_code == 0 and "local leaderboard" in result.output, result.output
+    assert blend_dir.name in invoke("runs", "digits").output
