@@ -18,6 +18,7 @@ from PIL import Image
 
 from kit import cache, calibrate, data, plots, schedule, submission
 from kit.config import Config, config_from_dict
+from kit.plots import plot_lr_find as plot_lr_find  # re-exported: the LR finder draws its curve with it
 from kit.runs import atomic_path, find_run, list_runs, read_json
 
 GRID_IMAGES = 16  # images per grid: 4 x 4
