@@ -147,8 +147,13 @@ def ledger(config: Config) -> pd.DataFrame:
     if config.competition.kaggle and "score" not in load_hooks(config):
         from kit import kaggle
 
-        table, strangers = submission.merge_kaggle_scores(table, kaggle.list_submissions(config.competition.kaggle), config.name)
-        submission.write_ledger(table)
+        try:
+            remote = kaggle.list_submissions(config.competition.kaggle)
+        except click.ClickException as error:  # the local ledger is still worth showing
+            click.echo(f"scores not refreshed: {error.message}", err=True)
+        else:
+            table, strangers = submission.merge_kaggle_scores(table, remote, config.name)
+            submission.write_ledger(table)
     columns = ["time_utc", "file", "run", "metric", "cv", "public_score", "private_score", "status"]
     shown = table.loc[table["competition"] == config.name, columns]
     outside = pd.DataFrame(

@@ -264,10 +264,19 @@ def test_valid_submission_is_clipped_for_log_loss_and_dry_run_uploads_nothing(en
     assert pd.read_csv(io.BytesIO(upload.content))["pug"].min() == pytest.approx(1e-15)  # clipped, not 0
     ledger = pd.read_csv(project / "submissions" / "ledger.csv", dtype=str)
     assert ledger["status"].tolist() == ["dry run (not uploaded)", "uploaded"]
-    assert (
-        "0.0" in (project / "submissions" / "dog-breeds-fake.csv").read_text()
-    )  # the kept file is unclipped
+    kept = (project / "submissions" / "dog-breeds-fake.csv").read_text()
+    assert "0.0," in kept  # the file kept in submissions/ is not clipped
     assert not list((project / "submissions").glob(".upload-*"))
+
+
+def test_ledger_without_network_still_shows_local_rows(environment, monkeypatch, tmp_path):
+    fake_run(environment, "dog-breeds", valid_breeds_frame())
+    valid_breeds_frame().to_csv(environment / "submissions" / "dog-breeds-fake.csv", index=False)
+    succeeds("submit", "dog-breeds", "--dry-run")
+    kaggle_env(monkeypatch, tmp_path, credentials=False)
+    result = invoke("ledger", "dog-breed")
+    assert result.exit_code == 0 and "scores not refreshed: no Kaggle credentials" in result.output
+    assert "dog-breeds-fake.csv" in result.output and "0.500000" in result.output
 
 
 def test_submit_without_credentials_stops_before_training(project, monkeypatch, tmp_path):
