@@ -124,6 +124,12 @@ def ensemble(config: Config, run_dirs: list[Path]) -> Path:
               for d, o in zip(run_dirs, oofs, strict=True)}
 
     tests = [test_probabilities(run_dir) for run_dir in run_dirs]
+    for run_dir, test in zip(run_dirs, tests, strict=True):
+        if test.shape != tests[0].shape:
+            raise click.ClickException(
+                f"{run_dir / 'test-probabilities.npy'}: shape {test.shape}, but {run_dirs[0].name}'s is {tests[0].shape}; "
+                f"the test set changed between runs: re-run `make predict COMP={config.name} RUN={run_dir.name}`"
+            )
     test_blend = calibrate.apply_calibration(blend(tests, weights), temperature, epsilon)
 
     run_dir = new_ensemble_dir(config)

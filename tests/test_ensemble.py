@@ -142,3 +142,29 @@ def test_ensemble_of_two_digits_runs_beats_the_better_one_on_oof(digits, project
     result = invoke("submit", "digits", "--run", blend_dir.name, "-m", "blend")
     assert result.exit_code == 0 and "local leaderboard" in result.output, result.output
     assert blend_dir.name in invoke("runs", "digits").output
+
+
+def fake_run(project, name: str, oof: np.ndarray, classes: list[str]):
+    run_dir = project / "runs" / "digits" / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "metrics.json").write_text(json.dumps({"metric": "accuracy", "cv": 0.5, "classes": classes, "folds": {}}))
+    np.save(run_dir / "oof.npy", oof)
+    return run_dir
+
+
+def test_runs_that_cannot_be_blended_are_refused_in_one_line(digits, project):
+    labels = load_labels(digits())
+    probabilities = np.full((len(labels.ids), 10), 0.1)
+    first_half, second_half = probabilities.copy(), probabilities.copy()
+    first_half[: len(labels.ids) // 2] = np.nan
+    second_half[len(labels.ids) // 2 :] = np.nan
+    fake_run(project, "a", first_half, labels.classes)
+    fake_run(project, "b", second_half, labels.classes)
+    fake_run(project, "c", probabilities, [*labels.classes[:9], "x"])
+    fake_run(project, "d", probabilities[:100], labels.classes)
+    for runs, message in ((["a", "b"], "no training image was predicted out of fold by every run"),
+                          (["a", "c"], "classes differ"), (["a", "d"], "the data changed since this run"),
+                          (["a", "a"], "at least two different runs")):
+        result = invoke("ensemble", "digits", *runs)
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
