@@ -40,7 +40,7 @@ TINY = [
     "train.batch_size=64",
     "train.epochs=1",
     "train.lr=3e-3",
-    "stages=[]",  # one plain stage of train.epochs, whatever recipe the competition ships
+    "stages=[{}]",  # one plain 1-epoch stage, whatever recipe the competition ships
 ]
 
 

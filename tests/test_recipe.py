@@ -1,0 +1,143 @@
+"""The training recipe on a tiny model: freezing, per-group LRs, precompute, snapshots, TTA, resizing, LR finder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kit import cache, lr_find, models, predict, train
+from kit.config import ConfigError
+from kit.data import load_folds, load_labels
+from kit.runs import interim_dir, new_run
+
+
+def fold_state(config, run_dir):
+    labels = load_labels(config)
+    folds = load_folds(config, labels)
+    torch.manual_seed(0)
+    model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
+    rows = np.arange(len(labels.ids))
+    meta = {"model": config.train.model, "classes": labels.classes}
+    return train.FoldState(model, labels, rows[folds != 0], rows[folds == 0], run_dir, meta, [])
+
+
+def snapshot(model):
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+FROZEN = ["stages.0.freeze_to=-1"]
+
+
+def test_frozen_groups_keep_their_weights_bit_for_bit(digits, tmp_path):
+    config = digits(*FROZEN, "stages.0.cycle_len=0.3")
+    state = fold_state(config, tmp_path)
+    before = snapshot(state.model)
+    head = {name for name, _ in state.model.get_classifier().named_parameters()}
+    train.run_stage(config, 0, state, progress=False)
+    after = snapshot(state.model)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {f"classifier.{name}" for name in head}  # BatchNorm running stats included: unchanged
+
+
+def test_per_group_learning_rates_reach_the_optimizer(digits, tmp_path):
+    config = digits("stages.0.lr=[0.001, 0.003, 0.009]")
+    data = train.prepare_stage(config, 0, fold_state(config, tmp_path))
+    assert [group["lr"] for group in data.optimizer.param_groups] == [0.001, 0.003, 0.009]
+    config = digits("stages.0.lr=[0.001, 0.003, 0.009]", "stages.0.freeze_to=1")
+    data = train.prepare_stage(config, 0, fold_state(config, tmp_path))
+    assert [group["lr"] for group in data.optimizer.param_groups] == [0.003, 0.009]
+
+
+def test_precomputed_features_give_the_full_models_logits(digits, tmp_path):
+    config = digits(*FROZEN)
+    model = fold_state(config, tmp_path).model.eval()
+    images, _ = cache.image_cache(load_labels(config).paths[:40], 32, interim_dir(config), "train-subset")
+    features = cache.body_features_cached(model, images, "test", interim_dir(config), 16)
+    with torch.no_grad():
+        from_features = model.get_classifier()(torch.from_numpy(features))
+        full = model(predict.to_input(torch.from_numpy(np.array(images)), model.pretrained_cfg["mean"], model.pretrained_cfg["std"], torch.device("cpu")))
+    torch.testing.assert_close(from_features, full, rtol=1e-4, atol=1e-5)
+    # A second call reads the cache; other weights make a new key.
+    assert len(list(interim_dir(config).glob("features-test-*.npy"))) == 1
+    with torch.no_grad():
+        model.conv_stem.weight.mul_(2)
+    cache.body_features_cached(model, images, "test", interim_dir(config), 16)
+    assert len(list(interim_dir(config).glob("features-test-*.npy"))) == 2
+
+
+def test_snapshot_count_equals_number_of_cycles(digits, tmp_path):
+    config = digits("stages.0.n_cycles=3", "stages.0.cycle_len=0.25", "stages.0.cycle_mult=2", "stages.0.snapshots=true")
+    state = fold_state(config, tmp_path)
+    train.run_stage(config, 0, state, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("snapshot-*.pt")) == ["snapshot-1.pt", "snapshot-2.pt", "snapshot-3.pt"]
+    assert predict.prediction_weights(tmp_path, "snapshots", 2) == [tmp_path / "snapshot-2.pt", tmp_path / "snapshot-3.pt"]
+
+
+def test_tta_with_zero_views_equals_the_plain_prediction(digits, tmp_path):
+    config = digits()
+    model = fold_state(config, tmp_path).model.eval()
+    images, _ = cache.image_cache(load_labels(config).paths[:20], 32, interim_dir(config), "train-subset")
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    plain = predict.predict_probabilities(model, images, 8, mean, std, "none", tta=0)
+    with torch.no_grad():
+        direct = model(predict.to_input(torch.from_numpy(np.array(images)), mean, std, torch.device("cpu"))).softmax(1)
+    np.testing.assert_allclose(plain, direct.double().numpy(), rtol=1e-5, atol=1e-6)
+    augmented = predict.predict_probabilities(model, images, 8, mean, std, "none", tta=3)
+    assert augmented.shape == plain.shape and not np.allclose(augmented, plain)
+    np.testing.assert_allclose(augmented.sum(1), 1, rtol=1e-6)
+
+
+def test_progressive_resizing_changes_the_input_size(digits, tmp_path, monkeypatch):
+    config = digits("stages.0.cycle_len=0.2")
+    bigger = digits("stages.0.cycle_len=0.2", "stages.0.image_size=48")
+    state = fold_state(config, tmp_path)
+    seen = []
+    hook = state.model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[-1]))
+    train.run_stage(config, 0, state, progress=False)
+    train.run_stage(bigger, 0, state, progress=False)
+    hook.remove()
+    assert 32 in seen and 48 in seen and seen.index(48) > seen.index(32)
+    assert train.stage_batch_size(bigger, bigger.stages[0]) < train.stage_batch_size(config, config.stages[0])
+
+
+def test_lr_finder_restores_weights_and_suggests_a_rate_that_trains(digits, project):
+    config = digits(*FROZEN, "stages.0.precompute=true", "stages.0.augment=false")
+    run_dir = new_run(config)
+    state = fold_state(config, run_dir)
+    data = train.prepare_stage(config, 0, state)
+    before = snapshot(state.model)
+    optimizer_before = json.dumps(data.optimizer.state_dict()["param_groups"], default=str)
+    rates, losses = lr_find.range_test(data, state.model, steps=60)
+    assert all(torch.equal(before[k], v) for k, v in state.model.state_dict().items())
+    assert json.dumps(data.optimizer.state_dict()["param_groups"], default=str) == optimizer_before
+    assert len(rates) == len(losses) >= 10
+
+    result = lr_find.lr_find(config, 0, run_dir)
+    assert min(result["rates"]) <= result["suggestion"] <= max(result["rates"])
+    assert (run_dir / "lr-find-stage0.json").exists()
+
+    # Training the head at the suggested rate lowers the loss.
+    config = digits(*FROZEN, "stages.0.precompute=true", "stages.0.augment=false", f"stages.0.lr={result['suggestion']}", "stages.0.cycle_len=3")
+    state = fold_state(config, run_dir)
+    train.run_stage(config, 0, state, progress=False)
+    assert state.history[-1]["train_loss"] < state.history[0]["train_loss"]
+    assert state.history[-1]["valid_loss"] < np.log(10)  # better than a uniform guess
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stages.0.precompute=true", "precompute needs a frozen body"),
+        ("stages.0.cycle_mult=0.5", "cycle_mult = 0.5 must be >= 1"),
+        ("stages.0.lr=[0.1, 0.2]", "lr has 2 values"),
+        ("augment.preset='sideways'", "augment.preset"),
+        ("augment.transforms=[{name='NoSuchTransform'}]", "unknown albumentations transform"),
+    ],
+)
+def test_bad_recipes_are_refused_with_one_clear_error(digits, override, message):
+    with pytest.raises(ConfigError) as error:
+        digits(override)
+    assert message in error.value.message and "\n" not in error.value.message
