@@ -76,15 +76,15 @@ def plot_history(
     for axes in (loss_axes, metric_axes, lr_axes):
         for start, _ in stage_starts:
             axes.axvline(start, color="0.6", linestyle=":", linewidth=1)
-    for start, name in stage_starts:
-        loss_axes.annotate(name, (start, 1), xycoords=("data", "axes fraction"), xytext=(3, -12), textcoords="offset points", fontsize=8)
+    stages_axis = loss_axes.secondary_xaxis("top")  # stage names above the plot, where no curve runs
+    stages_axis.set_xticks([start for start, _ in stage_starts], [name for _, name in stage_starts], fontsize=8, rotation=20, ha="left")
     loss_axes.set_ylabel("loss")
-    loss_axes.legend(fontsize=7, ncol=2)
+    loss_axes.legend(fontsize=7, ncol=2, loc="upper right")
     metric_axes.set_ylabel(metric)
     lr_axes.set_ylabel("learning rate")
     lr_axes.set_xlabel("epoch (dots: recorded at each epoch's end)")
     lr_axes.legend(fontsize=7)
-    loss_axes.set_title("training history")
+    loss_axes.set_title("training history (stages above)", pad=24)
     return save(figure, path)
 
 

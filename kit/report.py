@@ -180,7 +180,7 @@ def fold_table(summary: dict) -> pd.DataFrame:
         history = result.get("history") or [{}]
         rows.append({"fold": fold, summary["metric"]: result["score"], "epochs": len(result.get("history") or []),
                      "last valid loss": history[-1].get("valid_loss", np.nan),
-                     "seconds": sum(r.get("seconds", 0) for r in result.get("history") or [])})
+                     "seconds": int(round(sum(r.get("seconds", 0) for r in result.get("history") or [])))})
     return pd.DataFrame(rows)
 
 
