@@ -100,11 +100,13 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, max_cl
         for true, predicted in order:
             if errors[true, predicted] == 0 or len(shown) >= max_classes:
                 break
-            shown += [c for c in (true, predicted) if c not in shown and len(shown) < max_classes]
+            for name in (true, predicted):
+                if name not in shown and len(shown) < max_classes:
+                    shown.append(name)
         shown = shown or list(range(max_classes))
         title = f"confusion among the {len(shown)} classes of the most confused pairs (of {len(classes)})"
     sub = confusion[np.ix_(shown, shown)]
-    names = [_short(classes[c], 20) for c in shown]
+    names = [shorten(classes[c], 24) for c in shown]
     size = max(5.0, 0.45 * len(shown) + 2.5)
     figure = Figure(figsize=(size, size))
     axes = figure.add_subplot()
@@ -129,9 +131,11 @@ def plot_image_grid(images: list[np.ndarray], captions: list[str], title: str, p
     """
     rows = max(1, math.ceil(len(images) / columns))
     side = images[0].shape[0] if images else 1
-    gap, band = max(1, side // 16), side // 2  # pixels between tiles; pixels above each tile for its caption
+    # Pixels between tiles, and above each tile for its two-line caption (each tile is drawn 2.8 inches wide).
+    gap, band = max(1, side // 16), max(4, round(side * 0.22))
     mosaic = np.full((rows * (side + band + gap), columns * (side + gap), 3), 255, dtype=np.uint8)
-    figure = Figure(figsize=(columns * 2.4, rows * 2.9))
+    width = columns * 2.8
+    figure = Figure(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + 0.5))
     axes = figure.add_subplot()
     for index, image in enumerate(images):
         top, left = (index // columns) * (side + band + gap) + band, (index % columns) * (side + gap)
@@ -159,5 +163,9 @@ def plot_image_sizes(sizes: dict[str, tuple[np.ndarray, np.ndarray]], path: Path
     return save(figure, path)
 
 
-def _short(text: str, length: int) -> str:
-    return text if len(text) <= length else text[: length - 1] + "…"
+def shorten(text: str, length: int) -> str:
+    """At most `length` characters, the middle elided: class names often share a prefix or a suffix."""
+    if len(text) <= length:
+        return text
+    head = (length - 1) // 2
+    return text[:head] + "…" + text[len(text) - (length - 1 - head) :]

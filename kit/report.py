@@ -126,8 +126,8 @@ def image_captions(probabilities: np.ndarray, targets: np.ndarray, rows: np.ndar
     for row in rows:
         predicted = int(probabilities[row].argmax())
         captions.append(
-            f"true {classes[targets[row]]} ({_probability(probabilities[row, targets[row]])})\n"
-            f"pred {classes[predicted]} ({_probability(probabilities[row, predicted])})"
+            f"true {plots.shorten(classes[targets[row]], 24)} ({_probability(probabilities[row, targets[row]])})\n"
+            f"pred {plots.shorten(classes[predicted], 24)} ({_probability(probabilities[row, predicted])})"
         )
     return captions
 
