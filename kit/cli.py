@@ -43,10 +43,15 @@ def folds(competition: str, overrides: tuple[str, ...]) -> None:
 @main.command()
 @COMPETITION
 @click.option("--fold", default="0", show_default=True, help="Fold number, or 'all' for every fold (OOF predictions).")
+@click.option("--resume", is_flag=True, help="Continue the newest interrupted run (or --run) from its last epoch.")
+@click.option("--run", default=None, help="With --resume: the run to continue.")
 @OVERRIDES
-def train(competition: str, fold: str, overrides: tuple[str, ...]) -> None:
+def train(competition: str, fold: str, resume: bool, run: str | None, overrides: tuple[str, ...]) -> None:
     """Train the competition's recipe on one fold or all of them."""
-    pipeline.train_run(load_competition(competition, overrides), fold)
+    if resume:
+        pipeline.resume_run(load_competition(competition), run)
+    else:
+        pipeline.train_run(load_competition(competition, overrides), fold)
 
 
 @main.command("lr-find")

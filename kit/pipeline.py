@@ -56,6 +56,21 @@ def train_run(config: Config, fold: str) -> Path:
     return run_dir
 
 
+def resume_run(config: Config, run: str | None) -> Path:
+    """Continue an interrupted run (default: the newest) with its own config, from its last completed epoch."""
+    if run is None:
+        unfinished = [p for p in list_runs(config) if not (p / "metrics.json").exists() and (p / "plan.json").exists()]
+        if not unfinished:
+            raise click.ClickException(f"no interrupted run of {config.name} to resume; start one with `make train`")
+        run_dir = unfinished[-1]
+    else:
+        run_dir = find_run(config, run)
+    click.echo(f"resuming run {run_dir.name}")
+    summary = train.train(run_config(run_dir), read_json(run_dir / "plan.json")["fold"], run_dir)
+    click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+    return run_dir
+
+
 def find_learning_rate(config: Config, stage: int, run_dir: Path | None = None, run: str | None = None) -> dict:
     """The LR finder at a stage; with `run`, starting from that run's fold-0 weights, and writing there."""
     from kit.lr_find import lr_find

@@ -57,8 +57,7 @@ def worker_count(setting: int) -> int:
     return min(16, torch.get_num_threads()) if torch.cuda.is_available() else 0
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator, workers: int) -> DataLoader:
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         dataset,
@@ -109,6 +108,26 @@ class FoldState:
     history: list
     best_score: float | None = None
     snapshots_taken: int = 0
+    fold: int = 0
+    resume: dict | None = None  # resume.pt's contents when continuing an interrupted fold
+
+
+def epoch_seed(config: Config, fold: int, stage_index: int, epoch: int) -> int:
+    """Randomness is a function of (seed, fold, stage, epoch), so a resumed run draws what the original did."""
+    return (config.train.seed * 1_000_003 + fold * 10_007 + stage_index * 101 + epoch) % 2**31
+
+
+def save_resume_point(state: FoldState, optimizer: torch.optim.Optimizer, stage_index: int, epoch: int) -> None:
+    """Everything needed to continue after the last completed epoch, written atomically."""
+    from kit.runs import atomic_path
+
+    point = {
+        "model": models.unwrap(state.model).state_dict(), "optimizer": optimizer.state_dict(),
+        "stage_index": stage_index, "epoch": epoch, "history": state.history,
+        "best_score": state.best_score, "snapshots_taken": state.snapshots_taken, "meta": state.meta,
+    }
+    with atomic_path(state.fold_dir / "resume.pt") as temporary:
+        torch.save(point, temporary)
 
 
 def evaluate(config: Config, forward, inputs: torch.Tensor | np.ndarray, targets: np.ndarray, batch_size: int, model: nn.Module) -> tuple[float, float, np.ndarray]:
@@ -143,6 +162,8 @@ class StageData:
     image_size: int
     batch_size: int
     images_are_raw: bool  # uint8 images to normalise on the device, not features
+    generator: torch.Generator  # the shuffling order's source, reseeded every epoch
+    transform: object | None = None  # the albumentations Compose, reseeded every epoch
 
 
 def prepare_stage(config: Config, stage_index: int, state: FoldState) -> StageData:
@@ -154,20 +175,21 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> StageDa
     models.freeze_to(model, stage.freeze_to)
     base_rates = stage_learning_rates(config, stage)
     optimizer = make_optimizer(config, models.parameter_groups(model, base_rates))
-    seed = config.train.seed + stage_index
+    generator = torch.Generator()
     if stage.precompute:  # the body is frozen and sees no augmentation: its output never changes
         features = cache.body_features_cached(model, images, f"{config.train.model}-{image_size}px-{len(images)}", interim_dir(config), batch_size)
         train_set = TensorDataset(torch.from_numpy(features[state.train_rows]), torch.from_numpy(labels.targets[state.train_rows]))
         return StageData(
-            model.get_classifier(), optimizer, base_rates, make_loader(train_set, batch_size, True, seed, 0),
+            model.get_classifier(), optimizer, base_rates, make_loader(train_set, batch_size, True, generator, 0),
             torch.from_numpy(features[state.valid_rows]), labels.targets[state.valid_rows], image_size, batch_size, False,
+            generator,
         )
     transform = augment.train_transform(config, image_size) if stage.augment else None
     train_set = BatchDataset(images, labels.targets, state.train_rows, transform)
-    loader = make_loader(train_set, batch_size, True, seed, worker_count(config.train.num_workers))
+    loader = make_loader(train_set, batch_size, True, generator, worker_count(config.train.num_workers))
     return StageData(
         model, optimizer, base_rates, loader, images[state.valid_rows], labels.targets[state.valid_rows],
-        image_size, batch_size, True,
+        image_size, batch_size, True, generator, transform,
     )
 
 
@@ -193,16 +215,25 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     data = prepare_stage(config, stage_index, state)
     optimizer, forward, image_size, batch_size = data.optimizer, data.forward, data.image_size, data.batch_size
     train_batches, base_rates = data.train_batches, data.base_rates
+    epoch = 0
+    if state.resume is not None and state.resume["stage_index"] == stage_index:  # continue mid-stage
+        optimizer.load_state_dict(state.resume["optimizer"])
+        epoch = state.resume["epoch"]
 
     # Schedule: per iteration, in fractional epochs.
     steps_per_epoch = len(train_batches)
     total_epochs = config.stage_epochs(stage)
     total_steps = max(1, round(total_epochs * steps_per_epoch))
     cycle_end_steps = [round(end * steps_per_epoch) for end in schedule.cycle_ends(stage.n_cycles, stage.cycle_len, stage.cycle_mult)]
-    step, epoch = 0, 0
-    bar = tqdm(total=total_steps, desc=f"{stage.name} ({image_size}px)", disable=not progress, leave=False)
+    step = min(total_steps, epoch * steps_per_epoch)
+    bar = tqdm(total=total_steps, initial=step, desc=f"{stage.name} ({image_size}px)", disable=not progress, leave=False)
     while step < total_steps:
         epoch_started = time.time()
+        seed = epoch_seed(config, state.fold, stage_index, epoch)
+        torch.manual_seed(seed)  # dropout, drop-path
+        data.generator.manual_seed(seed)  # shuffling
+        if data.transform is not None:
+            data.transform.set_random_seed(seed)  # augmentation (in-process; workers seed themselves)
         models.train_mode(model)
         loss_sum = torch.zeros((), device=target)  # summed on the device: no sync per batch
         seen = 0
@@ -246,6 +277,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
         if metrics.is_better(config.competition.metric, valid_score, state.best_score):
             state.best_score = valid_score
             models.save_weights(model, state.fold_dir / "best.pt", state.meta)
+        save_resume_point(state, optimizer, stage_index, epoch)
     bar.close()
     models.save_weights(model, state.fold_dir / "last.pt", state.meta)
 
@@ -272,17 +304,27 @@ def usable_rows(config: Config, labels: LabelTable, run_dir: Path) -> np.ndarray
 
 
 def train_fold(config: Config, labels: LabelTable, folds: np.ndarray, fold: int, run_dir: Path, rows: np.ndarray) -> dict:
-    """All stages on one fold; returns its metrics and out-of-fold probabilities."""
+    """All stages on one fold (continuing from fold-K/resume.pt if there is one); metrics and OOF probabilities."""
     torch.manual_seed(config.train.seed + fold)
     fold_dir = run_dir / f"fold-{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
-    model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained).to(predict.device())
-    if torch.cuda.is_available():
-        model = model.to(memory_format=torch.channels_last)
+    model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
     meta = {"model": config.train.model, "classes": labels.classes}
     in_fold = folds[rows] == fold
-    state = FoldState(model, labels, rows[~in_fold], rows[in_fold], fold_dir, meta, [])
-    for stage_index in range(len(config.stages)):
+    state = FoldState(model, labels, rows[~in_fold], rows[in_fold], fold_dir, meta, [], fold=fold)
+    first_stage = 0
+    if (fold_dir / "resume.pt").exists():
+        state.resume = torch.load(fold_dir / "resume.pt", map_location="cpu", weights_only=True)
+        if state.resume["meta"] != meta:
+            raise click.ClickException(f"{fold_dir / 'resume.pt'} was made for another model or class list")
+        model.load_state_dict(state.resume["model"])
+        state.history, state.best_score = state.resume["history"], state.resume["best_score"]
+        state.snapshots_taken, first_stage = state.resume["snapshots_taken"], state.resume["stage_index"]
+        tqdm.write(f"fold {fold}: resuming stage {first_stage} after epoch {state.resume['epoch']}")
+    model.to(predict.device())
+    if torch.cuda.is_available():
+        model.to(memory_format=torch.channels_last)
+    for stage_index in range(first_stage, len(config.stages)):
         run_stage(config, stage_index, state)
 
     # Out-of-fold probabilities the way test predictions are made: snapshots or last weights, with TTA.
@@ -296,22 +338,37 @@ def train_fold(config: Config, labels: LabelTable, folds: np.ndarray, fold: int,
     )
     score = metrics.score(config.competition.metric, labels.targets[state.valid_rows], probabilities)
     tqdm.write(f"fold {fold}: {config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.train.tta})")
-    return {"score": score, "history": state.history, "valid_rows": state.valid_rows, "probabilities": probabilities}
+    result = {"score": score, "history": state.history, "valid_rows": state.valid_rows, "probabilities": probabilities}
+    save_array(fold_dir / "oof.npy", probabilities)
+    write_json(fold_dir / "result.json", {"score": score, "history": state.history, "valid_rows": state.valid_rows.tolist()})
+    (fold_dir / "resume.pt").unlink(missing_ok=True)  # the fold is done: its result replaces the resume point
+    return result
+
+
+def finished_fold(fold_dir: Path) -> dict | None:
+    """A fold completed before an interruption: its result and OOF probabilities, read back."""
+    if not (fold_dir / "result.json").exists():
+        return None
+    result = read_json(fold_dir / "result.json")
+    result["valid_rows"] = np.array(result["valid_rows"], dtype=np.int64)
+    result["probabilities"] = np.load(fold_dir / "oof.npy")
+    return result
 
 
 def train(config: Config, fold: str, run_dir: Path) -> dict:
     """Train one fold or all of them in `run_dir`; write OOF probabilities and metrics.json."""
     labels = load_labels(config)
     folds = load_folds(config, labels)
-    fold_numbers = list(range(config.train.folds)) if fold == "all" else [int(fold)]
-    if any(not 0 <= number < config.train.folds for number in fold_numbers):
+    if fold != "all" and not (fold.isdigit() and int(fold) < config.train.folds):
         raise click.ClickException(f"--fold {fold}: choose 0..{config.train.folds - 1} or 'all'")
+    fold_numbers = list(range(config.train.folds)) if fold == "all" else [int(fold)]
+    write_json(run_dir / "plan.json", {"fold": fold})  # what --resume continues
     rows = usable_rows(config, labels, run_dir)
     oof = np.full((len(labels.ids), len(labels.classes)), np.nan)
     results = {}
     started = time.time()
     for number in fold_numbers:
-        result = train_fold(config, labels, folds, number, run_dir, rows)
+        result = finished_fold(run_dir / f"fold-{number}") or train_fold(config, labels, folds, number, run_dir, rows)
         oof[result["valid_rows"]] = result["probabilities"]
         results[number] = {"score": result["score"], "history": result["history"]}
         save_array(run_dir / "oof.npy", oof)  # after every fold: an interrupted --fold all keeps its progress
