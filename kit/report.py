@@ -12,6 +12,7 @@ import html
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -160,8 +161,11 @@ def make_plots(config: Config, run_config: Config, run_dir: Path, labels: data.L
             made.append((title, plots.plot_image_grid(
                 images, image_captions(oof, labels.targets, chosen, labels.classes), title, run_dir / f"{name}.png"),
                 "ids, in grid order: " + ", ".join(labels.ids[row] for row in chosen)))
-    test_paths = data.load_test(config).paths
-    sizes = {"train": image_sizes(labels.paths), "test": image_sizes(test_paths)}
+    sizes = {"train": image_sizes(labels.paths)}
+    try:
+        sizes["test"] = image_sizes(data.load_test(config).paths)
+    except click.ClickException:  # no test images (yet): the training sizes still say what to pick
+        pass
     made.append(("Raw image sizes", plots.plot_image_sizes(sizes, run_dir / "image-sizes.png"), ""))
     return made
 
