@@ -16,8 +16,10 @@ class Metric(NamedTuple):
 
 
 def _log_loss(targets: np.ndarray, probabilities: np.ndarray) -> float:
-    # Kaggle clips at 1e-15 and renormalises rows; sklearn does the same given all class labels.
-    return float(sklearn_log_loss(targets, probabilities, labels=list(range(probabilities.shape[1]))))
+    # Kaggle clips at 1e-15 and renormalises rows; do the same, so float32 softmax rounding is not an issue.
+    clipped = np.clip(probabilities, 1e-15, 1 - 1e-15)
+    clipped = clipped / clipped.sum(1, keepdims=True)
+    return float(sklearn_log_loss(targets, clipped, labels=list(range(probabilities.shape[1]))))
 
 
 METRICS: dict[str, Metric] = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from kit import data, predict, submission, train
+from kit import data, distributed, predict, submission, train
 from kit.config import Config, competition_names, config_from_dict, load_competition, load_hooks
 from kit.runs import find_run, git_commit, list_runs, new_run, raw_dir, read_json, utc_stamp
 
@@ -47,27 +47,43 @@ def folds(config: Config) -> pd.DataFrame:
 
 
 def train_run(config: Config, fold: str) -> Path:
-    run_dir = new_run(config)
-    click.echo(f"run {run_dir.relative_to(run_dir.parents[2])}")
+    """A new run folder, then training. Under torchrun: one process per GPU, rank 0 makes the folder and prints."""
+    distributed.setup()
+    main = distributed.is_main()
+    run_dir = distributed.broadcast_object(new_run(config) if main else None)
+    if main:
+        click.echo(f"run {run_dir.relative_to(run_dir.parents[2])}")
     if config.train.lr_find:
-        find_learning_rate(config, 0, run_dir)
+        if distributed.world_size() == 1:
+            find_learning_rate(config, 0, run_dir)
+        elif main:
+            click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
     summary = train.train(config, fold, run_dir)
-    click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+    if main:
+        click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+    distributed.teardown()
     return run_dir
 
 
 def resume_run(config: Config, run: str | None) -> Path:
     """Continue an interrupted run (default: the newest) with its own config, from its last completed epoch."""
-    if run is None:
-        unfinished = [p for p in list_runs(config) if not (p / "metrics.json").exists() and (p / "plan.json").exists()]
-        if not unfinished:
-            raise click.ClickException(f"no interrupted run of {config.name} to resume; start one with `make train`")
-        run_dir = unfinished[-1]
-    else:
-        run_dir = find_run(config, run)
-    click.echo(f"resuming run {run_dir.name}")
-    summary = train.train(run_config(run_dir), read_json(run_dir / "plan.json")["fold"], run_dir)
-    click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+    distributed.setup()
+    plan = None
+    if distributed.is_main():  # rank 0 chooses the run and reads its folder; the other ranks are told
+        if run is None:
+            unfinished = [p for p in list_runs(config) if not (p / "metrics.json").exists() and (p / "plan.json").exists()]
+            if not unfinished:
+                raise click.ClickException(f"no interrupted run of {config.name} to resume; start one with `make train`")
+            run_dir = unfinished[-1]
+        else:
+            run_dir = find_run(config, run)
+        click.echo(f"resuming run {run_dir.name}")
+        plan = (run_dir, run_config(run_dir), read_json(run_dir / "plan.json")["fold"])
+    run_dir, saved_config, fold = distributed.broadcast_object(plan)
+    summary = train.train(saved_config, fold, run_dir)
+    if distributed.is_main():
+        click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+    distributed.teardown()
     return run_dir
 
 
@@ -98,6 +114,10 @@ def run_config(run_dir: Path) -> Config:
 
 def predict_run(config: Config, run: str | None) -> Path:
     run_dir = find_run(config, run)
+    if "ensemble" in read_json(run_dir / "metrics.json"):  # a blend has no weights: its submission is made
+        path = submission.SUBMISSIONS_DIR / read_json(run_dir / "submission.json")["file"]
+        click.echo(f"submission {path.name} from ensemble run {run_dir.name}")
+        return path
     path = predict.predict_run(run_config(run_dir), run_dir)
     click.echo(f"submission {path.relative_to(path.parents[1])} from run {run_dir.name}")
     return path

@@ -49,15 +49,29 @@ def _corner(batch: torch.Tensor, corner: int, fraction: float = 0.9) -> torch.Te
     return functional.interpolate(part, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def _shift(batch: torch.Tensor, down: float, right: float) -> torch.Tensor:
+    """The picture moved by a fraction of its side, the uncovered border filled with its edge pixels."""
+    size = batch.shape[-1]
+    pad = max(1, round(size * max(abs(down), abs(right))))
+    padded = functional.pad(batch, (pad, pad, pad, pad), mode="replicate")
+    top, left = pad - round(size * down), pad - round(size * right)
+    return padded[..., top : top + size, left : left + size]
+
+
 def _hflip(x: torch.Tensor) -> torch.Tensor:
     return x.flip(3)
 
 
-# Views that do not change what the picture shows, by augmentation preset: digits must not be flipped.
+# Views that do not change what the picture shows, by augmentation preset. Photos (side_on) may be
+# mirrored and cropped; satellite tiles (top_down) turned; "none" (digits, text) only moved a little
+# and zoomed a little, as its training augmentation does: a mirrored 2 is not a 2.
 TTA_VIEWS: dict[str, list[View]] = {
     "side_on": [_hflip, _zoom, lambda x: _zoom(_hflip(x)), lambda x: _corner(x, 0), lambda x: _corner(x, 3)],
     "top_down": [_hflip, lambda x: x.flip(2), lambda x: x.rot90(1, (2, 3)), _zoom, lambda x: x.rot90(3, (2, 3))],
-    "none": [_zoom, lambda x: _corner(x, 0), lambda x: _corner(x, 3), lambda x: _corner(x, 1), lambda x: _corner(x, 2)],
+    "none": [
+        lambda x: _shift(x, 0.05, 0.05), lambda x: _shift(x, -0.05, -0.05),
+        lambda x: _shift(x, 0.05, -0.05), lambda x: _shift(x, -0.05, 0.05), lambda x: _zoom(x, 1.06),
+    ],
 }
 
 
@@ -136,9 +150,23 @@ def predict_run(config, run_dir: Path) -> Path:
         model, weights, {"model": config.train.model, "classes": classes}, images, stage_batch_size(config, last_stage) * 2,
         mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"], preset=config.augment.preset, tta=config.train.tta,
     )
+    if summary["metric"] == "log_loss":  # temperature and clip fitted on OOF rows: never worse on OOF
+        from kit.calibrate import apply_calibration, calibrate
+
+        temperature, epsilon, before, after = calibrate(np.load(run_dir / "oof.npy"), _oof_targets(config, classes))
+        probabilities = apply_calibration(probabilities, temperature, epsilon)
+        write_json(run_dir / "calibration.json", {"temperature": temperature, "epsilon": epsilon, "oof_before": before, "oof_after": after})
     save_array(run_dir / "test-probabilities.npy", probabilities)
     sample = submission.read_sample(config)
     frame = submission.build(config, test.ids, probabilities, classes, sample)
     path = submission.write(config, frame, sample, summary["metric"], summary["cv"], classes)
     write_json(run_dir / "submission.json", {"file": path.name, "weights": [str(w.relative_to(run_dir)) for w in weights]})
     return path
+
+
+def _oof_targets(config, classes: list[str]) -> np.ndarray:
+    """Class index of every training row, in oof.npy's row order."""
+    from kit import data
+
+    labels = data.load_labels(config)
+    return np.array([classes.index(labels.classes[target]) for target in labels.targets])

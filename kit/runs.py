@@ -44,6 +44,10 @@ def require_download(config: Config) -> Path:
     return path
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
@@ -52,6 +56,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); outputs are ordinary files
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
