@@ -60,6 +60,9 @@ else
 	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m kit train $(COMP) --fold $(FOLD) $(foreach s,$(SET),--set $(s))
 endif
 
+resume: $(STAMP) ## Continue COMP's interrupted run (newest, or RUN=) from its last completed epoch
+	$(KIT) train $(COMP) --resume $(if $(RUN),--run $(RUN))
+
 lr-find: $(STAMP) ## Learning-rate finder for COMP (STAGE=N, RUN= to start from a run's weights)
 	$(KIT) lr-find $(COMP) --stage $(or $(STAGE),0) $(if $(RUN),--run $(RUN)) $(foreach s,$(SET),--set $(s))
 
