@@ -146,7 +146,8 @@ def evaluate(config: Config, forward, inputs: torch.Tensor | np.ndarray, targets
     logits_all = torch.cat(logits)
     loss = functional.cross_entropy(logits_all, torch.from_numpy(targets).to(target)).item()
     probabilities = logits_all.softmax(1).double().cpu().numpy()
-    return loss, metrics.score(config.competition.metric, targets, probabilities), probabilities
+    score = metrics.score(config.competition.metric, targets, probabilities) if math.isfinite(loss) else math.nan
+    return loss, score, probabilities
 
 
 @dataclass
@@ -207,6 +208,21 @@ def train_step(data: StageData, model: nn.Module, inputs: torch.Tensor, targets:
     return loss.detach()
 
 
+def check_loss(config: Config, stage: Stage, state: FoldState, epoch: int, kind: str, loss: float) -> None:
+    """Stop the stage on a NaN loss, or one 20x a uniform guess's (ln classes): the LR is too high.
+
+    Called before any weights of the epoch are saved, so best.pt stays the last good one.
+    """
+    if math.isfinite(loss) and loss < 20 * math.log(max(2, len(state.meta["classes"]))):
+        return
+    best = state.fold_dir / "best.pt"
+    kept = f"last good weights: {best}" if best.exists() else "no good weights were saved"
+    raise click.ClickException(
+        f"stage '{stage.name}': {kind} loss is {loss:.4g} (diverged) at epoch {epoch}; lower the learning rate "
+        f"(try `make lr-find COMP={config.name}`); {kept}"
+    )
+
+
 def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool = True) -> None:
     """Train one stage of the recipe: the whole loop, from data to snapshots."""
     stage = config.stages[stage_index]
@@ -258,12 +274,9 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
 
         # End of epoch: validate, record, keep the best and the last weights.
         train_loss = (loss_sum / max(seen, 1)).item()
-        if not math.isfinite(train_loss):
-            raise click.ClickException(
-                f"stage '{stage.name}': training loss is {train_loss} (diverged) at epoch {epoch}; lower the "
-                f"learning rate (try `make lr-find COMP={config.name}`); last good weights: {state.fold_dir}/best.pt"
-            )
+        check_loss(config, stage, state, epoch, "training", train_loss)
         valid_loss, valid_score, _ = evaluate(config, forward, data.valid_inputs, data.valid_targets, batch_size * 2, model)
+        check_loss(config, stage, state, epoch, "validation", valid_loss)  # the epoch's last steps show only here
         record = {
             "stage": stage.name, "epoch": epoch, "step": step, "image_size": image_size, "batch_size": batch_size,
             "lr": factor * base_rates[-1], "train_loss": train_loss, "valid_loss": valid_loss,
