@@ -2,6 +2,8 @@
 
 A stage is: which layer groups train, at what image size, with which learning rates, for how many SGDR
 cycles, on augmented images or on precomputed body features, saving snapshots or not.
+
+Under torchrun every rank runs this code on its shard of the rows (kit.distributed); rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -16,57 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    SequentialSampler,
-    TensorDataset,
-)
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from kit import augment, cache, metrics, models, predict, schedule
+from kit import augment, cache, distributed, memory, metrics, models, predict, schedule
 from kit.config import LAYER_GROUPS, Config, Stage
 from kit.data import LabelTable, load_folds, load_labels
+from kit.loader import BatchDataset, make_loader, worker_count
 from kit.runs import interim_dir, read_json, require_download, save_array, write_json
-
-
-class BatchDataset(Dataset):
-    """Whole batches from a cached uint8 array: one call per batch, augmented image by image."""
-
-    def __init__(self, images: np.ndarray, targets: np.ndarray, rows: np.ndarray, transform=None):
-        self.images, self.targets, self.rows, self.transform = images, targets, rows, transform
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.rows[positions]
-        if self.transform is None:
-            batch = np.ascontiguousarray(self.images[rows])
-        else:
-            batch = np.stack([self.transform(image=self.images[row])["image"] for row in rows])
-        return torch.from_numpy(batch), torch.from_numpy(self.targets[rows])
-
-
-def worker_count(setting: int) -> int:
-    if setting >= 0:
-        return setting
-    # On a CPU box the model needs every core; on a GPU box the loader does.
-    return min(16, torch.get_num_threads()) if torch.cuda.is_available() else 0
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator, workers: int) -> DataLoader:
-    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(
-        dataset,
-        sampler=BatchSampler(sampler, batch_size, drop_last=False),
-        batch_size=None,  # the dataset returns whole batches
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
-    )
 
 
 def stage_image_size(config: Config, stage: Stage) -> int:
@@ -117,13 +76,13 @@ def epoch_seed(config: Config, fold: int, stage_index: int, epoch: int) -> int:
     return (config.train.seed * 1_000_003 + fold * 10_007 + stage_index * 101 + epoch) % 2**31
 
 
-def save_resume_point(state: FoldState, optimizer: torch.optim.Optimizer, stage_index: int, epoch: int) -> None:
+def save_resume_point(state: FoldState, data: StageData, stage_index: int, epoch: int) -> None:
     """Everything needed to continue after the last completed epoch, written atomically."""
     from kit.runs import atomic_path
 
     point = {
-        "model": models.unwrap(state.model).state_dict(), "optimizer": optimizer.state_dict(),
-        "stage_index": stage_index, "epoch": epoch, "history": state.history,
+        "model": models.unwrap(state.model).state_dict(), "optimizer": data.optimizer.state_dict(),
+        "batch_size": data.batch_size, "stage_index": stage_index, "epoch": epoch, "history": state.history,
         "best_score": state.best_score, "snapshots_taken": state.snapshots_taken, "meta": state.meta,
     }
     with atomic_path(state.fold_dir / "resume.pt") as temporary:
@@ -131,19 +90,23 @@ def save_resume_point(state: FoldState, optimizer: torch.optim.Optimizer, stage_
 
 
 def evaluate(config: Config, forward, inputs: torch.Tensor | np.ndarray, targets: np.ndarray, batch_size: int, model: nn.Module) -> tuple[float, float, np.ndarray]:
-    """Validation loss, metric and probabilities; logits stay on the device until the end (one sync)."""
+    """Validation loss, metric and probabilities; logits stay on the device until the end (one sync).
+
+    Each rank predicts its shard of the rows; the gathered logits give every rank the same metric.
+    """
     target = predict.device()
     model.eval()
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    inputs = distributed.shard(inputs)
     logits = []
     with torch.inference_mode():
-        for start in range(0, len(targets), batch_size):
+        for start in range(0, len(inputs), batch_size):
             chunk = inputs[start : start + batch_size]
             if isinstance(chunk, np.ndarray):  # cached images, not features
                 chunk = predict.to_input(torch.from_numpy(np.array(chunk)), mean, std, target)
             with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
                 logits.append(forward(chunk.to(target)).float())
-    logits_all = torch.cat(logits)
+    logits_all = distributed.gather_shards(torch.cat(logits), len(targets))
     loss = functional.cross_entropy(logits_all, torch.from_numpy(targets).to(target)).item()
     probabilities = logits_all.softmax(1).double().cpu().numpy()
     score = metrics.score(config.competition.metric, targets, probabilities) if math.isfinite(loss) else math.nan
@@ -165,6 +128,11 @@ class StageData:
     images_are_raw: bool  # uint8 images to normalise on the device, not features
     generator: torch.Generator  # the shuffling order's source, reseeded every epoch
     transform: object | None = None  # the albumentations Compose, reseeded every epoch
+    train_forward: nn.Module | None = None  # `forward` as training steps call it (DDP, compiled); None: forward
+
+    def __post_init__(self):
+        if self.train_forward is None:
+            self.train_forward = self.forward
 
 
 def prepare_stage(config: Config, stage_index: int, state: FoldState) -> StageData:
@@ -178,7 +146,8 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> StageDa
     optimizer = make_optimizer(config, models.parameter_groups(model, base_rates))
     generator = torch.Generator()
     if stage.precompute:  # the body is frozen and sees no augmentation: its output never changes
-        features = cache.body_features_cached(model, images, f"{config.train.model}-{image_size}px-{len(images)}", interim_dir(config), batch_size)
+        with distributed.main_first():
+            features = cache.body_features_cached(model, images, f"{config.train.model}-{image_size}px-{len(images)}", interim_dir(config), batch_size)
         train_set = TensorDataset(torch.from_numpy(features[state.train_rows]), torch.from_numpy(labels.targets[state.train_rows]))
         return StageData(
             model.get_classifier(), optimizer, base_rates, make_loader(train_set, batch_size, True, generator, 0),
@@ -201,7 +170,7 @@ def train_step(data: StageData, model: nn.Module, inputs: torch.Tensor, targets:
     if data.images_are_raw:
         inputs = predict.to_input(inputs, model.pretrained_cfg["mean"], model.pretrained_cfg["std"], target)
     with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
-        loss = functional.cross_entropy(data.forward(inputs.to(target)), targets)
+        loss = functional.cross_entropy(data.train_forward(inputs.to(target)), targets)
     data.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     data.optimizer.step()
@@ -229,12 +198,16 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     model = state.model
     target = predict.device()
     data = prepare_stage(config, stage_index, state)
+    memory.set_batch_size(config, stage_index, state, data, train_step)  # the largest that fits, rates scaled
     optimizer, forward, image_size, batch_size = data.optimizer, data.forward, data.image_size, data.batch_size
     train_batches, base_rates = data.train_batches, data.base_rates
     epoch = 0
     if state.resume is not None and state.resume["stage_index"] == stage_index:  # continue mid-stage
         optimizer.load_state_dict(state.resume["optimizer"])
         epoch = state.resume["epoch"]
+    data.train_forward = distributed.wrap(forward)  # DDP over the layer groups this stage trains
+    if config.train.compile and target.type == "cuda" and data.images_are_raw:
+        data.train_forward = torch.compile(data.train_forward)
 
     # Schedule: per iteration, in fractional epochs.
     steps_per_epoch = len(train_batches)
@@ -242,14 +215,14 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     total_steps = max(1, round(total_epochs * steps_per_epoch))
     cycle_end_steps = [round(end * steps_per_epoch) for end in schedule.cycle_ends(stage.n_cycles, stage.cycle_len, stage.cycle_mult)]
     step = min(total_steps, epoch * steps_per_epoch)
-    bar = tqdm(total=total_steps, initial=step, desc=f"{stage.name} ({image_size}px)", disable=not progress, leave=False)
+    bar = tqdm(total=total_steps, initial=step, desc=f"{stage.name} ({image_size}px)", disable=not (progress and distributed.is_main()), leave=False)
     while step < total_steps:
         epoch_started = time.time()
         seed = epoch_seed(config, state.fold, stage_index, epoch)
-        torch.manual_seed(seed)  # dropout, drop-path
-        data.generator.manual_seed(seed)  # shuffling
+        torch.manual_seed(seed + distributed.rank())  # dropout, drop-path: other draws on each rank
+        data.generator.manual_seed(seed)  # shuffling: one order on every rank, dealt into shards
         if data.transform is not None:
-            data.transform.set_random_seed(seed)  # augmentation (in-process; workers seed themselves)
+            data.transform.set_random_seed(seed + distributed.rank())  # augmentation (in-process; workers seed themselves)
         models.train_mode(model)
         loss_sum = torch.zeros((), device=target)  # summed on the device: no sync per batch
         seen = 0
@@ -267,13 +240,15 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
             bar.update()
             if step in cycle_end_steps and stage.snapshots:
                 state.snapshots_taken += 1
-                models.save_weights(model, state.fold_dir / f"snapshot-{state.snapshots_taken}.pt", state.meta)
+                if distributed.is_main():
+                    models.save_weights(model, state.fold_dir / f"snapshot-{state.snapshots_taken}.pt", state.meta)
             if step == total_steps:
                 break
         epoch += 1
 
         # End of epoch: validate, record, keep the best and the last weights.
-        train_loss = (loss_sum / max(seen, 1)).item()
+        train_loss = distributed.average(loss_sum / max(seen, 1)).item()  # the same on every rank
+        distributed.sync_buffers(model)
         check_loss(config, stage, state, epoch, "training", train_loss)
         valid_loss, valid_score, _ = evaluate(config, forward, data.valid_inputs, data.valid_targets, batch_size * 2, model)
         check_loss(config, stage, state, epoch, "validation", valid_loss)  # the epoch's last steps show only here
@@ -283,35 +258,41 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
             config.competition.metric: valid_score, "seconds": round(time.time() - epoch_started, 2),
         }
         state.history.append(record)
-        tqdm.write(
-            f"  {stage.name} epoch {epoch}: train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
-            f"{config.competition.metric} {valid_score:.4f}  ({record['seconds']:.1f}s)"
-        )
-        if metrics.is_better(config.competition.metric, valid_score, state.best_score):
-            state.best_score = valid_score
-            models.save_weights(model, state.fold_dir / "best.pt", state.meta)
-        save_resume_point(state, optimizer, stage_index, epoch)
+        improved = metrics.is_better(config.competition.metric, valid_score, state.best_score)
+        state.best_score = valid_score if improved else state.best_score
+        if distributed.is_main():
+            tqdm.write(
+                f"  {stage.name} epoch {epoch}: train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
+                f"{config.competition.metric} {valid_score:.4f}  ({record['seconds']:.1f}s)"
+            )
+            if improved:
+                models.save_weights(model, state.fold_dir / "best.pt", state.meta)
+            save_resume_point(state, data, stage_index, epoch)
     bar.close()
-    models.save_weights(model, state.fold_dir / "last.pt", state.meta)
+    if distributed.is_main():
+        models.save_weights(model, state.fold_dir / "last.pt", state.meta)
 
 
 def training_images(config: Config, labels: LabelTable, image_size: int) -> tuple[np.ndarray, dict]:
     require_download(config)
-    return cache.image_cache(labels.paths, image_size, interim_dir(config), "train")
+    with distributed.main_first():  # rank 0 builds the cache, the other ranks then read it
+        return cache.image_cache(labels.paths, image_size, interim_dir(config), "train")
 
 
 def usable_rows(config: Config, labels: LabelTable, run_dir: Path) -> np.ndarray:
     """Rows whose image decodes; a few bad ones are skipped and reported, many stop training."""
     _, problems = training_images(config, labels, config.train.image_size)
     if problems:
-        write_json(run_dir / "bad-images.json", problems)
+        if distributed.is_main():
+            write_json(run_dir / "bad-images.json", problems)
         listing = "; ".join(f"{Path(p).name}: {why}" for p, why in list(problems.items())[:5])
         if len(problems) > config.data.max_bad_images:
             raise click.ClickException(
                 f"{len(problems)} training images cannot be read (limit data.max_bad_images = "
                 f"{config.data.max_bad_images}): {listing} ...; list in {run_dir / 'bad-images.json'}"
             )
-        tqdm.write(f"skipping {len(problems)} unreadable training images ({listing}); see bad-images.json")
+        if distributed.is_main():
+            tqdm.write(f"skipping {len(problems)} unreadable training images ({listing}); see bad-images.json")
     bad = {str(p) for p in problems}
     return np.array([i for i, path in enumerate(labels.paths) if str(path) not in bad], dtype=np.int64)
 
@@ -320,37 +301,44 @@ def train_fold(config: Config, labels: LabelTable, folds: np.ndarray, fold: int,
     """All stages on one fold (continuing from fold-K/resume.pt if there is one); metrics and OOF probabilities."""
     torch.manual_seed(config.train.seed + fold)
     fold_dir = run_dir / f"fold-{fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
     model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
     meta = {"model": config.train.model, "classes": labels.classes}
     in_fold = folds[rows] == fold
     state = FoldState(model, labels, rows[~in_fold], rows[in_fold], fold_dir, meta, [], fold=fold)
     first_stage = 0
-    if (fold_dir / "resume.pt").exists():
-        state.resume = torch.load(fold_dir / "resume.pt", map_location="cpu", weights_only=True)
+    if distributed.is_main():  # rank 0 reads the run folder and tells the others
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        if (fold_dir / "resume.pt").exists():
+            state.resume = torch.load(fold_dir / "resume.pt", map_location="cpu", weights_only=True)
+    state.resume = distributed.broadcast_object(state.resume)
+    if state.resume is not None:
         if state.resume["meta"] != meta:
             raise click.ClickException(f"{fold_dir / 'resume.pt'} was made for another model or class list")
         model.load_state_dict(state.resume["model"])
         state.history, state.best_score = state.resume["history"], state.resume["best_score"]
         state.snapshots_taken, first_stage = state.resume["snapshots_taken"], state.resume["stage_index"]
-        tqdm.write(f"fold {fold}: resuming stage {first_stage} after epoch {state.resume['epoch']}")
+        if distributed.is_main():
+            tqdm.write(f"fold {fold}: resuming stage {first_stage} after epoch {state.resume['epoch']}")
     model.to(predict.device())
     if torch.cuda.is_available():
         model.to(memory_format=torch.channels_last)
     for stage_index in range(first_stage, len(config.stages)):
         run_stage(config, stage_index, state)
+    images, _ = training_images(config, labels, stage_image_size(config, config.stages[-1]))
+    return distributed.broadcast_object(out_of_fold(config, state, images) if distributed.is_main() else None)
 
-    # Out-of-fold probabilities the way test predictions are made: snapshots or last weights, with TTA.
-    last_stage = config.stages[-1]
-    images, _ = training_images(config, labels, stage_image_size(config, last_stage))
+
+def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
+    """Out-of-fold probabilities the way test predictions are made (snapshots or last weights, TTA); written."""
+    last_stage, model, fold_dir = config.stages[-1], state.model, state.fold_dir
     weights = predict.prediction_weights(fold_dir, config.train.predict_weights, config.train.snapshot_ensemble)
     probabilities = predict.ensemble_probabilities(
-        model, weights, meta, images[state.valid_rows], stage_batch_size(config, last_stage) * 2,
+        model, weights, state.meta, images[state.valid_rows], stage_batch_size(config, last_stage) * 2,
         mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"],
         preset=config.augment.preset, tta=config.train.tta,
     )
-    score = metrics.score(config.competition.metric, labels.targets[state.valid_rows], probabilities)
-    tqdm.write(f"fold {fold}: {config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.train.tta})")
+    score = metrics.score(config.competition.metric, state.labels.targets[state.valid_rows], probabilities)
+    tqdm.write(f"fold {state.fold}: {config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.train.tta})")
     result = {"score": score, "history": state.history, "valid_rows": state.valid_rows, "probabilities": probabilities}
     save_array(fold_dir / "oof.npy", probabilities)
     write_json(fold_dir / "result.json", {"score": score, "history": state.history, "valid_rows": state.valid_rows.tolist()})
@@ -371,20 +359,24 @@ def finished_fold(fold_dir: Path) -> dict | None:
 def train(config: Config, fold: str, run_dir: Path) -> dict:
     """Train one fold or all of them in `run_dir`; write OOF probabilities and metrics.json."""
     labels = load_labels(config)
-    folds = load_folds(config, labels)
+    with distributed.main_first():  # folds.csv is written once
+        folds = load_folds(config, labels)
     if fold != "all" and not (fold.isdigit() and int(fold) < config.train.folds):
         raise click.ClickException(f"--fold {fold}: choose 0..{config.train.folds - 1} or 'all'")
     fold_numbers = list(range(config.train.folds)) if fold == "all" else [int(fold)]
-    write_json(run_dir / "plan.json", {"fold": fold})  # what --resume continues
+    if distributed.is_main():
+        write_json(run_dir / "plan.json", {"fold": fold})  # what --resume continues
     rows = usable_rows(config, labels, run_dir)
     oof = np.full((len(labels.ids), len(labels.classes)), np.nan)
     results = {}
     started = time.time()
     for number in fold_numbers:
-        result = finished_fold(run_dir / f"fold-{number}") or train_fold(config, labels, folds, number, run_dir, rows)
+        finished = finished_fold(run_dir / f"fold-{number}") if distributed.is_main() else None
+        result = distributed.broadcast_object(finished) or train_fold(config, labels, folds, number, run_dir, rows)
         oof[result["valid_rows"]] = result["probabilities"]
         results[number] = {"score": result["score"], "history": result["history"]}
-        save_array(run_dir / "oof.npy", oof)  # after every fold: an interrupted --fold all keeps its progress
+        if distributed.is_main():  # after every fold: an interrupted --fold all keeps its progress
+            save_array(run_dir / "oof.npy", oof)
     predicted = ~np.isnan(oof[:, 0])
     cv = metrics.score(config.competition.metric, labels.targets[predicted], oof[predicted])
     summary = {
@@ -392,7 +384,8 @@ def train(config: Config, fold: str, run_dir: Path) -> dict:
         "classes": labels.classes, "seconds": round(time.time() - started, 1),
         "folds": {str(k): v for k, v in results.items()},
     }
-    write_json(run_dir / "metrics.json", summary)
+    if distributed.is_main():
+        write_json(run_dir / "metrics.json", summary)
     return summary
 
 

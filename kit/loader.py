@@ -1,0 +1,57 @@
+"""Training batches from the decode-once cache: whole batches per call, this rank's shard of the rows.
+
+The cache is a uint8 memmap, so a batch is one fancy-indexed read; albumentations (when the stage
+augments) runs image by image in the DataLoader's worker processes. Batches cross to the GPU as uint8
+from pinned memory with non-blocking copies, and are normalised there (kit.predict.to_input).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from kit import distributed
+
+
+class BatchDataset(Dataset):
+    """Whole batches from a cached uint8 array: one call per batch, augmented image by image."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, rows: np.ndarray, transform=None):
+        self.images, self.targets, self.rows, self.transform = images, targets, rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows[positions]
+        if self.transform is None:
+            batch = np.ascontiguousarray(self.images[rows])
+        else:
+            batch = np.stack([self.transform(image=self.images[row])["image"] for row in rows])
+        return torch.from_numpy(batch), torch.from_numpy(self.targets[rows])
+
+
+def worker_count(setting: int) -> int:
+    """DataLoader worker processes per rank: `setting`, or (-1) the machine's cores shared by its ranks."""
+    if setting >= 0:
+        return setting
+    if not torch.cuda.is_available():
+        return 0  # on a CPU box the model needs every core
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes on this machine
+    return max(1, min(16, cores // ranks_here))
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator, workers: int) -> DataLoader:
+    """Batches of `batch_size` rows of this rank's shard, shuffled by `generator` (reseeded per epoch)."""
+    return DataLoader(
+        dataset,
+        sampler=BatchSampler(distributed.ShardSampler(len(dataset), generator, shuffle), batch_size, drop_last=False),
+        batch_size=None,  # the dataset returns whole batches
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),  # page-locked host memory: the copy to the GPU can be asynchronous
+        persistent_workers=workers > 0,  # no worker start-up cost every epoch
+    )
