@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from kit.runs import atomic_path
@@ -45,11 +45,14 @@ def cache_key(paths: list[Path], image_size: int) -> str:
 
 
 def _decode_or_none(path: Path, image_size: int) -> tuple[np.ndarray | None, str]:
+    """The image, or why not in a few words ('missing', 'unreadable: ...'): reports list many of these."""
     try:
         return decode(path, image_size), ""
     except FileNotFoundError:
         return None, "missing"
-    except Exception as error:  # PIL raises many types for corrupt, truncated or non-image files
+    except UnidentifiedImageError:  # its message repeats the path
+        return None, "unreadable: empty file" if path.stat().st_size == 0 else "unreadable: not an image file"
+    except Exception as error:  # PIL raises many types for corrupt or truncated files
         return None, f"unreadable: {type(error).__name__}: {error}".replace("\n", " ")
 
 

@@ -11,7 +11,21 @@ COMPETITION = click.argument("competition")
 OVERRIDES = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.epochs=2.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """click.Group whose errors start on a line of their own, even when they interrupt a progress bar."""
+
+    def invoke(self, context: click.Context):
+        try:
+            return super().invoke(context)
+        except click.ClickException:
+            from tqdm import tqdm
+
+            for bar in list(getattr(tqdm, "_instances", ())):  # bars left open by the error: clear them
+                bar.close()
+            raise
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Kaggle image-competition starter kit: download, train, predict, submit."""
 

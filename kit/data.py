@@ -1,7 +1,9 @@
 """Label tables, test ids and cross-validation folds, read from a competition's raw download.
 
 Labels come from a CSV, from file names (`cat.12.jpg`) or from one folder per class. Every path built
-from the data is checked to stay inside the competition's folder.
+from the data is checked to stay inside the competition's raw folder: ids must be plain file names, and
+a link (or a configured folder) that leads outside data/raw/<name> is refused. Link data/raw/<name>
+itself to keep a competition's files on another disk.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from kit.config import Config
-from kit.runs import atomic_path, interim_dir, require_download
+from kit.runs import atomic_path, interim_dir, raw_dir, require_download
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,53 @@ class TestTable:
     paths: list[Path]
 
 
-def _check_id(identifier: str, where: str) -> str:
+def _check_id(identifier: str, where: str, row: int) -> str:
     """Ids become file names: refuse anything that could step outside the image folder."""
     if identifier in ("", ".", "..") or "/" in identifier or "\\" in identifier or "\x00" in identifier:
-        raise click.ClickException(f"{where}: id {identifier!r} is not a plain file name; fix that row")
+        raise click.ClickException(
+            f"{where} row {row}: id {identifier!r} is not a plain file name (no '/', '\\' or '..'); fix that row"
+        )
     return identifier
+
+
+def _check_ids(ids, where: str) -> list[str]:
+    return [_check_id(identifier, where, row) for row, identifier in enumerate(ids, start=2)]  # row 1: header
+
+
+def _inside(config: Config, key: str) -> Path:
+    """The raw-folder path a data.* setting names, refused when it leads outside data/raw/<name>."""
+    raw = require_download(config)
+    path = raw / getattr(config.data, key)
+    if not path.resolve().is_relative_to(raw.resolve()):
+        raise click.ClickException(
+            f"{config.path}: data.{key} = {getattr(config.data, key)!r} leads outside {raw} (to {path.resolve()}); "
+            f"give a path inside it (to keep the files on another disk, link {raw} itself there)"
+        )
+    return path
+
+
+def real_paths(paths: list[Path], root: Path, where: str, rows: bool) -> list[Path]:
+    """Where each image file really is (links followed), refusing one outside `root` (resolved).
+
+    Only links and unusual parents are resolved one by one: a plain file's place is its folder's, so a
+    listing of 100,000 images costs one lstat each.
+    """
+    folders: dict[Path, Path] = {}
+    result = []
+    for index, path in enumerate(paths):
+        if path.is_symlink():
+            real = path.resolve()
+        else:
+            if path.parent not in folders:
+                folders[path.parent] = path.parent.resolve()
+            real = folders[path.parent] / path.name
+        if not real.is_relative_to(root):
+            place = f"{where} row {index + 2}: " if rows else ""
+            raise click.ClickException(
+                f"{place}{path} leads outside {root} (to {real}); copy the file in, or link the whole folder {root} instead"
+            )
+        result.append(real)
+    return result
 
 
 def _check_unique(ids: list[str], where: str) -> None:
@@ -59,11 +103,20 @@ def _image_files(folder: Path, extension: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == extension.lower())
 
 
+def parse_csv(path: Path, fix: str = "repair the file or download it again", **options) -> pd.DataFrame:
+    """pd.read_csv, with a file that is not a CSV (garbled, binary, empty) refused in one line."""
+    try:
+        return pd.read_csv(path, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise click.ClickException(f"{path}: not a readable CSV ({reason}); {fix}") from None
+
+
 def read_csv(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
     """A CSV read as strings, with the columns we need checked and named in the error."""
     if not path.is_file():
         raise click.ClickException(f"{path} not found: {fix}")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = parse_csv(path, dtype=str, keep_default_na=False)
     missing = [column for column in columns if column not in table.columns]
     if missing:
         raise click.ClickException(
@@ -77,13 +130,14 @@ def load_labels(config: Config) -> LabelTable:
     """The training images and their classes."""
     raw = require_download(config)
     data = config.data
-    train_dir = raw / data.train_dir
+    _check_extension(config)
+    train_dir = _inside(config, "train_dir")
     if data.labels == "csv":
-        source = raw / data.labels_csv
+        source = _inside(config, "labels_csv")
         table = read_csv(
             source, [data.id_column, data.label_column], "set data.id_column / data.label_column in competition.toml"
         )
-        ids = [_check_id(i, str(source)) for i in table[data.id_column]]
+        ids = _check_ids(table[data.id_column], str(source))
         labels = list(table[data.label_column])
         for row, label in enumerate(labels, start=2):
             if not label.strip():
@@ -117,9 +171,16 @@ def load_labels(config: Config) -> LabelTable:
     if not ids:
         raise click.ClickException(f"{source}: no training images with extension {data.extension!r} found")
     _check_unique(ids, str(source))
+    real_paths(paths, raw.resolve(), str(source), rows=data.labels == "csv")
     classes = sorted(set(labels))
     index = {name: i for i, name in enumerate(classes)}
     return LabelTable(ids, paths, np.array([index[label] for label in labels], dtype=np.int64), classes)
+
+
+def _check_extension(config: Config) -> None:
+    extension = config.data.extension
+    if "/" in extension or "\\" in extension:
+        raise click.ClickException(f"{config.path}: data.extension = {extension!r} leads outside the image folder; write e.g. '.jpg'")
 
 
 def _folder(path: Path, config: Config) -> Path:
@@ -132,19 +193,42 @@ def load_test(config: Config) -> TestTable:
     """Test images, in sample_submission.csv's order when there is one, else sorted by file name."""
     raw = require_download(config)
     data = config.data
-    test_dir = _folder(raw / data.test_dir, config)
-    sample = raw / data.sample_submission
+    _check_extension(config)
+    test_dir = _folder(_inside(config, "test_dir"), config)
+    sample = _inside(config, "sample_submission")
+    if not any(path.suffix.lower() == data.extension.lower() for path in test_dir.iterdir()):
+        raise click.ClickException(
+            f"{test_dir}: no test images with extension {data.extension!r}; check data.test_dir / data.extension "
+            f"in {config.path}, or download again (move {raw} away, then `make download COMP={config.name}`)"
+        )
     if sample.is_file():
         ids = list(read_csv(sample, [config.submission.id_column], "set submission.id_column")[config.submission.id_column])
-        ids = [_check_id(i, str(sample)) for i in ids]
+        if not ids:
+            raise click.ClickException(f"{sample}: lists no test ids; download it again")
+        ids = _check_ids(ids, str(sample))
         _check_unique(ids, str(sample))
         paths = [image_path(test_dir, i, data.extension) for i in ids]
     else:
         paths = _image_files(test_dir, data.extension)
         ids = [p.stem for p in paths]
-    if not paths:
-        raise click.ClickException(f"{test_dir}: no test images with extension {data.extension!r}")
+    real_paths(paths, raw.resolve(), str(sample), rows=sample.is_file())
     return TestTable(ids, paths)
+
+
+def check_test_apart(config: Config, test: TestTable, labels: LabelTable) -> None:
+    """Refuse a test image that is also a labelled training image (the same file, links followed): a leak,
+    or listings mixed up. The same id alone is allowed: some competitions number train/ and test/ apart."""
+    root, data = raw_dir(config).resolve(), config.data
+    sample = raw_dir(config) / data.sample_submission
+    training = {real: index for index, real in enumerate(real_paths(labels.paths, root, "", rows=False))}
+    for index, real in enumerate(real_paths(test.paths, root, str(sample), rows=sample.is_file())):
+        if real in training:
+            place = f"{sample} row {index + 2}" if sample.is_file() else str(test.paths[index])
+            source = f"{data.labels_csv} row {training[real] + 2}" if data.labels == "csv" else data.train_dir
+            raise click.ClickException(
+                f"{place}: test image {test.paths[index].name} is training image {labels.paths[training[real]].name} "
+                f"({source}); a labelled image must not be in the test set: fix the listing or the files"
+            )
 
 
 def assign_folds(targets: np.ndarray, n_folds: int, seed: int) -> np.ndarray:

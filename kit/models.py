@@ -127,12 +127,25 @@ def save_weights(model: nn.Module, path: Path, meta: dict) -> None:
 
 def load_weights(model: nn.Module, path: Path, expected_meta: dict) -> None:
     """Load weights safely (no pickled code), refusing a checkpoint of another model or class list."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    meta = checkpoint.get("meta", {})
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise click.ClickException(f"{path} not found: train that fold (again)") from None
+    except Exception as error:  # truncated, not a torch file, or pickled code refused: many types
+        reason = (str(error).strip().split(". ")[0].splitlines() or [type(error).__name__])[0]
+        raise click.ClickException(f"{path}: not a readable checkpoint ({reason[:200]}); train that fold again") from None
+    meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
     for key, value in expected_meta.items():
         if meta.get(key) != value:
-            raise click.ClickException(f"{path}: checkpoint has {key} = {meta.get(key)!r}, this run needs {value!r}")
-    unwrap(model).load_state_dict(checkpoint["state_dict"])
+            raise click.ClickException(
+                f"{path}: checkpoint has {key} = {meta.get(key)!r}, expected {value!r}; "
+                f"use weights trained with the same train.model and classes"
+            )
+    try:
+        unwrap(model).load_state_dict(checkpoint["state_dict"])
+    except (KeyError, RuntimeError) as error:  # tensors of other shapes under the same model name
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise click.ClickException(f"{path}: weights do not fit {expected_meta.get('model', 'the model')} ({reason[:200]})") from None
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -48,6 +48,9 @@ def folds(config: Config) -> pd.DataFrame:
 
 def train_run(config: Config, fold: str) -> Path:
     """A new run folder, then training. Under torchrun: one process per GPU, rank 0 makes the folder and prints."""
+    if fold != "all" and not (fold.isdigit() and int(fold) < config.train.folds):
+        raise click.ClickException(f"--fold {fold}: choose 0..{config.train.folds - 1} or 'all'")
+    data.load_labels(config)  # a bad label table is refused before a run folder is made
     distributed.setup()
     main = distributed.is_main()
     run_dir = distributed.broadcast_object(new_run(config) if main else None)
@@ -97,6 +100,8 @@ def find_learning_rate(config: Config, stage: int, run_dir: Path | None = None, 
     if run is not None:
         run_dir = find_run(config, run)
         weights = run_dir / "fold-0" / "last.pt"
+        if not weights.is_file():
+            raise click.ClickException(f"--run {run}: {weights} not found (fold 0 not trained to the end); pick a finished run")
     run_dir = run_dir or new_run(config)
     result = lr_find(config, stage, run_dir, weights)
     click.echo(
@@ -145,7 +150,10 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
         predict.predict_run(run_config(run_dir), run_dir)
     path = submission.SUBMISSIONS_DIR / read_json(run_dir / "submission.json")["file"]
     # Labels stay text ('007' is not 7); probabilities are read as numbers so that NaN is seen.
-    frame = pd.read_csv(path, dtype=str if config.submission.format == "label" else {config.submission.id_column: str})
+    frame = data.parse_csv(
+        path, f"delete it, and `kit submit {config.name}` predicts it again",
+        dtype=str if config.submission.format == "label" else {config.submission.id_column: str},
+    )
     sample = submission.read_sample(config)
     submission.check(config, frame, sample, str(path), summary["classes"])
     frame = submission.clip(config, frame)

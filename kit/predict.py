@@ -131,6 +131,7 @@ def predict_run(config, run_dir: Path) -> Path:
     summary = read_json(run_dir / "metrics.json")
     classes = summary["classes"]
     test = data.load_test(config)
+    data.check_test_apart(config, test, data.load_labels(config))
     last_stage = config.stages[-1]
     images, problems = cache.image_cache(test.paths, stage_image_size(config, last_stage), interim_dir(config), "test")
     if problems:

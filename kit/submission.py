@@ -85,7 +85,10 @@ def problems(config: Config, frame: pd.DataFrame, sample: pd.DataFrame, classes:
         found.append(f"{len(extra_ids)} ids are not in sample_submission.csv, e.g. {sorted(extra_ids)[0]!r}")
     values = frame.drop(columns=[id_column])
     if config.submission.format == "label":
-        if classes is not None:
+        empty = values.iloc[:, 0].isna().to_numpy() | (values.iloc[:, 0].astype(str).str.strip() == "").to_numpy()
+        if empty.any():
+            found.append(f"row {int(np.argmax(empty)) + 2} has an empty label")
+        elif classes is not None:
             unknown = set(values.iloc[:, 0].astype(str)) - set(classes)
             if unknown:
                 found.append(f"unknown labels, e.g. {sorted(unknown)[0]!r}")

@@ -1,0 +1,500 @@
+"""Bad input, through the real CLI: every case ends in one `Error:` line (or a clear skip report), never a
+traceback, and nothing is written outside data/, runs/ and submissions/ of the temporary project.
+
+Each case builds its own broken input in a temporary project before the tree is snapshotted; then it runs
+the command a user would run and checks the message names the problem, where it is and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import TINY
+from kaggle_standin import KaggleStandIn, image_bytes, kaggle_env, make_zip
+
+from kit.cli import main
+from kit.config import load_competition
+
+# TINY with a one-step stage and no TTA views: a whole training run takes a few seconds on a loaded CPU.
+QUICK = [*TINY, "stages=[{cycle_len=0.05}]", "train.tta=0"]
+WRITABLE = ("data", "runs", "submissions")
+TRAIN_CSV_ROW = 2  # the first data row of a CSV is row 2: row 1 is the header
+
+
+def sets(values) -> list[str]:
+    return [item for value in values for item in ("--set", value)]
+
+
+def invoke(*arguments):
+    return CliRunner().invoke(main, [str(argument) for argument in arguments])
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file and link under root (links not followed): content digests, or size and time where
+    outputs may legitimately change (data/interim, runs/, submissions/)."""
+    state = {}
+    for folder, folders, files in os.walk(root, followlinks=False):
+        for name in files + [f for f in folders if os.path.islink(os.path.join(folder, f))]:
+            path = Path(folder) / name
+            relative = path.relative_to(root).as_posix()
+            parts = relative.split("/")
+            if path.is_symlink():
+                state[relative] = "link to " + os.readlink(path)
+            elif parts[1:2] in (["runs"], ["submissions"]) or parts[1:3] == ["data", "interim"]:
+                stat = path.stat()
+                state[relative] = f"{stat.st_size} bytes, modified {stat.st_mtime_ns}"
+            else:
+                state[relative] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return state
+
+
+class Watched:
+    """The temporary project's parent folder, snapshotted before a command and compared after it."""
+
+    def __init__(self, project: Path):
+        self.project, self.root = project, project.parent
+        self.before = self.current()
+
+    def current(self) -> dict[str, str]:
+        # The Kaggle stand-in's fake HOME and config folders belong to the test, not to the project.
+        return {path: state for path, state in tree(self.root).items() if not path.startswith("kaggle-")}
+
+    def check(self) -> None:
+        """Only data/interim, runs/ and submissions/ of the project changed; data/raw is byte-for-byte the same."""
+        after = self.current()
+        changed = {path for path in self.before.keys() | after.keys() if self.before.get(path) != after.get(path)}
+        allowed = ("project/data/interim/", "project/runs/", "project/submissions/")
+        outside = sorted(path for path in changed if not path.startswith(allowed))
+        assert not outside, f"written outside data/interim, runs/ and submissions/: {outside[:5]}"
+        leftovers = [path for path in after if path.endswith(".tmp")]
+        assert not leftovers, f"temporary files left behind: {leftovers[:5]}"
+
+
+def refused(project: Path, *arguments, contains: tuple[str, ...] = ()) -> str:
+    """Run the CLI and check: exit 1 from a ClickException, one line starting 'Error:', no traceback,
+    every phrase of `contains` in it, nothing written where it must not be. Returns the line."""
+    watched = Watched(project)
+    result = invoke(*arguments)
+    # CliRunner turns any other exception into exit code 1 too; a real terminal would show its traceback.
+    assert isinstance(result.exception, SystemExit), (result.output, result.exc_info)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    said = [line for line in re.split(r"[\r\n]", result.stderr) if line.strip()]
+    errors = [line for line in said if line.startswith("Error:")]
+    assert len(errors) == 1 and said[-1] == errors[0], result.stderr  # one line, and the last word
+    for phrase in contains:
+        assert phrase in errors[0], errors[0]
+    watched.check()
+    return errors[0]
+
+
+def succeeds(project: Path, *arguments):
+    watched = Watched(project)
+    result = invoke(*arguments)
+    assert result.exit_code == 0, (result.output, result.exc_info)
+    watched.check()
+    return result
+
+
+def raw(project: Path, competition: str = "digits") -> Path:
+    return project / "data" / "raw" / competition
+
+
+def train_rows(project: Path) -> pd.DataFrame:
+    return pd.read_csv(raw(project) / "train.csv", dtype=str, keep_default_na=False)
+
+
+def write_rows(path: Path, table: pd.DataFrame) -> None:
+    table.to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def trained_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("trained-digits")
+
+
+@pytest.fixture
+def trained(project, trained_cache) -> Path:
+    """A finished QUICK run of digits, predicted, in the temporary project; returns its run folder.
+
+    Trained once per module and copied (times kept, so the image caches stay valid) into later projects.
+    """
+    if not (trained_cache / "runs").exists():
+        from kit import pipeline
+
+        pipeline.download(load_competition("digits"))
+        config = load_competition("digits", QUICK)
+        pipeline.train_run(config, "0")
+        pipeline.predict_run(config, None)
+        for part in WRITABLE:
+            shutil.copytree(project / part, trained_cache / part, symlinks=True)
+    else:
+        for part in WRITABLE:
+            shutil.copytree(trained_cache / part, project / part, symlinks=True)
+    (run_dir,) = (project / "runs" / "digits").iterdir()
+    return run_dir
+
+
+def spoil_images(folder: Path, names: list[str]) -> dict[str, str]:
+    """Five kinds of bad image file, one per name: {name: kind}."""
+    kinds = {}
+    for name, kind in zip(names, ["corrupt", "truncated", "zero-byte", "text", "missing"], strict=True):
+        path = folder / name
+        content = path.read_bytes()
+        if kind == "corrupt":
+            path.write_bytes(content[:16] + bytes(range(256)) * 2)  # PNG signature, then garbage
+        elif kind == "truncated":
+            path.write_bytes(content[: len(content) // 2])
+        elif kind == "zero-byte":
+            path.write_bytes(b"")
+        elif kind == "text":
+            path.write_text("id,label\nthis is a CSV file named .png\n")
+        else:
+            path.unlink()
+        kinds[name] = kind
+    return kinds
+
+
+# Bad images
+
+
+def test_a_few_bad_training_images_are_skipped_and_listed(digits, project):
+    names = [f"{identifier}.png" for identifier in train_rows(project)["id"][:5]]
+    kinds = spoil_images(raw(project) / "train", names)
+    result = succeeds(project, "train", "digits", *sets(QUICK))
+    assert "skipping 5 unreadable training images" in result.output
+    (run_dir,) = (project / "runs" / "digits").iterdir()
+    report = json.loads((run_dir / "bad-images.json").read_text())
+    assert sorted(Path(path).name for path in report) == sorted(names)
+    for path, problem in report.items():
+        assert problem == "missing" if kinds[Path(path).name] == "missing" else problem.startswith("unreadable")
+    # The skipped images are neither trained on nor predicted out of fold.
+    oof = np.load(run_dir / "oof.npy")
+    assert np.isnan(oof[:5]).all() and json.loads((run_dir / "metrics.json").read_text())["folds_trained"] == [0]
+
+
+def test_many_bad_training_images_stop_training_with_the_list(digits, project):
+    names = [f"{identifier}.png" for identifier in train_rows(project)["id"][:5]]
+    spoil_images(raw(project) / "train", names)
+    line = refused(
+        project, "train", "digits", *sets([*QUICK, "data.max_bad_images=2"]),
+        contains=("5 training images cannot be read", "data.max_bad_images = 2", names[0], "bad-images.json"),
+    )
+    assert "missing" in line and "unreadable" in line
+    (run_dir,) = (project / "runs" / "digits").iterdir()
+    assert not (run_dir / "fold-0").exists()
+
+
+def test_a_bad_test_image_stops_prediction(trained, project):
+    submissions_before = sorted((project / "submissions").iterdir())
+    test_image = sorted((raw(project) / "test").iterdir())[3]
+    test_image.write_bytes(test_image.read_bytes()[:20])
+    refused(project, "predict", "digits", contains=("1 test images cannot be read", test_image.name, "every id"))
+    assert sorted((project / "submissions").iterdir()) == submissions_before
+    assert list(json.loads((trained / "bad-test-images.json").read_text())) == [str(test_image)]
+
+
+def test_a_test_folder_without_images(trained, project):
+    for path in (raw(project) / "test").iterdir():
+        path.unlink()
+    refused(project, "predict", "digits", contains=("no test images", "'.png'", "data.test_dir", "download"))
+
+
+# Bad tables
+
+
+def test_duplicate_training_id_names_its_row(digits, project):
+    table = train_rows(project)
+    table.loc[7, "id"] = table.loc[3, "id"]
+    write_rows(raw(project) / "train.csv", table)
+    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", f"duplicate id {table.loc[3, 'id']!r}", "row 9"))
+    assert not (project / "runs").exists()  # refused before a run folder is made
+
+
+def test_empty_label_names_its_row(digits, project):
+    table = train_rows(project)
+    table.loc[10, "label"] = ""
+    write_rows(raw(project) / "train.csv", table)
+    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", "empty label", "row 12"))
+
+
+@pytest.mark.parametrize("identifier", ["../../../../outside", "/etc/passwd", "train/digit-0001", "..", "a\\b", ""])
+def test_ids_that_are_not_plain_file_names_are_refused_with_the_row(digits, project, identifier):
+    table = train_rows(project)
+    table.loc[4, "id"] = identifier
+    write_rows(raw(project) / "train.csv", table)
+    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", "row 6", "not a plain file name"))
+
+
+def test_a_label_csv_without_the_configured_columns(digits, project):
+    write_rows(raw(project) / "train.csv", train_rows(project).rename(columns={"id": "image", "label": "digit"}))
+    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", "no column 'id', 'label'", "image, digit", "data.id_column"))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'id,label\ndigit-0001,3\ndigit-0002,4,extra,"\n', b"\xff\xfe\x00i\x00d\x00,\x00l\xd8\x00", b""],
+    ids=["unparseable", "not-utf8", "empty"],
+)
+def test_a_malformed_label_csv_is_one_line(digits, project, content):
+    (raw(project) / "train.csv").write_bytes(content)
+    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", "not a readable CSV"))
+
+
+def test_test_listing_with_a_duplicate_id(trained, project):
+    sample = pd.read_csv(raw(project) / "sample_submission.csv", dtype=str)
+    sample.loc[5, "id"] = sample.loc[2, "id"]
+    write_rows(raw(project) / "sample_submission.csv", sample)
+    refused(project, "predict", "digits", contains=("sample_submission.csv", "duplicate id", "row 7"))
+
+
+def test_test_listing_with_a_path_id(trained, project):
+    sample = pd.read_csv(raw(project) / "sample_submission.csv", dtype=str)
+    sample.loc[0, "id"] = "../train/" + train_rows(project)["id"][0]
+    write_rows(raw(project) / "sample_submission.csv", sample)
+    refused(project, "predict", "digits", contains=("sample_submission.csv", "row 2", "not a plain file name"))
+
+
+def test_a_labelled_training_image_in_the_test_set_is_refused(trained, project):
+    """The same image file listed for training (with its label) and for testing: a leak, or a mix-up of
+    the listings. Ids alone may repeat across separate train/ and test/ folders (numbered per folder)."""
+    training_id = train_rows(project)["id"][6]
+    sample = pd.read_csv(raw(project) / "sample_submission.csv", dtype=str)
+    (raw(project) / "test" / f"{sample.loc[3, 'id']}.png").unlink()
+    (raw(project) / "test" / f"{sample.loc[3, 'id']}.png").symlink_to(Path("..") / "train" / f"{training_id}.png")
+    refused(project, "predict", "digits", contains=("sample_submission.csv", "row 5", "training image", "train.csv row 8"))
+
+
+# Nothing built from data leaves the competition's folder
+
+
+def test_an_image_linked_from_outside_the_raw_folder_is_refused(digits, project):
+    outside = project.parent / "outside.png"
+    outside.write_bytes(image_bytes((1, 2, 3), 0, "PNG", 8))
+    name = f"{train_rows(project)['id'][2]}.png"
+    (raw(project) / "train" / name).unlink()
+    (raw(project) / "train" / name).symlink_to(outside)
+    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv row 4", name, "outside", "data/raw/digits"))
+
+
+def test_an_image_folder_linked_from_outside_is_refused(digits, project):
+    elsewhere = project.parent / "elsewhere"
+    shutil.move(raw(project) / "train", elsewhere)
+    (raw(project) / "train").symlink_to(elsewhere)
+    refused(project, "train", "digits", *sets(QUICK), contains=("data.train_dir", "outside", "data/raw/digits"))
+
+
+@pytest.mark.parametrize(
+    "setting", ["data.train_dir=../../../..", "data.labels_csv=/etc/passwd", "data.extension=/../../../x.png"]
+)
+def test_config_paths_that_leave_the_raw_folder_are_refused(digits, project, setting):
+    refused(project, "train", "digits", *sets([*QUICK, setting]), contains=(setting.split("=")[0], "outside"))
+
+
+# Diverging training
+
+
+def test_a_diverging_first_stage_says_lower_the_learning_rate(digits, project):
+    line = refused(
+        project, "train", "digits", *sets([*QUICK, "train.lr=1e6"]),
+        contains=("stage 'train'", "diverged", "lower the learning rate", "lr-find COMP=digits"),
+    )
+    assert "no good weights" in line
+
+
+def test_a_diverging_later_stage_keeps_the_last_good_weights(digits, project):
+    from kit import models
+
+    recipe = "stages=[{name='calm', cycle_len=0.05, lr=1e-3}, {name='wild', cycle_len=0.05, lr=1e6}]"
+    line = refused(
+        project, "train", "digits", *sets([*QUICK, recipe]), contains=("stage 'wild'", "diverged", "lr-find", "best.pt")
+    )
+    (run_dir,) = (project / "runs" / "digits").iterdir()
+    assert str(run_dir / "fold-0" / "best.pt") in line and not (run_dir / "metrics.json").exists()
+    model = models.create_model("test_efficientnet", 10, pretrained=False)
+    models.load_weights(model, run_dir / "fold-0" / "best.pt", {"model": "test_efficientnet"})
+    assert all(parameter.isfinite().all() for parameter in model.parameters())
+
+
+# Checkpoints that do not fit
+
+
+def replace_checkpoint(run_dir: Path, model_name: str, classes: list[str]) -> None:
+    from kit import models
+
+    model = models.create_model(model_name, len(classes), pretrained=False)
+    models.save_weights(model, run_dir / "fold-0" / "last.pt", {"model": model_name, "classes": classes})
+
+
+def test_predict_refuses_weights_of_another_model(trained, project):
+    replace_checkpoint(trained, "test_resnet", [str(digit) for digit in range(10)])
+    refused(project, "predict", "digits", contains=("last.pt", "model", "'test_resnet'", "'test_efficientnet'"))
+
+
+def test_predict_refuses_weights_for_another_class_list(trained, project):
+    replace_checkpoint(trained, "test_efficientnet", ["cat", "dog"])
+    refused(project, "predict", "digits", contains=("last.pt", "classes", "['cat', 'dog']"))
+
+
+def test_predict_refuses_a_damaged_checkpoint(trained, project):
+    checkpoint = trained / "fold-0" / "last.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    refused(project, "predict", "digits", contains=("last.pt", "not a readable checkpoint", "train"))
+
+
+def test_lr_find_refuses_a_run_of_another_model(trained, project):
+    refused(
+        project, "lr-find", "digits", "--run", trained.name, *sets([*QUICK, "train.model=test_resnet"]),
+        contains=("last.pt", "'test_efficientnet'", "'test_resnet'"),
+    )
+
+
+# Configuration and command line
+
+
+def test_malformed_toml_names_file_and_line(project):
+    folder = project / "competitions" / "broken"
+    folder.mkdir()
+    (folder / "competition.toml").write_text('[competition]\nmetric = "accuracy"\n[train]\nlr = = 3\n')
+    refused(project, "train", "broken", contains=("broken/competition.toml", "malformed TOML", "line 4"))
+
+
+def test_unknown_key_in_toml_lists_the_allowed_keys(project):
+    folder = project / "competitions" / "typo"
+    folder.mkdir()
+    (folder / "competition.toml").write_text("[train]\nepoch = 3\n")
+    refused(project, "train", "typo", contains=("typo/competition.toml", "unknown key 'train.epoch'", "epochs"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "phrase"),
+    [
+        ("train.epochs=two", "'train.epochs' = 'two' should be int"),
+        ("train.epoch=2", "unknown key 'train.epoch'"),
+        ("train.epochs", "write key=value"),
+    ],
+)
+def test_bad_overrides(project, setting, phrase):
+    refused(project, "train", "digits", "--set", setting, contains=(phrase,))
+
+
+def test_unknown_competition_lists_the_known_ones(project):
+    refused(project, "predict", "no-such-competition", contains=("unknown competition 'no-such-competition'", "digits"))
+
+
+def test_data_not_downloaded_says_how_to_get_it(project):
+    refused(project, "train", "digits", *sets(QUICK), contains=("no data in", "make download COMP=digits"))
+
+
+@pytest.mark.parametrize("fold", ["9", "x", "-1"])
+def test_a_fold_that_does_not_exist(digits, project, fold):
+    refused(project, "train", "digits", "--fold", fold, *sets(QUICK), contains=(f"--fold {fold}", "0..4", "'all'"))
+    assert not (project / "runs").exists()
+
+
+def test_lr_find_stage_out_of_range(digits, project):
+    refused(project, "lr-find", "digits", "--stage", "7", contains=("--stage 7", "stages 0..3"))
+
+
+def test_predict_with_an_unknown_run(trained, project):
+    refused(project, "predict", "digits", "nope", contains=("run 'nope' of digits not found", trained.name))
+
+
+def test_resume_without_an_interrupted_run(trained, project):
+    refused(project, "train", "digits", "--resume", contains=("no interrupted run of digits", "make train"))
+
+
+# Kaggle: credentials and hostile downloads
+
+
+def test_missing_kaggle_credentials(project, tmp_path, monkeypatch):
+    kaggle_env(monkeypatch, tmp_path, credentials=False)
+    refused(project, "download", "dog-breeds", contains=("no Kaggle credentials", "kaggle.json", "KAGGLE_USERNAME"))
+    refused(project, "submit", "dog-breeds", contains=("no Kaggle credentials",))
+    assert not raw(project, "dog-breeds").exists()
+
+
+@pytest.mark.parametrize("member", ["../escaped.txt", "train/../../escaped.txt", "/tmp/escaped.txt"])
+def test_a_zip_with_members_outside_its_folder_is_refused(project, tmp_path, monkeypatch, member):
+    kaggle_env(monkeypatch, tmp_path)
+    bundle = make_zip({"labels.csv": b"id,breed\na,pug\n", member: b"should never be written"})
+    with KaggleStandIn(competitions={"dog-breed-identification": bundle}):
+        refused(project, "download", "dog-breeds", contains=("refusing to extract", repr(member)))
+    assert not raw(project, "dog-breeds").exists()
+    assert not list(tmp_path.rglob("escaped.txt")) and not Path("/tmp/escaped.txt").exists()
+
+
+# Submissions edited by hand
+
+
+def submission_file(project: Path, run_dir: Path) -> Path:
+    return project / "submissions" / json.loads((run_dir / "submission.json").read_text())["file"]
+
+
+def test_submit_refuses_wrong_columns(trained, project):
+    path = submission_file(project, trained)
+    path.write_text(path.read_text().replace("id,label", "id,digit", 1))
+    refused(project, "submit", "digits", "--dry-run", contains=(path.name, "columns differ from sample_submission.csv"))
+    assert not (project / "submissions" / "ledger.csv").exists()
+
+
+def test_submit_refuses_an_empty_label(trained, project):
+    path = submission_file(project, trained)
+    lines = path.read_text().splitlines()
+    lines[4] = lines[4].split(",")[0] + ","
+    path.write_text("\n".join(lines) + "\n")
+    refused(project, "submit", "digits", "--dry-run", contains=(path.name, "row 5", "label"))
+
+
+def test_submit_refuses_an_unparseable_file(trained, project):
+    path = submission_file(project, trained)
+    path.write_text(path.read_text() + 'digit-9999,"3\n')
+    refused(project, "submit", "digits", "--dry-run", contains=(path.name, "not a readable CSV"))
+
+
+def test_submit_refuses_nan_probabilities(trained, project):
+    """A probabilities competition (digits, submitted as one column per class) whose file has a NaN."""
+    folder = project / "competitions" / "digits-probabilities"
+    folder.mkdir()
+    text = (project / "competitions" / "digits" / "competition.toml").read_text()
+    text = text.replace('format = "label"', 'format = "probabilities"').replace('metric = "accuracy"', 'metric = "log_loss"')
+    (folder / "competition.toml").write_text(text)
+    classes = [str(digit) for digit in range(10)]
+    ids = list(pd.read_csv(raw(project) / "sample_submission.csv", dtype=str)["id"])
+    raw(project, "digits-probabilities").mkdir(parents=True)
+    write_rows(raw(project, "digits-probabilities") / "sample_submission.csv", pd.DataFrame({"id": ids, **{c: 0.1 for c in classes}}))
+    run_dir = project / "runs" / "digits-probabilities" / trained.name
+    shutil.copytree(trained, run_dir)
+    probabilities = pd.DataFrame({"id": ids, **{c: 0.1 for c in classes}})
+    probabilities.loc[7, "3"] = np.nan
+    path = project / "submissions" / "digits-probabilities-hand-made.csv"
+    write_rows(path, probabilities)
+    (run_dir / "submission.json").write_text(json.dumps({"file": path.name, "weights": []}))
+    refused(project, "submit", "digits-probabilities", "--dry-run", contains=(path.name, "row 9", "NaN"))
+
+
+# The real process, as a user's terminal sees it
+
+
+def test_a_real_process_prints_one_line_and_no_traceback(project):
+    import subprocess
+    import sys
+
+    folder = project / "competitions" / "broken"
+    folder.mkdir()
+    (folder / "competition.toml").write_text("[train]\nlr = = 3\n")
+    environment = {**os.environ, "KIT_PROJECT_ROOT": str(project)}
+    process = subprocess.run(
+        [sys.executable, "-m", "kit", "train", "broken"], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 1 and process.stdout == ""
+    assert process.stderr.count("\n") == 1 and process.stderr.startswith("Error: ") and "malformed TOML" in process.stderr
