@@ -82,10 +82,10 @@ def tta_views(preset: str, count: int) -> list[View]:
 
 
 @torch.inference_mode()
-def predict_probabilities(
+def view_probabilities(
     model: nn.Module, images: np.ndarray, batch_size: int, mean: tuple, std: tuple, preset: str = "none", tta: int = 0
 ) -> np.ndarray:
-    """Softmax probabilities (N x classes, float64) averaged over the plain view and `tta` augmented views."""
+    """Softmax probabilities per view (1 + tta views, N, classes; float64): view 0 is the plain image."""
     target = device()
     model.eval()
     views = tta_views(preset, tta)
@@ -93,19 +93,36 @@ def predict_probabilities(
     for start in range(0, len(images), batch_size):
         batch = to_input(torch.from_numpy(np.array(images[start : start + batch_size])), mean, std, target)
         with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
-            total = sum(model(view(batch)).float().softmax(1) for view in views)
-        outputs.append(total / len(views))
-    return torch.cat(outputs).double().cpu().numpy()
+            outputs.append(torch.stack([model(view(batch)).float().softmax(1) for view in views]))
+    return torch.cat(outputs, dim=1).double().cpu().numpy()
+
+
+def predict_probabilities(
+    model: nn.Module, images: np.ndarray, batch_size: int, mean: tuple, std: tuple, preset: str = "none", tta: int = 0
+) -> np.ndarray:
+    """Softmax probabilities (N x classes) averaged over the plain view and `tta` augmented views."""
+    return view_probabilities(model, images, batch_size, mean, std, preset, tta).mean(0)
 
 
 def ensemble_probabilities(
-    model: nn.Module, weight_paths: list[Path], meta: dict, images: np.ndarray, batch_size: int, **options
+    model: nn.Module, weight_paths: list[Path], meta: dict, images: np.ndarray, batch_size: int,
+    keep: Path | None = None, **options,
 ) -> np.ndarray:
-    """Average of the probabilities of several saved weights (snapshots, folds) on the same images."""
+    """Average of the probabilities of several saved weights (snapshots, folds) on the same images.
+
+    With `keep` (a path prefix such as fold-0/oof-), each weight file's per-view probabilities are also
+    saved as <keep><weights>.npy (views x N x classes, float32): every snapshot and TTA setting stays
+    available to ensembles later, at no extra inference cost.
+    """
+    from kit.runs import save_array
+
     total = None
     for path in weight_paths:
         load_weights(model, path, meta)
-        probabilities = predict_probabilities(model, images, batch_size, **options)
+        per_view = view_probabilities(model, images, batch_size, **options)
+        if keep is not None:
+            save_array(keep.with_name(f"{keep.name}{path.stem}.npy"), per_view.astype(np.float32))
+        probabilities = per_view.mean(0)
         total = probabilities if total is None else total + probabilities
     return total / len(weight_paths)
 
@@ -142,15 +159,17 @@ def predict_run(config, run_dir: Path) -> Path:
             f"every id: fix or re-download them (list in {run_dir / 'bad-test-images.json'})"
         )
     model = models.create_model(config.train.model, len(classes), pretrained=False).to(device())
-    weights = [
-        path
-        for fold in summary["folds_trained"]
-        for path in prediction_weights(run_dir / f"fold-{fold}", config.train.predict_weights, config.train.snapshot_ensemble)
-    ]
-    probabilities = ensemble_probabilities(
-        model, weights, {"model": config.train.model, "classes": classes}, images, stage_batch_size(config, last_stage) * 2,
-        mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"], preset=config.augment.preset, tta=config.train.tta,
-    )
+    meta = {"model": config.train.model, "classes": classes}
+    options = {"mean": model.pretrained_cfg["mean"], "std": model.pretrained_cfg["std"], "preset": config.augment.preset, "tta": config.train.tta}
+    weights, fold_probabilities = [], []
+    for fold in summary["folds_trained"]:  # every fold's weights predict; folds are averaged with equal weight
+        fold_dir = run_dir / f"fold-{fold}"
+        fold_weights = prediction_weights(fold_dir, config.train.predict_weights, config.train.snapshot_ensemble)
+        fold_probabilities.append(ensemble_probabilities(
+            model, fold_weights, meta, images, stage_batch_size(config, last_stage) * 2, keep=fold_dir / "test-", **options
+        ))
+        weights += fold_weights
+    probabilities = np.mean(fold_probabilities, axis=0)
     if summary["metric"] == "log_loss":  # temperature and clip fitted on OOF rows: never worse on OOF
         from kit.calibrate import apply_calibration, calibrate
 

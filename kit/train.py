@@ -334,7 +334,7 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
     weights = predict.prediction_weights(fold_dir, config.train.predict_weights, config.train.snapshot_ensemble)
     probabilities = predict.ensemble_probabilities(
         model, weights, state.meta, images[state.valid_rows], stage_batch_size(config, last_stage) * 2,
-        mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"],
+        keep=fold_dir / "oof-", mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"],
         preset=config.augment.preset, tta=config.train.tta,
     )
     score = metrics.score(config.competition.metric, state.labels.targets[state.valid_rows], probabilities)

@@ -141,3 +141,20 @@ def test_bad_recipes_are_refused_with_one_clear_error(digits, override, message)
     with pytest.raises(ConfigError) as error:
         digits(override)
     assert message in error.value.message and "\n" not in error.value.message
+
+
+def test_every_snapshot_and_view_is_kept_for_later_ensembles(digits, project):
+    from kit import pipeline
+
+    config = digits("stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "train.tta=2", "train.snapshot_ensemble=2")
+    run_dir = pipeline.train_run(config, "0")
+    pipeline.predict_run(config, run_dir.name)
+    fold_dir = run_dir / "fold-0"
+    oof = np.load(run_dir / "oof.npy")
+    valid = ~np.isnan(oof[:, 0])
+    kept = [np.load(fold_dir / f"oof-snapshot-{k}.npy") for k in (1, 2)]
+    assert all(k.shape == (3, valid.sum(), 10) for k in kept)  # plain view + 2 TTA views
+    # The run's OOF is exactly the mean over snapshots and views of what was kept.
+    np.testing.assert_allclose(np.mean([k.mean(0) for k in kept], axis=0), oof[valid], atol=1e-5)
+    test_kept = [np.load(fold_dir / f"test-snapshot-{k}.npy") for k in (1, 2)]
+    np.testing.assert_allclose(np.mean([k.mean(0) for k in test_kept], axis=0), np.load(run_dir / "test-probabilities.npy"), atol=1e-5)
