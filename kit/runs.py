@@ -120,6 +120,7 @@ def new_run(config: Config) -> Path:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "processes": int(os.environ.get("WORLD_SIZE", "1")),  # torchrun: one per GPU, each with train.batch_size
         },
     )
     return run_dir
