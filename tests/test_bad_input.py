@@ -26,7 +26,6 @@ from kit.config import load_competition
 
 # TINY with a one-step stage and no TTA views: a whole training run takes a few seconds on a loaded CPU.
 QUICK = [*TINY, "stages=[{cycle_len=0.05}]", "train.tta=0"]
-WRITABLE = ("data", "runs", "submissions")
 TRAIN_CSV_ROW = 2  # the first data row of a CSV is row 2: row 1 is the header
 
 
@@ -118,28 +117,60 @@ def write_rows(path: Path, table: pd.DataFrame) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("trained-digits")
+def module_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bad-input")
+
+
+def keep_a_few(folder: Path, per_class: int = 15, tests: int = 40) -> None:
+    """Cut a digits download to `per_class` training images per class and `tests` test images."""
+    table = pd.read_csv(folder / "train.csv", dtype=str)
+    kept = table[table.groupby("label").cumcount() < per_class]
+    for identifier in set(table["id"]) - set(kept["id"]):
+        (folder / "train" / f"{identifier}.png").unlink()
+    kept.to_csv(folder / "train.csv", index=False)
+    for listing in ("sample_submission.csv", "solution.csv"):
+        frame = pd.read_csv(folder / listing, dtype=str)
+        for identifier in frame["id"][tests:]:
+            (folder / "test" / f"{identifier}.png").unlink(missing_ok=True)
+        frame[:tests].to_csv(folder / listing, index=False)
 
 
 @pytest.fixture
-def trained(project, trained_cache) -> Path:
-    """A finished QUICK run of digits, predicted, in the temporary project; returns its run folder.
+def digits(project, module_cache):
+    """conftest's digits, cut to 150 training and 40 test images: a tenth of the files to write per test.
 
-    Trained once per module and copied (times kept, so the image caches stay valid) into later projects.
+    Made once per module by the competition's download hook, then copied (file times kept).
     """
-    if not (trained_cache / "runs").exists():
+    from kit import pipeline
+
+    cached = module_cache / "raw-digits"
+    if not cached.exists():
+        pipeline.download(load_competition("digits"))
+        keep_a_few(raw(project))
+        shutil.copytree(raw(project), cached)
+    else:
+        shutil.copytree(cached, raw(project))
+    return lambda *extra: load_competition("digits", [*TINY, *extra])
+
+
+@pytest.fixture
+def trained(digits, project, module_cache) -> Path:
+    """A finished QUICK run of the small digits, predicted, in the temporary project; returns its folder.
+
+    Trained once per module and copied (file times kept, so the image caches stay valid) into later projects.
+    """
+    cached = module_cache / "trained"
+    if not cached.exists():
         from kit import pipeline
 
-        pipeline.download(load_competition("digits"))
-        config = load_competition("digits", QUICK)
+        config = digits(*QUICK[len(TINY) :])
         pipeline.train_run(config, "0")
         pipeline.predict_run(config, None)
-        for part in WRITABLE:
-            shutil.copytree(project / part, trained_cache / part, symlinks=True)
+        for part in ("data/interim", "runs", "submissions"):
+            shutil.copytree(project / part, cached / part, symlinks=True)
     else:
-        for part in WRITABLE:
-            shutil.copytree(trained_cache / part, project / part, symlinks=True)
+        for part in ("data/interim", "runs", "submissions"):
+            shutil.copytree(cached / part, project / part, symlinks=True)
     (run_dir,) = (project / "runs" / "digits").iterdir()
     return run_dir
 
@@ -356,6 +387,11 @@ def test_lr_find_refuses_a_run_of_another_model(trained, project):
         project, "lr-find", "digits", "--run", trained.name, *sets([*QUICK, "train.model=test_resnet"]),
         contains=("last.pt", "'test_efficientnet'", "'test_resnet'"),
     )
+
+
+def test_lr_find_refuses_a_run_without_fold_0_weights(trained, project):
+    (trained / "fold-0" / "last.pt").unlink()
+    refused(project, "lr-find", "digits", "--run", trained.name, *sets(QUICK), contains=("last.pt not found", "finished run"))
 
 
 # Configuration and command line
