@@ -289,7 +289,8 @@ def usable_rows(config: Config, labels: LabelTable, run_dir: Path) -> np.ndarray
         if len(problems) > config.data.max_bad_images:
             raise click.ClickException(
                 f"{len(problems)} training images cannot be read (limit data.max_bad_images = "
-                f"{config.data.max_bad_images}): {listing} ...; list in {run_dir / 'bad-images.json'}"
+                f"{config.data.max_bad_images}): {listing} ...; fix or re-download them, or raise "
+                f"data.max_bad_images (list in {run_dir / 'bad-images.json'})"
             )
         if distributed.is_main():
             tqdm.write(f"skipping {len(problems)} unreadable training images ({listing}); see bad-images.json")
