@@ -54,11 +54,13 @@ def probe_batch_size(data: StageData, model: nn.Module, step: Step) -> int:
     Each try is a whole step (forward, backward, optimizer state) on a blank batch at learning rate 0;
     the weights, BatchNorm statistics and optimizer state are put back afterwards.
     """
+    model.zero_grad(set_to_none=True)  # the previous stage's gradients would count against this one
     saved = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
     example = data.valid_inputs[:1]  # one cached image or feature row: the shape and type of an input
     example = torch.from_numpy(np.array(example)) if isinstance(example, np.ndarray) else example
 
     def try_step(batch_size: int) -> None:
+        data.optimizer.state.clear()  # a try that ran out of memory in optimizer.step may leave it half made
         for group in data.optimizer.param_groups:
             group["lr"] = 0.0
         blank = torch.zeros((batch_size, *example.shape[1:]), dtype=example.dtype)

@@ -21,11 +21,15 @@ from torch.utils.data import RandomSampler
 
 from kit.distributed import ShardSampler
 
+# A head on precomputed features (one rank computes them), then the whole model: DDP wraps each stage's
+# trainable layers anew.
+RECIPE = "stages=[{name='head', freeze_to=-1, precompute=true, augment=false, lr=1e-2}, {name='all'}]"
+
 
 def test_two_processes_train_write_once_and_report_the_same_metric(digits, project):
     digits()  # downloads the data into the temporary project
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, "train", "digits"]
-    for value in TINY:
+    for value in [*TINY, RECIPE]:
         command += ["--set", value]
     environment = {**os.environ, "KIT_PROJECT_ROOT": str(project), "OMP_NUM_THREADS": "1"}
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
@@ -39,7 +43,7 @@ def test_two_processes_train_write_once_and_report_the_same_metric(digits, proje
 
     # The same validation loss and metric on both ranks, bit for bit, and as rank 0 recorded them.
     reports = {rank: re.findall(rf"rank {rank} validation (\S+) (\S+)", output) for rank in (0, 1)}
-    assert reports[0] and reports[0] == reports[1]
+    assert len(reports[0]) == 2 and reports[0] == reports[1]
     history = json.loads((run_dir / "metrics.json").read_text())["folds"]["0"]["history"]
     assert [(repr(r["valid_loss"]), repr(r["accuracy"])) for r in history] == reports[0]
 
