@@ -18,7 +18,7 @@ from kit import models, predict, schedule
 from kit.config import Config
 from kit.data import load_folds, load_labels
 from kit.runs import write_json
-from kit.train import FoldState, StageData, prepare_stage, train_step
+from kit.stage import FoldState, StageData, prepare_stage, train_step
 
 
 def range_test(
@@ -34,7 +34,7 @@ def range_test(
     rates_tried, losses = [], []
     models.train_mode(model)
     batches = itertools.chain.from_iterable(itertools.repeat(data.train_batches))  # as many epochs as needed
-    for rate, (inputs, targets) in zip(schedule.lr_find_rates(start, end, steps), batches):
+    for rate, (inputs, targets) in zip(schedule.lr_find_rates(start, end, steps), batches, strict=False):
         for group in data.optimizer.param_groups:
             group["lr"] = rate * group["initial_lr"] / largest
         # One host sync per step is fine here: the range test needs each loss to decide when to stop.

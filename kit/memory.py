@@ -22,9 +22,9 @@ from kit.loader import make_loader
 
 if TYPE_CHECKING:  # kit.train imports this module
     from kit.config import Config
-    from kit.train import FoldState, StageData
+    from kit.stage import FoldState, StageData
 
-Step = Callable[["StageData", nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # kit.train.train_step
+Step = Callable[["StageData", nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # kit.stage.train_step
 MEMORY_PROBE_DEVICES = {"cuda"}  # where running out of memory raises an error (a CPU's OS kills the process)
 
 

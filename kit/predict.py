@@ -143,7 +143,7 @@ def predict_run(config, run_dir: Path) -> Path:
 
     from kit import cache, data, models, submission
     from kit.runs import interim_dir, read_json, save_array, write_json
-    from kit.train import stage_batch_size, stage_image_size
+    from kit.stage import stage_batch_size, stage_image_size
 
     summary = read_json(run_dir / "metrics.json")
     classes = summary["classes"]

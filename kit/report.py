@@ -72,7 +72,7 @@ def most_confused_pairs(confusion: np.ndarray, count: int = CONFUSED_PAIRS) -> l
 
 def lr_schedule(config: Config, points_per_epoch: int = 100) -> tuple[np.ndarray, np.ndarray, list[tuple[float, str]]]:
     """The learning rate of every layer group across all stages, as trained: (epochs, rates, stage starts)."""
-    from kit.train import stage_learning_rates  # the single statement of how a stage's rates are chosen
+    from kit.stage import stage_learning_rates  # the single statement of how a stage's rates are chosen
 
     epochs, rates, starts, offset = [], [], [], 0.0
     for stage in config.stages:

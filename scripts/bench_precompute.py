@@ -16,14 +16,14 @@ import click
 import numpy as np
 import torch
 
-from kit import pipeline, train
+from kit import pipeline, stage, train
 from kit.config import load_competition
 from kit.data import load_folds, load_labels
 from kit.models import create_model
 from kit.predict import device
 
 
-def epoch_seconds(config, stage_index: int, state: train.FoldState) -> tuple[float, float]:
+def epoch_seconds(config, stage_index: int, state: stage.FoldState) -> tuple[float, float]:
     """(median seconds per epoch as the loop records them: training + validation, without the stage's
     one-off set-up or checkpoint writes; wall seconds of the whole stage)."""
     started = time.perf_counter()
@@ -54,7 +54,7 @@ def main(model: str, image_size: int, epochs: int) -> None:
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as scratch:
-        state = train.FoldState(network, labels, rows[folds != 0], rows[folds == 0], Path(scratch), meta, [])
+        state = stage.FoldState(network, labels, rows[folds != 0], rows[folds == 0], Path(scratch), meta, [])
         precomputed, precomputed_wall = epoch_seconds(config, 0, state)  # includes the one feature pass
         augmented, augmented_wall = epoch_seconds(config, 1, state)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -2,7 +2,7 @@
 
 Same model, image size and batch throughout, on a temporary ImageFolder of synthetic ~500x375 JPEGs:
   (a) ceiling: training steps on synthetic uint8 batches already on the device
-  (b) the kit end to end: decode-once cache -> kit.loader (augmented, this rank's shard) -> kit.train.train_step
+  (b) the kit end to end: decode-once cache -> kit.loader (augmented, this rank's shard) -> kit.stage.train_step
   (c) the kit's loader alone (batches copied to the device, no step)
   (d) the same steps fed by a plain torchvision ImageFolder + Pillow DataLoader (decode every epoch)
 and, for prediction: the inference ceiling, kit.predict from the cache, and kit.predict with TTA.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kit import augment, cache, loader, models, predict, train
+from kit import augment, cache, loader, models, predict, stage
 from kit.config import config_from_dict
 
 CLASSES = 10
@@ -125,14 +125,14 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
     if target.type == "cuda":
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compiled and target.type == "cuda" else model
-    optimizer = train.make_optimizer(config, models.parameter_groups(model, [config.train.lr] * 3))
+    optimizer = stage.make_optimizer(config, models.parameter_groups(model, [config.train.lr] * 3))
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
 
-    def stage(raw: bool) -> train.StageData:
-        """What kit.train.train_step needs: uint8 images (raw) or already-normalised float batches."""
-        return train.StageData(forward, optimizer, [config.train.lr] * 3, None, None, None, image_size, batch_size, raw, torch.Generator())
+    def stage_data(raw: bool) -> stage.StageData:
+        """What kit.stage.train_step needs: uint8 images (raw) or already-normalised float batches."""
+        return stage.StageData(forward, optimizer, [config.train.lr] * 3, None, None, None, image_size, batch_size, raw, torch.Generator())
 
-    raw_stage, float_stage = stage(True), stage(False)
+    raw_stage, float_stage = stage_data(True), stage_data(False)
     models.train_mode(model)
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as scratch:
         folder = Path(scratch) / "images"
@@ -148,10 +148,10 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
         synthetic = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, device=target)
         synthetic_targets = torch.randint(0, CLASSES, (batch_size,), device=target)
 
-        def step(data: train.StageData) -> Callable:
+        def step(data: stage.StageData) -> Callable:
             def work(inputs, labels):
                 models.train_mode(model)
-                train.train_step(data, model, inputs, labels)
+                stage.train_step(data, model, inputs, labels)
 
             return work
 

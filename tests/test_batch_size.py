@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kit import memory, models, schedule, train
+from kit import memory, models, schedule, stage, train
 from kit.data import load_folds, load_labels
 
 
@@ -49,7 +49,7 @@ def test_other_errors_are_not_taken_for_out_of_memory():
 def fake_gpu(monkeypatch):
     """Probing on the CPU, with train_step failing like a GPU would for batches over 16 images."""
     monkeypatch.setattr(memory, "MEMORY_PROBE_DEVICES", {"cpu", "cuda"})
-    step = train.train_step
+    step = stage.train_step
 
     def step_with_memory(data, model, inputs, targets):
         if len(targets) > 16:
@@ -66,13 +66,13 @@ def fold_state(config, fold_dir):
     model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
     rows = np.arange(len(labels.ids))
     meta = {"model": config.train.model, "classes": labels.classes}
-    return train.FoldState(model, labels, rows[folds != 0], rows[folds == 0], fold_dir, meta, [])
+    return stage.FoldState(model, labels, rows[folds != 0], rows[folds == 0], fold_dir, meta, [])
 
 
 def test_probing_changes_no_weight_statistic_or_optimizer_state(digits, tmp_path, fake_gpu):
     config = digits()
     state = fold_state(config, tmp_path)
-    data = train.prepare_stage(config, 0, state)
+    data = stage.prepare_stage(config, 0, state)
     before = {name: tensor.clone() for name, tensor in state.model.state_dict().items()}
     assert memory.probe_batch_size(data, state.model, train.train_step) == 16
     assert all(torch.equal(before[name], tensor) for name, tensor in state.model.state_dict().items())

@@ -31,18 +31,21 @@ def test_two_processes_train_write_once_and_report_the_same_metric(digits, proje
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, "train", "digits"]
     for value in [*TINY, RECIPE]:
         command += ["--set", value]
-    environment = {**os.environ, "KIT_PROJECT_ROOT": str(project), "OMP_NUM_THREADS": "1"}
+    reports_dir = project.parent / "rank-reports"  # one file per rank: their prints would interleave
+    reports_dir.mkdir()
+    environment = {**os.environ, "KIT_PROJECT_ROOT": str(project), "OMP_NUM_THREADS": "1", "RANK_REPORTS": str(reports_dir)}
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     output = finished.stdout + finished.stderr
     assert finished.returncode == 0, output
+    rank_output = {rank: (reports_dir / f"rank-{rank}.txt").read_text() for rank in (0, 1)}
 
     # Files once: one run folder, every write by rank 0 (and rank 0 did write).
     (run_dir,) = (project / "runs" / "digits").iterdir()
-    assert re.search(r"rank 0 writes .*metrics\.json", output) and "rank 1 writes" not in output
+    assert re.search(r"rank 0 writes .*metrics\.json", rank_output[0]) and "writes" not in rank_output[1]
     assert output.count("CV accuracy") == 1
 
     # The same validation loss and metric on both ranks, bit for bit, and as rank 0 recorded them.
-    reports = {rank: re.findall(rf"rank {rank} validation (\S+) (\S+)", output) for rank in (0, 1)}
+    reports = {rank: re.findall(rf"rank {rank} validation (\S+) (\S+)", rank_output[rank]) for rank in (0, 1)}
     assert len(reports[0]) == 2 and reports[0] == reports[1]
     history = json.loads((run_dir / "metrics.json").read_text())["folds"]["0"]["history"]
     assert [(repr(r["valid_loss"]), repr(r["accuracy"])) for r in history] == reports[0]
@@ -75,6 +78,11 @@ def report_each_rank() -> None:
 
     rank = os.environ["RANK"]
     evaluate, atomic_path = train.evaluate, runs.atomic_path
+    report_file = open(os.path.join(os.environ["RANK_REPORTS"], f"rank-{rank}.txt"), "a")  # noqa: SIM115
+
+    def print(text, flush):  # noqa: A001 - this rank's own file
+        report_file.write(text + "\n")
+        report_file.flush()
 
     def reporting_evaluate(*arguments, **options):
         loss, score, probabilities = evaluate(*arguments, **options)

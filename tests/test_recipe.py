@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kit import cache, lr_find, models, predict, train
+from kit import cache, lr_find, models, predict, stage, train
 from kit.config import ConfigError
 from kit.data import load_folds, load_labels
 from kit.runs import interim_dir, new_run
@@ -21,7 +21,7 @@ def fold_state(config, run_dir):
     model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
     rows = np.arange(len(labels.ids))
     meta = {"model": config.train.model, "classes": labels.classes}
-    return train.FoldState(model, labels, rows[folds != 0], rows[folds == 0], run_dir, meta, [])
+    return stage.FoldState(model, labels, rows[folds != 0], rows[folds == 0], run_dir, meta, [])
 
 
 def snapshot(model):
@@ -44,10 +44,10 @@ def test_frozen_groups_keep_their_weights_bit_for_bit(digits, tmp_path):
 
 def test_per_group_learning_rates_reach_the_optimizer(digits, tmp_path):
     config = digits("stages.0.lr=[0.001, 0.003, 0.009]")
-    data = train.prepare_stage(config, 0, fold_state(config, tmp_path))
+    data = stage.prepare_stage(config, 0, fold_state(config, tmp_path))
     assert [group["lr"] for group in data.optimizer.param_groups] == [0.001, 0.003, 0.009]
     config = digits("stages.0.lr=[0.001, 0.003, 0.009]", "stages.0.freeze_to=1")
-    data = train.prepare_stage(config, 0, fold_state(config, tmp_path))
+    data = stage.prepare_stage(config, 0, fold_state(config, tmp_path))
     assert [group["lr"] for group in data.optimizer.param_groups] == [0.003, 0.009]
 
 
@@ -100,14 +100,14 @@ def test_progressive_resizing_changes_the_input_size(digits, tmp_path, monkeypat
     train.run_stage(bigger, 0, state, progress=False)
     hook.remove()
     assert 32 in seen and 48 in seen and seen.index(48) > seen.index(32)
-    assert train.stage_batch_size(bigger, bigger.stages[0]) < train.stage_batch_size(config, config.stages[0])
+    assert stage.stage_batch_size(bigger, bigger.stages[0]) < stage.stage_batch_size(config, config.stages[0])
 
 
 def test_lr_finder_restores_weights_and_suggests_a_rate_that_trains(digits, project):
     config = digits(*FROZEN, "stages.0.precompute=true", "stages.0.augment=false")
     run_dir = new_run(config)
     state = fold_state(config, run_dir)
-    data = train.prepare_stage(config, 0, state)
+    data = stage.prepare_stage(config, 0, state)
     before = snapshot(state.model)
     optimizer_before = json.dumps(data.optimizer.state_dict()["param_groups"], default=str)
     rates, losses = lr_find.range_test(data, state.model, steps=60)

@@ -60,14 +60,14 @@ def test_one_cycle_warms_up_then_anneals():
     assert one_cycle_lr(1.0, 1.0) == pytest.approx(1e-4)
     values = [one_cycle_lr(f / 100, 1.0) for f in range(101)]
     peak = values.index(max(values))
-    assert all(a <= b for a, b in zip(values[:peak], values[1 : peak + 1]))
-    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1 :]))
+    assert all(a <= b for a, b in zip(values[:peak], values[1 : peak + 1], strict=True))
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1 :], strict=False))
 
 
 def test_lr_find_rates_span_the_range_exponentially():
     rates = lr_find_rates(1e-7, 10, 100)
     assert rates[0] == pytest.approx(1e-7) and rates[-1] == pytest.approx(10)
-    ratios = {round(b / a, 9) for a, b in zip(rates, rates[1:])}
+    ratios = {round(b / a, 9) for a, b in zip(rates, rates[1:], strict=False)}
     assert len(ratios) == 1
 
 
