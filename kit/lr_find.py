@@ -17,6 +17,7 @@ import torch
 from kit import models, predict, schedule
 from kit.config import Config
 from kit.data import load_folds, load_labels
+from kit.plots import plot_lr_find
 from kit.runs import write_json
 from kit.stage import FoldState, StageData, prepare_stage, train_step
 
@@ -65,9 +66,5 @@ def lr_find(config: Config, stage_index: int, run_dir: Path, weights: Path | Non
         "suggestion": suggestion, "reason": reason,
     }
     write_json(run_dir / f"lr-find-stage{stage_index}.json", result)
-    try:
-        from kit.report import plot_lr_find
-    except ImportError:  # the report module is optional for the finder itself
-        return result
     plot_lr_find(rates, losses, suggestion, run_dir / f"lr-find-stage{stage_index}.png")
     return result

@@ -53,3 +53,20 @@ def digits(project):
 
     pipeline.download(load_competition("digits"))
     return lambda *extra: load_competition("digits", [*TINY, *extra])
+
+
+def fold_state(config, fold_dir):
+    """Fold 0 of a loaded competition, ready for kit.stage / kit.train: a fresh model, seeded."""
+    import numpy as np
+    import torch
+
+    from kit import models, stage
+    from kit.data import load_folds, load_labels
+
+    labels = load_labels(config)
+    folds = load_folds(config, labels)
+    torch.manual_seed(0)
+    model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
+    rows = np.arange(len(labels.ids))
+    meta = {"model": config.train.model, "classes": labels.classes}
+    return stage.FoldState(model, labels, rows[folds != 0], rows[folds == 0], fold_dir, meta, [])

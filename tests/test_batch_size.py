@@ -6,9 +6,9 @@ import click
 import numpy as np
 import pytest
 import torch
+from conftest import fold_state
 
-from kit import memory, models, schedule, stage, train
-from kit.data import load_folds, load_labels
+from kit import memory, schedule, stage, train
 
 
 def out_of_memory_above(limit: int, tried: list[int]):
@@ -59,14 +59,6 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(train, "train_step", step_with_memory)
 
 
-def fold_state(config, fold_dir):
-    labels = load_labels(config)
-    folds = load_folds(config, labels)
-    torch.manual_seed(0)
-    model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
-    rows = np.arange(len(labels.ids))
-    meta = {"model": config.train.model, "classes": labels.classes}
-    return stage.FoldState(model, labels, rows[folds != 0], rows[folds == 0], fold_dir, meta, [])
 
 
 def test_probing_changes_no_weight_statistic_or_optimizer_state(digits, tmp_path, fake_gpu):

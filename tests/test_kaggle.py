@@ -1,7 +1,6 @@
 """kit.kaggle against a local stand-in of the Kaggle API, driven through the official client."""
 
 import base64
-import io
 import socket
 import stat
 import zipfile
@@ -9,20 +8,11 @@ import zipfile
 import click
 import pytest
 from click.testing import CliRunner
-from kaggle_standin import STANDIN_KEY, STANDIN_USERNAME, KaggleStandIn, kaggle_env
+from kaggle_standin import STANDIN_KEY, STANDIN_USERNAME, KaggleStandIn, kaggle_env, make_zip
 
 from kit import kaggle
 
 SLUG = "dog-breeds"
-
-
-def make_zip(members: dict) -> bytes:
-    """A zip holding {name: bytes}; names are stored verbatim, hostile ones included."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(zipfile.ZipInfo(name), content)
-    return buffer.getvalue()
 
 
 def competition_zip() -> bytes:

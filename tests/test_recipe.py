@@ -7,21 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import fold_state
 
-from kit import cache, lr_find, models, predict, stage, train
+from kit import cache, lr_find, predict, stage, train
 from kit.config import ConfigError
-from kit.data import load_folds, load_labels
+from kit.data import load_labels
 from kit.runs import interim_dir, new_run
-
-
-def fold_state(config, run_dir):
-    labels = load_labels(config)
-    folds = load_folds(config, labels)
-    torch.manual_seed(0)
-    model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
-    rows = np.arange(len(labels.ids))
-    meta = {"model": config.train.model, "classes": labels.classes}
-    return stage.FoldState(model, labels, rows[folds != 0], rows[folds == 0], run_dir, meta, [])
 
 
 def snapshot(model):
