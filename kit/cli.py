@@ -137,7 +137,7 @@ def runs(competition: str) -> None:
 
 @main.command()
 @COMPETITION
-@click.argument("run_ids", nargs=-1, required=True, metavar="RUN RUN ...")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN[@WEIGHTS[:plain]] ...")
 def ensemble(competition: str, run_ids: tuple[str, ...]) -> None:
     """Blend runs with weights fitted on OOF log loss, calibrate, and write the submission."""
     from kit.ensemble import ensemble_runs

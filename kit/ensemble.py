@@ -5,12 +5,17 @@ prediction, test-probabilities.npy. A blend is judged only on rows that every ru
 its weights are non-negative and sum to one, and each single run is among the candidates, so the blend's
 OOF log loss is never worse than the best run's. The result is a run folder of its own
 (runs/<name>/<time>-ensemble) that `kit report` and `kit submit --run` accept like any other run.
+
+A member may also be one kept variant of a run: RUN@snapshot-3 blends that snapshot's predictions
+alone (with the run's TTA views), RUN@snapshot-3:plain its plain view alone (fold-K/oof-*.npy).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 import numpy as np
@@ -59,23 +64,13 @@ def fit_weights(probabilities: list[np.ndarray], targets: np.ndarray) -> np.ndar
     return candidates[int(np.argmin(losses))]
 
 
-def load_run_predictions(run_dirs: list[Path], row_count: int) -> tuple[list[np.ndarray], list[str], str]:
-    """Each run's OOF probabilities, checked to cover the same rows and classes; returns (oofs, classes, metric)."""
-    oofs, classes = [], None
-    for run_dir in run_dirs:
-        if not (run_dir / "metrics.json").exists() or not (run_dir / "oof.npy").exists():
-            raise click.ClickException(f"{run_dir}: no metrics.json or oof.npy; train it first (`make train`)")
-        summary = read_json(run_dir / "metrics.json")
-        oof = np.load(run_dir / "oof.npy")
-        if classes is not None and summary["classes"] != classes:
-            raise click.ClickException(f"{run_dir.name}: its classes differ from {run_dirs[0].name}'s; blend runs of one label set")
-        if oof.shape[0] != row_count:
-            raise click.ClickException(
-                f"{run_dir / 'oof.npy'}: {oof.shape[0]} rows but the labels have {row_count}; the data changed since this run"
-            )
-        classes = summary["classes"]
-        oofs.append(oof)
-    return oofs, classes, read_json(run_dirs[0] / "metrics.json")["metric"]
+class Member(NamedTuple):
+    """One blend input: a run, or one kept variant of it (its saved weights, all views or the plain one)."""
+
+    name: str
+    run_dir: Path
+    oof: np.ndarray  # N_train x C, NaN rows for folds not trained
+    test: Callable[[], np.ndarray]  # N_test x C, read (or predicted) only once the OOF blend is possible
 
 
 def test_probabilities(run_dir: Path) -> np.ndarray:
@@ -90,6 +85,70 @@ def test_probabilities(run_dir: Path) -> np.ndarray:
     return np.load(path)
 
 
+def variant_predictions(run_dir: Path, weights: str, plain: bool, row_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """OOF and test probabilities of one kept variant: fold-K/{oof,test}-<weights>.npy (views x rows x C).
+
+    `plain` takes view 0 (no TTA); otherwise the views' mean. Test predictions are averaged over folds.
+    """
+    summary = read_json(run_dir / "metrics.json")
+    oof, tests = np.full((row_count, len(summary["classes"])), np.nan), []
+    for fold in summary["folds_trained"]:
+        fold_dir = run_dir / f"fold-{fold}"
+        paths = (fold_dir / f"oof-{weights}.npy", fold_dir / f"test-{weights}.npy")
+        if not all(path.exists() for path in paths):
+            kept = sorted(p.stem.removeprefix("oof-") for p in fold_dir.glob("oof-*.npy"))
+            raise click.ClickException(
+                f"{run_dir.name}@{weights}: no kept predictions {paths[0].name} and {paths[1].name} in {fold_dir} "
+                f"(kept: {', '.join(kept) or 'none'}; run `make predict` first for the test ones)"
+            )
+        per_view = [np.load(path).astype(np.float64) for path in paths]
+        oof_views, test_views = (views[:1] if plain else views for views in per_view)
+        oof[read_json(fold_dir / "result.json")["valid_rows"]] = oof_views.mean(0)
+        tests.append(test_views.mean(0))
+    return oof, np.mean(tests, axis=0)
+
+
+def load_member(config: Config, spec: str, row_count: int) -> Member:
+    """RUN, RUN@WEIGHTS (e.g. @snapshot-3: that snapshot alone, with TTA) or RUN@WEIGHTS:plain (no TTA)."""
+    run_id, _, variant = spec.partition("@")
+    run_dir = find_run(config, run_id)
+    if not (run_dir / "metrics.json").exists() or not (run_dir / "oof.npy").exists():
+        raise click.ClickException(f"{run_dir}: no metrics.json or oof.npy; train it first (`make train`)")
+    if not variant:
+        oof = np.load(run_dir / "oof.npy")
+        if oof.shape[0] != row_count:
+            raise click.ClickException(
+                f"{run_dir / 'oof.npy'}: {oof.shape[0]} rows but the labels have {row_count}; the data changed since this run"
+            )
+        return Member(run_dir.name, run_dir, oof, lambda: test_probabilities(run_dir))
+    weights, _, views = variant.partition(":")
+    if views not in ("", "plain"):
+        raise click.ClickException(f"{spec}: write RUN@WEIGHTS or RUN@WEIGHTS:plain (e.g. {run_id}@snapshot-2:plain)")
+    oof, test = variant_predictions(run_dir, weights, views == "plain", row_count)
+    return Member(f"{run_dir.name}@{variant}", run_dir, oof, lambda: test)
+
+
+def check_classes(members: list[Member]) -> tuple[list[str], str]:
+    """The members' shared classes and metric; refuses a blend of runs of other label sets."""
+    first = read_json(members[0].run_dir / "metrics.json")
+    for member in members:
+        if read_json(member.run_dir / "metrics.json")["classes"] != first["classes"]:
+            raise click.ClickException(f"{member.name}: its classes differ from {members[0].name}'s; blend runs of one label set")
+    return first["classes"], first["metric"]
+
+
+def test_predictions(members: list[Member]) -> list[np.ndarray]:
+    """Each member's test probabilities, refusing members that predicted different test sets."""
+    tests = [member.test() for member in members]
+    for member, test in zip(members, tests, strict=True):
+        if test.shape != tests[0].shape:
+            raise click.ClickException(
+                f"{member.name}: test probabilities of shape {test.shape}, but {members[0].name}'s are "
+                f"{tests[0].shape}; the test set changed between runs: re-run `make predict` for it"
+            )
+    return tests
+
+
 def new_ensemble_dir(config: Config) -> Path:
     base = runs.RUNS_DIR / config.name  # looked up at call time: tests point it elsewhere
     run_dir, suffix = base / f"{utc_stamp()}-ensemble", 1
@@ -100,13 +159,18 @@ def new_ensemble_dir(config: Config) -> Path:
     return run_dir
 
 
-def ensemble(config: Config, run_dirs: list[Path]) -> Path:
-    """Blend runs on OOF, calibrate (log-loss metrics), write the submission; returns the ensemble's folder."""
-    if len(run_dirs) < 2 or len(set(run_dirs)) != len(run_dirs):
+def ensemble_runs(config: Config, specs: list[str]) -> Path:
+    """`kit ensemble`: blend runs (by id or unique prefix) or kept variants (RUN@WEIGHTS[:plain]) on OOF,
+    calibrate (log-loss metrics), write the submission; returns the ensemble's folder."""
+    if len(specs) < 2 or len(set(specs)) != len(specs):
         raise click.ClickException("an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`")
     started = time.time()
     labels = data.load_labels(config)
-    oofs, classes, metric = load_run_predictions(run_dirs, len(labels.ids))
+    members = [load_member(config, spec, len(labels.ids)) for spec in specs]
+    if len({member.name for member in members}) != len(members):
+        raise click.ClickException("an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`")
+    classes, metric = check_classes(members)
+    oofs = [member.oof for member in members]
     rows = common_rows(oofs)
     if not rows.any():
         raise click.ClickException(
@@ -120,28 +184,21 @@ def ensemble(config: Config, run_dirs: list[Path]) -> Path:
         temperature, epsilon = 1.0, calibrate.NO_CLIP
     blended = calibrate.apply_calibration(blended, temperature, epsilon)
     cv = metrics.score(metric, targets, blended)
-    single = {d.name: {"log_loss": calibrate.log_loss(o[rows], targets), metric: metrics.score(metric, targets, o[rows])}
-              for d, o in zip(run_dirs, oofs, strict=True)}
-
-    tests = [test_probabilities(run_dir) for run_dir in run_dirs]
-    for run_dir, test in zip(run_dirs, tests, strict=True):
-        if test.shape != tests[0].shape:
-            raise click.ClickException(
-                f"{run_dir / 'test-probabilities.npy'}: shape {test.shape}, but {run_dirs[0].name}'s is {tests[0].shape}; "
-                f"the test set changed between runs: re-run `make predict COMP={config.name} RUN={run_dir.name}`"
-            )
-    test_blend = calibrate.apply_calibration(blend(tests, weights), temperature, epsilon)
+    single = {m.name: {"log_loss": calibrate.log_loss(m.oof[rows], targets), metric: metrics.score(metric, targets, m.oof[rows])}
+              for m in members}
+    test_blend = calibrate.apply_calibration(blend(test_predictions(members), weights), temperature, epsilon)
 
     run_dir = new_ensemble_dir(config)
     # config.json makes the folder a run (listed, reportable, submittable): the first run's settings.
-    write_json(run_dir / "config.json", read_json(run_dirs[0] / "config.json"))
-    write_json(run_dir / "provenance.json", {"commit": git_commit(), "started_utc": utc_stamp(), "runs": [d.name for d in run_dirs]})
+    names = [member.name for member in members]
+    write_json(run_dir / "config.json", read_json(members[0].run_dir / "config.json"))
+    write_json(run_dir / "provenance.json", {"commit": git_commit(), "started_utc": utc_stamp(), "runs": names})
     full_oof = np.full((len(labels.ids), len(classes)), np.nan)
     full_oof[rows] = blended
     save_array(run_dir / "oof.npy", full_oof)
     save_array(run_dir / "test-probabilities.npy", test_blend)
     details = {
-        "runs": [d.name for d in run_dirs], "weights": [float(w) for w in weights], "rows": int(rows.sum()),
+        "runs": names, "weights": [float(w) for w in weights], "rows": int(rows.sum()),
         "single_runs": single, "oof_log_loss": calibrate.log_loss(blend([o[rows] for o in oofs], weights), targets),
         "calibration": {"temperature": temperature, "epsilon": epsilon, "log_loss_before": before, "log_loss_after": after,
                         "applied": metric == "log_loss"},
@@ -157,7 +214,3 @@ def ensemble(config: Config, run_dirs: list[Path]) -> Path:
     write_json(run_dir / "submission.json", {"file": path.name, "weights": [], "runs": details["runs"]})
     return run_dir
 
-
-def ensemble_runs(config: Config, run_ids: list[str]) -> Path:
-    """`kit ensemble`: the runs by id (or unique prefix), blended; returns the ensemble's folder."""
-    return ensemble(config, [find_run(config, run_id) for run_id in run_ids])

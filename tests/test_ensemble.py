@@ -168,3 +168,24 @@ def test_runs_that_cannot_be_blended_are_refused_in_one_line(digits, project):
                           (["a", "a"], "at least two different runs")):
         result = invoke("ensemble", "digits", *runs)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_kept_variants_of_one_run_blend_like_runs(digits, project):
+    # Two snapshots, each kept with its plain view and one TTA view: four blendable variants of one run.
+    config = digits("stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "train.tta=1", "train.snapshot_ensemble=2",
+                    "competition.metric=log_loss")
+    run = pipeline.train_run(config, "0").name
+    assert invoke("predict", "digits", run).exit_code == 0
+    result = invoke("ensemble", "digits", f"{run}@snapshot-1", f"{run}@snapshot-2:plain", f"{run}@snapshot-2")
+    assert result.exit_code == 0, result.output
+    (blend_dir,) = (project / "runs" / "digits").glob("*-ensemble")
+    summary = json.loads((blend_dir / "metrics.json").read_text())
+    singles = summary["ensemble"]["single_runs"]
+    assert set(singles) == {f"{run}@snapshot-1", f"{run}@snapshot-2:plain", f"{run}@snapshot-2"}
+    assert summary["ensemble"]["oof_log_loss"] <= min(s["log_loss"] for s in singles.values()) + 1e-12
+    # The plain view and the TTA mean of one snapshot differ: the variants really are different inputs.
+    fold = project / "runs" / "digits" / run / "fold-0"
+    views = np.load(fold / "oof-snapshot-2.npy")
+    assert views.shape[0] == 2 and not np.allclose(views[0], views.mean(0))
+    result = invoke("ensemble", "digits", f"{run}@snapshot-9", f"{run}@snapshot-2")
+    assert result.exit_code == 1 and "kept: snapshot-1, snapshot-2" in result.output, result.output
