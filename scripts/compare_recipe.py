@@ -20,7 +20,7 @@ from kit import pipeline
 from kit.config import load_competition, load_hooks
 from kit.runs import raw_dir, read_json
 
-PLAIN = ["stages=[]", "train.epochs=6", "train.image_size=64", "train.tta=0", "train.lr=2e-3"]
+PLAIN = ["stages=[]", "train.epochs=6", "train.image_size=64", "train.tta=0", "train.lr=2e-3", "train.lr_find=false"]
 
 
 def train_and_score(overrides: list[str]) -> dict:

@@ -41,6 +41,7 @@ TINY = [
     "train.epochs=1",
     "train.lr=3e-3",
     "stages=[{}]",  # one plain 1-epoch stage, whatever recipe the competition ships
+    "train.lr_find=false",
 ]
 
 
