@@ -8,7 +8,8 @@ import click
 import pandas as pd
 
 from kit import data, distributed, predict, submission, train
-from kit.config import Config, competition_names, config_from_dict, load_competition, load_hooks
+from kit.config import Config, competition_names, config_from_dict, load_competition
+from kit.hooks import load_hooks
 from kit.runs import find_run, git_commit, list_runs, new_run, raw_dir, read_json, utc_stamp
 
 

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from kit import pipeline
-from kit.config import load_competition, load_hooks
+from kit.config import load_competition
+from kit.hooks import load_hooks
 from kit.runs import raw_dir, read_json
 
 PLAIN = ["stages=[]", "train.epochs=6", "train.image_size=64", "train.tta=0", "train.lr=2e-3", "train.lr_find=false"]

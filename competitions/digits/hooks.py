@@ -1,6 +1,6 @@
 """The embedded offline competition: scikit-learn's 1,797 real 8x8 digit scans, laid out like Kaggle.
 
-Hooks (see kit.config.HOOKS): `download` builds the raw folder, `score` is the local leaderboard.
+Hooks (see kit.hooks.HOOKS): `download` builds the raw folder, `score` is the local leaderboard.
 The answer key, solution.csv, is read by `score` alone; training and prediction never open it.
 """
 
