@@ -281,7 +281,3 @@ def train(config: Config, fold: str, run_dir: Path) -> dict:
     if distributed.is_main():
         write_json(run_dir / "metrics.json", summary)
     return summary
-
-
-def run_metrics(run_dir: Path) -> dict:
-    return read_json(run_dir / "metrics.json")
