@@ -52,6 +52,7 @@ def lr_find(config: Config, stage_index: int, run_dir: Path, weights: Path | Non
     """Range test on fold 0's training rows at stage `stage_index`; writes lr-find-stage<N>.json and .png."""
     labels = load_labels(config)
     folds = load_folds(config, labels)
+    torch.manual_seed(config.train.seed)  # the same head and batches every time: a repeatable suggestion
     model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained).to(predict.device())
     meta = {"model": config.train.model, "classes": labels.classes}
     if weights is not None:  # e.g. after the frozen stages of a run, to pick the LR for unfreezing

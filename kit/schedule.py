@@ -79,13 +79,16 @@ def suggest_lr(rates: list[float], losses: list[float]) -> tuple[float, str]:
     finite = [i for i, loss in enumerate(smoothed) if math.isfinite(loss)]
     lowest = min(finite, key=lambda i: smoothed[i])
     tenth_of_minimum = rates[lowest] / 10
-    slopes = [
-        (smoothed[i + 1] - smoothed[i - 1]) / (math.log(rates[i + 1]) - math.log(rates[i - 1]))
-        for i in range(1, lowest)
-    ]
-    if not slopes:
+    # The first tenth of the points is the moving average warming up on a few noisy batches: a chance
+    # dip there is not a descent (fastai's plot skips its first 10 points for the same reason).
+    first = max(1, len(rates) // 10)
+    candidates = range(first, lowest)
+    if not candidates:
         return max(rates[0], tenth_of_minimum), f"one tenth of the LR at the minimum loss ({rates[lowest]:.2g})"
-    steepest = 1 + min(range(len(slopes)), key=slopes.__getitem__)
+    slope = {
+        i: (smoothed[i + 1] - smoothed[i - 1]) / (math.log(rates[i + 1]) - math.log(rates[i - 1])) for i in candidates
+    }
+    steepest = min(candidates, key=slope.__getitem__)
     if rates[steepest] <= tenth_of_minimum:
         return rates[steepest], f"steepest descent of the smoothed loss (minimum at {rates[lowest]:.2g})"
     return tenth_of_minimum, f"one tenth of the LR at the minimum loss ({rates[lowest]:.2g}); steepest at {rates[steepest]:.2g}"

@@ -96,3 +96,11 @@ def test_suggest_lr_on_a_typical_curve():
 def test_suggest_lr_needs_points():
     with pytest.raises(ValueError):
         suggest_lr([1e-3, 1e-2], [1.0, 0.5])
+
+
+def test_suggest_lr_ignores_noise_while_the_average_warms_up():
+    rates = lr_find_rates(1e-7, 1.0, 100)
+    losses = [2.3 - 2.0 / (1 + math.exp(-3 * (math.log10(r) + 2))) + (10 * r) ** 3 for r in rates]
+    losses[1], losses[2] = 2.3, 1.2  # a lucky early batch: a steep drop at 1.2e-7 in the raw losses
+    suggestion, _ = suggest_lr(rates, losses)
+    assert 1e-4 < suggestion < 1e-1
