@@ -14,14 +14,14 @@ import io
 import os
 import pathlib
 import re
-import shutil
 import stat
 import zipfile
 
 import click
 import requests
 
-DOWNLOAD_MARKER = ".download-complete"
+from kit.runs import DOWNLOAD_MARKER, filling_folder
+
 MAXIMUM_ZIP_NESTING = 4  # Kaggle nests train.zip inside the bundle; a deeper chain is a zip bomb or a loop
 SUBMISSIONS_PAGE_SIZE = 20  # the official client's own default, so every server honours it
 MAXIMUM_SUBMISSION_PAGES = 50
@@ -202,26 +202,11 @@ def download_competition(slug: str, raw_dir: pathlib.Path) -> bool:
     raw_dir = pathlib.Path(raw_dir)
     if (raw_dir / DOWNLOAD_MARKER).is_file():
         return False
-    if raw_dir.exists() and any(raw_dir.iterdir()):
-        # Not made by us (we only ever rename a finished folder here), so it may be the user's data.
-        raise click.ClickException(
-            f"{raw_dir} exists but holds no completed download ({DOWNLOAD_MARKER} missing): move it away, then retry"
-        )
-    api = authenticated_api()
-    partial = raw_dir.parent / f".partial-{raw_dir.name}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with filling_folder(raw_dir, slug) as partial:
+        api = authenticated_api()
         with _translate_errors(slug):
             api.competition_download_files(slug, path=str(partial), force=True, quiet=True)
         _extract_archives(partial)
-        (partial / DOWNLOAD_MARKER).write_text(f"{slug}\n")
-        if raw_dir.exists():
-            raw_dir.rmdir()  # empty, checked above; os.replace cannot overwrite a directory otherwise
-        os.replace(partial, raw_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return True
 
 

@@ -10,7 +10,17 @@ import pandas as pd
 from kit import data, distributed, predict, submission, train
 from kit.config import Config, competition_names, config_from_dict, load_competition
 from kit.hooks import load_hooks
-from kit.runs import find_run, git_commit, list_runs, new_run, raw_dir, read_json, utc_stamp
+from kit.runs import (
+    DOWNLOAD_MARKER,
+    filling_folder,
+    find_run,
+    git_commit,
+    list_runs,
+    new_run,
+    raw_dir,
+    read_json,
+    utc_stamp,
+)
 
 
 def download(config: Config) -> bool:
@@ -18,21 +28,10 @@ def download(config: Config) -> bool:
     target = raw_dir(config)
     hooks = load_hooks(config)
     if "download" in hooks:
-        if (target / ".download-complete").exists():
+        if (target / DOWNLOAD_MARKER).exists():
             return False
-        import shutil
-        import tempfile
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".partial-{config.name}-", dir=target.parent))
-        try:
+        with filling_folder(target) as partial:
             hooks["download"](partial)
-            (partial / ".download-complete").touch()
-            if target.exists():
-                shutil.rmtree(target)
-            partial.rename(target)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
         return True
     if not config.competition.kaggle:
         raise click.ClickException(f"{config.path}: set competition.kaggle (the Kaggle slug) or add a download hook")
@@ -223,7 +222,7 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
     if metric is not None and metric not in metrics.METRICS:
         raise click.ClickException(f"--metric {metric!r}: choose one of {', '.join(metrics.METRICS)}")
     target_raw = runs.DATA_DIR / "raw" / name
-    marker = target_raw / kaggle.DOWNLOAD_MARKER
+    marker = target_raw / runs.DOWNLOAD_MARKER
     if from_raw:
         if not target_raw.is_dir() or not any(target_raw.iterdir()):
             raise click.ClickException(f"--from-raw: {target_raw} is empty; put the competition's files there first")
@@ -256,7 +255,7 @@ def list_competitions() -> list[dict]:
             continue
         runs = [p for p in list_runs(config) if (p / "metrics.json").exists()]
         scores = [read_json(p / "metrics.json")["cv"] for p in runs]
-        downloaded = (raw_dir(config) / ".download-complete").exists() or (raw_dir(config).is_dir() and any(raw_dir(config).iterdir()))
+        downloaded = raw_dir(config).is_dir() and any(raw_dir(config).iterdir())
         status = "downloaded" if downloaded else "not downloaded"
         if runs:
             status += f", {len(runs)} runs, last CV {config.competition.metric} {scores[-1]:.4f}"

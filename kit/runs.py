@@ -37,6 +37,35 @@ def interim_dir(config: Config) -> Path:
     return path
 
 
+DOWNLOAD_MARKER = ".download-complete"  # written last into data/raw/<name>: the download is whole
+
+
+@contextmanager
+def filling_folder(target: Path, note: str = "") -> Iterator[Path]:
+    """An empty hidden sibling of `target` to fill; renamed onto `target`, marked complete, only if the
+    block succeeds, so an interrupted download never leaves a half-filled folder (the next try starts over).
+
+    A non-empty `target` without the marker was not made here and may be the user's: it is refused.
+    """
+    import shutil
+
+    if target.exists() and any(target.iterdir()):
+        raise click.ClickException(
+            f"{target} exists but holds no completed download ({DOWNLOAD_MARKER} missing): move it away, then retry"
+        )
+    partial = target.parent / f".partial-{target.name}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+        (partial / DOWNLOAD_MARKER).write_text(f"{note}\n")
+        if target.exists():
+            target.rmdir()  # empty, checked above; os.replace cannot overwrite a directory otherwise
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def require_download(config: Config) -> Path:
     path = raw_dir(config)
     if not path.is_dir() or not any(path.iterdir()):
