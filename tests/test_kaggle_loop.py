@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import TINY
+from conftest import tiny_recipe
 from kaggle_standin import STANDIN_KEY, KaggleStandIn, image_bytes, kaggle_env, make_zip
 
 from kit import submission
@@ -22,13 +22,7 @@ DOG_SLUG = "dog-breed-identification"
 CATS_SLUG = "dogs-vs-cats-redux-kernels-edition"
 BREEDS = {"pug": (200, 60, 60), "beagle": (60, 200, 60), "collie": (60, 60, 200)}
 # The recipe's three stages, each cut to a cycle or two, and fewer TTA views: seconds on a CPU.
-TINY_RECIPE = [
-    *(value for value in TINY if not value.startswith("stages")),
-    "stages.0.n_cycles=1",
-    "stages.1.n_cycles=1",
-    "stages.2.n_cycles=2",
-    "train.tta=1",
-]
+TINY_RECIPE = tiny_recipe((1, 1, 2), tta=1)
 
 
 def invoke(*arguments):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tomllib
 from click.testing import CliRunner
-from conftest import TINY
+from conftest import tiny_recipe
 from kaggle_standin import KaggleStandIn, image_bytes, kaggle_env, make_zip
 
 from kit import data, scaffold
@@ -19,13 +19,7 @@ from kit.config import config_from_dict, load_competition
 
 SEEDLINGS_SLUG = "plant-seedlings-classification"
 SPECIES = {"Black-grass": (40, 40, 40), "Charlock": (240, 220, 40), "Common wheat": (40, 160, 60)}
-TINY_RECIPE = [
-    *(value for value in TINY if not value.startswith("stages")),
-    "stages.0.n_cycles=1",
-    "stages.1.n_cycles=1",
-    "stages.2.n_cycles=1",
-    "train.tta=0",
-]
+TINY_RECIPE = tiny_recipe((1, 1, 1), tta=0)
 
 
 def invoke(*arguments):
