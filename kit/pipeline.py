@@ -48,9 +48,8 @@ def folds(config: Config) -> pd.DataFrame:
 
 def train_run(config: Config, fold: str) -> Path:
     """A new run folder, then training. Under torchrun: one process per GPU, rank 0 makes the folder and prints."""
-    if fold != "all" and not (fold.isdigit() and int(fold) < config.train.folds):
-        raise click.ClickException(f"--fold {fold}: choose 0..{config.train.folds - 1} or 'all'")
-    data.load_labels(config)  # a bad label table is refused before a run folder is made
+    train.fold_numbers_of(config, fold)  # a bad --fold or label table is refused before a run folder is made
+    data.load_labels(config)
     distributed.setup()
     main = distributed.is_main()
     run_dir = distributed.broadcast_object(new_run(config) if main else None)

@@ -250,14 +250,19 @@ def finished_fold(fold_dir: Path) -> dict | None:
     return result
 
 
+def fold_numbers_of(config: Config, fold: str) -> list[int]:
+    """--fold K or --fold all as fold numbers, refusing anything else in one line."""
+    if fold != "all" and not (fold.isdigit() and int(fold) < config.train.folds):
+        raise click.ClickException(f"--fold {fold}: choose 0..{config.train.folds - 1} or 'all'")
+    return list(range(config.train.folds)) if fold == "all" else [int(fold)]
+
+
 def train(config: Config, fold: str, run_dir: Path) -> dict:
     """Train one fold or all of them in `run_dir`; write OOF probabilities and metrics.json."""
     labels = load_labels(config)
     with distributed.main_first():  # folds.csv is written once
         folds = load_folds(config, labels)
-    if fold != "all" and not (fold.isdigit() and int(fold) < config.train.folds):
-        raise click.ClickException(f"--fold {fold}: choose 0..{config.train.folds - 1} or 'all'")
-    fold_numbers = list(range(config.train.folds)) if fold == "all" else [int(fold)]
+    fold_numbers = fold_numbers_of(config, fold)
     if distributed.is_main():
         write_json(run_dir / "plan.json", {"fold": fold})  # what --resume continues
     rows = usable_rows(config, labels, run_dir)
