@@ -1,46 +1,89 @@
-"""A local stand-in for the Kaggle API, so kit.kaggle can be tested end to end with the official client.
+"""A local stand-in for Kaggle, built from the official client's own request/response code (kaggle 2.2.5,
+kagglesdk 0.1.x), so the kit is tested end to end through that client against what production does.
 
-kagglesdk sends every call as `POST /api/v1/<service>/<method>` with a camelCase JSON body, and with
-KAGGLE_API_ENVIRONMENT=TEST it targets http://localhost:7777. This server answers the competition calls
-kit uses, the way Kaggle does:
+Two servers, like production:
 
-- DownloadDataFiles: 302 to /files/<slug>.zip, which serves the zip bytes given to the stand-in.
-- StartSubmissionUpload: {"token", "createUrl"}; the client then PUTs the file bytes to createUrl.
-- CreateSubmission: records an Upload(slug, file_name, content, message) and a pending submission row.
-- ListSubmissions: {"submissions": [...]} in the API's JSON shape, paged by page/pageSize.
-- 401 (JSON {"code", "message"}) for wrong credentials, 403 for slugs in `rules_not_accepted`,
-  404 for slugs it does not know.
+- The API (KAGGLE_API_ENVIRONMENT=TEST makes kagglesdk call http://localhost:7777): every call is
+  `POST /api/v1/<service>/<Method>` with a camelCase JSON body (kagglesdk's `KaggleHttpClient.call`).
+  Errors are JSON `{"code": N, "message": "..."}`: the client raises `requests.HTTPError(message)`, so the
+  message is Kaggle's own text (`KaggleHttpClient._prepare_response`).
+- Storage, on a second local port and another host name (127.0.0.1): downloads are a 302 from the API to
+  a signed link there (`HttpRedirect`), uploads are PUT to a `createUrl` there. Storage ignores the
+  Authorization header (requests drops it on a redirect to another host; the stand-in records whether any
+  arrived), answers ranged requests with 206, and answers an expired link with 403 and GCS's XML body.
+
+Authentication, as `KaggleApi.authenticate` does it: an API token (`KGAT_...`, from KAGGLE_API_TOKEN or
+~/.kaggle/access_token) is first checked with `security.OAuthService/IntrospectToken` (body `{"token"}`,
+answer `{"active", "username", ...}`; an unknown token is `{"active": false}`), then sent as
+`Authorization: Bearer <token>`; the legacy username/key (kaggle.json, KAGGLE_USERNAME/KAGGLE_KEY) is
+sent as HTTP Basic. Anything else is 401 `Unauthenticated`.
+
+Competition calls implemented (competitions.CompetitionApiService): DownloadDataFiles, DownloadDataFile,
+ListDataFiles, GetCompetition, StartSubmissionUpload, CreateSubmission, ListSubmissions, GetLeaderboard,
+GetSubmissionLimits. Paging is by `pageToken`/`nextPageToken` as on Kaggle; `page_mode` makes the server
+ignore `page` ("ignore-page"), or answer the first page forever with the same token ("stuck").
+
+Faults are queued with `fail_next(target, kind, ...)` and consumed in order by the next matching request:
+target is "storage" or an API method name ("DownloadDataFiles") or "api" (any API call); kinds are
+"429" (with Retry-After), "500"/"503" (JSON body), "drop" (storage: headers and `after_bytes` of the body,
+then the connection is closed), "expired" (storage: 403, GCS's ExpiredToken body).
+
+Extending it (datasets, kernels, blobs): write a function `handler(stand_in, call) -> dict` and register it
+with `@api("datasets.DatasetApiService", "CreateDataset")`; raise `KaggleError(status, message)` for an
+error. `stand_in.signed_url(key)` serves `stand_in.blobs[key]` from storage; `stand_in.start_upload(meta)`
+returns (token, createUrl) and the PUT lands in `stand_in.uploaded[token]`.
 
 Usage from any test (tests/ is on sys.path when pytest collects it):
 
     from kaggle_standin import KaggleStandIn, kaggle_env
 
     def test_something(monkeypatch, tmp_path):
-        kaggle_env(monkeypatch, tmp_path)
+        kaggle_env(monkeypatch, tmp_path, credentials="token-env")
         with KaggleStandIn(competitions={"dog-breeds": zip_bytes}) as stand_in:
-            ...  # call kit code or the `kit` CLI; then inspect stand_in.uploads / stand_in.requests
+            ...  # call kit code or the `kit` CLI; then inspect stand_in.uploads, .requests, .bytes_served
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import email.utils
 import fcntl
+import hashlib
 import http.server
 import io
 import json
+import socket
 import tempfile
 import threading
 import time
 import types
+import urllib.parse
 import uuid
 import zipfile
 from typing import NamedTuple
 
 STANDIN_USERNAME = "kit-test-user"
-STANDIN_KEY = "kit-test-key-0123456789abcdef"  # distinctive, so tests can assert it never leaks
+STANDIN_KEY = "kit-test-key-0123456789abcdef"  # legacy key; distinctive, so tests can assert it never leaks
+STANDIN_TOKEN = "KGAT_5f0c2d9e8b7a41c3a6e2f0d4b9c81e77"  # an API token as the settings page issues them
 STANDIN_PORT = 7777  # hard-coded in kagglesdk.kaggle_env for KaggleEnv.TEST
-SERVICE_PREFIX = "/api/v1/competitions.CompetitionApiService/"
+STORAGE_HOST = "127.0.0.1"  # another host name than the API's "localhost": requests drops auth on redirect
+API_PREFIX = "/api/v1/"
+DEFAULT_DAILY_LIMIT = 5  # Kaggle's usual maxDailySubmissions
+
+# Kaggle's own texts (from what the production API answers; see issue 11).
+RULES_MESSAGE = "You must accept this competition's rules before you'll be able to download files."
+PARTICIPATE_MESSAGE = "Permission 'competitions.participate' was denied"
+NOTEBOOK_ONLY_MESSAGE = "Submission not allowed: This competition only accepts submissions from Notebooks."
+DAILY_LIMIT_MESSAGE = (
+    "Submission not allowed:  Your team has used its daily Submission allowance ({limit}) today, "
+    "please try again tomorrow UTC ({hours:.1f} hours from now)."
+)
+UNAUTHENTICATED_MESSAGE = "Unauthenticated"
+EXPIRED_LINK_BODY = (
+    "<?xml version='1.0' encoding='UTF-8'?><Error><Code>ExpiredToken</Code><Message>Invalid argument."
+    "</Message><Details>The provided token has expired. Request signature expired at: {expired}</Details></Error>"
+)
 
 
 class Upload(NamedTuple):
@@ -52,11 +95,62 @@ class Upload(NamedTuple):
     message: str | None
 
 
-def kaggle_env(monkeypatch, tmp_path, credentials: bool = True):
+class Request(NamedTuple):
+    """One request either server received. `auth` is "Bearer", "Basic" or None; `range` the Range header."""
+
+    server: str  # "api" or "storage"
+    method: str
+    path: str  # without the query string (which carries the signature)
+    auth: str | None
+    range: str | None
+
+
+class Fault(NamedTuple):
+    target: str  # "storage", "api", or an API method name
+    kind: str  # "429", "500", "503", "drop", "expired"
+    retry_after: str
+    after_bytes: int | None
+
+
+class KaggleError(Exception):
+    """Raised by a handler: answered as Kaggle does, JSON {"code": status, "message": message}."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Call(NamedTuple):
+    """What a handler gets: the JSON body, the authenticated user (None for anonymous calls) and the
+    competition slug the body names ("" when none)."""
+
+    body: dict
+    user: str | None
+    slug: str
+
+
+API_HANDLERS: dict[str, tuple] = {}  # "service/Method" -> (handler, needs_auth)
+
+
+def api(service: str, method: str, needs_auth: bool = True):
+    """Register `handler(stand_in, call) -> dict` for POST /api/v1/<service>/<method>."""
+
+    def register(handler):
+        API_HANDLERS[f"{service}/{method}"] = (handler, needs_auth)
+        return handler
+
+    return register
+
+
+def kaggle_env(monkeypatch, tmp_path, credentials=True):
     """Point the official client at the stand-in, with fake credentials and no real ~/.kaggle.
 
-    HOME moves into tmp_path because kagglesdk also looks at ~/.kaggle/access_token and credentials.json.
-    Returns the fake username, key and config directory. With credentials=False no credentials exist.
+    HOME moves into tmp_path because kagglesdk reads ~/.kaggle/access_token, ~/.kaggle/kaggle.json and
+    ~/.kaggle/credentials.json there. credentials picks the form:
+      True or "key-env": KAGGLE_USERNAME/KAGGLE_KEY (legacy); "kaggle-json": the legacy file in
+      KAGGLE_CONFIG_DIR; "token-env": KAGGLE_API_TOKEN; "token-file": ~/.kaggle/access_token;
+      False or None: no credentials at all.
+    Returns the fake username, key, token, home and config directory.
     """
     home = tmp_path / "kaggle-home"
     config_directory = tmp_path / "kaggle-config"
@@ -68,21 +162,62 @@ def kaggle_env(monkeypatch, tmp_path, credentials: bool = True):
     monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
     for variable in ("NO_PROXY", "no_proxy"):  # a registry proxy must not swallow localhost
         monkeypatch.setenv(variable, "localhost,127.0.0.1")
-    for variable in ("KAGGLE_API_TOKEN", "KAGGLE_KERNEL_RUN_TYPE", "VERBOSE", "VERBOSE_OUTPUT"):
+    for variable in (
+        "KAGGLE_API_TOKEN",
+        "KAGGLE_USERNAME",
+        "KAGGLE_KEY",
+        "KAGGLE_KERNEL_RUN_TYPE",
+        "KAGGLE_API_V1_TOKEN",
+        "VERBOSE",
+        "VERBOSE_OUTPUT",
+    ):
         monkeypatch.delenv(variable, raising=False)
-    if credentials:
+    if credentials is True or credentials == "key-env":
         monkeypatch.setenv("KAGGLE_USERNAME", STANDIN_USERNAME)
         monkeypatch.setenv("KAGGLE_KEY", STANDIN_KEY)
-    else:
-        monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-        monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    elif credentials == "kaggle-json":
+        config_file = config_directory / "kaggle.json"
+        config_file.write_text(json.dumps({"username": STANDIN_USERNAME, "key": STANDIN_KEY}))
+        config_file.chmod(0o600)
+    elif credentials == "token-env":
+        monkeypatch.setenv("KAGGLE_API_TOKEN", STANDIN_TOKEN)
+    elif credentials == "token-file":
+        (home / ".kaggle").mkdir(exist_ok=True)
+        token_file = home / ".kaggle" / "access_token"
+        token_file.write_text(STANDIN_TOKEN + "\n")
+        token_file.chmod(0o600)
+    elif credentials not in (False, None):
+        raise ValueError(f"unknown credentials form {credentials!r}")
     return types.SimpleNamespace(
-        username=STANDIN_USERNAME, key=STANDIN_KEY, config_directory=config_directory
+        username=STANDIN_USERNAME,
+        key=STANDIN_KEY,
+        token=STANDIN_TOKEN,
+        home=home,
+        config_directory=config_directory,
     )
 
 
+def secrets() -> list[str]:
+    """Every secret the stand-in's credentials hold, and the Basic header that encodes the key."""
+    basic = base64.b64encode(f"{STANDIN_USERNAME}:{STANDIN_KEY}".encode()).decode()
+    return [STANDIN_KEY, STANDIN_TOKEN, basic]
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _timestamp(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _strip_empty(row: dict) -> dict:
+    """The SDK's JSON reader cannot take null for a typed field; Kaggle omits empty fields instead."""
+    return {name: value for name, value in row.items() if value is not None}
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Routes requests to the KaggleStandIn that owns the server."""
+    """Shared by both servers; `self.server.role` says which one this is."""
 
     def log_message(self, format, *arguments):  # keep test output clean
         pass
@@ -109,87 +244,142 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-    def _send_json(self, status: int, payload: dict):
-        self._send(status, json.dumps(payload).encode())
+    def _send_json(self, status: int, payload: dict, headers=None):
+        self._send(status, json.dumps(payload).encode(), headers=headers)
 
-    def _authorized(self) -> bool:
-        expected = base64.b64encode(f"{self.stand_in.username}:{self.stand_in.key}".encode()).decode()
-        if self.headers.get("Authorization") == f"Basic {expected}":
-            return True
-        self._send_json(401, {"code": 401, "message": "Unauthenticated"})
-        return False
+    def _record(self) -> None:
+        authorization = self.headers.get("Authorization")
+        self.stand_in._record(
+            Request(
+                self.server.role,
+                self.command,
+                urllib.parse.urlsplit(self.path).path,
+                authorization.split(" ")[0] if authorization else None,
+                self.headers.get("Range"),
+            )
+        )
 
-    def do_GET(self):
-        self.stand_in._record("GET", self.path)
-        slug = self.path.removeprefix("/files/").removesuffix(".zip")
-        if self.path.startswith("/files/") and self.stand_in.competitions.get(slug) is not None:
-            self._send(200, self.stand_in.competitions[slug], "application/zip", {"Accept-Ranges": "bytes"})
-        else:
-            self._send_json(404, {"code": 404, "message": "Not found"})
+    def _user(self) -> str | None:
+        """The user the Authorization header names, or None when it names nobody the stand-in knows."""
+        scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme == "Bearer":
+            return self.stand_in.tokens.get(value)
+        if scheme == "Basic":
+            try:
+                username, _, key = base64.b64decode(value).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return None
+            return username if self.stand_in.keys.get(username) == key else None
+        return None
 
-    def do_PUT(self):
-        self.stand_in._record("PUT", self.path)
-        token = self.path.removeprefix("/upload/")
-        if token not in self.stand_in._pending_uploads:
-            return self._send_json(404, {"code": 404, "message": "Upload expired"})
-        if self.stand_in.failing_uploads:  # storage rejecting the file: the client gives up on non-503
-            self._body()
-            return self._send_json(500, {"code": 500, "message": "Storage unavailable"})
-        self.stand_in._pending_uploads[token]["content"] = self._body()
-        self._send_json(200, {})
+    # The API server.
 
     def do_POST(self):
-        self.stand_in._record("POST", self.path)
+        self._record()
+        if self.server.role != "api":
+            return self._send_json(404, {"code": 404, "message": "Not found"})
+        name = self.path.split("?")[0].removeprefix(API_PREFIX)
         request = json.loads(self._body() or b"{}")
-        if not self._authorized():
-            return
-        method = self.path.removeprefix(SERVICE_PREFIX)
-        slug = request.get("competitionName", "")
-        if slug in self.stand_in.rules_not_accepted:
-            return self._send_json(403, {"code": 403, "message": "You must accept this competition's rules"})
-        if slug not in self.stand_in.competitions and slug not in self.stand_in.submissions:
-            return self._send_json(404, {"code": 404, "message": f"Competition {slug} not found"})
-        handler = getattr(self, f"_api_{method}", None)
+        fault = self.stand_in._take_fault(("api", name.rpartition("/")[2]))
+        if fault is not None:
+            return self._send_api_fault(fault)
+        handler, needs_auth = API_HANDLERS.get(name, (None, False))
+        user = self._user()
         if handler is None:
-            return self._send_json(404, {"code": 404, "message": f"stand-in does not implement {self.path}"})
-        handler(slug, request)
+            return self._send_json(404, {"code": 404, "message": f"stand-in does not implement {name}"})
+        if needs_auth and user is None:
+            return self._send_json(401, {"code": 401, "message": UNAUTHENTICATED_MESSAGE})
+        try:
+            payload = handler(self.stand_in, Call(request, user, request.get("competitionName", "")))
+        except KaggleError as error:
+            return self._send_json(error.status, {"code": error.status, "message": error.message})
+        if isinstance(payload, tuple):  # (status, headers): a redirect
+            status, headers = payload
+            return self._send(status, b"", "text/plain", headers)
+        self._send_json(200, payload)
 
-    def _api_DownloadDataFiles(self, slug, request):
-        if self.stand_in.competitions.get(slug) is None:
-            return self._send_json(404, {"code": 404, "message": "This competition has no data"})
-        self._send(302, b"", "text/plain", {"Location": f"/files/{slug}.zip"})
+    def _send_api_fault(self, fault: Fault):
+        status = int(fault.kind)
+        headers = {"Retry-After": fault.retry_after} if status == 429 else None
+        messages = {429: "Too many requests", 500: "Internal error", 503: "Service unavailable"}
+        self._send_json(status, {"code": status, "message": messages.get(status, "error")}, headers)
 
-    def _api_StartSubmissionUpload(self, slug, request):
-        token = uuid.uuid4().hex
-        self.stand_in._pending_uploads[token] = {"slug": slug, "file_name": request.get("fileName", "")}
-        host = self.headers.get("Host", f"localhost:{self.stand_in.port}")
-        self._send_json(200, {"token": token, "createUrl": f"http://{host}/upload/{token}"})
+    # The storage server.
 
-    def _api_CreateSubmission(self, slug, request):
-        pending = self.stand_in._pending_uploads.pop(request.get("blobFileTokens", ""), None)
-        if pending is None or "content" not in pending or pending["slug"] != slug:
-            return self._send_json(400, {"code": 400, "message": "Unknown or incomplete upload"})
-        message = request.get("submissionDescription")
-        self.stand_in.uploads.append(Upload(slug, pending["file_name"], pending["content"], message))
-        rows = self.stand_in.submissions.setdefault(slug, [])
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        row = {
-            "ref": len(self.stand_in.uploads),
-            "date": now,
-            "fileName": pending["file_name"],
-            "status": "PENDING",
+    def do_GET(self):
+        self._record()
+        if self.server.role != "storage":
+            return self._send_json(404, {"code": 404, "message": "Not found"})
+        parts = urllib.parse.urlsplit(self.path)
+        key = urllib.parse.unquote(parts.path.removeprefix("/storage/"))
+        query = urllib.parse.parse_qs(parts.query)
+        signature = (query.get("X-Goog-Signature") or [""])[0]
+        issued = self.stand_in._signatures.get(signature)
+        if issued is None or issued[0] != key or key not in self.stand_in.blobs:
+            return self._send(
+                403,
+                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SignatureDoesNotMatch</Code></Error>",
+                "application/xml",
+            )
+        fault = self.stand_in._take_fault(("storage",))
+        expired = time.time() > issued[1]
+        if expired or (fault is not None and fault.kind == "expired"):
+            body = EXPIRED_LINK_BODY.format(expired=email.utils.formatdate(issued[1], usegmt=True)).encode()
+            return self._send(403, body, "application/xml")
+        if fault is not None and fault.kind in ("429", "500", "503"):
+            headers = {"Retry-After": fault.retry_after} if fault.kind == "429" else None
+            return self._send(
+                int(fault.kind), b"<Error><Code>Backoff</Code></Error>", "application/xml", headers
+            )
+        content = self.stand_in.blobs[key]
+        etag = '"' + hashlib.md5(content).hexdigest() + '"'
+        headers = {
+            "Accept-Ranges": "bytes",
+            "ETag": etag,
+            "Last-Modified": email.utils.formatdate(self.stand_in.created, usegmt=True),
         }
-        rows.insert(0, {**row, **({"description": message} if message else {})})
-        self._send_json(200, {"message": f"Successfully submitted to {slug}", "ref": row["ref"]})
+        start, status = 0, 200
+        wanted = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if wanted and (if_range is None or if_range == etag):
+            first = wanted.removeprefix("bytes=").split("-")[0]
+            start = int(first or 0)
+            if start >= len(content):
+                return self._send(416, b"", "application/xml", {"Content-Range": f"bytes */{len(content)}"})
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
+        body = content[start:]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if fault is not None and fault.kind == "drop":
+            sent = body[: fault.after_bytes if fault.after_bytes is not None else len(body) // 2]
+            self.wfile.write(sent)
+            self.wfile.flush()
+            self.stand_in._count_bytes(len(sent))
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)  # the peer sees the transfer cut mid-body
+            return
+        self.wfile.write(body)
+        self.stand_in._count_bytes(len(body))
 
-    def _api_ListSubmissions(self, slug, request):
-        page, size = int(request.get("page") or 1), int(request.get("pageSize") or 20)
-        rows = self.stand_in.submissions.get(slug, [])[(page - 1) * size : page * size]
-        # The SDK's JSON reader cannot take null for a typed field; Kaggle omits empty fields instead.
-        rows = [{name: value for name, value in row.items() if value is not None} for row in rows]
-        self._send_json(200, {"submissions": rows, "nextPageToken": ""})
+    def do_PUT(self):
+        self._record()
+        token = urllib.parse.urlsplit(self.path).path.removeprefix("/upload/")
+        if self.server.role != "storage" or token not in self.stand_in._pending_uploads:
+            self._body()
+            return self._send_json(404, {"code": 404, "message": "Upload expired"})
+        content = self._body()
+        if self.stand_in.failing_uploads:  # storage rejecting the file: the client gives up on non-503
+            return self._send_json(500, {"code": 500, "message": "Storage unavailable"})
+        self.stand_in.uploaded[token] = content
+        self._send_json(200, {})
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -198,15 +388,25 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class KaggleStandIn:
-    """Context manager running the stand-in on 127.0.0.1:7777 in a background thread.
+    """Context manager running the stand-in: the API on localhost:7777, storage on 127.0.0.1:<free port>.
 
-    competitions: {slug: zip bytes (or None for a competition without data)}.
+    competitions: {slug: zip bytes of the whole bundle (or None for a competition without data)}; its
+        members are the competition's files (ListDataFiles, DownloadDataFile).
     submissions: {slug: [rows in the API's JSON shape, newest first]}, e.g.
         {"date": "2024-05-01T12:00:00.000Z", "fileName": "a.csv", "description": "first",
          "status": "COMPLETE", "publicScore": "0.91", "privateScore": "0.90"}
-    rules_not_accepted: slugs answered with 403 (default: "rules-not-accepted").
+    leaderboards: {slug: [{"teamId", "teamName", "submissionDate", "score"} ...]} best first;
+        `team_name` is the user's own team there.
+    rules_not_accepted: slugs answered 403 with Kaggle's rules message (default: "rules-not-accepted").
+    not_joined: slugs answered 403 "Permission 'competitions.participate' was denied".
+    notebook_only: slugs whose CreateSubmission is refused (400): code competitions.
+    daily_limit: submissions a day (an int, or {slug: int}); today's rows count against it.
+    page_mode: "normal" (pageToken, else page), "ignore-page" (pageToken only), "stuck" (always the first
+        page, with the same non-empty nextPageToken).
+    link_lifetime: seconds a signed storage link stays valid.
     failing_uploads: answer the file upload (PUT) with HTTP 500, as a broken storage backend would.
-    Recorded: `.uploads` (list of Upload) and `.requests` (list of (method, path)).
+    Recorded: `.uploads` (list of Upload), `.requests` (list of Request), `.bytes_served` (storage body
+    bytes actually written), `.signatures` (every signature handed out, to check none is ever printed).
 
     Port 7777 is fixed by kagglesdk, so concurrent test runs on one machine take turns via a file lock.
     """
@@ -215,33 +415,158 @@ class KaggleStandIn:
         self,
         competitions=None,
         submissions=None,
+        leaderboards=None,
         rules_not_accepted=("rules-not-accepted",),
+        not_joined=(),
+        notebook_only=(),
+        daily_limit=DEFAULT_DAILY_LIMIT,
+        page_mode="normal",
+        link_lifetime=3600.0,
         failing_uploads=False,
         username=STANDIN_USERNAME,
         key=STANDIN_KEY,
+        token=STANDIN_TOKEN,
+        team_name="kit-test-team",
         port=STANDIN_PORT,
         lock_timeout=120.0,
     ):
+        if page_mode not in ("normal", "ignore-page", "stuck"):
+            raise ValueError(f"unknown page_mode {page_mode!r}")
         self.competitions = dict(competitions or {})
         self.submissions = {slug: list(rows) for slug, rows in (submissions or {}).items()}
+        self.leaderboards = {slug: list(rows) for slug, rows in (leaderboards or {}).items()}
         self.rules_not_accepted = set(rules_not_accepted)
+        self.not_joined = set(not_joined)
+        self.notebook_only = set(notebook_only)
+        self.daily_limit = daily_limit
+        self.page_mode = page_mode
+        self.link_lifetime = link_lifetime
         self.failing_uploads = failing_uploads
-        self.username, self.key, self.port = username, key, port
+        self.username, self.team_name, self.port = username, team_name, port
+        self.keys = {username: key}  # legacy username -> key (HTTP Basic)
+        self.tokens = {token: username}  # API token -> username (Bearer, introspection)
         self.url = f"http://localhost:{port}"
+        self.storage_url = ""  # set by start()
+        self.created = time.time()  # Last-Modified of every blob
+        self.blobs: dict[str, bytes] = {}  # storage key -> bytes, served through signed links
+        self.uploaded: dict[str, bytes] = {}  # upload token -> bytes PUT to its createUrl
         self.uploads: list[Upload] = []
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[Request] = []
+        self.bytes_served = 0
+        self.signatures: list[str] = []
+        self._signatures: dict[str, tuple[str, float]] = {}  # signature -> (key, expiry epoch seconds)
         self._pending_uploads: dict[str, dict] = {}
+        self._faults: list[Fault] = []
         self._lock_timeout = lock_timeout
-        self._record_lock = threading.Lock()
-        self._server = self._thread = self._lock_file = None
+        self._lock = threading.Lock()
+        self._servers: list[_Server] = []
+        self._threads: list[threading.Thread] = []
+        self._lock_file = None
+        for slug, bundle in self.competitions.items():
+            if bundle is not None:
+                self.blobs[f"competitions/{slug}/{slug}.zip"] = bundle
+                for name, content in _members(bundle).items():
+                    self.blobs[f"competitions/{slug}/files/{name}"] = content
 
-    def _record(self, method: str, path: str) -> None:
-        with self._record_lock:
-            self.requests.append((method, path))
+    # Used by handlers (and by extensions for datasets, kernels, blobs).
+
+    def signed_url(self, key: str) -> str:
+        """A signed storage link to blobs[key], valid for link_lifetime seconds; a query string like GCS's."""
+        signature = uuid.uuid4().hex + uuid.uuid4().hex
+        expiry = time.time() + self.link_lifetime
+        with self._lock:
+            self._signatures[signature] = (key, expiry)
+            self.signatures.append(signature)
+        query = urllib.parse.urlencode(
+            {
+                "X-Goog-Algorithm": "GOOG4-RSA-SHA256",
+                "X-Goog-Expires": str(int(self.link_lifetime)),
+                "X-Goog-Signature": signature,
+            }
+        )
+        return f"{self.storage_url}/storage/{urllib.parse.quote(key)}?{query}"
+
+    def start_upload(self, metadata: dict) -> tuple[str, str]:
+        """A new upload: (token, createUrl on storage); the PUT's bytes land in `uploaded[token]`."""
+        token = uuid.uuid4().hex
+        with self._lock:
+            self._pending_uploads[token] = dict(metadata)
+        return token, f"{self.storage_url}/upload/{token}"
+
+    def fail_next(self, target: str, kind: str, retry_after: str = "1", after_bytes: int | None = None):
+        """Queue a fault for the next request matching target ("storage", "api" or an API method name)."""
+        if kind not in ("429", "500", "503", "drop", "expired"):
+            raise ValueError(f"unknown fault {kind!r}")
+        with self._lock:
+            self._faults.append(Fault(target, kind, retry_after, after_bytes))
+        return self
+
+    def _take_fault(self, targets: tuple[str, ...]) -> Fault | None:
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.target in targets:
+                    return self._faults.pop(index)
+        return None
+
+    def _record(self, request: Request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _count_bytes(self, count: int) -> None:
+        with self._lock:
+            self.bytes_served += count
+
+    def storage_gets(self, slug: str | None = None) -> list[Request]:
+        """GETs that reached storage (for one competition's files when slug is given)."""
+        prefix = "/storage/competitions/" + (f"{slug}/" if slug else "")
+        return [
+            r
+            for r in self.requests
+            if r.server == "storage" and r.method == "GET" and r.path.startswith(prefix)
+        ]
 
     def download_count(self, slug: str) -> int:
-        """How many times the competition's zip itself was fetched."""
-        return self.requests.count(("GET", f"/files/{slug}.zip"))
+        """How many times the competition's bundle itself was fetched from storage."""
+        return sum(1 for r in self.storage_gets(slug) if r.path.endswith(f"/{slug}.zip"))
+
+    def api_calls(self, method: str) -> int:
+        return sum(1 for r in self.requests if r.server == "api" and r.path.endswith("/" + method))
+
+    def daily_limit_of(self, slug: str) -> int:
+        if isinstance(self.daily_limit, dict):
+            return self.daily_limit.get(slug, DEFAULT_DAILY_LIMIT)
+        return self.daily_limit
+
+    def submitted_today(self, slug: str) -> int:
+        today = _now().strftime("%Y-%m-%d")
+        return sum(1 for row in self.submissions.get(slug, []) if str(row.get("date", "")).startswith(today))
+
+    def check_competition(self, slug: str, participating: bool = True) -> None:
+        """Kaggle's answers for a competition the user may not use: 404 unknown, 403 rules or not joined."""
+        if slug not in self.competitions and slug not in self.submissions and slug not in self.leaderboards:
+            raise KaggleError(404, "Not found")
+        if participating and slug in self.rules_not_accepted:
+            raise KaggleError(403, RULES_MESSAGE)
+        if participating and slug in self.not_joined:
+            raise KaggleError(403, PARTICIPATE_MESSAGE)
+
+    def page(self, rows: list, body: dict, default_size: int = 20) -> tuple[list, str]:
+        """One page of rows and the nextPageToken, as Kaggle pages (pageToken; see page_mode)."""
+        size = min(int(body.get("pageSize") or default_size), 100)
+        token = body.get("pageToken") or ""
+        if self.page_mode == "stuck":
+            return rows[:size], ("stuck-token" if rows else "")
+        if token:
+            start = int(base64.urlsafe_b64decode(token.encode()).decode())
+        elif self.page_mode == "normal" and body.get("page"):
+            start = (int(body["page"]) - 1) * size
+        else:
+            start = 0
+        end = start + size
+        next_token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(rows) else ""
+        return rows[start:end], next_token
+
+    # Lifetime.
 
     def start(self) -> KaggleStandIn:
         lock_path = f"{tempfile.gettempdir()}/kit-kaggle-standin-{self.port}.lock"
@@ -257,23 +582,29 @@ class KaggleStandIn:
                     raise RuntimeError(f"port {self.port} stayed busy with another Kaggle stand-in") from None
                 time.sleep(0.05)
         try:
-            self._server = _Server(("127.0.0.1", self.port), _Handler)
+            for role, address in (("api", ("127.0.0.1", self.port)), ("storage", (STORAGE_HOST, 0))):
+                server = _Server(address, _Handler)
+                server.stand_in, server.role = self, role
+                self._servers.append(server)
         except OSError:
-            self._lock_file.close()
+            self.stop()
             raise
-        self._server.stand_in = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self.storage_url = f"http://{STORAGE_HOST}:{self._servers[1].server_address[1]}"
+        for server in self._servers:
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = None
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        for thread in self._threads:
+            thread.join()
+        self._servers, self._threads = [], []
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
@@ -283,6 +614,133 @@ class KaggleStandIn:
 
     def __exit__(self, *exception_info) -> None:
         self.stop()
+
+
+def _members(bundle: bytes) -> dict[str, bytes]:
+    """The files of a competition bundle; hostile or broken archives have none (downloads still serve them)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+            return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return {}
+
+
+# Kaggle's API, one handler per call, named as kagglesdk names them.
+
+
+@api("security.OAuthService", "IntrospectToken", needs_auth=False)
+def _introspect_token(stand_in: KaggleStandIn, call: Call) -> dict:
+    username = stand_in.tokens.get(call.body.get("token", ""))
+    if username is None:
+        return {"active": False}
+    expiry = int(time.time()) + 3600
+    return {"active": True, "username": username, "userId": 1, "scope": "resources.admin:*", "exp": expiry}
+
+
+@api("competitions.CompetitionApiService", "GetCompetition")
+def _get_competition(stand_in: KaggleStandIn, call: Call) -> dict:
+    stand_in.check_competition(call.slug, participating=False)
+    board = stand_in.leaderboards.get(call.slug, [])
+    rank = next((n for n, row in enumerate(board, 1) if row.get("teamName") == stand_in.team_name), None)
+    return _strip_empty(
+        {
+            "ref": f"{stand_in.url}/competitions/{call.slug}",
+            "title": call.slug.replace("-", " ").title(),
+            "teamCount": len(board),
+            "userHasEntered": call.slug not in stand_in.not_joined | stand_in.rules_not_accepted,
+            "userRank": rank,
+            "maxDailySubmissions": stand_in.daily_limit_of(call.slug),
+            "isKernelsSubmissionsOnly": call.slug in stand_in.notebook_only,
+        }
+    )
+
+
+@api("competitions.CompetitionApiService", "ListDataFiles")
+def _list_data_files(stand_in: KaggleStandIn, call: Call) -> dict:
+    stand_in.check_competition(call.slug)
+    bundle = stand_in.competitions.get(call.slug)
+    files = [
+        {"ref": name, "name": name, "totalBytes": len(content), "creationDate": _timestamp(_now())}
+        for name, content in _members(bundle or b"").items()
+    ]
+    rows, next_token = stand_in.page(files, call.body)
+    return _strip_empty({"files": rows, "nextPageToken": next_token or None})
+
+
+@api("competitions.CompetitionApiService", "DownloadDataFiles")
+def _download_data_files(stand_in: KaggleStandIn, call: Call):
+    stand_in.check_competition(call.slug)
+    if stand_in.competitions.get(call.slug) is None:
+        raise KaggleError(404, "This competition has no data")
+    return 302, {"Location": stand_in.signed_url(f"competitions/{call.slug}/{call.slug}.zip")}
+
+
+@api("competitions.CompetitionApiService", "DownloadDataFile")
+def _download_data_file(stand_in: KaggleStandIn, call: Call):
+    stand_in.check_competition(call.slug)
+    key = f"competitions/{call.slug}/files/{call.body.get('fileName', '')}"
+    if key not in stand_in.blobs:
+        raise KaggleError(404, "Not found")
+    return 302, {"Location": stand_in.signed_url(key)}
+
+
+@api("competitions.CompetitionApiService", "GetSubmissionLimits")
+def _get_submission_limits(stand_in: KaggleStandIn, call: Call) -> dict:
+    stand_in.check_competition(call.slug)
+    today = stand_in.submitted_today(call.slug)
+    return {
+        "numToday": today,
+        "numTotal": len(stand_in.submissions.get(call.slug, [])),
+        "numAllowedNow": max(stand_in.daily_limit_of(call.slug) - today, 0),
+    }
+
+
+@api("competitions.CompetitionApiService", "StartSubmissionUpload")
+def _start_submission_upload(stand_in: KaggleStandIn, call: Call) -> dict:
+    stand_in.check_competition(call.slug)
+    token, url = stand_in.start_upload({"slug": call.slug, "file_name": call.body.get("fileName", "")})
+    return {"token": token, "createUrl": url}
+
+
+@api("competitions.CompetitionApiService", "CreateSubmission")
+def _create_submission(stand_in: KaggleStandIn, call: Call) -> dict:
+    stand_in.check_competition(call.slug)
+    if call.slug in stand_in.notebook_only:
+        raise KaggleError(400, NOTEBOOK_ONLY_MESSAGE)
+    limit = stand_in.daily_limit_of(call.slug)
+    if stand_in.submitted_today(call.slug) >= limit:
+        midnight = (_now() + datetime.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        hours = (midnight - _now()).total_seconds() / 3600
+        raise KaggleError(400, DAILY_LIMIT_MESSAGE.format(limit=limit, hours=hours))
+    token = call.body.get("blobFileTokens", "")
+    pending = stand_in._pending_uploads.pop(token, None)
+    if pending is None or token not in stand_in.uploaded or pending["slug"] != call.slug:
+        raise KaggleError(400, "Unknown or incomplete upload")
+    message = call.body.get("submissionDescription")
+    stand_in.uploads.append(Upload(call.slug, pending["file_name"], stand_in.uploaded.pop(token), message))
+    row = {
+        "ref": len(stand_in.uploads),
+        "date": _timestamp(_now()),
+        "fileName": pending["file_name"],
+        "status": "PENDING",
+        "description": message or None,
+    }
+    stand_in.submissions.setdefault(call.slug, []).insert(0, _strip_empty(row))
+    return {"message": "Successfully submitted", "ref": row["ref"]}
+
+
+@api("competitions.CompetitionApiService", "ListSubmissions")
+def _list_submissions(stand_in: KaggleStandIn, call: Call) -> dict:
+    stand_in.check_competition(call.slug)
+    rows, next_token = stand_in.page(stand_in.submissions.get(call.slug, []), call.body)
+    return {"submissions": [_strip_empty(row) for row in rows], "nextPageToken": next_token}
+
+
+@api("competitions.CompetitionApiService", "GetLeaderboard")
+def _get_leaderboard(stand_in: KaggleStandIn, call: Call) -> dict:
+    stand_in.check_competition(call.slug, participating=False)
+    rows, next_token = stand_in.page(stand_in.leaderboards.get(call.slug, []), call.body)
+    return {"submissions": [_strip_empty(row) for row in rows], "nextPageToken": next_token}
 
 
 # Building downloads shaped like Kaggle's, for the stand-in to serve.
