@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import click
+from tqdm import tqdm
 
-from kit import pipeline
+from kit import commands
 from kit.config import load_competition
 
 COMPETITION = click.argument("competition")
@@ -18,8 +19,6 @@ class Commands(click.Group):
         try:
             return super().invoke(context)
         except click.ClickException:
-            from tqdm import tqdm
-
             for bar in list(getattr(tqdm, "_instances", ())):  # bars left open by the error: clear them
                 bar.close()
             raise
@@ -33,17 +32,14 @@ def main() -> None:
 @main.command("list")
 def list_command() -> None:
     """Competitions and how far each has got."""
-    for row in pipeline.list_competitions():
-        click.echo(f"{row['competition']:<20} {row['kaggle']:<40} {row['status']}")
+    commands.list_competitions()
 
 
 @main.command()
 @COMPETITION
 def download(competition: str) -> None:
     """Fetch the competition's files into data/raw/<name> (once)."""
-    config = load_competition(competition)
-    fetched = pipeline.download(config)
-    click.echo(f"{config.name}: {'downloaded' if fetched else 'already downloaded'} in data/raw/{config.name}")
+    commands.download(load_competition(competition))
 
 
 @main.command()
@@ -51,7 +47,7 @@ def download(competition: str) -> None:
 @OVERRIDES
 def folds(competition: str, overrides: tuple[str, ...]) -> None:
     """Write (once) and show the stratified cross-validation folds."""
-    click.echo(pipeline.folds(load_competition(competition, overrides)).to_string())
+    commands.folds(load_competition(competition, overrides))
 
 
 @main.command()
@@ -63,9 +59,9 @@ def folds(competition: str, overrides: tuple[str, ...]) -> None:
 def train(competition: str, fold: str, resume: bool, run: str | None, overrides: tuple[str, ...]) -> None:
     """Train the competition's recipe on one fold or all of them."""
     if resume:
-        pipeline.resume_run(load_competition(competition), run)
+        commands.resume(commands.load_for_training(competition), run)
     else:
-        pipeline.train_run(load_competition(competition, overrides), fold)
+        commands.train(commands.load_for_training(competition, overrides), fold)
 
 
 @main.command("lr-find")
@@ -75,7 +71,7 @@ def train(competition: str, fold: str, resume: bool, run: str | None, overrides:
 @OVERRIDES
 def lr_find(competition: str, stage: int, run: str | None, overrides: tuple[str, ...]) -> None:
     """Learning-rate range test: plot loss against LR and suggest a rate."""
-    pipeline.find_learning_rate(load_competition(competition, overrides), stage, run=run)
+    commands.find_learning_rate(commands.load_for_training(competition, overrides), stage, run=run)
 
 
 @main.command()
@@ -83,7 +79,7 @@ def lr_find(competition: str, stage: int, run: str | None, overrides: tuple[str,
 @click.argument("run", required=False)
 def predict(competition: str, run: str | None) -> None:
     """Predict the test set with a run (default: the newest) and write the submission CSV."""
-    pipeline.predict_run(load_competition(competition), run)
+    commands.predict(load_competition(competition), run)
 
 
 @main.command()
@@ -93,16 +89,14 @@ def predict(competition: str, run: str | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Check and record, but do not upload.")
 def submit(competition: str, run: str | None, message: str, dry_run: bool) -> None:
     """Check the run's submission and upload it to Kaggle (or score it locally), then record it."""
-    pipeline.submit(load_competition(competition), run, message, dry_run)
+    commands.submit(load_competition(competition), run, message, dry_run)
 
 
 @main.command("ledger")
 @COMPETITION
 def ledger_command(competition: str) -> None:
     """Refresh leaderboard scores from Kaggle and show them next to CV for every submission."""
-    config = load_competition(competition)
-    table = pipeline.ledger(config)
-    click.echo(table.to_string(index=False) if len(table) else f"no submissions of {config.name} yet")
+    commands.ledger(load_competition(competition))
 
 
 @main.command("new")
@@ -112,7 +106,7 @@ def ledger_command(competition: str) -> None:
 @click.option("--from-raw", is_flag=True, help="Use the files already in data/raw/NAME instead of downloading.")
 def new(name: str, slug: str, metric: str | None, from_raw: bool) -> None:
     """Fork the kit for a new competition: download, inspect, write competitions/NAME/competition.toml."""
-    pipeline.new_competition(name, slug, metric, from_raw)
+    commands.new_competition(name, slug, metric, from_raw)
 
 
 @main.command()
@@ -120,19 +114,14 @@ def new(name: str, slug: str, metric: str | None, from_raw: bool) -> None:
 @click.argument("run", required=False)
 def report(competition: str, run: str | None) -> None:
     """Write a run's self-contained HTML report (default: the newest run) into its folder."""
-    from kit.report import report_run
-
-    click.echo(f"report {report_run(load_competition(competition), run)}")
+    commands.report(load_competition(competition), run)
 
 
 @main.command()
 @COMPETITION
 def runs(competition: str) -> None:
     """Table of the competition's runs: CV, time and the settings that differ between them."""
-    from kit.report import runs_table
-
-    table = runs_table(load_competition(competition))
-    click.echo(table.to_string(index=False) if len(table) else "no runs yet")
+    commands.runs(load_competition(competition))
 
 
 @main.command()
@@ -140,14 +129,15 @@ def runs(competition: str) -> None:
 @click.argument("run_ids", nargs=-1, required=True, metavar="RUN[@WEIGHTS[:plain]] ...")
 def ensemble(competition: str, run_ids: tuple[str, ...]) -> None:
     """Blend runs with weights fitted on OOF log loss, calibrate, and write the submission."""
-    from kit.ensemble import ensemble_runs
-    from kit.runs import read_json
+    commands.ensemble(load_competition(competition), list(run_ids))
 
-    run_dir = ensemble_runs(load_competition(competition), list(run_ids))
-    summary = read_json(run_dir / "metrics.json")
-    weights = ", ".join(f"{name} {weight:.3f}" for name, weight in zip(summary["ensemble"]["runs"], summary["ensemble"]["weights"], strict=True))
-    click.echo(f"ensemble {run_dir.name}: OOF {summary['metric']} {summary['cv']:.4f} (weights {weights}); "
-               f"submission {read_json(run_dir / 'submission.json')['file']}")
+
+@main.command("config")
+@COMPETITION
+@OVERRIDES
+def config_command(competition: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config: every key, its value and its source (default, toml or --set)."""
+    commands.show_config(competition, overrides)
 
 
 if __name__ == "__main__":

@@ -8,26 +8,27 @@ impossible combination is a one-line `ConfigError` naming the file, the key and 
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import tomllib
 
-# Everything (competitions/, data/, runs/, submissions/) lives under the project root; tests point
-# KIT_PROJECT_ROOT at a temporary copy so they never touch the real folders.
-PROJECT_ROOT = Path(os.environ.get("KIT_PROJECT_ROOT") or Path(__file__).resolve().parent.parent)
-COMPETITIONS_DIR = PROJECT_ROOT / "competitions"
+from kit import paths
 
-LABEL_SOURCES = ("csv", "filenames", "folders")
-SUBMISSION_FORMATS = ("probabilities", "binary", "label")
-SCHEDULES = ("sgdr", "one_cycle")
-OPTIMIZERS = ("adamw", "sgd")
-PREDICT_WEIGHTS = ("snapshots", "last", "best")
+# The names kit.metrics.METRICS registers (a test keeps the two equal); here, so that loading a config
+# needs no scikit-learn.
+MetricName = Literal["accuracy", "log_loss", "f1_micro"]
+LabelSource = Literal["csv", "filenames", "folders"]
+SubmissionFormat = Literal["probabilities", "binary", "label"]
+AugmentPreset = Literal["side_on", "top_down", "none"]  # kit.data.augment.PRESETS
+PaddingMode = Literal["reflect", "constant", "edge"]  # kit.data.augment.PADDING_MODES
+Optimizer = Literal["adamw", "sgd"]
+ScheduleKind = Literal["sgdr", "one_cycle"]
+PredictWeights = Literal["snapshots", "last", "best"]
 LAYER_GROUPS = 3  # early body, late body, head: the lesson's three learning rates
 
 
@@ -38,13 +39,13 @@ class ConfigError(click.ClickException):
 @dataclass(frozen=True)
 class CompetitionSection:
     kaggle: str = ""  # Kaggle slug, e.g. "dog-breed-identification"; empty when hooks.py builds the data
-    metric: str = "log_loss"  # a name in kit.metrics.METRICS; decides the best checkpoint and the submission's file name
+    metric: MetricName = "log_loss"  # a name in kit.metrics.METRICS; decides the best checkpoint and the submission's file name
     description: str = ""
 
 
 @dataclass(frozen=True)
 class DataSection:
-    labels: str = "csv"  # where labels come from: "csv", "filenames" (cat.12.jpg) or "folders" (train/cat/)
+    labels: LabelSource = "csv"  # where labels come from: "csv", "filenames" (cat.12.jpg) or "folders" (train/cat/)
     labels_csv: str = "labels.csv"  # relative to data/raw/<name>; used when labels = "csv"
     id_column: str = "id"
     label_column: str = "label"
@@ -59,7 +60,7 @@ class DataSection:
 
 @dataclass(frozen=True)
 class SubmissionSection:
-    format: str = "probabilities"  # one column per class; "binary": one P(positive); "label": the class
+    format: SubmissionFormat = "probabilities"  # one column per class; "binary": one P(positive); "label": the class
     id_column: str = "id"
     label_column: str = "label"  # the column holding P(positive) or the class, for binary and label formats
     positive_class: str = ""  # for format = "binary": the class whose probability is submitted
@@ -68,8 +69,8 @@ class SubmissionSection:
 
 @dataclass(frozen=True)
 class AugmentSection:
-    preset: str = "side_on"  # "side_on" (photos), "top_down" (satellite, microscopy) or "none"
-    padding_mode: str = "reflect"  # how rotations fill the corners: "reflect", "constant", "edge"
+    preset: AugmentPreset = "side_on"  # "side_on" (photos), "top_down" (satellite, microscopy) or "none"
+    padding_mode: PaddingMode = "reflect"  # how rotations fill the corners: "reflect", "constant", "edge"
     # Extra albumentations transforms, e.g. [{name = "Blur", blur_limit = 3, p = 0.2}]
     transforms: tuple[dict, ...] = ()
 
@@ -82,17 +83,21 @@ class TrainSection:
     batch_size: int = 64  # images per step (per GPU)
     epochs: int = 3  # used when no [[stages]] are given: one stage of this many epochs
     lr: float = 1e-3  # peak learning rate, for batch_size images per step
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     weight_decay: float = 0.01
-    schedule: str = "sgdr"  # "sgdr" (cosine with warm restarts) or "one_cycle" (warm-up then cosine)
+    schedule: ScheduleKind = "sgdr"  # "sgdr" (cosine with warm restarts) or "one_cycle" (warm-up then cosine)
     folds: int = 5  # stratified K-fold; `--fold all` trains every one
     seed: int = 42
-    tta: int = 0  # test-time augmentation: number of augmented views added to the plain one
-    snapshot_ensemble: int = 3  # prediction averages the last N snapshots (when stages save them)
-    predict_weights: str = "snapshots"  # "snapshots", "last" or "best" (by validation metric)
     num_workers: int = -1  # DataLoader workers; -1: all cores on a GPU box, 0 (in-process) on a CPU
     compile: bool = False  # torch.compile the model (CUDA only)
     lr_find: bool = False  # run the LR finder before the first stage and print its suggestion
+
+
+@dataclass(frozen=True)
+class PredictSection:
+    tta: int = 0  # test-time augmentation: number of augmented views added to the plain one
+    snapshot_ensemble: int = 3  # prediction averages the last N snapshots (when stages save them)
+    weights: PredictWeights = "snapshots"  # "snapshots", "last" or "best" (by validation metric)
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class Config:
     submission: SubmissionSection = field(default_factory=SubmissionSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
     train: TrainSection = field(default_factory=TrainSection)
+    predict: PredictSection = field(default_factory=PredictSection)
     stages: tuple[Stage, ...] = ()
 
     @property
@@ -128,6 +134,22 @@ class Config:
 
     def stage_epochs(self, stage: Stage) -> float:
         return total_epochs(stage.n_cycles, stage.cycle_len, stage.cycle_mult)
+
+    def stage_image_size(self, stage: Stage) -> int:
+        return stage.image_size or self.train.image_size
+
+    def stage_batch_size(self, stage: Stage) -> int:
+        """As given, or train.batch_size scaled with the pixel count so memory stays about the same."""
+        if stage.batch_size:
+            return stage.batch_size
+        scale = (self.train.image_size / self.stage_image_size(stage)) ** 2
+        return max(8, min(4 * self.train.batch_size, int(self.train.batch_size * scale) // 8 * 8))
+
+    def stage_learning_rates(self, stage: Stage) -> list[float]:
+        """One learning rate per layer group (early body, late body, head), for stage_batch_size images."""
+        if isinstance(stage.lr, tuple):
+            return list(stage.lr)
+        return [stage.lr or self.train.lr] * LAYER_GROUPS
 
     def to_dict(self) -> dict[str, Any]:
         result = dataclasses.asdict(self)
@@ -141,6 +163,7 @@ SECTIONS = {
     "submission": SubmissionSection,
     "augment": AugmentSection,
     "train": TrainSection,
+    "predict": PredictSection,
 }
 
 
@@ -151,6 +174,8 @@ def total_epochs(n_cycles: int, cycle_len: float, cycle_mult: float) -> float:
 
 def _matches(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return value in typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, option) for option in typing.get_args(annotation))
     if annotation is type(None):
@@ -166,6 +191,8 @@ def _matches(value: Any, annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(typing.get_args(annotation))
     return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
@@ -180,9 +207,9 @@ def _build(cls: type, table: Any, where: str, file: Path) -> Any:
         if key not in allowed:
             raise ConfigError(f"{file}: unknown key '{where}.{key}'; allowed keys: {', '.join(allowed)}")
         if not _matches(value, hints[key]):
-            raise ConfigError(
-                f"{file}: '{where}.{key}' = {value!r} should be {_type_name(hints[key])}"
-            )
+            wanted = _type_name(hints[key])
+            verb = "is not" if wanted.startswith("one of") else "should be"
+            raise ConfigError(f"{file}: '{where}.{key}' = {value!r} {verb} {wanted}")
         if isinstance(value, list):
             value = tuple(value)
         if hints[key] is float and isinstance(value, int):
@@ -191,22 +218,9 @@ def _build(cls: type, table: Any, where: str, file: Path) -> Any:
     return cls(**values)
 
 
-def _check_choice(file: Path, key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{file}: '{key}' = {value!r} is not one of {', '.join(choices)}")
-
-
 def _validate(config: Config) -> None:
     """Cross-field checks that types alone cannot express."""
-    from kit import augment, metrics  # late imports: they need albumentations and sklearn; config stays light
-
     file = config.path
-    _check_choice(file, "competition.metric", config.competition.metric, tuple(metrics.METRICS))
-    _check_choice(file, "data.labels", config.data.labels, LABEL_SOURCES)
-    _check_choice(file, "submission.format", config.submission.format, SUBMISSION_FORMATS)
-    _check_choice(file, "train.optimizer", config.train.optimizer, OPTIMIZERS)
-    _check_choice(file, "train.schedule", config.train.schedule, SCHEDULES)
-    _check_choice(file, "train.predict_weights", config.train.predict_weights, PREDICT_WEIGHTS)
     if config.submission.format == "binary" and not config.submission.positive_class:
         raise ConfigError(f"{file}: submission.format = 'binary' needs 'submission.positive_class'")
     for key in ("image_size", "batch_size", "epochs", "folds"):
@@ -228,7 +242,6 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"{where}: lr has {len(stage.lr)} values; give one, or {LAYER_GROUPS} (early, late, head)"
             )
-    augment.check_config(config)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -266,8 +279,7 @@ def _apply_override(raw: dict, key: str, value: Any, file: Path) -> None:
         raise ConfigError(f"--set {key}: write section.key or stages.N.key; sections: {', '.join(SECTIONS)}")
 
 
-def load_config(path: Path, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read, override and validate one competition.toml."""
+def _read_toml(path: Path) -> dict:
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
@@ -275,9 +287,51 @@ def load_config(path: Path, overrides: typing.Sequence[str] = ()) -> Config:
     for key in ("name", "path"):  # config_from_dict drops these (a run's config.json has them); a TOML may not
         if key in raw:
             raise ConfigError(f"{path}: unknown top-level key '{key}'; the competition's name is its folder's name")
+    return raw
+
+
+def load_config(path: Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read, override and validate one competition.toml."""
+    raw = _read_toml(path)
     for text in overrides:
         _apply_override(raw, *parse_override(text), path)
     return config_from_dict(raw, path)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}, 'stages': [{'lr': 2}]} -> {'train.lr': 1, 'stages.0.lr': 2}; other lists stay whole."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
+    if isinstance(value, (list, tuple)) and value and all(isinstance(item, dict) and item for item in value):
+        return {k: v for index, item in enumerate(value) for k, v in flatten(item, f"{prefix}{index}.").items()}
+    return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
+
+
+def value_sources(path: Path, overrides: typing.Sequence[str] = ()) -> list[tuple[str, Any, str]]:
+    """Every resolved key of a competition as (key, value, source), source being "default", "toml" or "--set".
+
+    A key is "--set" when an override names it (or a table holding it, such as `stages`), "toml" when
+    the file states it, else "default".
+    """
+    config = load_config(path, overrides)
+    from_file = flatten(_read_toml(path))
+    overridden = []
+    for text in overrides:
+        key, _ = parse_override(text)
+        if "." not in key and key != "stages":  # a bare key: the section that owns it
+            owners = [name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+            key = f"{owners[0]}.{key}" if owners else key
+        overridden.append(key)
+    rows = []
+    for key, value in flatten({k: v for k, v in config.to_dict().items() if k not in ("name", "path")}).items():
+        if any(key == name or key.startswith(name + ".") for name in overridden):
+            source = "--set"
+        elif key in from_file or (key.startswith("stages.") and "stages" in from_file):
+            source = "toml"
+        else:
+            source = "default"
+        rows.append((key, value, source))
+    return rows
 
 
 def config_from_dict(raw: dict, path: Path) -> Config:
@@ -300,7 +354,7 @@ def config_from_dict(raw: dict, path: Path) -> Config:
 
 
 def competition_names() -> list[str]:
-    return sorted(p.parent.name for p in COMPETITIONS_DIR.glob("*/competition.toml"))
+    return sorted(p.parent.name for p in paths.competitions_dir().glob("*/competition.toml"))
 
 
 def resolve_name(query: str) -> str:
@@ -309,7 +363,7 @@ def resolve_name(query: str) -> str:
     slugs = {}
     for name in names:
         try:
-            slugs[name] = tomllib.loads((COMPETITIONS_DIR / name / "competition.toml").read_text()).get(
+            slugs[name] = tomllib.loads(paths.competition_file(name).read_text()).get(
                 "competition", {}
             ).get("kaggle", "")
         except tomllib.TOMLDecodeError:
@@ -326,5 +380,5 @@ def resolve_name(query: str) -> str:
 
 
 def load_competition(query: str, overrides: typing.Sequence[str] = ()) -> Config:
-    return load_config(COMPETITIONS_DIR / resolve_name(query) / "competition.toml", overrides)
+    return load_config(paths.competition_file(resolve_name(query)), overrides)
 

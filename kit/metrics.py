@@ -15,10 +15,19 @@ class Metric(NamedTuple):
     higher_is_better: bool
 
 
+# Kaggle's own clip for log loss; it leaves any real probability as it is.
+NO_CLIP = 1e-15
+
+
+def clip_and_renormalise(probabilities: np.ndarray, epsilon: float = NO_CLIP) -> np.ndarray:
+    """Each row clipped to [epsilon, 1 - epsilon] and renormalised to sum to one, as Kaggle scores log loss."""
+    clipped = np.clip(probabilities, epsilon, 1 - epsilon)
+    return clipped / clipped.sum(1, keepdims=True)
+
+
 def _log_loss(targets: np.ndarray, probabilities: np.ndarray) -> float:
-    # Kaggle clips at 1e-15 and renormalises rows; do the same, so float32 softmax rounding is not an issue.
-    clipped = np.clip(probabilities, 1e-15, 1 - 1e-15)
-    clipped = clipped / clipped.sum(1, keepdims=True)
+    # Clipped as Kaggle does, so float32 softmax rounding is not an issue.
+    clipped = clip_and_renormalise(probabilities)
     return float(sklearn_log_loss(targets, clipped, labels=list(range(probabilities.shape[1]))))
 
 

@@ -13,7 +13,8 @@ import timm
 import torch
 from torch import nn
 
-from kit.config import LAYER_GROUPS
+from kit.config import LAYER_GROUPS, Config
+from kit.files import atomic_path
 
 
 def _offline_efficientnet_lite0(model: nn.Module) -> None:
@@ -116,10 +117,13 @@ def parameter_groups(model: nn.Module, learning_rates: list[float]) -> list[dict
     return groups
 
 
+def weights_meta(config: Config, classes: list[str]) -> dict:
+    """What a checkpoint says it is; a checkpoint is loaded only into a model it matches."""
+    return {"model": config.train.model, "classes": classes}
+
+
 def save_weights(model: nn.Module, path: Path, meta: dict) -> None:
     """State dict plus what it is (model name, classes), written atomically."""
-    from kit.runs import atomic_path
-
     state = {key: value.detach().cpu() for key, value in unwrap(model).state_dict().items()}
     with atomic_path(path) as temporary:
         torch.save({"state_dict": state, "meta": meta}, temporary)

@@ -16,11 +16,13 @@ import click
 import numpy as np
 import torch
 
-from kit import pipeline, stage, train
+from kit import commands
 from kit.config import load_competition
-from kit.data import load_folds, load_labels
+from kit.data.folds import load_folds
+from kit.data.labels import load_labels
+from kit.device import device
 from kit.models import create_model
-from kit.predict import device
+from kit.train import loop, stage
 
 
 def epoch_seconds(config, stage_index: int, state: stage.FoldState) -> tuple[float, float]:
@@ -28,7 +30,7 @@ def epoch_seconds(config, stage_index: int, state: stage.FoldState) -> tuple[flo
     one-off set-up or checkpoint writes; wall seconds of the whole stage)."""
     started = time.perf_counter()
     first = len(state.history)
-    train.run_stage(config, stage_index, state, progress=False)
+    loop.run_stage(config, stage_index, state, progress=False)
     wall = time.perf_counter() - started
     return float(np.median([record["seconds"] for record in state.history[first + 1 :]])), wall
 
@@ -39,7 +41,7 @@ def epoch_seconds(config, stage_index: int, state: stage.FoldState) -> tuple[flo
 @click.option("--epochs", default=4, help="Epochs per stage; the first of each is not counted.")
 def main(model: str, image_size: int, epochs: int) -> None:
     base = load_competition("digits")
-    pipeline.download(base)
+    commands.download(base)
     stages = (
         f"stages=[{{name='precomputed', freeze_to=-1, precompute=true, augment=false, cycle_len={epochs}}},"
         f" {{name='frozen-augmented', freeze_to=-1, precompute=false, augment=true, cycle_len={epochs}}}]"

@@ -29,8 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kit import augment, cache, loader, models, predict, stage
+from kit import device, models
 from kit.config import config_from_dict
+from kit.data import augment, loader
+from kit.data.images import image_cache
+from kit.predict.inference import view_probabilities
+from kit.train import stage
 
 CLASSES = 10
 
@@ -113,7 +117,7 @@ def device_name() -> str:
 @click.option("--tta", default=2, show_default=True, help="Augmented views added in the TTA measurement.")
 @click.option("--compile", "compiled", is_flag=True, help="torch.compile the model (CUDA only, as train.compile).")
 def main(model_name, image_size, batch_size, images, source_size, steps, warmup, workers, repeats, tta, compiled) -> None:
-    target = predict.device()
+    target = device.device()
     config = config_from_dict(
         {"train": {"model": model_name, "pretrained": False, "image_size": image_size, "batch_size": batch_size},
          "augment": {"preset": "side_on"}},
@@ -128,9 +132,9 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
     optimizer = stage.make_optimizer(config, models.parameter_groups(model, [config.train.lr] * 3))
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
 
-    def stage_data(raw: bool) -> stage.StageData:
+    def stage_data(raw: bool) -> stage.PreparedStage:
         """What kit.stage.train_step needs: uint8 images (raw) or already-normalised float batches."""
-        return stage.StageData(forward, optimizer, [config.train.lr] * 3, None, None, None, image_size, batch_size, raw, torch.Generator())
+        return stage.PreparedStage(forward, optimizer, [config.train.lr] * 3, None, None, None, image_size, batch_size, raw, torch.Generator())
 
     raw_stage, float_stage = stage_data(True), stage_data(False)
     models.train_mode(model)
@@ -140,7 +144,7 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
         paths = write_jpegs(folder, images, *source_size)
         written = time.perf_counter() - started
         started = time.perf_counter()
-        cached, _ = cache.image_cache(paths, image_size, Path(scratch) / "cache", "bench")
+        cached, _ = image_cache(paths, image_size, Path(scratch) / "cache", "bench")
         cache_rate = images / (time.perf_counter() - started)
         targets = np.array([int(path.parent.name.split("-")[1]) for path in paths], dtype=np.int64)
 
@@ -148,7 +152,7 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
         synthetic = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, device=target)
         synthetic_targets = torch.randint(0, CLASSES, (batch_size,), device=target)
 
-        def step(data: stage.StageData) -> Callable:
+        def step(data: stage.PreparedStage) -> Callable:
             def work(inputs, labels):
                 models.train_mode(model)
                 stage.train_step(data, model, inputs, labels)
@@ -182,13 +186,13 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
         def infer(inputs, labels):
             model.eval()
             with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
-                forward(predict.to_input(inputs, mean, std, target)).float().softmax(1)
+                forward(device.to_input(inputs, mean, std, target)).float().softmax(1)
 
         big = torch.randint(0, 256, (inference_batch, image_size, image_size, 3), dtype=torch.uint8, device=target)
 
         def kit_predict(views: int) -> Callable[[], int]:
             def run() -> int:
-                predict.predict_probabilities(forward, cached, inference_batch, mean, std, "side_on", views)
+                view_probabilities(forward, cached, inference_batch, "side_on", views)
                 return images * (1 + views)  # forward passes: one per image and view
 
             return run

@@ -16,19 +16,20 @@ import click
 import pandas as pd
 import torch
 
-from kit import pipeline
+from kit import commands
 from kit.config import load_competition
+from kit.files import read_json
 from kit.hooks import load_hooks
-from kit.runs import raw_dir, read_json
+from kit.paths import raw_dir
 
-PLAIN = ["stages=[]", "train.epochs=6", "train.image_size=64", "train.tta=0", "train.lr=2e-3", "train.lr_find=false"]
+PLAIN = ["stages=[]", "train.epochs=6", "train.image_size=64", "predict.tta=0", "train.lr=2e-3", "train.lr_find=false"]
 
 
 def train_and_score(overrides: list[str]) -> dict:
     config = load_competition("digits", overrides)
     started = time.time()
-    run_dir = pipeline.train_run(config, "0")
-    csv = pipeline.predict_run(config, run_dir.name)
+    run_dir = commands.train(config, "0")
+    csv = commands.predict(config, run_dir.name)
     minutes = (time.time() - started) / 60
     frame = pd.read_csv(csv, dtype=str)
     leaderboard = load_hooks(config)["score"](frame, raw_dir(config))["accuracy"]
@@ -37,7 +38,7 @@ def train_and_score(overrides: list[str]) -> dict:
 
 @click.command()
 def main() -> None:
-    pipeline.download(load_competition("digits"))
+    commands.download(load_competition("digits"))
     plain = train_and_score(PLAIN)
     recipe = train_and_score([])
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"

@@ -1,4 +1,9 @@
-"""Shared fixtures: an isolated project tree, so tests never touch the real data/, runs/ or submissions/."""
+"""Shared fixtures and helpers: an isolated project tree (so tests never touch the real data/, runs/ or
+submissions/), the digits competition downloaded once per test run, one `invoke` for the CLI, and the
+tiny-model overrides that keep training tests to seconds on a CPU.
+
+Marks: `slow` (trains a model for more than a few seconds); `make test-fast` skips them.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,51 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-import kit.config
-import kit.runs
-import kit.submission
+from click.testing import CliRunner, Result
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+def invoke(*arguments) -> Result:
+    """Run `kit ARGUMENTS...` in this process (click's runner), as a user would type it."""
+    from kit.cli import main
+
+    return CliRunner().invoke(main, [str(argument) for argument in arguments])
+
+
+def _copy_competitions(root: Path) -> None:
+    shutil.copytree(REPO / "competitions", root / "competitions", ignore=shutil.ignore_patterns("__pycache__"))
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
-    """A temporary project root with a copy of competitions/; kit's paths point into it.
-
-    Subprocesses inherit KIT_PROJECT_ROOT, so `python -m kit ...` run by a test also stays inside it.
-    """
+    """A temporary project root with a copy of competitions/: kit.paths reads KIT_PROJECT_ROOT at call
+    time, and subprocesses (`python -m kit ...`) inherit it, so both stay inside."""
     root = tmp_path / "project"
-    shutil.copytree(REPO / "competitions", root / "competitions", ignore=shutil.ignore_patterns("__pycache__"))
+    _copy_competitions(root)
     monkeypatch.setenv("KIT_PROJECT_ROOT", str(root))
-    monkeypatch.setattr(kit.config, "PROJECT_ROOT", root)
-    monkeypatch.setattr(kit.config, "COMPETITIONS_DIR", root / "competitions")
-    monkeypatch.setattr(kit.runs, "DATA_DIR", root / "data")
-    monkeypatch.setattr(kit.runs, "RUNS_DIR", root / "runs")
-    monkeypatch.setattr(kit.runs, "SUBMISSIONS_DIR", root / "submissions")
-    monkeypatch.setattr(kit.submission, "SUBMISSIONS_DIR", root / "submissions")
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_download(tmp_path_factory) -> Path:
+    """data/raw/digits made once per test run (by the competition's own download hook); tests copy it."""
+    root = tmp_path_factory.mktemp("digits-download")
+    _copy_competitions(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KIT_PROJECT_ROOT", str(root))
+        from kit import commands
+        from kit.config import load_competition
+
+        commands.download(load_competition("digits"))
+    return root / "data" / "raw" / "digits"
+
+
+def copy_download(source: Path, project: Path, name: str = "digits") -> Path:
+    """A finished download copied into the project (copies, so a test may damage its own)."""
+    target = project / "data" / "raw" / name
+    shutil.copytree(source, target)
+    return target
 
 
 # Small and fast on a 2-core CPU: a tiny timm model from scratch, 32 px, few epochs.
@@ -48,32 +74,33 @@ TINY = [
 def tiny_recipe(cycles: tuple[int, ...], tta: int) -> list[str]:
     """TINY, but keeping the competition's own stages, each cut to `cycles[i]` cycles: its recipe, in seconds."""
     kept = [value for value in TINY if not value.startswith("stages")]
-    return [*kept, *(f"stages.{index}.n_cycles={count}" for index, count in enumerate(cycles)), f"train.tta={tta}"]
+    return [*kept, *(f"stages.{index}.n_cycles={count}" for index, count in enumerate(cycles)), f"predict.tta={tta}"]
 
 
 @pytest.fixture
-def digits(project):
+def digits(project, digits_download):
     """The embedded digits competition, downloaded into the temporary project; returns a loader of
     its config with the tiny-model overrides plus any extra `key=value` strings."""
-    from kit import pipeline
     from kit.config import load_competition
 
-    pipeline.download(load_competition("digits"))
+    copy_download(digits_download, project)
     return lambda *extra: load_competition("digits", [*TINY, *extra])
 
 
 def fold_state(config, fold_dir):
-    """Fold 0 of a loaded competition, ready for kit.stage / kit.train: a fresh model, seeded."""
+    """Fold 0 of a loaded competition, ready for kit.train.stage / kit.train.loop: a fresh model, seeded."""
     import numpy as np
     import torch
 
-    from kit import models, stage
-    from kit.data import load_folds, load_labels
+    from kit import models
+    from kit.data.folds import load_folds
+    from kit.data.labels import load_labels
+    from kit.train import stage
 
     labels = load_labels(config)
     folds = load_folds(config, labels)
     torch.manual_seed(0)
     model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
     rows = np.arange(len(labels.ids))
-    meta = {"model": config.train.model, "classes": labels.classes}
+    meta = models.weights_meta(config, labels.classes)
     return stage.FoldState(model, labels, rows[folds != 0], rows[folds == 0], fold_dir, meta, [])

@@ -25,7 +25,7 @@ from kit.cli import main
 from kit.config import load_competition
 
 # TINY with a one-step stage and no TTA views: a whole training run takes a few seconds on a loaded CPU.
-QUICK = [*TINY, "stages=[{cycle_len=0.05}]", "train.tta=0"]
+QUICK = [*TINY, "stages=[{cycle_len=0.05}]", "predict.tta=0"]
 TRAIN_CSV_ROW = 2  # the first data row of a CSV is row 2: row 1 is the header
 
 
@@ -141,11 +141,11 @@ def digits(project, module_cache):
 
     Made once per module by the competition's download hook, then copied (file times kept).
     """
-    from kit import pipeline
+    from kit import commands
 
     cached = module_cache / "raw-digits"
     if not cached.exists():
-        pipeline.download(load_competition("digits"))
+        commands.download(load_competition("digits"))
         keep_a_few(raw(project))
         shutil.copytree(raw(project), cached)
     else:
@@ -161,11 +161,11 @@ def trained(digits, project, module_cache) -> Path:
     """
     cached = module_cache / "trained"
     if not cached.exists():
-        from kit import pipeline
+        from kit import commands
 
         config = digits(*QUICK[len(TINY) :])
-        pipeline.train_run(config, "0")
-        pipeline.predict_run(config, None)
+        commands.train(config, "0")
+        commands.predict(config, None)
         for part in ("data/interim", "runs", "submissions"):
             shutil.copytree(project / part, cached / part, symlinks=True)
     else:

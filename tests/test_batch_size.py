@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import fold_state
 
-from kit import memory, schedule, stage, train
+from kit.train import batch_size as memory
+from kit.train import loop, schedule, stage
 
 
 def out_of_memory_above(limit: int, tried: list[int]):
@@ -56,7 +57,7 @@ def fake_gpu(monkeypatch):
             raise torch.OutOfMemoryError(f"CUDA out of memory (simulated): {len(targets)} images")
         return step(data, model, inputs, targets)
 
-    monkeypatch.setattr(train, "train_step", step_with_memory)
+    monkeypatch.setattr(loop, "train_step", step_with_memory)
 
 
 
@@ -66,7 +67,7 @@ def test_probing_changes_no_weight_statistic_or_optimizer_state(digits, tmp_path
     state = fold_state(config, tmp_path)
     data = stage.prepare_stage(config, 0, state)
     before = {name: tensor.clone() for name, tensor in state.model.state_dict().items()}
-    assert memory.probe_batch_size(data, state.model, train.train_step) == 16
+    assert memory.probe_batch_size(data, state.model, loop.train_step) == 16
     assert all(torch.equal(before[name], tensor) for name, tensor in state.model.state_dict().items())
     assert len(data.optimizer.state) == 0
 
@@ -74,7 +75,7 @@ def test_probing_changes_no_weight_statistic_or_optimizer_state(digits, tmp_path
 def test_a_stage_that_does_not_fit_trains_at_half_batches_with_scaled_rates(digits, tmp_path, fake_gpu, capsys):
     config = digits("stages.0.cycle_len=0.25")  # batch 64 at 3e-3: 64 -> 32 -> 16 fits, so rates x 1/4
     state = fold_state(config, tmp_path)
-    train.run_stage(config, 0, state, progress=False)
+    loop.run_stage(config, 0, state, progress=False)
     (record,) = state.history
     steps_per_epoch = int(np.ceil(len(state.train_rows) / 16))
     steps = round(0.25 * steps_per_epoch)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kit import cache
+from kit.data import images as image_cache_module
 
 
 def random_pixels(seed: int, height: int = 32, width: int = 32) -> np.ndarray:
@@ -31,21 +31,21 @@ def images(tmp_path) -> tuple[list[Path], list[np.ndarray]]:
 
 @pytest.fixture
 def decode_count(monkeypatch) -> list[Path]:
-    """The paths kit.cache decodes, in a list that grows with every decode."""
+    """The paths kit.data.images decodes, in a list that grows with every decode."""
     decoded: list[Path] = []
-    original = cache.decode
+    original = image_cache_module.decode
 
     def counting(path, image_size):
         decoded.append(path)
         return original(path, image_size)
 
-    monkeypatch.setattr(cache, "decode", counting)
+    monkeypatch.setattr(image_cache_module, "decode", counting)
     return decoded
 
 
 def test_cache_round_trips_pixels_exactly(tmp_path, images):
     paths, pixels = images
-    array, problems = cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    array, problems = image_cache_module.image_cache(paths, 32, tmp_path / "interim", "train")
     assert problems == {}
     assert array.shape == (5, 32, 32, 3) and array.dtype == np.uint8
     for index, image in enumerate(pixels):
@@ -56,36 +56,36 @@ def test_cache_round_trips_pixels_exactly(tmp_path, images):
 def test_decode_resizes_the_shorter_side_and_centre_crops(tmp_path):
     wide = np.zeros((32, 64, 3), dtype=np.uint8)
     wide[:, 8:56] = 255  # a white centre band, wider than the crop: only the dark sides are cut
-    decoded = cache.decode(write_png(tmp_path / "wide.png", wide), 16)
+    decoded = image_cache_module.decode(write_png(tmp_path / "wide.png", wide), 16)
     assert decoded.shape == (16, 16, 3) and decoded.dtype == np.uint8
     assert decoded.min() >= 250  # the crop is the white centre
     gray = Image.fromarray(np.full((10, 10), 77, dtype=np.uint8))  # one channel in, three out
     gray.save(tmp_path / "gray.png")
-    assert np.array_equal(cache.decode(tmp_path / "gray.png", 10), np.full((10, 10, 3), 77, dtype=np.uint8))
+    assert np.array_equal(image_cache_module.decode(tmp_path / "gray.png", 10), np.full((10, 10, 3), 77, dtype=np.uint8))
 
 
 def test_cache_is_reused(tmp_path, images, decode_count):
     paths, pixels = images
-    first, _ = cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    first, _ = image_cache_module.image_cache(paths, 32, tmp_path / "interim", "train")
     assert len(decode_count) == 5
-    second, problems = cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    second, problems = image_cache_module.image_cache(paths, 32, tmp_path / "interim", "train")
     assert len(decode_count) == 5  # nothing decoded again
     assert problems == {} and np.array_equal(first, second)
     assert len(list((tmp_path / "interim").glob("*.npy"))) == 1
 
-    cache.image_cache(paths, 16, tmp_path / "interim", "train")  # another size is another cache
+    image_cache_module.image_cache(paths, 16, tmp_path / "interim", "train")  # another size is another cache
     assert len(decode_count) == 10
 
 
 def test_cache_is_rebuilt_when_a_source_image_changes(tmp_path, images, decode_count):
     paths, pixels = images
-    cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    image_cache_module.image_cache(paths, 32, tmp_path / "interim", "train")
     changed = random_pixels(99)
     write_png(paths[2], changed)
     later = paths[2].stat().st_mtime + 10  # seconds; a coarse file-system clock could miss the rewrite
     os.utime(paths[2], (later, later))
     decode_count.clear()
-    array, problems = cache.image_cache(paths, 32, tmp_path / "interim", "train")
+    array, problems = image_cache_module.image_cache(paths, 32, tmp_path / "interim", "train")
     assert len(decode_count) == 5 and problems == {}
     assert np.array_equal(array[2], changed) and np.array_equal(array[1], pixels[1])
 
@@ -101,7 +101,7 @@ def test_bad_files_are_reported_not_fatal(tmp_path, images, decode_count):
     missing = tmp_path / "train" / "missing.png"
     listed = [paths[0], zero_byte, corrupt, truncated, missing, paths[1]]
 
-    array, problems = cache.image_cache(listed, 32, tmp_path / "interim", "train")
+    array, problems = image_cache_module.image_cache(listed, 32, tmp_path / "interim", "train")
     assert set(problems) == {str(zero_byte), str(corrupt), str(truncated), str(missing)}
     assert problems[str(missing)] == "missing"
     assert all(problems[str(path)].startswith("unreadable") for path in (zero_byte, corrupt, truncated))
@@ -110,5 +110,5 @@ def test_bad_files_are_reported_not_fatal(tmp_path, images, decode_count):
     assert not array[1:5].any()  # bad images are black squares
 
     decode_count.clear()  # the report is kept with the cache and comes back with it
-    again, problems_again = cache.image_cache(listed, 32, tmp_path / "interim", "train")
+    again, problems_again = image_cache_module.image_cache(listed, 32, tmp_path / "interim", "train")
     assert decode_count == [] and problems_again == problems and np.array_equal(again, array)

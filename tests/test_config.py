@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kit import commands
 from kit.config import ConfigError, load_competition, parse_override, resolve_name
 
 
@@ -19,8 +20,9 @@ def write_competition(project: Path, name: str, text: str) -> Path:
 
 
 def config_error(name: str, overrides=()) -> str:
+    """The one-line error of loading a competition as `kit train` does (transforms checked too)."""
     with pytest.raises(ConfigError) as raised:
-        load_competition(name, overrides)
+        commands.load_for_training(name, tuple(overrides))
     message = raised.value.message
     assert "\n" not in message  # one line, shown without a traceback
     return message

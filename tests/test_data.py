@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kit import data
 from kit.config import load_competition
+from kit.data.folds import assign_folds, load_folds
+from kit.data.labels import load_labels, load_test
 
 
 def competition(project: Path, name: str, data_section: str = "", extra: str = "", overrides=()):
@@ -52,7 +53,7 @@ def test_labels_from_csv(project):
         project, "breeds", 'labels_csv = "labels.csv"\nid_column = "image"\nlabel_column = "breed"\nextension = ".jpg"'
     )
     write_csv(raw / "labels.csv", "image,breed,extra\n0a1,pug,x\n0a2,beagle,y\n0a3,pug,z\n007,akita,w")
-    labels = data.load_labels(config)
+    labels = load_labels(config)
     assert labels.ids == ["0a1", "0a2", "0a3", "007"]  # strings: the leading zeros survive
     assert labels.classes == ["akita", "beagle", "pug"]
     assert labels.targets.tolist() == [2, 1, 2, 0] and labels.targets.dtype == np.int64
@@ -64,7 +65,7 @@ def test_labels_from_file_names(project):
     for name in ["cat.12.jpg", "dog.3.jpg", "cat.0.jpg", "dog.12.jpg", "cat.1.JPG"]:
         image(raw / "train" / name)
     (raw / "train" / "notes.txt").write_text("not an image")
-    labels = data.load_labels(config)
+    labels = load_labels(config)
     assert [labels.classes[t] for t in labels.targets] == ["cat", "cat", "cat", "dog", "dog"]
     assert labels.classes == ["cat", "dog"]
     assert [p.name for p in labels.paths] == ["cat.0.jpg", "cat.1.JPG", "cat.12.jpg", "dog.12.jpg", "dog.3.jpg"]
@@ -76,7 +77,7 @@ def test_file_name_that_does_not_match_the_pattern(project):
     config, raw = competition(project, "cats", 'labels = "filenames"\nextension = ".png"')
     image(raw / "train" / "cat.1.png")
     image(raw / "train" / "nodot.png")
-    message = error_message(data.load_labels, config)
+    message = error_message(load_labels, config)
     assert "nodot.png" in message and "filename_pattern" in message
 
 
@@ -86,7 +87,7 @@ def test_file_name_that_does_not_match_the_pattern(project):
 def test_bad_file_name_pattern(project, pattern, expected):
     config, raw = competition(project, "cats", f"labels = \"filenames\"\nfilename_pattern = '{pattern}'")
     image(raw / "train" / "cat.1.jpg")
-    message = error_message(data.load_labels, config)
+    message = error_message(load_labels, config)
     assert str(config.path) in message and expected in message
 
 
@@ -94,7 +95,7 @@ def test_labels_from_one_folder_per_class(project):
     config, raw = competition(project, "flowers", 'labels = "folders"\nextension = ".png"')
     for path in ["train/rose/a.png", "train/rose/b.png", "train/tulip/a.png", "train/daisy/c.png"]:
         image(raw / path)
-    labels = data.load_labels(config)
+    labels = load_labels(config)
     assert labels.classes == ["daisy", "rose", "tulip"]
     assert labels.ids == ["daisy/c", "rose/a", "rose/b", "tulip/a"]
     assert labels.targets.tolist() == [0, 1, 1, 2]
@@ -104,21 +105,21 @@ def test_labels_from_one_folder_per_class(project):
 def test_no_download_says_how_to_get_it(project):
     (project / "competitions" / "later").mkdir()
     (project / "competitions" / "later" / "competition.toml").write_text("")
-    message = error_message(data.load_labels, load_competition("later"))
+    message = error_message(load_labels, load_competition("later"))
     assert "make download COMP=later" in message
 
 
 def test_label_csv_without_the_configured_columns(project):
     config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"\nlabel_column = "breed"')
     source = write_csv(raw / "labels.csv", "id,label\na,pug\nb,akita")
-    message = error_message(data.load_labels, config)
+    message = error_message(load_labels, config)
     assert str(source) in message and "'breed'" in message and "label_column" in message
 
 
 def test_missing_label_csv(project):
     config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"')
     write_csv(raw / "other.csv", "id,label\na,b")
-    assert str(raw / "labels.csv") in error_message(data.load_labels, config)
+    assert str(raw / "labels.csv") in error_message(load_labels, config)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,7 @@ def test_missing_label_csv(project):
 def test_bad_label_rows(project, rows, expected):
     config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"')
     source = write_csv(raw / "labels.csv", rows)
-    message = error_message(data.load_labels, config)
+    message = error_message(load_labels, config)
     assert str(source) in message
     assert all(part in message for part in expected), message
 
@@ -150,7 +151,7 @@ def test_test_ids_follow_sample_submission_order(project):
     for name in ["b", "a", "c"]:
         image(raw / "test" / f"{name}.png")
     write_csv(raw / "sample_submission.csv", "id,pug,akita\nc,0.5,0.5\na,0.5,0.5\nb,0.5,0.5")
-    test = data.load_test(config)
+    test = load_test(config)
     assert test.ids == ["c", "a", "b"]
     assert test.paths == [raw / "test" / f"{i}.png" for i in ["c", "a", "b"]]
 
@@ -160,7 +161,7 @@ def test_test_ids_from_the_folder_without_a_sample(project):
     for name in ["b", "a", "10"]:
         image(raw / "test" / f"{name}.png")
     (raw / "test" / "readme.txt").write_text("x")
-    test = data.load_test(config)
+    test = load_test(config)
     assert test.ids == ["10", "a", "b"]
     assert [p.name for p in test.paths] == ["10.png", "a.png", "b.png"]
 
@@ -168,14 +169,14 @@ def test_test_ids_from_the_folder_without_a_sample(project):
 def test_test_folder_with_no_images(project):
     config, raw = competition(project, "breeds", 'extension = ".png"')
     image(raw / "test" / "a.jpg")  # the wrong extension
-    message = error_message(data.load_test, config)
+    message = error_message(load_test, config)
     assert str(raw / "test") in message and "no test images" in message and "'.png'" in message
 
 
 def test_missing_test_folder(project):
     config, raw = competition(project, "breeds", 'test_dir = "test_images"')
     (raw / "train.csv").write_text("id,label\n")
-    message = error_message(data.load_test, config)
+    message = error_message(load_test, config)
     assert str(raw / "test_images") in message and "data.test_dir" in message
 
 
@@ -191,7 +192,7 @@ def test_bad_sample_submission(project, rows, expected):
     config, raw = competition(project, "breeds", 'extension = ".png"')
     image(raw / "test" / "a.png")
     sample = write_csv(raw / "sample_submission.csv", rows)
-    message = error_message(data.load_test, config)
+    message = error_message(load_test, config)
     assert str(sample) in message and all(part in message for part in expected), message
 
 
@@ -202,7 +203,7 @@ TARGETS = np.repeat([0, 1, 2], [30, 12, 8])  # unbalanced classes
 
 
 def test_folds_are_stratified():
-    folds = data.assign_folds(TARGETS, 4, seed=0)
+    folds = assign_folds(TARGETS, 4, seed=0)
     assert folds.shape == TARGETS.shape and set(folds.tolist()) == {0, 1, 2, 3}
     for fold in range(4):
         counts = np.bincount(TARGETS[folds == fold], minlength=3)
@@ -211,41 +212,41 @@ def test_folds_are_stratified():
 
 
 def test_folds_are_seeded():
-    first = data.assign_folds(TARGETS, 4, seed=1)
-    assert np.array_equal(first, data.assign_folds(TARGETS, 4, seed=1))
-    assert not np.array_equal(first, data.assign_folds(TARGETS, 4, seed=2))
+    first = assign_folds(TARGETS, 4, seed=1)
+    assert np.array_equal(first, assign_folds(TARGETS, 4, seed=1))
+    assert not np.array_equal(first, assign_folds(TARGETS, 4, seed=2))
 
 
 def test_too_few_images_of_a_class_for_the_folds():
     with pytest.raises(click.ClickException, match="lower train.folds"):
-        data.assign_folds(np.array([0, 0, 0, 1, 1, 1, 2]), 3, seed=0)
+        assign_folds(np.array([0, 0, 0, 1, 1, 1, 2]), 3, seed=0)
 
 
 def test_folds_are_written_once_and_reused(project):
     rows = "\n".join(f"img{i},{label}" for i, label in enumerate(["pug", "akita", "beagle"] * 6))
     config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"', "[train]\nfolds = 3\nseed = 7")
     write_csv(raw / "labels.csv", "id,label\n" + rows)
-    labels = data.load_labels(config)
-    folds = data.load_folds(config, labels)
+    labels = load_labels(config)
+    folds = load_folds(config, labels)
     path = project / "data" / "interim" / "breeds" / "folds.csv"
     saved = pd.read_csv(path, dtype=str)
     assert list(saved.columns) == ["id", "label", "fold"]
     assert list(saved["id"]) == labels.ids and saved["fold"].astype(int).tolist() == folds.tolist()
-    assert np.array_equal(folds, data.assign_folds(labels.targets, 3, 7))
+    assert np.array_equal(folds, assign_folds(labels.targets, 3, 7))
 
     written = path.stat().st_mtime_ns, path.read_bytes()
-    again = data.load_folds(config, labels)
+    again = load_folds(config, labels)
     assert np.array_equal(again, folds)
     assert (path.stat().st_mtime_ns, path.read_bytes()) == written  # read, not rewritten
 
     # The file is the record: an edited (still valid) split is what later runs use.
     edited = saved.assign(fold=np.roll(saved["fold"].astype(int).to_numpy(), 1))
     edited.to_csv(path, index=False)
-    assert np.array_equal(data.load_folds(config, labels), edited["fold"].to_numpy())
+    assert np.array_equal(load_folds(config, labels), edited["fold"].to_numpy())
 
     # Another fold count makes a new split.
     five = load_competition("breeds", ["train.folds=5"])
-    refolded = data.load_folds(five, labels)
+    refolded = load_folds(five, labels)
     assert set(refolded.tolist()) == {0, 1, 2, 3, 4}
     assert pd.read_csv(path)["fold"].tolist() == refolded.tolist()
 
@@ -254,10 +255,10 @@ def test_folds_are_rebuilt_when_the_images_change(project):
     rows = [f"img{i},{label}" for i, label in enumerate(["pug", "akita"] * 6)]
     config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"', "[train]\nfolds = 3")
     write_csv(raw / "labels.csv", "id,label\n" + "\n".join(rows))
-    data.load_folds(config, data.load_labels(config))
+    load_folds(config, load_labels(config))
     write_csv(raw / "labels.csv", "id,label\n" + "\n".join(rows + ["img99,pug", "img98,akita"]))
-    labels = data.load_labels(config)
-    folds = data.load_folds(config, labels)
+    labels = load_labels(config)
+    folds = load_folds(config, labels)
     assert len(folds) == 14
     assert list(pd.read_csv(project / "data" / "interim" / "breeds" / "folds.csv", dtype=str)["id"]) == labels.ids
 

@@ -74,10 +74,11 @@ def test_shards_split_one_shuffled_order_evenly():
 
 def report_each_rank() -> None:
     """`kit`, as torchrun starts it, with each rank printing its validation metric and each file it writes."""
-    from kit import cache, cli, runs, train
+    from kit import cli, files
+    from kit.train import loop
 
     rank = os.environ["RANK"]
-    evaluate, atomic_path = train.evaluate, runs.atomic_path
+    evaluate, atomic_path = loop.evaluate, files.atomic_path
     report_file = open(os.path.join(os.environ["RANK_REPORTS"], f"rank-{rank}.txt"), "a")  # noqa: SIM115
 
     def print(text, flush):  # noqa: A001 - this rank's own file
@@ -95,8 +96,14 @@ def report_each_rank() -> None:
         with atomic_path(target) as temporary:
             yield temporary
 
-    train.evaluate = reporting_evaluate
-    runs.atomic_path = cache.atomic_path = reporting_path
+    loop.evaluate = reporting_evaluate
+    import kit.commands  # noqa: F401 - loaded, so that every module that writes files is in sys.modules
+    from kit.data import images  # noqa: F401
+    from kit.train import features  # noqa: F401
+
+    for name, module in list(sys.modules.items()):  # every module that bound atomic_path by name
+        if name.startswith("kit") and getattr(module, "atomic_path", None) is files.atomic_path:
+            module.atomic_path = reporting_path
     cli.main()
 
 

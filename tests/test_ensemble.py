@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kit import calibrate, ensemble, pipeline
+from kit import commands
 from kit.cli import main
-from kit.data import load_labels
+from kit.data.labels import load_labels
+from kit.predict import calibrate, ensemble
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -112,9 +113,9 @@ def invoke(*arguments):
 
 def test_ensemble_of_two_digits_runs_beats_the_better_one_on_oof(digits, project):
     # Log loss as the metric, so calibration is fitted and applied end to end; fold 0 of 10 keeps it quick.
-    settings = ("competition.metric=log_loss", "train.folds=10", "train.lr=1e-2", "train.tta=0")
-    first = pipeline.train_run(digits(*settings), "0")
-    second = pipeline.train_run(digits(*settings, "train.seed=7"), "0")
+    settings = ("competition.metric=log_loss", "train.folds=10", "train.lr=1e-2", "predict.tta=0")
+    first = commands.train(digits(*settings), "0")
+    second = commands.train(digits(*settings, "train.seed=7"), "0")
     assert invoke("ensemble", "digits", first.name).exit_code == 1  # one run is not an ensemble
 
     result = invoke("ensemble", "digits", first.name, second.name)
@@ -172,9 +173,9 @@ def test_runs_that_cannot_be_blended_are_refused_in_one_line(digits, project):
 
 def test_kept_variants_of_one_run_blend_like_runs(digits, project):
     # Two snapshots, each kept with its plain view and one TTA view: four blendable variants of one run.
-    config = digits("stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "train.tta=1", "train.snapshot_ensemble=2",
+    config = digits("stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "predict.tta=1", "predict.snapshot_ensemble=2",
                     "competition.metric=log_loss")
-    run = pipeline.train_run(config, "0").name
+    run = commands.train(config, "0").name
     assert invoke("predict", "digits", run).exit_code == 0
     result = invoke("ensemble", "digits", f"{run}@snapshot-1", f"{run}@snapshot-2:plain", f"{run}@snapshot-2")
     assert result.exit_code == 0, result.output

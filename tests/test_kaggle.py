@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from kaggle_standin import STANDIN_KEY, STANDIN_USERNAME, KaggleStandIn, kaggle_env, make_zip
 
-from kit import kaggle
+from kit.kaggle import client as kaggle
 
 SLUG = "dog-breeds"
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from conftest import tiny_recipe
 from kaggle_standin import STANDIN_KEY, KaggleStandIn, image_bytes, kaggle_env, make_zip
 
-from kit import submission
 from kit.cli import main
 from kit.config import load_competition, resolve_name
+from kit.predict import submission
 
 DOG_SLUG = "dog-breed-identification"
 CATS_SLUG = "dogs-vs-cats-redux-kernels-edition"

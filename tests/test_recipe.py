@@ -7,12 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import fold_state
+from conftest import TINY, fold_state
 
-from kit import cache, lr_find, predict, stage, train
+from kit import commands, device
 from kit.config import ConfigError
-from kit.data import load_labels
-from kit.runs import interim_dir, new_run
+from kit.data.images import image_cache
+from kit.data.labels import load_labels
+from kit.paths import interim_dir
+from kit.predict import inference
+from kit.run_folder import new_run_dir
+from kit.train import loop, lr_find, stage
+from kit.train.features import body_features_cached
 
 
 def snapshot(model):
@@ -27,7 +32,7 @@ def test_frozen_groups_keep_their_weights_bit_for_bit(digits, tmp_path):
     state = fold_state(config, tmp_path)
     before = snapshot(state.model)
     head = {name for name, _ in state.model.get_classifier().named_parameters()}
-    train.run_stage(config, 0, state, progress=False)
+    loop.run_stage(config, 0, state, progress=False)
     after = snapshot(state.model)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed == {f"classifier.{name}" for name in head}  # BatchNorm running stats included: unchanged
@@ -45,38 +50,38 @@ def test_per_group_learning_rates_reach_the_optimizer(digits, tmp_path):
 def test_precomputed_features_give_the_full_models_logits(digits, tmp_path):
     config = digits(*FROZEN)
     model = fold_state(config, tmp_path).model.eval()
-    images, _ = cache.image_cache(load_labels(config).paths[:40], 32, interim_dir(config), "train-subset")
-    features = cache.body_features_cached(model, images, "test", interim_dir(config), 16)
+    images, _ = image_cache(load_labels(config).paths[:40], 32, interim_dir(config.name), "train-subset")
+    features = body_features_cached(model, images, "test", interim_dir(config.name), 16)
     with torch.no_grad():
         from_features = model.get_classifier()(torch.from_numpy(features))
-        full = model(predict.to_input(torch.from_numpy(np.array(images)), model.pretrained_cfg["mean"], model.pretrained_cfg["std"], torch.device("cpu")))
+        full = model(device.to_input(torch.from_numpy(np.array(images)), model.pretrained_cfg["mean"], model.pretrained_cfg["std"], torch.device("cpu")))
     torch.testing.assert_close(from_features, full, rtol=1e-4, atol=1e-5)
     # A second call reads the cache; other weights make a new key.
-    assert len(list(interim_dir(config).glob("features-test-*.npy"))) == 1
+    assert len(list(interim_dir(config.name).glob("features-test-*.npy"))) == 1
     with torch.no_grad():
         model.conv_stem.weight.mul_(2)
-    cache.body_features_cached(model, images, "test", interim_dir(config), 16)
-    assert len(list(interim_dir(config).glob("features-test-*.npy"))) == 2
+    body_features_cached(model, images, "test", interim_dir(config.name), 16)
+    assert len(list(interim_dir(config.name).glob("features-test-*.npy"))) == 2
 
 
 def test_snapshot_count_equals_number_of_cycles(digits, tmp_path):
     config = digits("stages.0.n_cycles=3", "stages.0.cycle_len=0.25", "stages.0.cycle_mult=2", "stages.0.snapshots=true")
     state = fold_state(config, tmp_path)
-    train.run_stage(config, 0, state, progress=False)
+    loop.run_stage(config, 0, state, progress=False)
     assert sorted(p.name for p in tmp_path.glob("snapshot-*.pt")) == ["snapshot-1.pt", "snapshot-2.pt", "snapshot-3.pt"]
-    assert predict.prediction_weights(tmp_path, "snapshots", 2) == [tmp_path / "snapshot-2.pt", tmp_path / "snapshot-3.pt"]
+    assert inference.prediction_weights(tmp_path, "snapshots", 2) == [tmp_path / "snapshot-2.pt", tmp_path / "snapshot-3.pt"]
 
 
 def test_tta_with_zero_views_equals_the_plain_prediction(digits, tmp_path):
     config = digits()
     model = fold_state(config, tmp_path).model.eval()
-    images, _ = cache.image_cache(load_labels(config).paths[:20], 32, interim_dir(config), "train-subset")
+    images, _ = image_cache(load_labels(config).paths[:20], 32, interim_dir(config.name), "train-subset")
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    plain = predict.predict_probabilities(model, images, 8, mean, std, "none", tta=0)
+    plain = inference.view_probabilities(model, images, 8, "none", tta=0).mean(0)
     with torch.no_grad():
-        direct = model(predict.to_input(torch.from_numpy(np.array(images)), mean, std, torch.device("cpu"))).softmax(1)
+        direct = model(device.to_input(torch.from_numpy(np.array(images)), mean, std, torch.device("cpu"))).softmax(1)
     np.testing.assert_allclose(plain, direct.double().numpy(), rtol=1e-5, atol=1e-6)
-    augmented = predict.predict_probabilities(model, images, 8, mean, std, "none", tta=3)
+    augmented = inference.view_probabilities(model, images, 8, "none", tta=3).mean(0)
     assert augmented.shape == plain.shape and not np.allclose(augmented, plain)
     np.testing.assert_allclose(augmented.sum(1), 1, rtol=1e-6)
 
@@ -87,16 +92,16 @@ def test_progressive_resizing_changes_the_input_size(digits, tmp_path, monkeypat
     state = fold_state(config, tmp_path)
     seen = []
     hook = state.model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[-1]))
-    train.run_stage(config, 0, state, progress=False)
-    train.run_stage(bigger, 0, state, progress=False)
+    loop.run_stage(config, 0, state, progress=False)
+    loop.run_stage(bigger, 0, state, progress=False)
     hook.remove()
     assert 32 in seen and 48 in seen and seen.index(48) > seen.index(32)
-    assert stage.stage_batch_size(bigger, bigger.stages[0]) < stage.stage_batch_size(config, config.stages[0])
+    assert bigger.stage_batch_size(bigger.stages[0]) < config.stage_batch_size(config.stages[0])
 
 
 def test_lr_finder_restores_weights_and_suggests_a_rate_that_trains(digits, project):
     config = digits(*FROZEN, "stages.0.precompute=true", "stages.0.augment=false")
-    run_dir = new_run(config)
+    run_dir = new_run_dir(config, config.train.model)
     state = fold_state(config, run_dir)
     data = stage.prepare_stage(config, 0, state)
     before = snapshot(state.model)
@@ -106,14 +111,14 @@ def test_lr_finder_restores_weights_and_suggests_a_rate_that_trains(digits, proj
     assert json.dumps(data.optimizer.state_dict()["param_groups"], default=str) == optimizer_before
     assert len(rates) == len(losses) >= 10
 
-    result = lr_find.lr_find(config, 0, run_dir)
+    result = lr_find.lr_find(config, load_labels(config), 0, run_dir)
     assert min(result["rates"]) <= result["suggestion"] <= max(result["rates"])
     assert (run_dir / "lr-find-stage0.json").exists()
 
     # Training the head at the suggested rate lowers the loss.
     config = digits(*FROZEN, "stages.0.precompute=true", "stages.0.augment=false", f"stages.0.lr={result['suggestion']}", "stages.0.cycle_len=3")
     state = fold_state(config, run_dir)
-    train.run_stage(config, 0, state, progress=False)
+    loop.run_stage(config, 0, state, progress=False)
     assert state.history[-1]["train_loss"] < state.history[0]["train_loss"]
     assert state.history[-1]["valid_loss"] < np.log(10)  # better than a uniform guess
 
@@ -130,16 +135,16 @@ def test_lr_finder_restores_weights_and_suggests_a_rate_that_trains(digits, proj
 )
 def test_bad_recipes_are_refused_with_one_clear_error(digits, override, message):
     with pytest.raises(ConfigError) as error:
-        digits(override)
+        commands.load_for_training("digits", (*TINY, override))
     assert message in error.value.message and "\n" not in error.value.message
 
 
 def test_every_snapshot_and_view_is_kept_for_later_ensembles(digits, project):
-    from kit import pipeline
+    from kit import commands
 
-    config = digits("stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "train.tta=2", "train.snapshot_ensemble=2")
-    run_dir = pipeline.train_run(config, "0")
-    pipeline.predict_run(config, run_dir.name)
+    config = digits("stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "predict.tta=2", "predict.snapshot_ensemble=2")
+    run_dir = commands.train(config, "0")
+    commands.predict(config, run_dir.name)
     fold_dir = run_dir / "fold-0"
     oof = np.load(run_dir / "oof.npy")
     valid = ~np.isnan(oof[:, 0])

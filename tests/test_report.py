@@ -10,10 +10,12 @@ import pandas as pd
 from click.testing import CliRunner
 from PIL import Image
 
-from kit import pipeline, plots, report
+from kit import commands
 from kit.cli import main
 from kit.config import config_from_dict
-from kit.data import load_folds, load_labels
+from kit.data.folds import load_folds
+from kit.data.labels import load_labels
+from kit.report import plots, report, runs_table
 
 
 def confident(targets: np.ndarray, classes: int, probability: float = 0.9) -> np.ndarray:
@@ -91,9 +93,9 @@ def test_report_of_a_digits_run_shows_a_planted_mislabel(digits, project):
     table.loc[planted, "label"] = "1"
     table.to_csv(table_path, index=False)
     # Fold 0 of 10 trains on 90% of the images: one epoch is enough for ~95% accuracy.
-    config = digits("train.folds=10", "train.batch_size=32", "train.lr=1e-2", "train.tta=0")
+    config = digits("train.folds=10", "train.batch_size=32", "train.lr=1e-2", "predict.tta=0")
     labels = load_labels(config)
-    run_dir = pipeline.train_run(config, str(load_folds(config, labels)[planted]))
+    run_dir = commands.train(config, str(load_folds(config, labels)[planted]))
     (run_dir / "lr-find.json").write_text(json.dumps({
         "rates": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "losses": [2.3, 2.2, 1.5, 1.2, 9.0], "suggestion": 1e-3, "reason": "test",
     }))
@@ -127,6 +129,6 @@ def test_runs_table_shows_only_settings_that_differ(project):
             {"metric": "accuracy", "cv": lr * 100, "folds_trained": [0], "seconds": seconds, "folds": {}}))
     from kit.config import load_competition
 
-    table = report.runs_table(load_competition("digits"))
+    table = runs_table.runs_table(load_competition("digits"))
     assert list(table.columns) == ["run", "cv", "metric", "folds", "minutes", "train.lr"]
     assert table["minutes"].tolist() == [1.0, 2.0] and table["train.lr"].tolist() == [1e-3, 3e-3]

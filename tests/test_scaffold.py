@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from conftest import tiny_recipe
 from kaggle_standin import KaggleStandIn, image_bytes, kaggle_env, make_zip
 
-from kit import data, scaffold
 from kit.cli import main
 from kit.config import config_from_dict, load_competition
+from kit.data import labels as data
+from kit.kaggle import scaffold
 
 SEEDLINGS_SLUG = "plant-seedlings-classification"
 SPECIES = {"Black-grass": (40, 40, 40), "Charlock": (240, 220, 40), "Common wheat": (40, 160, 60)}

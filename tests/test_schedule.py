@@ -7,7 +7,7 @@ import math
 import pytest
 
 from kit.config import total_epochs
-from kit.schedule import (
+from kit.train.schedule import (
     cycle_ends,
     diverged,
     lr_find_rates,

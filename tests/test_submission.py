@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import submission
+from kit import ledger as ledger_file
 from kit.config import load_competition
+from kit.predict import submission
 
 CLASSES = ["akita", "beagle", "pug"]  # sorted, as load_labels gives them
 IDS = ["t1", "t2", "t3"]
@@ -168,14 +169,18 @@ def test_clip_only_for_log_loss(project, probabilities_config):
     frame = valid_probability_frame()
     clipped = submission.clip(probabilities_config, frame)
     epsilon = probabilities_config.submission.clip_epsilon
-    assert clipped["akita"].tolist() == [0.7, 1 - epsilon, 0.25] and clipped["beagle"].tolist()[1] == epsilon
+    assert clipped["akita"].tolist() == pytest.approx([0.7, 1 - epsilon, 0.25], abs=1e-12)
+    assert clipped["beagle"].tolist()[1] == pytest.approx(epsilon, rel=1e-6)
     assert clipped["id"].tolist() == IDS and frame["akita"].tolist()[1] == 1.0  # the input is untouched
 
     accuracy = make_config(project, "scored", metric="accuracy")
     pd.testing.assert_frame_equal(submission.clip(accuracy, frame), frame)
 
     big_epsilon = make_config(project, "eps", "clip_epsilon = 0.01")
-    assert submission.clip(big_epsilon, frame)["beagle"].tolist()[1] == 0.01
+    clipped = submission.clip(big_epsilon, frame)
+    # Clipped to [0.01, 0.99], then renormalised as Kaggle scores it: each row still sums to one.
+    row = clipped.drop(columns="id").iloc[1].to_numpy()
+    assert row.sum() == pytest.approx(1) and row.min() == pytest.approx(0.01 / (0.99 + 0.01 * (len(row) - 1)))
 
 
 # write() and the ledger -----------------------------------------------------------------------------------------
@@ -212,11 +217,11 @@ def test_read_sample(project, probabilities_config):
 
 def test_ledger_appends_rows(project):
     first = {"time_utc": "2024-01-01T00:00:00", "competition": "breeds", "file": "a.csv", "cv": 0.5, "message": "one"}
-    path = submission.append_ledger(first)
+    path = ledger_file.append_ledger(first)
     assert path == project / "submissions" / "ledger.csv"
-    submission.append_ledger({"competition": "breeds", "file": "b.csv", "message": "two, with a comma", "bogus": 1})
+    ledger_file.append_ledger({"competition": "breeds", "file": "b.csv", "message": "two, with a comma", "bogus": 1})
     ledger = pd.read_csv(path, dtype=str, keep_default_na=False)
-    assert list(ledger.columns) == submission.LEDGER_COLUMNS
+    assert list(ledger.columns) == ledger_file.LEDGER_COLUMNS
     assert ledger["file"].tolist() == ["a.csv", "b.csv"] and ledger["cv"].tolist() == ["0.5", ""]
     assert ledger["message"].tolist() == ["one", "two, with a comma"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.csv"]

@@ -7,6 +7,9 @@ cycle_len * cycle_mult**k epochs. Progress is measured in epochs (fractional, pe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from kit.config import Stage
 
 
 def sched_cos(start: float, end: float, position: float) -> float:
@@ -46,6 +49,47 @@ def one_cycle_lr(
     if fraction < warmup:
         return sched_cos(lr_max / start_divisor, lr_max, fraction / warmup)
     return sched_cos(lr_max, lr_max / end_divisor, (fraction - warmup) / (1 - warmup))
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    """The learning rate of every layer group at any point of one recipe stage.
+
+    One object answers for the training loop (which sets the optimizer's rates from `factor`) and for the
+    report (which draws `rates`), so the plot shows what ran. `base_rates` are the peak rates per layer
+    group for the images each step really sees (kit.train.batch_size scales them after a halved batch or
+    with several processes); progress is in epochs, fractional.
+    """
+
+    kind: str  # "sgdr" or "one_cycle"
+    n_cycles: int
+    cycle_len: float  # epochs in the first cycle
+    cycle_mult: float
+    base_rates: tuple[float, ...]
+
+    @property
+    def epochs(self) -> float:
+        return cycle_ends(self.n_cycles, self.cycle_len, self.cycle_mult)[-1]
+
+    def cycle_end_epochs(self) -> list[float]:
+        """Where each SGDR cycle ends (snapshots are taken there)."""
+        return cycle_ends(self.n_cycles, self.cycle_len, self.cycle_mult)
+
+    def factor(self, epoch: float) -> float:
+        """The multiple of the peak rates at `epoch` (0 .. epochs)."""
+        if self.kind == "sgdr":
+            return sgdr_lr(epoch, 1.0, self.cycle_len, self.cycle_mult)
+        return one_cycle_lr(epoch / self.epochs, 1.0)
+
+    def rates(self, epoch: float) -> list[float]:
+        """Each layer group's learning rate at `epoch`."""
+        factor = self.factor(epoch)
+        return [rate * factor for rate in self.base_rates]
+
+
+def for_stage(kind: str, stage: Stage, base_rates: list[float]) -> StageSchedule:
+    """A recipe stage's schedule (kind: train.schedule) at these peak rates."""
+    return StageSchedule(kind, stage.n_cycles, stage.cycle_len, stage.cycle_mult, tuple(base_rates))
 
 
 def lr_find_rates(start: float = 1e-7, end: float = 10.0, steps: int = 100) -> list[float]:

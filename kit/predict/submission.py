@@ -6,24 +6,21 @@ frame and the sample, and every write goes through it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 import numpy as np
 import pandas as pd
 
+from kit import paths
 from kit.config import Config
-from kit.data import read_csv
-from kit.runs import SUBMISSIONS_DIR, atomic_path, raw_dir
-
-LEDGER_COLUMNS = [
-    "time_utc", "competition", "file", "run", "commit", "metric", "cv", "message", "status", "public_score", "private_score",
-]
+from kit.data.labels import read_csv
+from kit.files import atomic_path, utc_stamp
+from kit.metrics import clip_and_renormalise
 
 
 def read_sample(config: Config) -> pd.DataFrame:
-    path = raw_dir(config) / config.data.sample_submission
+    path = paths.raw_dir(config.name) / config.data.sample_submission
     return read_csv(path, [config.submission.id_column], f"re-run `make download COMP={config.name}`")
 
 
@@ -58,7 +55,10 @@ def clip(config: Config, frame: pd.DataFrame) -> pd.DataFrame:
     epsilon = config.submission.clip_epsilon
     columns = [c for c in frame.columns if c != config.submission.id_column]
     clipped = frame.copy()
-    clipped[columns] = clipped[columns].clip(epsilon, 1 - epsilon)
+    values = clipped[columns].to_numpy(dtype=float)
+    # One probability per class: clipped and renormalised (rows still sum to one); binary: clipped.
+    single = config.submission.format == "binary"
+    clipped[columns] = np.clip(values, epsilon, 1 - epsilon) if single else clip_and_renormalise(values, epsilon)
     return clipped
 
 
@@ -114,55 +114,7 @@ def check(config: Config, frame: pd.DataFrame, sample: pd.DataFrame, source: str
 def write(config: Config, frame: pd.DataFrame, sample: pd.DataFrame, metric: str, cv: float, classes: list[str]) -> Path:
     """Check, then write submissions/<name>-<UTC time>-<metric><cv>.csv atomically."""
     check(config, frame, sample, "prediction", classes)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = SUBMISSIONS_DIR / f"{config.name}-{stamp}-{metric}{cv:.4f}.csv"
+    path = paths.submissions_dir() / f"{config.name}-{utc_stamp()}-{metric}{cv:.4f}.csv"
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
     return path
-
-
-def read_ledger() -> pd.DataFrame:
-    """submissions/ledger.csv as strings, with every LEDGER_COLUMNS column (older ledgers lack some)."""
-    path = SUBMISSIONS_DIR / "ledger.csv"
-    ledger = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else pd.DataFrame(columns=LEDGER_COLUMNS)
-    for column in LEDGER_COLUMNS:
-        if column not in ledger.columns:
-            ledger[column] = ""
-    return ledger
-
-
-def write_ledger(ledger: pd.DataFrame) -> Path:
-    path = SUBMISSIONS_DIR / "ledger.csv"
-    with atomic_path(path) as temporary:
-        ledger.to_csv(temporary, index=False)
-    return path
-
-
-def append_ledger(row: dict) -> Path:
-    """Add one row to submissions/ledger.csv (rewritten atomically, never half-written)."""
-    ledger = read_ledger()
-    return write_ledger(pd.concat([ledger, pd.DataFrame([{key: row.get(key, "") for key in LEDGER_COLUMNS}])], ignore_index=True))
-
-
-def merge_kaggle_scores(ledger: pd.DataFrame, remote: list[dict], competition: str) -> tuple[pd.DataFrame, list[dict]]:
-    """Copy Kaggle's status and scores onto the uploaded ledger rows they belong to (pure).
-
-    `remote` is kit.kaggle.list_submissions' output, newest first. Each Kaggle submission claims the newest
-    unclaimed uploaded row of `competition` whose message is its description, else whose file is its file
-    name. Returns the updated ledger and the Kaggle submissions no row claims (made outside the kit).
-    """
-    ledger = ledger.copy()
-    unclaimed = [i for i in reversed(ledger.index) if ledger.at[i, "competition"] == competition and ledger.at[i, "status"].startswith("uploaded")]
-    strangers = []
-    for entry in remote:
-        match = next((i for i in unclaimed if entry["description"] and ledger.at[i, "message"] == entry["description"]), None)
-        if match is None:
-            match = next((i for i in unclaimed if ledger.at[i, "file"] == entry["file_name"]), None)
-        if match is None:
-            strangers.append(entry)
-            continue
-        unclaimed.remove(match)
-        ledger.loc[match, ["status", "public_score", "private_score"]] = [
-            f"uploaded, {entry['status'] or 'unknown'}", entry["public_score"] or "", entry["private_score"] or "",
-        ]
-    return ledger, strangers

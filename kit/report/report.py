@@ -1,4 +1,4 @@
-"""What a run did, on one page: `kit report` writes runs/<name>/<run>/report.html, `kit runs` compares runs.
+"""What a run did, on one page: `kit report` writes runs/<name>/<run>/report.html.
 
 The page is self-contained (plots embedded as base64 PNG), so it can be mailed or opened from a GPU box's
 copy. The selections behind the image grids (most wrong, most uncertain, most confidently right) are
@@ -17,10 +17,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from kit import cache, calibrate, data, plots, schedule, submission
-from kit.config import Config, config_from_dict
-from kit.plots import plot_lr_find as plot_lr_find  # re-exported: the LR finder draws its curve with it
-from kit.runs import atomic_path, find_run, list_runs, read_json
+from kit.config import Config
+from kit.data.images import decode
+from kit.data.labels import LabelTable, load_test
+from kit.files import atomic_path, read_json
+from kit.ledger import read_ledger
+from kit.predict import calibrate
+from kit.report import plots
+from kit.run_folder import run_config as saved_run_config
+from kit.train import schedule
 
 GRID_IMAGES = 16  # images per grid: 4 x 4
 CONFUSED_PAIRS = 15  # rows in the table of most confused class pairs
@@ -70,22 +75,31 @@ def most_confused_pairs(confusion: np.ndarray, count: int = CONFUSED_PAIRS) -> l
     return [pair for pair in pairs if pair[2] > 0]
 
 
-def lr_schedule(config: Config, points_per_epoch: int = 100) -> tuple[np.ndarray, np.ndarray, list[tuple[float, str]]]:
-    """The learning rate of every layer group across all stages, as trained: (epochs, rates, stage starts)."""
-    from kit.stage import stage_learning_rates  # the single statement of how a stage's rates are chosen
+def trained_base_rates(config: Config, history: list[dict]) -> list[list[float]]:
+    """Each stage's peak rates per layer group as the loop used them (recorded per epoch: scaled after a
+    halved batch or with several processes); the configured rates where the history has no record."""
+    recorded = {}
+    for record in history:
+        if "base_rates" in record:
+            recorded.setdefault(record["stage"], record["base_rates"])
+    return [recorded.get(stage.name, config.stage_learning_rates(stage)) for stage in config.stages]
 
+
+def lr_schedule(
+    config: Config, history: list[dict] = (), points_per_epoch: int = 100
+) -> tuple[np.ndarray, np.ndarray, list[tuple[float, str]]]:
+    """The learning rate of every layer group across all stages, as trained: (epochs, rates, stage starts).
+
+    Drawn from the same schedule object the loop set the optimizer from (kit.train.schedule).
+    """
     epochs, rates, starts, offset = [], [], [], 0.0
-    for stage in config.stages:
-        length = config.stage_epochs(stage)
-        positions = np.arange(0, length, 1 / points_per_epoch)
-        if config.train.schedule == "sgdr":
-            factors = [schedule.sgdr_lr(p, 1.0, stage.cycle_len, stage.cycle_mult) for p in positions]
-        else:
-            factors = [schedule.one_cycle_lr(p / length, 1.0) for p in positions]
+    for stage, base_rates in zip(config.stages, trained_base_rates(config, list(history)), strict=True):
+        stage_schedule = schedule.for_stage(config.train.schedule, stage, base_rates)
+        positions = np.arange(0, stage_schedule.epochs, 1 / points_per_epoch)
         epochs.append(positions + offset)
-        rates.append(np.outer(factors, stage_learning_rates(config, stage)))
+        rates.append(np.array([stage_schedule.rates(position) for position in positions]))
         starts.append((offset, stage.name))
-        offset += length
+        offset += stage_schedule.epochs
     return np.concatenate(epochs), np.concatenate(rates), starts
 
 
@@ -133,7 +147,7 @@ def image_captions(probabilities: np.ndarray, targets: np.ndarray, rows: np.ndar
     return captions
 
 
-def make_plots(config: Config, run_config: Config, run_dir: Path, labels: data.LabelTable, oof: np.ndarray | None) -> list[tuple[str, Path, str]]:
+def make_plots(config: Config, run_config: Config, run_dir: Path, labels: LabelTable, oof: np.ndarray | None) -> list[tuple[str, Path, str]]:
     """Every plot the run supports, written as PNGs in the run folder: [(title, path, note)]."""
     summary = read_json(run_dir / "metrics.json")
     made = []
@@ -144,7 +158,8 @@ def make_plots(config: Config, run_config: Config, run_dir: Path, labels: data.L
     made += [(f"LR finder ({path.stem})", path, "") for path in sorted(run_dir.glob("lr-find*.png"))]
     histories = {fold: history_positions(run_config, result["history"]) for fold, result in summary["folds"].items() if result.get("history")}
     if histories:
-        epochs, rates, starts = lr_schedule(run_config)
+        first_history = next(result["history"] for result in summary["folds"].values() if result.get("history"))
+        epochs, rates, starts = lr_schedule(run_config, first_history)
         made.append(("Loss, metric and learning rate per epoch", plots.plot_history(
             histories, summary["metric"], epochs, rates, starts, run_dir / "history.png"), ""))
     if oof is not None:
@@ -154,7 +169,7 @@ def make_plots(config: Config, run_config: Config, run_dir: Path, labels: data.L
         image_size = run_config.stages[-1].image_size or run_config.train.image_size
         for name, select in (("most-wrong", most_wrong), ("most-uncertain", most_uncertain), ("most-confident", most_confident_right)):
             chosen = select(oof, labels.targets, GRID_IMAGES)
-            images = [cache.decode(labels.paths[row], image_size) for row in chosen]
+            images = [decode(labels.paths[row], image_size) for row in chosen]
             title = {"most-wrong": "Most wrong (lowest probability of the true label)",
                      "most-uncertain": "Most uncertain (smallest margin between the top two classes)",
                      "most-confident": "Most confidently right"}[name]
@@ -163,7 +178,7 @@ def make_plots(config: Config, run_config: Config, run_dir: Path, labels: data.L
                 "ids, in grid order: " + ", ".join(labels.ids[row] for row in chosen)))
     sizes = {"train": image_sizes(labels.paths)}
     try:
-        sizes["test"] = image_sizes(data.load_test(config).paths)
+        sizes["test"] = image_sizes(load_test(config).paths)
     except click.ClickException:  # no test images (yet): the training sizes still say what to pick
         pass
     made.append(("Raw image sizes", plots.plot_image_sizes(sizes, run_dir / "image-sizes.png"), ""))
@@ -193,20 +208,17 @@ def submission_rows(run_dir: Path) -> pd.DataFrame:
     if not (run_dir / "submission.json").exists():
         return pd.DataFrame()
     name = read_json(run_dir / "submission.json")["file"]
-    ledger_path = submission.SUBMISSIONS_DIR / "ledger.csv"
-    ledger = pd.read_csv(ledger_path, dtype=str, keep_default_na=False) if ledger_path.exists() else pd.DataFrame()
-    entries = ledger[ledger["file"] == name] if len(ledger) else ledger
+    ledger = read_ledger()
+    entries = ledger[ledger["file"] == name]
     if not len(entries):
         return pd.DataFrame([{"file": name, "status": "written, not submitted"}])
     return entries[["time_utc", "file", "status", "public_score", "message"]]
 
 
-def write_report(config: Config, run_dir: Path) -> Path:
+def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dict) -> Path:
     """runs/<name>/<run>/report.html: config, CV per fold, plots, confusions, calibration, submission."""
-    summary = read_json(run_dir / "metrics.json")
     saved = read_json(run_dir / "config.json")
-    run_config = config_from_dict(saved, Path(saved["path"]))
-    labels = data.load_labels(config)
+    run_config = saved_run_config(run_dir)
     oof = np.load(run_dir / "oof.npy") if (run_dir / "oof.npy").exists() else None
     if oof is not None and oof.shape != (len(labels.ids), len(labels.classes)):
         oof = None  # the labels changed since the run: its rows no longer line up
@@ -259,34 +271,3 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#22
          " .table{border-collapse:collapse;font-size:13px} .table td,.table th{padding:3px 10px;border-bottom:1px solid #ddd}"
          " .note{font-size:12px;color:#555} pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}")
 
-
-def report_run(config: Config, run: str | None) -> Path:
-    """The report of a run by id (default: the newest finished run)."""
-    return write_report(config, find_run(config, run))
-
-
-def flatten(value, prefix: str = "") -> dict:
-    """{'train': {'lr': 1}, 'stages': [{'lr': 2}]} -> {'train.lr': 1, 'stages.0.lr': 2}."""
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
-    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-        return {k: v for index, item in enumerate(value) for k, v in flatten(item, f"{prefix}{index}.").items()}
-    return {prefix.rstrip("."): json.dumps(value) if isinstance(value, list) else value}
-
-
-def runs_table(config: Config) -> pd.DataFrame:
-    """One row per run: CV, folds, minutes, and every setting that differs between the trained runs."""
-    rows, settings = [], {}
-    for run_dir in list_runs(config):
-        summary = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
-        ensemble = summary.get("ensemble")
-        rows.append({"run": run_dir.name, "cv": summary.get("cv", np.nan), "metric": summary.get("metric", "(unfinished)"),
-                     "folds": "+".join(ensemble["runs"]) if ensemble else ",".join(map(str, summary.get("folds_trained", []))),
-                     "minutes": round(summary.get("seconds", 0) / 60, 1)})
-        if not ensemble:  # an ensemble's config.json is its first run's: its settings say nothing new
-            settings[run_dir.name] = {k: v for k, v in flatten(read_json(run_dir / "config.json")).items() if k != "path"}
-    keys = sorted({key for values in settings.values() for key in values})
-    differing = [key for key in keys if len({json.dumps(values.get(key), default=str) for values in settings.values()}) > 1]
-    for row in rows:
-        row.update({key: settings.get(row["run"], {}).get(key, "") for key in differing})
-    return pd.DataFrame(rows)

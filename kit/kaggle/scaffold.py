@@ -207,9 +207,11 @@ image_size = 224            # pixels
 batch_size = 64             # images per step
 lr = 3e-3                   # peak rate of the head stages (AdamW)
 folds = {folds}
+
+[predict]
 tta = 4                     # augmented views added at prediction time
 snapshot_ensemble = 3
-predict_weights = "snapshots"
+weights = "snapshots"
 
 # The fast.ai 2018 recipe: the head on cached body features, the head on augmented images, then the whole
 # network with differential learning rates and SGDR cycles that double in length, saving snapshots.

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
-# Kaggle's own clip; it leaves any real probability as it is.
-NO_CLIP = 1e-15
+from kit.metrics import NO_CLIP, clip_and_renormalise
+
 # Clip epsilons tried on OOF: from "no clip" to "never say less than 5%".
 EPSILONS = (NO_CLIP, 1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 2e-2, 5e-2)
 # Temperatures searched (T = 1 is added explicitly): a factor of 20 either way covers real models.
@@ -24,8 +25,7 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 
 def log_loss(probabilities: np.ndarray, targets: np.ndarray, epsilon: float = NO_CLIP) -> float:
     """Kaggle's multi-class log loss: clip to [eps, 1 - eps], renormalise each row, mean -log p(true)."""
-    clipped = np.clip(probabilities, epsilon, 1 - epsilon)
-    clipped = clipped / clipped.sum(1, keepdims=True)
+    clipped = clip_and_renormalise(probabilities, epsilon)
     return float(-np.mean(np.log(clipped[np.arange(len(targets)), targets])))
 
 
@@ -37,11 +37,6 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
     return scaled / scaled.sum(1, keepdims=True)
 
 
-def clip_and_renormalise(probabilities: np.ndarray, epsilon: float) -> np.ndarray:
-    clipped = np.clip(probabilities, epsilon, 1 - epsilon)
-    return clipped / clipped.sum(1, keepdims=True)
-
-
 def apply_calibration(probabilities: np.ndarray, temperature: float, epsilon: float) -> np.ndarray:
     """What a fitted calibration does to test probabilities: temperature, then clip and renormalise."""
     return clip_and_renormalise(apply_temperature(probabilities, temperature), epsilon)
@@ -49,8 +44,6 @@ def apply_calibration(probabilities: np.ndarray, temperature: float, epsilon: fl
 
 def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
     """The temperature that minimises log loss; 1.0 unless another one is strictly better."""
-    from scipy.optimize import minimize_scalar
-
     def loss_at(log_temperature: float) -> float:
         return log_loss(apply_temperature(probabilities, math.exp(log_temperature)), targets)
 

@@ -19,19 +19,15 @@ from torch import nn
 from torch.nn import functional
 from tqdm import tqdm
 
-from kit import distributed, memory, metrics, models, predict, schedule
+from kit import distributed, metrics, models
 from kit.config import Config, Stage
-from kit.data import LabelTable, load_folds, load_labels
-from kit.runs import read_json, save_array, write_json
-from kit.stage import (
-    FoldState,
-    StageData,
-    prepare_stage,
-    stage_batch_size,
-    stage_image_size,
-    train_step,
-    training_images,
-)
+from kit.data.folds import load_folds
+from kit.data.labels import LabelTable
+from kit.device import batched_inference, device
+from kit.files import atomic_path, read_json, save_array, write_json
+from kit.predict.inference import ensemble_probabilities, prediction_weights
+from kit.train import batch_size, schedule
+from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step, training_images
 
 
 def epoch_seed(config: Config, fold: int, stage_index: int, epoch: int) -> int:
@@ -39,38 +35,29 @@ def epoch_seed(config: Config, fold: int, stage_index: int, epoch: int) -> int:
     return (config.train.seed * 1_000_003 + fold * 10_007 + stage_index * 101 + epoch) % 2**31
 
 
-def save_resume_point(state: FoldState, data: StageData, stage_index: int, epoch: int) -> None:
+def save_resume_point(state: FoldState, prepared: PreparedStage, stage_index: int, epoch: int) -> None:
     """Everything needed to continue after the last completed epoch, written atomically."""
-    from kit.runs import atomic_path
-
     point = {
-        "model": models.unwrap(state.model).state_dict(), "optimizer": data.optimizer.state_dict(),
-        "batch_size": data.batch_size, "stage_index": stage_index, "epoch": epoch, "history": state.history,
+        "model": models.unwrap(state.model).state_dict(), "optimizer": prepared.optimizer.state_dict(),
+        "batch_size": prepared.batch_size, "stage_index": stage_index, "epoch": epoch, "history": state.history,
         "best_score": state.best_score, "snapshots_taken": state.snapshots_taken, "meta": state.meta,
     }
     with atomic_path(state.fold_dir / "resume.pt") as temporary:
         torch.save(point, temporary)
 
 
-def evaluate(config: Config, forward, inputs: torch.Tensor | np.ndarray, targets: np.ndarray, batch_size: int, model: nn.Module) -> tuple[float, float, np.ndarray]:
+def evaluate(
+    config: Config, module: nn.Module, inputs: torch.Tensor | np.ndarray, targets: np.ndarray, batch_size: int, model: nn.Module
+) -> tuple[float, float, np.ndarray]:
     """Validation loss, metric and probabilities; logits stay on the device until the end (one sync).
 
     Each rank predicts its shard of the rows; the gathered logits give every rank the same metric.
     """
-    target = predict.device()
     model.eval()
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    inputs = distributed.shard(inputs)
-    logits = []
-    with torch.inference_mode():
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start : start + batch_size]
-            if isinstance(chunk, np.ndarray):  # cached images, not features
-                chunk = predict.to_input(torch.from_numpy(np.array(chunk)), mean, std, target)
-            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
-                logits.append(forward(chunk.to(target)).float())
-    logits_all = distributed.gather_shards(torch.cat(logits), len(targets))
-    loss = functional.cross_entropy(logits_all, torch.from_numpy(targets).to(target)).item()
+    logits = batched_inference(module, distributed.shard(inputs), batch_size, mean, std)
+    logits_all = distributed.gather_shards(logits, len(targets))
+    loss = functional.cross_entropy(logits_all, torch.from_numpy(targets).to(logits_all.device)).item()
     probabilities = logits_all.softmax(1).double().cpu().numpy()
     score = metrics.score(config.competition.metric, targets, probabilities) if math.isfinite(loss) else math.nan
     return loss, score, probabilities
@@ -95,45 +82,41 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     """Train one stage of the recipe: the whole loop, from data to snapshots."""
     stage = config.stages[stage_index]
     model = state.model
-    target = predict.device()
-    data = prepare_stage(config, stage_index, state)
-    memory.set_batch_size(config, stage_index, state, data, train_step)  # the largest that fits, rates scaled
-    optimizer, forward, image_size, batch_size = data.optimizer, data.forward, data.image_size, data.batch_size
-    train_batches, base_rates = data.train_batches, data.base_rates
+    compute = device()
+    prepared = prepare_stage(config, stage_index, state)
+    batch_size.set_batch_size(config, stage_index, state, prepared, train_step)  # the largest that fits, rates scaled
+    optimizer, module, image_size = prepared.optimizer, prepared.module, prepared.image_size
+    train_batches, base_rates = prepared.train_batches, prepared.base_rates
     epoch = 0
     if state.resume is not None and state.resume["stage_index"] == stage_index:  # continue mid-stage
         optimizer.load_state_dict(state.resume["optimizer"])
         epoch = state.resume["epoch"]
-    data.train_forward = distributed.wrap(forward)  # DDP over the layer groups this stage trains
-    if config.train.compile and target.type == "cuda" and data.images_are_raw:
-        data.train_forward = torch.compile(data.train_forward)
+    prepared.train_module = distributed.wrap(module)  # DDP over the layer groups this stage trains
+    if config.train.compile and compute.type == "cuda" and prepared.images_are_raw:
+        prepared.train_module = torch.compile(prepared.train_module)
 
-    # Schedule: per iteration, in fractional epochs.
+    # Schedule: per iteration, in fractional epochs; the report draws the same object from base_rates.
+    rates = schedule.for_stage(config.train.schedule, stage, base_rates)
     steps_per_epoch = len(train_batches)
-    total_epochs = config.stage_epochs(stage)
-    total_steps = max(1, round(total_epochs * steps_per_epoch))
-    cycle_end_steps = [round(end * steps_per_epoch) for end in schedule.cycle_ends(stage.n_cycles, stage.cycle_len, stage.cycle_mult)]
+    total_steps = max(1, round(rates.epochs * steps_per_epoch))
+    cycle_end_steps = [round(end * steps_per_epoch) for end in rates.cycle_end_epochs()]
     step = min(total_steps, epoch * steps_per_epoch)
     bar = tqdm(total=total_steps, initial=step, desc=f"{stage.name} ({image_size}px)", disable=not (progress and distributed.is_main()), leave=False)
     while step < total_steps:
         epoch_started = time.time()
         seed = epoch_seed(config, state.fold, stage_index, epoch)
         torch.manual_seed(seed + distributed.rank())  # dropout, drop-path: other draws on each rank
-        data.generator.manual_seed(seed)  # shuffling: one order on every rank, dealt into shards
-        if data.transform is not None:
-            data.transform.set_random_seed(seed + distributed.rank())  # augmentation (in-process; workers seed themselves)
+        prepared.generator.manual_seed(seed)  # shuffling: one order on every rank, dealt into shards
+        if prepared.transform is not None:
+            prepared.transform.set_random_seed(seed + distributed.rank())  # augmentation (in-process; workers seed themselves)
         models.train_mode(model)
-        loss_sum = torch.zeros((), device=target)  # summed on the device: no sync per batch
+        loss_sum = torch.zeros((), device=compute)  # summed on the device: no sync per batch
         seen = 0
         for inputs, targets in train_batches:
-            progress_epochs = step / steps_per_epoch
-            if config.train.schedule == "sgdr":
-                factor = schedule.sgdr_lr(progress_epochs, 1.0, stage.cycle_len, stage.cycle_mult)
-            else:
-                factor = schedule.one_cycle_lr(progress_epochs / total_epochs, 1.0)
+            factor = rates.factor(step / steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
-            loss_sum += train_step(data, model, inputs, targets) * len(targets)
+            loss_sum += train_step(prepared, model, inputs, targets) * len(targets)
             seen += len(targets)
             step += 1
             bar.update()
@@ -149,11 +132,13 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
         train_loss = distributed.average(loss_sum / max(seen, 1)).item()  # the same on every rank
         distributed.sync_buffers(model)
         check_loss(config, stage, state, epoch, "training", train_loss)
-        valid_loss, valid_score, _ = evaluate(config, forward, data.valid_inputs, data.valid_targets, batch_size * 2, model)
+        valid_loss, valid_score, _ = evaluate(
+            config, module, prepared.valid_inputs, prepared.valid_targets, prepared.batch_size * 2, model
+        )
         check_loss(config, stage, state, epoch, "validation", valid_loss)  # the epoch's last steps show only here
         record = {
-            "stage": stage.name, "epoch": epoch, "step": step, "image_size": image_size, "batch_size": batch_size,
-            "lr": factor * base_rates[-1], "train_loss": train_loss, "valid_loss": valid_loss,
+            "stage": stage.name, "epoch": epoch, "step": step, "image_size": image_size,
+            "batch_size": prepared.batch_size, "base_rates": list(base_rates), "lr": factor * base_rates[-1], "train_loss": train_loss, "valid_loss": valid_loss,
             config.competition.metric: valid_score, "seconds": round(time.time() - epoch_started, 2),
         }
         state.history.append(record)
@@ -166,7 +151,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
             )
             if improved:
                 models.save_weights(model, state.fold_dir / "best.pt", state.meta)
-            save_resume_point(state, data, stage_index, epoch)
+            save_resume_point(state, prepared, stage_index, epoch)
     bar.close()
     if distributed.is_main():
         models.save_weights(model, state.fold_dir / "last.pt", state.meta)
@@ -196,7 +181,7 @@ def train_fold(config: Config, labels: LabelTable, folds: np.ndarray, fold: int,
     torch.manual_seed(config.train.seed + fold)
     fold_dir = run_dir / f"fold-{fold}"
     model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
-    meta = {"model": config.train.model, "classes": labels.classes}
+    meta = models.weights_meta(config, labels.classes)
     in_fold = folds[rows] == fold
     state = FoldState(model, labels, rows[~in_fold], rows[in_fold], fold_dir, meta, [], fold=fold)
     first_stage = 0
@@ -213,26 +198,25 @@ def train_fold(config: Config, labels: LabelTable, folds: np.ndarray, fold: int,
         state.snapshots_taken, first_stage = state.resume["snapshots_taken"], state.resume["stage_index"]
         if distributed.is_main():
             tqdm.write(f"fold {fold}: resuming stage {first_stage} after epoch {state.resume['epoch']}")
-    model.to(predict.device())
+    model.to(device())
     if torch.cuda.is_available():
         model.to(memory_format=torch.channels_last)
     for stage_index in range(first_stage, len(config.stages)):
         run_stage(config, stage_index, state)
-    images, _ = training_images(config, labels, stage_image_size(config, config.stages[-1]))
+    images, _ = training_images(config, labels, config.stage_image_size(config.stages[-1]))
     return distributed.broadcast_object(out_of_fold(config, state, images) if distributed.is_main() else None)
 
 
 def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
     """Out-of-fold probabilities the way test predictions are made (snapshots or last weights, TTA); written."""
     last_stage, model, fold_dir = config.stages[-1], state.model, state.fold_dir
-    weights = predict.prediction_weights(fold_dir, config.train.predict_weights, config.train.snapshot_ensemble)
-    probabilities = predict.ensemble_probabilities(
-        model, weights, state.meta, images[state.valid_rows], stage_batch_size(config, last_stage) * 2,
-        keep=fold_dir / "oof-", mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"],
-        preset=config.augment.preset, tta=config.train.tta,
+    weights = prediction_weights(fold_dir, config.predict.weights, config.predict.snapshot_ensemble)
+    probabilities = ensemble_probabilities(
+        model, weights, state.meta, images[state.valid_rows], config.stage_batch_size(last_stage) * 2,
+        keep=fold_dir / "oof-", preset=config.augment.preset, tta=config.predict.tta,
     )
     score = metrics.score(config.competition.metric, state.labels.targets[state.valid_rows], probabilities)
-    tqdm.write(f"fold {state.fold}: {config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.train.tta})")
+    tqdm.write(f"fold {state.fold}: {config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.predict.tta})")
     result = {"score": score, "history": state.history, "valid_rows": state.valid_rows, "probabilities": probabilities}
     save_array(fold_dir / "oof.npy", probabilities)
     write_json(fold_dir / "result.json", {"score": score, "history": state.history, "valid_rows": state.valid_rows.tolist()})
@@ -257,12 +241,12 @@ def fold_numbers_of(config: Config, fold: str) -> list[int]:
     return list(range(config.train.folds)) if fold == "all" else [int(fold)]
 
 
-def train(config: Config, fold: str, run_dir: Path) -> dict:
-    """Train one fold or all of them in `run_dir`; write OOF probabilities and metrics.json."""
-    labels = load_labels(config)
+def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
+    """Train one fold or all of them (`fold`: as `fold_numbers_of` accepts) in `run_dir`; write OOF
+    probabilities and metrics.json."""
+    fold_numbers = fold_numbers_of(config, fold)
     with distributed.main_first():  # folds.csv is written once
         folds = load_folds(config, labels)
-    fold_numbers = fold_numbers_of(config, fold)
     if distributed.is_main():
         write_json(run_dir / "plan.json", {"fold": fold})  # what --resume continues
     rows = usable_rows(config, labels, run_dir)

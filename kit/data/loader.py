@@ -2,7 +2,7 @@
 
 The cache is a uint8 memmap, so a batch is one fancy-indexed read; albumentations (when the stage
 augments) runs image by image in the DataLoader's worker processes. Batches cross to the GPU as uint8
-from pinned memory with non-blocking copies, and are normalised there (kit.predict.to_input).
+from pinned memory with non-blocking copies, and are normalised there (kit.device.to_input).
 """
 
 from __future__ import annotations

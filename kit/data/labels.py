@@ -1,4 +1,4 @@
-"""Label tables, test ids and cross-validation folds, read from a competition's raw download.
+"""Label tables and test ids, read from a competition's raw download.
 
 Labels come from a CSV, from file names (`cat.12.jpg`) or from one folder per class. Every path built
 from the data is checked to stay inside the competition's raw folder: ids must be plain file names, and
@@ -15,10 +15,9 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from kit.config import Config
-from kit.runs import atomic_path, interim_dir, raw_dir, require_download
+from kit.paths import raw_dir, require_download
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ def _check_ids(ids, where: str) -> list[str]:
 
 def _inside(config: Config, key: str) -> Path:
     """The raw-folder path a data.* setting names, refused when it leads outside data/raw/<name>."""
-    raw = require_download(config)
+    raw = require_download(config.name)
     path = raw / getattr(config.data, key)
     if not path.resolve().is_relative_to(raw.resolve()):
         raise click.ClickException(
@@ -128,7 +127,7 @@ def read_csv(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
 
 def load_labels(config: Config) -> LabelTable:
     """The training images and their classes."""
-    raw = require_download(config)
+    raw = require_download(config.name)
     data = config.data
     _check_extension(config)
     train_dir = _inside(config, "train_dir")
@@ -191,7 +190,7 @@ def _folder(path: Path, config: Config) -> Path:
 
 def load_test(config: Config) -> TestTable:
     """Test images, in sample_submission.csv's order when there is one, else sorted by file name."""
-    raw = require_download(config)
+    raw = require_download(config.name)
     data = config.data
     _check_extension(config)
     test_dir = _folder(_inside(config, "test_dir"), config)
@@ -218,8 +217,8 @@ def load_test(config: Config) -> TestTable:
 def check_test_apart(config: Config, test: TestTable, labels: LabelTable) -> None:
     """Refuse a test image that is also a labelled training image (the same file, links followed): a leak,
     or listings mixed up. The same id alone is allowed: some competitions number train/ and test/ apart."""
-    root, data = raw_dir(config).resolve(), config.data
-    sample = raw_dir(config) / data.sample_submission
+    root, data = raw_dir(config.name).resolve(), config.data
+    sample = raw_dir(config.name) / data.sample_submission
     training = {real: index for index, real in enumerate(real_paths(labels.paths, root, "", rows=False))}
     for index, real in enumerate(real_paths(test.paths, root, str(sample), rows=sample.is_file())):
         if real in training:
@@ -229,31 +228,3 @@ def check_test_apart(config: Config, test: TestTable, labels: LabelTable) -> Non
                 f"{place}: test image {test.paths[index].name} is training image {labels.paths[training[real]].name} "
                 f"({source}); a labelled image must not be in the test set: fix the listing or the files"
             )
-
-
-def assign_folds(targets: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Stratified fold number (0..n_folds-1) per row: a pure function of labels and seed."""
-    counts = np.bincount(targets)
-    if counts.min() < n_folds:
-        raise click.ClickException(
-            f"a class has only {counts.min()} images, fewer than train.folds = {n_folds}; lower train.folds"
-        )
-    folds = np.zeros(len(targets), dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for fold, (_, validation_rows) in enumerate(splitter.split(np.zeros(len(targets)), targets)):
-        folds[validation_rows] = fold
-    return folds
-
-
-def load_folds(config: Config, labels: LabelTable) -> np.ndarray:
-    """Folds from data/interim/<name>/folds.csv; made (and written once) when missing or stale."""
-    path = interim_dir(config) / "folds.csv"
-    if path.exists():
-        saved = pd.read_csv(path, dtype={"id": str})
-        if list(saved["id"]) == labels.ids and saved["fold"].nunique() == config.train.folds:
-            return saved["fold"].to_numpy(dtype=np.int64)
-    folds = assign_folds(labels.targets, config.train.folds, config.train.seed)
-    table = pd.DataFrame({"id": labels.ids, "label": [labels.classes[t] for t in labels.targets], "fold": folds})
-    with atomic_path(path) as temporary:
-        table.to_csv(temporary, index=False)
-    return folds

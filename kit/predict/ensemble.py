@@ -19,10 +19,16 @@ from typing import NamedTuple
 
 import click
 import numpy as np
+from scipy.optimize import minimize
+from tqdm import tqdm
 
-from kit import calibrate, data, metrics, runs, submission
+from kit import metrics
 from kit.config import Config
-from kit.runs import find_run, git_commit, read_json, save_array, utc_stamp, write_json
+from kit.data.labels import LabelTable, load_test
+from kit.files import read_json, save_array, write_json
+from kit.predict import calibrate, submission
+from kit.predict.inference import predict_test
+from kit.run_folder import find_run, new_run_dir, run_config
 
 
 def common_rows(oofs: list[np.ndarray]) -> np.ndarray:
@@ -41,8 +47,6 @@ def fit_weights(probabilities: list[np.ndarray], targets: np.ndarray) -> np.ndar
     the loss, -mean log(sum_i w_i q_i), is convex in w and SLSQP finds its minimum on the simplex.
     Uniform and one-hot weights are candidates too, so the result never loses to the best single run.
     """
-    from scipy.optimize import minimize
-
     count = len(probabilities)
     true_class = np.stack([p[np.arange(len(targets)), targets] for p in probabilities], 1)  # rows x runs
     true_class = np.clip(true_class, calibrate.NO_CLIP, 1.0)
@@ -73,15 +77,12 @@ class Member(NamedTuple):
     test: Callable[[], np.ndarray]  # N_test x C, read (or predicted) only once the OOF blend is possible
 
 
-def test_probabilities(run_dir: Path) -> np.ndarray:
+def test_probabilities(run_dir: Path, labels: LabelTable) -> np.ndarray:
     """A run's test probabilities, predicting them first when the run has none yet."""
     path = run_dir / "test-probabilities.npy"
     if not path.exists():
-        from kit import predict
-        from kit.pipeline import run_config
-
-        click.echo(f"predicting the test set with {run_dir.name} first")
-        predict.predict_run(run_config(run_dir), run_dir)
+        tqdm.write(f"predicting the test set with {run_dir.name} first")
+        predict_test(run_config(run_dir), labels, run_dir, read_json(run_dir / "metrics.json"))
     return np.load(path)
 
 
@@ -108,9 +109,10 @@ def variant_predictions(run_dir: Path, weights: str, plain: bool, row_count: int
     return oof, np.mean(tests, axis=0)
 
 
-def load_member(config: Config, spec: str, row_count: int) -> Member:
+def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
     """RUN, RUN@WEIGHTS (e.g. @snapshot-3: that snapshot alone, with TTA) or RUN@WEIGHTS:plain (no TTA)."""
     run_id, _, variant = spec.partition("@")
+    row_count = len(labels.ids)
     run_dir = find_run(config, run_id)
     if not (run_dir / "metrics.json").exists() or not (run_dir / "oof.npy").exists():
         raise click.ClickException(f"{run_dir}: no metrics.json or oof.npy; train it first (`make train`)")
@@ -120,7 +122,7 @@ def load_member(config: Config, spec: str, row_count: int) -> Member:
             raise click.ClickException(
                 f"{run_dir / 'oof.npy'}: {oof.shape[0]} rows but the labels have {row_count}; the data changed since this run"
             )
-        return Member(run_dir.name, run_dir, oof, lambda: test_probabilities(run_dir))
+        return Member(run_dir.name, run_dir, oof, lambda: test_probabilities(run_dir, labels))
     weights, _, views = variant.partition(":")
     if views not in ("", "plain"):
         raise click.ClickException(f"{spec}: write RUN@WEIGHTS or RUN@WEIGHTS:plain (e.g. {run_id}@snapshot-2:plain)")
@@ -149,24 +151,13 @@ def test_predictions(members: list[Member]) -> list[np.ndarray]:
     return tests
 
 
-def new_ensemble_dir(config: Config) -> Path:
-    base = runs.RUNS_DIR / config.name  # looked up at call time: tests point it elsewhere
-    run_dir, suffix = base / f"{utc_stamp()}-ensemble", 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = base / f"{utc_stamp()}-ensemble-{suffix}"
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
-def ensemble_runs(config: Config, specs: list[str]) -> Path:
+def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     """`kit ensemble`: blend runs (by id or unique prefix) or kept variants (RUN@WEIGHTS[:plain]) on OOF,
     calibrate (log-loss metrics), write the submission; returns the ensemble's folder."""
     if len(specs) < 2 or len(set(specs)) != len(specs):
         raise click.ClickException("an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`")
     started = time.time()
-    labels = data.load_labels(config)
-    members = [load_member(config, spec, len(labels.ids)) for spec in specs]
+    members = [load_member(config, spec, labels) for spec in specs]
     if len({member.name for member in members}) != len(members):
         raise click.ClickException("an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`")
     classes, metric = check_classes(members)
@@ -188,11 +179,11 @@ def ensemble_runs(config: Config, specs: list[str]) -> Path:
               for m in members}
     test_blend = calibrate.apply_calibration(blend(test_predictions(members), weights), temperature, epsilon)
 
-    run_dir = new_ensemble_dir(config)
+    run_dir = new_run_dir(config, "ensemble")
     # config.json makes the folder a run (listed, reportable, submittable): the first run's settings.
     names = [member.name for member in members]
     write_json(run_dir / "config.json", read_json(members[0].run_dir / "config.json"))
-    write_json(run_dir / "provenance.json", {"commit": git_commit(), "started_utc": utc_stamp(), "runs": names})
+    write_json(run_dir / "provenance.json", {**read_json(run_dir / "provenance.json"), "runs": names})
     full_oof = np.full((len(labels.ids), len(classes)), np.nan)
     full_oof[rows] = blended
     save_array(run_dir / "oof.npy", full_oof)
@@ -207,7 +198,7 @@ def ensemble_runs(config: Config, specs: list[str]) -> Path:
         "metric": metric, "cv": cv, "folds_trained": [], "classes": classes,
         "seconds": round(time.time() - started, 1), "folds": {}, "ensemble": details,
     })
-    test = data.load_test(config)
+    test = load_test(config)
     sample = submission.read_sample(config)
     frame = submission.build(config, test.ids, test_blend, classes, sample)
     path = submission.write(config, frame, sample, metric, cv, classes)

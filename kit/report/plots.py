@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from kit import schedule
-from kit.runs import atomic_path
+from kit.files import atomic_path
+from kit.train import schedule
 
 DPI = 100  # pixels per inch of figure size
 

@@ -20,7 +20,7 @@ import zipfile
 import click
 import requests
 
-from kit.runs import DOWNLOAD_MARKER, filling_folder
+from kit.files import DOWNLOAD_MARKER, filling_folder
 
 MAXIMUM_ZIP_NESTING = 4  # Kaggle nests train.zip inside the bundle; a deeper chain is a zip bomb or a loop
 SUBMISSIONS_PAGE_SIZE = 20  # the official client's own default, so every server honours it

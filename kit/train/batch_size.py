@@ -9,7 +9,6 @@ numbers of images (a halved batch, several GPUs) they are scaled linearly (Goyal
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -17,14 +16,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kit import distributed, predict
-from kit.loader import make_loader
+from kit import distributed
+from kit.config import Config
+from kit.device import device
+from kit.data.loader import make_loader
+from kit.train.stage import FoldState, PreparedStage
 
-if TYPE_CHECKING:  # kit.train imports this module
-    from kit.config import Config
-    from kit.stage import FoldState, StageData
-
-Step = Callable[["StageData", nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # kit.stage.train_step
+Step = Callable[[PreparedStage, nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # kit.train.stage.train_step
 MEMORY_PROBE_DEVICES = {"cuda"}  # where running out of memory raises an error (a CPU's OS kills the process)
 
 
@@ -48,7 +46,7 @@ def fit_batch_size(try_step: Callable[[int], None], batch_size: int, minimum: in
     )
 
 
-def probe_batch_size(data: StageData, model: nn.Module, step: Step) -> int:
+def probe_batch_size(prepared: PreparedStage, model: nn.Module, step: Step) -> int:
     """The stage's batch size, halved until a training step fits in memory on every rank.
 
     Each try is a whole step (forward, backward, optimizer state) on a blank batch at learning rate 0;
@@ -56,41 +54,41 @@ def probe_batch_size(data: StageData, model: nn.Module, step: Step) -> int:
     """
     model.zero_grad(set_to_none=True)  # the previous stage's gradients would count against this one
     saved = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
-    example = data.valid_inputs[:1]  # one cached image or feature row: the shape and type of an input
+    example = prepared.valid_inputs[:1]  # one cached image or feature row: the shape and type of an input
     example = torch.from_numpy(np.array(example)) if isinstance(example, np.ndarray) else example
 
     def try_step(batch_size: int) -> None:
-        data.optimizer.state.clear()  # a try that ran out of memory in optimizer.step may leave it half made
-        for group in data.optimizer.param_groups:
+        prepared.optimizer.state.clear()  # a try that ran out of memory in optimizer.step may leave it half made
+        for group in prepared.optimizer.param_groups:
             group["lr"] = 0.0
         blank = torch.zeros((batch_size, *example.shape[1:]), dtype=example.dtype)
-        step(data, model, blank, torch.zeros(batch_size, dtype=torch.int64))
+        step(prepared, model, blank, torch.zeros(batch_size, dtype=torch.int64))
 
-    fitted = distributed.smallest(fit_batch_size(try_step, data.batch_size, minimum=2))
+    fitted = distributed.smallest(fit_batch_size(try_step, prepared.batch_size, minimum=2))
     model.load_state_dict(saved)
-    data.optimizer.state.clear()  # a new stage's optimizer starts empty
+    prepared.optimizer.state.clear()  # a new stage's optimizer starts empty
     return fitted
 
 
-def set_batch_size(config: Config, stage_index: int, state: FoldState, data: StageData, step: Step) -> None:
+def set_batch_size(config: Config, stage_index: int, state: FoldState, prepared: PreparedStage, step: Step) -> None:
     """This rank's batch size (as an interrupted run chose it, or the largest that fits) and learning rates for it."""
-    configured = data.batch_size
+    configured = prepared.batch_size
     resumed = state.resume is not None and state.resume["stage_index"] == stage_index
     if resumed:
         batch_size = state.resume.get("batch_size", configured)
-    elif predict.device().type in MEMORY_PROBE_DEVICES:
-        batch_size = probe_batch_size(data, state.model, step)
+    elif device().type in MEMORY_PROBE_DEVICES:
+        batch_size = probe_batch_size(prepared, state.model, step)
     else:
         batch_size = configured
     scale = batch_size * distributed.world_size() / configured  # images per step now / images the rates are for
     if batch_size != configured:
-        loader = data.train_batches
-        data.train_batches = make_loader(loader.dataset, batch_size, True, data.generator, loader.num_workers)
+        loader = prepared.train_batches
+        prepared.train_batches = make_loader(loader.dataset, batch_size, True, prepared.generator, loader.num_workers)
         if distributed.is_main() and not resumed:
             tqdm.write(
                 f"  {config.stages[stage_index].name}: {configured} images per step do not fit in GPU memory; "
                 f"using {batch_size}, learning rates x{scale:g}"
             )
-    for group in data.optimizer.param_groups:
+    for group in prepared.optimizer.param_groups:
         group["initial_lr"] *= scale
-    data.base_rates, data.batch_size = [rate * scale for rate in data.base_rates], batch_size
+    prepared.base_rates, prepared.batch_size = [rate * scale for rate in prepared.base_rates], batch_size

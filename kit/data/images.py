@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from kit.runs import atomic_path
+from kit.files import atomic_path
 
 
 def decode(path: Path, image_size: int) -> np.ndarray:
@@ -87,42 +87,3 @@ def image_cache(paths: list[Path], image_size: int, cache_dir: Path, label: str 
     with atomic_path(report_path) as temporary:
         temporary.write_text(json.dumps(problems, indent=1))
     return np.load(array_path, mmap_mode="r"), problems
-
-
-def body_features(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Pooled body activations (N x features, float32): the head's input, one forward pass per image."""
-    import torch
-
-    from kit.predict import device, to_input
-
-    target = device()
-    model.eval()
-    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = to_input(torch.from_numpy(np.array(images[start : start + batch_size])), mean, std, target)
-            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
-                pooled = model.forward_head(model.forward_features(batch), pre_logits=True)
-            outputs.append(pooled.float().cpu())
-    return torch.cat(outputs).numpy()
-
-
-def body_features_cached(model, images: np.ndarray, label: str, cache_dir: Path, batch_size: int) -> np.ndarray:
-    """body_features, saved under data/interim and keyed by the body's weights and the image cache file.
-
-    Any change to the weights (another backbone, a fine-tuned body) or to the images gives a new key.
-    """
-    from kit.runs import save_array
-
-    head = {id(p) for p in model.get_classifier().parameters()}
-    digest = hashlib.sha1(str(getattr(images, "filename", len(images))).encode())
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) not in head:
-            digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
-    path = cache_dir / f"features-{label}-{digest.hexdigest()[:16]}.npy"
-    if path.exists():
-        return np.load(path)
-    features = body_features(model, images, batch_size)
-    save_array(path, features)
-    return features

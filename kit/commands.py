@@ -1,0 +1,353 @@
+"""What each `kit` command does, in the order a user runs them: download, folds, train, predict, submit,
+then the ledger, reports and forks. The CLI parses and calls these; this is the only module that tells
+the user what happened (progress bars and one-line notices aside).
+
+Commands that need no model (list, folds, runs, ledger, config, new, download) import no torch, timm,
+albumentations or matplotlib: the modules that do are imported by the commands that use them, at the
+start of those commands (kit.train, kit.predict.inference, kit.predict.ensemble, kit.report.report).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import typing
+from datetime import datetime
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+import tomllib
+
+from kit import ledger as submission_ledger
+from kit import paths
+from kit.config import (
+    Config,
+    MetricName,
+    competition_names,
+    config_from_dict,
+    load_competition,
+    load_config,
+    resolve_name,
+    value_sources,
+)
+from kit.data.folds import load_folds
+from kit.data.labels import LabelTable, load_labels, load_test, parse_csv
+from kit.files import DOWNLOAD_MARKER, filling_folder, git_commit, read_json, utc_stamp, write_json
+from kit.hooks import load_hooks
+from kit.kaggle import client as kaggle
+from kit.kaggle import scaffold
+from kit.predict import submission
+from kit.report.runs_table import runs_table
+from kit.run_folder import find_run, finished_runs, list_runs, new_run_dir, run_config, run_summary
+
+
+def download(config: Config) -> None:
+    """Fill data/raw/<name> (once): from hooks.download when the competition has one, else from Kaggle."""
+    target = paths.raw_dir(config.name)
+    hooks = load_hooks(config)
+    if "download" in hooks:
+        fetched = not (target / DOWNLOAD_MARKER).exists()
+        if fetched:
+            with filling_folder(target) as partial:
+                hooks["download"](partial)
+    elif not config.competition.kaggle:
+        raise click.ClickException(f"{config.path}: set competition.kaggle (the Kaggle slug) or add a download hook")
+    else:
+        fetched = kaggle.download_competition(config.competition.kaggle, target)
+    click.echo(f"{config.name}: {'downloaded' if fetched else 'already downloaded'} in data/raw/{config.name}")
+
+
+def folds(config: Config) -> None:
+    labels = load_labels(config)
+    assigned = load_folds(config, labels)
+    table = pd.crosstab(pd.Series([labels.classes[t] for t in labels.targets], name="class"), pd.Series(assigned, name="fold"))
+    click.echo(table.to_string())
+
+
+def show_config(query: str, overrides: tuple[str, ...]) -> None:
+    """`kit config`: every resolved key, its value and where it came from (default, toml, --set)."""
+    path = paths.competition_file(resolve_name(query))
+    rows = value_sources(path, overrides)
+    width = max(len(key) for key, _, _ in rows)
+    click.echo(f"# {path}")
+    for key, value, source in rows:
+        click.echo(f"{key:<{width}}  {value!r:<30}  {source}")
+
+
+def load_for_training(query: str, overrides: tuple[str, ...] = ()) -> Config:
+    """The config, with the parts only training needs checked too (albumentations transforms)."""
+    from kit.data import augment  # heavy (albumentations, cv2): only commands that train pay for it
+
+    config = load_competition(query, overrides)
+    augment.check_transforms(config)
+    return config
+
+
+def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
+    """A new run folder, the LR finder if asked, then training; under torchrun rank 0 makes the folder and prints."""
+    from kit import distributed  # heavy (torch): only commands that train pay for it
+    from kit.device import device_name
+    from kit.train import loop
+
+    loop.fold_numbers_of(config, fold)  # a bad --fold is refused before a run folder is made
+    distributed.setup()
+    main = distributed.is_main()
+    run_dir = distributed.broadcast_object(new_run_dir(config, config.train.model, device_name()) if main else None)
+    if main:
+        click.echo(f"run {run_dir.relative_to(run_dir.parents[2])}")
+    if config.train.lr_find:
+        if distributed.world_size() == 1:
+            _lr_find(config, labels, 0, run_dir, None)
+        elif main:
+            click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
+    summary = loop.train(config, labels, fold, run_dir)
+    if main:
+        click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+    distributed.teardown()
+    return run_dir
+
+
+def train(config: Config, fold: str) -> Path:
+    return _train_in_new_run(config, load_labels(config), fold)
+
+
+def resume(config: Config, run: str | None) -> Path:
+    """Continue an interrupted run (default: the newest) with its own config, from its last completed epoch."""
+    from kit import distributed  # heavy (torch): only commands that train pay for it
+    from kit.train import loop
+
+    distributed.setup()
+    plan = None
+    if distributed.is_main():  # rank 0 chooses the run and reads its folder; the other ranks are told
+        if run is None:
+            unfinished = [p for p in list_runs(config) if not (p / "metrics.json").exists() and (p / "plan.json").exists()]
+            if not unfinished:
+                raise click.ClickException(f"no interrupted run of {config.name} to resume; start one with `make train`")
+            run_dir = unfinished[-1]
+        else:
+            run_dir = find_run(config, run)
+        click.echo(f"resuming run {run_dir.name}")
+        plan = (run_dir, run_config(run_dir), read_json(run_dir / "plan.json")["fold"])
+    run_dir, saved_config, fold = distributed.broadcast_object(plan)
+    summary = loop.train(saved_config, load_labels(saved_config), fold, run_dir)
+    if distributed.is_main():
+        click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+    distributed.teardown()
+    return run_dir
+
+
+def _lr_find(config: Config, labels: LabelTable, stage: int, run_dir: Path, weights: Path | None) -> dict:
+    from kit.report.plots import plot_lr_find  # heavy (matplotlib)
+    from kit.train.lr_find import lr_find  # heavy (torch)
+
+    result = lr_find(config, labels, stage, run_dir, weights)
+    plot = plot_lr_find(result["rates"], result["losses"], result["suggestion"], run_dir / f"lr-find-stage{stage}.png")
+    click.echo(
+        f"LR finder, stage {stage} ({result['stage']}): suggested lr {result['suggestion']:.3g}: {result['reason']}; plot in {plot}"
+    )
+    return result
+
+
+def find_learning_rate(config: Config, stage: int, run: str | None = None) -> dict:
+    """The LR finder at a stage; with `run`, starting from that run's fold-0 weights, and writing there."""
+    from kit.device import device_name
+
+    if not 0 <= stage < len(config.stages):
+        raise click.ClickException(f"--stage {stage}: {config.path} has stages 0..{len(config.stages) - 1}")
+    weights = None
+    if run is not None:
+        run_dir = find_run(config, run)
+        weights = run_dir / "fold-0" / "last.pt"
+        if not weights.is_file():
+            raise click.ClickException(f"--run {run}: {weights} not found (fold 0 not trained to the end); pick a finished run")
+    else:
+        run_dir = new_run_dir(config, config.train.model, device_name())
+    return _lr_find(config, load_labels(config), stage, run_dir, weights)
+
+
+def submission_file(config: Config, run_dir: Path, summary: dict, remake: bool) -> Path:
+    """The run's submission CSV: predicted (again) when `remake` or when the file is missing.
+
+    The one way every command gets a run's submission. An ensemble has no weights: its file is rebuilt from
+    its blended test probabilities.
+    """
+    record = run_dir / "submission.json"
+    existing = paths.submissions_dir() / read_json(record)["file"] if record.exists() else None
+    if existing is not None and existing.exists() and not (remake and "ensemble" not in summary):
+        return existing
+    if "ensemble" in summary:
+        return _rebuild_ensemble_submission(config, run_dir, summary)
+    from kit.predict.inference import predict_test  # heavy (torch, timm)
+
+    return predict_test(run_config(run_dir), load_labels(config), run_dir, summary)
+
+
+def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -> Path:
+    probabilities = run_dir / "test-probabilities.npy"
+    if not probabilities.exists():
+        raise click.ClickException(f"{probabilities} is missing: blend again with `make ensemble RUNS=\"...\"`")
+    test, sample = load_test(config), submission.read_sample(config)
+    frame = submission.build(config, test.ids, np.load(probabilities), summary["classes"], sample)
+    path = submission.write(config, frame, sample, summary["metric"], summary["cv"], summary["classes"])
+    write_json(run_dir / "submission.json", {**read_json(run_dir / "submission.json"), "file": path.name})
+    return path
+
+
+def predict(config: Config, run: str | None) -> Path:
+    run_dir = find_run(config, run)
+    summary = run_summary(run_dir, "kit predict")
+    path = submission_file(config, run_dir, summary, remake=True)
+    kind = "ensemble run" if "ensemble" in summary else "run"
+    click.echo(f"submission {path.relative_to(path.parents[1])} from {kind} {run_dir.name}")
+    return path
+
+
+def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict:
+    """Train and predict if needed, check the file, then upload it (or score it locally) and record it.
+
+    Nothing is uploaded unless the file passes submission.check; the ledger row is written only once the
+    upload (or local score, or dry run) has succeeded.
+    """
+    hooks = load_hooks(config)
+    if "score" not in hooks and not dry_run:
+        if not config.competition.kaggle:
+            raise click.ClickException(f"{config.path}: set competition.kaggle (the Kaggle slug) to upload, or use --dry-run")
+        kaggle.authenticated_api()  # missing credentials stop here, before any training
+    if run is None and not finished_runs(config):
+        click.echo(f"no trained run of {config.name}: training one first")
+        _train_in_new_run(load_for_training(config.name), load_labels(config), "0")
+    run_dir = find_run(config, run)
+    summary = run_summary(run_dir, "kit submit")
+    path = submission_file(config, run_dir, summary, remake=False)
+    # Labels stay text ('007' is not 7); probabilities are read as numbers so that NaN is seen.
+    frame = parse_csv(
+        path, f"delete it, and `kit submit {config.name}` predicts it again",
+        dtype=str if config.submission.format == "label" else {config.submission.id_column: str},
+    )
+    sample = submission.read_sample(config)
+    submission.check(config, frame, sample, str(path), summary["classes"])
+    frame = submission.clip(config, frame)
+    commit = read_json(run_dir / "provenance.json").get("commit", git_commit())
+    text = f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | run {run_dir.name} | commit {commit}"
+    row = {"time_utc": utc_stamp(), "competition": config.name, "file": path.name, "run": run_dir.name,
+           "commit": commit, "metric": summary["metric"], "cv": f"{summary['cv']:.6f}", "message": text}
+    if "score" in hooks:
+        scores = hooks["score"](frame, paths.raw_dir(config.name))
+        row.update(status="scored locally", public_score=f"{next(iter(scores.values())):.6f}")
+        click.echo("local leaderboard: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    elif dry_run:
+        row.update(status="dry run (not uploaded)")
+    else:
+        # The clipped copy keeps the file's name: Kaggle lists it, and `kit ledger` matches on it.
+        with tempfile.TemporaryDirectory(prefix=".upload-", dir=path.parent) as folder:
+            upload = Path(folder) / path.name
+            frame.to_csv(upload, index=False)
+            kaggle.submit(config.competition.kaggle, upload, text)
+        row.update(status="uploaded")
+    submission_ledger.append_ledger(row)
+    click.echo(f"{row['status']}: {path.name} ({text})")
+    return row
+
+
+def ledger(config: Config) -> pd.DataFrame:
+    """Every submission of the competition, CV next to leaderboard; public scores refreshed from Kaggle first."""
+    table = submission_ledger.read_ledger()
+    strangers = []
+    if config.competition.kaggle and "score" not in load_hooks(config):
+        try:
+            remote = kaggle.list_submissions(config.competition.kaggle)
+        except click.ClickException as error:  # the local ledger is still worth showing
+            click.echo(f"scores not refreshed: {error.message}", err=True)
+        else:
+            table, strangers = submission_ledger.merge_kaggle_scores(table, remote, config.name)
+            submission_ledger.write_ledger(table)
+    columns = ["time_utc", "file", "run", "metric", "cv", "public_score", "private_score", "status"]
+    shown = table.loc[table["competition"] == config.name, columns]
+    outside = pd.DataFrame(
+        [{"time_utc": datetime.fromisoformat(entry["date"]).strftime("%Y%m%d-%H%M%S") if entry["date"] else "",
+          "file": entry["file_name"] or "", "run": "", "metric": config.competition.metric, "cv": "",
+          "public_score": entry["public_score"] or "", "private_score": entry["private_score"] or "",
+          "status": f"{entry['status'] or 'unknown'} (not in ledger)"} for entry in strangers],
+        columns=columns,
+    )
+    result = pd.concat([shown, outside], ignore_index=True).sort_values("time_utc", kind="stable").reset_index(drop=True)
+    click.echo(result.to_string(index=False) if len(result) else f"no submissions of {config.name} yet")
+    return result
+
+
+def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) -> Path:
+    """Fork: download SLUG into data/raw/NAME (once), infer its layout, write competitions/NAME/competition.toml."""
+    target = paths.competition_file(name)
+    scaffold.check_name(name, target)
+    if metric is not None and metric not in typing.get_args(MetricName):
+        raise click.ClickException(f"--metric {metric!r}: choose one of {', '.join(typing.get_args(MetricName))}")
+    target_raw = paths.raw_dir(name)
+    marker = target_raw / DOWNLOAD_MARKER
+    if from_raw:
+        if not target_raw.is_dir() or not any(target_raw.iterdir()):
+            raise click.ClickException(f"--from-raw: {target_raw} is empty; put the competition's files there first")
+    elif marker.is_file():
+        slug = slug or marker.read_text().strip()
+        click.echo(f"{target_raw} is already downloaded: inspecting it")
+    else:
+        if not slug:
+            raise click.ClickException("kit new NAME needs --kaggle SLUG (from the competition's URL), or --from-raw")
+        if target_raw.is_dir() and any(target_raw.iterdir()):
+            raise click.ClickException(f"{target_raw} holds files but no finished download: add --from-raw to use them, or move it away")
+        kaggle.download_competition(slug, target_raw)
+    layout = scaffold.inspect(target_raw)
+    metric = metric or scaffold.default_metric(layout.submission["format"])
+    text = scaffold.render(name, slug or "", layout, metric)
+    config_from_dict(tomllib.loads(text), target)  # what is written must load: check first
+    scaffold.write_new(target, text)
+    click.echo(scaffold.report(layout, metric, target))
+    return target
+
+
+def list_competitions() -> list[dict]:
+    """Each competition with its slug and how far it has got (downloaded, runs, best CV)."""
+    rows = []
+    for name in competition_names():
+        try:
+            config = load_config(paths.competition_file(name))
+        except click.ClickException as error:
+            rows.append({"competition": name, "kaggle": "", "status": f"config error: {error.message}"})
+            continue
+        scores = [read_json(p / "metrics.json")["cv"] for p in finished_runs(config)]
+        raw = paths.raw_dir(config.name)
+        status = "downloaded" if raw.is_dir() and any(raw.iterdir()) else "not downloaded"
+        if scores:
+            status += f", {len(scores)} runs, last CV {config.competition.metric} {scores[-1]:.4f}"
+        rows.append({"competition": name, "kaggle": config.competition.kaggle or "(local)", "status": status})
+    for row in rows:
+        click.echo(f"{row['competition']:<20} {row['kaggle']:<40} {row['status']}")
+    return rows
+
+
+def report(config: Config, run: str | None) -> Path:
+    """Write a run's self-contained HTML report (default: the newest finished run)."""
+    from kit.report.report import write_report  # heavy (matplotlib, PIL)
+
+    run_dir = find_run(config, run)
+    path = write_report(config, load_labels(config), run_dir, run_summary(run_dir, "kit report"))
+    click.echo(f"report {path}")
+    return path
+
+
+def runs(config: Config) -> pd.DataFrame:
+    table = runs_table(config)
+    click.echo(table.to_string(index=False) if len(table) else "no runs yet")
+    return table
+
+
+def ensemble(config: Config, specs: list[str]) -> Path:
+    """Blend runs (or kept variants of them) on OOF, calibrate, write the submission."""
+    from kit.predict.ensemble import ensemble_runs  # heavy when a member must predict first (torch)
+
+    run_dir = ensemble_runs(config, load_labels(config), specs)
+    summary = read_json(run_dir / "metrics.json")
+    weights = ", ".join(f"{name} {weight:.3f}" for name, weight in zip(summary["ensemble"]["runs"], summary["ensemble"]["weights"], strict=True))
+    click.echo(f"ensemble {run_dir.name}: OOF {summary['metric']} {summary['cv']:.4f} (weights {weights}); "
+               f"submission {read_json(run_dir / 'submission.json')['file']}")
+    return run_dir

@@ -1,0 +1,105 @@
+"""Writing files so that a kill at any moment leaves the previous good file: atomic writes, JSON and
+array files, a folder filled in a hidden sibling and renamed into place, and the stamps runs record.
+
+Every write goes to a temporary file beside its target and is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from kit import paths
+
+DOWNLOAD_MARKER = ".download-complete"  # written last into data/raw/<name>: the download is whole
+
+
+@contextmanager
+def filling_folder(target: Path, note: str = "") -> Iterator[Path]:
+    """An empty hidden sibling of `target` to fill; renamed onto `target`, marked complete, only if the
+    block succeeds, so an interrupted download never leaves a half-filled folder (the next try starts over).
+
+    A non-empty `target` without the marker was not made here and may be the user's: it is refused.
+    """
+    if target.exists() and any(target.iterdir()):
+        raise click.ClickException(
+            f"{target} exists but holds no completed download ({DOWNLOAD_MARKER} missing): move it away, then retry"
+        )
+    partial = target.parent / f".partial-{target.name}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+        (partial / DOWNLOAD_MARKER).write_text(f"{note}\n")
+        if target.exists():
+            target.rmdir()  # empty, checked above; os.replace cannot overwrite a directory otherwise
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); outputs are ordinary files
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def write_json(target: Path, value: Any) -> None:
+    with atomic_path(target) as temporary:
+        temporary.write_text(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def save_array(target: Path, array) -> None:
+    """np.save, atomically (np.save would add '.npy' to a temporary name, so write through a handle)."""
+    with atomic_path(target) as temporary, open(temporary, "wb") as handle:
+        np.save(handle, array)
+
+
+def git_commit() -> str:
+    """The commit the code came from, with '-dirty' when it has uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=paths.CHECKOUT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=paths.CHECKOUT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (commit or "unknown") + ("-dirty" if dirty else "")
+
+
+def utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

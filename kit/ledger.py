@@ -1,0 +1,63 @@
+"""submissions/ledger.csv: every submission made (file, run, commit, CV) and, once Kaggle has scored it,
+its public and private score. Written whole and atomically; read as strings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from kit import paths
+from kit.files import atomic_path
+
+LEDGER_COLUMNS = [
+    "time_utc", "competition", "file", "run", "commit", "metric", "cv", "message", "status", "public_score", "private_score",
+]
+
+
+def read_ledger() -> pd.DataFrame:
+    """submissions/ledger.csv as strings, with every LEDGER_COLUMNS column (older ledgers lack some)."""
+    path = paths.ledger_file()
+    ledger = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else pd.DataFrame(columns=LEDGER_COLUMNS)
+    for column in LEDGER_COLUMNS:
+        if column not in ledger.columns:
+            ledger[column] = ""
+    return ledger
+
+
+def write_ledger(ledger: pd.DataFrame) -> Path:
+    path = paths.ledger_file()
+    with atomic_path(path) as temporary:
+        ledger.to_csv(temporary, index=False)
+    return path
+
+
+def append_ledger(row: dict) -> Path:
+    """Add one row to submissions/ledger.csv (rewritten atomically, never half-written)."""
+    ledger = read_ledger()
+    return write_ledger(pd.concat([ledger, pd.DataFrame([{key: row.get(key, "") for key in LEDGER_COLUMNS}])], ignore_index=True))
+
+
+def merge_kaggle_scores(ledger: pd.DataFrame, remote: list[dict], competition: str) -> tuple[pd.DataFrame, list[dict]]:
+    """Copy Kaggle's status and scores onto the uploaded ledger rows they belong to (pure).
+
+    `remote` is kit.kaggle.list_submissions' output, newest first. Each Kaggle submission claims the newest
+    unclaimed uploaded row of `competition` whose message is its description, else whose file is its file
+    name. Returns the updated ledger and the Kaggle submissions no row claims (made outside the kit).
+    """
+    ledger = ledger.copy()
+    unclaimed = [i for i in reversed(ledger.index) if ledger.at[i, "competition"] == competition and ledger.at[i, "status"].startswith("uploaded")]
+    strangers = []
+    for entry in remote:
+        match = next((i for i in unclaimed if entry["description"] and ledger.at[i, "message"] == entry["description"]), None)
+        if match is None:
+            match = next((i for i in unclaimed if ledger.at[i, "file"] == entry["file_name"]), None)
+        if match is None:
+            strangers.append(entry)
+            continue
+        unclaimed.remove(match)
+        ledger.loc[match, ["status", "public_score", "private_score"]] = [
+            f"uploaded, {entry['status'] or 'unknown'}", entry["public_score"] or "", entry["private_score"] or "",
+        ]
+    return ledger, strangers

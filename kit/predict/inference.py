@@ -1,0 +1,123 @@
+"""Prediction with a run's saved weights: per-view probabilities (TTA), averaged over the snapshots of a
+fold and over folds, then calibrated (log loss) and written as the submission.
+
+Training uses the same functions for its out-of-fold predictions, so OOF and test rows are made alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from torch import nn
+
+from kit import models
+from kit.config import Config
+from kit.data.images import image_cache
+from kit.data.labels import LabelTable, check_test_apart, load_test
+from kit.device import batched_inference, device
+from kit.files import save_array, write_json
+from kit.paths import interim_dir
+from kit.predict import calibrate, submission
+from kit.predict.tta import tta_views
+
+
+def view_probabilities(
+    model: nn.Module, images: np.ndarray, batch_size: int, preset: str = "none", tta: int = 0, progress: str | None = None
+) -> np.ndarray:
+    """Softmax probabilities per view (1 + tta views, N, classes; float64): view 0 is the plain image."""
+    model.eval()
+    views = tta_views(preset, tta)
+
+    def all_views(batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([model(view(batch)).float().softmax(1) for view in views])
+
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    stacked = batched_inference(all_views, images, batch_size, mean, std, join_dim=1, progress=progress)
+    return stacked.double().cpu().numpy()
+
+
+def ensemble_probabilities(
+    model: nn.Module, weight_paths: list[Path], meta: dict, images: np.ndarray, batch_size: int,
+    keep: Path | None = None, preset: str = "none", tta: int = 0,
+) -> np.ndarray:
+    """Average of the probabilities of several saved weights (snapshots, folds) on the same images.
+
+    With `keep` (a path prefix such as fold-0/oof-), each weight file's per-view probabilities are also
+    saved as <keep><weights>.npy (views x N x classes, float32): every snapshot and TTA setting stays
+    available to ensembles later, at no extra inference cost.
+    """
+    total = None
+    for path in weight_paths:
+        models.load_weights(model, path, meta)
+        progress = f"{path.parent.name}/{path.stem} x {1 + tta} views"
+        per_view = view_probabilities(model, images, batch_size, preset, tta, progress=progress)
+        if keep is not None:
+            save_array(keep.with_name(f"{keep.name}{path.stem}.npy"), per_view.astype(np.float32))
+        probabilities = per_view.mean(0)
+        total = probabilities if total is None else total + probabilities
+    return total / len(weight_paths)
+
+
+def prediction_weights(fold_dir: Path, mode: str, snapshot_count: int) -> list[Path]:
+    """Which saved weights of a fold predict: the last N snapshots, the last or the best weights."""
+    snapshots = sorted(fold_dir.glob("snapshot-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if mode == "snapshots" and snapshots:
+        return snapshots[-snapshot_count:]
+    if mode == "best" and (fold_dir / "best.pt").exists():
+        return [fold_dir / "best.pt"]
+    return [fold_dir / "last.pt"]
+
+
+def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
+    """Every weight file the run's prediction uses: per trained fold, as `prediction_weights` picks."""
+    return [
+        path
+        for fold in summary["folds_trained"]
+        for path in prediction_weights(run_dir / f"fold-{fold}", config.predict.weights, config.predict.snapshot_ensemble)
+    ]
+
+
+def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dict) -> Path:
+    """Test probabilities from every trained fold of a run (snapshots, TTA), then the submission file."""
+    classes = summary["classes"]
+    test = load_test(config)
+    check_test_apart(config, test, labels)
+    last_stage = config.stages[-1]
+    images, problems = image_cache(test.paths, config.stage_image_size(last_stage), interim_dir(config.name), "test")
+    if problems:
+        write_json(run_dir / "bad-test-images.json", problems)
+        first = next(iter(problems.items()))
+        raise click.ClickException(
+            f"{len(problems)} test images cannot be read (e.g. {first[0]}: {first[1]}); a submission must cover "
+            f"every id: fix or re-download them (list in {run_dir / 'bad-test-images.json'})"
+        )
+    model = models.create_model(config.train.model, len(classes), pretrained=False).to(device())
+    meta = models.weights_meta(config, classes)
+    weights, fold_probabilities = [], []
+    for fold in summary["folds_trained"]:  # every fold's weights predict; folds are averaged with equal weight
+        fold_dir = run_dir / f"fold-{fold}"
+        fold_weights = prediction_weights(fold_dir, config.predict.weights, config.predict.snapshot_ensemble)
+        fold_probabilities.append(ensemble_probabilities(
+            model, fold_weights, meta, images, config.stage_batch_size(last_stage) * 2, keep=fold_dir / "test-",
+            preset=config.augment.preset, tta=config.predict.tta,
+        ))
+        weights += fold_weights
+    probabilities = np.mean(fold_probabilities, axis=0)
+    if summary["metric"] == "log_loss":  # temperature and clip fitted on OOF rows: never worse on OOF
+        temperature, epsilon, before, after = calibrate.calibrate(np.load(run_dir / "oof.npy"), _oof_targets(labels, classes))
+        probabilities = calibrate.apply_calibration(probabilities, temperature, epsilon)
+        write_json(run_dir / "calibration.json", {"temperature": temperature, "epsilon": epsilon, "oof_before": before, "oof_after": after})
+    save_array(run_dir / "test-probabilities.npy", probabilities)
+    sample = submission.read_sample(config)
+    frame = submission.build(config, test.ids, probabilities, classes, sample)
+    path = submission.write(config, frame, sample, summary["metric"], summary["cv"], classes)
+    write_json(run_dir / "submission.json", {"file": path.name, "weights": [str(w.relative_to(run_dir)) for w in weights]})
+    return path
+
+
+def _oof_targets(labels: LabelTable, classes: list[str]) -> np.ndarray:
+    """Class index of every training row, in oof.npy's row order."""
+    return np.array([classes.index(labels.classes[target]) for target in labels.targets])

@@ -1,0 +1,95 @@
+"""Run folders: runs/<name>/<run-id>/ made once with a unique name, found again by id, and the config a
+run was trained with read back, so that prediction, reports and ensembles see what training saw.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import click
+
+from kit import paths
+from kit.config import Config, config_from_dict
+from kit.files import git_commit, read_json, utc_stamp, write_json
+
+
+def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
+    """Create runs/<name>/<time>-<kind>[-N]/ and record the resolved config and provenance in it.
+
+    `kind` is the model name for a trained run, "ensemble" for a blend; `device` names where it runs.
+    """
+    base = paths.runs_dir(config.name)
+    run_id = f"{utc_stamp()}-{kind}"
+    run_dir, suffix = base / run_id, 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = base / f"{run_id}-{suffix}"
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "config.json", config.to_dict())
+    write_json(run_dir / "provenance.json", {
+        "commit": git_commit(),
+        "command": " ".join(sys.argv),
+        "started_utc": utc_stamp(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "device": device,
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),  # torchrun: one per GPU, each with train.batch_size
+    })
+    return run_dir
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def list_runs(config: Config) -> list[Path]:
+    """Runs of a competition, oldest first."""
+    base = paths.runs_dir(config.name)
+    if not base.exists():
+        return []
+    return sorted((p for p in base.iterdir() if (p / "config.json").exists()), key=lambda p: p.name)
+
+
+def finished_runs(config: Config) -> list[Path]:
+    """Runs with metrics.json (training or blending completed), oldest first."""
+    return [p for p in list_runs(config) if (p / "metrics.json").exists()]
+
+
+def find_run(config: Config, run: str | None) -> Path:
+    """A run folder by id (or unique prefix); None: the newest run with metrics."""
+    runs = list_runs(config)
+    if run is None:
+        finished = finished_runs(config)
+        if not finished:
+            raise click.ClickException(f"no finished run of {config.name}: run `make train COMP={config.name}`")
+        return finished[-1]
+    matches = [p for p in runs if p.name == run] or [p for p in runs if p.name.startswith(run)]
+    if len(matches) != 1:
+        known = ", ".join(p.name for p in runs[-5:]) or "(none)"
+        raise click.ClickException(f"run '{run}' of {config.name} not found or ambiguous; recent: {known}")
+    return matches[0]
+
+
+def run_config(run_dir: Path) -> Config:
+    """The config a run was trained with (its saved copy), so prediction matches training."""
+    saved = read_json(run_dir / "config.json")
+    return config_from_dict(saved, Path(saved["path"]))
+
+
+def run_summary(run_dir: Path, command: str) -> dict:
+    """metrics.json of a finished run; an unfinished one is refused in one line naming `command`."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        raise click.ClickException(
+            f"{run_dir.name} has not finished training (no {path.name}): finish it with `make resume RUN={run_dir.name}`"
+            f" before `{command}`, or pick a finished run"
+        )
+    return read_json(path)
