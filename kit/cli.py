@@ -9,7 +9,13 @@ from kit import commands
 from kit.config import load_competition
 
 COMPETITION = click.argument("competition")
-OVERRIDES = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.epochs=2.")
+OVERRIDES = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. train.epochs=2.",
+)
 
 
 class Commands(click.Group):
@@ -52,8 +58,12 @@ def folds(competition: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @COMPETITION
-@click.option("--fold", default="0", show_default=True, help="Fold number, or 'all' for every fold (OOF predictions).")
-@click.option("--resume", is_flag=True, help="Continue the newest interrupted run (or --run) from its last epoch.")
+@click.option(
+    "--fold", default="0", show_default=True, help="Fold number, or 'all' for every fold (OOF predictions)."
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the newest interrupted run (or --run) from its last epoch."
+)
 @click.option("--run", default=None, help="With --resume: the run to continue.")
 @OVERRIDES
 def train(competition: str, fold: str, resume: bool, run: str | None, overrides: tuple[str, ...]) -> None:
@@ -66,7 +76,9 @@ def train(competition: str, fold: str, resume: bool, run: str | None, overrides:
 
 @main.command("lr-find")
 @COMPETITION
-@click.option("--stage", default=0, show_default=True, help="Recipe stage to test (frozen, unfrozen, new size).")
+@click.option(
+    "--stage", default=0, show_default=True, help="Recipe stage to test (frozen, unfrozen, new size)."
+)
 @click.option("--run", default=None, help="Start from this run's fold-0 weights (default: fresh pretrained).")
 @OVERRIDES
 def lr_find(competition: str, stage: int, run: str | None, overrides: tuple[str, ...]) -> None:
@@ -102,8 +114,12 @@ def ledger_command(competition: str) -> None:
 @main.command("new")
 @click.argument("name")
 @click.option("--kaggle", "slug", default="", help="Kaggle slug, from the competition's URL.")
-@click.option("--metric", default=None, help="Metric name (default: log_loss for probabilities, accuracy for labels).")
-@click.option("--from-raw", is_flag=True, help="Use the files already in data/raw/NAME instead of downloading.")
+@click.option(
+    "--metric", default=None, help="Metric name (default: log_loss for probabilities, accuracy for labels)."
+)
+@click.option(
+    "--from-raw", is_flag=True, help="Use the files already in data/raw/NAME instead of downloading."
+)
 def new(name: str, slug: str, metric: str | None, from_raw: bool) -> None:
     """Fork the kit for a new competition: download, inspect, write competitions/NAME/competition.toml."""
     commands.new_competition(name, slug, metric, from_raw)

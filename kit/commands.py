@@ -52,16 +52,22 @@ def download(config: Config) -> None:
             with filling_folder(target) as partial:
                 hooks["download"](partial)
     elif not config.competition.kaggle:
-        raise click.ClickException(f"{config.path}: set competition.kaggle (the Kaggle slug) or add a download hook")
+        raise click.ClickException(
+            f"{config.path}: set competition.kaggle (the Kaggle slug) or add a download hook"
+        )
     else:
         fetched = kaggle.download_competition(config.competition.kaggle, target)
-    click.echo(f"{config.name}: {'downloaded' if fetched else 'already downloaded'} in data/raw/{config.name}")
+    click.echo(
+        f"{config.name}: {'downloaded' if fetched else 'already downloaded'} in data/raw/{config.name}"
+    )
 
 
 def folds(config: Config) -> None:
     labels = load_labels(config)
     assigned = load_folds(config, labels)
-    table = pd.crosstab(pd.Series([labels.classes[t] for t in labels.targets], name="class"), pd.Series(assigned, name="fold"))
+    table = pd.crosstab(
+        pd.Series([labels.classes[t] for t in labels.targets], name="class"), pd.Series(assigned, name="fold")
+    )
     click.echo(table.to_string())
 
 
@@ -93,7 +99,9 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
     loop.fold_numbers_of(config, fold)  # a bad --fold is refused before a run folder is made
     distributed.setup()
     main = distributed.is_main()
-    run_dir = distributed.broadcast_object(new_run_dir(config, config.train.model, device_name()) if main else None)
+    run_dir = distributed.broadcast_object(
+        new_run_dir(config, config.train.model, device_name()) if main else None
+    )
     if main:
         click.echo(f"run {run_dir.relative_to(run_dir.parents[2])}")
     if config.train.lr_find:
@@ -121,9 +129,15 @@ def resume(config: Config, run: str | None) -> Path:
     plan = None
     if distributed.is_main():  # rank 0 chooses the run and reads its folder; the other ranks are told
         if run is None:
-            unfinished = [p for p in list_runs(config) if not (p / "metrics.json").exists() and (p / "plan.json").exists()]
+            unfinished = [
+                p
+                for p in list_runs(config)
+                if not (p / "metrics.json").exists() and (p / "plan.json").exists()
+            ]
             if not unfinished:
-                raise click.ClickException(f"no interrupted run of {config.name} to resume; start one with `make train`")
+                raise click.ClickException(
+                    f"no interrupted run of {config.name} to resume; start one with `make train`"
+                )
             run_dir = unfinished[-1]
         else:
             run_dir = find_run(config, run)
@@ -142,7 +156,9 @@ def _lr_find(config: Config, labels: LabelTable, stage: int, run_dir: Path, weig
     from kit.train.lr_find import lr_find  # heavy (torch)
 
     result = lr_find(config, labels, stage, run_dir, weights)
-    plot = plot_lr_find(result["rates"], result["losses"], result["suggestion"], run_dir / f"lr-find-stage{stage}.png")
+    plot = plot_lr_find(
+        result["rates"], result["losses"], result["suggestion"], run_dir / f"lr-find-stage{stage}.png"
+    )
     click.echo(
         f"LR finder, stage {stage} ({result['stage']}): suggested lr {result['suggestion']:.3g}: {result['reason']}; plot in {plot}"
     )
@@ -160,7 +176,9 @@ def find_learning_rate(config: Config, stage: int, run: str | None = None) -> di
         run_dir = find_run(config, run)
         weights = run_dir / "fold-0" / "last.pt"
         if not weights.is_file():
-            raise click.ClickException(f"--run {run}: {weights} not found (fold 0 not trained to the end); pick a finished run")
+            raise click.ClickException(
+                f"--run {run}: {weights} not found (fold 0 not trained to the end); pick a finished run"
+            )
     else:
         run_dir = new_run_dir(config, config.train.model, device_name())
     return _lr_find(config, load_labels(config), stage, run_dir, weights)
@@ -186,7 +204,7 @@ def submission_file(config: Config, run_dir: Path, summary: dict, remake: bool) 
 def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -> Path:
     probabilities = run_dir / "test-probabilities.npy"
     if not probabilities.exists():
-        raise click.ClickException(f"{probabilities} is missing: blend again with `make ensemble RUNS=\"...\"`")
+        raise click.ClickException(f'{probabilities} is missing: blend again with `make ensemble RUNS="..."`')
     test, sample = load_test(config), submission.read_sample(config)
     frame = submission.build(config, test.ids, np.load(probabilities), summary["classes"], sample)
     path = submission.write(config, frame, sample, summary["metric"], summary["cv"], summary["classes"])
@@ -212,7 +230,9 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     hooks = load_hooks(config)
     if "score" not in hooks and not dry_run:
         if not config.competition.kaggle:
-            raise click.ClickException(f"{config.path}: set competition.kaggle (the Kaggle slug) to upload, or use --dry-run")
+            raise click.ClickException(
+                f"{config.path}: set competition.kaggle (the Kaggle slug) to upload, or use --dry-run"
+            )
         kaggle.authenticated_api()  # missing credentials stop here, before any training
     if run is None and not finished_runs(config):
         click.echo(f"no trained run of {config.name}: training one first")
@@ -222,7 +242,8 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     path = submission_file(config, run_dir, summary, remake=False)
     # Labels stay text ('007' is not 7); probabilities are read as numbers so that NaN is seen.
     frame = parse_csv(
-        path, f"delete it, and `kit submit {config.name}` predicts it again",
+        path,
+        f"delete it, and `kit submit {config.name}` predicts it again",
         dtype=str if config.submission.format == "label" else {config.submission.id_column: str},
     )
     sample = submission.read_sample(config)
@@ -230,8 +251,16 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     frame = submission.clip(config, frame)
     commit = read_json(run_dir / "provenance.json").get("commit", git_commit())
     text = f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | run {run_dir.name} | commit {commit}"
-    row = {"time_utc": utc_stamp(), "competition": config.name, "file": path.name, "run": run_dir.name,
-           "commit": commit, "metric": summary["metric"], "cv": f"{summary['cv']:.6f}", "message": text}
+    row = {
+        "time_utc": utc_stamp(),
+        "competition": config.name,
+        "file": path.name,
+        "run": run_dir.name,
+        "commit": commit,
+        "metric": summary["metric"],
+        "cv": f"{summary['cv']:.6f}",
+        "message": text,
+    }
     if "score" in hooks:
         scores = hooks["score"](frame, paths.raw_dir(config.name))
         row.update(status="scored locally", public_score=f"{next(iter(scores.values())):.6f}")
@@ -265,13 +294,28 @@ def ledger(config: Config) -> pd.DataFrame:
     columns = ["time_utc", "file", "run", "metric", "cv", "public_score", "private_score", "status"]
     shown = table.loc[table["competition"] == config.name, columns]
     outside = pd.DataFrame(
-        [{"time_utc": datetime.fromisoformat(entry["date"]).strftime("%Y%m%d-%H%M%S") if entry["date"] else "",
-          "file": entry["file_name"] or "", "run": "", "metric": config.competition.metric, "cv": "",
-          "public_score": entry["public_score"] or "", "private_score": entry["private_score"] or "",
-          "status": f"{entry['status'] or 'unknown'} (not in ledger)"} for entry in strangers],
+        [
+            {
+                "time_utc": datetime.fromisoformat(entry["date"]).strftime("%Y%m%d-%H%M%S")
+                if entry["date"]
+                else "",
+                "file": entry["file_name"] or "",
+                "run": "",
+                "metric": config.competition.metric,
+                "cv": "",
+                "public_score": entry["public_score"] or "",
+                "private_score": entry["private_score"] or "",
+                "status": f"{entry['status'] or 'unknown'} (not in ledger)",
+            }
+            for entry in strangers
+        ],
         columns=columns,
     )
-    result = pd.concat([shown, outside], ignore_index=True).sort_values("time_utc", kind="stable").reset_index(drop=True)
+    result = (
+        pd.concat([shown, outside], ignore_index=True)
+        .sort_values("time_utc", kind="stable")
+        .reset_index(drop=True)
+    )
     click.echo(result.to_string(index=False) if len(result) else f"no submissions of {config.name} yet")
     return result
 
@@ -281,20 +325,28 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
     target = paths.competition_file(name)
     scaffold.check_name(name, target)
     if metric is not None and metric not in typing.get_args(MetricName):
-        raise click.ClickException(f"--metric {metric!r}: choose one of {', '.join(typing.get_args(MetricName))}")
+        raise click.ClickException(
+            f"--metric {metric!r}: choose one of {', '.join(typing.get_args(MetricName))}"
+        )
     target_raw = paths.raw_dir(name)
     marker = target_raw / DOWNLOAD_MARKER
     if from_raw:
         if not target_raw.is_dir() or not any(target_raw.iterdir()):
-            raise click.ClickException(f"--from-raw: {target_raw} is empty; put the competition's files there first")
+            raise click.ClickException(
+                f"--from-raw: {target_raw} is empty; put the competition's files there first"
+            )
     elif marker.is_file():
         slug = slug or marker.read_text().strip()
         click.echo(f"{target_raw} is already downloaded: inspecting it")
     else:
         if not slug:
-            raise click.ClickException("kit new NAME needs --kaggle SLUG (from the competition's URL), or --from-raw")
+            raise click.ClickException(
+                "kit new NAME needs --kaggle SLUG (from the competition's URL), or --from-raw"
+            )
         if target_raw.is_dir() and any(target_raw.iterdir()):
-            raise click.ClickException(f"{target_raw} holds files but no finished download: add --from-raw to use them, or move it away")
+            raise click.ClickException(
+                f"{target_raw} holds files but no finished download: add --from-raw to use them, or move it away"
+            )
         kaggle.download_competition(slug, target_raw)
     layout = scaffold.inspect(target_raw)
     metric = metric or scaffold.default_metric(layout.submission["format"])
@@ -347,7 +399,12 @@ def ensemble(config: Config, specs: list[str]) -> Path:
 
     run_dir = ensemble_runs(config, load_labels(config), specs)
     summary = read_json(run_dir / "metrics.json")
-    weights = ", ".join(f"{name} {weight:.3f}" for name, weight in zip(summary["ensemble"]["runs"], summary["ensemble"]["weights"], strict=True))
-    click.echo(f"ensemble {run_dir.name}: OOF {summary['metric']} {summary['cv']:.4f} (weights {weights}); "
-               f"submission {read_json(run_dir / 'submission.json')['file']}")
+    weights = ", ".join(
+        f"{name} {weight:.3f}"
+        for name, weight in zip(summary["ensemble"]["runs"], summary["ensemble"]["weights"], strict=True)
+    )
+    click.echo(
+        f"ensemble {run_dir.name}: OOF {summary['metric']} {summary['cv']:.4f} (weights {weights}); "
+        f"submission {read_json(run_dir / 'submission.json')['file']}"
+    )
     return run_dir

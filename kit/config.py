@@ -45,7 +45,9 @@ class CompetitionSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    labels: LabelSource = "csv"  # where labels come from: "csv", "filenames" (cat.12.jpg) or "folders" (train/cat/)
+    labels: LabelSource = (
+        "csv"  # where labels come from: "csv", "filenames" (cat.12.jpg) or "folders" (train/cat/)
+    )
     labels_csv: str = "labels.csv"  # relative to data/raw/<name>; used when labels = "csv"
     id_column: str = "id"
     label_column: str = "label"
@@ -60,7 +62,9 @@ class DataSection:
 
 @dataclass(frozen=True)
 class SubmissionSection:
-    format: SubmissionFormat = "probabilities"  # one column per class; "binary": one P(positive); "label": the class
+    format: SubmissionFormat = (
+        "probabilities"  # one column per class; "binary": one P(positive); "label": the class
+    )
     id_column: str = "id"
     label_column: str = "label"  # the column holding P(positive) or the class, for binary and label formats
     positive_class: str = ""  # for format = "binary": the class whose probability is submitted
@@ -262,9 +266,13 @@ def _apply_override(raw: dict, key: str, value: Any, file: Path) -> None:
         raw["stages"] = value
         return
     if len(parts) == 1:  # a bare key: find its section
-        owners = [name for name, cls in SECTIONS.items() if parts[0] in {f.name for f in dataclasses.fields(cls)}]
+        owners = [
+            name for name, cls in SECTIONS.items() if parts[0] in {f.name for f in dataclasses.fields(cls)}
+        ]
         if len(owners) > 1:
-            raise ConfigError(f"--set {key}: ambiguous; write {' or '.join(f'{owner}.{key}' for owner in owners)}")
+            raise ConfigError(
+                f"--set {key}: ambiguous; write {' or '.join(f'{owner}.{key}' for owner in owners)}"
+            )
         if not owners:
             raise ConfigError(f"--set {key}: unknown key; write section.key, sections: {', '.join(SECTIONS)}")
         parts = [owners[0], parts[0]]
@@ -284,9 +292,14 @@ def _read_toml(path: Path) -> dict:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: malformed TOML: {error}") from None
-    for key in ("name", "path"):  # config_from_dict drops these (a run's config.json has them); a TOML may not
+    for key in (
+        "name",
+        "path",
+    ):  # config_from_dict drops these (a run's config.json has them); a TOML may not
         if key in raw:
-            raise ConfigError(f"{path}: unknown top-level key '{key}'; the competition's name is its folder's name")
+            raise ConfigError(
+                f"{path}: unknown top-level key '{key}'; the competition's name is its folder's name"
+            )
     return raw
 
 
@@ -303,7 +316,9 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
     if isinstance(value, (list, tuple)) and value and all(isinstance(item, dict) and item for item in value):
-        return {k: v for index, item in enumerate(value) for k, v in flatten(item, f"{prefix}{index}.").items()}
+        return {
+            k: v for index, item in enumerate(value) for k, v in flatten(item, f"{prefix}{index}.").items()
+        }
     return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
 
 
@@ -319,11 +334,15 @@ def value_sources(path: Path, overrides: typing.Sequence[str] = ()) -> list[tupl
     for text in overrides:
         key, _ = parse_override(text)
         if "." not in key and key != "stages":  # a bare key: the section that owns it
-            owners = [name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+            owners = [
+                name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}
+            ]
             key = f"{owners[0]}.{key}" if owners else key
         overridden.append(key)
     rows = []
-    for key, value in flatten({k: v for k, v in config.to_dict().items() if k not in ("name", "path")}).items():
+    for key, value in flatten(
+        {k: v for k, v in config.to_dict().items() if k not in ("name", "path")}
+    ).items():
         if any(key == name or key.startswith(name + ".") for name in overridden):
             source = "--set"
         elif key in from_file or (key.startswith("stages.") and "stages" in from_file):
@@ -363,9 +382,11 @@ def resolve_name(query: str) -> str:
     slugs = {}
     for name in names:
         try:
-            slugs[name] = tomllib.loads(paths.competition_file(name).read_text()).get(
-                "competition", {}
-            ).get("kaggle", "")
+            slugs[name] = (
+                tomllib.loads(paths.competition_file(name).read_text())
+                .get("competition", {})
+                .get("kaggle", "")
+            )
         except tomllib.TOMLDecodeError:
             slugs[name] = ""
     exact = [name for name in names if query in (name, slugs[name])]
@@ -381,4 +402,3 @@ def resolve_name(query: str) -> str:
 
 def load_competition(query: str, overrides: typing.Sequence[str] = ()) -> Config:
     return load_config(paths.competition_file(resolve_name(query)), overrides)
-

@@ -29,7 +29,9 @@ def autocast(compute: torch.device):
 def _normaliser(mean: tuple, std: tuple, compute: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std as (1, 3, 1, 1) tensors on `compute`, made once: a host-to-device copy from Python
     values would otherwise wait for the GPU on every batch."""
-    return torch.tensor(mean, device=compute).view(1, 3, 1, 1), torch.tensor(std, device=compute).view(1, 3, 1, 1)
+    return torch.tensor(mean, device=compute).view(1, 3, 1, 1), torch.tensor(std, device=compute).view(
+        1, 3, 1, 1
+    )
 
 
 def to_input(batch: torch.Tensor, mean: tuple, std: tuple, compute: torch.device) -> torch.Tensor:

@@ -133,7 +133,11 @@ class ShardSampler(Sampler[int]):
         return math.ceil(self.count / self.world_size)
 
     def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.count, generator=self.generator).tolist() if self.shuffle else list(range(self.count))
+        order = (
+            torch.randperm(self.count, generator=self.generator).tolist()
+            if self.shuffle
+            else list(range(self.count))
+        )
         padding = len(self) * self.world_size - self.count
         order += (order * math.ceil(padding / max(self.count, 1)))[:padding]
         return iter(order[self.rank :: self.world_size])

@@ -100,6 +100,5 @@ def utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())

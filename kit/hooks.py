@@ -29,8 +29,14 @@ def load_hooks(config: Config) -> dict[str, typing.Callable]:
     spec.loader.exec_module(module)
     found = {}
     for name, value in vars(module).items():
-        if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__:
+        if (
+            callable(value)
+            and not name.startswith("_")
+            and getattr(value, "__module__", None) == module.__name__
+        ):
             if name not in HOOKS:
-                raise ConfigError(f"{path}: unknown hook '{name}'; allowed: {', '.join(HOOKS)} (prefix helpers with _)")
+                raise ConfigError(
+                    f"{path}: unknown hook '{name}'; allowed: {', '.join(HOOKS)} (prefix helpers with _)"
+                )
             found[name] = value
     return found

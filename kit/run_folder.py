@@ -30,16 +30,21 @@ def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
         run_dir = base / f"{run_id}-{suffix}"
     run_dir.mkdir(parents=True)
     write_json(run_dir / "config.json", config.to_dict())
-    write_json(run_dir / "provenance.json", {
-        "commit": git_commit(),
-        "command": " ".join(sys.argv),
-        "started_utc": utc_stamp(),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "device": device,
-        "processes": int(os.environ.get("WORLD_SIZE", "1")),  # torchrun: one per GPU, each with train.batch_size
-    })
+    write_json(
+        run_dir / "provenance.json",
+        {
+            "commit": git_commit(),
+            "command": " ".join(sys.argv),
+            "started_utc": utc_stamp(),
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "torch": _version("torch"),
+            "device": device,
+            "processes": int(
+                os.environ.get("WORLD_SIZE", "1")
+            ),  # torchrun: one per GPU, each with train.batch_size
+        },
+    )
     return run_dir
 
 
@@ -69,7 +74,9 @@ def find_run(config: Config, run: str | None) -> Path:
     if run is None:
         finished = finished_runs(config)
         if not finished:
-            raise click.ClickException(f"no finished run of {config.name}: run `make train COMP={config.name}`")
+            raise click.ClickException(
+                f"no finished run of {config.name}: run `make train COMP={config.name}`"
+            )
         return finished[-1]
     matches = [p for p in runs if p.name == run] or [p for p in runs if p.name.startswith(run)]
     if len(matches) != 1:

@@ -59,10 +59,18 @@ def main(model: str, image_size: int, epochs: int) -> None:
         state = stage.FoldState(network, labels, rows[folds != 0], rows[folds == 0], Path(scratch), meta, [])
         precomputed, precomputed_wall = epoch_seconds(config, 0, state)  # includes the one feature pass
         augmented, augmented_wall = epoch_seconds(config, 1, state)
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     click.echo(f"device: {name}; model {model} at {image_size}px; {len(state.train_rows)} training images")
-    click.echo(f"epoch on precomputed features: {precomputed:.3f} s (stage of {epochs} epochs: {precomputed_wall:.2f} s wall, feature pass and checkpoints included)")
-    click.echo(f"epoch frozen body + augmentation: {augmented:.3f} s (stage of {epochs} epochs: {augmented_wall:.2f} s wall)")
+    click.echo(
+        f"epoch on precomputed features: {precomputed:.3f} s (stage of {epochs} epochs: {precomputed_wall:.2f} s wall, feature pass and checkpoints included)"
+    )
+    click.echo(
+        f"epoch frozen body + augmentation: {augmented:.3f} s (stage of {epochs} epochs: {augmented_wall:.2f} s wall)"
+    )
     click.echo(f"speed-up: {augmented / precomputed:.1f}x (acceptance: >= 10x in issue 3, >= 20x in issue 5)")
 
 

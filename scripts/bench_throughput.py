@@ -44,7 +44,9 @@ def write_jpegs(folder: Path, count: int, width: int, height: int) -> list[Path]
 
     def one(index: int) -> Path:
         generator = np.random.default_rng(index)
-        coarse = Image.fromarray(generator.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
+        coarse = Image.fromarray(generator.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+            (width, height), Image.Resampling.BICUBIC
+        )
         noisy = np.asarray(coarse, dtype=np.int16) + generator.integers(-12, 13, (height, width, 3))
         path = folder / f"class-{index % CLASSES}" / f"{index}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,22 +107,45 @@ def device_name() -> str:
 
 
 @click.command()
-@click.option("--model", "model_name", default="resnet18", show_default=True, help="timm model (trained from scratch).")
+@click.option(
+    "--model", "model_name", default="resnet18", show_default=True, help="timm model (trained from scratch)."
+)
 @click.option("--image-size", default=64, show_default=True, help="Training size in pixels (square).")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--images", default=512, show_default=True, help="Synthetic JPEGs written to a temporary ImageFolder.")
-@click.option("--source-size", default=(500, 375), type=(int, int), show_default=True, help="JPEG width and height.")
+@click.option(
+    "--images", default=512, show_default=True, help="Synthetic JPEGs written to a temporary ImageFolder."
+)
+@click.option(
+    "--source-size", default=(500, 375), type=(int, int), show_default=True, help="JPEG width and height."
+)
 @click.option("--steps", default=0, help="Steps per round of a measurement (0: one pass over the images).")
-@click.option("--warmup", default=1, show_default=True, help="Untimed rounds first (worker start-up, compilation).")
-@click.option("--workers", default=-1, show_default=True, help="DataLoader workers for (b)-(d); -1: the kit's rule.")
-@click.option("--repeats", default=3, show_default=True, help="Timed rounds; the best of each measurement is shown.")
+@click.option(
+    "--warmup", default=1, show_default=True, help="Untimed rounds first (worker start-up, compilation)."
+)
+@click.option(
+    "--workers", default=-1, show_default=True, help="DataLoader workers for (b)-(d); -1: the kit's rule."
+)
+@click.option(
+    "--repeats", default=3, show_default=True, help="Timed rounds; the best of each measurement is shown."
+)
 @click.option("--tta", default=2, show_default=True, help="Augmented views added in the TTA measurement.")
-@click.option("--compile", "compiled", is_flag=True, help="torch.compile the model (CUDA only, as train.compile).")
-def main(model_name, image_size, batch_size, images, source_size, steps, warmup, workers, repeats, tta, compiled) -> None:
+@click.option(
+    "--compile", "compiled", is_flag=True, help="torch.compile the model (CUDA only, as train.compile)."
+)
+def main(
+    model_name, image_size, batch_size, images, source_size, steps, warmup, workers, repeats, tta, compiled
+) -> None:
     target = device.device()
     config = config_from_dict(
-        {"train": {"model": model_name, "pretrained": False, "image_size": image_size, "batch_size": batch_size},
-         "augment": {"preset": "side_on"}},
+        {
+            "train": {
+                "model": model_name,
+                "pretrained": False,
+                "image_size": image_size,
+                "batch_size": batch_size,
+            },
+            "augment": {"preset": "side_on"},
+        },
         Path("bench-throughput/competition.toml"),
     )
     workers = loader.worker_count(workers)
@@ -134,7 +159,18 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
 
     def stage_data(raw: bool) -> stage.PreparedStage:
         """What kit.stage.train_step needs: uint8 images (raw) or already-normalised float batches."""
-        return stage.PreparedStage(forward, optimizer, [config.train.lr] * 3, None, None, None, image_size, batch_size, raw, torch.Generator())
+        return stage.PreparedStage(
+            forward,
+            optimizer,
+            [config.train.lr] * 3,
+            None,
+            None,
+            None,
+            image_size,
+            batch_size,
+            raw,
+            torch.Generator(),
+        )
 
     raw_stage, float_stage = stage_data(True), stage_data(False)
     models.train_mode(model)
@@ -149,7 +185,9 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
         targets = np.array([int(path.parent.name.split("-")[1]) for path in paths], dtype=np.int64)
 
         # (a) The ceiling: the same step on a batch that is already on the device.
-        synthetic = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, device=target)
+        synthetic = torch.randint(
+            0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, device=target
+        )
         synthetic_targets = torch.randint(0, CLASSES, (batch_size,), device=target)
 
         def step(data: stage.PreparedStage) -> Callable:
@@ -160,24 +198,42 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
             return work
 
         # (b) The kit: cache -> augmented batches (workers, pinned memory) -> the step; (c) its loader alone.
-        dataset = loader.BatchDataset(cached, targets, np.arange(images), augment.train_transform(config, image_size))
-        kit_batches = lambda: loader.make_loader(dataset, batch_size, True, torch.Generator().manual_seed(0), workers)
-        copy = lambda inputs, labels: (inputs.to(target, non_blocking=True), labels.to(target, non_blocking=True))
+        dataset = loader.BatchDataset(
+            cached, targets, np.arange(images), augment.train_transform(config, image_size)
+        )
+        kit_batches = lambda: loader.make_loader(
+            dataset, batch_size, True, torch.Generator().manual_seed(0), workers
+        )
+        copy = lambda inputs, labels: (
+            inputs.to(target, non_blocking=True),
+            labels.to(target, non_blocking=True),
+        )
 
         # (d) What most people write: decode and augment the JPEGs every epoch with torchvision and Pillow.
         from torchvision import datasets, transforms
 
-        pipeline = transforms.Compose([
-            transforms.RandomResizedCrop(image_size, scale=(0.35, 1.0)), transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(), transforms.Normalize(mean, std),
-        ])
+        pipeline = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(image_size, scale=(0.35, 1.0)),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(mean, std),
+            ]
+        )
         plain = torch.utils.data.DataLoader(
-            datasets.ImageFolder(folder, pipeline), batch_size=batch_size, shuffle=True, num_workers=workers,
-            pin_memory=target.type == "cuda", persistent_workers=workers > 0, drop_last=True,
+            datasets.ImageFolder(folder, pipeline),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=target.type == "cuda",
+            persistent_workers=workers > 0,
+            drop_last=True,
         )
         layout = torch.channels_last if target.type == "cuda" else torch.contiguous_format
         float_step = step(float_stage)
-        to_device = lambda inputs, labels: float_step(inputs.to(target, non_blocking=True).contiguous(memory_format=layout), labels)
+        to_device = lambda inputs, labels: float_step(
+            inputs.to(target, non_blocking=True).contiguous(memory_format=layout), labels
+        )
 
         # Prediction: the forward pass alone on device batches, then kit.predict from the cache, plain and with TTA.
         inference_batch = batch_size * 2  # as the kit predicts
@@ -188,7 +244,9 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
             with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
                 forward(device.to_input(inputs, mean, std, target)).float().softmax(1)
 
-        big = torch.randint(0, 256, (inference_batch, image_size, image_size, 3), dtype=torch.uint8, device=target)
+        big = torch.randint(
+            0, 256, (inference_batch, image_size, image_size, 3), dtype=torch.uint8, device=target
+        )
 
         def kit_predict(views: int) -> Callable[[], int]:
             def run() -> int:
@@ -197,15 +255,21 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
 
             return run
 
-        rates = best_rates({
-            "ceiling": timed_steps(forever([(synthetic, synthetic_targets)]), step(raw_stage), steps),
-            "kit": timed_steps(forever(kit_batches()), step(raw_stage), steps),
-            "loader": timed_steps(forever(kit_batches()), copy, steps),
-            "folder": timed_steps(forever(plain), to_device, steps),
-            "inference ceiling": timed_steps(forever([(big, big[:, 0, 0, 0])]), infer, max(1, images // inference_batch)),
-            "inference": kit_predict(0),
-            "tta": kit_predict(tta),
-        }, warmup, repeats)
+        rates = best_rates(
+            {
+                "ceiling": timed_steps(forever([(synthetic, synthetic_targets)]), step(raw_stage), steps),
+                "kit": timed_steps(forever(kit_batches()), step(raw_stage), steps),
+                "loader": timed_steps(forever(kit_batches()), copy, steps),
+                "folder": timed_steps(forever(plain), to_device, steps),
+                "inference ceiling": timed_steps(
+                    forever([(big, big[:, 0, 0, 0])]), infer, max(1, images // inference_batch)
+                ),
+                "inference": kit_predict(0),
+                "tta": kit_predict(tta),
+            },
+            warmup,
+            repeats,
+        )
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     mode = "compiled" if compiled and target.type == "cuda" else "eager"
@@ -215,19 +279,37 @@ def main(model_name, image_size, batch_size, images, source_size, steps, warmup,
         f"{model_name} at {image_size}px, batch {batch_size}, {images} JPEGs of {source_size[0]}x{source_size[1]}, "
         f"{workers} loader workers; best of {repeats} rounds of {steps} steps, after {warmup} untimed"
     )
-    click.echo(f"writing the JPEGs: {written:.1f} s; decode-once cache: {cache_rate:,.0f} img/s (once per image size)")
-    ceiling, kit, folder_rate, inference = rates["ceiling"], rates["kit"], rates["folder"], rates["inference ceiling"]
+    click.echo(
+        f"writing the JPEGs: {written:.1f} s; decode-once cache: {cache_rate:,.0f} img/s (once per image size)"
+    )
+    ceiling, kit, folder_rate, inference = (
+        rates["ceiling"],
+        rates["kit"],
+        rates["folder"],
+        rates["inference ceiling"],
+    )
     lines = [
         ("train (a) ceiling: synthetic batches on the device", ceiling, "img/s", ""),
         ("train (b) kit end to end from the cache", kit, "img/s", f"b/a = {kit / ceiling:.2f}"),
         ("train (c) kit loader alone", rates["loader"], "img/s", ""),
         ("train (d) ImageFolder + Pillow DataLoader", folder_rate, "img/s", f"b/d = {kit / folder_rate:.2f}"),
         ("inference ceiling: synthetic batches on the device", inference, "img/s", ""),
-        ("inference: kit.predict from the cache", rates["inference"], "img/s", f"/ ceiling = {rates['inference'] / inference:.2f}"),
-        (f"TTA: kit.predict, plain + {tta} views", rates["tta"], "views/s", f"/ ceiling = {rates['tta'] / inference:.2f}"),
+        (
+            "inference: kit.predict from the cache",
+            rates["inference"],
+            "img/s",
+            f"/ ceiling = {rates['inference'] / inference:.2f}",
+        ),
+        (
+            f"TTA: kit.predict, plain + {tta} views",
+            rates["tta"],
+            "views/s",
+            f"/ ceiling = {rates['tta'] / inference:.2f}",
+        ),
     ]
     for label, rate, unit, ratio in lines:
         click.echo(f"{label:<52} {rate:10,.0f} {unit:<8} {ratio}".rstrip())
+
 
 if __name__ == "__main__":
     main()

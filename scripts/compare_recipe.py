@@ -22,7 +22,14 @@ from kit.files import read_json
 from kit.hooks import load_hooks
 from kit.paths import raw_dir
 
-PLAIN = ["stages=[]", "train.epochs=6", "train.image_size=64", "predict.tta=0", "train.lr=2e-3", "train.lr_find=false"]
+PLAIN = [
+    "stages=[]",
+    "train.epochs=6",
+    "train.image_size=64",
+    "predict.tta=0",
+    "train.lr=2e-3",
+    "train.lr_find=false",
+]
 
 
 def train_and_score(overrides: list[str]) -> dict:
@@ -33,7 +40,12 @@ def train_and_score(overrides: list[str]) -> dict:
     minutes = (time.time() - started) / 60
     frame = pd.read_csv(csv, dtype=str)
     leaderboard = load_hooks(config)["score"](frame, raw_dir(config))["accuracy"]
-    return {"run": run_dir.name, "cv": read_json(run_dir / "metrics.json")["cv"], "leaderboard": leaderboard, "minutes": minutes}
+    return {
+        "run": run_dir.name,
+        "cv": read_json(run_dir / "metrics.json")["cv"],
+        "leaderboard": leaderboard,
+        "minutes": minutes,
+    }
 
 
 @click.command()
@@ -41,14 +53,20 @@ def main() -> None:
     commands.download(load_competition("digits"))
     plain = train_and_score(PLAIN)
     recipe = train_and_score([])
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    )
     click.echo(f"device: {device}")
     for name, result in (("plain single stage", plain), ("default recipe", recipe)):
         click.echo(
             f"{name:<20} CV accuracy {result['cv']:.4f}  local leaderboard {result['leaderboard']:.4f}  "
             f"{result['minutes']:.1f} min  (run {result['run']})"
         )
-    click.echo(f"leaderboard difference (recipe - plain): {recipe['leaderboard'] - plain['leaderboard']:+.4f}")
+    click.echo(
+        f"leaderboard difference (recipe - plain): {recipe['leaderboard'] - plain['leaderboard']:+.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ def invoke(*arguments) -> Result:
 
 
 def _copy_competitions(root: Path) -> None:
-    shutil.copytree(REPO / "competitions", root / "competitions", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "competitions", root / "competitions", ignore=shutil.ignore_patterns("__pycache__")
+    )
 
 
 @pytest.fixture
@@ -74,7 +76,11 @@ TINY = [
 def tiny_recipe(cycles: tuple[int, ...], tta: int) -> list[str]:
     """TINY, but keeping the competition's own stages, each cut to `cycles[i]` cycles: its recipe, in seconds."""
     kept = [value for value in TINY if not value.startswith("stages")]
-    return [*kept, *(f"stages.{index}.n_cycles={count}" for index, count in enumerate(cycles)), f"predict.tta={tta}"]
+    return [
+        *kept,
+        *(f"stages.{index}.n_cycles={count}" for index, count in enumerate(cycles)),
+        f"predict.tta={tta}",
+    ]
 
 
 @pytest.fixture

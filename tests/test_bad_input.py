@@ -70,7 +70,9 @@ class Watched:
     def check(self) -> None:
         """Only data/interim, runs/ and submissions/ of the project changed; data/raw is byte-for-byte the same."""
         after = self.current()
-        changed = {path for path in self.before.keys() | after.keys() if self.before.get(path) != after.get(path)}
+        changed = {
+            path for path in self.before.keys() | after.keys() if self.before.get(path) != after.get(path)
+        }
         allowed = ("project/data/interim/", "project/runs/", "project/submissions/")
         outside = sorted(path for path in changed if not path.startswith(allowed))
         assert not outside, f"written outside data/interim, runs/ and submissions/: {outside[:5]}"
@@ -207,17 +209,24 @@ def test_a_few_bad_training_images_are_skipped_and_listed(digits, project):
     report = json.loads((run_dir / "bad-images.json").read_text())
     assert sorted(Path(path).name for path in report) == sorted(names)
     for path, problem in report.items():
-        assert problem == "missing" if kinds[Path(path).name] == "missing" else problem.startswith("unreadable")
+        assert (
+            problem == "missing" if kinds[Path(path).name] == "missing" else problem.startswith("unreadable")
+        )
     # The skipped images are neither trained on nor predicted out of fold.
     oof = np.load(run_dir / "oof.npy")
-    assert np.isnan(oof[:5]).all() and json.loads((run_dir / "metrics.json").read_text())["folds_trained"] == [0]
+    assert np.isnan(oof[:5]).all() and json.loads((run_dir / "metrics.json").read_text())[
+        "folds_trained"
+    ] == [0]
 
 
 def test_many_bad_training_images_stop_training_with_the_list(digits, project):
     names = [f"{identifier}.png" for identifier in train_rows(project)["id"][:5]]
     spoil_images(raw(project) / "train", names)
     line = refused(
-        project, "train", "digits", *sets([*QUICK, "data.max_bad_images=2"]),
+        project,
+        "train",
+        "digits",
+        *sets([*QUICK, "data.max_bad_images=2"]),
         contains=("5 training images cannot be read", "data.max_bad_images = 2", names[0], "bad-images.json"),
     )
     assert "missing" in line and "unreadable" in line
@@ -229,7 +238,9 @@ def test_a_bad_test_image_stops_prediction(trained, project):
     submissions_before = sorted((project / "submissions").iterdir())
     test_image = sorted((raw(project) / "test").iterdir())[3]
     test_image.write_bytes(test_image.read_bytes()[:20])
-    refused(project, "predict", "digits", contains=("1 test images cannot be read", test_image.name, "every id"))
+    refused(
+        project, "predict", "digits", contains=("1 test images cannot be read", test_image.name, "every id")
+    )
     assert sorted((project / "submissions").iterdir()) == submissions_before
     assert list(json.loads((trained / "bad-test-images.json").read_text())) == [str(test_image)]
 
@@ -247,7 +258,13 @@ def test_duplicate_training_id_names_its_row(digits, project):
     table = train_rows(project)
     table.loc[7, "id"] = table.loc[3, "id"]
     write_rows(raw(project) / "train.csv", table)
-    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", f"duplicate id {table.loc[3, 'id']!r}", "row 9"))
+    refused(
+        project,
+        "train",
+        "digits",
+        *sets(QUICK),
+        contains=("train.csv", f"duplicate id {table.loc[3, 'id']!r}", "row 9"),
+    )
     assert not (project / "runs").exists()  # refused before a run folder is made
 
 
@@ -258,17 +275,29 @@ def test_empty_label_names_its_row(digits, project):
     refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", "empty label", "row 12"))
 
 
-@pytest.mark.parametrize("identifier", ["../../../../outside", "/etc/passwd", "train/digit-0001", "..", "a\\b", ""])
+@pytest.mark.parametrize(
+    "identifier", ["../../../../outside", "/etc/passwd", "train/digit-0001", "..", "a\\b", ""]
+)
 def test_ids_that_are_not_plain_file_names_are_refused_with_the_row(digits, project, identifier):
     table = train_rows(project)
     table.loc[4, "id"] = identifier
     write_rows(raw(project) / "train.csv", table)
-    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", "row 6", "not a plain file name"))
+    refused(
+        project, "train", "digits", *sets(QUICK), contains=("train.csv", "row 6", "not a plain file name")
+    )
 
 
 def test_a_label_csv_without_the_configured_columns(digits, project):
-    write_rows(raw(project) / "train.csv", train_rows(project).rename(columns={"id": "image", "label": "digit"}))
-    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", "no column 'id', 'label'", "image, digit", "data.id_column"))
+    write_rows(
+        raw(project) / "train.csv", train_rows(project).rename(columns={"id": "image", "label": "digit"})
+    )
+    refused(
+        project,
+        "train",
+        "digits",
+        *sets(QUICK),
+        contains=("train.csv", "no column 'id', 'label'", "image, digit", "data.id_column"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -292,7 +321,9 @@ def test_test_listing_with_a_path_id(trained, project):
     sample = pd.read_csv(raw(project) / "sample_submission.csv", dtype=str)
     sample.loc[0, "id"] = "../train/" + train_rows(project)["id"][0]
     write_rows(raw(project) / "sample_submission.csv", sample)
-    refused(project, "predict", "digits", contains=("sample_submission.csv", "row 2", "not a plain file name"))
+    refused(
+        project, "predict", "digits", contains=("sample_submission.csv", "row 2", "not a plain file name")
+    )
 
 
 def test_a_labelled_training_image_in_the_test_set_is_refused(trained, project):
@@ -301,8 +332,15 @@ def test_a_labelled_training_image_in_the_test_set_is_refused(trained, project):
     training_id = train_rows(project)["id"][6]
     sample = pd.read_csv(raw(project) / "sample_submission.csv", dtype=str)
     (raw(project) / "test" / f"{sample.loc[3, 'id']}.png").unlink()
-    (raw(project) / "test" / f"{sample.loc[3, 'id']}.png").symlink_to(Path("..") / "train" / f"{training_id}.png")
-    refused(project, "predict", "digits", contains=("sample_submission.csv", "row 5", "training image", "train.csv row 8"))
+    (raw(project) / "test" / f"{sample.loc[3, 'id']}.png").symlink_to(
+        Path("..") / "train" / f"{training_id}.png"
+    )
+    refused(
+        project,
+        "predict",
+        "digits",
+        contains=("sample_submission.csv", "row 5", "training image", "train.csv row 8"),
+    )
 
 
 # Nothing built from data leaves the competition's folder
@@ -314,14 +352,22 @@ def test_an_image_linked_from_outside_the_raw_folder_is_refused(digits, project)
     name = f"{train_rows(project)['id'][2]}.png"
     (raw(project) / "train" / name).unlink()
     (raw(project) / "train" / name).symlink_to(outside)
-    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv row 4", name, "outside", "data/raw/digits"))
+    refused(
+        project,
+        "train",
+        "digits",
+        *sets(QUICK),
+        contains=("train.csv row 4", name, "outside", "data/raw/digits"),
+    )
 
 
 def test_an_image_folder_linked_from_outside_is_refused(digits, project):
     elsewhere = project.parent / "elsewhere"
     shutil.move(raw(project) / "train", elsewhere)
     (raw(project) / "train").symlink_to(elsewhere)
-    refused(project, "train", "digits", *sets(QUICK), contains=("data.train_dir", "outside", "data/raw/digits"))
+    refused(
+        project, "train", "digits", *sets(QUICK), contains=("data.train_dir", "outside", "data/raw/digits")
+    )
 
 
 @pytest.mark.parametrize(
@@ -336,7 +382,10 @@ def test_config_paths_that_leave_the_raw_folder_are_refused(digits, project, set
 
 def test_a_diverging_first_stage_says_lower_the_learning_rate(digits, project):
     line = refused(
-        project, "train", "digits", *sets([*QUICK, "train.lr=1e6"]),
+        project,
+        "train",
+        "digits",
+        *sets([*QUICK, "train.lr=1e6"]),
         contains=("stage 'train'", "diverged", "lower the learning rate", "lr-find COMP=digits"),
     )
     assert "no good weights" in line
@@ -347,7 +396,11 @@ def test_a_diverging_later_stage_keeps_the_last_good_weights(digits, project):
 
     recipe = "stages=[{name='calm', cycle_len=0.05, lr=1e-3}, {name='wild', cycle_len=0.05, lr=1e6}]"
     line = refused(
-        project, "train", "digits", *sets([*QUICK, recipe]), contains=("stage 'wild'", "diverged", "lr-find", "best.pt")
+        project,
+        "train",
+        "digits",
+        *sets([*QUICK, recipe]),
+        contains=("stage 'wild'", "diverged", "lr-find", "best.pt"),
     )
     (run_dir,) = (project / "runs" / "digits").iterdir()
     assert str(run_dir / "fold-0" / "best.pt") in line and not (run_dir / "metrics.json").exists()
@@ -368,7 +421,9 @@ def replace_checkpoint(run_dir: Path, model_name: str, classes: list[str]) -> No
 
 def test_predict_refuses_weights_of_another_model(trained, project):
     replace_checkpoint(trained, "test_resnet", [str(digit) for digit in range(10)])
-    refused(project, "predict", "digits", contains=("last.pt", "model", "'test_resnet'", "'test_efficientnet'"))
+    refused(
+        project, "predict", "digits", contains=("last.pt", "model", "'test_resnet'", "'test_efficientnet'")
+    )
 
 
 def test_predict_refuses_weights_for_another_class_list(trained, project):
@@ -384,14 +439,27 @@ def test_predict_refuses_a_damaged_checkpoint(trained, project):
 
 def test_lr_find_refuses_a_run_of_another_model(trained, project):
     refused(
-        project, "lr-find", "digits", "--run", trained.name, *sets([*QUICK, "train.model=test_resnet"]),
+        project,
+        "lr-find",
+        "digits",
+        "--run",
+        trained.name,
+        *sets([*QUICK, "train.model=test_resnet"]),
         contains=("last.pt", "'test_efficientnet'", "'test_resnet'"),
     )
 
 
 def test_lr_find_refuses_a_run_without_fold_0_weights(trained, project):
     (trained / "fold-0" / "last.pt").unlink()
-    refused(project, "lr-find", "digits", "--run", trained.name, *sets(QUICK), contains=("last.pt not found", "finished run"))
+    refused(
+        project,
+        "lr-find",
+        "digits",
+        "--run",
+        trained.name,
+        *sets(QUICK),
+        contains=("last.pt not found", "finished run"),
+    )
 
 
 # Configuration and command line
@@ -408,7 +476,9 @@ def test_unknown_key_in_toml_lists_the_allowed_keys(project):
     folder = project / "competitions" / "typo"
     folder.mkdir()
     (folder / "competition.toml").write_text("[train]\nepoch = 3\n")
-    refused(project, "train", "typo", contains=("typo/competition.toml", "unknown key 'train.epoch'", "epochs"))
+    refused(
+        project, "train", "typo", contains=("typo/competition.toml", "unknown key 'train.epoch'", "epochs")
+    )
 
 
 @pytest.mark.parametrize(
@@ -424,7 +494,12 @@ def test_bad_overrides(project, setting, phrase):
 
 
 def test_unknown_competition_lists_the_known_ones(project):
-    refused(project, "predict", "no-such-competition", contains=("unknown competition 'no-such-competition'", "digits"))
+    refused(
+        project,
+        "predict",
+        "no-such-competition",
+        contains=("unknown competition 'no-such-competition'", "digits"),
+    )
 
 
 def test_data_not_downloaded_says_how_to_get_it(project):
@@ -433,7 +508,9 @@ def test_data_not_downloaded_says_how_to_get_it(project):
 
 @pytest.mark.parametrize("fold", ["9", "x", "-1"])
 def test_a_fold_that_does_not_exist(digits, project, fold):
-    refused(project, "train", "digits", "--fold", fold, *sets(QUICK), contains=(f"--fold {fold}", "0..4", "'all'"))
+    refused(
+        project, "train", "digits", "--fold", fold, *sets(QUICK), contains=(f"--fold {fold}", "0..4", "'all'")
+    )
     assert not (project / "runs").exists()
 
 
@@ -454,7 +531,12 @@ def test_resume_without_an_interrupted_run(trained, project):
 
 def test_missing_kaggle_credentials(project, tmp_path, monkeypatch):
     kaggle_env(monkeypatch, tmp_path, credentials=False)
-    refused(project, "download", "dog-breeds", contains=("no Kaggle credentials", "kaggle.json", "KAGGLE_USERNAME"))
+    refused(
+        project,
+        "download",
+        "dog-breeds",
+        contains=("no Kaggle credentials", "kaggle.json", "KAGGLE_USERNAME"),
+    )
     refused(project, "submit", "dog-breeds", contains=("no Kaggle credentials",))
     assert not raw(project, "dog-breeds").exists()
 
@@ -479,7 +561,13 @@ def submission_file(project: Path, run_dir: Path) -> Path:
 def test_submit_refuses_wrong_columns(trained, project):
     path = submission_file(project, trained)
     path.write_text(path.read_text().replace("id,label", "id,digit", 1))
-    refused(project, "submit", "digits", "--dry-run", contains=(path.name, "columns differ from sample_submission.csv"))
+    refused(
+        project,
+        "submit",
+        "digits",
+        "--dry-run",
+        contains=(path.name, "columns differ from sample_submission.csv"),
+    )
     assert not (project / "submissions" / "ledger.csv").exists()
 
 
@@ -502,12 +590,17 @@ def test_submit_refuses_nan_probabilities(trained, project):
     folder = project / "competitions" / "digits-probabilities"
     folder.mkdir()
     text = (project / "competitions" / "digits" / "competition.toml").read_text()
-    text = text.replace('format = "label"', 'format = "probabilities"').replace('metric = "accuracy"', 'metric = "log_loss"')
+    text = text.replace('format = "label"', 'format = "probabilities"').replace(
+        'metric = "accuracy"', 'metric = "log_loss"'
+    )
     (folder / "competition.toml").write_text(text)
     classes = [str(digit) for digit in range(10)]
     ids = list(pd.read_csv(raw(project) / "sample_submission.csv", dtype=str)["id"])
     raw(project, "digits-probabilities").mkdir(parents=True)
-    write_rows(raw(project, "digits-probabilities") / "sample_submission.csv", pd.DataFrame({"id": ids, **{c: 0.1 for c in classes}}))
+    write_rows(
+        raw(project, "digits-probabilities") / "sample_submission.csv",
+        pd.DataFrame({"id": ids, **{c: 0.1 for c in classes}}),
+    )
     run_dir = project / "runs" / "digits-probabilities" / trained.name
     shutil.copytree(trained, run_dir)
     probabilities = pd.DataFrame({"id": ids, **{c: 0.1 for c in classes}})
@@ -530,7 +623,15 @@ def test_a_real_process_prints_one_line_and_no_traceback(project):
     (folder / "competition.toml").write_text("[train]\nlr = = 3\n")
     environment = {**os.environ, "KIT_PROJECT_ROOT": str(project)}
     process = subprocess.run(
-        [sys.executable, "-m", "kit", "train", "broken"], env=environment, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "kit", "train", "broken"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert process.returncode == 1 and process.stdout == ""
-    assert process.stderr.count("\n") == 1 and process.stderr.startswith("Error: ") and "malformed TOML" in process.stderr
+    assert (
+        process.stderr.count("\n") == 1
+        and process.stderr.startswith("Error: ")
+        and "malformed TOML" in process.stderr
+    )

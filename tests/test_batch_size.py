@@ -60,8 +60,6 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(loop, "train_step", step_with_memory)
 
 
-
-
 def test_probing_changes_no_weight_statistic_or_optimizer_state(digits, tmp_path, fake_gpu):
     config = digits()
     state = fold_state(config, tmp_path)
@@ -72,7 +70,9 @@ def test_probing_changes_no_weight_statistic_or_optimizer_state(digits, tmp_path
     assert len(data.optimizer.state) == 0
 
 
-def test_a_stage_that_does_not_fit_trains_at_half_batches_with_scaled_rates(digits, tmp_path, fake_gpu, capsys):
+def test_a_stage_that_does_not_fit_trains_at_half_batches_with_scaled_rates(
+    digits, tmp_path, fake_gpu, capsys
+):
     config = digits("stages.0.cycle_len=0.25")  # batch 64 at 3e-3: 64 -> 32 -> 16 fits, so rates x 1/4
     state = fold_state(config, tmp_path)
     loop.run_stage(config, 0, state, progress=False)
@@ -80,7 +80,12 @@ def test_a_stage_that_does_not_fit_trains_at_half_batches_with_scaled_rates(digi
     steps_per_epoch = int(np.ceil(len(state.train_rows) / 16))
     steps = round(0.25 * steps_per_epoch)
     assert record["batch_size"] == 16 and record["step"] == steps
-    factor = schedule.sgdr_lr((steps - 1) / steps_per_epoch, 1.0, 0.25, 1.0)  # the last step's point on the cosine
+    factor = schedule.sgdr_lr(
+        (steps - 1) / steps_per_epoch, 1.0, 0.25, 1.0
+    )  # the last step's point on the cosine
     assert record["lr"] == pytest.approx(3e-3 / 4 * factor)
-    assert "64 images per step do not fit in GPU memory; using 16, learning rates x0.25" in capsys.readouterr().out
+    assert (
+        "64 images per step do not fit in GPU memory; using 16, learning rates x0.25"
+        in capsys.readouterr().out
+    )
     assert np.isfinite(record["train_loss"])

@@ -61,7 +61,9 @@ def test_decode_resizes_the_shorter_side_and_centre_crops(tmp_path):
     assert decoded.min() >= 250  # the crop is the white centre
     gray = Image.fromarray(np.full((10, 10), 77, dtype=np.uint8))  # one channel in, three out
     gray.save(tmp_path / "gray.png")
-    assert np.array_equal(image_cache_module.decode(tmp_path / "gray.png", 10), np.full((10, 10, 3), 77, dtype=np.uint8))
+    assert np.array_equal(
+        image_cache_module.decode(tmp_path / "gray.png", 10), np.full((10, 10, 3), 77, dtype=np.uint8)
+    )
 
 
 def test_cache_is_reused(tmp_path, images, decode_count):

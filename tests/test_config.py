@@ -210,15 +210,21 @@ def test_impossible_settings_are_one_clear_error_each(project, extra, expected):
 
 
 def test_stage_errors_name_the_stage(project):
-    write_competition(project, "bad", BASIC + '\n[[stages]]\nname = "warm"\n\n[[stages]]\nname = "hot"\ncycle_mult = 0.5\n')
+    write_competition(
+        project, "bad", BASIC + '\n[[stages]]\nname = "warm"\n\n[[stages]]\nname = "hot"\ncycle_mult = 0.5\n'
+    )
     assert "stages[1] (hot)" in config_error("bad")
 
 
 def test_bad_transform_arguments_name_the_field(project):
-    write_competition(project, "bad", BASIC + '\n[augment]\ntransforms = [{ name = "Blur", blur_limit = "abc" }]\n')
+    write_competition(
+        project, "bad", BASIC + '\n[augment]\ntransforms = [{ name = "Blur", blur_limit = "abc" }]\n'
+    )
     message = config_error("bad")
     assert "bad arguments for Blur" in message and "blur_limit" in message
-    write_competition(project, "typo", BASIC + '\n[augment]\ntransforms = [{ name = "Blur", blur_limt = 3 }]\n')
+    write_competition(
+        project, "typo", BASIC + '\n[augment]\ntransforms = [{ name = "Blur", blur_limt = 3 }]\n'
+    )
     message = config_error("typo")
     assert "Blur has no argument 'blur_limt'" in message and "blur_limit" in message
 
@@ -229,8 +235,12 @@ def named(project):
     for folder in (project / "competitions").iterdir():
         shutil.rmtree(folder)
     write_competition(project, "dogs-breeds", '[competition]\nkaggle = "dog-breed-identification"\n')
-    write_competition(project, "dogs-vs-cats", '[competition]\nkaggle = "dogs-vs-cats-redux-kernels-edition"\n')
-    write_competition(project, "planet", '[competition]\nkaggle = "planet-understanding-the-amazon-from-space"\n')
+    write_competition(
+        project, "dogs-vs-cats", '[competition]\nkaggle = "dogs-vs-cats-redux-kernels-edition"\n'
+    )
+    write_competition(
+        project, "planet", '[competition]\nkaggle = "planet-understanding-the-amazon-from-space"\n'
+    )
     return project
 
 

@@ -50,7 +50,9 @@ def error_message(function, *arguments) -> str:
 
 def test_labels_from_csv(project):
     config, raw = competition(
-        project, "breeds", 'labels_csv = "labels.csv"\nid_column = "image"\nlabel_column = "breed"\nextension = ".jpg"'
+        project,
+        "breeds",
+        'labels_csv = "labels.csv"\nid_column = "image"\nlabel_column = "breed"\nextension = ".jpg"',
     )
     write_csv(raw / "labels.csv", "image,breed,extra\n0a1,pug,x\n0a2,beagle,y\n0a3,pug,z\n007,akita,w")
     labels = load_labels(config)
@@ -68,7 +70,13 @@ def test_labels_from_file_names(project):
     labels = load_labels(config)
     assert [labels.classes[t] for t in labels.targets] == ["cat", "cat", "cat", "dog", "dog"]
     assert labels.classes == ["cat", "dog"]
-    assert [p.name for p in labels.paths] == ["cat.0.jpg", "cat.1.JPG", "cat.12.jpg", "dog.12.jpg", "dog.3.jpg"]
+    assert [p.name for p in labels.paths] == [
+        "cat.0.jpg",
+        "cat.1.JPG",
+        "cat.12.jpg",
+        "dog.12.jpg",
+        "dog.3.jpg",
+    ]
     # Ids identify images: cat.12 and dog.12 are two images, so their ids differ.
     assert len(set(labels.ids)) == 5
 
@@ -260,5 +268,7 @@ def test_folds_are_rebuilt_when_the_images_change(project):
     labels = load_labels(config)
     folds = load_folds(config, labels)
     assert len(folds) == 14
-    assert list(pd.read_csv(project / "data" / "interim" / "breeds" / "folds.csv", dtype=str)["id"]) == labels.ids
-
+    assert (
+        list(pd.read_csv(project / "data" / "interim" / "breeds" / "folds.csv", dtype=str)["id"])
+        == labels.ids
+    )

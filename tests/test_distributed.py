@@ -28,12 +28,26 @@ RECIPE = "stages=[{name='head', freeze_to=-1, precompute=true, augment=false, lr
 
 def test_two_processes_train_write_once_and_report_the_same_metric(digits, project):
     digits()  # downloads the data into the temporary project
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, "train", "digits"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        __file__,
+        "train",
+        "digits",
+    ]
     for value in [*TINY, RECIPE]:
         command += ["--set", value]
     reports_dir = project.parent / "rank-reports"  # one file per rank: their prints would interleave
     reports_dir.mkdir()
-    environment = {**os.environ, "KIT_PROJECT_ROOT": str(project), "OMP_NUM_THREADS": "1", "RANK_REPORTS": str(reports_dir)}
+    environment = {
+        **os.environ,
+        "KIT_PROJECT_ROOT": str(project),
+        "OMP_NUM_THREADS": "1",
+        "RANK_REPORTS": str(reports_dir),
+    }
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     output = finished.stdout + finished.stderr
     assert finished.returncode == 0, output

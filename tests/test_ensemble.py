@@ -38,7 +38,9 @@ def test_temperature_softens_over_confident_and_sharpens_under_confident_predict
     assert over_temperature == pytest.approx(2, rel=0.1) and over_after < over_before - 0.05
     assert under_temperature == pytest.approx(1 / 8, rel=0.1) and under_after < under_before - 0.5
     reference = calibrate.log_loss(softmax(2 * logits), targets)
-    assert over_after == pytest.approx(reference, abs=0.005) and under_after == pytest.approx(reference, abs=0.005)
+    assert over_after == pytest.approx(reference, abs=0.005) and under_after == pytest.approx(
+        reference, abs=0.005
+    )
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -50,7 +52,9 @@ def test_calibration_never_raises_oof_log_loss(seed):
     targets = rng.integers(0, classes, rows) if seed % 3 == 0 else probabilities.argmax(1)
     temperature, epsilon, before, after = calibrate.calibrate(probabilities, targets)
     assert after <= before
-    assert after == pytest.approx(calibrate.log_loss(calibrate.apply_temperature(probabilities, temperature), targets, epsilon))
+    assert after == pytest.approx(
+        calibrate.log_loss(calibrate.apply_temperature(probabilities, temperature), targets, epsilon)
+    )
 
 
 def test_calibrated_rows_keep_their_argmax_and_sum_to_one():
@@ -97,7 +101,9 @@ def test_a_useless_run_gets_no_weight():
     noise = np.random.default_rng(2).dirichlet(np.ones(10), len(targets))
     weights = ensemble.fit_weights([noise, good], targets)
     assert weights[1] > 0.95
-    assert calibrate.log_loss(ensemble.blend([noise, good], weights), targets) <= calibrate.log_loss(good, targets)
+    assert calibrate.log_loss(ensemble.blend([noise, good], weights), targets) <= calibrate.log_loss(
+        good, targets
+    )
 
 
 def test_common_rows_are_those_every_run_predicted():
@@ -149,7 +155,9 @@ def fake_run(project, name: str, oof: np.ndarray, classes: list[str]):
     run_dir = project / "runs" / "digits" / name
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
-    (run_dir / "metrics.json").write_text(json.dumps({"metric": "accuracy", "cv": 0.5, "classes": classes, "folds": {}}))
+    (run_dir / "metrics.json").write_text(
+        json.dumps({"metric": "accuracy", "cv": 0.5, "classes": classes, "folds": {}})
+    )
     np.save(run_dir / "oof.npy", oof)
     return run_dir
 
@@ -164,17 +172,26 @@ def test_runs_that_cannot_be_blended_are_refused_in_one_line(digits, project):
     fake_run(project, "b", second_half, labels.classes)
     fake_run(project, "c", probabilities, [*labels.classes[:9], "x"])
     fake_run(project, "d", probabilities[:100], labels.classes)
-    for runs, message in ((["a", "b"], "no training image was predicted out of fold by every run"),
-                          (["a", "c"], "classes differ"), (["a", "d"], "the data changed since this run"),
-                          (["a", "a"], "at least two different runs")):
+    for runs, message in (
+        (["a", "b"], "no training image was predicted out of fold by every run"),
+        (["a", "c"], "classes differ"),
+        (["a", "d"], "the data changed since this run"),
+        (["a", "a"], "at least two different runs"),
+    ):
         result = invoke("ensemble", "digits", *runs)
-        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, (
+            result.output
+        )
 
 
 def test_kept_variants_of_one_run_blend_like_runs(digits, project):
     # Two snapshots, each kept with its plain view and one TTA view: four blendable variants of one run.
-    config = digits("stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "predict.tta=1", "predict.snapshot_ensemble=2",
-                    "competition.metric=log_loss")
+    config = digits(
+        "stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]",
+        "predict.tta=1",
+        "predict.snapshot_ensemble=2",
+        "competition.metric=log_loss",
+    )
     run = commands.train(config, "0").name
     assert invoke("predict", "digits", run).exit_code == 0
     result = invoke("ensemble", "digits", f"{run}@snapshot-1", f"{run}@snapshot-2:plain", f"{run}@snapshot-2")

@@ -54,7 +54,14 @@ def test_precomputed_features_give_the_full_models_logits(digits, tmp_path):
     features = body_features_cached(model, images, "test", interim_dir(config.name), 16)
     with torch.no_grad():
         from_features = model.get_classifier()(torch.from_numpy(features))
-        full = model(device.to_input(torch.from_numpy(np.array(images)), model.pretrained_cfg["mean"], model.pretrained_cfg["std"], torch.device("cpu")))
+        full = model(
+            device.to_input(
+                torch.from_numpy(np.array(images)),
+                model.pretrained_cfg["mean"],
+                model.pretrained_cfg["std"],
+                torch.device("cpu"),
+            )
+        )
     torch.testing.assert_close(from_features, full, rtol=1e-4, atol=1e-5)
     # A second call reads the cache; other weights make a new key.
     assert len(list(interim_dir(config.name).glob("features-test-*.npy"))) == 1
@@ -65,11 +72,20 @@ def test_precomputed_features_give_the_full_models_logits(digits, tmp_path):
 
 
 def test_snapshot_count_equals_number_of_cycles(digits, tmp_path):
-    config = digits("stages.0.n_cycles=3", "stages.0.cycle_len=0.25", "stages.0.cycle_mult=2", "stages.0.snapshots=true")
+    config = digits(
+        "stages.0.n_cycles=3", "stages.0.cycle_len=0.25", "stages.0.cycle_mult=2", "stages.0.snapshots=true"
+    )
     state = fold_state(config, tmp_path)
     loop.run_stage(config, 0, state, progress=False)
-    assert sorted(p.name for p in tmp_path.glob("snapshot-*.pt")) == ["snapshot-1.pt", "snapshot-2.pt", "snapshot-3.pt"]
-    assert inference.prediction_weights(tmp_path, "snapshots", 2) == [tmp_path / "snapshot-2.pt", tmp_path / "snapshot-3.pt"]
+    assert sorted(p.name for p in tmp_path.glob("snapshot-*.pt")) == [
+        "snapshot-1.pt",
+        "snapshot-2.pt",
+        "snapshot-3.pt",
+    ]
+    assert inference.prediction_weights(tmp_path, "snapshots", 2) == [
+        tmp_path / "snapshot-2.pt",
+        tmp_path / "snapshot-3.pt",
+    ]
 
 
 def test_tta_with_zero_views_equals_the_plain_prediction(digits, tmp_path):
@@ -79,7 +95,9 @@ def test_tta_with_zero_views_equals_the_plain_prediction(digits, tmp_path):
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     plain = inference.view_probabilities(model, images, 8, "none", tta=0).mean(0)
     with torch.no_grad():
-        direct = model(device.to_input(torch.from_numpy(np.array(images)), mean, std, torch.device("cpu"))).softmax(1)
+        direct = model(
+            device.to_input(torch.from_numpy(np.array(images)), mean, std, torch.device("cpu"))
+        ).softmax(1)
     np.testing.assert_allclose(plain, direct.double().numpy(), rtol=1e-5, atol=1e-6)
     augmented = inference.view_probabilities(model, images, 8, "none", tta=3).mean(0)
     assert augmented.shape == plain.shape and not np.allclose(augmented, plain)
@@ -116,7 +134,13 @@ def test_lr_finder_restores_weights_and_suggests_a_rate_that_trains(digits, proj
     assert (run_dir / "lr-find-stage0.json").exists()
 
     # Training the head at the suggested rate lowers the loss.
-    config = digits(*FROZEN, "stages.0.precompute=true", "stages.0.augment=false", f"stages.0.lr={result['suggestion']}", "stages.0.cycle_len=3")
+    config = digits(
+        *FROZEN,
+        "stages.0.precompute=true",
+        "stages.0.augment=false",
+        f"stages.0.lr={result['suggestion']}",
+        "stages.0.cycle_len=3",
+    )
     state = fold_state(config, run_dir)
     loop.run_stage(config, 0, state, progress=False)
     assert state.history[-1]["train_loss"] < state.history[0]["train_loss"]
@@ -142,7 +166,9 @@ def test_bad_recipes_are_refused_with_one_clear_error(digits, override, message)
 def test_every_snapshot_and_view_is_kept_for_later_ensembles(digits, project):
     from kit import commands
 
-    config = digits("stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "predict.tta=2", "predict.snapshot_ensemble=2")
+    config = digits(
+        "stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "predict.tta=2", "predict.snapshot_ensemble=2"
+    )
     run_dir = commands.train(config, "0")
     commands.predict(config, run_dir.name)
     fold_dir = run_dir / "fold-0"
@@ -153,4 +179,8 @@ def test_every_snapshot_and_view_is_kept_for_later_ensembles(digits, project):
     # The run's OOF is exactly the mean over snapshots and views of what was kept.
     np.testing.assert_allclose(np.mean([k.mean(0) for k in kept], axis=0), oof[valid], atol=1e-5)
     test_kept = [np.load(fold_dir / f"test-snapshot-{k}.npy") for k in (1, 2)]
-    np.testing.assert_allclose(np.mean([k.mean(0) for k in test_kept], axis=0), np.load(run_dir / "test-probabilities.npy"), atol=1e-5)
+    np.testing.assert_allclose(
+        np.mean([k.mean(0) for k in test_kept], axis=0),
+        np.load(run_dir / "test-probabilities.npy"),
+        atol=1e-5,
+    )

@@ -49,20 +49,27 @@ def test_confusion_counts_and_most_confused_pairs():
 
 def recipe_config(tmp_path: Path):
     """A three-stage recipe: head at 1e-2, then all layers with discriminative rates and SGDR (1, 2, 4 epochs)."""
-    return config_from_dict({
-        "train": {"epochs": 1, "lr": 1e-2},
-        "stages": [
-            {"name": "head", "freeze_to": -1, "n_cycles": 1, "cycle_len": 1.0},
-            {"name": "all", "lr": [1e-4, 1e-3, 1e-2], "n_cycles": 3, "cycle_len": 1.0, "cycle_mult": 2.0},
-        ],
-    }, tmp_path / "recipe" / "competition.toml")
+    return config_from_dict(
+        {
+            "train": {"epochs": 1, "lr": 1e-2},
+            "stages": [
+                {"name": "head", "freeze_to": -1, "n_cycles": 1, "cycle_len": 1.0},
+                {"name": "all", "lr": [1e-4, 1e-3, 1e-2], "n_cycles": 3, "cycle_len": 1.0, "cycle_mult": 2.0},
+            ],
+        },
+        tmp_path / "recipe" / "competition.toml",
+    )
 
 
 def test_lr_schedule_restarts_at_every_sgdr_cycle(tmp_path):
     epochs, rates, starts = report.lr_schedule(recipe_config(tmp_path), points_per_epoch=100)
     assert starts == [(0.0, "head"), (1.0, "all")] and epochs[-1] < 8 and rates.shape == (len(epochs), 3)
     head = rates[:, 2]
-    for restart in (1.0, 2.0, 4.0):  # stage 2 starts at epoch 1; its cycles end after 1, 3 and 7 of its epochs
+    for restart in (
+        1.0,
+        2.0,
+        4.0,
+    ):  # stage 2 starts at epoch 1; its cycles end after 1, 3 and 7 of its epochs
         index = int(np.searchsorted(epochs, restart))
         assert head[index] == np.float64(1e-2) and head[index - 1] < 1e-3
     assert np.allclose(rates[100:, 0] * 100, rates[100:, 2])  # the early layers at a hundredth of the head
@@ -96,9 +103,16 @@ def test_report_of_a_digits_run_shows_a_planted_mislabel(digits, project):
     config = digits("train.folds=10", "train.batch_size=32", "train.lr=1e-2", "predict.tta=0")
     labels = load_labels(config)
     run_dir = commands.train(config, str(load_folds(config, labels)[planted]))
-    (run_dir / "lr-find.json").write_text(json.dumps({
-        "rates": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "losses": [2.3, 2.2, 1.5, 1.2, 9.0], "suggestion": 1e-3, "reason": "test",
-    }))
+    (run_dir / "lr-find.json").write_text(
+        json.dumps(
+            {
+                "rates": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+                "losses": [2.3, 2.2, 1.5, 1.2, 9.0],
+                "suggestion": 1e-3,
+                "reason": "test",
+            }
+        )
+    )
 
     oof = np.load(run_dir / "oof.npy")
     assert planted in report.most_wrong(oof, labels.targets, report.GRID_IMAGES).tolist()
@@ -107,7 +121,15 @@ def test_report_of_a_digits_run_shows_a_planted_mislabel(digits, project):
     assert result.exit_code == 0, result.output
     page = (run_dir / "report.html").read_text()
     assert result.output.strip().endswith("report.html")
-    for plot in ("lr-find", "history", "confusion", "most-wrong", "most-uncertain", "most-confident", "image-sizes"):
+    for plot in (
+        "lr-find",
+        "history",
+        "confusion",
+        "most-wrong",
+        "most-uncertain",
+        "most-confident",
+        "image-sizes",
+    ):
         assert (run_dir / f"{plot}.png").exists()
     assert page.count('src="data:image/png;base64,') == 7
     assert all(f"<td>{name}</td>" in page for name in labels.classes)  # the per-class table names every class
@@ -125,8 +147,11 @@ def test_runs_table_shows_only_settings_that_differ(project):
         (base / name).mkdir(parents=True)
         saved = {"path": "x", "train": {"lr": lr, "model": "m"}, "stages": [{"lr": None, "n_cycles": 1}]}
         (base / name / "config.json").write_text(json.dumps(saved))
-        (base / name / "metrics.json").write_text(json.dumps(
-            {"metric": "accuracy", "cv": lr * 100, "folds_trained": [0], "seconds": seconds, "folds": {}}))
+        (base / name / "metrics.json").write_text(
+            json.dumps(
+                {"metric": "accuracy", "cv": lr * 100, "folds_trained": [0], "seconds": seconds, "folds": {}}
+            )
+        )
     from kit.config import load_competition
 
     table = runs_table.runs_table(load_competition("digits"))

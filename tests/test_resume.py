@@ -22,7 +22,9 @@ def kit(project, *arguments, wait=True):
         if arguments[0] == "train" and "--resume" not in arguments:
             command += ["--set", value]
     environment = {**os.environ, "KIT_PROJECT_ROOT": str(project), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if not wait:
         return process
     output, _ = process.communicate(timeout=300)
@@ -32,7 +34,9 @@ def kit(project, *arguments, wait=True):
 
 def comparable(run_dir):
     summary = json.loads((run_dir / "metrics.json").read_text())
-    history = [{k: v for k, v in record.items() if k != "seconds"} for record in summary["folds"]["0"]["history"]]
+    history = [
+        {k: v for k, v in record.items() if k != "seconds"} for record in summary["folds"]["0"]["history"]
+    ]
     return summary["cv"], history, np.load(run_dir / "oof.npy")
 
 
@@ -66,9 +70,13 @@ def test_killed_run_resumes_to_the_same_result(digits, project):
     for a, b in zip(history_a, history_b, strict=True):
         assert a.keys() == b.keys()
         for key in a:
-            assert a[key] == b[key] if isinstance(a[key], (str, int, list)) else abs(a[key] - b[key]) < 1e-6, key
+            assert (
+                a[key] == b[key] if isinstance(a[key], (str, int, list)) else abs(a[key] - b[key]) < 1e-6
+            ), key
     np.testing.assert_allclose(oof_a, oof_b, atol=1e-6, equal_nan=True)
-    assert sorted(p.name for p in (interrupted / "fold-0").glob("snapshot-*.pt")) == [f"snapshot-{k}.pt" for k in (1, 2, 3)]
+    assert sorted(p.name for p in (interrupted / "fold-0").glob("snapshot-*.pt")) == [
+        f"snapshot-{k}.pt" for k in (1, 2, 3)
+    ]
 
 
 def test_same_seed_same_oof_probabilities(digits, project):
@@ -76,4 +84,6 @@ def test_same_seed_same_oof_probabilities(digits, project):
 
     first = commands.train(digits(), "0")
     second = commands.train(digits(), "0")
-    np.testing.assert_allclose(np.load(first / "oof.npy"), np.load(second / "oof.npy"), atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        np.load(first / "oof.npy"), np.load(second / "oof.npy"), atol=1e-6, equal_nan=True
+    )

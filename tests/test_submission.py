@@ -21,7 +21,9 @@ IDS = ["t1", "t2", "t3"]
 def make_config(project: Path, name: str = "breeds", section: str = "", metric: str = "log_loss"):
     folder = project / "competitions" / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "competition.toml").write_text(f'[competition]\nmetric = "{metric}"\n\n[submission]\n{section}\n')
+    (folder / "competition.toml").write_text(
+        f'[competition]\nmetric = "{metric}"\n\n[submission]\n{section}\n'
+    )
     return load_competition(name)
 
 
@@ -85,20 +87,31 @@ PROBABILITY_PROBLEMS = {
     "missing column": (lambda f: f.drop(columns=["beagle"]), "missing: ['beagle']"),
     "missing id": (lambda f: f.iloc[:2], "1 ids of sample_submission.csv are missing, e.g. 't3'"),
     "duplicate id": (lambda f: with_value(f, 2, "id", "t1"), "id 't1' appears more than once"),
-    "extra id": (lambda f: pd.concat([f, f.iloc[:1].assign(id="t9")]), "not in sample_submission.csv, e.g. 't9'"),
+    "extra id": (
+        lambda f: pd.concat([f, f.iloc[:1].assign(id="t9")]),
+        "not in sample_submission.csv, e.g. 't9'",
+    ),
     "NaN probability": (lambda f: with_value(f, 1, "pug", np.nan), "row 3 has a missing, NaN or infinite"),
     "text probability": (lambda f: with_value(f, 0, "pug", "high"), "row 2 has a missing, NaN or infinite"),
-    "infinite probability": (lambda f: with_value(f, 0, "pug", np.inf), "row 2 has a missing, NaN or infinite"),
+    "infinite probability": (
+        lambda f: with_value(f, 0, "pug", np.inf),
+        "row 2 has a missing, NaN or infinite",
+    ),
     "probability above 1": (lambda f: with_value(f, 0, "pug", 1.2), "[0, 1]"),
     "negative probability": (lambda f: with_value(f, 0, "pug", -0.1), "[0, 1]"),
-    "row not summing to 1": (lambda f: with_value(f, 2, "beagle", 0.5), "row 4: probabilities sum to 1.2500, not 1"),
+    "row not summing to 1": (
+        lambda f: with_value(f, 2, "beagle", 0.5),
+        "row 4: probabilities sum to 1.2500, not 1",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", PROBABILITY_PROBLEMS)
 def test_each_problem_is_reported(probabilities_config, case):
     change, expected = PROBABILITY_PROBLEMS[case]
-    found = submission.problems(probabilities_config, change(valid_probability_frame()), probability_sample(), CLASSES)
+    found = submission.problems(
+        probabilities_config, change(valid_probability_frame()), probability_sample(), CLASSES
+    )
     assert found and any(expected in problem for problem in found), found
 
 
@@ -111,7 +124,9 @@ def test_an_empty_frame_is_reported_not_a_crash(probabilities_config):
 def test_binary_probability_out_of_range(binary_config):
     sample = pd.DataFrame({"id": IDS, "is_dog": "0.5"})
     frame = pd.DataFrame({"id": IDS, "is_dog": [0.0, 1.5, 1.0]})
-    assert any("[0, 1]" in problem for problem in submission.problems(binary_config, frame, sample, ["cat", "dog"]))
+    assert any(
+        "[0, 1]" in problem for problem in submission.problems(binary_config, frame, sample, ["cat", "dog"])
+    )
 
 
 def test_unknown_label(label_config):
@@ -126,7 +141,9 @@ def test_check_is_one_line_naming_the_source(probabilities_config):
     with pytest.raises(click.ClickException) as raised:
         submission.check(probabilities_config, frame, probability_sample(), "my.csv", CLASSES)
     message = raised.value.message
-    assert message.startswith("my.csv: invalid submission:") and "(+1 more)" in message and "\n" not in message
+    assert (
+        message.startswith("my.csv: invalid submission:") and "(+1 more)" in message and "\n" not in message
+    )
 
 
 # build() ----------------------------------------------------------------------------------------------------
@@ -143,7 +160,9 @@ def test_build_probabilities_in_the_sample_column_order(probabilities_config):
 
 def test_build_refuses_a_sample_class_the_labels_lack(probabilities_config):
     with pytest.raises(click.ClickException, match="pug"):
-        submission.build(probabilities_config, IDS, np.full((3, 2), 0.5), ["akita", "beagle"], probability_sample())
+        submission.build(
+            probabilities_config, IDS, np.full((3, 2), 0.5), ["akita", "beagle"], probability_sample()
+        )
 
 
 def test_build_binary_takes_the_positive_class(binary_config):
@@ -216,10 +235,18 @@ def test_read_sample(project, probabilities_config):
 
 
 def test_ledger_appends_rows(project):
-    first = {"time_utc": "2024-01-01T00:00:00", "competition": "breeds", "file": "a.csv", "cv": 0.5, "message": "one"}
+    first = {
+        "time_utc": "2024-01-01T00:00:00",
+        "competition": "breeds",
+        "file": "a.csv",
+        "cv": 0.5,
+        "message": "one",
+    }
     path = ledger_file.append_ledger(first)
     assert path == project / "submissions" / "ledger.csv"
-    ledger_file.append_ledger({"competition": "breeds", "file": "b.csv", "message": "two, with a comma", "bogus": 1})
+    ledger_file.append_ledger(
+        {"competition": "breeds", "file": "b.csv", "message": "two, with a comma", "bogus": 1}
+    )
     ledger = pd.read_csv(path, dtype=str, keep_default_na=False)
     assert list(ledger.columns) == ledger_file.LEDGER_COLUMNS
     assert ledger["file"].tolist() == ["a.csv", "b.csv"] and ledger["cv"].tolist() == ["0.5", ""]

@@ -26,11 +26,15 @@ def download(raw_dir: Path) -> None:
         (raw_dir / folder).mkdir(parents=True)
         for row in rows:
             Image.fromarray(images[row], mode="L").save(raw_dir / folder / f"{ids[row]}.png")
-    pd.DataFrame({"id": ids[train_rows], "label": digits.target[train_rows]}).to_csv(raw_dir / "train.csv", index=False)
+    pd.DataFrame({"id": ids[train_rows], "label": digits.target[train_rows]}).to_csv(
+        raw_dir / "train.csv", index=False
+    )
     test_ids = sorted(ids[test_rows])
     pd.DataFrame({"id": test_ids, "label": 0}).to_csv(raw_dir / "sample_submission.csv", index=False)
     answers = dict(zip(ids[test_rows], digits.target[test_rows], strict=True))
-    pd.DataFrame({"id": test_ids, "label": [answers[i] for i in test_ids]}).to_csv(raw_dir / "solution.csv", index=False)
+    pd.DataFrame({"id": test_ids, "label": [answers[i] for i in test_ids]}).to_csv(
+        raw_dir / "solution.csv", index=False
+    )
 
 
 def score(submission: pd.DataFrame, raw_dir: Path) -> dict:

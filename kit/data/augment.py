@@ -13,13 +13,19 @@ import cv2
 
 from kit.config import Config, ConfigError
 
-PADDING_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT, "edge": cv2.BORDER_REPLICATE}
+PADDING_MODES = {
+    "reflect": cv2.BORDER_REFLECT_101,
+    "constant": cv2.BORDER_CONSTANT,
+    "edge": cv2.BORDER_REPLICATE,
+}
 
 
 def _side_on(image_size: int, border: int) -> list:
     """Photos of animals and objects: the world is upright, left and right are alike."""
     return [
-        albumentations.RandomResizedCrop(size=(image_size, image_size), scale=(0.35, 1.0), ratio=(0.75, 1.33)),
+        albumentations.RandomResizedCrop(
+            size=(image_size, image_size), scale=(0.35, 1.0), ratio=(0.75, 1.33)
+        ),
         albumentations.HorizontalFlip(),
         albumentations.Affine(rotate=(-10, 10), border_mode=border, p=0.5),
         albumentations.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
@@ -39,7 +45,9 @@ def _custom(spec: dict, border: int, where: str):
     arguments = dict(spec)
     name = arguments.pop("name", None)
     transform_class = getattr(albumentations, str(name), None)
-    if not isinstance(transform_class, type) or not issubclass(transform_class, albumentations.BasicTransform):
+    if not isinstance(transform_class, type) or not issubclass(
+        transform_class, albumentations.BasicTransform
+    ):
         raise ConfigError(f"{where}: unknown albumentations transform {name!r}; see albumentations.ai/docs")
     # albumentations only warns about an unknown argument and drops it: refuse it, as for config keys.
     parameters = inspect.signature(transform_class.__init__).parameters
@@ -47,7 +55,9 @@ def _custom(spec: dict, border: int, where: str):
     unknown = [key for key in arguments if key not in parameters or key == "self"]
     if unknown and not takes_any:
         allowed = [key for key in parameters if key != "self"]
-        raise ConfigError(f"{where}: {name} has no argument {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+        raise ConfigError(
+            f"{where}: {name} has no argument {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
+        )
     if "border_mode" in parameters and "border_mode" not in arguments:
         arguments["border_mode"] = border
     arguments = {key: tuple(value) if isinstance(value, list) else value for key, value in arguments.items()}
@@ -63,7 +73,9 @@ def train_transform(config: Config, image_size: int) -> albumentations.Compose |
     """The training transform at this size, or None when there is nothing to do."""
     border = PADDING_MODES[config.augment.padding_mode]
     steps = PRESETS[config.augment.preset](image_size, border)
-    steps += [_custom(spec, border, f"{config.path}: augment.transforms") for spec in config.augment.transforms]
+    steps += [
+        _custom(spec, border, f"{config.path}: augment.transforms") for spec in config.augment.transforms
+    ]
     return albumentations.Compose(steps) if steps else None
 
 

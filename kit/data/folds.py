@@ -35,7 +35,9 @@ def load_folds(config: Config, labels: LabelTable) -> np.ndarray:
         if list(saved["id"]) == labels.ids and saved["fold"].nunique() == config.train.folds:
             return saved["fold"].to_numpy(dtype=np.int64)
     folds = assign_folds(labels.targets, config.train.folds, config.train.seed)
-    table = pd.DataFrame({"id": labels.ids, "label": [labels.classes[t] for t in labels.targets], "fold": folds})
+    table = pd.DataFrame(
+        {"id": labels.ids, "label": [labels.classes[t] for t in labels.targets], "fold": folds}
+    )
     with atomic_path(path) as temporary:
         table.to_csv(temporary, index=False)
     return folds

@@ -56,7 +56,9 @@ def _decode_or_none(path: Path, image_size: int) -> tuple[np.ndarray | None, str
         return None, f"unreadable: {type(error).__name__}: {error}".replace("\n", " ")
 
 
-def image_cache(paths: list[Path], image_size: int, cache_dir: Path, label: str = "images") -> tuple[np.ndarray, dict[str, str]]:
+def image_cache(
+    paths: list[Path], image_size: int, cache_dir: Path, label: str = "images"
+) -> tuple[np.ndarray, dict[str, str]]:
     """The images as a read-only (N, S, S, 3) uint8 memmap, plus {path: problem} for bad images.
 
     Bad images (missing, corrupt, zero-byte) become black squares in the array and are listed, so
@@ -70,7 +72,9 @@ def image_cache(paths: list[Path], image_size: int, cache_dir: Path, label: str 
     cache_dir.mkdir(parents=True, exist_ok=True)
     problems: dict[str, str] = {}
     with atomic_path(array_path) as temporary:
-        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(paths), image_size, image_size, 3))
+        array = np.lib.format.open_memmap(
+            temporary, mode="w+", dtype=np.uint8, shape=(len(paths), image_size, image_size, 3)
+        )
         workers = min(32, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding and resizing
             results = pool.map(lambda p: _decode_or_none(p, image_size), paths, chunksize=16)

@@ -87,7 +87,9 @@ def _check_unique(ids: list[str], where: str) -> None:
     seen: set[str] = set()
     for row, identifier in enumerate(ids, start=2):  # row 1 is the header
         if identifier in seen:
-            raise click.ClickException(f"{where}: duplicate id {identifier!r} (row {row}); ids must be unique")
+            raise click.ClickException(
+                f"{where}: duplicate id {identifier!r} (row {row}); ids must be unique"
+            )
         seen.add(identifier)
 
 
@@ -119,8 +121,7 @@ def read_csv(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
     missing = [column for column in columns if column not in table.columns]
     if missing:
         raise click.ClickException(
-            f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(table.columns)}); "
-            f"{fix}"
+            f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(table.columns)}); {fix}"
         )
     return table
 
@@ -134,7 +135,9 @@ def load_labels(config: Config) -> LabelTable:
     if data.labels == "csv":
         source = _inside(config, "labels_csv")
         table = read_csv(
-            source, [data.id_column, data.label_column], "set data.id_column / data.label_column in competition.toml"
+            source,
+            [data.id_column, data.label_column],
+            "set data.id_column / data.label_column in competition.toml",
         )
         ids = _check_ids(table[data.id_column], str(source))
         labels = list(table[data.label_column])
@@ -146,14 +149,20 @@ def load_labels(config: Config) -> LabelTable:
         try:
             pattern = re.compile(data.filename_pattern)
         except re.error as error:
-            raise click.ClickException(f"{config.path}: data.filename_pattern is not a regex: {error}") from None
+            raise click.ClickException(
+                f"{config.path}: data.filename_pattern is not a regex: {error}"
+            ) from None
         if "label" not in pattern.groupindex:
-            raise click.ClickException(f"{config.path}: data.filename_pattern needs a named group (?P<label>...)")
+            raise click.ClickException(
+                f"{config.path}: data.filename_pattern needs a named group (?P<label>...)"
+            )
         ids, labels, paths = [], [], []
         for path in _image_files(_folder(train_dir, config), data.extension):
             match = pattern.match(path.stem)
             if match is None:
-                raise click.ClickException(f"{path}: name does not match data.filename_pattern {pattern.pattern!r}")
+                raise click.ClickException(
+                    f"{path}: name does not match data.filename_pattern {pattern.pattern!r}"
+                )
             # The stem is the id: the number alone repeats across classes (cat.12.jpg, dog.12.jpg).
             ids.append(path.stem)
             labels.append(match["label"])
@@ -179,12 +188,16 @@ def load_labels(config: Config) -> LabelTable:
 def _check_extension(config: Config) -> None:
     extension = config.data.extension
     if "/" in extension or "\\" in extension:
-        raise click.ClickException(f"{config.path}: data.extension = {extension!r} leads outside the image folder; write e.g. '.jpg'")
+        raise click.ClickException(
+            f"{config.path}: data.extension = {extension!r} leads outside the image folder; write e.g. '.jpg'"
+        )
 
 
 def _folder(path: Path, config: Config) -> Path:
     if not path.is_dir():
-        raise click.ClickException(f"{path} is not a folder: check data.train_dir / data.test_dir in {config.path}")
+        raise click.ClickException(
+            f"{path} is not a folder: check data.train_dir / data.test_dir in {config.path}"
+        )
     return path
 
 
@@ -201,7 +214,11 @@ def load_test(config: Config) -> TestTable:
             f"in {config.path}, or download again (move {raw} away, then `make download COMP={config.name}`)"
         )
     if sample.is_file():
-        ids = list(read_csv(sample, [config.submission.id_column], "set submission.id_column")[config.submission.id_column])
+        ids = list(
+            read_csv(sample, [config.submission.id_column], "set submission.id_column")[
+                config.submission.id_column
+            ]
+        )
         if not ids:
             raise click.ClickException(f"{sample}: lists no test ids; download it again")
         ids = _check_ids(ids, str(sample))

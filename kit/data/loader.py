@@ -45,11 +45,15 @@ def worker_count(setting: int) -> int:
     return max(1, min(16, cores // ranks_here))
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator, workers: int) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator, workers: int
+) -> DataLoader:
     """Batches of `batch_size` rows of this rank's shard, shuffled by `generator` (reseeded per epoch)."""
     return DataLoader(
         dataset,
-        sampler=BatchSampler(distributed.ShardSampler(len(dataset), generator, shuffle), batch_size, drop_last=False),
+        sampler=BatchSampler(
+            distributed.ShardSampler(len(dataset), generator, shuffle), batch_size, drop_last=False
+        ),
         batch_size=None,  # the dataset returns whole batches
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),  # page-locked host memory: the copy to the GPU can be asynchronous

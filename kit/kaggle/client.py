@@ -159,7 +159,9 @@ def _nested_destination(archive: pathlib.Path) -> pathlib.Path:
     """
     try:
         with zipfile.ZipFile(archive) as opened:
-            tops = {member.filename.replace("\\", "/").lstrip("/").split("/")[0] for member in opened.infolist()}
+            tops = {
+                member.filename.replace("\\", "/").lstrip("/").split("/")[0] for member in opened.infolist()
+            }
     except zipfile.BadZipFile:
         return archive.parent  # safe_extract reports it
     return archive.parent if len(tops - {""}) <= 1 else archive.parent / archive.name.removesuffix(".zip")

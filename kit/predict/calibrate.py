@@ -44,6 +44,7 @@ def apply_calibration(probabilities: np.ndarray, temperature: float, epsilon: fl
 
 def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
     """The temperature that minimises log loss; 1.0 unless another one is strictly better."""
+
     def loss_at(log_temperature: float) -> float:
         return log_loss(apply_temperature(probabilities, math.exp(log_temperature)), targets)
 
@@ -53,7 +54,9 @@ def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
     return best if loss_at(float(found.x)) < log_loss(probabilities, targets) else 1.0
 
 
-def choose_epsilon(probabilities: np.ndarray, targets: np.ndarray, candidates: tuple[float, ...] = EPSILONS) -> float:
+def choose_epsilon(
+    probabilities: np.ndarray, targets: np.ndarray, candidates: tuple[float, ...] = EPSILONS
+) -> float:
     """The clip epsilon with the lowest log loss (the smallest one on ties)."""
     losses = [log_loss(probabilities, targets, epsilon) for epsilon in sorted(candidates)]
     return sorted(candidates)[int(np.argmin(losses))]

@@ -59,7 +59,11 @@ def fit_weights(probabilities: list[np.ndarray], targets: np.ndarray) -> np.ndar
 
     uniform = np.full(count, 1 / count)
     found = minimize(
-        loss, uniform, jac=gradient, method="SLSQP", bounds=[(0.0, 1.0)] * count,
+        loss,
+        uniform,
+        jac=gradient,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * count,
         constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones_like(w)}],
     )
     fitted = np.clip(found.x, 0, None)
@@ -86,7 +90,9 @@ def test_probabilities(run_dir: Path, labels: LabelTable) -> np.ndarray:
     return np.load(path)
 
 
-def variant_predictions(run_dir: Path, weights: str, plain: bool, row_count: int) -> tuple[np.ndarray, np.ndarray]:
+def variant_predictions(
+    run_dir: Path, weights: str, plain: bool, row_count: int
+) -> tuple[np.ndarray, np.ndarray]:
     """OOF and test probabilities of one kept variant: fold-K/{oof,test}-<weights>.npy (views x rows x C).
 
     `plain` takes view 0 (no TTA); otherwise the views' mean. Test predictions are averaged over folds.
@@ -125,7 +131,9 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
         return Member(run_dir.name, run_dir, oof, lambda: test_probabilities(run_dir, labels))
     weights, _, views = variant.partition(":")
     if views not in ("", "plain"):
-        raise click.ClickException(f"{spec}: write RUN@WEIGHTS or RUN@WEIGHTS:plain (e.g. {run_id}@snapshot-2:plain)")
+        raise click.ClickException(
+            f"{spec}: write RUN@WEIGHTS or RUN@WEIGHTS:plain (e.g. {run_id}@snapshot-2:plain)"
+        )
     oof, test = variant_predictions(run_dir, weights, views == "plain", row_count)
     return Member(f"{run_dir.name}@{variant}", run_dir, oof, lambda: test)
 
@@ -135,7 +143,9 @@ def check_classes(members: list[Member]) -> tuple[list[str], str]:
     first = read_json(members[0].run_dir / "metrics.json")
     for member in members:
         if read_json(member.run_dir / "metrics.json")["classes"] != first["classes"]:
-            raise click.ClickException(f"{member.name}: its classes differ from {members[0].name}'s; blend runs of one label set")
+            raise click.ClickException(
+                f"{member.name}: its classes differ from {members[0].name}'s; blend runs of one label set"
+            )
     return first["classes"], first["metric"]
 
 
@@ -155,11 +165,15 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     """`kit ensemble`: blend runs (by id or unique prefix) or kept variants (RUN@WEIGHTS[:plain]) on OOF,
     calibrate (log-loss metrics), write the submission; returns the ensemble's folder."""
     if len(specs) < 2 or len(set(specs)) != len(specs):
-        raise click.ClickException("an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`")
+        raise click.ClickException(
+            "an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`"
+        )
     started = time.time()
     members = [load_member(config, spec, labels) for spec in specs]
     if len({member.name for member in members}) != len(members):
-        raise click.ClickException("an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`")
+        raise click.ClickException(
+            "an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`"
+        )
     classes, metric = check_classes(members)
     oofs = [member.oof for member in members]
     rows = common_rows(oofs)
@@ -175,8 +189,13 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         temperature, epsilon = 1.0, calibrate.NO_CLIP
     blended = calibrate.apply_calibration(blended, temperature, epsilon)
     cv = metrics.score(metric, targets, blended)
-    single = {m.name: {"log_loss": calibrate.log_loss(m.oof[rows], targets), metric: metrics.score(metric, targets, m.oof[rows])}
-              for m in members}
+    single = {
+        m.name: {
+            "log_loss": calibrate.log_loss(m.oof[rows], targets),
+            metric: metrics.score(metric, targets, m.oof[rows]),
+        }
+        for m in members
+    }
     test_blend = calibrate.apply_calibration(blend(test_predictions(members), weights), temperature, epsilon)
 
     run_dir = new_run_dir(config, "ensemble")
@@ -189,19 +208,34 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     save_array(run_dir / "oof.npy", full_oof)
     save_array(run_dir / "test-probabilities.npy", test_blend)
     details = {
-        "runs": names, "weights": [float(w) for w in weights], "rows": int(rows.sum()),
-        "single_runs": single, "oof_log_loss": calibrate.log_loss(blend([o[rows] for o in oofs], weights), targets),
-        "calibration": {"temperature": temperature, "epsilon": epsilon, "log_loss_before": before, "log_loss_after": after,
-                        "applied": metric == "log_loss"},
+        "runs": names,
+        "weights": [float(w) for w in weights],
+        "rows": int(rows.sum()),
+        "single_runs": single,
+        "oof_log_loss": calibrate.log_loss(blend([o[rows] for o in oofs], weights), targets),
+        "calibration": {
+            "temperature": temperature,
+            "epsilon": epsilon,
+            "log_loss_before": before,
+            "log_loss_after": after,
+            "applied": metric == "log_loss",
+        },
     }
-    write_json(run_dir / "metrics.json", {
-        "metric": metric, "cv": cv, "folds_trained": [], "classes": classes,
-        "seconds": round(time.time() - started, 1), "folds": {}, "ensemble": details,
-    })
+    write_json(
+        run_dir / "metrics.json",
+        {
+            "metric": metric,
+            "cv": cv,
+            "folds_trained": [],
+            "classes": classes,
+            "seconds": round(time.time() - started, 1),
+            "folds": {},
+            "ensemble": details,
+        },
+    )
     test = load_test(config)
     sample = submission.read_sample(config)
     frame = submission.build(config, test.ids, test_blend, classes, sample)
     path = submission.write(config, frame, sample, metric, cv, classes)
     write_json(run_dir / "submission.json", {"file": path.name, "weights": [], "runs": details["runs"]})
     return run_dir
-

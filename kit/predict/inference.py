@@ -25,7 +25,12 @@ from kit.predict.tta import tta_views
 
 
 def view_probabilities(
-    model: nn.Module, images: np.ndarray, batch_size: int, preset: str = "none", tta: int = 0, progress: str | None = None
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int,
+    preset: str = "none",
+    tta: int = 0,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Softmax probabilities per view (1 + tta views, N, classes; float64): view 0 is the plain image."""
     model.eval()
@@ -40,8 +45,14 @@ def view_probabilities(
 
 
 def ensemble_probabilities(
-    model: nn.Module, weight_paths: list[Path], meta: dict, images: np.ndarray, batch_size: int,
-    keep: Path | None = None, preset: str = "none", tta: int = 0,
+    model: nn.Module,
+    weight_paths: list[Path],
+    meta: dict,
+    images: np.ndarray,
+    batch_size: int,
+    keep: Path | None = None,
+    preset: str = "none",
+    tta: int = 0,
 ) -> np.ndarray:
     """Average of the probabilities of several saved weights (snapshots, folds) on the same images.
 
@@ -76,7 +87,9 @@ def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
     return [
         path
         for fold in summary["folds_trained"]
-        for path in prediction_weights(run_dir / f"fold-{fold}", config.predict.weights, config.predict.snapshot_ensemble)
+        for path in prediction_weights(
+            run_dir / f"fold-{fold}", config.predict.weights, config.predict.snapshot_ensemble
+        )
     ]
 
 
@@ -86,7 +99,9 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     test = load_test(config)
     check_test_apart(config, test, labels)
     last_stage = config.stages[-1]
-    images, problems = image_cache(test.paths, config.stage_image_size(last_stage), interim_dir(config.name), "test")
+    images, problems = image_cache(
+        test.paths, config.stage_image_size(last_stage), interim_dir(config.name), "test"
+    )
     if problems:
         write_json(run_dir / "bad-test-images.json", problems)
         first = next(iter(problems.items()))
@@ -97,24 +112,42 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     model = models.create_model(config.train.model, len(classes), pretrained=False).to(device())
     meta = models.weights_meta(config, classes)
     weights, fold_probabilities = [], []
-    for fold in summary["folds_trained"]:  # every fold's weights predict; folds are averaged with equal weight
+    for fold in summary[
+        "folds_trained"
+    ]:  # every fold's weights predict; folds are averaged with equal weight
         fold_dir = run_dir / f"fold-{fold}"
         fold_weights = prediction_weights(fold_dir, config.predict.weights, config.predict.snapshot_ensemble)
-        fold_probabilities.append(ensemble_probabilities(
-            model, fold_weights, meta, images, config.stage_batch_size(last_stage) * 2, keep=fold_dir / "test-",
-            preset=config.augment.preset, tta=config.predict.tta,
-        ))
+        fold_probabilities.append(
+            ensemble_probabilities(
+                model,
+                fold_weights,
+                meta,
+                images,
+                config.stage_batch_size(last_stage) * 2,
+                keep=fold_dir / "test-",
+                preset=config.augment.preset,
+                tta=config.predict.tta,
+            )
+        )
         weights += fold_weights
     probabilities = np.mean(fold_probabilities, axis=0)
     if summary["metric"] == "log_loss":  # temperature and clip fitted on OOF rows: never worse on OOF
-        temperature, epsilon, before, after = calibrate.calibrate(np.load(run_dir / "oof.npy"), _oof_targets(labels, classes))
+        temperature, epsilon, before, after = calibrate.calibrate(
+            np.load(run_dir / "oof.npy"), _oof_targets(labels, classes)
+        )
         probabilities = calibrate.apply_calibration(probabilities, temperature, epsilon)
-        write_json(run_dir / "calibration.json", {"temperature": temperature, "epsilon": epsilon, "oof_before": before, "oof_after": after})
+        write_json(
+            run_dir / "calibration.json",
+            {"temperature": temperature, "epsilon": epsilon, "oof_before": before, "oof_after": after},
+        )
     save_array(run_dir / "test-probabilities.npy", probabilities)
     sample = submission.read_sample(config)
     frame = submission.build(config, test.ids, probabilities, classes, sample)
     path = submission.write(config, frame, sample, summary["metric"], summary["cv"], classes)
-    write_json(run_dir / "submission.json", {"file": path.name, "weights": [str(w.relative_to(run_dir)) for w in weights]})
+    write_json(
+        run_dir / "submission.json",
+        {"file": path.name, "weights": [str(w.relative_to(run_dir)) for w in weights]},
+    )
     return path
 
 

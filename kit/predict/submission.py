@@ -24,7 +24,9 @@ def read_sample(config: Config) -> pd.DataFrame:
     return read_csv(path, [config.submission.id_column], f"re-run `make download COMP={config.name}`")
 
 
-def build(config: Config, ids: list[str], probabilities: np.ndarray, classes: list[str], sample: pd.DataFrame) -> pd.DataFrame:
+def build(
+    config: Config, ids: list[str], probabilities: np.ndarray, classes: list[str], sample: pd.DataFrame
+) -> pd.DataFrame:
     """The submission frame: one probability column per class, P(positive), or the predicted class."""
     id_column, label_column = config.submission.id_column, config.submission.label_column
     if config.submission.format == "probabilities":
@@ -41,7 +43,9 @@ def build(config: Config, ids: list[str], probabilities: np.ndarray, classes: li
                 f"{config.path}: submission.positive_class {config.submission.positive_class!r} is not a class "
                 f"({', '.join(classes)})"
             )
-        frame = pd.DataFrame({label_column: probabilities[:, classes.index(config.submission.positive_class)]})
+        frame = pd.DataFrame(
+            {label_column: probabilities[:, classes.index(config.submission.positive_class)]}
+        )
     else:
         frame = pd.DataFrame({label_column: [classes[i] for i in probabilities.argmax(1)]})
     frame.insert(0, id_column, ids)
@@ -58,11 +62,15 @@ def clip(config: Config, frame: pd.DataFrame) -> pd.DataFrame:
     values = clipped[columns].to_numpy(dtype=float)
     # One probability per class: clipped and renormalised (rows still sum to one); binary: clipped.
     single = config.submission.format == "binary"
-    clipped[columns] = np.clip(values, epsilon, 1 - epsilon) if single else clip_and_renormalise(values, epsilon)
+    clipped[columns] = (
+        np.clip(values, epsilon, 1 - epsilon) if single else clip_and_renormalise(values, epsilon)
+    )
     return clipped
 
 
-def problems(config: Config, frame: pd.DataFrame, sample: pd.DataFrame, classes: list[str] | None = None) -> list[str]:
+def problems(
+    config: Config, frame: pd.DataFrame, sample: pd.DataFrame, classes: list[str] | None = None
+) -> list[str]:
     """Everything that would make Kaggle refuse (or mis-score) this submission; empty when it is valid."""
     found = []
     id_column = config.submission.id_column
@@ -80,12 +88,16 @@ def problems(config: Config, frame: pd.DataFrame, sample: pd.DataFrame, classes:
     expected = set(sample[id_column].astype(str))
     missing_ids, extra_ids = expected - set(ids), set(ids) - expected
     if missing_ids:
-        found.append(f"{len(missing_ids)} ids of sample_submission.csv are missing, e.g. {sorted(missing_ids)[0]!r}")
+        found.append(
+            f"{len(missing_ids)} ids of sample_submission.csv are missing, e.g. {sorted(missing_ids)[0]!r}"
+        )
     if extra_ids:
         found.append(f"{len(extra_ids)} ids are not in sample_submission.csv, e.g. {sorted(extra_ids)[0]!r}")
     values = frame.drop(columns=[id_column])
     if config.submission.format == "label":
-        empty = values.iloc[:, 0].isna().to_numpy() | (values.iloc[:, 0].astype(str).str.strip() == "").to_numpy()
+        empty = (
+            values.iloc[:, 0].isna().to_numpy() | (values.iloc[:, 0].astype(str).str.strip() == "").to_numpy()
+        )
         if empty.any():
             found.append(f"row {int(np.argmax(empty)) + 2} has an empty label")
         elif classes is not None:
@@ -105,13 +117,20 @@ def problems(config: Config, frame: pd.DataFrame, sample: pd.DataFrame, classes:
     return found
 
 
-def check(config: Config, frame: pd.DataFrame, sample: pd.DataFrame, source: str, classes: list[str] | None = None) -> None:
+def check(
+    config: Config, frame: pd.DataFrame, sample: pd.DataFrame, source: str, classes: list[str] | None = None
+) -> None:
     found = problems(config, frame, sample, classes)
     if found:
-        raise click.ClickException(f"{source}: invalid submission: {found[0]}" + (f" (+{len(found) - 1} more)" if len(found) > 1 else ""))
+        raise click.ClickException(
+            f"{source}: invalid submission: {found[0]}"
+            + (f" (+{len(found) - 1} more)" if len(found) > 1 else "")
+        )
 
 
-def write(config: Config, frame: pd.DataFrame, sample: pd.DataFrame, metric: str, cv: float, classes: list[str]) -> Path:
+def write(
+    config: Config, frame: pd.DataFrame, sample: pd.DataFrame, metric: str, cv: float, classes: list[str]
+) -> Path:
     """Check, then write submissions/<name>-<UTC time>-<metric><cv>.csv atomically."""
     check(config, frame, sample, "prediction", classes)
     path = paths.submissions_dir() / f"{config.name}-{utc_stamp()}-{metric}{cv:.4f}.csv"

@@ -49,10 +49,19 @@ def _hflip(x: torch.Tensor) -> torch.Tensor:
 # and zoomed a little, as its training augmentation does: a mirrored 2 is not a 2.
 TTA_VIEWS: dict[str, list[View]] = {
     "side_on": [_hflip, _zoom, lambda x: _zoom(_hflip(x)), lambda x: _corner(x, 0), lambda x: _corner(x, 3)],
-    "top_down": [_hflip, lambda x: x.flip(2), lambda x: x.rot90(1, (2, 3)), _zoom, lambda x: x.rot90(3, (2, 3))],
+    "top_down": [
+        _hflip,
+        lambda x: x.flip(2),
+        lambda x: x.rot90(1, (2, 3)),
+        _zoom,
+        lambda x: x.rot90(3, (2, 3)),
+    ],
     "none": [
-        lambda x: _shift(x, 0.05, 0.05), lambda x: _shift(x, -0.05, -0.05),
-        lambda x: _shift(x, 0.05, -0.05), lambda x: _shift(x, -0.05, 0.05), lambda x: _zoom(x, 1.06),
+        lambda x: _shift(x, 0.05, 0.05),
+        lambda x: _shift(x, -0.05, -0.05),
+        lambda x: _shift(x, 0.05, -0.05),
+        lambda x: _shift(x, -0.05, 0.05),
+        lambda x: _zoom(x, 1.06),
     ],
 }
 

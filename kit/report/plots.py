@@ -34,7 +34,10 @@ def plot_lr_find(rates: list[float], losses: list[float], suggestion: float, pat
     axes.axvline(suggestion, color="C3", linestyle="--", label=f"suggestion {suggestion:.2g}")
     finite = [value for value in smoothed if math.isfinite(value)]
     if finite:  # the diverging tail would squash the useful part of the curve
-        low, high = min(finite), min(max(finite), smoothed[0] * 1.5 if math.isfinite(smoothed[0]) else max(finite))
+        low, high = (
+            min(finite),
+            min(max(finite), smoothed[0] * 1.5 if math.isfinite(smoothed[0]) else max(finite)),
+        )
         axes.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
         nearest = int(np.argmin(np.abs(np.log(np.asarray(rates)) - math.log(suggestion))))
         axes.plot([rates[nearest]], [smoothed[nearest]], "o", color="C3")
@@ -60,13 +63,21 @@ def plot_history(
     iterations x layer groups.
     """
     figure = Figure(figsize=(9, 8))
-    loss_axes, metric_axes, lr_axes = figure.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2, 2]})
+    loss_axes, metric_axes, lr_axes = figure.subplots(
+        3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2, 2]}
+    )
     for index, (fold, records) in enumerate(sorted(folds.items())):
         xs = [record["x"] for record in records]
         color = f"C{index % 10}"
-        loss_axes.plot(xs, [r["train_loss"] for r in records], "--", color=color, marker=".", label=f"fold {fold} train")
-        loss_axes.plot(xs, [r["valid_loss"] for r in records], "-", color=color, marker="o", label=f"fold {fold} valid")
-        metric_axes.plot(xs, [r.get(metric, math.nan) for r in records], "-", color=color, marker="o", label=f"fold {fold}")
+        loss_axes.plot(
+            xs, [r["train_loss"] for r in records], "--", color=color, marker=".", label=f"fold {fold} train"
+        )
+        loss_axes.plot(
+            xs, [r["valid_loss"] for r in records], "-", color=color, marker="o", label=f"fold {fold} valid"
+        )
+        metric_axes.plot(
+            xs, [r.get(metric, math.nan) for r in records], "-", color=color, marker="o", label=f"fold {fold}"
+        )
         lr_axes.plot(xs, [r["lr"] for r in records], "o", color=color, markersize=4)
     group_names = ["early body", "late body", "head"]
     distinct = schedule_rates.shape[1] > 1 and not np.allclose(schedule_rates, schedule_rates[:, -1:])
@@ -77,7 +88,13 @@ def plot_history(
         for start, _ in stage_starts:
             axes.axvline(start, color="0.6", linestyle=":", linewidth=1)
     stages_axis = loss_axes.secondary_xaxis("top")  # stage names above the plot, where no curve runs
-    stages_axis.set_xticks([start for start, _ in stage_starts], [name for _, name in stage_starts], fontsize=8, rotation=20, ha="left")
+    stages_axis.set_xticks(
+        [start for start, _ in stage_starts],
+        [name for _, name in stage_starts],
+        fontsize=8,
+        rotation=20,
+        ha="left",
+    )
     loss_axes.set_ylabel("loss")
     loss_axes.legend(fontsize=7, ncol=2, loc="upper right")
     metric_axes.set_ylabel(metric)
@@ -116,15 +133,24 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, max_cl
     threshold = sub.max() / 2 if sub.size else 0
     for (row, column), count in np.ndenumerate(sub):
         if count:
-            axes.text(column, row, str(int(count)), ha="center", va="center", fontsize=7,
-                      color="white" if count > threshold else "black")
+            axes.text(
+                column,
+                row,
+                str(int(count)),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if count > threshold else "black",
+            )
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title, fontsize=10)
     return save(figure, path)
 
 
-def plot_image_grid(images: list[np.ndarray], captions: list[str], title: str, path: Path, columns: int = 4) -> Path:
+def plot_image_grid(
+    images: list[np.ndarray], captions: list[str], title: str, path: Path, columns: int = 4
+) -> Path:
     """Square images (S x S x 3 uint8, one size) in a grid, each with its caption above it.
 
     One mosaic in one axes: drawing 16 axes costs several times more for the same picture.

@@ -54,7 +54,9 @@ def most_uncertain(probabilities: np.ndarray, targets: np.ndarray, count: int = 
     return rows[np.argsort(top_two[:, 1] - top_two[:, 0], kind="stable")][:count]
 
 
-def most_confident_right(probabilities: np.ndarray, targets: np.ndarray, count: int = GRID_IMAGES) -> np.ndarray:
+def most_confident_right(
+    probabilities: np.ndarray, targets: np.ndarray, count: int = GRID_IMAGES
+) -> np.ndarray:
     """Correctly classified rows, the highest probability of the true label first."""
     rows = _predicted(probabilities)
     rows = rows[probabilities[rows].argmax(1) == targets[rows]]
@@ -63,7 +65,9 @@ def most_confident_right(probabilities: np.ndarray, targets: np.ndarray, count: 
 
 def confusion_counts(targets: np.ndarray, predictions: np.ndarray, class_count: int) -> np.ndarray:
     """class_count x class_count counts: row = true class, column = predicted class."""
-    return np.bincount(targets * class_count + predictions, minlength=class_count**2).reshape(class_count, class_count)
+    return np.bincount(targets * class_count + predictions, minlength=class_count**2).reshape(
+        class_count, class_count
+    )
 
 
 def most_confused_pairs(confusion: np.ndarray, count: int = CONFUSED_PAIRS) -> list[tuple[int, int, int]]:
@@ -71,7 +75,10 @@ def most_confused_pairs(confusion: np.ndarray, count: int = CONFUSED_PAIRS) -> l
     errors = confusion.copy()
     np.fill_diagonal(errors, 0)
     order = np.argsort(-errors, axis=None, kind="stable")[:count]
-    pairs = [(int(t), int(p), int(errors[t, p])) for t, p in zip(*np.unravel_index(order, errors.shape), strict=True)]
+    pairs = [
+        (int(t), int(p), int(errors[t, p]))
+        for t, p in zip(*np.unravel_index(order, errors.shape), strict=True)
+    ]
     return [pair for pair in pairs if pair[2] > 0]
 
 
@@ -108,7 +115,9 @@ def history_positions(config: Config, history: list[dict]) -> list[dict]:
     lengths = [config.stage_epochs(stage) for stage in config.stages]
     stage, offset, previous, placed = 0, 0.0, None, []
     for record in history:
-        if previous is not None and (record["stage"] != previous["stage"] or record["epoch"] <= previous["epoch"]):
+        if previous is not None and (
+            record["stage"] != previous["stage"] or record["epoch"] <= previous["epoch"]
+        ):
             offset += lengths[stage] if stage < len(lengths) else previous["epoch"]
             stage += 1
         length = lengths[stage] if stage < len(lengths) else record["epoch"]
@@ -136,7 +145,9 @@ def _probability(value: float) -> str:
     return f"{value:.2f}" if value >= 0.005 else f"{value:.0e}"
 
 
-def image_captions(probabilities: np.ndarray, targets: np.ndarray, rows: np.ndarray, classes: list[str]) -> list[str]:
+def image_captions(
+    probabilities: np.ndarray, targets: np.ndarray, rows: np.ndarray, classes: list[str]
+) -> list[str]:
     captions = []
     for row in rows:
         predicted = int(probabilities[row].argmax())
@@ -147,35 +158,73 @@ def image_captions(probabilities: np.ndarray, targets: np.ndarray, rows: np.ndar
     return captions
 
 
-def make_plots(config: Config, run_config: Config, run_dir: Path, labels: LabelTable, oof: np.ndarray | None) -> list[tuple[str, Path, str]]:
+def make_plots(
+    config: Config, run_config: Config, run_dir: Path, labels: LabelTable, oof: np.ndarray | None
+) -> list[tuple[str, Path, str]]:
     """Every plot the run supports, written as PNGs in the run folder: [(title, path, note)]."""
     summary = read_json(run_dir / "metrics.json")
     made = []
     for found in sorted(run_dir.glob("lr-find*.json")):  # the LR finder's record; draw it if it was not drawn
         finder = read_json(found)
         if not found.with_suffix(".png").exists():
-            plots.plot_lr_find(finder["rates"], finder["losses"], finder["suggestion"], found.with_suffix(".png"))
+            plots.plot_lr_find(
+                finder["rates"], finder["losses"], finder["suggestion"], found.with_suffix(".png")
+            )
     made += [(f"LR finder ({path.stem})", path, "") for path in sorted(run_dir.glob("lr-find*.png"))]
-    histories = {fold: history_positions(run_config, result["history"]) for fold, result in summary["folds"].items() if result.get("history")}
+    histories = {
+        fold: history_positions(run_config, result["history"])
+        for fold, result in summary["folds"].items()
+        if result.get("history")
+    }
     if histories:
-        first_history = next(result["history"] for result in summary["folds"].values() if result.get("history"))
+        first_history = next(
+            result["history"] for result in summary["folds"].values() if result.get("history")
+        )
         epochs, rates, starts = lr_schedule(run_config, first_history)
-        made.append(("Loss, metric and learning rate per epoch", plots.plot_history(
-            histories, summary["metric"], epochs, rates, starts, run_dir / "history.png"), ""))
+        made.append(
+            (
+                "Loss, metric and learning rate per epoch",
+                plots.plot_history(
+                    histories, summary["metric"], epochs, rates, starts, run_dir / "history.png"
+                ),
+                "",
+            )
+        )
     if oof is not None:
         rows = _predicted(oof)
         confusion = confusion_counts(labels.targets[rows], oof[rows].argmax(1), len(labels.classes))
-        made.append(("Confusion matrix (out of fold)", plots.plot_confusion(confusion, labels.classes, run_dir / "confusion.png"), ""))
+        made.append(
+            (
+                "Confusion matrix (out of fold)",
+                plots.plot_confusion(confusion, labels.classes, run_dir / "confusion.png"),
+                "",
+            )
+        )
         image_size = run_config.stages[-1].image_size or run_config.train.image_size
-        for name, select in (("most-wrong", most_wrong), ("most-uncertain", most_uncertain), ("most-confident", most_confident_right)):
+        for name, select in (
+            ("most-wrong", most_wrong),
+            ("most-uncertain", most_uncertain),
+            ("most-confident", most_confident_right),
+        ):
             chosen = select(oof, labels.targets, GRID_IMAGES)
             images = [decode(labels.paths[row], image_size) for row in chosen]
-            title = {"most-wrong": "Most wrong (lowest probability of the true label)",
-                     "most-uncertain": "Most uncertain (smallest margin between the top two classes)",
-                     "most-confident": "Most confidently right"}[name]
-            made.append((title, plots.plot_image_grid(
-                images, image_captions(oof, labels.targets, chosen, labels.classes), title, run_dir / f"{name}.png"),
-                "ids, in grid order: " + ", ".join(labels.ids[row] for row in chosen)))
+            title = {
+                "most-wrong": "Most wrong (lowest probability of the true label)",
+                "most-uncertain": "Most uncertain (smallest margin between the top two classes)",
+                "most-confident": "Most confidently right",
+            }[name]
+            made.append(
+                (
+                    title,
+                    plots.plot_image_grid(
+                        images,
+                        image_captions(oof, labels.targets, chosen, labels.classes),
+                        title,
+                        run_dir / f"{name}.png",
+                    ),
+                    "ids, in grid order: " + ", ".join(labels.ids[row] for row in chosen),
+                )
+            )
     sizes = {"train": image_sizes(labels.paths)}
     try:
         sizes["test"] = image_sizes(load_test(config).paths)
@@ -197,9 +246,15 @@ def fold_table(summary: dict) -> pd.DataFrame:
     rows = []
     for fold, result in sorted(summary["folds"].items(), key=lambda item: int(item[0])):
         history = result.get("history") or [{}]
-        rows.append({"fold": fold, summary["metric"]: result["score"], "epochs": len(result.get("history") or []),
-                     "last valid loss": history[-1].get("valid_loss", np.nan),
-                     "seconds": int(round(sum(r.get("seconds", 0) for r in result.get("history") or [])))})
+        rows.append(
+            {
+                "fold": fold,
+                summary["metric"]: result["score"],
+                "epochs": len(result.get("history") or []),
+                "last valid loss": history[-1].get("valid_loss", np.nan),
+                "seconds": int(round(sum(r.get("seconds", 0) for r in result.get("history") or []))),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -223,51 +278,90 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     if oof is not None and oof.shape != (len(labels.ids), len(labels.classes)):
         oof = None  # the labels changed since the run: its rows no longer line up
     classes, metric = labels.classes, summary["metric"]
-    sections = [f"<h1>{html.escape(config.name)}: run {html.escape(run_dir.name)}</h1>",
-                f"<p>CV {html.escape(metric)} <b>{summary['cv']:.4f}</b> (folds {summary['folds_trained']}), "
-                f"{summary.get('seconds', 0) / 60:.1f} minutes</p>"]
-    sections.append("<h2>Submission</h2>" + (_table(submission_rows(run_dir)) if (run_dir / "submission.json").exists() else "<p>none yet: <code>make predict</code></p>"))
+    sections = [
+        f"<h1>{html.escape(config.name)}: run {html.escape(run_dir.name)}</h1>",
+        f"<p>CV {html.escape(metric)} <b>{summary['cv']:.4f}</b> (folds {summary['folds_trained']}), "
+        f"{summary.get('seconds', 0) / 60:.1f} minutes</p>",
+    ]
+    sections.append(
+        "<h2>Submission</h2>"
+        + (
+            _table(submission_rows(run_dir))
+            if (run_dir / "submission.json").exists()
+            else "<p>none yet: <code>make predict</code></p>"
+        )
+    )
     if summary["folds"]:
         sections.append("<h2>Cross-validation per fold</h2>" + _table(fold_table(summary)))
     if "ensemble" in summary:
         details = summary["ensemble"]
-        frame = pd.DataFrame([{"run": name, "weight": weight, **details["single_runs"][name]}
-                              for name, weight in zip(details["runs"], details["weights"], strict=True)])
-        sections.append(f"<h2>Ensemble of {len(frame)} runs</h2>" + _table(frame)
-                        + f"<p>blend OOF log loss {details['oof_log_loss']:.4f} on {details['rows']} rows</p>")
+        frame = pd.DataFrame(
+            [
+                {"run": name, "weight": weight, **details["single_runs"][name]}
+                for name, weight in zip(details["runs"], details["weights"], strict=True)
+            ]
+        )
+        sections.append(
+            f"<h2>Ensemble of {len(frame)} runs</h2>"
+            + _table(frame)
+            + f"<p>blend OOF log loss {details['oof_log_loss']:.4f} on {details['rows']} rows</p>"
+        )
     if oof is not None:
         rows = _predicted(oof)
         if "ensemble" in summary:
             fitted = summary["ensemble"]["calibration"]
-            temperature, epsilon, before, after = (fitted[k] for k in ("temperature", "epsilon", "log_loss_before", "log_loss_after"))
+            temperature, epsilon, before, after = (
+                fitted[k] for k in ("temperature", "epsilon", "log_loss_before", "log_loss_after")
+            )
         else:
             temperature, epsilon, before, after = calibrate.calibrate(oof[rows], labels.targets[rows])
         sections.append(
             f"<h2>Calibration (fitted on OOF)</h2><p>OOF log loss before {before:.4f}, after {after:.4f} "
             f"(temperature {temperature:.3f}, clip epsilon {epsilon:.0e})"
-            + ("" if metric == "log_loss" else "; not applied: the metric is not log loss") + "</p>")
+            + ("" if metric == "log_loss" else "; not applied: the metric is not log loss")
+            + "</p>"
+        )
     for title, path, note in make_plots(config, run_config, run_dir, labels, oof):
-        sections.append(f"<h2>{html.escape(title)}</h2><img alt=\"{html.escape(title)}\" src=\"{_embed(path)}\">"
-                        + (f"<p class=\"note\">{html.escape(note)}</p>" if note else ""))
+        sections.append(
+            f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_embed(path)}">'
+            + (f'<p class="note">{html.escape(note)}</p>' if note else "")
+        )
     if oof is not None:
         rows = _predicted(oof)
         confusion = confusion_counts(labels.targets[rows], oof[rows].argmax(1), len(classes))
-        pairs = pd.DataFrame([{"true": classes[t], "predicted": classes[p], "images": n} for t, p, n in most_confused_pairs(confusion)])
-        sections.append("<h2>Most confused pairs</h2>" + (_table(pairs) if len(pairs) else "<p>no confusions</p>"))
+        pairs = pd.DataFrame(
+            [
+                {"true": classes[t], "predicted": classes[p], "images": n}
+                for t, p, n in most_confused_pairs(confusion)
+            ]
+        )
+        sections.append(
+            "<h2>Most confused pairs</h2>" + (_table(pairs) if len(pairs) else "<p>no confusions</p>")
+        )
         totals = confusion.sum(1)
-        per_class = pd.DataFrame({"class": classes, "images": totals,
-                                  "recall": np.divide(np.diag(confusion), totals, out=np.full(len(classes), np.nan), where=totals > 0)})
+        per_class = pd.DataFrame(
+            {
+                "class": classes,
+                "images": totals,
+                "recall": np.divide(
+                    np.diag(confusion), totals, out=np.full(len(classes), np.nan), where=totals > 0
+                ),
+            }
+        )
         sections.append("<h2>Per class (out of fold)</h2>" + _table(per_class))
     sections.append("<h2>Config</h2><pre>" + html.escape(json.dumps(saved, indent=2)) + "</pre>")
-    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(config.name)} {html.escape(run_dir.name)}</title>"
-            f"<style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>\n")
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(config.name)} {html.escape(run_dir.name)}</title>'
+        f"<style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>\n"
+    )
     target = run_dir / "report.html"
     with atomic_path(target) as temporary:
         temporary.write_text(page, encoding="utf-8")
     return target
 
 
-STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
-         " .table{border-collapse:collapse;font-size:13px} .table td,.table th{padding:3px 10px;border-bottom:1px solid #ddd}"
-         " .note{font-size:12px;color:#555} pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}")
-
+STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
+    " .table{border-collapse:collapse;font-size:13px} .table td,.table th{padding:3px 10px;border-bottom:1px solid #ddd}"
+    " .note{font-size:12px;color:#555} pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}"
+)

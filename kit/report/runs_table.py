@@ -21,14 +21,28 @@ def runs_table(config: Config) -> pd.DataFrame:
     for run_dir in list_runs(config):
         summary = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
         ensemble = summary.get("ensemble")
-        rows.append({"run": run_dir.name, "cv": summary.get("cv", np.nan), "metric": summary.get("metric", "(unfinished)"),
-                     "folds": "+".join(ensemble["runs"]) if ensemble else ",".join(map(str, summary.get("folds_trained", []))),
-                     "minutes": round(summary.get("seconds", 0) / 60, 1)})
+        rows.append(
+            {
+                "run": run_dir.name,
+                "cv": summary.get("cv", np.nan),
+                "metric": summary.get("metric", "(unfinished)"),
+                "folds": "+".join(ensemble["runs"])
+                if ensemble
+                else ",".join(map(str, summary.get("folds_trained", []))),
+                "minutes": round(summary.get("seconds", 0) / 60, 1),
+            }
+        )
         if not ensemble:  # an ensemble's config.json is its first run's: its settings say nothing new
             flat = flatten(read_json(run_dir / "config.json"))
-            settings[run_dir.name] = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flat.items() if k != "path"}
+            settings[run_dir.name] = {
+                k: json.dumps(v) if isinstance(v, list) else v for k, v in flat.items() if k != "path"
+            }
     keys = sorted({key for values in settings.values() for key in values})
-    differing = [key for key in keys if len({json.dumps(values.get(key), default=str) for values in settings.values()}) > 1]
+    differing = [
+        key
+        for key in keys
+        if len({json.dumps(values.get(key), default=str) for values in settings.values()}) > 1
+    ]
     for row in rows:
         row.update({key: settings.get(row["run"], {}).get(key, "") for key in differing})
     return pd.DataFrame(rows)

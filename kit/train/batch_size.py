@@ -18,11 +18,13 @@ from tqdm import tqdm
 
 from kit import distributed
 from kit.config import Config
-from kit.device import device
 from kit.data.loader import make_loader
+from kit.device import device
 from kit.train.stage import FoldState, PreparedStage
 
-Step = Callable[[PreparedStage, nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # kit.train.stage.train_step
+Step = Callable[
+    [PreparedStage, nn.Module, torch.Tensor, torch.Tensor], torch.Tensor
+]  # kit.train.stage.train_step
 MEMORY_PROBE_DEVICES = {"cuda"}  # where running out of memory raises an error (a CPU's OS kills the process)
 
 
@@ -70,7 +72,9 @@ def probe_batch_size(prepared: PreparedStage, model: nn.Module, step: Step) -> i
     return fitted
 
 
-def set_batch_size(config: Config, stage_index: int, state: FoldState, prepared: PreparedStage, step: Step) -> None:
+def set_batch_size(
+    config: Config, stage_index: int, state: FoldState, prepared: PreparedStage, step: Step
+) -> None:
     """This rank's batch size (as an interrupted run chose it, or the largest that fits) and learning rates for it."""
     configured = prepared.batch_size
     resumed = state.resume is not None and state.resume["stage_index"] == stage_index
@@ -80,10 +84,14 @@ def set_batch_size(config: Config, stage_index: int, state: FoldState, prepared:
         batch_size = probe_batch_size(prepared, state.model, step)
     else:
         batch_size = configured
-    scale = batch_size * distributed.world_size() / configured  # images per step now / images the rates are for
+    scale = (
+        batch_size * distributed.world_size() / configured
+    )  # images per step now / images the rates are for
     if batch_size != configured:
         loader = prepared.train_batches
-        prepared.train_batches = make_loader(loader.dataset, batch_size, True, prepared.generator, loader.num_workers)
+        prepared.train_batches = make_loader(
+            loader.dataset, batch_size, True, prepared.generator, loader.num_workers
+        )
         if distributed.is_main() and not resumed:
             tqdm.write(
                 f"  {config.stages[stage_index].name}: {configured} images per step do not fit in GPU memory; "

@@ -24,10 +24,14 @@ def body_features(model: nn.Module, images: np.ndarray, batch_size: int) -> np.n
         return model.forward_head(model.forward_features(batch), pre_logits=True)
 
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    return batched_inference(pooled, images, batch_size, mean, std, progress="precompute features").cpu().numpy()
+    return (
+        batched_inference(pooled, images, batch_size, mean, std, progress="precompute features").cpu().numpy()
+    )
 
 
-def body_features_cached(model: nn.Module, images: np.ndarray, label: str, cache_dir: Path, batch_size: int) -> np.ndarray:
+def body_features_cached(
+    model: nn.Module, images: np.ndarray, label: str, cache_dir: Path, batch_size: int
+) -> np.ndarray:
     """body_features, saved under data/interim and keyed by the body's weights and the image cache file.
 
     Any change to the weights (another backbone, a fine-tuned body) or to the images gives a new key.

@@ -38,16 +38,27 @@ def epoch_seed(config: Config, fold: int, stage_index: int, epoch: int) -> int:
 def save_resume_point(state: FoldState, prepared: PreparedStage, stage_index: int, epoch: int) -> None:
     """Everything needed to continue after the last completed epoch, written atomically."""
     point = {
-        "model": models.unwrap(state.model).state_dict(), "optimizer": prepared.optimizer.state_dict(),
-        "batch_size": prepared.batch_size, "stage_index": stage_index, "epoch": epoch, "history": state.history,
-        "best_score": state.best_score, "snapshots_taken": state.snapshots_taken, "meta": state.meta,
+        "model": models.unwrap(state.model).state_dict(),
+        "optimizer": prepared.optimizer.state_dict(),
+        "batch_size": prepared.batch_size,
+        "stage_index": stage_index,
+        "epoch": epoch,
+        "history": state.history,
+        "best_score": state.best_score,
+        "snapshots_taken": state.snapshots_taken,
+        "meta": state.meta,
     }
     with atomic_path(state.fold_dir / "resume.pt") as temporary:
         torch.save(point, temporary)
 
 
 def evaluate(
-    config: Config, module: nn.Module, inputs: torch.Tensor | np.ndarray, targets: np.ndarray, batch_size: int, model: nn.Module
+    config: Config,
+    module: nn.Module,
+    inputs: torch.Tensor | np.ndarray,
+    targets: np.ndarray,
+    batch_size: int,
+    model: nn.Module,
 ) -> tuple[float, float, np.ndarray]:
     """Validation loss, metric and probabilities; logits stay on the device until the end (one sync).
 
@@ -59,7 +70,9 @@ def evaluate(
     logits_all = distributed.gather_shards(logits, len(targets))
     loss = functional.cross_entropy(logits_all, torch.from_numpy(targets).to(logits_all.device)).item()
     probabilities = logits_all.softmax(1).double().cpu().numpy()
-    score = metrics.score(config.competition.metric, targets, probabilities) if math.isfinite(loss) else math.nan
+    score = (
+        metrics.score(config.competition.metric, targets, probabilities) if math.isfinite(loss) else math.nan
+    )
     return loss, score, probabilities
 
 
@@ -84,7 +97,9 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     model = state.model
     compute = device()
     prepared = prepare_stage(config, stage_index, state)
-    batch_size.set_batch_size(config, stage_index, state, prepared, train_step)  # the largest that fits, rates scaled
+    batch_size.set_batch_size(
+        config, stage_index, state, prepared, train_step
+    )  # the largest that fits, rates scaled
     optimizer, module, image_size = prepared.optimizer, prepared.module, prepared.image_size
     train_batches, base_rates = prepared.train_batches, prepared.base_rates
     epoch = 0
@@ -101,14 +116,22 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     total_steps = max(1, round(rates.epochs * steps_per_epoch))
     cycle_end_steps = [round(end * steps_per_epoch) for end in rates.cycle_end_epochs()]
     step = min(total_steps, epoch * steps_per_epoch)
-    bar = tqdm(total=total_steps, initial=step, desc=f"{stage.name} ({image_size}px)", disable=not (progress and distributed.is_main()), leave=False)
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc=f"{stage.name} ({image_size}px)",
+        disable=not (progress and distributed.is_main()),
+        leave=False,
+    )
     while step < total_steps:
         epoch_started = time.time()
         seed = epoch_seed(config, state.fold, stage_index, epoch)
         torch.manual_seed(seed + distributed.rank())  # dropout, drop-path: other draws on each rank
         prepared.generator.manual_seed(seed)  # shuffling: one order on every rank, dealt into shards
         if prepared.transform is not None:
-            prepared.transform.set_random_seed(seed + distributed.rank())  # augmentation (in-process; workers seed themselves)
+            prepared.transform.set_random_seed(
+                seed + distributed.rank()
+            )  # augmentation (in-process; workers seed themselves)
         models.train_mode(model)
         loss_sum = torch.zeros((), device=compute)  # summed on the device: no sync per batch
         seen = 0
@@ -123,7 +146,9 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
             if step in cycle_end_steps and stage.snapshots:
                 state.snapshots_taken += 1
                 if distributed.is_main():
-                    models.save_weights(model, state.fold_dir / f"snapshot-{state.snapshots_taken}.pt", state.meta)
+                    models.save_weights(
+                        model, state.fold_dir / f"snapshot-{state.snapshots_taken}.pt", state.meta
+                    )
             if step == total_steps:
                 break
         epoch += 1
@@ -135,11 +160,21 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
         valid_loss, valid_score, _ = evaluate(
             config, module, prepared.valid_inputs, prepared.valid_targets, prepared.batch_size * 2, model
         )
-        check_loss(config, stage, state, epoch, "validation", valid_loss)  # the epoch's last steps show only here
+        check_loss(
+            config, stage, state, epoch, "validation", valid_loss
+        )  # the epoch's last steps show only here
         record = {
-            "stage": stage.name, "epoch": epoch, "step": step, "image_size": image_size,
-            "batch_size": prepared.batch_size, "base_rates": list(base_rates), "lr": factor * base_rates[-1], "train_loss": train_loss, "valid_loss": valid_loss,
-            config.competition.metric: valid_score, "seconds": round(time.time() - epoch_started, 2),
+            "stage": stage.name,
+            "epoch": epoch,
+            "step": step,
+            "image_size": image_size,
+            "batch_size": prepared.batch_size,
+            "base_rates": list(base_rates),
+            "lr": factor * base_rates[-1],
+            "train_loss": train_loss,
+            "valid_loss": valid_loss,
+            config.competition.metric: valid_score,
+            "seconds": round(time.time() - epoch_started, 2),
         }
         state.history.append(record)
         improved = metrics.is_better(config.competition.metric, valid_score, state.best_score)
@@ -171,12 +206,16 @@ def usable_rows(config: Config, labels: LabelTable, run_dir: Path) -> np.ndarray
                 f"data.max_bad_images (list in {run_dir / 'bad-images.json'})"
             )
         if distributed.is_main():
-            tqdm.write(f"skipping {len(problems)} unreadable training images ({listing}); see bad-images.json")
+            tqdm.write(
+                f"skipping {len(problems)} unreadable training images ({listing}); see bad-images.json"
+            )
     bad = {str(p) for p in problems}
     return np.array([i for i, path in enumerate(labels.paths) if str(path) not in bad], dtype=np.int64)
 
 
-def train_fold(config: Config, labels: LabelTable, folds: np.ndarray, fold: int, run_dir: Path, rows: np.ndarray) -> dict:
+def train_fold(
+    config: Config, labels: LabelTable, folds: np.ndarray, fold: int, run_dir: Path, rows: np.ndarray
+) -> dict:
     """All stages on one fold (continuing from fold-K/resume.pt if there is one); metrics and OOF probabilities."""
     torch.manual_seed(config.train.seed + fold)
     fold_dir = run_dir / f"fold-{fold}"
@@ -212,14 +251,30 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
     last_stage, model, fold_dir = config.stages[-1], state.model, state.fold_dir
     weights = prediction_weights(fold_dir, config.predict.weights, config.predict.snapshot_ensemble)
     probabilities = ensemble_probabilities(
-        model, weights, state.meta, images[state.valid_rows], config.stage_batch_size(last_stage) * 2,
-        keep=fold_dir / "oof-", preset=config.augment.preset, tta=config.predict.tta,
+        model,
+        weights,
+        state.meta,
+        images[state.valid_rows],
+        config.stage_batch_size(last_stage) * 2,
+        keep=fold_dir / "oof-",
+        preset=config.augment.preset,
+        tta=config.predict.tta,
     )
     score = metrics.score(config.competition.metric, state.labels.targets[state.valid_rows], probabilities)
-    tqdm.write(f"fold {state.fold}: {config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.predict.tta})")
-    result = {"score": score, "history": state.history, "valid_rows": state.valid_rows, "probabilities": probabilities}
+    tqdm.write(
+        f"fold {state.fold}: {config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.predict.tta})"
+    )
+    result = {
+        "score": score,
+        "history": state.history,
+        "valid_rows": state.valid_rows,
+        "probabilities": probabilities,
+    }
     save_array(fold_dir / "oof.npy", probabilities)
-    write_json(fold_dir / "result.json", {"score": score, "history": state.history, "valid_rows": state.valid_rows.tolist()})
+    write_json(
+        fold_dir / "result.json",
+        {"score": score, "history": state.history, "valid_rows": state.valid_rows.tolist()},
+    )
     (fold_dir / "resume.pt").unlink(missing_ok=True)  # the fold is done: its result replaces the resume point
     return result
 
@@ -255,7 +310,9 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
     started = time.time()
     for number in fold_numbers:
         finished = finished_fold(run_dir / f"fold-{number}") if distributed.is_main() else None
-        result = distributed.broadcast_object(finished) or train_fold(config, labels, folds, number, run_dir, rows)
+        result = distributed.broadcast_object(finished) or train_fold(
+            config, labels, folds, number, run_dir, rows
+        )
         oof[result["valid_rows"]] = result["probabilities"]
         results[number] = {"score": result["score"], "history": result["history"]}
         if distributed.is_main():  # after every fold: an interrupted --fold all keeps its progress
@@ -263,8 +320,11 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
     predicted = ~np.isnan(oof[:, 0])
     cv = metrics.score(config.competition.metric, labels.targets[predicted], oof[predicted])
     summary = {
-        "metric": config.competition.metric, "cv": cv, "folds_trained": fold_numbers,
-        "classes": labels.classes, "seconds": round(time.time() - started, 1),
+        "metric": config.competition.metric,
+        "cv": cv,
+        "folds_trained": fold_numbers,
+        "classes": labels.classes,
+        "seconds": round(time.time() - started, 1),
         "folds": {str(k): v for k, v in results.items()},
     }
     if distributed.is_main():

@@ -37,7 +37,9 @@ def range_test(
     largest = max(group["initial_lr"] for group in prepared.optimizer.param_groups)
     rates_tried, losses = [], []
     models.train_mode(model)
-    batches = itertools.chain.from_iterable(itertools.repeat(prepared.train_batches))  # as many epochs as needed
+    batches = itertools.chain.from_iterable(
+        itertools.repeat(prepared.train_batches)
+    )  # as many epochs as needed
     for rate, (inputs, targets) in zip(schedule.lr_find_rates(start, end, steps), batches, strict=False):
         for group in prepared.optimizer.param_groups:
             group["lr"] = rate * group["initial_lr"] / largest
@@ -51,7 +53,9 @@ def range_test(
     return rates_tried, losses
 
 
-def lr_find(config: Config, labels: LabelTable, stage_index: int, run_dir: Path, weights: Path | None = None) -> dict:
+def lr_find(
+    config: Config, labels: LabelTable, stage_index: int, run_dir: Path, weights: Path | None = None
+) -> dict:
     """Range test on fold 0's training rows at stage `stage_index`; writes lr-find-stage<N>.json."""
     folds = load_folds(config, labels)
     torch.manual_seed(config.train.seed)  # the same head and batches every time: a repeatable suggestion
@@ -65,8 +69,11 @@ def lr_find(config: Config, labels: LabelTable, stage_index: int, run_dir: Path,
     rates, losses = range_test(prepared, model)
     suggestion, reason = schedule.suggest_lr(rates, losses)
     result = {
-        "stage": config.stages[stage_index].name, "rates": rates, "losses": losses,
-        "suggestion": suggestion, "reason": reason,
+        "stage": config.stages[stage_index].name,
+        "rates": rates,
+        "losses": losses,
+        "suggestion": suggestion,
+        "reason": reason,
     }
     write_json(run_dir / f"lr-find-stage{stage_index}.json", result)
     return result

@@ -43,7 +43,11 @@ def sgdr_lr(epoch: float, lr_max: float, cycle_len: float, cycle_mult: float, lr
 
 
 def one_cycle_lr(
-    fraction: float, lr_max: float, warmup: float = 0.25, start_divisor: float = 25.0, end_divisor: float = 1e4
+    fraction: float,
+    lr_max: float,
+    warmup: float = 0.25,
+    start_divisor: float = 25.0,
+    end_divisor: float = 1e4,
 ) -> float:
     """Warm-up from lr_max/start_divisor to lr_max over `warmup` of training, then cosine to lr_max/end_divisor."""
     if fraction < warmup:
@@ -128,11 +132,17 @@ def suggest_lr(rates: list[float], losses: list[float]) -> tuple[float, str]:
     first = max(1, len(rates) // 10)
     candidates = range(first, lowest)
     if not candidates:
-        return max(rates[0], tenth_of_minimum), f"one tenth of the LR at the minimum loss ({rates[lowest]:.2g})"
+        return max(
+            rates[0], tenth_of_minimum
+        ), f"one tenth of the LR at the minimum loss ({rates[lowest]:.2g})"
     slope = {
-        i: (smoothed[i + 1] - smoothed[i - 1]) / (math.log(rates[i + 1]) - math.log(rates[i - 1])) for i in candidates
+        i: (smoothed[i + 1] - smoothed[i - 1]) / (math.log(rates[i + 1]) - math.log(rates[i - 1]))
+        for i in candidates
     }
     steepest = min(candidates, key=slope.__getitem__)
     if rates[steepest] <= tenth_of_minimum:
         return rates[steepest], f"steepest descent of the smoothed loss (minimum at {rates[lowest]:.2g})"
-    return tenth_of_minimum, f"one tenth of the LR at the minimum loss ({rates[lowest]:.2g}); steepest at {rates[steepest]:.2g}"
+    return (
+        tenth_of_minimum,
+        f"one tenth of the LR at the minimum loss ({rates[lowest]:.2g}); steepest at {rates[steepest]:.2g}",
+    )

@@ -86,22 +86,42 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> Prepare
         with distributed.main_first():
             label = f"{config.train.model}-{image_size}px-{len(images)}"
             features = body_features_cached(model, images, label, interim_dir(config.name), batch_size)
-        train_set = TensorDataset(torch.from_numpy(features[state.train_rows]), torch.from_numpy(labels.targets[state.train_rows]))
+        train_set = TensorDataset(
+            torch.from_numpy(features[state.train_rows]), torch.from_numpy(labels.targets[state.train_rows])
+        )
         return PreparedStage(
-            model.get_classifier(), optimizer, base_rates, make_loader(train_set, batch_size, True, generator, 0),
-            torch.from_numpy(features[state.valid_rows]), labels.targets[state.valid_rows], image_size, batch_size, False,
+            model.get_classifier(),
+            optimizer,
+            base_rates,
+            make_loader(train_set, batch_size, True, generator, 0),
+            torch.from_numpy(features[state.valid_rows]),
+            labels.targets[state.valid_rows],
+            image_size,
+            batch_size,
+            False,
             generator,
         )
     transform = augment.train_transform(config, image_size) if stage.augment else None
     train_set = BatchDataset(images, labels.targets, state.train_rows, transform)
     loader = make_loader(train_set, batch_size, True, generator, worker_count(config.train.num_workers))
     return PreparedStage(
-        model, optimizer, base_rates, loader, images[state.valid_rows], labels.targets[state.valid_rows],
-        image_size, batch_size, True, generator, transform,
+        model,
+        optimizer,
+        base_rates,
+        loader,
+        images[state.valid_rows],
+        labels.targets[state.valid_rows],
+        image_size,
+        batch_size,
+        True,
+        generator,
+        transform,
     )
 
 
-def train_step(prepared: PreparedStage, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def train_step(
+    prepared: PreparedStage, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """One optimizer step; returns the loss as a device tensor (no host sync)."""
     compute = device()
     targets = targets.to(compute, non_blocking=True)
