@@ -91,7 +91,10 @@ def load_for_training(query: str, overrides: tuple[str, ...] = ()) -> Config:
 
 
 def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
-    """A new run folder, the LR finder if asked, then training; under torchrun rank 0 makes the folder and prints."""
+    """A new run folder, the LR finder if asked, then training.
+
+    Under torchrun rank 0 makes the folder and prints.
+    """
     from kit import distributed  # heavy (torch): only commands that train pay for it
     from kit.device import device_name
     from kit.train import loop
@@ -121,7 +124,10 @@ def train(config: Config, fold: str) -> Path:
 
 
 def resume(config: Config, run: str | None) -> Path:
-    """Continue an interrupted run (default: the newest) with its own config, from its last completed epoch."""
+    """Continue an interrupted run (default: the newest) with its own config.
+
+    It restarts from the last completed epoch.
+    """
     from kit import distributed  # heavy (torch): only commands that train pay for it
     from kit.train import loop
 
@@ -160,7 +166,8 @@ def _lr_find(config: Config, labels: LabelTable, stage: int, run_dir: Path, weig
         result["rates"], result["losses"], result["suggestion"], run_dir / f"lr-find-stage{stage}.png"
     )
     click.echo(
-        f"LR finder, stage {stage} ({result['stage']}): suggested lr {result['suggestion']:.3g}: {result['reason']}; plot in {plot}"
+        f"LR finder, stage {stage} ({result['stage']}): suggested lr {result['suggestion']:.3g}: "
+        f"{result['reason']}; plot in {plot}"
     )
     return result
 
@@ -250,7 +257,10 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     submission.check(config, frame, sample, str(path), summary["classes"])
     frame = submission.clip(config, frame)
     commit = read_json(run_dir / "provenance.json").get("commit", git_commit())
-    text = f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | run {run_dir.name} | commit {commit}"
+    text = (
+        f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} "
+        f"| run {run_dir.name} | commit {commit}"
+    )
     row = {
         "time_utc": utc_stamp(),
         "competition": config.name,
@@ -280,7 +290,10 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
 
 
 def ledger(config: Config) -> pd.DataFrame:
-    """Every submission of the competition, CV next to leaderboard; public scores refreshed from Kaggle first."""
+    """Every submission of the competition, CV next to leaderboard.
+
+    Public scores are refreshed from Kaggle first.
+    """
     table = submission_ledger.read_ledger()
     strangers = []
     if config.competition.kaggle and "score" not in load_hooks(config):
@@ -321,7 +334,10 @@ def ledger(config: Config) -> pd.DataFrame:
 
 
 def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) -> Path:
-    """Fork: download SLUG into data/raw/NAME (once), infer its layout, write competitions/NAME/competition.toml."""
+    """Fork: download SLUG into data/raw/NAME (once), infer its layout.
+
+    Writes competitions/NAME/competition.toml.
+    """
     target = paths.competition_file(name)
     scaffold.check_name(name, target)
     if metric is not None and metric not in typing.get_args(MetricName):
@@ -345,7 +361,8 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
             )
         if target_raw.is_dir() and any(target_raw.iterdir()):
             raise click.ClickException(
-                f"{target_raw} holds files but no finished download: add --from-raw to use them, or move it away"
+                f"{target_raw} holds files but no finished download: "
+                "add --from-raw to use them, or move it away"
             )
         kaggle.download_competition(slug, target_raw)
     layout = scaffold.inspect(target_raw)

@@ -39,7 +39,8 @@ class ConfigError(click.ClickException):
 @dataclass(frozen=True)
 class CompetitionSection:
     kaggle: str = ""  # Kaggle slug, e.g. "dog-breed-identification"; empty when hooks.py builds the data
-    metric: MetricName = "log_loss"  # a name in kit.metrics.METRICS; decides the best checkpoint and the submission's file name
+    # A name in kit.metrics.METRICS; decides the best checkpoint and the submission's file name.
+    metric: MetricName = "log_loss"
     description: str = ""
 
 
@@ -312,7 +313,10 @@ def load_config(path: Path, overrides: typing.Sequence[str] = ()) -> Config:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{'train': {'lr': 1}, 'stages': [{'lr': 2}]} -> {'train.lr': 1, 'stages.0.lr': 2}; other lists stay whole."""
+    """{'train': {'lr': 1}, 'stages': [{'lr': 2}]} -> {'train.lr': 1, 'stages.0.lr': 2}.
+
+    Other lists stay whole.
+    """
     if isinstance(value, dict):
         return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
     if isinstance(value, (list, tuple)) and value and all(isinstance(item, dict) and item for item in value):

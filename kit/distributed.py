@@ -149,7 +149,7 @@ def shard(items):
 
 
 def gather_shards(part: np.ndarray | torch.Tensor, count: int) -> np.ndarray | torch.Tensor:
-    """Every rank's `part` (made from `shard` of `count` items) put back in the original order, on every rank."""
+    """Every rank's `part` (made from `shard` of `count` items) in the original order, on every rank."""
     if not dist.is_initialized():
         return part
     is_tensor = isinstance(part, torch.Tensor)

@@ -34,7 +34,8 @@ def filling_folder(target: Path, note: str = "") -> Iterator[Path]:
     """
     if target.exists() and any(target.iterdir()):
         raise click.ClickException(
-            f"{target} exists but holds no completed download ({DOWNLOAD_MARKER} missing): move it away, then retry"
+            f"{target} exists but holds no completed download ({DOWNLOAD_MARKER} missing): "
+            "move it away, then retry"
         )
     partial = target.parent / f".partial-{target.name}"
     shutil.rmtree(partial, ignore_errors=True)

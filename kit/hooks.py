@@ -13,7 +13,9 @@ from kit.config import Config, ConfigError
 
 # hooks.py: the fixed, optional functions a competition may define (name -> what it is for).
 HOOKS = {
-    "download": "download(raw_dir: Path) -> None: build the raw data locally instead of downloading from Kaggle",
+    "download": (
+        "download(raw_dir: Path) -> None: build the raw data locally instead of downloading from Kaggle"
+    ),
     "score": "score(submission: pd.DataFrame, raw_dir: Path) -> dict[str, float]: a local leaderboard; "
     "when defined, `kit submit` scores the file instead of uploading it",
 }

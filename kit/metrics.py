@@ -20,7 +20,7 @@ NO_CLIP = 1e-15
 
 
 def clip_and_renormalise(probabilities: np.ndarray, epsilon: float = NO_CLIP) -> np.ndarray:
-    """Each row clipped to [epsilon, 1 - epsilon] and renormalised to sum to one, as Kaggle scores log loss."""
+    """Each row clipped to [epsilon, 1 - epsilon] and renormalised to sum to one, as Kaggle does."""
     clipped = np.clip(probabilities, epsilon, 1 - epsilon)
     return clipped / clipped.sum(1, keepdims=True)
 

@@ -37,7 +37,10 @@ def raw_dir(name: str) -> Path:
 
 
 def interim_dir(name: str) -> Path:
-    """data/interim/<name>: folds, decoded-image caches, precomputed features (rebuildable); made on demand."""
+    """data/interim/<name>: folds, decoded-image caches, precomputed features (rebuildable).
+
+    Made on demand.
+    """
     path = data_dir() / "interim" / name
     path.mkdir(parents=True, exist_ok=True)
     return path

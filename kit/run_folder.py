@@ -96,7 +96,8 @@ def run_summary(run_dir: Path, command: str) -> dict:
     path = run_dir / "metrics.json"
     if not path.exists():
         raise click.ClickException(
-            f"{run_dir.name} has not finished training (no {path.name}): finish it with `make resume RUN={run_dir.name}`"
+            f"{run_dir.name} has not finished training (no {path.name}): "
+            f"finish it with `make resume RUN={run_dir.name}`"
             f" before `{command}`, or pick a finished run"
         )
     return read_json(path)

@@ -66,10 +66,12 @@ def main(model: str, image_size: int, epochs: int) -> None:
     )
     click.echo(f"device: {name}; model {model} at {image_size}px; {len(state.train_rows)} training images")
     click.echo(
-        f"epoch on precomputed features: {precomputed:.3f} s (stage of {epochs} epochs: {precomputed_wall:.2f} s wall, feature pass and checkpoints included)"
+        f"epoch on precomputed features: {precomputed:.3f} s (stage of {epochs} epochs: "
+        f"{precomputed_wall:.2f} s wall, feature pass and checkpoints included)"
     )
     click.echo(
-        f"epoch frozen body + augmentation: {augmented:.3f} s (stage of {epochs} epochs: {augmented_wall:.2f} s wall)"
+        f"epoch frozen body + augmentation: {augmented:.3f} s "
+        f"(stage of {epochs} epochs: {augmented_wall:.2f} s wall)"
     )
     click.echo(f"speed-up: {augmented / precomputed:.1f}x (acceptance: >= 10x in issue 3, >= 20x in issue 5)")
 

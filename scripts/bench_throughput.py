@@ -2,10 +2,11 @@
 
 Same model, image size and batch throughout, on a temporary ImageFolder of synthetic ~500x375 JPEGs:
   (a) ceiling: training steps on synthetic uint8 batches already on the device
-  (b) the kit end to end: decode-once cache -> kit.loader (augmented, this rank's shard) -> kit.stage.train_step
+  (b) the kit end to end: decode-once cache -> kit.data.loader (augmented, this rank's shard)
+      -> kit.train.stage.train_step
   (c) the kit's loader alone (batches copied to the device, no step)
   (d) the same steps fed by a plain torchvision ImageFolder + Pillow DataLoader (decode every epoch)
-and, for prediction: the inference ceiling, kit.predict from the cache, and kit.predict with TTA.
+and, for prediction: the inference ceiling, kit.predict.inference from the cache, and the same with TTA.
 Prints img/s for each, b/a and b/d, and the device.
 
     .venv/bin/python scripts/bench_throughput.py                       # CPU-sized defaults
@@ -158,7 +159,7 @@ def main(
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
 
     def stage_data(raw: bool) -> stage.PreparedStage:
-        """What kit.stage.train_step needs: uint8 images (raw) or already-normalised float batches."""
+        """What kit.train.stage.train_step needs: uint8 images (raw) or already-normalised float batches."""
         return stage.PreparedStage(
             forward,
             optimizer,
@@ -235,7 +236,8 @@ def main(
             inputs.to(target, non_blocking=True).contiguous(memory_format=layout), labels
         )
 
-        # Prediction: the forward pass alone on device batches, then kit.predict from the cache, plain and with TTA.
+        # Prediction: the forward pass alone on device batches, then kit.predict.inference from the cache,
+        # plain and with TTA.
         inference_batch = batch_size * 2  # as the kit predicts
 
         @torch.inference_mode()
@@ -276,11 +278,13 @@ def main(
     precision = "bf16 autocast, channels_last" if target.type == "cuda" else "float32"
     click.echo(f"{stamp} | {device_name()} | torch {torch.__version__} | {mode}, {precision}")
     click.echo(
-        f"{model_name} at {image_size}px, batch {batch_size}, {images} JPEGs of {source_size[0]}x{source_size[1]}, "
+        f"{model_name} at {image_size}px, batch {batch_size}, "
+        f"{images} JPEGs of {source_size[0]}x{source_size[1]}, "
         f"{workers} loader workers; best of {repeats} rounds of {steps} steps, after {warmup} untimed"
     )
     click.echo(
-        f"writing the JPEGs: {written:.1f} s; decode-once cache: {cache_rate:,.0f} img/s (once per image size)"
+        f"writing the JPEGs: {written:.1f} s; "
+        f"decode-once cache: {cache_rate:,.0f} img/s (once per image size)"
     )
     ceiling, kit, folder_rate, inference = (
         rates["ceiling"],
@@ -295,13 +299,13 @@ def main(
         ("train (d) ImageFolder + Pillow DataLoader", folder_rate, "img/s", f"b/d = {kit / folder_rate:.2f}"),
         ("inference ceiling: synthetic batches on the device", inference, "img/s", ""),
         (
-            "inference: kit.predict from the cache",
+            "inference: kit.predict.inference from the cache",
             rates["inference"],
             "img/s",
             f"/ ceiling = {rates['inference'] / inference:.2f}",
         ),
         (
-            f"TTA: kit.predict, plain + {tta} views",
+            f"TTA: kit.predict.inference, plain + {tta} views",
             rates["tta"],
             "views/s",
             f"/ ceiling = {rates['tta'] / inference:.2f}",

@@ -74,7 +74,7 @@ TINY = [
 
 
 def tiny_recipe(cycles: tuple[int, ...], tta: int) -> list[str]:
-    """TINY, but keeping the competition's own stages, each cut to `cycles[i]` cycles: its recipe, in seconds."""
+    """TINY, keeping the competition's own stages, each cut to `cycles[i]` cycles: its recipe, in seconds."""
     kept = [value for value in TINY if not value.startswith("stages")]
     return [
         *kept,

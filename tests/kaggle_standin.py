@@ -82,7 +82,8 @@ DAILY_LIMIT_MESSAGE = (
 UNAUTHENTICATED_MESSAGE = "Unauthenticated"
 EXPIRED_LINK_BODY = (
     "<?xml version='1.0' encoding='UTF-8'?><Error><Code>ExpiredToken</Code><Message>Invalid argument."
-    "</Message><Details>The provided token has expired. Request signature expired at: {expired}</Details></Error>"
+    "</Message><Details>The provided token has expired. "
+    "Request signature expired at: {expired}</Details></Error>"
 )
 
 
@@ -617,7 +618,10 @@ class KaggleStandIn:
 
 
 def _members(bundle: bytes) -> dict[str, bytes]:
-    """The files of a competition bundle; hostile or broken archives have none (downloads still serve them)."""
+    """The files of a competition bundle; hostile or broken archives have none.
+
+    Downloads still serve them.
+    """
     try:
         with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
             return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}

@@ -68,7 +68,10 @@ class Watched:
         return {path: state for path, state in tree(self.root).items() if not path.startswith("kaggle-")}
 
     def check(self) -> None:
-        """Only data/interim, runs/ and submissions/ of the project changed; data/raw is byte-for-byte the same."""
+        """Only data/interim, runs/ and submissions/ of the project changed.
+
+        data/raw is byte-for-byte the same.
+        """
         after = self.current()
         changed = {
             path for path in self.before.keys() | after.keys() if self.before.get(path) != after.get(path)

@@ -1,4 +1,4 @@
-"""Batch size by memory: a simulated CUDA out-of-memory error halves the batch and scales the learning rate."""
+"""Batch size by memory: a simulated CUDA out-of-memory error halves the batch and scales the rates."""
 
 from __future__ import annotations
 

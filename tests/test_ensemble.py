@@ -47,7 +47,8 @@ def test_temperature_softens_over_confident_and_sharpens_under_confident_predict
 def test_calibration_never_raises_oof_log_loss(seed):
     rng = np.random.default_rng(seed)
     rows, classes = int(rng.integers(5, 300)), int(rng.integers(2, 12))
-    # Anything from pure noise to sharp, from well-calibrated to wildly off, even labels that ignore the model.
+    # Anything from pure noise to sharp, from well-calibrated to wildly off,
+    # even labels that ignore the model.
     probabilities = rng.dirichlet(np.full(classes, rng.choice([0.05, 0.5, 5.0])), rows)
     targets = rng.integers(0, classes, rows) if seed % 3 == 0 else probabilities.argmax(1)
     temperature, epsilon, before, after = calibrate.calibrate(probabilities, targets)
@@ -141,7 +142,8 @@ def test_ensemble_of_two_digits_runs_beats_the_better_one_on_oof(digits, project
     assert details["calibration"]["log_loss_after"] <= details["calibration"]["log_loss_before"]
     assert sum(details["weights"]) == pytest.approx(1) and min(details["weights"]) >= 0
 
-    # The blended submission: written from both runs' test probabilities (predicted on demand), valid, submittable.
+    # The blended submission: written from both runs' test probabilities (predicted on demand),
+    # valid, submittable.
     assert all((run / "test-probabilities.npy").exists() for run in (first, second))
     name = json.loads((blend_dir / "submission.json").read_text())["file"]
     frame = pd.read_csv(project / "submissions" / name, dtype=str)

@@ -1,4 +1,4 @@
-"""Models: the offline efficientnet_lite0 weights really are ImageNet's, layer groups, freezing, checkpoints."""
+"""Models: the offline efficientnet_lite0 weights are ImageNet's; layer groups, freezing, checkpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The training recipe on a tiny model: freezing, per-group LRs, precompute, snapshots, TTA, resizing, LR finder."""
+"""The training recipe on a tiny model.
+
+Freezing, per-group LRs, precompute, snapshots, TTA, resizing, LR finder.
+"""
 
 from __future__ import annotations
 

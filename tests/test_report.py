@@ -48,7 +48,7 @@ def test_confusion_counts_and_most_confused_pairs():
 
 
 def recipe_config(tmp_path: Path):
-    """A three-stage recipe: head at 1e-2, then all layers with discriminative rates and SGDR (1, 2, 4 epochs)."""
+    """Three stages: head at 1e-2, then all layers with discriminative rates and SGDR (1, 2, 4 epochs)."""
     return config_from_dict(
         {
             "train": {"epochs": 1, "lr": 1e-2},

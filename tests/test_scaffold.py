@@ -96,7 +96,8 @@ def test_label_csv_layout(tmp_path):
     layout = scaffold.inspect(breeds_layout(tmp_path))
     assert layout.data == {
         "labels": "csv", "labels_csv": "labels.csv", "id_column": "id", "label_column": "breed",
-        "train_dir": "train", "test_dir": "test", "extension": ".jpg", "sample_submission": "sample_submission.csv",
+        "train_dir": "train", "test_dir": "test", "extension": ".jpg",
+        "sample_submission": "sample_submission.csv",
     }  # fmt: skip
     assert layout.submission == {"format": "probabilities", "id_column": "id"}
     assert layout.class_counts == {"pug": 4, "beagle": 4, "collie": 4}

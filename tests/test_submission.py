@@ -1,4 +1,4 @@
-"""Submissions: built in each format, checked against the sample by a pure validator, never written invalid."""
+"""Submissions: built in each format, checked against the sample by a pure validator, never invalid."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def valid_probability_frame() -> pd.DataFrame:
     )
 
 
-# problems(): a pure function of frame and sample ----------------------------------------------------------
+# problems(): a pure function of frame and sample ------------------------------------------------------------
 
 
 def test_valid_frames_have_no_problems(probabilities_config, binary_config, label_config):
@@ -181,7 +181,7 @@ def test_build_label_is_the_most_probable_class(label_config):
     assert list(frame.columns) == ["id", "label"] and frame["label"].tolist() == ["pug", "akita", "beagle"]
 
 
-# clip() -------------------------------------------------------------------------------------------------------
+# clip() -----------------------------------------------------------------------------------------------------
 
 
 def test_clip_only_for_log_loss(project, probabilities_config):
@@ -202,7 +202,7 @@ def test_clip_only_for_log_loss(project, probabilities_config):
     assert row.sum() == pytest.approx(1) and row.min() == pytest.approx(0.01 / (0.99 + 0.01 * (len(row) - 1)))
 
 
-# write() and the ledger -----------------------------------------------------------------------------------------
+# write() and the ledger -------------------------------------------------------------------------------------
 
 
 def test_an_invalid_submission_is_never_written(project, probabilities_config):

@@ -38,7 +38,8 @@ def _check_id(identifier: str, where: str, row: int) -> str:
     """Ids become file names: refuse anything that could step outside the image folder."""
     if identifier in ("", ".", "..") or "/" in identifier or "\\" in identifier or "\x00" in identifier:
         raise click.ClickException(
-            f"{where} row {row}: id {identifier!r} is not a plain file name (no '/', '\\' or '..'); fix that row"
+            f"{where} row {row}: id {identifier!r} is not a plain file name (no '/', '\\' or '..'); "
+            "fix that row"
         )
     return identifier
 
@@ -53,7 +54,8 @@ def _inside(config: Config, key: str) -> Path:
     path = raw / getattr(config.data, key)
     if not path.resolve().is_relative_to(raw.resolve()):
         raise click.ClickException(
-            f"{config.path}: data.{key} = {getattr(config.data, key)!r} leads outside {raw} (to {path.resolve()}); "
+            f"{config.path}: data.{key} = {getattr(config.data, key)!r} leads outside {raw} "
+            f"(to {path.resolve()}); "
             f"give a path inside it (to keep the files on another disk, link {raw} itself there)"
         )
     return path
@@ -77,7 +79,8 @@ def real_paths(paths: list[Path], root: Path, where: str, rows: bool) -> list[Pa
         if not real.is_relative_to(root):
             place = f"{where} row {index + 2}: " if rows else ""
             raise click.ClickException(
-                f"{place}{path} leads outside {root} (to {real}); copy the file in, or link the whole folder {root} instead"
+                f"{place}{path} leads outside {root} (to {real}); "
+                f"copy the file in, or link the whole folder {root} instead"
             )
         result.append(real)
     return result
@@ -210,7 +213,8 @@ def load_test(config: Config) -> TestTable:
     sample = _inside(config, "sample_submission")
     if not any(path.suffix.lower() == data.extension.lower() for path in test_dir.iterdir()):
         raise click.ClickException(
-            f"{test_dir}: no test images with extension {data.extension!r}; check data.test_dir / data.extension "
+            f"{test_dir}: no test images with extension {data.extension!r}; "
+            "check data.test_dir / data.extension "
             f"in {config.path}, or download again (move {raw} away, then `make download COMP={config.name}`)"
         )
     if sample.is_file():
@@ -242,6 +246,7 @@ def check_test_apart(config: Config, test: TestTable, labels: LabelTable) -> Non
             place = f"{sample} row {index + 2}" if sample.is_file() else str(test.paths[index])
             source = f"{data.labels_csv} row {training[real] + 2}" if data.labels == "csv" else data.train_dir
             raise click.ClickException(
-                f"{place}: test image {test.paths[index].name} is training image {labels.paths[training[real]].name} "
+                f"{place}: test image {test.paths[index].name} "
+                f"is training image {labels.paths[training[real]].name} "
                 f"({source}); a labelled image must not be in the test set: fix the listing or the files"
             )

@@ -56,6 +56,7 @@ def make_loader(
         ),
         batch_size=None,  # the dataset returns whole batches
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),  # page-locked host memory: the copy to the GPU can be asynchronous
+        # Page-locked host memory: the copy to the GPU can be asynchronous.
+        pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,  # no worker start-up cost every epoch
     )

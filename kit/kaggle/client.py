@@ -71,7 +71,8 @@ def _translate_errors(slug: str | None):
         if status == 401:
             raise click.ClickException(
                 "Kaggle rejected your credentials (HTTP 401): regenerate the token at "
-                "https://www.kaggle.com/settings/api and update ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY"
+                "https://www.kaggle.com/settings/api and update ~/.kaggle/kaggle.json "
+                "or KAGGLE_USERNAME/KAGGLE_KEY"
             ) from None
         if status == 403 and slug:
             raise click.ClickException(
@@ -168,7 +169,7 @@ def _nested_destination(archive: pathlib.Path) -> pathlib.Path:
 
 
 def _collapse_doubled_folders(folder: pathlib.Path) -> None:
-    """train/train/x.jpg -> train/x.jpg: a folder whose only entry is a folder of the same name is one level."""
+    """train/train/x.jpg -> train/x.jpg: a folder whose only entry is a same-named folder is one level."""
     for outer in [path for path in folder.iterdir() if path.is_dir()]:
         entries = list(outer.iterdir())
         if len(entries) == 1 and entries[0].is_dir() and entries[0].name == outer.name:

@@ -46,12 +46,13 @@ def _image_count(folder: Path) -> int:
 
 
 def find_image_folder(raw_dir: Path, word: str) -> Path:
-    """The folder named word* (at most two levels down) holding the most images, e.g. train/ or images/train/."""
+    """The folder named word* (at most two levels down) with the most images: train/, images/train/."""
     candidates = [p for p in [*raw_dir.glob("*"), *raw_dir.glob("*/*")] if p.name.lower().startswith(word)]
     counted = [(count, p) for p in candidates if p.is_dir() and (count := _image_count(p))]
     if not counted:
         raise click.ClickException(
-            f"{raw_dir}: no folder named {word}* with images found; write data.{word}_dir in competition.toml by hand"
+            f"{raw_dir}: no folder named {word}* with images found; "
+            f"write data.{word}_dir in competition.toml by hand"
         )
     return max(counted, key=lambda pair: (pair[0], -len(pair[1].parts)))[1]
 
@@ -65,7 +66,8 @@ def find_sample_submission(raw_dir: Path) -> Path:
     ]
     if not found:
         raise click.ClickException(
-            f"{raw_dir}: no sample_submission*.csv; kit needs one to know the submission's columns and test ids"
+            f"{raw_dir}: no sample_submission*.csv; "
+            "kit needs one to know the submission's columns and test ids"
         )
     return found[0]
 
@@ -136,13 +138,14 @@ def infer_labels(raw_dir: Path, train_dir: Path, sample: Path) -> tuple[dict, di
 
 
 def infer_submission(sample: pd.DataFrame, classes: list[str]) -> tuple[dict, list[str]]:
-    """([submission] keys, notes): probabilities per class, one P(positive), or a label, as the sample asks."""
+    """([submission] keys, notes): probabilities per class, P(positive) or a label, as the sample asks."""
     id_column, value_columns = sample.columns[0], list(sample.columns[1:])
     if len(value_columns) >= 2:
         unknown = sorted(set(value_columns) - set(classes))
         if unknown:
             raise click.ClickException(
-                f"sample submission columns {unknown[:3]} are not training classes ({', '.join(classes[:5])} ...); "
+                f"sample submission columns {unknown[:3]} are not training classes "
+                f"({', '.join(classes[:5])} ...); "
                 "kit writes one probability column per class, id + P(positive), or id + label"
             )
         return {"format": "probabilities", "id_column": id_column}, []
@@ -250,13 +253,16 @@ def render(name: str, slug: str, layout: Layout, metric: str) -> str:
     competition = {
         "kaggle": slug,
         "metric": metric,
-        "description": f"{sum(layout.class_counts.values())} training images, {len(layout.class_counts)} classes",
+        "description": (
+            f"{sum(layout.class_counts.values())} training images, {len(layout.class_counts)} classes"
+        ),
     }
     folds = max(2, min(DEFAULT_FOLDS, min(layout.class_counts.values())))
     return (
-        f"# Written by `kit new {name}` from data/raw/{name}; check the notes it printed, then edit freely.\n\n"
-        f"[competition]\n{table(competition)}\n\n[data]\n{table(layout.data)}\n\n[submission]\n{table(layout.submission)}\n"
-        + RECIPE.replace("{folds}", str(folds))
+        f"# Written by `kit new {name}` from data/raw/{name}; "
+        "check the notes it printed, then edit freely.\n\n"
+        f"[competition]\n{table(competition)}\n\n[data]\n{table(layout.data)}\n\n"
+        f"[submission]\n{table(layout.submission)}\n" + RECIPE.replace("{folds}", str(folds))
     )
 
 
@@ -293,10 +299,13 @@ def report(layout: Layout, metric: str, target: Path) -> str:
     return "\n".join(
         [
             f"wrote {target}",
-            f"  labels: {source}; {sum(layout.class_counts.values())} images, {len(classes)} classes ({shown})",
+            f"  labels: {source}; {sum(layout.class_counts.values())} images, "
+            f"{len(classes)} classes ({shown})",
             f"  images: {data['train_dir']}/ and {data['test_dir']}/, *{data['extension']}",
-            f"  submission: {data['sample_submission']} -> format {submission['format']}{positive}; metric {metric}",
-            "check: competition.metric against the competition's Evaluation page, augment.preset, the recipe's epochs",
+            f"  submission: {data['sample_submission']} -> format {submission['format']}{positive}; "
+            f"metric {metric}",
+            "check: competition.metric against the competition's Evaluation page, augment.preset, "
+            "the recipe's epochs",
             *[f"check: {note}" for note in layout.notes],
         ]
     )

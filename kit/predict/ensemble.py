@@ -105,7 +105,8 @@ def variant_predictions(
         if not all(path.exists() for path in paths):
             kept = sorted(p.stem.removeprefix("oof-") for p in fold_dir.glob("oof-*.npy"))
             raise click.ClickException(
-                f"{run_dir.name}@{weights}: no kept predictions {paths[0].name} and {paths[1].name} in {fold_dir} "
+                f"{run_dir.name}@{weights}: no kept predictions {paths[0].name} and {paths[1].name} "
+                f"in {fold_dir} "
                 f"(kept: {', '.join(kept) or 'none'}; run `make predict` first for the test ones)"
             )
         per_view = [np.load(path).astype(np.float64) for path in paths]
@@ -126,7 +127,8 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
         oof = np.load(run_dir / "oof.npy")
         if oof.shape[0] != row_count:
             raise click.ClickException(
-                f"{run_dir / 'oof.npy'}: {oof.shape[0]} rows but the labels have {row_count}; the data changed since this run"
+                f"{run_dir / 'oof.npy'}: {oof.shape[0]} rows but the labels have {row_count}; "
+                "the data changed since this run"
             )
         return Member(run_dir.name, run_dir, oof, lambda: test_probabilities(run_dir, labels))
     weights, _, views = variant.partition(":")
@@ -179,7 +181,8 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     rows = common_rows(oofs)
     if not rows.any():
         raise click.ClickException(
-            "no training image was predicted out of fold by every run; train the runs on shared folds (e.g. --fold all)"
+            "no training image was predicted out of fold by every run; "
+            "train the runs on shared folds (e.g. --fold all)"
         )
     targets = labels.targets[rows]
     weights = fit_weights([oof[rows] for oof in oofs], targets)

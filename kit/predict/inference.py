@@ -106,7 +106,8 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         write_json(run_dir / "bad-test-images.json", problems)
         first = next(iter(problems.items()))
         raise click.ClickException(
-            f"{len(problems)} test images cannot be read (e.g. {first[0]}: {first[1]}); a submission must cover "
+            f"{len(problems)} test images cannot be read (e.g. {first[0]}: {first[1]}); "
+            "a submission must cover "
             f"every id: fix or re-download them (list in {run_dir / 'bad-test-images.json'})"
         )
     model = models.create_model(config.train.model, len(classes), pretrained=False).to(device())

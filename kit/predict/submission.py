@@ -40,7 +40,8 @@ def build(
     elif config.submission.format == "binary":
         if config.submission.positive_class not in classes:
             raise click.ClickException(
-                f"{config.path}: submission.positive_class {config.submission.positive_class!r} is not a class "
+                f"{config.path}: submission.positive_class {config.submission.positive_class!r} "
+                "is not a class "
                 f"({', '.join(classes)})"
             )
         frame = pd.DataFrame(
@@ -78,7 +79,8 @@ def problems(
         extra = [c for c in frame.columns if c not in sample.columns]
         missing = [c for c in sample.columns if c not in frame.columns]
         found.append(
-            f"columns differ from sample_submission.csv (extra: {extra[:3]}, missing: {missing[:3]}, order must match)"
+            f"columns differ from sample_submission.csv (extra: {extra[:3]}, missing: {missing[:3]}, "
+            "order must match)"
         )
         return found
     ids = frame[id_column].astype(str)

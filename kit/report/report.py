@@ -152,7 +152,8 @@ def image_captions(
     for row in rows:
         predicted = int(probabilities[row].argmax())
         captions.append(
-            f"true {plots.shorten(classes[targets[row]], 24)} ({_probability(probabilities[row, targets[row]])})\n"
+            f"true {plots.shorten(classes[targets[row]], 24)} "
+            f"({_probability(probabilities[row, targets[row]])})\n"
             f"pred {plots.shorten(classes[predicted], 24)} ({_probability(probabilities[row, predicted])})"
         )
     return captions
@@ -351,7 +352,8 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         sections.append("<h2>Per class (out of fold)</h2>" + _table(per_class))
     sections.append("<h2>Config</h2><pre>" + html.escape(json.dumps(saved, indent=2)) + "</pre>")
     page = (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(config.name)} {html.escape(run_dir.name)}</title>'
+        '<!doctype html><html><head><meta charset="utf-8">'
+        f"<title>{html.escape(config.name)} {html.escape(run_dir.name)}</title>"
         f"<style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>\n"
     )
     target = run_dir / "report.html"
@@ -362,6 +364,7 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
 
 STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222} img{max-width:100%}"
-    " .table{border-collapse:collapse;font-size:13px} .table td,.table th{padding:3px 10px;border-bottom:1px solid #ddd}"
+    " .table{border-collapse:collapse;font-size:13px}"
+    " .table td,.table th{padding:3px 10px;border-bottom:1px solid #ddd}"
     " .note{font-size:12px;color:#555} pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}"
 )

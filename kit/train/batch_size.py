@@ -29,7 +29,7 @@ MEMORY_PROBE_DEVICES = {"cuda"}  # where running out of memory raises an error (
 
 
 def fit_batch_size(try_step: Callable[[int], None], batch_size: int, minimum: int = 1) -> int:
-    """The first of batch_size, batch_size // 2, ... (not below `minimum`) whose `try_step(batch)` fits in memory.
+    """The first of batch_size, batch_size // 2, ... (not below `minimum`) whose `try_step(batch)` fits.
 
     The kit's one use of an exception to change course: whether a batch fits can only be tried.
     """
@@ -44,7 +44,8 @@ def fit_batch_size(try_step: Callable[[int], None], batch_size: int, minimum: in
             torch.cuda.empty_cache()
         batch_size //= 2
     raise click.ClickException(
-        f"a training step of {tried} images runs out of GPU memory: lower the image size or choose a smaller train.model"
+        f"a training step of {tried} images runs out of GPU memory: "
+        "lower the image size or choose a smaller train.model"
     )
 
 
@@ -60,7 +61,8 @@ def probe_batch_size(prepared: PreparedStage, model: nn.Module, step: Step) -> i
     example = torch.from_numpy(np.array(example)) if isinstance(example, np.ndarray) else example
 
     def try_step(batch_size: int) -> None:
-        prepared.optimizer.state.clear()  # a try that ran out of memory in optimizer.step may leave it half made
+        # A try that ran out of memory in optimizer.step may leave its state half made.
+        prepared.optimizer.state.clear()
         for group in prepared.optimizer.param_groups:
             group["lr"] = 0.0
         blank = torch.zeros((batch_size, *example.shape[1:]), dtype=example.dtype)
@@ -75,7 +77,10 @@ def probe_batch_size(prepared: PreparedStage, model: nn.Module, step: Step) -> i
 def set_batch_size(
     config: Config, stage_index: int, state: FoldState, prepared: PreparedStage, step: Step
 ) -> None:
-    """This rank's batch size (as an interrupted run chose it, or the largest that fits) and learning rates for it."""
+    """This rank's batch size and the learning rates for it.
+
+    The batch size is the one an interrupted run chose, or else the largest that fits.
+    """
     configured = prepared.batch_size
     resumed = state.resume is not None and state.resume["stage_index"] == stage_index
     if resumed:
@@ -94,7 +99,8 @@ def set_batch_size(
         )
         if distributed.is_main() and not resumed:
             tqdm.write(
-                f"  {config.stages[stage_index].name}: {configured} images per step do not fit in GPU memory; "
+                f"  {config.stages[stage_index].name}: {configured} images per step "
+                "do not fit in GPU memory; "
                 f"using {batch_size}, learning rates x{scale:g}"
             )
     for group in prepared.optimizer.param_groups:

@@ -31,7 +31,7 @@ from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step,
 
 
 def epoch_seed(config: Config, fold: int, stage_index: int, epoch: int) -> int:
-    """Randomness is a function of (seed, fold, stage, epoch), so a resumed run draws what the original did."""
+    """Randomness is a function of (seed, fold, stage, epoch): a resumed run draws what the original did."""
     return (config.train.seed * 1_000_003 + fold * 10_007 + stage_index * 101 + epoch) % 2**31
 
 
@@ -86,7 +86,8 @@ def check_loss(config: Config, stage: Stage, state: FoldState, epoch: int, kind:
     best = state.fold_dir / "best.pt"
     kept = f"last good weights: {best}" if best.exists() else "no good weights were saved"
     raise click.ClickException(
-        f"stage '{stage.name}': {kind} loss is {loss:.4g} (diverged) at epoch {epoch}; lower the learning rate "
+        f"stage '{stage.name}': {kind} loss is {loss:.4g} (diverged) at epoch {epoch}; "
+        "lower the learning rate "
         f"(try `make lr-find COMP={config.name}`); {kept}"
     )
 
@@ -216,7 +217,10 @@ def usable_rows(config: Config, labels: LabelTable, run_dir: Path) -> np.ndarray
 def train_fold(
     config: Config, labels: LabelTable, folds: np.ndarray, fold: int, run_dir: Path, rows: np.ndarray
 ) -> dict:
-    """All stages on one fold (continuing from fold-K/resume.pt if there is one); metrics and OOF probabilities."""
+    """All stages on one fold; its metrics and OOF probabilities.
+
+    Continues from fold-K/resume.pt if there is one.
+    """
     torch.manual_seed(config.train.seed + fold)
     fold_dir = run_dir / f"fold-{fold}"
     model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
@@ -247,7 +251,10 @@ def train_fold(
 
 
 def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
-    """Out-of-fold probabilities the way test predictions are made (snapshots or last weights, TTA); written."""
+    """Out-of-fold probabilities, made (and written) the way test predictions are.
+
+    That is, from the snapshots or the last weights, with TTA.
+    """
     last_stage, model, fold_dir = config.stages[-1], state.model, state.fold_dir
     weights = prediction_weights(fold_dir, config.predict.weights, config.predict.snapshot_ensemble)
     probabilities = ensemble_probabilities(
@@ -262,7 +269,8 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
     )
     score = metrics.score(config.competition.metric, state.labels.targets[state.valid_rows], probabilities)
     tqdm.write(
-        f"fold {state.fold}: {config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.predict.tta})"
+        f"fold {state.fold}: {config.competition.metric} {score:.4f} "
+        f"({len(weights)} weights, TTA {config.predict.tta})"
     )
     result = {
         "score": score,

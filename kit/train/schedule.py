@@ -49,7 +49,10 @@ def one_cycle_lr(
     start_divisor: float = 25.0,
     end_divisor: float = 1e4,
 ) -> float:
-    """Warm-up from lr_max/start_divisor to lr_max over `warmup` of training, then cosine to lr_max/end_divisor."""
+    """Warm-up from lr_max/start_divisor to lr_max over `warmup` of training.
+
+    Then cosine down to lr_max/end_divisor.
+    """
     if fraction < warmup:
         return sched_cos(lr_max / start_divisor, lr_max, fraction / warmup)
     return sched_cos(lr_max, lr_max / end_divisor, (fraction - warmup) / (1 - warmup))
