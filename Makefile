@@ -8,6 +8,8 @@ SLUG ?=
 METRIC ?=
 GPUS ?= 1
 SET ?=
+SUBMIT ?=
+GPU ?=
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -71,6 +73,10 @@ predict: $(STAMP) ## Predict COMP's test set with RUN (default: newest) and writ
 
 submit: $(STAMP) ## Train and predict if needed, check, then upload COMP's submission (MSG="...")
 	$(KIT) submit $(COMP) $(if $(RUN),--run $(RUN)) -m "$(MSG)"
+
+.PHONY: notebook
+notebook: $(STAMP) ## Code competitions: push a Kaggle notebook predicting with RUN (default: newest); SUBMIT=1 submits (MSG=)
+	$(KIT) notebook $(COMP) $(if $(RUN),--run $(RUN)) $(if $(filter 0,$(GPU)),--no-gpu) $(if $(SUBMIT),--submit -m "$(MSG)") $(foreach s,$(SET),--set $(s))
 
 .PHONY: report runs ensemble
 report: $(STAMP) ## Write COMP's HTML report for RUN (default: newest) into its run folder

@@ -104,6 +104,26 @@ def submit(competition: str, run: str | None, message: str, dry_run: bool) -> No
     commands.submit(load_competition(competition), run, message, dry_run)
 
 
+@main.command()
+@COMPETITION
+@click.option("--run", default=None, help="Run id (default: the newest finished run).")
+@click.option("--gpu/--no-gpu", default=None, help="Run the notebook on a GPU (default: notebook.gpu).")
+@click.option("--submit", is_flag=True, help="Once the notebook has run, make the code submission.")
+@click.option("-m", "--message", default="", help="Submission message (CV score, run and commit are added).")
+@OVERRIDES
+def notebook(
+    competition: str,
+    run: str | None,
+    gpu: bool | None,
+    submit: bool,
+    message: str,
+    overrides: tuple[str, ...],
+) -> None:
+    """Code competitions: package the run as a Kaggle dataset, push a notebook that predicts with it
+    offline, follow it, and with --submit make the code submission."""
+    commands.notebook(load_competition(competition, overrides), run, gpu, submit, message)
+
+
 @main.command("ledger")
 @COMPETITION
 def ledger_command(competition: str) -> None:

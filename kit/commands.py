@@ -203,9 +203,9 @@ def submission_file(config: Config, run_dir: Path, summary: dict, remake: bool) 
         return existing
     if "ensemble" in summary:
         return _rebuild_ensemble_submission(config, run_dir, summary)
-    from kit.predict.inference import predict_test  # heavy (torch, timm)
+    from kit.predict.inference import predict_run  # heavy (torch, timm)
 
-    return predict_test(run_config(run_dir), load_labels(config), run_dir, summary)
+    return predict_run(config, run_dir, summary)
 
 
 def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -> Path:
@@ -235,6 +235,11 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     upload (or local score, or dry run) has succeeded.
     """
     hooks = load_hooks(config)
+    if config.competition.submission == "notebook" and "score" not in hooks:
+        raise click.ClickException(
+            f"{config.name} is a code competition (competition.submission = \"notebook\" in {config.path}): "
+            f"Kaggle takes no file upload; enter it with `kit notebook {config.name} --submit -m MESSAGE`"
+        )
     if "score" not in hooks and not dry_run:
         if not config.competition.kaggle:
             raise click.ClickException(
@@ -256,21 +261,8 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     sample = submission.read_sample(config)
     submission.check(config, frame, sample, str(path), summary["classes"])
     frame = submission.clip(config, frame)
-    commit = read_json(run_dir / "provenance.json").get("commit", git_commit())
-    text = (
-        f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} "
-        f"| run {run_dir.name} | commit {commit}"
-    )
-    row = {
-        "time_utc": utc_stamp(),
-        "competition": config.name,
-        "file": path.name,
-        "run": run_dir.name,
-        "commit": commit,
-        "metric": summary["metric"],
-        "cv": f"{summary['cv']:.6f}",
-        "message": text,
-    }
+    row = _ledger_row(config, run_dir, summary, path.name, message)
+    text = row["message"]
     if "score" in hooks:
         scores = hooks["score"](frame, paths.raw_dir(config.name))
         row.update(status="scored locally", public_score=f"{next(iter(scores.values())):.6f}")
@@ -286,6 +278,87 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
         row.update(status="uploaded")
     submission_ledger.append_ledger(row)
     click.echo(f"{row['status']}: {path.name} ({text})")
+    return row
+
+
+def _ledger_row(config: Config, run_dir: Path, summary: dict, file: str, message: str) -> dict:
+    """A ledger row for a submission of a run (its status and scores are added by the caller)."""
+    commit = read_json(run_dir / "provenance.json").get("commit", git_commit())
+    text = f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | run {run_dir.name} | commit {commit}"
+    return {
+        "time_utc": utc_stamp(),
+        "competition": config.name,
+        "file": file,
+        "run": run_dir.name,
+        "commit": commit,
+        "metric": summary["metric"],
+        "cv": f"{summary['cv']:.6f}",
+        "message": text,
+    }
+
+
+def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, message: str) -> dict:
+    """A code competition, in one command: package the run as a private Kaggle dataset, write and push the
+    notebook that predicts with it (internet off), follow it to the end, fetch its outputs, and with
+    `submit`, make the code submission and record it in the ledger as `kit submit` does."""
+    from kit.kaggle import kernels, package
+    from kit.kaggle import notebook as notebook_writer
+
+    if not config.competition.kaggle:
+        raise click.ClickException(
+            f"{config.path}: set competition.kaggle (the Kaggle slug) for `kit notebook`, e.g. --set competition.kaggle=SLUG"
+        )
+    slug = config.competition.kaggle
+    run_dir = find_run(config, run)
+    summary = run_summary(run_dir, "kit notebook")
+    if "ensemble" in summary:
+        raise click.ClickException(
+            f"{run_dir.name} is an ensemble (no weights of its own): package one of its runs with --run"
+        )
+    api = kaggle.authenticated_api()  # missing credentials stop here, before anything is built
+    owner = kernels.username(api)
+    dataset_id = f"{owner}/{package.dataset_slug(config.name)}"
+    base = run_dir / "kaggle"
+    built = package.build(config, run_dir, summary, dataset_id, base / "dataset")
+    click.echo(
+        f"package {dataset_id}: {built.size_bytes / package.MEGABYTE:.1f} MB "
+        f"({len(built.manifest['weights'])} weight files, wheel {built.manifest['wheel']})"
+    )
+    use_gpu = config.notebook.gpu if gpu is None else gpu
+    notebook_path, metadata = notebook_writer.write_kernel(
+        base / "notebook", built.manifest, owner, dataset_id, slug, use_gpu
+    )
+    click.echo(f"notebook {notebook_path.relative_to(run_dir.parent)} ({'GPU' if use_gpu else 'CPU'}, internet off)")
+    timeout = config.notebook.timeout_minutes * 60
+    outcome = kernels.publish_dataset(api, built.folder, dataset_id, f"run {run_dir.name}")
+    kernels.wait_for_dataset(api, dataset_id, config.notebook.poll_seconds, timeout)
+    click.echo(f"dataset {dataset_id}: {outcome}")
+    pushed = kernels.push_kernel(api, base / "notebook")
+    click.echo(f"pushed {pushed.ref} version {pushed.version} {pushed.url}".rstrip())
+    finished = kernels.wait_for_kernel(api, pushed, config.notebook.poll_seconds, timeout)
+    outputs, log = kernels.kernel_output(api, pushed, base / "output")
+    if finished.status != "complete":
+        for line in kernels.last_lines(log):
+            click.echo(f"  | {line}", err=True)
+        raise click.ClickException(
+            f"the notebook {pushed.ref} version {pushed.version} ended {finished.status}"
+            f"{': ' + finished.failure if finished.failure else ''} (its log's last lines are above; all of it in "
+            f"{base / 'output'}): nothing was submitted"
+        )
+    produced = base / "output" / package.SUBMISSION_FILE
+    if produced not in outputs:
+        raise click.ClickException(
+            f"the notebook {pushed.ref} version {pushed.version} wrote no {package.SUBMISSION_FILE}: nothing was submitted"
+        )
+    package.check_submission(config, produced, summary["classes"])
+    click.echo(f"notebook {pushed.ref} version {pushed.version} complete; its {package.SUBMISSION_FILE} is valid")
+    row = _ledger_row(config, run_dir, summary, f"{pushed.ref}@{pushed.version}", message)
+    if not submit:
+        return {**row, "status": "notebook run (not submitted)"}
+    kernels.submit_code(api, slug, pushed, package.SUBMISSION_FILE, row["message"])
+    row.update(status="uploaded")
+    submission_ledger.append_ledger(row)
+    click.echo(f"submitted: {pushed.ref} version {pushed.version} ({row['message']})")
     return row
 
 
@@ -367,10 +440,17 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
         kaggle.download_competition(slug, target_raw)
     layout = scaffold.inspect(target_raw)
     metric = metric or scaffold.default_metric(layout.submission["format"])
-    text = scaffold.render(name, slug or "", layout, metric)
+    code_competition = None
+    if slug:
+        from kit.kaggle.kernels import is_code_competition
+
+        code_competition = is_code_competition(slug)
+    kind = "notebook" if code_competition else "csv"
+    text = scaffold.render(name, slug or "", layout, metric, kind)
     config_from_dict(tomllib.loads(text), target)  # what is written must load: check first
     scaffold.write_new(target, text)
     click.echo(scaffold.report(layout, metric, target))
+    click.echo(scaffold.submission_note(code_competition))
     return target
 
 

@@ -29,6 +29,7 @@ PaddingMode = Literal["reflect", "constant", "edge"]  # kit.data.augment.PADDING
 Optimizer = Literal["adamw", "sgd"]
 ScheduleKind = Literal["sgdr", "one_cycle"]
 PredictWeights = Literal["snapshots", "last", "best"]
+SubmissionKind = Literal["csv", "notebook"]  # notebook: a code competition, entered by `kit notebook --submit`
 LAYER_GROUPS = 3  # early body, late body, head: the lesson's three learning rates
 
 
@@ -42,6 +43,9 @@ class CompetitionSection:
     # A name in kit.metrics.METRICS; decides the best checkpoint and the submission's file name.
     metric: MetricName = "log_loss"
     description: str = ""
+    # "csv": upload a file (`kit submit`); "notebook": a code competition, where a notebook predicts on
+    # Kaggle with the internet off (`kit notebook --submit`)
+    submission: SubmissionKind = "csv"
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,16 @@ class PredictSection:
 
 
 @dataclass(frozen=True)
+class NotebookSection:
+    """`kit notebook`: the run packaged as a private Kaggle dataset and predicted by a Kaggle notebook."""
+
+    gpu: bool = True  # the notebook runs on a GPU (`--gpu/--no-gpu` overrides)
+    max_package_mb: float = 2000.0  # refuse to upload a package (wheel, weights, config) larger than this
+    poll_seconds: float = 15.0  # how often the notebook's status is asked for while it runs
+    timeout_minutes: float = 540.0  # stop waiting after this long (Kaggle stops a notebook after 9 h)
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str = "train"
     # Layer groups >= freeze_to are trained: 0 trains all, -1 (or 2) trains the head only ("frozen").
@@ -131,6 +145,7 @@ class Config:
     augment: AugmentSection = field(default_factory=AugmentSection)
     train: TrainSection = field(default_factory=TrainSection)
     predict: PredictSection = field(default_factory=PredictSection)
+    notebook: NotebookSection = field(default_factory=NotebookSection)
     stages: tuple[Stage, ...] = ()
 
     @property
@@ -169,6 +184,7 @@ SECTIONS = {
     "augment": AugmentSection,
     "train": TrainSection,
     "predict": PredictSection,
+    "notebook": NotebookSection,
 }
 
 
@@ -233,6 +249,9 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{file}: 'train.{key}' = {getattr(config.train, key)} is too small")
     if config.train.lr <= 0:
         raise ConfigError(f"{file}: 'train.lr' must be positive")
+    for key in ("max_package_mb", "poll_seconds", "timeout_minutes"):
+        if getattr(config.notebook, key) <= 0:
+            raise ConfigError(f"{file}: 'notebook.{key}' = {getattr(config.notebook, key)} must be positive")
     for index, stage in enumerate(config.stages):
         where = f"{file}: stages[{index}] ({stage.name})"
         if stage.cycle_mult < 1:

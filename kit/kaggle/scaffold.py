@@ -244,8 +244,11 @@ snapshots = true
 """
 
 
-def render(name: str, slug: str, layout: Layout, metric: str) -> str:
-    """competition.toml text: the inferred tables, then the kit's standard training recipe."""
+def render(name: str, slug: str, layout: Layout, metric: str, submission: str = "csv") -> str:
+    """competition.toml text: the inferred tables, then the kit's standard training recipe.
+
+    `submission` is "notebook" for a code competition (Kaggle takes notebooks only), else "csv".
+    """
 
     def table(values: dict) -> str:  # a JSON string is a valid TOML string
         return "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
@@ -256,6 +259,7 @@ def render(name: str, slug: str, layout: Layout, metric: str) -> str:
         "description": (
             f"{sum(layout.class_counts.values())} training images, {len(layout.class_counts)} classes"
         ),
+        "submission": submission,
     }
     folds = max(2, min(DEFAULT_FOLDS, min(layout.class_counts.values())))
     return (
@@ -284,6 +288,18 @@ def write_new(target: Path, text: str) -> None:
         raise click.ClickException(ALREADY_EXISTS.format(target=target)) from None
     finally:
         temporary.unlink()
+
+
+def submission_note(code_competition: bool | None) -> str:
+    """What `kit new` says about how the competition is entered (Kaggle's answer, or none)."""
+    if code_competition is None:
+        return (
+            'check: competition.submission = "csv" (Kaggle was not asked): a code competition, entered by a '
+            'notebook, needs "notebook"'
+        )
+    if code_competition:
+        return 'submission: a code competition (notebooks only): competition.submission = "notebook"; `kit notebook` enters it'
+    return 'submission: a CSV upload (competition.submission = "csv"); `kit submit` enters it'
 
 
 def report(layout: Layout, metric: str, target: Path) -> str:

@@ -10,12 +10,19 @@ raises the OOF log loss it was fitted on.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
+import click
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from kit.data.labels import LabelTable
+from kit.files import read_json, write_json
 from kit.metrics import NO_CLIP, clip_and_renormalise
+
+CALIBRATION_FILE = "calibration.json"  # in the run folder: what was fitted, and on which oof.npy
 
 # Clip epsilons tried on OOF: from "no clip" to "never say less than 5%".
 EPSILONS = (NO_CLIP, 1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 2e-2, 5e-2)
@@ -79,3 +86,39 @@ def calibrate(oof_probabilities: np.ndarray, targets: np.ndarray) -> tuple[float
     if after > before:  # only rounding can get here; keep the probabilities as they were
         return 1.0, NO_CLIP, before, before
     return temperature, epsilon, before, after
+
+
+def oof_targets(labels: LabelTable, classes: list[str]) -> np.ndarray:
+    """Class index of every training row, in oof.npy's row order."""
+    return np.array([classes.index(labels.classes[target]) for target in labels.targets])
+
+
+def run_calibration(run_dir: Path, labels: LabelTable | None, classes: list[str]) -> dict:
+    """The run's calibration: fitted once on its oof.npy and recorded in calibration.json, then read back.
+
+    The record names the oof.npy it was fitted on (SHA-256), so a run whose OOF changed (a resumed run
+    that trained more folds) is fitted again. A run without oof.npy (a run packaged for a Kaggle notebook)
+    uses its recorded calibration and is never refitted; `labels` may then be None.
+    """
+    record, oof = run_dir / CALIBRATION_FILE, run_dir / "oof.npy"
+    if not oof.exists():
+        if record.exists():
+            return read_json(record)
+        raise click.ClickException(
+            f"{run_dir}: no oof.npy to calibrate on and no {CALIBRATION_FILE}: predict with the run's own folder"
+        )
+    fingerprint = hashlib.sha256(oof.read_bytes()).hexdigest()
+    if record.exists() and read_json(record).get("oof_sha256") == fingerprint:
+        return read_json(record)
+    if labels is None:
+        raise ValueError("run_calibration needs the labels to fit on oof.npy")
+    temperature, epsilon, before, after = calibrate(np.load(oof), oof_targets(labels, classes))
+    fitted = {
+        "temperature": temperature,
+        "epsilon": epsilon,
+        "oof_before": before,
+        "oof_after": after,
+        "oof_sha256": fingerprint,
+    }
+    write_json(record, fitted)
+    return fitted

@@ -16,12 +16,13 @@ from torch import nn
 from kit import models
 from kit.config import Config
 from kit.data.images import image_cache
-from kit.data.labels import LabelTable, check_test_apart, load_test
+from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
 from kit.device import batched_inference, device
 from kit.files import save_array, write_json
 from kit.paths import interim_dir
 from kit.predict import calibrate, submission
 from kit.predict.tta import tta_views
+from kit.run_folder import run_config
 
 
 def view_probabilities(
@@ -93,6 +94,12 @@ def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
     ]
 
 
+def predict_run(config: Config, run_dir: Path, summary: dict) -> Path:
+    """`kit predict` for a trained run, and what a Kaggle notebook runs on a packaged one: the run's saved
+    config, the competition's labels (to keep test ids apart from them), the submission file."""
+    return predict_test(run_config(run_dir), load_labels(config), run_dir, summary)
+
+
 def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dict) -> Path:
     """Test probabilities from every trained fold of a run (snapshots, TTA), then the submission file."""
     classes = summary["classes"]
@@ -132,15 +139,9 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         )
         weights += fold_weights
     probabilities = np.mean(fold_probabilities, axis=0)
-    if summary["metric"] == "log_loss":  # temperature and clip fitted on OOF rows: never worse on OOF
-        temperature, epsilon, before, after = calibrate.calibrate(
-            np.load(run_dir / "oof.npy"), _oof_targets(labels, classes)
-        )
-        probabilities = calibrate.apply_calibration(probabilities, temperature, epsilon)
-        write_json(
-            run_dir / "calibration.json",
-            {"temperature": temperature, "epsilon": epsilon, "oof_before": before, "oof_after": after},
-        )
+    if summary["metric"] == "log_loss":  # temperature and clip fitted once on OOF rows: never worse on OOF
+        fitted = calibrate.run_calibration(run_dir, labels, classes)
+        probabilities = calibrate.apply_calibration(probabilities, fitted["temperature"], fitted["epsilon"])
     save_array(run_dir / "test-probabilities.npy", probabilities)
     sample = submission.read_sample(config)
     frame = submission.build(config, test.ids, probabilities, classes, sample)
@@ -151,7 +152,3 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     )
     return path
 
-
-def _oof_targets(labels: LabelTable, classes: list[str]) -> np.ndarray:
-    """Class index of every training row, in oof.npy's row order."""
-    return np.array([classes.index(labels.classes[target]) for target in labels.targets])

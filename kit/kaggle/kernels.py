@@ -1,0 +1,221 @@
+"""The official client's calls for a code competition: the packaged run as a private dataset (created, or a
+new version), the notebook pushed as a kernel and followed until it ends, its log and outputs, the code
+submission; and whether a competition takes notebooks only.
+
+Every failure is a one-line click.ClickException naming what Kaggle said and the fix. The client's own
+validation errors (ValueError: a bad slug or title) are reported the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import click
+import requests
+from tqdm import tqdm
+
+from kit.kaggle import client
+
+FINISHED = ("complete", "error", "cancel_acknowledged")  # KernelWorkerStatus names, lower case
+
+
+class Pushed(NamedTuple):
+    ref: str  # owner/slug
+    version: int
+    url: str
+
+
+class Finished(NamedTuple):
+    status: str  # "complete", "error", "cancel_acknowledged" or "timeout"
+    failure: str  # Kaggle's failure message, when it gives one
+
+
+def kaggle_said(error: requests.HTTPError) -> str:
+    """Kaggle's own words: the JSON `message` of the answer, else its HTTP reason (never the URL)."""
+    response = error.response
+    if response is None:
+        return "no answer"
+    try:
+        payload = response.json()
+        if isinstance(payload, dict) and payload.get("message"):
+            return str(payload["message"]).strip()
+    except ValueError:
+        pass
+    return response.reason or f"HTTP {response.status_code}"
+
+
+@contextlib.contextmanager
+def _reported(what: str, fix: str) -> Iterator[None]:
+    """The client's errors while doing `what`, as one line with `fix`; its printing kept off the terminal."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    except requests.HTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        if status == 401:
+            raise click.ClickException(
+                f"Kaggle refused the credentials while {what} (HTTP 401: {kaggle_said(error)}): create a new API "
+                "token at https://www.kaggle.com/settings/api and put it in KAGGLE_API_TOKEN or ~/.kaggle/access_token"
+            ) from None
+        raise click.ClickException(
+            f"Kaggle: {kaggle_said(error)} (HTTP {status}) while {what}: {fix}"
+        ) from None
+    except (requests.ConnectionError, requests.Timeout):
+        raise click.ClickException(
+            f"cannot reach Kaggle while {what} (no network?): check the connection, then {fix}"
+        ) from None
+    except ValueError as error:  # the client's checks of a folder's metadata
+        raise click.ClickException(f"the kaggle client refused {what}: {error}") from None
+
+
+def username(api) -> str:
+    """The user the credentials belong to (token introspection names it; the legacy key states it)."""
+    name = api.config_values.get(api.CONFIG_NAME_USER)
+    if not name:
+        raise click.ClickException("Kaggle did not say whose credentials these are: create a new API token")
+    return str(name)
+
+
+def is_code_competition(slug: str) -> bool | None:
+    """True when the competition takes notebook submissions only (GetCompetition); None when unknown."""
+    from kagglesdk.competitions.types.competition_api_service import ApiGetCompetitionRequest
+
+    api = client.authenticated_api()
+    request = ApiGetCompetitionRequest()
+    request.competition_name = slug
+    try:
+        with api.build_kaggle_client() as kaggle:
+            competition = kaggle.competitions.competition_api_client.get_competition(request)
+    except (requests.RequestException, ValueError):
+        return None
+    return bool(competition.is_kernels_submissions_only)
+
+
+def dataset_exists(api, dataset_id: str) -> bool:
+    """Whether the dataset is there (GetDatasetStatus answers 404 when it is not)."""
+    with _reported(f"asking for the dataset {dataset_id}", "retry"):
+        try:
+            api.dataset_status(dataset_id)
+        except requests.HTTPError as error:
+            if error.response is not None and error.response.status_code == 404:
+                return False
+            raise
+    return True
+
+
+def publish_dataset(api, folder: Path, dataset_id: str, notes: str) -> str:
+    """Upload the package folder as the private dataset `dataset_id`: created, or a new version of it.
+
+    Returns "created" or "new version". The version keeps no older files (each upload is the whole run).
+    """
+    exists = dataset_exists(api, dataset_id)
+    what = f"uploading the dataset {dataset_id}"
+    with _reported(what, "run `kit notebook` again"):
+        if exists:
+            response = api.dataset_create_version(str(folder), notes, quiet=True, dir_mode="skip")
+        else:
+            response = api.dataset_create_new(str(folder), public=False, quiet=True, dir_mode="skip")
+    if response is None or (response.error or "") or (response.status or "").lower() not in ("ok", ""):
+        said = (response.error if response is not None else "") or "no answer"
+        raise click.ClickException(f"Kaggle refused {what}: {said}")
+    return "new version" if exists else "created"
+
+
+def wait_for_dataset(api, dataset_id: str, poll_seconds: float, timeout_seconds: float) -> None:
+    """Wait until Kaggle has processed the upload (status ready), so the notebook mounts this version."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        with _reported(f"asking for the dataset {dataset_id}", "retry"):
+            status = api.dataset_status(dataset_id)
+        if status == "ready":
+            return
+        if status in ("failed", "deleted"):
+            raise click.ClickException(
+                f"Kaggle could not process the dataset {dataset_id} (status {status}): run `kit notebook` again"
+            )
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"the dataset {dataset_id} is still {status} after {timeout_seconds / 60:.0f} min: run "
+                "`kit notebook` again later"
+            )
+        time.sleep(poll_seconds)
+
+
+def push_kernel(api, folder: Path) -> Pushed:
+    """Push the kernel folder (notebook + kernel-metadata.json): a new version, which Kaggle starts running."""
+    metadata = json.loads((folder / "kernel-metadata.json").read_text())
+    what = f"pushing the notebook {metadata['id']}"
+    with _reported(what, "run `kit notebook` again"):
+        response = api.kernels_push(str(folder))
+    if response is None or response.error:
+        raise click.ClickException(f"Kaggle refused {what}: {response.error if response else 'no answer'}")
+    invalid = [*response.invalid_dataset_sources, *response.invalid_competition_sources]
+    if invalid:
+        raise click.ClickException(
+            f"Kaggle did not attach {', '.join(invalid)} to {metadata['id']}: join the competition and check the "
+            "dataset exists, then run `kit notebook` again"
+        )
+    if not response.version_number:
+        raise click.ClickException(f"Kaggle gave no version number {what}: run `kit notebook` again")
+    # The kernel's id is the metadata's owner/slug (the answer's ref is a path such as /code/owner/slug).
+    return Pushed(metadata["id"], int(response.version_number), response.url or "")
+
+
+def wait_for_kernel(api, pushed: Pushed, poll_seconds: float, timeout_seconds: float) -> Finished:
+    """Ask for the notebook's status every poll_seconds, on one progress line, until it ends or times out."""
+    started = time.monotonic()
+    with tqdm(
+        total=None, bar_format="{desc} [{elapsed}]", desc=f"notebook {pushed.ref} v{pushed.version}: queued"
+    ) as line:
+        while True:
+            with _reported(f"asking for the status of {pushed.ref}", "follow it on Kaggle"):
+                answer = api.kernels_status(f"{pushed.ref}/{pushed.version}")
+            status = answer.status.name.lower() if answer.status is not None else "unknown"
+            line.set_description_str(f"notebook {pushed.ref} v{pushed.version}: {status.replace('_', ' ')}")
+            if status in FINISHED:
+                return Finished(status, answer.failure_message or "")
+            if time.monotonic() - started > timeout_seconds:
+                return Finished("timeout", f"still {status} after {timeout_seconds / 60:.0f} min")
+            time.sleep(poll_seconds)
+
+
+def kernel_output(api, pushed: Pushed, destination: Path) -> tuple[list[Path], str]:
+    """Download the notebook's output files into destination; return them and its log as plain text.
+
+    Kaggle's log is a JSON list of {"stream_name", "time", "data"}; its `data` parts are joined.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    with _reported(f"downloading the output of {pushed.ref}", "look at it on Kaggle"):
+        files, _ = api.kernels_output(
+            f"{pushed.ref}/{pushed.version}", str(destination), force=True, quiet=True
+        )
+    log_path = destination / f"{pushed.ref.split('/')[1]}.log"
+    text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    try:
+        entries = json.loads(text)
+        text = "".join(str(entry.get("data", "")) for entry in entries if isinstance(entry, dict))
+    except (ValueError, AttributeError):
+        pass
+    return [Path(path) for path in files if Path(path) != log_path], text
+
+
+def submit_code(api, slug: str, pushed: Pushed, file_name: str, message: str) -> None:
+    """The code submission: the competition scores `file_name` of this kernel version."""
+    with _reported(f"submitting {pushed.ref} v{pushed.version} to {slug}", "submit again"):
+        response = api.competition_submit_code(
+            file_name, message, competition=slug, kernel=pushed.ref, kernel_version=pushed.version, quiet=True
+        )
+    if response is None:
+        raise click.ClickException(
+            f"Kaggle did not answer the submission of {pushed.ref}: check `kit ledger`"
+        )
+
+
+def last_lines(text: str, count: int = 20) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()][-count:]

@@ -1,0 +1,299 @@
+"""A trained run packaged as a Kaggle dataset for a code competition's notebook: written here by
+`kit notebook`, and, inside that notebook, unpacked into a project tree and predicted as `kit predict` does.
+
+The dataset is flat (the official client uploads a folder's files, not its sub-folders):
+
+    kit-package.json                what it holds: competition, slug, run, metric, CV, weights, commits
+    kit-<version>-py3-none-any.whl  the kit, built from the working tree (`pip wheel --no-deps`)
+    config.json, metrics.json       the run's resolved config and its summary (classes, folds, CV)
+    calibration.json                log-loss runs: the temperature and clip fitted on OOF (never refitted)
+    competition.toml, hooks.py      the competition's folder
+    weights--fold-0--snapshot-3.pt  exactly the weight files `kit predict` uses (run_weights), renamed flat
+    dataset-metadata.json           the Kaggle dataset's id, title and licence (read by the client, not uploaded)
+
+Inside the notebook, nothing is fitted and nothing is downloaded: the competition's read-only input is
+linked in as data/raw/<name>, the weights are linked into runs/<name>/<run>/fold-N/, and
+kit.predict.inference.predict_run (the function `kit predict` calls) writes the submission.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import click
+
+from kit import paths
+from kit.config import Config
+from kit.data.labels import load_labels
+from kit.files import atomic_path, git_commit, read_json, write_json
+
+MANIFEST = "kit-package.json"
+DATASET_METADATA = "dataset-metadata.json"  # the official client's metadata file for a dataset folder
+SUBMISSION_FILE = "submission.csv"  # what a code competition scores, in the notebook's working folder
+FORMAT = 1  # kit-package.json's layout version
+MEGABYTE = 1024 * 1024
+
+
+class Package(NamedTuple):
+    folder: Path
+    manifest: dict
+    size_bytes: int
+
+
+def dataset_slug(name: str) -> str:
+    """The dataset's slug, `kit-<name>`: Kaggle wants 6 to 50 characters, letters, digits and dashes."""
+    slug = f"kit-{name}".replace("_", "-")[:50]
+    return slug if len(slug) >= 6 else f"{slug}-run"
+
+
+def weight_file_name(relative: Path) -> str:
+    """fold-0/snapshot-3.pt -> weights--fold-0--snapshot-3.pt (flat, and reversible)."""
+    return "weights--" + "--".join(relative.parts)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows one (weights are large), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def build_wheel(destination: Path) -> Path:
+    """The kit as a wheel, built from the working tree (uncommitted changes included) into destination.
+
+    The sources are copied to a scratch folder first, so that the build leaves no build/ or egg-info in the
+    checkout. Without setuptools in this environment pip falls back to an isolated build (which fetches it).
+    """
+    source = paths.CHECKOUT
+    if not (source / "pyproject.toml").is_file():
+        raise click.ClickException(
+            f"kit notebook builds the kit's wheel from its source checkout, but {source} has no pyproject.toml: "
+            "install the kit from a clone (pip install -e .)"
+        )
+    destination.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".wheel-build-", dir=destination.parent) as scratch:
+        tree = Path(scratch) / "source"
+        tree.mkdir()
+        shutil.copy2(source / "pyproject.toml", tree / "pyproject.toml")
+        shutil.copytree(source / "kit", tree / "kit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation]
+        built = Path(scratch) / "wheel"
+        result = subprocess.run(
+            [*command, "--wheel-dir", str(built), str(tree)], capture_output=True, text=True, check=False
+        )
+        wheels = sorted(built.glob("kit-*.whl"))
+        if result.returncode != 0 or len(wheels) != 1:
+            said = (result.stderr or result.stdout).strip().splitlines()
+            raise click.ClickException(
+                f"`pip wheel --no-deps {source}` failed ({said[-1] if said else 'no wheel'}): "
+                "run it by hand to see why"
+            )
+        target = destination / wheels[0].name
+        shutil.move(wheels[0], target)
+    return target
+
+
+def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder: Path) -> Package:
+    """Fill `folder` (emptied first) with the run's package; refuse, before copying, one above the cap.
+
+    `config` is the competition as the command loaded it (its slug); the run's own config.json is what is
+    packaged. The calibration is fitted (once) and recorded here when the run has none yet.
+    """
+    from kit.predict import calibrate
+    from kit.run_folder import run_config
+
+    trained = run_config(run_dir)
+    weights = _run_weights(trained, run_dir, summary)
+    missing = [path for path in weights if not path.is_file()]
+    if missing:
+        raise click.ClickException(
+            f"{missing[0]} is missing: run {run_dir.name} cannot predict; pick another run with --run"
+        )
+    cap = config.notebook.max_package_mb
+    weight_bytes = sum(path.stat().st_size for path in weights)
+    if weight_bytes > cap * MEGABYTE:
+        raise click.ClickException(_too_large(config, run_dir, weight_bytes, len(weights)))
+    if summary["metric"] == "log_loss":
+        calibrate.run_calibration(run_dir, load_labels(config), summary["classes"])
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    wheel = build_wheel(folder)
+    names = {}
+    for path in weights:
+        relative = path.relative_to(run_dir)
+        names[weight_file_name(relative)] = relative.as_posix()
+        _link_or_copy(path, folder / weight_file_name(relative))
+    copied = ["config.json", "metrics.json"]
+    if (run_dir / calibrate.CALIBRATION_FILE).exists() and summary["metric"] == "log_loss":
+        copied.append(calibrate.CALIBRATION_FILE)
+    for name in copied:
+        shutil.copy2(run_dir / name, folder / name)
+    competition_files = [
+        path.name
+        for path in sorted(config.directory.iterdir())
+        if path.name in ("competition.toml", "hooks.py")
+    ]
+    for name in competition_files:
+        shutil.copy2(config.directory / name, folder / name)
+    provenance = run_dir / "provenance.json"
+    manifest = {
+        "format": FORMAT,
+        "dataset": dataset_id,
+        "competition": config.name,
+        "kaggle": config.competition.kaggle,
+        "run": run_dir.name,
+        "metric": summary["metric"],
+        "cv": summary["cv"],
+        "wheel": wheel.name,
+        "weights": names,
+        "run_files": copied,
+        "competition_files": competition_files,
+        "trained_commit": read_json(provenance).get("commit", "") if provenance.exists() else "",
+        "wheel_commit": git_commit(),
+    }
+    write_json(folder / MANIFEST, manifest)
+    owner, slug = dataset_id.split("/")
+    write_json(
+        folder / DATASET_METADATA,
+        {"id": dataset_id, "title": slug, "licenses": [{"name": "CC0-1.0"}], "subtitle": ""},
+    )
+    size = sum(path.stat().st_size for path in folder.iterdir() if path.name != DATASET_METADATA)
+    if size > cap * MEGABYTE:
+        raise click.ClickException(_too_large(config, run_dir, size, len(weights)))
+    return Package(folder, manifest, size)
+
+
+def _run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
+    from kit.predict.inference import run_weights  # heavy (torch): only `kit notebook` pays for it
+
+    return run_weights(config, run_dir, summary)
+
+
+def _too_large(config: Config, run_dir: Path, size: int, weight_count: int) -> str:
+    return (
+        f"the package of run {run_dir.name} is {size / MEGABYTE:.1f} MB ({weight_count} weight files), above "
+        f"notebook.max_package_mb = {config.notebook.max_package_mb:g} ({config.path}): predict with fewer weight "
+        "files (predict.snapshot_ensemble, predict.weights) or raise the cap with --set notebook.max_package_mb=N"
+    )
+
+
+# Inside the notebook.
+
+
+def find_package(data_root: Path, dataset_id: str) -> Path:
+    """The folder of the packaged run under the notebook's inputs (a dataset mounts one to three levels down)."""
+    for depth in range(1, 4):
+        for manifest in sorted(data_root.glob("/".join(["*"] * depth) + f"/{MANIFEST}")):
+            if read_json(manifest).get("dataset") == dataset_id:
+                return manifest.parent
+    raise click.ClickException(
+        f"no {MANIFEST} of {dataset_id} under {data_root}: add the dataset as an input"
+    )
+
+
+def find_competition(data_root: Path, slug: str) -> Path:
+    """The competition's folder under the notebook's inputs: <root>/<slug>, or a folder of that name deeper."""
+    for candidate in (data_root / slug, data_root / "competitions" / slug):
+        if candidate.is_dir():
+            return candidate
+    for depth in range(2, 4):
+        for candidate in sorted(data_root.glob("/".join(["*"] * (depth - 1)) + f"/{slug}")):
+            if candidate.is_dir():
+                return candidate
+    raise click.ClickException(f"no folder {slug} under {data_root}: add the competition as an input")
+
+
+def unpack(package: Path, competition_data: Path, scratch: Path) -> tuple[Path, Path]:
+    """The project tree a packaged run predicts in, under `scratch`; returns (project root, run folder).
+
+    competitions/<name>/ holds the packaged competition files, data/raw/<name> is a link to the competition's
+    (read-only) input, and runs/<name>/<run>/ the run's files with its weights linked into fold-N/.
+    """
+    manifest = read_json(package / MANIFEST)
+    name, root = manifest["competition"], scratch / "kit-project"
+    if root.exists():
+        shutil.rmtree(root)
+    competition_dir = root / "competitions" / name
+    competition_dir.mkdir(parents=True)
+    for file_name in manifest["competition_files"]:
+        shutil.copy2(package / file_name, competition_dir / file_name)
+    raw = root / "data" / "raw" / name
+    raw.parent.mkdir(parents=True)
+    raw.symlink_to(competition_data.resolve(), target_is_directory=True)
+    run_dir = root / "runs" / name / manifest["run"]
+    run_dir.mkdir(parents=True)
+    for file_name in manifest["run_files"]:
+        shutil.copy2(package / file_name, run_dir / file_name)
+    saved = read_json(run_dir / "config.json")  # the run's config, pointed at this tree's competition folder
+    write_json(run_dir / "config.json", {**saved, "path": str(competition_dir / "competition.toml")})
+    for file_name, relative in manifest["weights"].items():
+        target = run_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to((package / file_name).resolve())
+    return root, run_dir
+
+
+@contextlib.contextmanager
+def _project_root(root: Path) -> Iterator[None]:
+    """KIT_PROJECT_ROOT pointed at root for the duration (kit.paths reads it at call time)."""
+    before = os.environ.get("KIT_PROJECT_ROOT")
+    os.environ["KIT_PROJECT_ROOT"] = str(root)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("KIT_PROJECT_ROOT", None)
+        else:
+            os.environ["KIT_PROJECT_ROOT"] = before
+
+
+def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: str, scratch: str) -> Path:
+    """What the notebook runs: the packaged run predicts the competition's test folder as `kit predict`
+    does (the packaged calibration, never refitted), and `<work_root>/submission.csv` is written (clipped
+    as `kit submit` uploads it) and checked against the competition's sample submission."""
+    from kit.data.labels import parse_csv
+    from kit.predict import submission
+    from kit.predict.inference import predict_run  # heavy (torch, timm)
+    from kit.run_folder import run_config
+
+    data = Path(data_root)
+    package = find_package(data, dataset_id)
+    root, run_dir = unpack(package, find_competition(data, slug), Path(scratch))
+    with _project_root(root):
+        config = run_config(run_dir)
+        summary = read_json(run_dir / "metrics.json")
+        predicted = predict_run(config, run_dir, summary)
+        label = config.submission.format == "label"
+        frame = parse_csv(
+            predicted, "predict again", dtype=str if label else {config.submission.id_column: str}
+        )
+        frame = submission.clip(config, frame)
+        output = Path(work_root) / SUBMISSION_FILE
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(output) as temporary:
+            frame.to_csv(temporary, index=False)
+        check_submission(config, output, summary["classes"])
+    return output
+
+
+def check_submission(config: Config, path: Path, classes: list[str]) -> None:
+    """A submission file checked against the competition's sample (kit.predict.submission.check)."""
+    from kit.data.labels import parse_csv
+    from kit.predict import submission
+
+    label = config.submission.format == "label"
+    frame = parse_csv(path, "predict again", dtype=str if label else {config.submission.id_column: str})
+    submission.check(config, frame, submission.read_sample(config), str(path), classes)
