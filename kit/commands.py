@@ -237,7 +237,7 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     hooks = load_hooks(config)
     if config.competition.submission == "notebook" and "score" not in hooks:
         raise click.ClickException(
-            f"{config.name} is a code competition (competition.submission = \"notebook\" in {config.path}): "
+            f'{config.name} is a code competition (competition.submission = "notebook" in {config.path}): '
             f"Kaggle takes no file upload; enter it with `kit notebook {config.name} --submit -m MESSAGE`"
         )
     if "score" not in hooks and not dry_run:
@@ -284,7 +284,10 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
 def _ledger_row(config: Config, run_dir: Path, summary: dict, file: str, message: str) -> dict:
     """A ledger row for a submission of a run (its status and scores are added by the caller)."""
     commit = read_json(run_dir / "provenance.json").get("commit", git_commit())
-    text = f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | run {run_dir.name} | commit {commit}"
+    text = (
+        f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | "
+        f"run {run_dir.name} | commit {commit}"
+    )
     return {
         "time_utc": utc_stamp(),
         "competition": config.name,
@@ -306,9 +309,15 @@ def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, me
 
     if not config.competition.kaggle:
         raise click.ClickException(
-            f"{config.path}: set competition.kaggle (the Kaggle slug) for `kit notebook`, e.g. --set competition.kaggle=SLUG"
+            f"{config.path}: set competition.kaggle (the Kaggle slug) for `kit notebook`, "
+            "e.g. --set competition.kaggle=SLUG"
         )
     slug = config.competition.kaggle
+    if submit and config.competition.submission != "notebook":
+        raise click.ClickException(
+            f'{config.path}: competition.submission = "{config.competition.submission}": Kaggle takes files, not '
+            f"notebooks, for {slug}; use `kit submit {config.name}` (or set competition.submission = \"notebook\")"
+        )
     run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit notebook")
     if "ensemble" in summary:
@@ -328,7 +337,8 @@ def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, me
     notebook_path, metadata = notebook_writer.write_kernel(
         base / "notebook", built.manifest, owner, dataset_id, slug, use_gpu
     )
-    click.echo(f"notebook {notebook_path.relative_to(run_dir.parent)} ({'GPU' if use_gpu else 'CPU'}, internet off)")
+    where = "GPU" if use_gpu else "CPU"
+    click.echo(f"notebook {notebook_path.relative_to(run_dir.parent)} ({where}, internet off)")
     timeout = config.notebook.timeout_minutes * 60
     outcome = kernels.publish_dataset(api, built.folder, dataset_id, f"run {run_dir.name}")
     kernels.wait_for_dataset(api, dataset_id, config.notebook.poll_seconds, timeout)
@@ -342,16 +352,17 @@ def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, me
             click.echo(f"  | {line}", err=True)
         raise click.ClickException(
             f"the notebook {pushed.ref} version {pushed.version} ended {finished.status}"
-            f"{': ' + finished.failure if finished.failure else ''} (its log's last lines are above; all of it in "
-            f"{base / 'output'}): nothing was submitted"
+            f"{': ' + finished.failure if finished.failure else ''} (its log's last lines are above; all of "
+            f"it in {base / 'output'}): nothing was submitted"
         )
     produced = base / "output" / package.SUBMISSION_FILE
     if produced not in outputs:
         raise click.ClickException(
-            f"the notebook {pushed.ref} version {pushed.version} wrote no {package.SUBMISSION_FILE}: nothing was submitted"
+            f"the notebook {pushed.ref} version {pushed.version} wrote no {package.SUBMISSION_FILE}: "
+            "nothing was submitted"
         )
     package.check_submission(config, produced, summary["classes"])
-    click.echo(f"notebook {pushed.ref} version {pushed.version} complete; its {package.SUBMISSION_FILE} is valid")
+    click.echo(f"notebook {pushed.ref} v{pushed.version} complete; its {package.SUBMISSION_FILE} is valid")
     row = _ledger_row(config, run_dir, summary, f"{pushed.ref}@{pushed.version}", message)
     if not submit:
         return {**row, "status": "notebook run (not submitted)"}

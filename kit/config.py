@@ -29,7 +29,7 @@ PaddingMode = Literal["reflect", "constant", "edge"]  # kit.data.augment.PADDING
 Optimizer = Literal["adamw", "sgd"]
 ScheduleKind = Literal["sgdr", "one_cycle"]
 PredictWeights = Literal["snapshots", "last", "best"]
-SubmissionKind = Literal["csv", "notebook"]  # notebook: a code competition, entered by `kit notebook --submit`
+SubmissionKind = Literal["csv", "notebook"]  # notebook: a code competition (`kit notebook --submit`)
 LAYER_GROUPS = 3  # early body, late body, head: the lesson's three learning rates
 
 

@@ -84,7 +84,8 @@ def test_kit_notebook_packages_pushes_follows_and_submits(project, monkeypatch, 
         (project / "w.whl").write_bytes(files[wheel])
         with zipfile.ZipFile(project / "w.whl") as archive:
             assert {"kit/kaggle/package.py", "kit/predict/inference.py"} <= set(archive.namelist())
-        assert files["competition.toml"] == (project / "competitions/dog-breeds/competition.toml").read_bytes()
+        toml = project / "competitions" / "dog-breeds" / "competition.toml"
+        assert files["competition.toml"] == toml.read_bytes()
         manifest = json.loads(files["kit-package.json"])
         assert manifest["weights"] == {"weights--fold-0--snapshot-2.pt": "fold-0/snapshot-2.pt"}
         assert f"package {DATASET}" in output and " MB " in output
@@ -115,7 +116,7 @@ def test_kit_notebook_packages_pushes_follows_and_submits(project, monkeypatch, 
 
         # A notebook that fails: its log's last lines, one error line, nothing submitted.
         state.outcome, state.failure_message = "ERROR", "Your notebook hit an error"
-        state.log = [{"stream_name": "stderr", "time": 3.0, "data": "ModuleNotFoundError: No module named 'x'\n"}]
+        state.log = [{"stream_name": "stderr", "time": 3.0, "data": "ModuleNotFoundError: No module 'x'\n"}]
         failed = invoke(*command)
         assert failed.exit_code == 1
         assert "ModuleNotFoundError" in failed.output and "Your notebook hit an error" in failed.output
@@ -141,15 +142,19 @@ def test_package_size_is_capped(project, monkeypatch, tmp_path):
     (run_dir / "metrics.json").write_text(json.dumps(summary))
     with KaggleStandIn(competitions={DOG_SLUG: None}, notebook_only={DOG_SLUG}) as stand_in:
         result = invoke("notebook", "dog-breeds", "--set", "notebook.max_package_mb=2")
-        assert stand_in.api_calls("StartBlobUpload") == 0
+        csv = invoke("notebook", "dog-breeds", "--submit", "-m", "x")  # a CSV competition takes no notebook
+        assert stand_in.api_calls("StartBlobUpload") == 0 and stand_in.api_calls("SaveKernel") == 0
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
     assert "2.9 MB" in result.output and "notebook.max_package_mb = 2" in result.output
+    assert csv.exit_code == 1 and len(csv.output.strip().splitlines()) == 1
+    assert "kit submit dog-breeds" in csv.output
 
 
 def test_kit_new_asks_kaggle_whether_it_is_a_code_competition(project, monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
     bundle = make_zip(seedlings_files())
-    with KaggleStandIn(competitions={SEEDLINGS_SLUG: bundle, "plain-one": bundle}, notebook_only={SEEDLINGS_SLUG}):
+    competitions = {SEEDLINGS_SLUG: bundle, "plain-one": bundle}
+    with KaggleStandIn(competitions=competitions, notebook_only={SEEDLINGS_SLUG}):
         code = succeeds("new", "seedlings", "--kaggle", SEEDLINGS_SLUG)
         plain = succeeds("new", "plain", "--kaggle", "plain-one")
     assert load_competition("seedlings").competition.submission == "notebook" and "kit notebook" in code
@@ -165,11 +170,14 @@ def outside_kaggle_image(modules: list[str]) -> list[str]:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    allowed, waiting = set(), [
-        canonicalize_name(line.split("#")[0].strip())
-        for line in IMAGE_MODULES.read_text().splitlines()
-        if line.split("#")[0].strip()
-    ]
+    allowed, waiting = (
+        set(),
+        [
+            canonicalize_name(line.split("#")[0].strip())
+            for line in IMAGE_MODULES.read_text().splitlines()
+            if line.split("#")[0].strip()
+        ],
+    )
     while waiting:
         name = waiting.pop()
         if name in allowed:
@@ -246,7 +254,9 @@ def test_the_notebook_predicts_offline_as_kit_predict_does(project, monkeypatch,
     built = package.build(config, run_dir, run_summary(run_dir, "test"), DATASET, inputs / "kit-dog-breeds")
     (inputs / "kit-dog-breeds" / package.DATASET_METADATA).unlink()  # the client's file, not the dataset's
     assert not (inputs / "kit-dog-breeds" / "oof.npy").exists()  # nothing to refit calibration on
-    notebook_path, _ = notebook.write_kernel(kaggle / "kernel", built.manifest, STANDIN_USERNAME, DATASET, DOG_SLUG, False)
+    notebook_path, _ = notebook.write_kernel(
+        kaggle / "kernel", built.manifest, STANDIN_USERNAME, DATASET, DOG_SLUG, False
+    )
     for path in inputs.rglob("*"):
         if not path.is_symlink():
             path.chmod(0o555 if path.is_dir() else 0o444)

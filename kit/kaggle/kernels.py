@@ -60,8 +60,9 @@ def _reported(what: str, fix: str) -> Iterator[None]:
         status = error.response.status_code if error.response is not None else "?"
         if status == 401:
             raise click.ClickException(
-                f"Kaggle refused the credentials while {what} (HTTP 401: {kaggle_said(error)}): create a new API "
-                "token at https://www.kaggle.com/settings/api and put it in KAGGLE_API_TOKEN or ~/.kaggle/access_token"
+                f"Kaggle refused the credentials while {what} (HTTP 401: {kaggle_said(error)}): create a new "
+                "API token at https://www.kaggle.com/settings/api and put it in KAGGLE_API_TOKEN or "
+                "~/.kaggle/access_token"
             ) from None
         raise click.ClickException(
             f"Kaggle: {kaggle_said(error)} (HTTP {status}) while {what}: {fix}"
@@ -137,7 +138,8 @@ def wait_for_dataset(api, dataset_id: str, poll_seconds: float, timeout_seconds:
             return
         if status in ("failed", "deleted"):
             raise click.ClickException(
-                f"Kaggle could not process the dataset {dataset_id} (status {status}): run `kit notebook` again"
+                f"Kaggle could not process the dataset {dataset_id} (status {status}): "
+                "run `kit notebook` again"
             )
         if time.monotonic() > deadline:
             raise click.ClickException(
@@ -148,7 +150,7 @@ def wait_for_dataset(api, dataset_id: str, poll_seconds: float, timeout_seconds:
 
 
 def push_kernel(api, folder: Path) -> Pushed:
-    """Push the kernel folder (notebook + kernel-metadata.json): a new version, which Kaggle starts running."""
+    """Push the kernel folder (notebook, kernel-metadata.json): a new version, which Kaggle starts running."""
     metadata = json.loads((folder / "kernel-metadata.json").read_text())
     what = f"pushing the notebook {metadata['id']}"
     with _reported(what, "run `kit notebook` again"):
@@ -158,8 +160,8 @@ def push_kernel(api, folder: Path) -> Pushed:
     invalid = [*response.invalid_dataset_sources, *response.invalid_competition_sources]
     if invalid:
         raise click.ClickException(
-            f"Kaggle did not attach {', '.join(invalid)} to {metadata['id']}: join the competition and check the "
-            "dataset exists, then run `kit notebook` again"
+            f"Kaggle did not attach {', '.join(invalid)} to {metadata['id']}: join the competition and check "
+            "the dataset exists, then run `kit notebook` again"
         )
     if not response.version_number:
         raise click.ClickException(f"Kaggle gave no version number {what}: run `kit notebook` again")

@@ -20,7 +20,7 @@ from kit.kaggle.package import MANIFEST
 KERNEL_METADATA = "kernel-metadata.json"  # the official client's metadata file for a kernel folder
 NOTEBOOK_FILE = "predict.ipynb"
 
-PARAMETERS = """# Parameters: Kaggle's paths by default; a local test points them at a simulated /kaggle/input tree.
+PARAMETERS = """# Parameters: Kaggle's paths by default; a test points them at a simulated /kaggle/input tree.
 import os
 
 DATA_ROOT = os.environ.get("KIT_NOTEBOOK_DATA_ROOT", "/kaggle/input")  # the competition and the package
@@ -29,7 +29,7 @@ SCRATCH = os.environ.get("KIT_NOTEBOOK_SCRATCH", "/tmp/kit")  # the kit, caches,
 DATASET = {dataset!r}  # the packaged run (a private Kaggle dataset)
 COMPETITION = {slug!r}  # the competition's slug: its files are an input of this notebook"""
 
-INSTALL = f"""# Install the packaged kit (no index, no dependencies: the internet is off and the image has them),
+INSTALL = f"""# Install the packaged kit (no index, no dependencies: the internet is off, the image has them),
 # into its own folder, first on sys.path, so that no other copy of the kit can be imported.
 import json
 import subprocess

@@ -9,7 +9,7 @@ The dataset is flat (the official client uploads a folder's files, not its sub-f
     calibration.json                log-loss runs: the temperature and clip fitted on OOF (never refitted)
     competition.toml, hooks.py      the competition's folder
     weights--fold-0--snapshot-3.pt  exactly the weight files `kit predict` uses (run_weights), renamed flat
-    dataset-metadata.json           the Kaggle dataset's id, title and licence (read by the client, not uploaded)
+    dataset-metadata.json           the dataset's id, title and licence (read by the client, not uploaded)
 
 Inside the notebook, nothing is fitted and nothing is downloaded: the competition's read-only input is
 linked in as data/raw/<name>, the weights are linked into runs/<name>/<run>/fold-N/, and
@@ -77,8 +77,8 @@ def build_wheel(destination: Path) -> Path:
     source = paths.CHECKOUT
     if not (source / "pyproject.toml").is_file():
         raise click.ClickException(
-            f"kit notebook builds the kit's wheel from its source checkout, but {source} has no pyproject.toml: "
-            "install the kit from a clone (pip install -e .)"
+            f"kit notebook builds the kit's wheel from its source checkout, but {source} has no "
+            "pyproject.toml: install the kit from a clone (pip install -e .)"
         )
     destination.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".wheel-build-", dir=destination.parent) as scratch:
@@ -185,8 +185,9 @@ def _run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
 def _too_large(config: Config, run_dir: Path, size: int, weight_count: int) -> str:
     return (
         f"the package of run {run_dir.name} is {size / MEGABYTE:.1f} MB ({weight_count} weight files), above "
-        f"notebook.max_package_mb = {config.notebook.max_package_mb:g} ({config.path}): predict with fewer weight "
-        "files (predict.snapshot_ensemble, predict.weights) or raise the cap with --set notebook.max_package_mb=N"
+        f"notebook.max_package_mb = {config.notebook.max_package_mb:g} ({config.path}): predict with fewer "
+        "weight files (predict.snapshot_ensemble, predict.weights) or raise the cap with "
+        "--set notebook.max_package_mb=N"
     )
 
 
@@ -194,7 +195,7 @@ def _too_large(config: Config, run_dir: Path, size: int, weight_count: int) -> s
 
 
 def find_package(data_root: Path, dataset_id: str) -> Path:
-    """The folder of the packaged run under the notebook's inputs (a dataset mounts one to three levels down)."""
+    """The packaged run's folder under the notebook's inputs (a dataset mounts one to three levels down)."""
     for depth in range(1, 4):
         for manifest in sorted(data_root.glob("/".join(["*"] * depth) + f"/{MANIFEST}")):
             if read_json(manifest).get("dataset") == dataset_id:
@@ -205,7 +206,7 @@ def find_package(data_root: Path, dataset_id: str) -> Path:
 
 
 def find_competition(data_root: Path, slug: str) -> Path:
-    """The competition's folder under the notebook's inputs: <root>/<slug>, or a folder of that name deeper."""
+    """The competition's folder under the notebook's inputs: <root>/<slug>, or a folder so named deeper."""
     for candidate in (data_root / slug, data_root / "competitions" / slug):
         if candidate.is_dir():
             return candidate

@@ -298,7 +298,10 @@ def submission_note(code_competition: bool | None) -> str:
             'notebook, needs "notebook"'
         )
     if code_competition:
-        return 'submission: a code competition (notebooks only): competition.submission = "notebook"; `kit notebook` enters it'
+        return (
+            'submission: a code competition (notebooks only): competition.submission = "notebook"; '
+            "`kit notebook` enters it"
+        )
     return 'submission: a CSV upload (competition.submission = "csv"); `kit submit` enters it'
 
 

@@ -105,7 +105,8 @@ def run_calibration(run_dir: Path, labels: LabelTable | None, classes: list[str]
         if record.exists():
             return read_json(record)
         raise click.ClickException(
-            f"{run_dir}: no oof.npy to calibrate on and no {CALIBRATION_FILE}: predict with the run's own folder"
+            f"{run_dir}: no oof.npy to calibrate on and no {CALIBRATION_FILE}: "
+            "predict with the run's own folder"
         )
     fingerprint = hashlib.sha256(oof.read_bytes()).hexdigest()
     if record.exists() and read_json(record).get("oof_sha256") == fingerprint:
