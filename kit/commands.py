@@ -315,8 +315,9 @@ def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, me
     slug = config.competition.kaggle
     if submit and config.competition.submission != "notebook":
         raise click.ClickException(
-            f'{config.path}: competition.submission = "{config.competition.submission}": Kaggle takes files, not '
-            f"notebooks, for {slug}; use `kit submit {config.name}` (or set competition.submission = \"notebook\")"
+            f"{config.path}: competition.submission = {config.competition.submission!r}: Kaggle takes files, "
+            f"not notebooks, for {slug}; use `kit submit {config.name}` "
+            "(or set competition.submission = 'notebook')"
         )
     run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit notebook")

@@ -853,7 +853,7 @@ def _answer(response_type, **values) -> dict:
 
 
 def _uploaded_files(stand_in: KaggleStandIn, files) -> dict:
-    """{file name: bytes} of the blob tokens a dataset request names; an unknown or unfinished one is a 400."""
+    """{file name: bytes} of the blob tokens a dataset request names; an unknown or unfinished one: 400."""
     state, result = notebooks(stand_in), {}
     for new_file in files:
         token = new_file.token

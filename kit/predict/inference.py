@@ -151,4 +151,3 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         {"file": path.name, "weights": [str(w.relative_to(run_dir)) for w in weights]},
     )
     return path
-
