@@ -98,7 +98,7 @@ class TrainSection:
     folds: int = 5  # stratified K-fold; `--fold all` trains every one
     seed: int = 42
     num_workers: int = -1  # DataLoader workers; -1: all cores on a GPU box, 0 (in-process) on a CPU
-    compile: bool = False  # torch.compile the model (CUDA only)
+    compile: bool = False  # torch.compile the training step's model (GPU only: slow to compile on a CPU)
     lr_find: bool = False  # run the LR finder before the first stage and print its suggestion
 
 

@@ -5,6 +5,7 @@ the one batched inference loop (validation, test prediction with TTA, precompute
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -20,9 +21,34 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
+# Set to 1, the CPU takes the paths written for GPUs wherever torch can run them there: bf16 autocast,
+# channels_last, the fused optimizer, train.compile and the batch-size memory probe. For tests, which keep
+# those paths alive on machines without a GPU; it makes a CPU slower (bf16 is emulated on most CPUs).
+GPU_PATHS_ON_CPU = "KIT_GPU_PATHS_ON_CPU"
+
+
+def gpu_paths(compute: torch.device) -> bool:
+    """Whether `compute` takes the GPU paths: always on CUDA; on a CPU only when KIT_GPU_PATHS_ON_CPU=1.
+
+    The one place that reads the variable (at call time, so a test can set it).
+    """
+    return compute.type == "cuda" or (compute.type == "cpu" and os.environ.get(GPU_PATHS_ON_CPU) == "1")
+
+
+def memory_format(compute: torch.device) -> torch.memory_format:
+    """channels_last (NHWC) on the GPU paths: what tensor-core convolutions read without a transpose."""
+    return torch.channels_last if gpu_paths(compute) else torch.contiguous_format
+
+
+def place(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` moved to the compute device, in the memory format its inputs will have there."""
+    compute = device()
+    return model.to(compute, memory_format=memory_format(compute))
+
+
 def autocast(compute: torch.device):
-    """bf16 autocast on CUDA (tensor cores; no loss scaling needed with bf16), full precision elsewhere."""
-    return torch.autocast(compute.type, dtype=torch.bfloat16, enabled=compute.type == "cuda")
+    """bf16 autocast on the GPU paths (tensor cores; bf16 needs no loss scaling), full precision elsewhere."""
+    return torch.autocast(compute.type, dtype=torch.bfloat16, enabled=gpu_paths(compute))
 
 
 @functools.lru_cache(maxsize=16)
@@ -35,14 +61,14 @@ def _normaliser(mean: tuple, std: tuple, compute: torch.device) -> tuple[torch.T
 
 
 def to_input(batch: torch.Tensor, mean: tuple, std: tuple, compute: torch.device) -> torch.Tensor:
-    """uint8 NHWC (as cached) -> normalised float NCHW on `compute`, channels_last on CUDA.
+    """uint8 NHWC (as cached) -> normalised float NCHW on `compute`, channels_last on the GPU paths.
 
     The copy crosses the bus as uint8 (4x fewer bytes than float) and is converted on the device.
     """
     batch = batch.to(compute, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
     mean_tensor, std_tensor = _normaliser(tuple(mean), tuple(std), compute)
     batch = (batch - mean_tensor) / std_tensor
-    return batch.contiguous(memory_format=torch.channels_last) if compute.type == "cuda" else batch
+    return batch.contiguous(memory_format=torch.channels_last) if gpu_paths(compute) else batch
 
 
 @torch.inference_mode()

@@ -20,7 +20,7 @@ from kit import commands
 from kit.config import load_competition
 from kit.data.folds import load_folds
 from kit.data.labels import load_labels
-from kit.device import device
+from kit.device import place
 from kit.models import create_model
 from kit.train import loop, stage
 
@@ -50,7 +50,7 @@ def main(model: str, image_size: int, epochs: int) -> None:
     labels = load_labels(config)
     folds = load_folds(config, labels)
     rows = np.arange(len(labels.ids))
-    network = create_model(model, len(labels.classes), config.train.pretrained).to(device())
+    network = place(create_model(model, len(labels.classes), config.train.pretrained))
     meta = {"model": model, "classes": labels.classes}
     import tempfile
     from pathlib import Path

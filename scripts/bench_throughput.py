@@ -16,6 +16,7 @@ Prints img/s for each, b/a and b/d, and the device.
 
 from __future__ import annotations
 
+import json
 import platform
 import tempfile
 import time
@@ -131,10 +132,27 @@ def device_name() -> str:
 )
 @click.option("--tta", default=2, show_default=True, help="Augmented views added in the TTA measurement.")
 @click.option(
-    "--compile", "compiled", is_flag=True, help="torch.compile the model (CUDA only, as train.compile)."
+    "--compile", "compiled", is_flag=True, help="torch.compile the model (GPU only, as train.compile)."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the figures here.",
 )
 def main(
-    model_name, image_size, batch_size, images, source_size, steps, warmup, workers, repeats, tta, compiled
+    model_name,
+    image_size,
+    batch_size,
+    images,
+    source_size,
+    steps,
+    warmup,
+    workers,
+    repeats,
+    tta,
+    compiled,
+    json_path,
 ) -> None:
     target = device.device()
     config = config_from_dict(
@@ -151,10 +169,9 @@ def main(
     )
     workers = loader.worker_count(workers)
     steps = steps or max(1, images // batch_size)
-    model = models.create_model(model_name, CLASSES, pretrained=False).to(target)
-    if target.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if compiled and target.type == "cuda" else model
+    model = device.place(models.create_model(model_name, CLASSES, pretrained=False))
+    compiled = compiled and device.gpu_paths(target)  # as train.compile
+    forward = torch.compile(model) if compiled else model
     optimizer = stage.make_optimizer(config, models.parameter_groups(model, [config.train.lr] * 3))
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
 
@@ -230,7 +247,7 @@ def main(
             persistent_workers=workers > 0,
             drop_last=True,
         )
-        layout = torch.channels_last if target.type == "cuda" else torch.contiguous_format
+        layout = device.memory_format(target)
         float_step = step(float_stage)
         to_device = lambda inputs, labels: float_step(
             inputs.to(target, non_blocking=True).contiguous(memory_format=layout), labels
@@ -243,7 +260,7 @@ def main(
         @torch.inference_mode()
         def infer(inputs, labels):
             model.eval()
-            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=target.type == "cuda"):
+            with device.autocast(target):
                 forward(device.to_input(inputs, mean, std, target)).float().softmax(1)
 
         big = torch.randint(
@@ -274,8 +291,8 @@ def main(
         )
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    mode = "compiled" if compiled and target.type == "cuda" else "eager"
-    precision = "bf16 autocast, channels_last" if target.type == "cuda" else "float32"
+    mode = "compiled" if compiled else "eager"
+    precision = "bf16 autocast, channels_last" if device.gpu_paths(target) else "float32"
     click.echo(f"{stamp} | {device_name()} | torch {torch.__version__} | {mode}, {precision}")
     click.echo(
         f"{model_name} at {image_size}px, batch {batch_size}, "
@@ -313,6 +330,22 @@ def main(
     ]
     for label, rate, unit, ratio in lines:
         click.echo(f"{label:<52} {rate:10,.0f} {unit:<8} {ratio}".rstrip())
+    if json_path is not None:  # for scripts/gpu_check.sh's summary
+        figures = {
+            "date": stamp,
+            "device": device_name(),
+            "torch": torch.__version__,
+            "model": model_name,
+            "image_size": image_size,
+            "batch_size": batch_size,
+            "mode": mode,
+            "precision": precision,
+            "images_per_second": rates,
+            "train_over_ceiling": kit / ceiling,
+            "inference_over_ceiling": rates["inference"] / inference,
+            "tta_over_ceiling": rates["tta"] / inference,
+        }
+        json_path.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

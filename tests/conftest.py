@@ -84,6 +84,15 @@ def tiny_recipe(cycles: tuple[int, ...], tta: int) -> list[str]:
 
 
 @pytest.fixture
+def gpu_paths_on_cpu(monkeypatch) -> None:
+    """The CPU takes the paths written for GPUs (bf16 autocast, channels_last, fused optimizer, compile,
+    memory probe): kit.device.gpu_paths reads the variable at call time."""
+    from kit.device import GPU_PATHS_ON_CPU
+
+    monkeypatch.setenv(GPU_PATHS_ON_CPU, "1")
+
+
+@pytest.fixture
 def digits(project, digits_download):
     """The embedded digits competition, downloaded into the temporary project; returns a loader of
     its config with the tiny-model overrides plus any extra `key=value` strings."""

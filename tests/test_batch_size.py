@@ -1,12 +1,21 @@
-"""Batch size by memory: a simulated CUDA out-of-memory error halves the batch and scales the rates."""
+"""Batch size by memory: a simulated CUDA out-of-memory error halves the batch and scales the rates.
+
+Two simulations: a step that fails above a number of images, and a simulated allocator with a byte limit
+(every tensor the step makes counts while it lives), under which the real probe must find the largest
+batch that fits, however deep in the forward pass, backward pass or optimizer step memory runs out.
+"""
 
 from __future__ import annotations
+
+import weakref
 
 import click
 import numpy as np
 import pytest
 import torch
 from conftest import fold_state
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from kit.train import batch_size as memory
 from kit.train import loop, schedule, stage
@@ -48,8 +57,9 @@ def test_other_errors_are_not_taken_for_out_of_memory():
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """Probing on the CPU, with train_step failing like a GPU would for batches over 16 images."""
-    monkeypatch.setattr(memory, "MEMORY_PROBE_DEVICES", {"cpu", "cuda"})
+    """Probing on the CPU, with train_step failing like a GPU would for batches over 16 images (the other
+    GPU paths stay off: bf16 is slow on a CPU, and test_gpu_paths.py runs them)."""
+    monkeypatch.setattr(memory, "gpu_paths", lambda compute: True)
     step = stage.train_step
 
     def step_with_memory(data, model, inputs, targets):
@@ -89,3 +99,83 @@ def test_a_stage_that_does_not_fit_trains_at_half_batches_with_scaled_rates(
         in capsys.readouterr().out
     )
     assert np.isfinite(record["train_loss"])
+
+
+class SimulatedAllocator(TorchDispatchMode):
+    """A GPU's memory of `limit` bytes, on the CPU: each new tensor an operation makes (forward, backward,
+    optimizer) counts its storage's bytes until that storage is freed; going over the limit raises
+    torch.OutOfMemoryError from inside the operation, as CUDA's allocator does. Tensors made before the
+    mode started (the weights) do not count. `peak` is the most bytes held at once."""
+
+    def __init__(self, limit: float = float("inf")):
+        super().__init__()
+        self.limit, self.held, self.peak, self.live = limit, 0, 0, {}
+
+    def __torch_dispatch__(self, function, types, args=(), kwargs=None):
+        output = function(*args, **(kwargs or {}))
+        inputs = {
+            leaf.untyped_storage().data_ptr()
+            for leaf in tree_leaves((args, kwargs))
+            if isinstance(leaf, torch.Tensor)
+        }
+        for tensor in tree_leaves(output):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            address = storage.data_ptr()
+            if (
+                address in inputs or address in self.live or storage.nbytes() == 0
+            ):  # a view, an in-place result
+                continue
+            self.live[address] = storage.nbytes()
+            self.held += storage.nbytes()
+            weakref.finalize(storage, self._free, address)
+            self.peak = max(self.peak, self.held)
+            if self.held > self.limit:
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory (simulated): {self.held:,} > {self.limit:,} bytes"
+                )
+        return output
+
+    def _free(self, address: int) -> None:
+        self.held -= self.live.pop(address)
+
+
+def steady_peak(data: stage.PreparedStage, model, batch_size: int) -> int:
+    """The most bytes a training step of `batch_size` blank images holds once training is under way."""
+    blank = torch.zeros((batch_size, 32, 32, 3), dtype=torch.uint8)
+    model.zero_grad(set_to_none=True)
+    data.optimizer.state.clear()
+    with SimulatedAllocator() as allocator:
+        stage.train_step(data, model, blank, torch.zeros(batch_size, dtype=torch.int64))
+        allocator.peak = 0  # the first step makes the optimizer state, which later steps hold throughout
+        stage.train_step(data, model, blank, torch.zeros(batch_size, dtype=torch.int64))
+        model.zero_grad(set_to_none=True)
+        data.optimizer.state.clear()
+    return allocator.peak
+
+
+def test_the_probed_batch_trains_under_a_byte_limit(digits, tmp_path):
+    """The real probe, then training, under a memory limit just below what a step of 16 images holds: the
+    probe settles on 8 and training at 8 never runs out; a failed try leaves nothing held (else the
+    smaller tries would fail too)."""
+    config = digits()  # batch 64
+    state = fold_state(config, tmp_path)
+    data = stage.prepare_stage(config, 0, state)
+    peaks = {batch_size: steady_peak(data, state.model, batch_size) for batch_size in (8, 16)}
+    assert peaks[8] < peaks[16]
+    tried = []
+
+    def step(data, model, inputs, targets):
+        tried.append(len(targets))
+        return stage.train_step(data, model, inputs, targets)
+
+    with SimulatedAllocator(peaks[16] - 1) as allocator:
+        assert memory.probe_batch_size(data, state.model, step) == 8
+        assert allocator.held < peaks[8] / 10  # the tries' tensors, gradients and optimizer state are freed
+        for group in data.optimizer.param_groups:
+            group["lr"] = 1e-3
+        inputs, targets = torch.from_numpy(data.valid_inputs[:8]), torch.from_numpy(data.valid_targets[:8])
+        for _ in range(2):  # steady state: what the probe's try measured
+            assert torch.isfinite(stage.train_step(data, state.model, inputs, targets))
+    assert list(dict.fromkeys(tried)) == [64, 32, 16, 8] and tried[-2:] == [8, 8]  # two steps for a fit

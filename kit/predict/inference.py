@@ -17,7 +17,7 @@ from kit import models
 from kit.config import Config
 from kit.data.images import image_cache
 from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
-from kit.device import batched_inference, device
+from kit.device import batched_inference, place
 from kit.files import save_array, write_json
 from kit.paths import interim_dir
 from kit.predict import calibrate, submission
@@ -117,7 +117,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             "a submission must cover "
             f"every id: fix or re-download them (list in {run_dir / 'bad-test-images.json'})"
         )
-    model = models.create_model(config.train.model, len(classes), pretrained=False).to(device())
+    model = place(models.create_model(config.train.model, len(classes), pretrained=False))
     meta = models.weights_meta(config, classes)
     weights, fold_probabilities = [], []
     for fold in summary[

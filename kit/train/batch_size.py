@@ -19,13 +19,12 @@ from tqdm import tqdm
 from kit import distributed
 from kit.config import Config
 from kit.data.loader import make_loader
-from kit.device import device
+from kit.device import device, gpu_paths
 from kit.train.stage import FoldState, PreparedStage
 
 Step = Callable[
     [PreparedStage, nn.Module, torch.Tensor, torch.Tensor], torch.Tensor
 ]  # kit.train.stage.train_step
-MEMORY_PROBE_DEVICES = {"cuda"}  # where running out of memory raises an error (a CPU's OS kills the process)
 
 
 def fit_batch_size(try_step: Callable[[int], None], batch_size: int, minimum: int = 1) -> int:
@@ -52,8 +51,10 @@ def fit_batch_size(try_step: Callable[[int], None], batch_size: int, minimum: in
 def probe_batch_size(prepared: PreparedStage, model: nn.Module, step: Step) -> int:
     """The stage's batch size, halved until a training step fits in memory on every rank.
 
-    Each try is a whole step (forward, backward, optimizer state) on a blank batch at learning rate 0;
-    the weights, BatchNorm statistics and optimizer state are put back afterwards.
+    Each try is two whole steps (forward, backward, optimizer) on a blank batch at learning rate 0: the
+    second holds the optimizer state the first made, as every training step does, so a batch that fits
+    here fits in training. The weights, BatchNorm statistics and optimizer state are put back afterwards,
+    and no gradient is left held.
     """
     model.zero_grad(set_to_none=True)  # the previous stage's gradients would count against this one
     saved = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
@@ -61,15 +62,19 @@ def probe_batch_size(prepared: PreparedStage, model: nn.Module, step: Step) -> i
     example = torch.from_numpy(np.array(example)) if isinstance(example, np.ndarray) else example
 
     def try_step(batch_size: int) -> None:
-        # A try that ran out of memory in optimizer.step may leave its state half made.
+        # A try that ran out of memory in optimizer.step may leave its state half made, and one that ran
+        # out in the backward pass, some gradients.
         prepared.optimizer.state.clear()
+        model.zero_grad(set_to_none=True)
         for group in prepared.optimizer.param_groups:
             group["lr"] = 0.0
         blank = torch.zeros((batch_size, *example.shape[1:]), dtype=example.dtype)
-        step(prepared, model, blank, torch.zeros(batch_size, dtype=torch.int64))
+        for _ in range(2):
+            step(prepared, model, blank, torch.zeros(batch_size, dtype=torch.int64))
 
     fitted = distributed.smallest(fit_batch_size(try_step, prepared.batch_size, minimum=2))
     model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)  # the last try's gradients would be held into the first step
     prepared.optimizer.state.clear()  # a new stage's optimizer starts empty
     return fitted
 
@@ -85,7 +90,7 @@ def set_batch_size(
     resumed = state.resume is not None and state.resume["stage_index"] == stage_index
     if resumed:
         batch_size = state.resume.get("batch_size", configured)
-    elif device().type in MEMORY_PROBE_DEVICES:
+    elif gpu_paths(device()):  # a GPU raises when out of memory; a CPU's OS would kill the process
         batch_size = probe_batch_size(prepared, state.model, step)
     else:
         batch_size = configured

@@ -23,7 +23,7 @@ from kit import distributed, metrics, models
 from kit.config import Config, Stage
 from kit.data.folds import load_folds
 from kit.data.labels import LabelTable
-from kit.device import batched_inference, device
+from kit.device import batched_inference, device, gpu_paths, place
 from kit.files import atomic_path, read_json, save_array, write_json
 from kit.predict.inference import ensemble_probabilities, prediction_weights
 from kit.train import batch_size, schedule
@@ -108,7 +108,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
         optimizer.load_state_dict(state.resume["optimizer"])
         epoch = state.resume["epoch"]
     prepared.train_module = distributed.wrap(module)  # DDP over the layer groups this stage trains
-    if config.train.compile and compute.type == "cuda" and prepared.images_are_raw:
+    if config.train.compile and gpu_paths(compute) and prepared.images_are_raw:
         prepared.train_module = torch.compile(prepared.train_module)
 
     # Schedule: per iteration, in fractional epochs; the report draws the same object from base_rates.
@@ -241,9 +241,7 @@ def train_fold(
         state.snapshots_taken, first_stage = state.resume["snapshots_taken"], state.resume["stage_index"]
         if distributed.is_main():
             tqdm.write(f"fold {fold}: resuming stage {first_stage} after epoch {state.resume['epoch']}")
-    model.to(device())
-    if torch.cuda.is_available():
-        model.to(memory_format=torch.channels_last)
+    place(model)  # on the compute device, channels_last on the GPU paths
     for stage_index in range(first_stage, len(config.stages)):
         run_stage(config, stage_index, state)
     images, _ = training_images(config, labels, config.stage_image_size(config.stages[-1]))

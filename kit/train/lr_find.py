@@ -19,7 +19,7 @@ from kit import models
 from kit.config import Config
 from kit.data.folds import load_folds
 from kit.data.labels import LabelTable
-from kit.device import device
+from kit.device import place
 from kit.files import write_json
 from kit.train import schedule
 from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step
@@ -59,7 +59,7 @@ def lr_find(
     """Range test on fold 0's training rows at stage `stage_index`; writes lr-find-stage<N>.json."""
     folds = load_folds(config, labels)
     torch.manual_seed(config.train.seed)  # the same head and batches every time: a repeatable suggestion
-    model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained).to(device())
+    model = place(models.create_model(config.train.model, len(labels.classes), config.train.pretrained))
     meta = models.weights_meta(config, labels.classes)
     if weights is not None:  # e.g. after the frozen stages of a run, to pick the LR for unfreezing
         models.load_weights(model, weights, meta)

@@ -21,16 +21,18 @@ from kit.data import augment
 from kit.data.images import image_cache
 from kit.data.labels import LabelTable
 from kit.data.loader import BatchDataset, make_loader, worker_count
-from kit.device import autocast, device, to_input
+from kit.device import autocast, device, gpu_paths, to_input
 from kit.paths import interim_dir, require_download
 from kit.train.features import body_features_cached
 
 
 def make_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer:
-    fused = torch.cuda.is_available()  # one kernel for all parameters instead of one per tensor
+    """AdamW fused on the GPU paths (one kernel for all parameters instead of several per tensor); elsewhere,
+    and for SGD, torch's default (foreach on a GPU: a few kernels over lists of tensors)."""
     if config.train.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=config.train.weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=config.train.weight_decay, fused=fused or None)
+    fused = gpu_paths(device()) or None  # None: torch chooses
+    return torch.optim.AdamW(groups, weight_decay=config.train.weight_decay, fused=fused)
 
 
 @dataclass
@@ -124,12 +126,14 @@ def train_step(
 ) -> torch.Tensor:
     """One optimizer step; returns the loss as a device tensor (no host sync)."""
     compute = device()
+    prepared.optimizer.zero_grad(
+        set_to_none=True
+    )  # first: the last step's gradients freed before the forward
     targets = targets.to(compute, non_blocking=True)
     if prepared.images_are_raw:
         inputs = to_input(inputs, model.pretrained_cfg["mean"], model.pretrained_cfg["std"], compute)
     with autocast(compute):
         loss = functional.cross_entropy(prepared.train_module(inputs.to(compute)), targets)
-    prepared.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     prepared.optimizer.step()
     return loss.detach()
