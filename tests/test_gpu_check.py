@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tomllib
 
+import tomllib
 from conftest import REPO
 
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
