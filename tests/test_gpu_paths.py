@@ -86,7 +86,8 @@ def test_normal_cpu_runs_stay_off_the_gpu_paths(monkeypatch):
     monkeypatch.delenv(device.GPU_PATHS_ON_CPU, raising=False)
     compute = torch.device("cpu")
     assert not device.gpu_paths(compute)
-    assert not torch.is_autocast_enabled("cpu") and not device.autocast(compute)._enabled
+    with device.autocast(compute):
+        assert torch.ones(2, 2).mm(torch.ones(2, 2)).dtype == torch.float32
     assert device.memory_format(compute) == torch.contiguous_format
     _, prepared = tiny_stage()
     assert not prepared.optimizer.defaults["fused"]
