@@ -4,7 +4,9 @@ the user what happened (progress bars and one-line notices aside).
 
 Commands that need no model (list, folds, runs, ledger, config, new, download) import no torch, timm,
 albumentations or matplotlib: the modules that do are imported by the commands that use them, at the
-start of those commands (kit.train, kit.predict.inference, kit.predict.ensemble, kit.report.report).
+start of those commands (kit.train, kit.predict.inference, kit.predict.ensemble, kit.report.report),
+each import marked `# heavy`. scikit-learn (through kit.data.folds and kit.metrics) costs about a
+second of start-up too, so `--help`, list, runs, ledger and config do without it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,11 @@ from kit.config import (
     resolve_name,
     value_sources,
 )
-from kit.data.folds import load_folds
 from kit.data.labels import LabelTable, load_labels, load_test, parse_csv
 from kit.files import DOWNLOAD_MARKER, filling_folder, git_commit, read_json, utc_stamp, write_json
 from kit.hooks import load_hooks
 from kit.kaggle import client as kaggle
 from kit.kaggle import scaffold
-from kit.predict import submission
 from kit.report.runs_table import runs_table
 from kit.run_folder import find_run, finished_runs, list_runs, new_run_dir, run_config, run_summary
 
@@ -63,6 +63,8 @@ def download(config: Config) -> None:
 
 
 def folds(config: Config) -> None:
+    from kit.data.folds import load_folds  # heavy (scikit-learn)
+
     labels = load_labels(config)
     assigned = load_folds(config, labels)
     table = pd.crosstab(
@@ -96,8 +98,8 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
     Under torchrun rank 0 makes the folder and prints.
     """
     from kit import distributed  # heavy (torch): only commands that train pay for it
-    from kit.device import device_name
-    from kit.train import loop
+    from kit.device import device_name  # heavy (torch)
+    from kit.train import loop  # heavy (torch, timm, albumentations)
 
     loop.fold_numbers_of(config, fold)  # a bad --fold is refused before a run folder is made
     distributed.setup()
@@ -129,7 +131,7 @@ def resume(config: Config, run: str | None) -> Path:
     It restarts from the last completed epoch.
     """
     from kit import distributed  # heavy (torch): only commands that train pay for it
-    from kit.train import loop
+    from kit.train import loop  # heavy (torch, timm, albumentations)
 
     distributed.setup()
     plan = None
@@ -174,7 +176,7 @@ def _lr_find(config: Config, labels: LabelTable, stage: int, run_dir: Path, weig
 
 def find_learning_rate(config: Config, stage: int, run: str | None = None) -> dict:
     """The LR finder at a stage; with `run`, starting from that run's fold-0 weights, and writing there."""
-    from kit.device import device_name
+    from kit.device import device_name  # heavy (torch)
 
     if not 0 <= stage < len(config.stages):
         raise click.ClickException(f"--stage {stage}: {config.path} has stages 0..{len(config.stages) - 1}")
@@ -209,6 +211,8 @@ def submission_file(config: Config, run_dir: Path, summary: dict, remake: bool) 
 
 
 def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -> Path:
+    from kit.predict import submission  # heavy (scikit-learn, through kit.metrics)
+
     probabilities = run_dir / "test-probabilities.npy"
     if not probabilities.exists():
         raise click.ClickException(f'{probabilities} is missing: blend again with `make ensemble RUNS="..."`')
@@ -234,6 +238,8 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     Nothing is uploaded unless the file passes submission.check; the ledger row is written only once the
     upload (or local score, or dry run) has succeeded.
     """
+    from kit.predict import submission  # heavy (scikit-learn, through kit.metrics)
+
     hooks = load_hooks(config)
     if config.competition.submission == "notebook" and "score" not in hooks:
         raise click.ClickException(
