@@ -17,6 +17,7 @@ from conftest import fold_state
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from kit.report.report import lr_schedule
 from kit.train import batch_size as memory
 from kit.train import loop, schedule, stage
 
@@ -179,3 +180,54 @@ def test_the_probed_batch_trains_under_a_byte_limit(digits, tmp_path):
         for _ in range(2):  # steady state: what the probe's try measured
             assert torch.isfinite(stage.train_step(data, state.model, inputs, targets))
     assert list(dict.fromkeys(tried)) == [64, 32, 16, 8] and tried[-2:] == [8, 8]  # two steps for a fit
+
+
+def test_the_report_draws_the_rates_the_optimizer_saw_under_a_halved_batch(
+    digits, tmp_path, fake_gpu, monkeypatch
+):
+    """Two stages, both named "train", each halved to 16 images per step (64 -> 16: rates x1/4; 32 -> 16:
+    x1/2), with discriminative rates and SGDR restarts: every rate each parameter group had at each
+    optimizer step is the report's LR curve (kit.report.report.lr_schedule) at that step's position."""
+    config = digits(
+        "stages=[{cycle_len=0.125, lr=[1e-3, 2e-3, 4e-3]},"
+        " {n_cycles=2, cycle_len=0.0625, cycle_mult=2.0, batch_size=32, lr=[4e-4, 1e-3, 3e-3]}]"
+    )
+    seen = []  # per stage: the optimizer's rates at each training step (the batch-size probe's left out)
+    probing = [False]
+    step_with_memory = loop.train_step  # fake_gpu's: fails above 16 images
+
+    def recording_step(prepared, model, inputs, targets):
+        loss = step_with_memory(prepared, model, inputs, targets)
+        if not probing[0]:
+            seen[-1].append([group["lr"] for group in prepared.optimizer.param_groups])
+        return loss
+
+    set_batch_size = memory.set_batch_size
+
+    def set_then_record(*arguments):
+        probing[0] = True
+        set_batch_size(*arguments)
+        probing[0] = False
+        seen.append([])
+
+    monkeypatch.setattr(memory, "set_batch_size", set_then_record)
+    monkeypatch.setattr(loop, "train_step", recording_step)
+    state = fold_state(config, tmp_path)
+    for stage_index in range(len(config.stages)):
+        loop.run_stage(config, stage_index, state, progress=False)
+
+    steps_per_epoch = int(np.ceil(len(state.train_rows) / 16))
+    epochs, rates, starts = lr_schedule(config, state.history, points_per_epoch=steps_per_epoch)
+    assert [record["batch_size"] for record in state.history] == [16, 16]
+    assert [len(steps) for steps in seen] == [
+        round(config.stage_epochs(recipe) * steps_per_epoch) for recipe in config.stages
+    ]
+    for (offset, _), steps, factor, recipe in zip(starts, seen, (1 / 4, 1 / 2), config.stages, strict=True):
+        assert steps[0] == pytest.approx([rate * factor for rate in recipe.lr])  # SGDR starts at the peak
+        for index, optimizer_rates in enumerate(steps):
+            (where,) = np.flatnonzero(np.isclose(epochs, offset + index / steps_per_epoch, atol=1e-9))
+            assert rates[where] == pytest.approx(optimizer_rates, rel=1e-9)
+    # The second stage restarts once: its rates fall over a cycle, then jump back to the (scaled) peak.
+    head = [step_rates[-1] for step_rates in seen[1]]
+    restarts = [index for index in range(1, len(head)) if head[index] > head[index - 1]]
+    assert len(restarts) == 1 and head[restarts[0]] > 0.9 * 3e-3 / 2  # near the peak: steps are discrete

@@ -84,12 +84,17 @@ def most_confused_pairs(confusion: np.ndarray, count: int = CONFUSED_PAIRS) -> l
 
 def trained_base_rates(config: Config, history: list[dict]) -> list[list[float]]:
     """Each stage's peak rates per layer group as the loop used them (recorded per epoch: scaled after a
-    halved batch or with several processes); the configured rates where the history has no record."""
+    halved batch or with several processes); the configured rates where the history has no record.
+
+    Records name their stage by index (older runs' records by name only, which two stages may share)."""
     recorded = {}
     for record in history:
         if "base_rates" in record:
-            recorded.setdefault(record["stage"], record["base_rates"])
-    return [recorded.get(stage.name, config.stage_learning_rates(stage)) for stage in config.stages]
+            recorded.setdefault(record.get("stage_index", record["stage"]), record["base_rates"])
+    return [
+        recorded.get(index, recorded.get(stage.name, config.stage_learning_rates(stage)))
+        for index, stage in enumerate(config.stages)
+    ]
 
 
 def lr_schedule(

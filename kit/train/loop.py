@@ -166,6 +166,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
         )  # the epoch's last steps show only here
         record = {
             "stage": stage.name,
+            "stage_index": stage_index,  # names need not be unique (two stages may both be "train")
             "epoch": epoch,
             "step": step,
             "image_size": image_size,
