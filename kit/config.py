@@ -217,6 +217,14 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+# Keys that moved to another section: older TOMLs and run folders name them where they were.
+MOVED = {
+    "train.tta": "predict.tta",
+    "train.snapshot_ensemble": "predict.snapshot_ensemble",
+    "train.predict_weights": "predict.weights",
+}
+
+
 def _build(cls: type, table: Any, where: str, file: Path) -> Any:
     """Make a frozen dataclass from a TOML table, refusing unknown keys and wrong types."""
     if not isinstance(table, dict):
@@ -225,6 +233,11 @@ def _build(cls: type, table: Any, where: str, file: Path) -> Any:
     allowed = [item.name for item in dataclasses.fields(cls)]
     values = {}
     for key, value in table.items():
+        if f"{where}.{key}" in MOVED:
+            section, name = MOVED[f"{where}.{key}"].split(".")
+            raise ConfigError(
+                f"{file}: '{where}.{key}' has moved: write it as {name} = ... under [{section}]"
+            )
         if key not in allowed:
             raise ConfigError(f"{file}: unknown key '{where}.{key}'; allowed keys: {', '.join(allowed)}")
         if not _matches(value, hints[key]):

@@ -105,6 +105,20 @@ def test_unknown_key_names_file_key_and_allowed_keys(project):
     assert "allowed keys" in message and "epochs" in message and "batch_size" in message
 
 
+@pytest.mark.parametrize(
+    "line, moved, fix",
+    [
+        ("tta = 2", "train.tta", "tta = ... under [predict]"),
+        ("predict_weights = 'last'", "train.predict_weights", "weights = ..."),
+    ],
+)
+def test_a_key_that_moved_to_predict_says_where_it_went(project, line, moved, fix):
+    path = write_competition(project, "moved", BASIC.replace("epochs = 3", f"epochs = 3\n{line}"))
+    message = config_error("moved")
+    assert str(path) in message and f"'{moved}' has moved" in message and fix in message
+    assert "has moved: write it as snapshot_ensemble" in config_error("digits", ["train.snapshot_ensemble=2"])
+
+
 def test_unknown_section_and_top_level_keys_are_refused(project):
     path = write_competition(project, "section", BASIC + "\n[trian]\nepochs = 2\n")
     message = config_error("section")
