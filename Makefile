@@ -17,7 +17,7 @@ KIT := $(BIN)/kit
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint list download folds train lr-find predict submit ledger new clean-runs
+.PHONY: help install demo test test-fast lint list download folds train resume lr-find predict submit ledger new
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,11 +43,17 @@ demo: $(STAMP) ## Offline end to end on the embedded digits competition: downloa
 test: $(STAMP) ## Run the test suite (CPU, tiny data, offline)
 	$(BIN)/pytest tests
 
+test-fast: $(STAMP) ## Run the tests that train no model for long (skips those marked slow)
+	$(BIN)/pytest tests -m "not slow"
+
 lint: $(STAMP) ## Check style with ruff
 	$(BIN)/ruff check kit tests scripts competitions
 
 list: $(STAMP) ## List competitions and their status
 	$(KIT) list
+
+config: $(STAMP) ## Print COMP's resolved config: every key, its value and its source (default, toml, SET=)
+	$(KIT) config $(COMP) $(foreach s,$(SET),--set $(s))
 
 download: $(STAMP) ## Download COMP's files into data/raw/COMP (once)
 	$(KIT) download $(COMP)
@@ -78,7 +84,7 @@ submit: $(STAMP) ## Train and predict if needed, check, then upload COMP's submi
 notebook: $(STAMP) ## Code competitions: push a Kaggle notebook predicting with RUN (default: newest); SUBMIT=1 submits (MSG=)
 	$(KIT) notebook $(COMP) $(if $(RUN),--run $(RUN)) $(if $(filter 0,$(GPU)),--no-gpu) $(if $(SUBMIT),--submit -m "$(MSG)") $(foreach s,$(SET),--set $(s))
 
-.PHONY: report runs ensemble
+.PHONY: report runs ensemble config
 report: $(STAMP) ## Write COMP's HTML report for RUN (default: newest) into its run folder
 	$(KIT) report $(COMP) $(RUN)
 

@@ -62,9 +62,10 @@ def merge_kaggle_scores(
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Copy Kaggle's status and scores onto the uploaded ledger rows they belong to (pure).
 
-    `remote` is kit.kaggle.list_submissions' output, newest first. Each Kaggle submission claims the newest
-    unclaimed uploaded row of `competition` whose message is its description, else whose file is its file
-    name. Returns the updated ledger and the Kaggle submissions no row claims (made outside the kit).
+    `remote` is kit.kaggle.client.list_submissions' output, newest first. Each Kaggle submission claims
+    the newest unclaimed uploaded row of `competition` whose message is its description, else whose file
+    is its file name. Returns the updated ledger and the Kaggle submissions no row claims (made outside
+    the kit).
     """
     ledger = ledger.copy()
     unclaimed = [

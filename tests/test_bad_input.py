@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import TINY
+from conftest import TINY, invoke
 from kaggle_standin import KaggleStandIn, image_bytes, kaggle_env, make_zip
 
-from kit.cli import main
 from kit.config import load_competition
 
 # TINY with a one-step stage and no TTA views: a whole training run takes a few seconds on a loaded CPU.
@@ -31,10 +29,6 @@ TRAIN_CSV_ROW = 2  # the first data row of a CSV is row 2: row 1 is the header
 
 def sets(values) -> list[str]:
     return [item for value in values for item in ("--set", value)]
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(main, [str(argument) for argument in arguments])
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ import sys
 from contextlib import contextmanager
 
 import numpy as np
+import pytest
 import torch
 from conftest import TINY
 from torch.utils.data import RandomSampler
@@ -26,6 +27,7 @@ from kit.distributed import ShardSampler
 RECIPE = "stages=[{name='head', freeze_to=-1, precompute=true, augment=false, lr=1e-2}, {name='all'}]"
 
 
+@pytest.mark.slow
 def test_two_processes_train_write_once_and_report_the_same_metric(digits, project):
     digits()  # downloads the data into the temporary project
     command = [

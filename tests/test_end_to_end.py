@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from click.testing import CliRunner
-from conftest import TINY
-
-from kit.cli import main
+import pytest
+from conftest import TINY, invoke
 
 
-def invoke(*arguments):
-    result = CliRunner().invoke(main, [str(a) for a in arguments])
-    return result
-
-
+@pytest.mark.slow
 def test_download_train_predict_submit(project):
     sets = [item for value in TINY for item in ("--set", value)]
     assert invoke("download", "digits").exit_code == 0

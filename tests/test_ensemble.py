@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from conftest import invoke
 
 from kit import commands
-from kit.cli import main
 from kit.data.labels import load_labels
 from kit.predict import calibrate, ensemble
 
@@ -114,10 +113,7 @@ def test_common_rows_are_those_every_run_predicted():
     assert ensemble.common_rows([first, second]).tolist() == [False, False, True, True, False]
 
 
-def invoke(*arguments):
-    return CliRunner().invoke(main, [str(a) for a in arguments])
-
-
+@pytest.mark.slow
 def test_ensemble_of_two_digits_runs_beats_the_better_one_on_oof(digits, project):
     # Log loss as the metric, so calibration is fitted and applied end to end; fold 0 of 10 keeps it quick.
     settings = ("competition.metric=log_loss", "train.folds=10", "train.lr=1e-2", "predict.tta=0")
@@ -151,6 +147,16 @@ def test_ensemble_of_two_digits_runs_beats_the_better_one_on_oof(digits, project
     result = invoke("submit", "digits", "--run", blend_dir.name, "-m", "blend")
     assert result.exit_code == 0 and "local leaderboard" in result.output, result.output
     assert blend_dir.name in invoke("runs", "digits").output
+
+    # An ensemble has no weights to predict with: a deleted CSV is rebuilt from its blended test
+    # probabilities, then submitted (this once ended in a traceback).
+    (project / "submissions" / name).unlink()
+    result = invoke("submit", "digits", "--run", blend_dir.name, "-m", "blend again")
+    assert result.exit_code == 0 and "local leaderboard" in result.output, result.output
+    rebuilt = json.loads((blend_dir / "submission.json").read_text())["file"]
+    pd.testing.assert_frame_equal(pd.read_csv(project / "submissions" / rebuilt, dtype=str), frame)
+    ledger = pd.read_csv(project / "submissions" / "ledger.csv", dtype=str)
+    assert ledger["message"].str.startswith("blend again |").sum() == 1
 
 
 def fake_run(project, name: str, oof: np.ndarray, classes: list[str]):
@@ -186,6 +192,7 @@ def test_runs_that_cannot_be_blended_are_refused_in_one_line(digits, project):
         )
 
 
+@pytest.mark.slow
 def test_kept_variants_of_one_run_blend_like_runs(digits, project):
     # Two snapshots, each kept with its plain view and one TTA view: four blendable variants of one run.
     config = digits(

@@ -10,11 +10,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import tiny_recipe
+from conftest import invoke, tiny_recipe
 from kaggle_standin import STANDIN_KEY, KaggleStandIn, image_bytes, kaggle_env, make_zip
 
-from kit.cli import main
 from kit.config import load_competition, resolve_name
 from kit.predict import submission
 
@@ -23,10 +21,6 @@ CATS_SLUG = "dogs-vs-cats-redux-kernels-edition"
 BREEDS = {"pug": (200, 60, 60), "beagle": (60, 200, 60), "collie": (60, 60, 200)}
 # The recipe's three stages, each cut to a cycle or two, and fewer TTA views: seconds on a CPU.
 TINY_RECIPE = tiny_recipe((1, 1, 2), tta=1)
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(main, [str(a) for a in arguments])
 
 
 def succeeds(*arguments):
@@ -119,6 +113,7 @@ def test_names_slugs_and_prefixes_resolve(project):
     assert "ambiguous" in refused("download", "do") and "dog-breeds" in refused("download", "do")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "query, name, slug, bundle, columns",
     [

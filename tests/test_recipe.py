@@ -30,6 +30,7 @@ def snapshot(model):
 FROZEN = ["stages.0.freeze_to=-1"]
 
 
+@pytest.mark.slow
 def test_frozen_groups_keep_their_weights_bit_for_bit(digits, tmp_path):
     config = digits(*FROZEN, "stages.0.cycle_len=0.3")
     state = fold_state(config, tmp_path)
@@ -74,6 +75,7 @@ def test_precomputed_features_give_the_full_models_logits(digits, tmp_path):
     assert len(list(interim_dir(config.name).glob("features-test-*.npy"))) == 2
 
 
+@pytest.mark.slow
 def test_snapshot_count_equals_number_of_cycles(digits, tmp_path):
     config = digits(
         "stages.0.n_cycles=3", "stages.0.cycle_len=0.25", "stages.0.cycle_mult=2", "stages.0.snapshots=true"
@@ -107,6 +109,7 @@ def test_tta_with_zero_views_equals_the_plain_prediction(digits, tmp_path):
     np.testing.assert_allclose(augmented.sum(1), 1, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_progressive_resizing_changes_the_input_size(digits, tmp_path, monkeypatch):
     config = digits("stages.0.cycle_len=0.2")
     bigger = digits("stages.0.cycle_len=0.2", "stages.0.image_size=48")
@@ -120,6 +123,7 @@ def test_progressive_resizing_changes_the_input_size(digits, tmp_path, monkeypat
     assert bigger.stage_batch_size(bigger.stages[0]) < config.stage_batch_size(config.stages[0])
 
 
+@pytest.mark.slow
 def test_lr_finder_restores_weights_and_suggests_a_rate_that_trains(digits, project):
     config = digits(*FROZEN, "stages.0.precompute=true", "stages.0.augment=false")
     run_dir = new_run_dir(config, config.train.model)
@@ -166,6 +170,7 @@ def test_bad_recipes_are_refused_with_one_clear_error(digits, override, message)
     assert message in error.value.message and "\n" not in error.value.message
 
 
+@pytest.mark.slow
 def test_every_snapshot_and_view_is_kept_for_later_ensembles(digits, project):
     from kit import commands
 

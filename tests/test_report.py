@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from click.testing import CliRunner
+import pytest
+from conftest import invoke
 from PIL import Image
 
 from kit import commands
-from kit.cli import main
 from kit.config import config_from_dict
 from kit.data.folds import load_folds
 from kit.data.labels import load_labels
@@ -92,6 +92,7 @@ def test_lr_finder_plot_and_image_sizes(tmp_path):
     assert widths.tolist() == [30, 31, 640] and heights.tolist() == [20, 20, 480]
 
 
+@pytest.mark.slow
 def test_report_of_a_digits_run_shows_a_planted_mislabel(digits, project):
     # Plant a mislabel in the test's own copy of the raw data: a clear "0" that train.csv calls "1".
     table_path = project / "data" / "raw" / "digits" / "train.csv"
@@ -117,7 +118,7 @@ def test_report_of_a_digits_run_shows_a_planted_mislabel(digits, project):
     oof = np.load(run_dir / "oof.npy")
     assert planted in report.most_wrong(oof, labels.targets, report.GRID_IMAGES).tolist()
 
-    result = CliRunner().invoke(main, ["report", "digits"])
+    result = invoke("report", "digits")
     assert result.exit_code == 0, result.output
     page = (run_dir / "report.html").read_text()
     assert result.output.strip().endswith("report.html")
@@ -137,7 +138,7 @@ def test_report_of_a_digits_run_shows_a_planted_mislabel(digits, project):
     assert labels.ids[planted] in most_wrong_section
     assert "Calibration" in page and "OOF log loss before" in page
 
-    result = CliRunner().invoke(main, ["runs", "digits"])
+    result = invoke("runs", "digits")
     assert result.exit_code == 0 and run_dir.name in result.output
 
 

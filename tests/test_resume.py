@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import TINY
 
 # Three 1-epoch SGDR cycles with snapshots, on augmented images: every kind of state a resume must restore.
@@ -40,6 +41,7 @@ def comparable(run_dir):
     return summary["cv"], history, np.load(run_dir / "oof.npy")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(digits, project):
     digits()  # downloads the data into the temporary project
     kit(project, "train", "digits")
@@ -79,6 +81,7 @@ def test_killed_run_resumes_to_the_same_result(digits, project):
     ]
 
 
+@pytest.mark.slow
 def test_same_seed_same_oof_probabilities(digits, project):
     from kit import commands
 

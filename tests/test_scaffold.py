@@ -1,4 +1,4 @@
-"""Forking: kit.scaffold's inference on the common layouts, and `kit new` end to end."""
+"""Forking: kit.kaggle.scaffold's inference on the common layouts, and `kit new` end to end."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import click
 import pandas as pd
 import pytest
 import tomllib
-from click.testing import CliRunner
-from conftest import tiny_recipe
+from conftest import invoke, tiny_recipe
 from kaggle_standin import KaggleStandIn, image_bytes, kaggle_env, make_zip
 
-from kit.cli import main
 from kit.config import config_from_dict, load_competition
 from kit.data import labels as data
 from kit.kaggle import scaffold
@@ -21,10 +19,6 @@ from kit.kaggle import scaffold
 SEEDLINGS_SLUG = "plant-seedlings-classification"
 SPECIES = {"Black-grass": (40, 40, 40), "Charlock": (240, 220, 40), "Common wheat": (40, 160, 60)}
 TINY_RECIPE = tiny_recipe((1, 1, 1), tta=0)
-
-
-def invoke(*arguments):
-    return CliRunner().invoke(main, [str(a) for a in arguments])
 
 
 def write_files(root: Path, files: dict) -> Path:
