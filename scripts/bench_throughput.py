@@ -316,13 +316,13 @@ def main(
         ("train (d) ImageFolder + Pillow DataLoader", folder_rate, "img/s", f"b/d = {kit / folder_rate:.2f}"),
         ("inference ceiling: synthetic batches on the device", inference, "img/s", ""),
         (
-            "inference: kit.predict.inference from the cache",
+            "inference: kit.predict from the cache",
             rates["inference"],
             "img/s",
             f"/ ceiling = {rates['inference'] / inference:.2f}",
         ),
         (
-            f"TTA: kit.predict.inference, plain + {tta} views",
+            f"TTA: kit.predict, plain + {tta} views",
             rates["tta"],
             "views/s",
             f"/ ceiling = {rates['tta'] / inference:.2f}",
