@@ -37,7 +37,7 @@ from kit.data.labels import LabelTable, load_labels, load_test, parse_csv
 from kit.files import DOWNLOAD_MARKER, filling_folder, git_commit, read_json, utc_stamp, write_json
 from kit.hooks import load_hooks
 from kit.kaggle import client as kaggle
-from kit.kaggle import scaffold
+from kit.kaggle import kernels, scaffold
 from kit.report.runs_table import runs_table
 from kit.run_folder import find_run, finished_runs, list_runs, new_run_dir, run_config, run_summary
 
@@ -310,8 +310,8 @@ def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, me
     """A code competition, in one command: package the run as a private Kaggle dataset, write and push the
     notebook that predicts with it (internet off), follow it to the end, fetch its outputs, and with
     `submit`, make the code submission and record it in the ledger as `kit submit` does."""
-    from kit.kaggle import kernels, package
-    from kit.kaggle import notebook as notebook_writer
+    from kit.kaggle import notebook as notebook_writer  # heavy (nbformat; torch through package)
+    from kit.kaggle import package  # heavy (torch, timm: kit.predict.inference)
 
     if not config.competition.kaggle:
         raise click.ClickException(
@@ -460,9 +460,7 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
     metric = metric or scaffold.default_metric(layout.submission["format"])
     code_competition = None
     if slug:
-        from kit.kaggle.kernels import is_code_competition
-
-        code_competition = is_code_competition(slug)
+        code_competition = kernels.is_code_competition(slug)
     kind = "notebook" if code_competition else "csv"
     text = scaffold.render(name, slug or "", layout, metric, kind)
     config_from_dict(tomllib.loads(text), target)  # what is written must load: check first

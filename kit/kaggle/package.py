@@ -33,8 +33,11 @@ import click
 
 from kit import paths
 from kit.config import Config
-from kit.data.labels import load_labels
+from kit.data.labels import load_labels, parse_csv
 from kit.files import atomic_path, git_commit, read_json, write_json
+from kit.predict import calibrate, submission
+from kit.predict.inference import predict_run, run_weights
+from kit.run_folder import run_config
 
 MANIFEST = "kit-package.json"
 DATASET_METADATA = "dataset-metadata.json"  # the official client's metadata file for a dataset folder
@@ -110,11 +113,8 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
     `config` is the competition as the command loaded it (its slug); the run's own config.json is what is
     packaged. The calibration is fitted (once) and recorded here when the run has none yet.
     """
-    from kit.predict import calibrate
-    from kit.run_folder import run_config
-
     trained = run_config(run_dir)
-    weights = _run_weights(trained, run_dir, summary)
+    weights = run_weights(trained, run_dir, summary)
     missing = [path for path in weights if not path.is_file()]
     if missing:
         raise click.ClickException(
@@ -174,12 +174,6 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
     if size > cap * MEGABYTE:
         raise click.ClickException(_too_large(config, run_dir, size, len(weights)))
     return Package(folder, manifest, size)
-
-
-def _run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
-    from kit.predict.inference import run_weights  # heavy (torch): only `kit notebook` pays for it
-
-    return run_weights(config, run_dir, summary)
 
 
 def _too_large(config: Config, run_dir: Path, size: int, weight_count: int) -> str:
@@ -265,11 +259,6 @@ def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: s
     """What the notebook runs: the packaged run predicts the competition's test folder as `kit predict`
     does (the packaged calibration, never refitted), and `<work_root>/submission.csv` is written (clipped
     as `kit submit` uploads it) and checked against the competition's sample submission."""
-    from kit.data.labels import parse_csv
-    from kit.predict import submission
-    from kit.predict.inference import predict_run  # heavy (torch, timm)
-    from kit.run_folder import run_config
-
     data = Path(data_root)
     package = find_package(data, dataset_id)
     root, run_dir = unpack(package, find_competition(data, slug), Path(scratch))
@@ -292,9 +281,6 @@ def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: s
 
 def check_submission(config: Config, path: Path, classes: list[str]) -> None:
     """A submission file checked against the competition's sample (kit.predict.submission.check)."""
-    from kit.data.labels import parse_csv
-    from kit.predict import submission
-
     label = config.submission.format == "label"
     frame = parse_csv(path, "predict again", dtype=str if label else {config.submission.id_column: str})
     submission.check(config, frame, submission.read_sample(config), str(path), classes)
