@@ -34,11 +34,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the kit (once; again when pyproject.toml changes)
 
-demo: $(STAMP) ## Offline end to end on the embedded digits competition: download, train, predict, score
-	$(KIT) download digits
-	$(KIT) train digits
-	$(KIT) predict digits
-	$(KIT) submit digits -m "make demo"
+demo: $(STAMP) ## Offline end to end on an embedded demo (COMP=digits, digits-tags, digits-value, digits-grade): download, train, predict, score
+	$(KIT) download $(COMP)
+	$(KIT) train $(COMP)
+	$(KIT) predict $(COMP)
+	$(KIT) submit $(COMP) -m "make demo"
 
 test: $(STAMP) ## Run the test suite (CPU, tiny data, offline)
 	$(BIN)/pytest tests

@@ -22,7 +22,7 @@ import pandas as pd
 import tomllib
 
 from kit import ledger as submission_ledger
-from kit import paths
+from kit import paths, tasks
 from kit.config import (
     Config,
     MetricName,
@@ -67,9 +67,10 @@ def folds(config: Config) -> None:
 
     labels = load_labels(config)
     assigned = load_folds(config, labels)
-    table = pd.crosstab(
-        pd.Series([labels.classes[t] for t in labels.targets], name="class"), pd.Series(assigned, name="fold")
-    )
+    groups = pd.DataFrame(
+        {"class": labels.task.fold_groups(labels.targets, labels.classes), "fold": assigned}
+    ).explode("class")
+    table = pd.crosstab(groups["class"], groups["fold"])
     click.echo(table.to_string())
 
 
@@ -217,8 +218,11 @@ def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -
     if not probabilities.exists():
         raise click.ClickException(f'{probabilities} is missing: blend again with `make ensemble RUNS="..."`')
     test, sample = load_test(config), submission.read_sample(config)
-    frame = submission.build(config, test.ids, np.load(probabilities), summary["classes"], sample)
-    path = submission.write(config, frame, sample, summary["metric"], summary["cv"], summary["classes"])
+    task = tasks.from_record(summary.get("task"))
+    frame = submission.build(
+        config, test.ids, np.load(probabilities), summary["classes"], sample, task, summary.get("decisions")
+    )
+    path = submission.write(config, frame, sample, summary["metric"], summary["cv"], summary["classes"], task)
     write_json(run_dir / "submission.json", {**read_json(run_dir / "submission.json"), "file": path.name})
     return path
 
@@ -265,7 +269,9 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
         dtype=str if config.submission.format == "label" else {config.submission.id_column: str},
     )
     sample = submission.read_sample(config)
-    submission.check(config, frame, sample, str(path), summary["classes"])
+    submission.check(
+        config, frame, sample, str(path), summary["classes"], tasks.from_record(summary.get("task"))
+    )
     frame = submission.clip(config, frame)
     row = _ledger_row(config, run_dir, summary, path.name, message)
     text = row["message"]

@@ -21,7 +21,15 @@ from kit import paths
 
 # The names kit.metrics.METRICS registers (a test keeps the two equal); here, so that loading a config
 # needs no scikit-learn.
-MetricName = Literal["accuracy", "log_loss", "f1_micro"]
+MetricName = Literal["accuracy", "log_loss", "f1_micro", "f2_samples", "rmse", "qwk"]
+TaskName = Literal["single_label", "multi_label", "regression", "ordinal"]  # kit.tasks.TASKS
+# Which metrics fit which task; the first is the task's default metric.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "single_label": ("log_loss", "accuracy", "f1_micro"),
+    "multi_label": ("f2_samples",),
+    "regression": ("rmse",),
+    "ordinal": ("qwk",),
+}
 LabelSource = Literal["csv", "filenames", "folders"]
 SubmissionFormat = Literal["probabilities", "binary", "label"]
 AugmentPreset = Literal["side_on", "top_down", "none"]  # kit.data.augment.PRESETS
@@ -40,7 +48,10 @@ class ConfigError(click.ClickException):
 @dataclass(frozen=True)
 class CompetitionSection:
     kaggle: str = ""  # Kaggle slug, e.g. "dog-breed-identification"; empty when hooks.py builds the data
-    # A name in kit.metrics.METRICS; decides the best checkpoint and the submission's file name.
+    # What a label is: one class, space-separated tags, a number, or an integer grade (kit.tasks)
+    task: TaskName = "single_label"
+    # A name in kit.metrics.METRICS fitting the task (TASK_METRICS; unset: the task's first); decides the
+    # best checkpoint, the decisions fitted on OOF and the submission's file name
     metric: MetricName = "log_loss"
     description: str = ""
     # "csv": upload a file (`kit submit`); "notebook": a code competition, where a notebook predicts on
@@ -67,9 +78,9 @@ class DataSection:
 
 @dataclass(frozen=True)
 class SubmissionSection:
-    format: SubmissionFormat = (
-        "probabilities"  # one column per class; "binary": one P(positive); "label": the class
-    )
+    # "probabilities": one column per class; "binary": one P(positive); "label": the class, the tags, the
+    # number or the grade (the only format of tasks other than single_label, and their default)
+    format: SubmissionFormat = "probabilities"
     id_column: str = "id"
     label_column: str = "label"  # the column holding P(positive) or the class, for binary and label formats
     positive_class: str = ""  # for format = "binary": the class whose probability is submitted
@@ -255,6 +266,16 @@ def _build(cls: type, table: Any, where: str, file: Path) -> Any:
 def _validate(config: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     file = config.path
+    task, metric = config.competition.task, config.competition.metric
+    if metric not in TASK_METRICS[task]:
+        raise ConfigError(
+            f"{file}: competition.metric = {metric!r} does not fit task = {task!r}; "
+            f"choose {' or '.join(map(repr, TASK_METRICS[task]))}"
+        )
+    if task != "single_label" and config.submission.format != "label":
+        raise ConfigError(
+            f"{file}: task = {task!r} submits a label column: set submission.format = 'label' (or leave it out)"
+        )
     if config.submission.format == "binary" and not config.submission.positive_class:
         raise ConfigError(f"{file}: submission.format = 'binary' needs 'submission.positive_class'")
     for key in ("image_size", "batch_size", "epochs", "folds"):
@@ -397,6 +418,12 @@ def config_from_dict(raw: dict, path: Path) -> Config:
         if key not in allowed:
             raise ConfigError(f"{path}: unknown section '{key}'; allowed: {', '.join(allowed)}")
     sections = {name: _build(cls, raw.get(name, {}), name, path) for name, cls in SECTIONS.items()}
+    task = sections["competition"].task
+    # Unset keys whose default depends on the task: its first metric, and the label format.
+    if "metric" not in raw.get("competition", {}):
+        sections["competition"] = dataclasses.replace(sections["competition"], metric=TASK_METRICS[task][0])
+    if "format" not in raw.get("submission", {}) and task != "single_label":
+        sections["submission"] = dataclasses.replace(sections["submission"], format="label")
     stage_tables = raw.get("stages") or []
     if not isinstance(stage_tables, list):
         raise ConfigError(f"{path}: 'stages' must be an array of tables: [[stages]]")

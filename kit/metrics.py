@@ -6,12 +6,15 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, fbeta_score, root_mean_squared_error
 from sklearn.metrics import log_loss as sklearn_log_loss
 
 
 class Metric(NamedTuple):
-    score: Callable[[np.ndarray, np.ndarray], float]  # (targets as class indices, probabilities N x C)
+    # (targets, decided predictions) as kit.tasks describes them: class indices and probabilities N x C
+    # (single label), 0/1 tags N x T both (multi-label), values N and N x 1 (regression), grade indices
+    # N and N x 1 (ordinal)
+    score: Callable[[np.ndarray, np.ndarray], float]
     higher_is_better: bool
 
 
@@ -31,10 +34,23 @@ def _log_loss(targets: np.ndarray, probabilities: np.ndarray) -> float:
     return float(sklearn_log_loss(targets, clipped, labels=list(range(probabilities.shape[1]))))
 
 
+def _f2_samples(targets: np.ndarray, decided: np.ndarray) -> float:
+    """Planet's metric: F-beta (beta 2, recall weighs more) per image, averaged over images. An image with
+    no true and no predicted tag scores 1 (nothing to find, nothing wrongly said)."""
+    return float(fbeta_score(targets, decided, beta=2, average="samples", zero_division=1.0))
+
+
+def _quadratic_kappa(targets: np.ndarray, decided: np.ndarray) -> float:
+    return float(cohen_kappa_score(targets, np.rint(decided[:, 0]).astype(np.int64), weights="quadratic"))
+
+
 METRICS: dict[str, Metric] = {
     "accuracy": Metric(lambda t, p: float(accuracy_score(t, p.argmax(1))), True),
     "log_loss": Metric(_log_loss, False),
     "f1_micro": Metric(lambda t, p: float(f1_score(t, p.argmax(1), average="micro")), True),
+    "f2_samples": Metric(_f2_samples, True),
+    "rmse": Metric(lambda t, p: float(root_mean_squared_error(t, p[:, 0])), False),
+    "qwk": Metric(_quadratic_kappa, True),
 }
 
 

@@ -9,13 +9,14 @@ itself to keep a competition's files on another disk.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 import numpy as np
 import pandas as pd
 
+from kit import tasks
 from kit.config import Config
 from kit.paths import raw_dir, require_download
 
@@ -24,8 +25,11 @@ from kit.paths import raw_dir, require_download
 class LabelTable:
     ids: list[str]
     paths: list[Path]
-    targets: np.ndarray  # class index per image, int64
-    classes: list[str]  # sorted class names; index i is class i
+    targets: np.ndarray  # per image, as kit.tasks describes: class index, 0/1 tags, value or grade index
+    classes: list[str]  # sorted class names (tags, grades); index i is class i
+    task: tasks.SingleLabel = field(
+        default_factory=tasks.SingleLabel
+    )  # competition.task, fitted to the labels
 
 
 @dataclass(frozen=True)
@@ -183,9 +187,13 @@ def load_labels(config: Config) -> LabelTable:
         raise click.ClickException(f"{source}: no training images with extension {data.extension!r} found")
     _check_unique(ids, str(source))
     real_paths(paths, raw.resolve(), str(source), rows=data.labels == "csv")
-    classes = sorted(set(labels))
-    index = {name: i for i, name in enumerate(classes)}
-    return LabelTable(ids, paths, np.array([index[label] for label in labels], dtype=np.int64), classes)
+    try:
+        task, targets, classes = tasks.read_labels(config.competition.task, labels)
+    except tasks.LabelError as error:
+        raise click.ClickException(
+            f"{source} {error}; fix that row, or set competition.task in {config.path}"
+        ) from None
+    return LabelTable(ids, paths, targets, classes, task)
 
 
 def _check_extension(config: Config) -> None:

@@ -23,6 +23,7 @@ from kit.paths import interim_dir
 from kit.predict import calibrate, submission
 from kit.predict.tta import tta_views
 from kit.run_folder import run_config
+from kit.tasks import SINGLE_LABEL, SingleLabel
 
 
 def view_probabilities(
@@ -32,13 +33,15 @@ def view_probabilities(
     preset: str = "none",
     tta: int = 0,
     progress: str | None = None,
+    task: SingleLabel = SINGLE_LABEL,
 ) -> np.ndarray:
-    """Softmax probabilities per view (1 + tta views, N, classes; float64): view 0 is the plain image."""
+    """Predictions per view (1 + tta views, N, outputs; float64): view 0 is the plain image. Outputs are
+    the task's (kit.tasks): class or tag probabilities, values."""
     model.eval()
     views = tta_views(preset, tta)
 
     def all_views(batch: torch.Tensor) -> torch.Tensor:
-        return torch.stack([model(view(batch)).float().softmax(1) for view in views])
+        return torch.stack([task.activate(model(view(batch))) for view in views])
 
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     stacked = batched_inference(all_views, images, batch_size, mean, std, join_dim=1, progress=progress)
@@ -54,8 +57,9 @@ def ensemble_probabilities(
     keep: Path | None = None,
     preset: str = "none",
     tta: int = 0,
+    task: SingleLabel = SINGLE_LABEL,
 ) -> np.ndarray:
-    """Average of the probabilities of several saved weights (snapshots, folds) on the same images.
+    """Average of the predictions of several saved weights (snapshots, folds) on the same images.
 
     With `keep` (a path prefix such as fold-0/oof-), each weight file's per-view probabilities are also
     saved as <keep><weights>.npy (views x N x classes, float32): every snapshot and TTA setting stays
@@ -65,7 +69,7 @@ def ensemble_probabilities(
     for path in weight_paths:
         models.load_weights(model, path, meta)
         progress = f"{path.parent.name}/{path.stem} x {1 + tta} views"
-        per_view = view_probabilities(model, images, batch_size, preset, tta, progress=progress)
+        per_view = view_probabilities(model, images, batch_size, preset, tta, progress=progress, task=task)
         if keep is not None:
             save_array(keep.with_name(f"{keep.name}{path.stem}.npy"), per_view.astype(np.float32))
         probabilities = per_view.mean(0)
@@ -117,7 +121,8 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             "a submission must cover "
             f"every id: fix or re-download them (list in {run_dir / 'bad-test-images.json'})"
         )
-    model = place(models.create_model(config.train.model, len(classes), pretrained=False))
+    task = labels.task
+    model = place(models.create_model(config.train.model, task.head_size(classes), pretrained=False))
     meta = models.weights_meta(config, classes)
     weights, fold_probabilities = [], []
     for fold in summary[
@@ -135,6 +140,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
                 keep=fold_dir / "test-",
                 preset=config.augment.preset,
                 tta=config.predict.tta,
+                task=task,
             )
         )
         weights += fold_weights
@@ -144,8 +150,8 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         probabilities = calibrate.apply_calibration(probabilities, fitted["temperature"], fitted["epsilon"])
     save_array(run_dir / "test-probabilities.npy", probabilities)
     sample = submission.read_sample(config)
-    frame = submission.build(config, test.ids, probabilities, classes, sample)
-    path = submission.write(config, frame, sample, summary["metric"], summary["cv"], classes)
+    frame = submission.build(config, test.ids, probabilities, classes, sample, task, summary.get("decisions"))
+    path = submission.write(config, frame, sample, summary["metric"], summary["cv"], classes, task)
     write_json(
         run_dir / "submission.json",
         {"file": path.name, "weights": [str(w.relative_to(run_dir)) for w in weights]},

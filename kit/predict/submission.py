@@ -17,6 +17,7 @@ from kit.config import Config
 from kit.data.labels import read_csv
 from kit.files import atomic_path, utc_stamp
 from kit.metrics import clip_and_renormalise
+from kit.tasks import SINGLE_LABEL, SingleLabel
 
 
 def read_sample(config: Config) -> pd.DataFrame:
@@ -25,9 +26,16 @@ def read_sample(config: Config) -> pd.DataFrame:
 
 
 def build(
-    config: Config, ids: list[str], probabilities: np.ndarray, classes: list[str], sample: pd.DataFrame
+    config: Config,
+    ids: list[str],
+    probabilities: np.ndarray,
+    classes: list[str],
+    sample: pd.DataFrame,
+    task: SingleLabel = SINGLE_LABEL,
+    decisions: dict | None = None,
 ) -> pd.DataFrame:
-    """The submission frame: one probability column per class, P(positive), or the predicted class."""
+    """The submission frame: one probability column per class, P(positive), or the label: the task's
+    decision (the class, the tags over their thresholds, the number, the grade between its cut-points)."""
     id_column, label_column = config.submission.id_column, config.submission.label_column
     if config.submission.format == "probabilities":
         expected = [c for c in sample.columns if c != id_column]
@@ -48,7 +56,7 @@ def build(
             {label_column: probabilities[:, classes.index(config.submission.positive_class)]}
         )
     else:
-        frame = pd.DataFrame({label_column: [classes[i] for i in probabilities.argmax(1)]})
+        frame = pd.DataFrame({label_column: task.submitted_labels(probabilities, decisions or {}, classes)})
     frame.insert(0, id_column, ids)
     return frame
 
@@ -70,7 +78,11 @@ def clip(config: Config, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def problems(
-    config: Config, frame: pd.DataFrame, sample: pd.DataFrame, classes: list[str] | None = None
+    config: Config,
+    frame: pd.DataFrame,
+    sample: pd.DataFrame,
+    classes: list[str] | None = None,
+    task: SingleLabel = SINGLE_LABEL,
 ) -> list[str]:
     """Everything that would make Kaggle refuse (or mis-score) this submission; empty when it is valid."""
     found = []
@@ -100,12 +112,13 @@ def problems(
         empty = (
             values.iloc[:, 0].isna().to_numpy() | (values.iloc[:, 0].astype(str).str.strip() == "").to_numpy()
         )
-        if empty.any():
+        # Multi-label: an image may have no tag over its threshold (an empty cell is a valid answer).
+        if empty.any() and task.name != "multi_label":
             found.append(f"row {int(np.argmax(empty)) + 2} has an empty label")
         elif classes is not None:
-            unknown = set(values.iloc[:, 0].astype(str)) - set(classes)
-            if unknown:
-                found.append(f"unknown labels, e.g. {sorted(unknown)[0]!r}")
+            problem = task.label_problem(values.iloc[:, 0].fillna(""), classes)
+            if problem:
+                found.append(problem)
         return found
     numbers = values.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     if not np.isfinite(numbers).all():
@@ -120,9 +133,14 @@ def problems(
 
 
 def check(
-    config: Config, frame: pd.DataFrame, sample: pd.DataFrame, source: str, classes: list[str] | None = None
+    config: Config,
+    frame: pd.DataFrame,
+    sample: pd.DataFrame,
+    source: str,
+    classes: list[str] | None = None,
+    task: SingleLabel = SINGLE_LABEL,
 ) -> None:
-    found = problems(config, frame, sample, classes)
+    found = problems(config, frame, sample, classes, task)
     if found:
         raise click.ClickException(
             f"{source}: invalid submission: {found[0]}"
@@ -131,10 +149,16 @@ def check(
 
 
 def write(
-    config: Config, frame: pd.DataFrame, sample: pd.DataFrame, metric: str, cv: float, classes: list[str]
+    config: Config,
+    frame: pd.DataFrame,
+    sample: pd.DataFrame,
+    metric: str,
+    cv: float,
+    classes: list[str],
+    task: SingleLabel = SINGLE_LABEL,
 ) -> Path:
     """Check, then write submissions/<name>-<UTC time>-<metric><cv>.csv atomically."""
-    check(config, frame, sample, "prediction", classes)
+    check(config, frame, sample, "prediction", classes, task)
     path = paths.submissions_dir() / f"{config.name}-{utc_stamp()}-{metric}{cv:.4f}.csv"
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)

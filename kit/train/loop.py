@@ -16,7 +16,6 @@ import click
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional
 from tqdm import tqdm
 
 from kit import distributed, metrics, models
@@ -26,6 +25,7 @@ from kit.data.labels import LabelTable
 from kit.device import batched_inference, device, gpu_paths, place
 from kit.files import atomic_path, read_json, save_array, write_json
 from kit.predict.inference import ensemble_probabilities, prediction_weights
+from kit.tasks import SINGLE_LABEL, SingleLabel
 from kit.train import batch_size, schedule
 from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step, training_images
 
@@ -59,8 +59,10 @@ def evaluate(
     targets: np.ndarray,
     batch_size: int,
     model: nn.Module,
+    task: SingleLabel = SINGLE_LABEL,
 ) -> tuple[float, float, np.ndarray]:
-    """Validation loss, metric and probabilities; logits stay on the device until the end (one sync).
+    """Validation loss, metric (at the task's default decisions) and predictions; outputs stay on the
+    device until the end (one sync).
 
     Each rank predicts its shard of the rows; the gathered logits give every rank the same metric.
     """
@@ -68,20 +70,18 @@ def evaluate(
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     logits = batched_inference(module, distributed.shard(inputs), batch_size, mean, std)
     logits_all = distributed.gather_shards(logits, len(targets))
-    loss = functional.cross_entropy(logits_all, torch.from_numpy(targets).to(logits_all.device)).item()
-    probabilities = logits_all.softmax(1).double().cpu().numpy()
-    score = (
-        metrics.score(config.competition.metric, targets, probabilities) if math.isfinite(loss) else math.nan
-    )
-    return loss, score, probabilities
+    loss = task.loss(logits_all, torch.from_numpy(task.encode(targets)).to(logits_all.device)).item()
+    predictions = task.activate(logits_all).double().cpu().numpy()
+    score = task.score(config.competition.metric, targets, predictions) if math.isfinite(loss) else math.nan
+    return loss, score, predictions
 
 
 def check_loss(config: Config, stage: Stage, state: FoldState, epoch: int, kind: str, loss: float) -> None:
-    """Stop the stage on a NaN loss, or one 20x a uniform guess's (ln classes): the LR is too high.
+    """Stop the stage on a NaN loss, or one 20x a chance guess's (ln classes, ...): the LR is too high.
 
     Called before any weights of the epoch are saved, so best.pt stays the last good one.
     """
-    if math.isfinite(loss) and loss < 20 * math.log(max(2, len(state.meta["classes"]))):
+    if math.isfinite(loss) and loss < 20 * state.labels.task.chance_loss(state.meta["classes"]):
         return
     best = state.fold_dir / "best.pt"
     kept = f"last good weights: {best}" if best.exists() else "no good weights were saved"
@@ -159,7 +159,13 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
         distributed.sync_buffers(model)
         check_loss(config, stage, state, epoch, "training", train_loss)
         valid_loss, valid_score, _ = evaluate(
-            config, module, prepared.valid_inputs, prepared.valid_targets, prepared.batch_size * 2, model
+            config,
+            module,
+            prepared.valid_inputs,
+            prepared.valid_targets,
+            prepared.batch_size * 2,
+            model,
+            prepared.task,
         )
         check_loss(
             config, stage, state, epoch, "validation", valid_loss
@@ -224,7 +230,9 @@ def train_fold(
     """
     torch.manual_seed(config.train.seed + fold)
     fold_dir = run_dir / f"fold-{fold}"
-    model = models.create_model(config.train.model, len(labels.classes), config.train.pretrained)
+    model = models.create_model(
+        config.train.model, labels.task.head_size(labels.classes), config.train.pretrained
+    )
     meta = models.weights_meta(config, labels.classes)
     in_fold = folds[rows] == fold
     state = FoldState(model, labels, rows[~in_fold], rows[in_fold], fold_dir, meta, [], fold=fold)
@@ -265,8 +273,11 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
         keep=fold_dir / "oof-",
         preset=config.augment.preset,
         tta=config.predict.tta,
+        task=state.labels.task,
     )
-    score = metrics.score(config.competition.metric, state.labels.targets[state.valid_rows], probabilities)
+    score = state.labels.task.score(
+        config.competition.metric, state.labels.targets[state.valid_rows], probabilities
+    )
     tqdm.write(
         f"fold {state.fold}: {config.competition.metric} {score:.4f} "
         f"({len(weights)} weights, TTA {config.predict.tta})"
@@ -312,7 +323,8 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
     if distributed.is_main():
         write_json(run_dir / "plan.json", {"fold": fold})  # what --resume continues
     rows = usable_rows(config, labels, run_dir)
-    oof = np.full((len(labels.ids), len(labels.classes)), np.nan)
+    task = labels.task
+    oof = np.full((len(labels.ids), task.head_size(labels.classes)), np.nan)
     results = {}
     started = time.time()
     for number in fold_numbers:
@@ -325,10 +337,15 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
         if distributed.is_main():  # after every fold: an interrupted --fold all keeps its progress
             save_array(run_dir / "oof.npy", oof)
     predicted = ~np.isnan(oof[:, 0])
-    cv = metrics.score(config.competition.metric, labels.targets[predicted], oof[predicted])
+    metric, targets = config.competition.metric, labels.targets[predicted]
+    # Decisions (thresholds, cut-points) fitted on OOF; the CV is scored with them, as the submission is.
+    decisions = task.fit_decisions(oof[predicted], targets, metric)
     summary = {
-        "metric": config.competition.metric,
-        "cv": cv,
+        "metric": metric,
+        "cv": task.score(metric, targets, oof[predicted], decisions),
+        "cv_default_decisions": task.score(metric, targets, oof[predicted]),
+        "task": task.describe(),
+        "decisions": decisions,
         "folds_trained": fold_numbers,
         "classes": labels.classes,
         "seconds": round(time.time() - started, 1),

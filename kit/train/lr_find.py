@@ -59,7 +59,11 @@ def lr_find(
     """Range test on fold 0's training rows at stage `stage_index`; writes lr-find-stage<N>.json."""
     folds = load_folds(config, labels)
     torch.manual_seed(config.train.seed)  # the same head and batches every time: a repeatable suggestion
-    model = place(models.create_model(config.train.model, len(labels.classes), config.train.pretrained))
+    model = place(
+        models.create_model(
+            config.train.model, labels.task.head_size(labels.classes), config.train.pretrained
+        )
+    )
     meta = models.weights_meta(config, labels.classes)
     if weights is not None:  # e.g. after the frozen stages of a run, to pick the LR for unfreezing
         models.load_weights(model, weights, meta)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
 
 from kit import distributed, models
@@ -23,6 +22,7 @@ from kit.data.labels import LabelTable
 from kit.data.loader import BatchDataset, make_loader, worker_count
 from kit.device import autocast, device, gpu_paths, to_input
 from kit.paths import interim_dir, require_download
+from kit.tasks import SINGLE_LABEL, SingleLabel
 from kit.train.features import body_features_cached
 
 
@@ -68,6 +68,7 @@ class PreparedStage:
     generator: torch.Generator  # the shuffling order's source, reseeded every epoch
     transform: object | None = None  # the albumentations Compose, reseeded every epoch
     train_module: nn.Module | None = None  # `module` as training steps call it (DDP, compiled); None: module
+    task: SingleLabel = SINGLE_LABEL  # the competition's kind (kit.tasks): its loss
 
     def __post_init__(self):
         if self.train_module is None:
@@ -84,12 +85,13 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> Prepare
     base_rates = config.stage_learning_rates(stage)
     optimizer = make_optimizer(config, models.parameter_groups(model, base_rates))
     generator = torch.Generator()
+    encoded = labels.task.encode(labels.targets)  # what the loss takes, e.g. a standardised number
     if stage.precompute:  # the body is frozen and sees no augmentation: its output never changes
         with distributed.main_first():
             label = f"{config.train.model}-{image_size}px-{len(images)}"
             features = body_features_cached(model, images, label, interim_dir(config.name), batch_size)
         train_set = TensorDataset(
-            torch.from_numpy(features[state.train_rows]), torch.from_numpy(labels.targets[state.train_rows])
+            torch.from_numpy(features[state.train_rows]), torch.from_numpy(encoded[state.train_rows])
         )
         return PreparedStage(
             model.get_classifier(),
@@ -102,9 +104,10 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> Prepare
             batch_size,
             False,
             generator,
+            task=labels.task,
         )
     transform = augment.train_transform(config, image_size) if stage.augment else None
-    train_set = BatchDataset(images, labels.targets, state.train_rows, transform)
+    train_set = BatchDataset(images, encoded, state.train_rows, transform)
     loader = make_loader(train_set, batch_size, True, generator, worker_count(config.train.num_workers))
     return PreparedStage(
         model,
@@ -118,6 +121,7 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> Prepare
         True,
         generator,
         transform,
+        task=labels.task,
     )
 
 
@@ -133,7 +137,7 @@ def train_step(
     if prepared.images_are_raw:
         inputs = to_input(inputs, model.pretrained_cfg["mean"], model.pretrained_cfg["std"], compute)
     with autocast(compute):
-        loss = functional.cross_entropy(prepared.train_module(inputs.to(compute)), targets)
+        loss = prepared.task.loss(prepared.train_module(inputs.to(compute)), targets)
     loss.backward()
     prepared.optimizer.step()
     return loss.detach()
