@@ -53,7 +53,8 @@ class SingleLabel:
     """One class per image: softmax over the classes, cross-entropy, class probabilities submitted."""
 
     name: ClassVar[str] = "single_label"
-    stratify: ClassVar[str] = "classes"  # kit.data.folds: which fold splitter fits these targets
+    stratify: ClassVar[str] = "classes"  # kit.data.folds.SPLITTERS: the fold splitter for these targets
+    blend_loss: ClassVar[str] = "log_loss"  # kit.predict.ensemble.WEIGHT_FITTERS: how blends are weighted
 
     @classmethod
     def read_labels(cls, texts: list[str]) -> tuple[SingleLabel, np.ndarray, list[str]]:
@@ -80,6 +81,11 @@ class SingleLabel:
     def activate(self, outputs):
         """Raw head outputs (tensor) -> predictions (probabilities or values)."""
         return outputs.float().softmax(1)
+
+    def blend_truth(self, targets: np.ndarray) -> np.ndarray:
+        """What blend weights are fitted against (kit.predict.ensemble.WEIGHT_FITTERS[blend_loss]): class
+        indices for log loss; for squared error, a perfect prediction (N x head)."""
+        return targets
 
     def fit_decisions(self, predictions: np.ndarray, targets: np.ndarray, metric: str) -> dict:
         return {}
@@ -118,6 +124,7 @@ class MultiLabel(SingleLabel):
 
     name: ClassVar[str] = "multi_label"
     stratify: ClassVar[str] = "tags"
+    blend_loss: ClassVar[str] = "squared_error"  # the Brier score of the tag probabilities
 
     @classmethod
     def read_labels(cls, texts: list[str]) -> tuple[MultiLabel, np.ndarray, list[str]]:
@@ -131,6 +138,9 @@ class MultiLabel(SingleLabel):
 
     def chance_loss(self, classes: list[str]) -> float:
         return math.log(2)  # BCE of p = 0.5, per tag
+
+    def blend_truth(self, targets: np.ndarray) -> np.ndarray:
+        return targets.astype(np.float64)
 
     def loss(self, outputs, encoded):
         from torch.nn import functional
@@ -179,6 +189,7 @@ class Regression(SingleLabel):
 
     name: ClassVar[str] = "regression"
     stratify: ClassVar[str] = "bins"
+    blend_loss: ClassVar[str] = "squared_error"
     mean: float = 0.0
     std: float = 1.0
 
@@ -195,6 +206,9 @@ class Regression(SingleLabel):
 
     def chance_loss(self, classes: list[str]) -> float:
         return 1.0  # MSE of predicting the mean, on the standardised scale
+
+    def blend_truth(self, targets: np.ndarray) -> np.ndarray:
+        return targets.astype(np.float64)[:, None]
 
     def encode(self, targets: np.ndarray) -> np.ndarray:
         return ((targets.astype(np.float64) - self.mean) / self.std).astype(np.float32)[:, None]

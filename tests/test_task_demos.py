@@ -10,6 +10,11 @@ import pandas as pd
 import pytest
 from conftest import TINY, invoke
 
+PLOTS = {
+    "digits-tags": "tag-thresholds.png",
+    "digits-value": "predicted-vs-true.png",
+    "digits-grade": "confusion.png",
+}
 DEMOS = {
     # name: (label column, metric, the values a submitted label may take)
     "digits-tags": (
@@ -66,3 +71,8 @@ def test_demo_runs_end_to_end(project, name):
     assert f"local leaderboard: {metric}" in result.output and "baseline" in result.output
     ledger = pd.read_csv(project / "submissions" / "ledger.csv", dtype=str)
     assert ledger.loc[0, "file"] == csv.name and np.isfinite(float(ledger.loc[0, "public_score"]))
+
+    # The report draws the kind's own plot: thresholds and F2 per tag, predicted against true, grades.
+    result = invoke("report", name)
+    assert result.exit_code == 0, result.output
+    assert (run_dir / PLOTS[name]).exists() and "Traceback" not in result.output

@@ -13,6 +13,7 @@ import torch
 from kit import metrics, tasks
 from kit.config import ConfigError, config_from_dict
 from kit.data.folds import assign_binned_folds, assign_tag_folds
+from kit.predict.ensemble import fit_weights_squared
 
 
 def test_metrics_match_hand_computed_values():
@@ -132,3 +133,12 @@ def test_config_task_sets_metric_and_format_defaults(tmp_path):
         )
     with pytest.raises(ConfigError, match="'competition.task' = 'multi' is not one of single_label"):
         config_from_dict({"competition": {"task": "multi"}}, path)
+
+
+def test_blend_weights_by_squared_error_recover_a_known_mix():
+    rng = np.random.default_rng(0)
+    first, second = rng.random((200, 3)), rng.random((200, 3))
+    truth = 0.3 * first + 0.7 * second  # the best blend is exactly this one
+    assert fit_weights_squared([first, second], truth) == pytest.approx([0.3, 0.7], abs=1e-4)
+    noise = rng.random((200, 3))
+    assert fit_weights_squared([noise, truth], truth) == pytest.approx([0.0, 1.0], abs=1e-6)

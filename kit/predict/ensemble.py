@@ -22,7 +22,6 @@ import numpy as np
 from scipy.optimize import minimize
 from tqdm import tqdm
 
-from kit import metrics
 from kit.config import Config
 from kit.data.labels import LabelTable, load_test
 from kit.files import read_json, save_array, write_json
@@ -72,6 +71,40 @@ def fit_weights(probabilities: list[np.ndarray], targets: np.ndarray) -> np.ndar
     return candidates[int(np.argmin(losses))]
 
 
+def fit_weights_squared(predictions: list[np.ndarray], truth: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to one that minimise the blend's mean squared error against `truth`
+    (tags 0/1: the Brier score; values and grades: the MSE), for tasks without class probabilities.
+
+    Quadratic and convex in w: SLSQP finds the minimum on the simplex; uniform and one-hot weights are
+    candidates too, so the result never loses to the best single run."""
+    count = len(predictions)
+    stacked = np.stack([p.reshape(len(p), -1) for p in predictions], -1)  # rows x outputs x runs
+    truth = truth.reshape(len(truth), -1)
+
+    def loss(weights: np.ndarray) -> float:
+        return float(np.mean((stacked @ weights - truth) ** 2))
+
+    def gradient(weights: np.ndarray) -> np.ndarray:
+        return 2 * np.einsum("ro,rok->k", stacked @ weights - truth, stacked) / truth.size
+
+    uniform = np.full(count, 1 / count)
+    found = minimize(
+        loss,
+        uniform,
+        jac=gradient,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * count,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones_like(w)}],
+    )
+    fitted = np.clip(found.x, 0, None)
+    candidates = [fitted / fitted.sum() if fitted.sum() > 0 else uniform, uniform, *np.eye(count)]
+    return candidates[int(np.argmin([loss(w) for w in candidates]))]
+
+
+# task.blend_loss -> how blend weights are fitted: (each run's OOF rows, task.blend_truth(targets)) -> weights
+WEIGHT_FITTERS = {"log_loss": fit_weights, "squared_error": fit_weights_squared}
+
+
 class Member(NamedTuple):
     """One blend input: a run, or one kept variant of it (its saved weights, all views or the plain one)."""
 
@@ -98,7 +131,7 @@ def variant_predictions(
     `plain` takes view 0 (no TTA); otherwise the views' mean. Test predictions are averaged over folds.
     """
     summary = read_json(run_dir / "metrics.json")
-    oof, tests = np.full((row_count, len(summary["classes"])), np.nan), []
+    oof, tests = None, []
     for fold in summary["folds_trained"]:
         fold_dir = run_dir / f"fold-{fold}"
         paths = (fold_dir / f"oof-{weights}.npy", fold_dir / f"test-{weights}.npy")
@@ -111,6 +144,7 @@ def variant_predictions(
             )
         per_view = [np.load(path).astype(np.float64) for path in paths]
         oof_views, test_views = (views[:1] if plain else views for views in per_view)
+        oof = np.full((row_count, oof_views.shape[-1]), np.nan) if oof is None else oof
         oof[read_json(fold_dir / "result.json")["valid_rows"]] = oof_views.mean(0)
         tests.append(test_views.mean(0))
     return oof, np.mean(tests, axis=0)
@@ -184,29 +218,32 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
             "no training image was predicted out of fold by every run; "
             "train the runs on shared folds (e.g. --fold all)"
         )
-    targets = labels.targets[rows]
-    weights = fit_weights([oof[rows] for oof in oofs], targets)
-    blended = blend([oof[rows] for oof in oofs], weights)
-    temperature, epsilon, before, after = calibrate.calibrate(blended, targets)
+    targets, task = labels.targets[rows], labels.task
+    member_rows = [oof[rows] for oof in oofs]
+    weights = WEIGHT_FITTERS[task.blend_loss](member_rows, task.blend_truth(targets))
+    blended = blend(member_rows, weights)
+    temperature, epsilon, before, after = 1.0, calibrate.NO_CLIP, None, None
+    if task.blend_loss == "log_loss":  # calibration is defined for class probabilities alone
+        temperature, epsilon, before, after = calibrate.calibrate(blended, targets)
     if metric != "log_loss":  # temperature cannot change a label or an accuracy: leave the blend as it is
         temperature, epsilon = 1.0, calibrate.NO_CLIP
-    blended = calibrate.apply_calibration(blended, temperature, epsilon)
-    cv = metrics.score(metric, targets, blended)
-    single = {
-        m.name: {
-            "log_loss": calibrate.log_loss(m.oof[rows], targets),
-            metric: metrics.score(metric, targets, m.oof[rows]),
-        }
-        for m in members
-    }
-    test_blend = calibrate.apply_calibration(blend(test_predictions(members), weights), temperature, epsilon)
+    blended = calibrate.apply_calibration(blended, temperature, epsilon) if metric == "log_loss" else blended
+    decisions = task.fit_decisions(blended, targets, metric)  # thresholds, cut-points: refitted on the blend
+    cv = task.score(metric, targets, blended, decisions)
+    single = {m.name: {metric: task.score(metric, targets, m.oof[rows], decisions)} for m in members}
+    if task.blend_loss == "log_loss":
+        for member in members:
+            single[member.name]["log_loss"] = calibrate.log_loss(member.oof[rows], targets)
+    test_blend = blend(test_predictions(members), weights)
+    if metric == "log_loss":
+        test_blend = calibrate.apply_calibration(test_blend, temperature, epsilon)
 
     run_dir = new_run_dir(config, "ensemble")
     # config.json makes the folder a run (listed, reportable, submittable): the first run's settings.
     names = [member.name for member in members]
     write_json(run_dir / "config.json", read_json(members[0].run_dir / "config.json"))
     write_json(run_dir / "provenance.json", {**read_json(run_dir / "provenance.json"), "runs": names})
-    full_oof = np.full((len(labels.ids), len(classes)), np.nan)
+    full_oof = np.full((len(labels.ids), blended.shape[1]), np.nan)
     full_oof[rows] = blended
     save_array(run_dir / "oof.npy", full_oof)
     save_array(run_dir / "test-probabilities.npy", test_blend)
@@ -215,7 +252,9 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         "weights": [float(w) for w in weights],
         "rows": int(rows.sum()),
         "single_runs": single,
-        "oof_log_loss": calibrate.log_loss(blend([o[rows] for o in oofs], weights), targets),
+        "oof_log_loss": calibrate.log_loss(blend(member_rows, weights), targets)
+        if before is not None
+        else None,
         "calibration": {
             "temperature": temperature,
             "epsilon": epsilon,
@@ -233,12 +272,14 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
             "classes": classes,
             "seconds": round(time.time() - started, 1),
             "folds": {},
+            "task": task.describe(),
+            "decisions": decisions,
             "ensemble": details,
         },
     )
     test = load_test(config)
     sample = submission.read_sample(config)
-    frame = submission.build(config, test.ids, test_blend, classes, sample)
-    path = submission.write(config, frame, sample, metric, cv, classes)
+    frame = submission.build(config, test.ids, test_blend, classes, sample, task, decisions)
+    path = submission.write(config, frame, sample, metric, cv, classes, task)
     write_json(run_dir / "submission.json", {"file": path.name, "weights": [], "runs": details["runs"]})
     return run_dir

@@ -195,3 +195,31 @@ def shorten(text: str, length: int) -> str:
         return text
     head = (length - 1) // 2
     return text[:head] + "…" + text[len(text) - (length - 1 - head) :]
+
+
+def plot_tag_thresholds(tags: list[str], thresholds: list[float], f2: list[float], path: Path) -> Path:
+    """Multi-label: each tag's decision threshold (fitted on OOF) and its F2 out of fold, side by side."""
+    figure = Figure(figsize=(max(6, 0.5 * len(tags) + 2), 4.5))
+    axes = figure.add_subplot()
+    positions = np.arange(len(tags))
+    axes.bar(positions - 0.2, thresholds, width=0.4, color="C0", label="threshold")
+    axes.bar(positions + 0.2, f2, width=0.4, color="C2", label="F2 (out of fold)")
+    axes.axhline(0.5, color="0.6", linestyle="--", linewidth=1)
+    axes.set_xticks(positions, [shorten(tag, 20) for tag in tags], rotation=45, ha="right")
+    axes.set_ylim(0, 1)
+    axes.set_title("Per-tag threshold and F2")
+    axes.legend()
+    return save(figure, path)
+
+
+def plot_predicted_vs_true(true: np.ndarray, predicted: np.ndarray, path: Path) -> Path:
+    """Regression: each out-of-fold prediction against its true value, with the diagonal y = x."""
+    figure = Figure(figsize=(5.5, 5.5))
+    axes = figure.add_subplot()
+    axes.scatter(true, predicted, s=6, alpha=0.4, color="C0")
+    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    axes.plot([low, high], [low, high], color="C3", linewidth=1, label="y = x")
+    axes.set_xlabel("true")
+    axes.set_ylabel("predicted (out of fold)")
+    axes.legend()
+    return save(figure, path)

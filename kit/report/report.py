@@ -276,13 +276,59 @@ def submission_rows(run_dir: Path) -> pd.DataFrame:
     return entries[["time_utc", "file", "status", "public_score", "message"]]
 
 
+def _image(title: str, path: Path) -> str:
+    return f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_embed(path)}">'
+
+
+def tag_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Path) -> list[str]:
+    """Multi-label: per tag, its images, threshold (fitted on OOF) and F2 out of fold; a plot of both."""
+    from sklearn.metrics import fbeta_score
+
+    rows = _predicted(oof)
+    thresholds = summary.get("decisions", {}).get("thresholds", [0.5] * len(labels.classes))
+    decided = labels.task.decide(oof[rows], summary.get("decisions"))
+    truth = labels.targets[rows]
+    f2 = [
+        float(fbeta_score(truth[:, tag], decided[:, tag], beta=2, zero_division=0.0))
+        for tag in range(len(labels.classes))
+    ]
+    table = pd.DataFrame(
+        {"tag": labels.classes, "images": truth.sum(0).astype(int), "threshold": thresholds, "F2": f2}
+    )
+    path = plots.plot_tag_thresholds(labels.classes, thresholds, f2, run_dir / "tag-thresholds.png")
+    return ["<h2>Per tag (out of fold)</h2>" + _table(table), _image("Per-tag threshold and F2", path)]
+
+
+def value_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Path) -> list[str]:
+    """Regression: predicted against true, out of fold."""
+    rows = _predicted(oof)
+    path = plots.plot_predicted_vs_true(labels.targets[rows], oof[rows, 0], run_dir / "predicted-vs-true.png")
+    return [_image("Predicted against true (out of fold)", path)]
+
+
+def grade_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Path) -> list[str]:
+    """Ordinal: the confusion of grades (cut by the fitted cut-points), out of fold."""
+    rows = _predicted(oof)
+    grades = labels.task.decide(oof[rows], summary.get("decisions"))[:, 0].astype(np.int64)
+    confusion = confusion_counts(labels.targets[rows], grades, len(labels.classes))
+    cuts = ", ".join(f"{cut:.2f}" for cut in summary.get("decisions", {}).get("cuts", []))
+    path = plots.plot_confusion(confusion, labels.classes, run_dir / "confusion.png")
+    return [_image("Confusion of grades (out of fold)", path) + f"<p>cut-points: {cuts or 'rounding'}</p>"]
+
+
+# Sections for the kinds whose predictions are not class probabilities (kit.tasks).
+TASK_SECTIONS = {"multi_label": tag_sections, "regression": value_sections, "ordinal": grade_sections}
+
+
 def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dict) -> Path:
     """runs/<name>/<run>/report.html: config, CV per fold, plots, confusions, calibration, submission."""
     saved = read_json(run_dir / "config.json")
     run_config = saved_run_config(run_dir)
     oof = np.load(run_dir / "oof.npy") if (run_dir / "oof.npy").exists() else None
-    if oof is not None and oof.shape != (len(labels.ids), len(labels.classes)):
+    if oof is not None and oof.shape != (len(labels.ids), labels.task.head_size(labels.classes)):
         oof = None  # the labels changed since the run: its rows no longer line up
+    # Calibration, confusions and image grids read class probabilities; other kinds have their own section.
+    class_oof = oof if labels.task.name == "single_label" else None
     classes, metric = labels.classes, summary["metric"]
     sections = [
         f"<h1>{html.escape(config.name)}: run {html.escape(run_dir.name)}</h1>",
@@ -310,9 +356,13 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         sections.append(
             f"<h2>Ensemble of {len(frame)} runs</h2>"
             + _table(frame)
-            + f"<p>blend OOF log loss {details['oof_log_loss']:.4f} on {details['rows']} rows</p>"
+            + (
+                f"<p>blend OOF log loss {details['oof_log_loss']:.4f} on {details['rows']} rows</p>"
+                if details.get("oof_log_loss") is not None
+                else f"<p>blended on {details['rows']} rows</p>"
+            )
         )
-    if oof is not None:
+    if class_oof is not None:
         rows = _predicted(oof)
         if "ensemble" in summary:
             fitted = summary["ensemble"]["calibration"]
@@ -327,12 +377,14 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             + ("" if metric == "log_loss" else "; not applied: the metric is not log loss")
             + "</p>"
         )
-    for title, path, note in make_plots(config, run_config, run_dir, labels, oof):
+    if oof is not None and labels.task.name in TASK_SECTIONS:
+        sections += TASK_SECTIONS[labels.task.name](labels, summary, oof, run_dir)
+    for title, path, note in make_plots(config, run_config, run_dir, labels, class_oof):
         sections.append(
             f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_embed(path)}">'
             + (f'<p class="note">{html.escape(note)}</p>' if note else "")
         )
-    if oof is not None:
+    if class_oof is not None:
         rows = _predicted(oof)
         confusion = confusion_counts(labels.targets[rows], oof[rows].argmax(1), len(classes))
         pairs = pd.DataFrame(
