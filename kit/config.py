@@ -274,7 +274,8 @@ def _validate(config: Config) -> None:
         )
     if task != "single_label" and config.submission.format != "label":
         raise ConfigError(
-            f"{file}: task = {task!r} submits a label column: set submission.format = 'label' (or leave it out)"
+            f"{file}: task = {task!r} submits a label column: "
+            "set submission.format = 'label' (or leave it out)"
         )
     if config.submission.format == "binary" and not config.submission.positive_class:
         raise ConfigError(f"{file}: submission.format = 'binary' needs 'submission.positive_class'")
