@@ -463,7 +463,7 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
             )
         kaggle.download_competition(slug, target_raw)
     layout = scaffold.inspect(target_raw)
-    metric = metric or scaffold.default_metric(layout.submission["format"])
+    metric = metric or scaffold.default_metric(layout.submission["format"], layout.task)
     code_competition = None
     if slug:
         code_competition = kernels.is_code_competition(slug)

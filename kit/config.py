@@ -70,7 +70,7 @@ class DataSection:
     # For labels = "filenames": a regex with a named group `label`, matched on the file stem (the image's id).
     filename_pattern: str = r"^(?P<label>[^.]+)\.(?P<id>.+)$"
     train_dir: str = "train"
-    test_dir: str = "test"
+    test_dir: str | tuple[str, ...] = "test"  # or several folders, e.g. ["test-jpg", "test-jpg-additional"]
     extension: str = ".jpg"  # image files' extension, with the dot
     sample_submission: str = "sample_submission.csv"
     max_bad_images: int = 10  # unreadable training images skipped (and reported) up to this count
@@ -277,6 +277,8 @@ def _validate(config: Config) -> None:
             f"{file}: task = {task!r} submits a label column: "
             "set submission.format = 'label' (or leave it out)"
         )
+    if config.data.test_dir == ():
+        raise ConfigError(f"{file}: 'data.test_dir' = [] names no folder; give one, or a list of them")
     if config.submission.format == "binary" and not config.submission.positive_class:
         raise ConfigError(f"{file}: submission.format = 'binary' needs 'submission.positive_class'")
     for key in ("image_size", "batch_size", "epochs", "folds"):

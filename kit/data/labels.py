@@ -52,13 +52,15 @@ def _check_ids(ids, where: str) -> list[str]:
     return [_check_id(identifier, where, row) for row, identifier in enumerate(ids, start=2)]  # row 1: header
 
 
-def _inside(config: Config, key: str) -> Path:
-    """The raw-folder path a data.* setting names, refused when it leads outside data/raw/<name>."""
+def _inside(config: Config, key: str, value: str | None = None) -> Path:
+    """The raw-folder path a data.* setting names (or `value`, one of its folders), refused when it leads
+    outside data/raw/<name>."""
     raw = require_download(config.name)
-    path = raw / getattr(config.data, key)
+    value = getattr(config.data, key) if value is None else value
+    path = raw / value
     if not path.resolve().is_relative_to(raw.resolve()):
         raise click.ClickException(
-            f"{config.path}: data.{key} = {getattr(config.data, key)!r} leads outside {raw} "
+            f"{config.path}: data.{key} = {value!r} leads outside {raw} "
             f"(to {path.resolve()}); "
             f"give a path inside it (to keep the files on another disk, link {raw} itself there)"
         )
@@ -217,9 +219,12 @@ def load_test(config: Config) -> TestTable:
     raw = require_download(config.name)
     data = config.data
     _check_extension(config)
-    test_dir = _folder(_inside(config, "test_dir"), config)
+    names = data.test_dir if isinstance(data.test_dir, tuple) else (data.test_dir,)
+    folders = [_folder(_inside(config, "test_dir", name), config) for name in names]
     sample = _inside(config, "sample_submission")
-    if not any(path.suffix.lower() == data.extension.lower() for path in test_dir.iterdir()):
+    for test_dir in folders:
+        if any(path.suffix.lower() == data.extension.lower() for path in test_dir.iterdir()):
+            continue
         raise click.ClickException(
             f"{test_dir}: no test images with extension {data.extension!r}; "
             "check data.test_dir / data.extension "
@@ -235,9 +240,12 @@ def load_test(config: Config) -> TestTable:
             raise click.ClickException(f"{sample}: lists no test ids; download it again")
         ids = _check_ids(ids, str(sample))
         _check_unique(ids, str(sample))
-        paths = [image_path(test_dir, i, data.extension) for i in ids]
+        paths = [image_path(folders[0], i, data.extension) for i in ids]
+        if len(folders) > 1:  # test images split over folders (Planet): each id's image where it is
+            holding = {path.name: folder for folder in reversed(folders) for path in folder.iterdir()}
+            paths = [holding.get(path.name, folders[0]) / path.name for path in paths]
     else:
-        paths = _image_files(test_dir, data.extension)
+        paths = [path for folder in folders for path in _image_files(folder, data.extension)]
         ids = [p.stem for p in paths]
     real_paths(paths, raw.resolve(), str(sample), rows=sample.is_file())
     return TestTable(ids, paths)

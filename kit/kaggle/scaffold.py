@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
+
+from kit.config import TASK_METRICS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 # Column names that usually hold the class, best first; otherwise the column with fewest distinct values.
@@ -23,6 +26,12 @@ LABEL_COLUMN_HINTS = ("label", "labels", "class", "category", "breed", "species"
 FILENAME_SEPARATORS = (".", "_", "-")  # cat.12.jpg, cat_12.jpg, cat-12.jpg
 ID_MATCH_SHARE = 0.9  # share of a CSV column's values that must name training images to be the id column
 DEFAULT_FOLDS = 5
+# What the label column's values say about the task (kit.tasks): tags when this share of them holds a
+# space; grades when they are 3 to ORDINAL_MAX_GRADES consecutive integers; a number to predict when
+# numeric with fractions or at least REGRESSION_MIN_VALUES distinct values. Each guess prints a check: line.
+MULTI_LABEL_SHARE = 0.05
+ORDINAL_MAX_GRADES = 6
+REGRESSION_MIN_VALUES = 20
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 ALREADY_EXISTS = "{target} already exists; choose another NAME or delete it first"
 
@@ -33,8 +42,10 @@ class Layout:
 
     data: dict  # keys of kit.config.DataSection
     submission: dict  # keys of kit.config.SubmissionSection
-    class_counts: dict  # training images per class name
+    class_counts: dict  # training images per class name (per tag, per grade; per value for a regression)
     notes: tuple[str, ...] = ()  # what a person should check
+    task: str = "single_label"  # kit.config.TaskName, from the label column's values
+    test_dirs: tuple[str, ...] = ()  # more test folders than data.test_dir, when the test images are split
 
 
 def _images(folder: Path) -> list[Path]:
@@ -76,8 +87,14 @@ def _class_folders(train_dir: Path) -> dict[str, int]:
     return {p.name: count for p in sorted(train_dir.iterdir()) if p.is_dir() and (count := len(_images(p)))}
 
 
-def _label_csv(raw_dir: Path, train_dir: Path, sample: Path) -> tuple[Path, str, str] | None:
-    """(csv, id column, label column) for a CSV whose id column names the training images, else None."""
+def _label_csv(
+    raw_dir: Path, train_dir: Path, sample: Path, preferred: str | None = None
+) -> tuple[Path, str, str] | None:
+    """(csv, id column, label column) for a CSV whose id column names the training images, else None.
+
+    The label column is the sample submission's value column when the CSV has it (`preferred`:
+    Pawpularity's train.csv also holds twelve 0/1 photo features), else a hinted name, else the column
+    with the fewest distinct values."""
     images = _images(train_dir)
     names = {p.name for p in images} | {p.stem for p in images}
     for path in sorted(raw_dir.glob("*.csv")):
@@ -93,7 +110,8 @@ def _label_csv(raw_dir: Path, train_dir: Path, sample: Path) -> tuple[Path, str,
         others = [c for c in table.columns if c != id_columns[0] and 1 < table[c].nunique() < len(table)]
         if not others:
             continue
-        hinted = [c for hint in LABEL_COLUMN_HINTS for c in others if c.lower() == hint]
+        hinted = [c for c in others if c == preferred]
+        hinted += [c for hint in LABEL_COLUMN_HINTS for c in others if c.lower() == hint]
         label_column = (hinted or sorted(others, key=lambda c: table[c].nunique()))[0]
         return path, id_columns[0], label_column
     return None
@@ -112,25 +130,57 @@ def _filename_labels(train_dir: Path) -> tuple[str, Counter] | None:
     return None
 
 
-def infer_labels(raw_dir: Path, train_dir: Path, sample: Path) -> tuple[dict, dict]:
-    """([data] keys, images per class), trying in turn: class folders, a label CSV, file names."""
+def infer_task(values: pd.Series) -> tuple[str, list[str]]:
+    """(task, check notes) from a label column's values: tags, grades, a number, or classes."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().all():
+        distinct = np.sort(numbers.unique())
+        integers = bool((distinct == np.round(distinct)).all())
+        consecutive = integers and bool((np.diff(distinct) == 1).all())
+        if consecutive and 3 <= len(distinct) <= ORDINAL_MAX_GRADES:
+            grades = f"{distinct[0]:g}-{distinct[-1]:g}"
+            return "ordinal", [
+                f"task = 'ordinal': the labels are the grades {grades}, read as an ordered scale "
+                "(metric qwk); if they are unordered classes, set task = 'single_label' and its metric"
+            ]
+        if not integers or len(distinct) >= REGRESSION_MIN_VALUES:
+            return "regression", [
+                f"task = 'regression': the labels are numbers ({distinct[0]:g} to {distinct[-1]:g}, "
+                f"{len(distinct)} values), metric rmse: compare with the Evaluation page"
+            ]
+        return "single_label", []
+    if values.str.strip().str.contains(r"\s").mean() >= MULTI_LABEL_SHARE:
+        return "multi_label", [
+            "task = 'multi_label': the labels are space-separated tags, metric f2_samples (F2 per image); "
+            "compare with the Evaluation page"
+        ]
+    return "single_label", []
+
+
+def infer_labels(
+    raw_dir: Path, train_dir: Path, sample: Path, preferred: str | None = None
+) -> tuple[dict, dict, str, list[str]]:
+    """([data] keys, images per class (tag, grade, value), task, notes), trying in turn: class folders, a
+    label CSV (whose values tell the task), file names."""
     folders = _class_folders(train_dir)
     if len(folders) >= 2 and not _images(train_dir):
-        return {"labels": "folders"}, folders
-    found = _label_csv(raw_dir, train_dir, sample)
+        return {"labels": "folders"}, folders, "single_label", []
+    found = _label_csv(raw_dir, train_dir, sample, preferred)
     if found:
         path, id_column, label_column = found
-        counts = Counter(pd.read_csv(path, dtype=str, keep_default_na=False)[label_column])
+        values = pd.read_csv(path, dtype=str, keep_default_na=False)[label_column]
+        task, notes = infer_task(values)
+        counts = Counter(values.str.split().explode() if task == "multi_label" else values)
         data = {
             "labels": "csv",
             "labels_csv": path.name,
             "id_column": id_column,
             "label_column": label_column,
         }
-        return data, counts
+        return data, counts, task, notes
     named = _filename_labels(train_dir)
     if named:
-        return {"labels": "filenames", "filename_pattern": named[0]}, named[1]
+        return {"labels": "filenames", "filename_pattern": named[0]}, named[1], "single_label", []
     raise click.ClickException(
         f"{train_dir}: cannot tell where the labels are (no class folders, no CSV naming these images, no "
         "<class>.<n> file names); set data.labels, data.labels_csv and the columns by hand"
@@ -175,27 +225,58 @@ def inspect(raw_dir: Path) -> Layout:
     sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
     suffixes = Counter(Path(name).suffix for _, _, files in os.walk(train_dir) for name in files)
     extension = max((s for s in suffixes if s.lower() in IMAGE_EXTENSIONS), key=lambda s: suffixes[s])
-    data, counts = infer_labels(raw_dir, train_dir, sample_path)
+    preferred = sample.columns[1] if len(sample.columns) == 2 else None
+    data, counts, task, task_notes = infer_labels(raw_dir, train_dir, sample_path, preferred)
+    test_dirs = extra_test_folders(raw_dir, test_dir, set(sample[sample.columns[0]]))
     data.update(
         train_dir=train_dir.relative_to(raw_dir).as_posix(),
-        test_dir=test_dir.relative_to(raw_dir).as_posix(),
+        test_dir=[p.relative_to(raw_dir).as_posix() for p in (test_dir, *test_dirs)]
+        if test_dirs
+        else test_dir.relative_to(raw_dir).as_posix(),
         extension=extension,
         sample_submission=sample_path.name,
     )
-    submission, notes = infer_submission(sample, sorted(counts))
-    test_names = {p.name for p in _images(test_dir)} | {p.stem for p in _images(test_dir)}
+    if task == "single_label":
+        submission, notes = infer_submission(sample, sorted(counts))
+    else:  # tags, a number, a grade: one label column (the sample's), format "label"
+        submission, notes = {"format": "label", "id_column": sample.columns[0]}, []
+        submission["label_column"] = sample.columns[-1]
+    notes = [*task_notes, *notes]
+    test_names = {n for folder in (test_dir, *test_dirs) for p in _images(folder) for n in (p.name, p.stem)}
     missing = [i for i in sample[submission["id_column"]] if i not in test_names]
     if missing:
         notes.append(
             f"{len(missing)} sample submission ids have no image in {test_dir.name}/, e.g. {missing[0]!r}"
         )
-    if min(counts.values()) < DEFAULT_FOLDS:
+    if task != "regression" and min(counts.values()) < DEFAULT_FOLDS:
         notes.append(f"the rarest class has {min(counts.values())} images: train.folds lowered to fit")
-    return Layout(data, submission, dict(counts), tuple(notes))
+    return Layout(data, submission, dict(counts), tuple(notes), task, tuple(test_dirs))
 
 
-def default_metric(submission_format: str) -> str:
-    """Log loss is what probability submissions are almost always scored by; labels by accuracy."""
+def extra_test_folders(raw_dir: Path, test_dir: Path, ids: set[str]) -> list[Path]:
+    """Other test* folders holding images the sample submission lists but `test_dir` lacks (Planet's
+    test-jpg-additional/), largest first; none when test_dir holds them all."""
+
+    def names(folder: Path) -> set[str]:
+        return {n for p in _images(folder) for n in (p.name, p.stem)}
+
+    missing = ids - names(test_dir)
+    found = []
+    candidates = [p for p in [*raw_dir.glob("*"), *raw_dir.glob("*/*")] if p.name.lower().startswith("test")]
+    for folder in sorted(
+        (p for p in candidates if p.is_dir() and p != test_dir), key=_image_count, reverse=True
+    ):
+        if missing and missing & names(folder):
+            found.append(folder)
+            missing -= names(folder)
+    return found
+
+
+def default_metric(submission_format: str, task: str = "single_label") -> str:
+    """The task's first metric (kit.config.TASK_METRICS); single label: log loss is what probability
+    submissions are almost always scored by, labels by accuracy."""
+    if task != "single_label":
+        return TASK_METRICS[task][0]
     return "accuracy" if submission_format == "label" else "log_loss"
 
 
@@ -253,15 +334,24 @@ def render(name: str, slug: str, layout: Layout, metric: str, submission: str = 
     def table(values: dict) -> str:  # a JSON string is a valid TOML string
         return "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
 
+    images = sum(layout.class_counts.values())
+    kinds = {
+        "single_label": f"{images} training images, {len(layout.class_counts)} classes",
+        "multi_label": f"training images with {len(layout.class_counts)} tags",
+        "regression": f"{images} training images, a number each",
+        "ordinal": f"{images} training images, {len(layout.class_counts)} grades",
+    }
     competition = {
         "kaggle": slug,
+        "task": layout.task,
         "metric": metric,
-        "description": (
-            f"{sum(layout.class_counts.values())} training images, {len(layout.class_counts)} classes"
-        ),
+        "description": kinds[layout.task],
         "submission": submission,
     }
-    folds = max(2, min(DEFAULT_FOLDS, min(layout.class_counts.values())))
+    if layout.task == "single_label":
+        del competition["task"]  # the default: a single-label config reads as before
+    rarest = min(layout.class_counts.values())
+    folds = DEFAULT_FOLDS if layout.task == "regression" else max(2, min(DEFAULT_FOLDS, rarest))
     return (
         f"# Written by `kit new {name}` from data/raw/{name}; "
         "check the notes it printed, then edit freely.\n\n"
@@ -318,8 +408,7 @@ def report(layout: Layout, metric: str, target: Path) -> str:
     return "\n".join(
         [
             f"wrote {target}",
-            f"  labels: {source}; {sum(layout.class_counts.values())} images, "
-            f"{len(classes)} classes ({shown})",
+            f"  labels: {source}; task {layout.task}; {len(classes)} distinct ({shown})",
             f"  images: {data['train_dir']}/ and {data['test_dir']}/, *{data['extension']}",
             f"  submission: {data['sample_submission']} -> format {submission['format']}{positive}; "
             f"metric {metric}",
