@@ -63,7 +63,7 @@ def _f2(true: pd.Series, predicted: pd.Series) -> float:
 
 def score(submission: pd.DataFrame, raw_dir: Path) -> dict:
     solution = pd.read_csv(raw_dir / "solution.csv", dtype=str, keep_default_na=False)
-    merged = solution.merge(submission.astype(str), on="id", suffixes=("_true", "_predicted"))
+    merged = solution.merge(submission.fillna("").astype(str), on="id", suffixes=("_true", "_predicted"))
     common = pd.read_csv(raw_dir / "train.csv", dtype=str)["tags"].mode()[0]
     true = merged["tags_true"]
     return {
