@@ -76,3 +76,23 @@ def test_demo_runs_end_to_end(project, name):
     result = invoke("report", name)
     assert result.exit_code == 0, result.output
     assert (run_dir / PLOTS[name]).exists() and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_demo_leaderboards_score_the_answer_key_perfectly_and_the_baselines_poorly(project, name):
+    from kit.config import load_competition
+    from kit.hooks import load_hooks
+
+    assert invoke("download", name).exit_code == 0
+    raw = project / "data" / "raw" / name
+    hooks = load_hooks(load_competition(name))
+    answers = pd.read_csv(raw / "solution.csv", dtype=str, keep_default_na=False)
+    scores = hooks["score"](answers, raw)
+    metric, *baselines = scores
+    assert scores[metric] == (0.0 if metric == "rmse" else pytest.approx(1.0))
+    # A wrong answer for every image scores worse; the trivial baselines are far from perfect.
+    column = DEMOS[name][0]
+    wrong = answers.assign(**{column: {"tags": "", "value": "100", "grade": "4"}[column]})
+    assert hooks["score"](wrong, raw)[metric] != scores[metric]
+    for baseline in baselines:
+        assert (scores[baseline] > 2.0) if metric == "rmse" else (scores[baseline] < 0.8)
