@@ -374,7 +374,7 @@ def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, me
             f"the notebook {pushed.ref} version {pushed.version} wrote no {package.SUBMISSION_FILE}: "
             "nothing was submitted"
         )
-    package.check_submission(config, produced, summary["classes"])
+    package.check_submission(config, produced, summary["classes"], summary.get("task"))
     click.echo(f"notebook {pushed.ref} v{pushed.version} complete; its {package.SUBMISSION_FILE} is valid")
     row = _ledger_row(config, run_dir, summary, f"{pushed.ref}@{pushed.version}", message)
     if not submit:

@@ -4,6 +4,7 @@ in competitions/ train and write a valid submission."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from kaggle_standin import image_bytes
 
 from kit.config import load_competition
 from kit.data import labels as data
-from kit.kaggle import scaffold
+from kit.kaggle import package, scaffold
 
 TAGS = ["agriculture", "clear", "cloudy", "haze", "partly_cloudy", "primary", "road", "water"]
 PAW_FEATURES = ["Subject Focus", "Eyes", "Face", "Near", "Action", "Accessory", "Group", "Collage"]
@@ -147,9 +148,14 @@ def test_kit_new_and_the_shipped_config_train_and_submit(project, name):
         assert len(data.load_test(config).ids) == len(pd.read_csv(next(raw.glob("sample_submission*.csv"))))
         result = invoke("train", competition, *sets)
         assert result.exit_code == 0, result.output
-        result = invoke("submit", competition, "--dry-run", "-m", "stand-in")
+        result = invoke("predict", competition)  # pawpularity and aptos take notebooks: no `kit submit`
         assert result.exit_code == 0, result.output
         (written,) = (project / "submissions").glob(f"{competition}-2*.csv")
         frame = pd.read_csv(written, dtype=str, keep_default_na=False)
         assert list(frame.columns) == [id_column, label_column]
         assert all(valid(value) for value in frame[label_column])
+        # What a Kaggle notebook checks before it submits: the file, for the run's task.
+        (run_dir,) = (project / "runs" / competition).iterdir()
+        summary = json.loads((run_dir / "metrics.json").read_text())
+        package.check_submission(config, written, summary["classes"], summary["task"])
+    assert load_competition(name).competition.submission == ("csv" if name == "planet" else "notebook")

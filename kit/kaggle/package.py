@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import click
 
-from kit import paths
+from kit import paths, tasks
 from kit.config import Config
 from kit.data.labels import load_labels, parse_csv
 from kit.files import atomic_path, git_commit, read_json, write_json
@@ -275,12 +275,14 @@ def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: s
         output.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(output) as temporary:
             frame.to_csv(temporary, index=False)
-        check_submission(config, output, summary["classes"])
+        check_submission(config, output, summary["classes"], summary.get("task"))
     return output
 
 
-def check_submission(config: Config, path: Path, classes: list[str]) -> None:
-    """A submission file checked against the competition's sample (kit.predict.submission.check)."""
+def check_submission(config: Config, path: Path, classes: list[str], task: dict | None = None) -> None:
+    """A submission file checked against the competition's sample (kit.predict.submission.check), for the
+    run's task (metrics.json "task")."""
     label = config.submission.format == "label"
     frame = parse_csv(path, "predict again", dtype=str if label else {config.submission.id_column: str})
-    submission.check(config, frame, submission.read_sample(config), str(path), classes)
+    sample = submission.read_sample(config)
+    submission.check(config, frame, sample, str(path), classes, tasks.from_record(task))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kit import models
+from kit import models, tasks
 from kit.config import Config
 from kit.data.images import image_cache
 from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
@@ -121,7 +121,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             "a submission must cover "
             f"every id: fix or re-download them (list in {run_dir / 'bad-test-images.json'})"
         )
-    task = labels.task
+    task = tasks.from_record(summary.get("task"))  # as trained (the regression's scale included)
     model = place(models.create_model(config.train.model, task.head_size(classes), pretrained=False))
     meta = models.weights_meta(config, classes)
     weights, fold_probabilities = [], []
