@@ -33,7 +33,13 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from kit import metrics
+
+class Metric(typing.Protocol):
+    """A metric as kit.metrics.METRICS holds it (passed in: this module imports no scikit-learn)."""
+
+    score: typing.Callable[[np.ndarray, np.ndarray], float]  # (targets, decided predictions)
+    higher_is_better: bool
+
 
 # Steps tried per threshold or cut-point in one pass of the coordinate search (fitting decisions on OOF).
 SEARCH_STEPS = 41
@@ -87,14 +93,17 @@ class SingleLabel:
         indices for log loss; for squared error, a perfect prediction (N x head)."""
         return targets
 
-    def fit_decisions(self, predictions: np.ndarray, targets: np.ndarray, metric: str) -> dict:
+    def fit_decisions(self, predictions: np.ndarray, targets: np.ndarray, metric: Metric) -> dict:
         return {}
 
     def decide(self, predictions: np.ndarray, decisions: dict | None = None) -> np.ndarray:
         return predictions
 
-    def score(self, metric: str, targets: np.ndarray, predictions: np.ndarray, decisions: dict | None = None):
-        return metrics.score(metric, targets, self.decide(predictions, decisions))
+    def score(
+        self, metric: Metric, targets: np.ndarray, predictions: np.ndarray, decisions: dict | None = None
+    ) -> float:
+        """The metric of the predictions once decided (thresholds, cut-points; defaults when None)."""
+        return metric.score(targets, self.decide(predictions, decisions))
 
     def submitted_labels(self, predictions: np.ndarray, decisions: dict, classes: list[str]) -> list[str]:
         """The submission's label column (format "label")."""
@@ -150,7 +159,7 @@ class MultiLabel(SingleLabel):
     def activate(self, outputs):
         return outputs.float().sigmoid()
 
-    def fit_decisions(self, predictions: np.ndarray, targets: np.ndarray, metric: str) -> dict:
+    def fit_decisions(self, predictions: np.ndarray, targets: np.ndarray, metric: Metric) -> dict:
         """One threshold per tag maximising the metric on OOF: coordinate ascent from 0.5, each tag's
         threshold searched on a grid with the others held, a few passes (Planet's winning recipe)."""
         grid = np.linspace(0.02, 0.98, SEARCH_STEPS)
@@ -264,7 +273,7 @@ class Ordinal(Regression):
         scale = (float(targets.mean()), float(targets.std()) or 1.0)
         return cls(*scale, grade_count=len(grades)), targets, [str(g) for g in grades]
 
-    def fit_decisions(self, predictions: np.ndarray, targets: np.ndarray, metric: str) -> dict:
+    def fit_decisions(self, predictions: np.ndarray, targets: np.ndarray, metric: Metric) -> dict:
         """Cut-points between grades maximising the metric on OOF: coordinate search, each cut on a grid
         between its neighbours, from rounding (cuts at k + 0.5), a few passes. Cuts stay increasing."""
 
@@ -277,7 +286,7 @@ class Ordinal(Regression):
             return self.score(metric, targets, predictions, {"cuts": cuts.tolist()})
 
         start = np.arange(self.grade_count - 1) + 0.5  # rounding to the nearest grade
-        return {"cuts": coordinate_search(start, between_neighbours, score, metric).tolist()}
+        return {"cuts": coordinate_search(start, between_neighbours, score, metric.higher_is_better).tolist()}
 
     def decide(self, predictions: np.ndarray, decisions: dict | None = None) -> np.ndarray:
         """Grade index per row (N x 1): how many cut-points the predicted value passes."""
@@ -303,7 +312,7 @@ def coordinate_search(
     values: np.ndarray,
     candidates: typing.Callable[[np.ndarray, int], np.ndarray],
     score: typing.Callable[[np.ndarray], float],
-    metric: str,
+    higher_is_better: bool,
 ) -> np.ndarray:
     """Improve `values` one coordinate at a time: each is tried at every candidate with the others held,
     for a few passes. Of the candidates that score best, the middle one is kept: a decision in the
@@ -315,10 +324,9 @@ def coordinate_search(
             grid = candidates(values, index)
             trials = [np.concatenate([values[:index], [value], values[index + 1 :]]) for value in grid]
             found = np.array([score(trial) for trial in trials])
-            top = np.flatnonzero(
-                found == (found.max() if metrics.METRICS[metric].higher_is_better else found.min())
-            )
-            if metrics.is_better(metric, float(found[top[0]]), best):
+            top = np.flatnonzero(found == (found.max() if higher_is_better else found.min()))
+            better = found[top[0]] > best if higher_is_better else found[top[0]] < best
+            if better:
                 best, values, improved = float(found[top[0]]), trials[top[len(top) // 2]], True
         if not improved:
             break

@@ -64,10 +64,10 @@ def test_multi_label_thresholds_fitted_on_oof_raise_f2():
     targets = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=np.float32)
     predictions = np.array([[0.3, 0.2], [0.3, 0.9], [0.1, 0.8], [0.1, 0.1]])
     task = tasks.MultiLabel()
-    before = task.score("f2_samples", targets, predictions)
-    decisions = task.fit_decisions(predictions, targets, "f2_samples")
+    before = task.score(metrics.METRICS["f2_samples"], targets, predictions)
+    decisions = task.fit_decisions(predictions, targets, metrics.METRICS["f2_samples"])
     assert 0.1 < decisions["thresholds"][0] <= 0.3
-    assert task.score("f2_samples", targets, predictions, decisions) == pytest.approx(1.0)
+    assert task.score(metrics.METRICS["f2_samples"], targets, predictions, decisions) == pytest.approx(1.0)
     assert before < 0.8
     assert task.submitted_labels(predictions, decisions, ["cloudy", "road"]) == [
         "cloudy",
@@ -84,10 +84,10 @@ def test_ordinal_cut_points_fitted_on_oof_raise_kappa():
     targets = np.array([0, 1, 1, 2, 2])
     predictions = np.array([[0.1], [1.7], [1.6], [2.4], [2.5]])
     assert task.decide(predictions)[:, 0].tolist() == [0, 2, 2, 2, 2]
-    decisions = task.fit_decisions(predictions, targets, "qwk")
+    decisions = task.fit_decisions(predictions, targets, metrics.METRICS["qwk"])
     assert 1.7 < decisions["cuts"][1] <= 2.4 and decisions["cuts"] == sorted(decisions["cuts"])
-    assert task.score("qwk", targets, predictions, decisions) == pytest.approx(1.0)
-    assert task.score("qwk", targets, predictions) < 1.0
+    assert task.score(metrics.METRICS["qwk"], targets, predictions, decisions) == pytest.approx(1.0)
+    assert task.score(metrics.METRICS["qwk"], targets, predictions) < 1.0
     assert task.submitted_labels(predictions, decisions, ["0", "1", "2"]) == ["0", "1", "1", "2", "2"]
     # Without fitted cuts a grade is the nearest one, clipped to the grades that exist.
     assert task.decide(np.array([[-3.0], [7.2]]))[:, 0].tolist() == [0, 2]

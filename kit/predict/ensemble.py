@@ -22,6 +22,7 @@ import numpy as np
 from scipy.optimize import minimize
 from tqdm import tqdm
 
+from kit import metrics
 from kit.config import Config
 from kit.data.labels import LabelTable, load_test
 from kit.files import read_json, save_array, write_json
@@ -228,9 +229,10 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     if metric != "log_loss":  # temperature cannot change a label or an accuracy: leave the blend as it is
         temperature, epsilon = 1.0, calibrate.NO_CLIP
     blended = calibrate.apply_calibration(blended, temperature, epsilon) if metric == "log_loss" else blended
-    decisions = task.fit_decisions(blended, targets, metric)  # thresholds, cut-points: refitted on the blend
-    cv = task.score(metric, targets, blended, decisions)
-    single = {m.name: {metric: task.score(metric, targets, m.oof[rows], decisions)} for m in members}
+    scorer = metrics.METRICS[metric]
+    decisions = task.fit_decisions(blended, targets, scorer)  # thresholds, cut-points: refitted on the blend
+    cv = task.score(scorer, targets, blended, decisions)
+    single = {m.name: {metric: task.score(scorer, targets, m.oof[rows], decisions)} for m in members}
     if task.blend_loss == "log_loss":
         for member in members:
             single[member.name]["log_loss"] = calibrate.log_loss(member.oof[rows], targets)

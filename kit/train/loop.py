@@ -72,7 +72,8 @@ def evaluate(
     logits_all = distributed.gather_shards(logits, len(targets))
     loss = task.loss(logits_all, torch.from_numpy(task.encode(targets)).to(logits_all.device)).item()
     predictions = task.activate(logits_all).double().cpu().numpy()
-    score = task.score(config.competition.metric, targets, predictions) if math.isfinite(loss) else math.nan
+    metric = metrics.METRICS[config.competition.metric]
+    score = task.score(metric, targets, predictions) if math.isfinite(loss) else math.nan
     return loss, score, predictions
 
 
@@ -276,7 +277,7 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
         task=state.labels.task,
     )
     score = state.labels.task.score(
-        config.competition.metric, state.labels.targets[state.valid_rows], probabilities
+        metrics.METRICS[config.competition.metric], state.labels.targets[state.valid_rows], probabilities
     )
     tqdm.write(
         f"fold {state.fold}: {config.competition.metric} {score:.4f} "
@@ -339,11 +340,12 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
     predicted = ~np.isnan(oof[:, 0])
     metric, targets = config.competition.metric, labels.targets[predicted]
     # Decisions (thresholds, cut-points) fitted on OOF; the CV is scored with them, as the submission is.
-    decisions = task.fit_decisions(oof[predicted], targets, metric)
+    scorer = metrics.METRICS[metric]
+    decisions = task.fit_decisions(oof[predicted], targets, scorer)
     summary = {
         "metric": metric,
-        "cv": task.score(metric, targets, oof[predicted], decisions),
-        "cv_default_decisions": task.score(metric, targets, oof[predicted]),
+        "cv": task.score(scorer, targets, oof[predicted], decisions),
+        "cv_default_decisions": task.score(scorer, targets, oof[predicted]),
         "task": task.describe(),
         "decisions": decisions,
         "folds_trained": fold_numbers,
