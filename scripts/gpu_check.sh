@@ -52,6 +52,7 @@ attrs 26.1.0 22.2.0
 jupyter-core 5.9.1 4.12
 traitlets 5.16.1 5.3
 platformdirs 4.14.8 2.5
+iterative-stratification 0.1.9 0.1.7
 "
 # dist  minimum: large packages a GPU image with torch has; missing ones stop the check
 REQUIRED="
@@ -60,7 +61,7 @@ torchvision 0.17
 numpy 1.24.4
 scipy 1.10
 pandas 2.0
-scikit-learn 1.3
+scikit-learn 1.4
 click 8.1
 tqdm 4.60
 matplotlib 3.7
