@@ -39,6 +39,7 @@ ScheduleKind = Literal["sgdr", "one_cycle"]
 PredictWeights = Literal["snapshots", "last", "best"]
 SubmissionKind = Literal["csv", "notebook"]  # notebook: a code competition (`kit notebook --submit`)
 LAYER_GROUPS = 3  # early body, late body, head: the lesson's three learning rates
+DEFAULT_WARMUP = 0.05  # of the first cycle, in stages that train body layers (fastai 0.7: 1/20)
 
 
 class ConfigError(click.ClickException):
@@ -144,6 +145,10 @@ class Stage:
     cycle_mult: float = 1.0  # each cycle is this many times longer than the previous one
     snapshots: bool = False  # save the weights at the end of every cycle
     augment: bool = True  # use the [augment] transforms in this stage
+    # Warm-up: the first `warmup` of the first cycle (a fraction of it) climbs from lr/100 to lr, as fastai 0.7
+    # started each fit at lr/100 for 1/20 of the first cycle. None: 0.05 when body layers train
+    # (freeze_to != -1: unfreezing at full rate throws the validation loss up), 0 for head-only stages.
+    warmup: float | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,13 @@ class Config:
             return stage.batch_size
         scale = (self.train.image_size / self.stage_image_size(stage)) ** 2
         return max(8, min(4 * self.train.batch_size, int(self.train.batch_size * scale) // 8 * 8))
+
+    def stage_warmup(self, stage: Stage) -> float:
+        """The fraction of the stage's first cycle spent warming up (see Stage.warmup)."""
+        if stage.warmup is not None:
+            return stage.warmup
+        head_only = stage.freeze_to % LAYER_GROUPS == LAYER_GROUPS - 1
+        return 0.0 if head_only else DEFAULT_WARMUP
 
     def stage_learning_rates(self, stage: Stage) -> list[float]:
         """One learning rate per layer group (early body, late body, head), for stage_batch_size images."""
@@ -299,6 +311,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{where}: freeze_to = {stage.freeze_to} must be in -3..2 (3 layer groups)")
         if stage.precompute and stage.freeze_to % LAYER_GROUPS != LAYER_GROUPS - 1:
             raise ConfigError(f"{where}: precompute needs a frozen body: set freeze_to = -1")
+        if stage.warmup is not None and not 0 <= stage.warmup < 1:
+            raise ConfigError(f"{where}: warmup = {stage.warmup} must be in [0, 1) (a fraction of the first cycle)")
         if isinstance(stage.lr, tuple) and len(stage.lr) != LAYER_GROUPS:
             raise ConfigError(
                 f"{where}: lr has {len(stage.lr)} values; give one, or {LAYER_GROUPS} (early, late, head)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from kit.config import total_epochs
@@ -104,3 +105,33 @@ def test_suggest_lr_ignores_noise_while_the_average_warms_up():
     losses[1], losses[2] = 2.3, 1.2  # a lucky early batch: a steep drop at 1.2e-7 in the raw losses
     suggestion, _ = suggest_lr(rates, losses)
     assert 1e-4 < suggestion < 1e-1
+
+
+def test_warmup_climbs_linearly_from_a_hundredth_to_the_full_rate():
+    from kit.train.schedule import warmup_factor
+
+    assert warmup_factor(0.0, 0.05) == pytest.approx(0.01)
+    assert warmup_factor(0.025, 0.05) == pytest.approx(0.505)
+    assert warmup_factor(0.05, 0.05) == 1.0 and warmup_factor(3.0, 0.05) == 1.0
+    assert warmup_factor(0.0, 0.0) == 1.0  # no warm-up: the full rate at once
+
+
+def test_unfrozen_stages_warm_up_by_default_and_the_report_draws_it():
+    # Issue 13, defect 5: each SGDR stage restarted at its full rate; unfreezing at full AdamW rate threw
+    # the validation loss up. Body stages now warm up over 1/20 of their first cycle; head stages do not.
+    from kit.config import load_competition
+    from kit.report.report import lr_schedule
+    from kit.train import schedule
+
+    config = load_competition("dog-breeds")
+    head, _, unfrozen = config.stages
+    assert config.stage_warmup(head) == 0 and config.stage_warmup(unfrozen) == pytest.approx(0.05)
+    rates = schedule.for_stage("sgdr", unfrozen, [1e-4, 3e-4, 1e-3], config.stage_warmup(unfrozen))
+    assert rates.rates(0.0) == pytest.approx([1e-6, 3e-6, 1e-5])
+    assert rates.factor(0.05) == pytest.approx(sgdr_lr(0.05, 1.0, 1.0, 2.0))  # warm-up over
+    assert rates.factor(1.0) == pytest.approx(1.0)  # later cycles restart without a warm-up
+    epochs, drawn, starts = lr_schedule(config)
+    unfrozen_start = starts[2][0]
+    first = int(np.argmax(epochs >= unfrozen_start))
+    assert drawn[first, -1] == pytest.approx(1e-3 * 0.01)  # the report's curve shows the warm-up
+    assert drawn[0, -1] == pytest.approx(config.train.lr)  # a head stage starts at its full rate

@@ -113,7 +113,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
         prepared.train_module = torch.compile(prepared.train_module)
 
     # Schedule: per iteration, in fractional epochs; the report draws the same object from base_rates.
-    rates = schedule.for_stage(config.train.schedule, stage, base_rates)
+    rates = schedule.for_stage(config.train.schedule, stage, base_rates, config.stage_warmup(stage))
     steps_per_epoch = len(train_batches)
     total_steps = max(1, round(rates.epochs * steps_per_epoch))
     cycle_end_steps = [round(end * steps_per_epoch) for end in rates.cycle_end_epochs()]

@@ -58,6 +58,16 @@ def one_cycle_lr(
     return sched_cos(lr_max, lr_max / end_divisor, (fraction - warmup) / (1 - warmup))
 
 
+WARMUP_START = 0.01  # warm-up begins at lr/100 (fastai 0.7's CosAnneal)
+
+
+def warmup_factor(epoch: float, warmup_epochs: float, start: float = WARMUP_START) -> float:
+    """The multiple of the scheduled rate during a warm-up of `warmup_epochs`: linear from `start` to 1."""
+    if warmup_epochs <= 0 or epoch >= warmup_epochs:
+        return 1.0
+    return start + (1 - start) * max(0.0, epoch) / warmup_epochs
+
+
 @dataclass(frozen=True)
 class StageSchedule:
     """The learning rate of every layer group at any point of one recipe stage.
@@ -73,6 +83,7 @@ class StageSchedule:
     cycle_len: float  # epochs in the first cycle
     cycle_mult: float
     base_rates: tuple[float, ...]
+    warmup: float = 0.0  # fraction of the first cycle (of the whole stage for one-cycle) warming up
 
     @property
     def epochs(self) -> float:
@@ -83,10 +94,11 @@ class StageSchedule:
         return cycle_ends(self.n_cycles, self.cycle_len, self.cycle_mult)
 
     def factor(self, epoch: float) -> float:
-        """The multiple of the peak rates at `epoch` (0 .. epochs)."""
+        """The multiple of the peak rates at `epoch` (0 .. epochs), warm-up included (SGDR)."""
         if self.kind == "sgdr":
-            return sgdr_lr(epoch, 1.0, self.cycle_len, self.cycle_mult)
-        return one_cycle_lr(epoch / self.epochs, 1.0)
+            warming = warmup_factor(epoch, self.warmup * self.cycle_len)
+            return warming * sgdr_lr(epoch, 1.0, self.cycle_len, self.cycle_mult)
+        return one_cycle_lr(epoch / self.epochs, 1.0)  # one-cycle has its own warm-up
 
     def rates(self, epoch: float) -> list[float]:
         """Each layer group's learning rate at `epoch`."""
@@ -94,9 +106,9 @@ class StageSchedule:
         return [rate * factor for rate in self.base_rates]
 
 
-def for_stage(kind: str, stage: Stage, base_rates: list[float]) -> StageSchedule:
-    """A recipe stage's schedule (kind: train.schedule) at these peak rates."""
-    return StageSchedule(kind, stage.n_cycles, stage.cycle_len, stage.cycle_mult, tuple(base_rates))
+def for_stage(kind: str, stage: Stage, base_rates: list[float], warmup: float) -> StageSchedule:
+    """A recipe stage's schedule (kind: train.schedule) at these peak rates; `warmup`: Config.stage_warmup."""
+    return StageSchedule(kind, stage.n_cycles, stage.cycle_len, stage.cycle_mult, tuple(base_rates), warmup)
 
 
 def lr_find_rates(start: float = 1e-7, end: float = 10.0, steps: int = 100) -> list[float]:
