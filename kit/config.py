@@ -145,8 +145,8 @@ class Stage:
     cycle_mult: float = 1.0  # each cycle is this many times longer than the previous one
     snapshots: bool = False  # save the weights at the end of every cycle
     augment: bool = True  # use the [augment] transforms in this stage
-    # Warm-up: the first `warmup` of the first cycle (a fraction of it) climbs from lr/100 to lr, as fastai 0.7
-    # started each fit at lr/100 for 1/20 of the first cycle. None: 0.05 when body layers train
+    # Warm-up: this fraction of the first cycle climbs from lr/100 to lr (fastai 0.7 started each fit
+    # at lr/100 for 1/20 of the first cycle). None: 0.05 when body layers train
     # (freeze_to != -1: unfreezing at full rate throws the validation loss up), 0 for head-only stages.
     warmup: float | None = None
 
@@ -312,7 +312,7 @@ def _validate(config: Config) -> None:
         if stage.precompute and stage.freeze_to % LAYER_GROUPS != LAYER_GROUPS - 1:
             raise ConfigError(f"{where}: precompute needs a frozen body: set freeze_to = -1")
         if stage.warmup is not None and not 0 <= stage.warmup < 1:
-            raise ConfigError(f"{where}: warmup = {stage.warmup} must be in [0, 1) (a fraction of the first cycle)")
+            raise ConfigError(f"{where}: warmup = {stage.warmup} must be in [0, 1) (of the first cycle)")
         if isinstance(stage.lr, tuple) and len(stage.lr) != LAYER_GROUPS:
             raise ConfigError(
                 f"{where}: lr has {len(stage.lr)} values; give one, or {LAYER_GROUPS} (early, late, head)"

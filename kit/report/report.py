@@ -106,7 +106,8 @@ def lr_schedule(
     """
     epochs, rates, starts, offset = [], [], [], 0.0
     for stage, base_rates in zip(config.stages, trained_base_rates(config, list(history)), strict=True):
-        stage_schedule = schedule.for_stage(config.train.schedule, stage, base_rates, config.stage_warmup(stage))
+        warmup = config.stage_warmup(stage)
+        stage_schedule = schedule.for_stage(config.train.schedule, stage, base_rates, warmup)
         positions = np.arange(0, stage_schedule.epochs, 1 / points_per_epoch)
         epochs.append(positions + offset)
         rates.append(np.array([stage_schedule.rates(position) for position in positions]))
