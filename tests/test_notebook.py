@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import invoke, tiny_recipe
-from kaggle_standin import STANDIN_USERNAME, KaggleStandIn, kaggle_env, make_zip, notebooks
+from kaggle_standin import STANDIN_TOKEN, STANDIN_USERNAME, KaggleStandIn, kaggle_env, make_zip, notebooks
 from test_kaggle_loop import DOG_SLUG, dog_breeds_bundle
 from test_scaffold import SEEDLINGS_SLUG, seedlings_files
 
@@ -294,3 +294,42 @@ def test_the_notebook_predicts_offline_as_kit_predict_does(project, monkeypatch,
         (run_dir / calibrate.CALIBRATION_FILE).read_text()
     )
     assert not (unpacked / "oof.npy").exists()
+
+
+def test_kaggle_refusals_are_one_line(project, monkeypatch, tmp_path):
+    """What Kaggle refuses (a notebook with the internet on, an unknown field, another user's dataset) reaches
+    the user as one line with Kaggle's own words."""
+    import requests
+
+    from kit.kaggle import client, kernels
+    from kit.kaggle.notebook import write_kernel
+
+    kaggle_env(monkeypatch, tmp_path, credentials="token-env")
+    manifest = {"competition": "dog-breeds", "run": "R", "metric": "log_loss", "cv": 0.5, "wheel_commit": "c"}
+    with KaggleStandIn(competitions={DOG_SLUG: None}, notebook_only={DOG_SLUG}) as stand_in:
+        api = client.authenticated_api()
+        assert kernels.username(api) == STANDIN_USERNAME
+        folder = tmp_path / "kernel"
+        write_kernel(folder, manifest, STANDIN_USERNAME, DATASET, DOG_SLUG, gpu=True)
+        metadata = json.loads((folder / "kernel-metadata.json").read_text())
+        (folder / "kernel-metadata.json").write_text(json.dumps({**metadata, "enable_internet": True}))
+        with pytest.raises(click.ClickException, match=f"did not attach {DATASET}"):
+            kernels.push_kernel(api, folder)  # the dataset does not exist yet: Kaggle cannot attach it
+        state = notebooks(stand_in)
+        (version,) = state.kernels[KERNEL]
+        assert version.request["enableGpu"] is True and version.request["enableInternet"] is True
+        state.running_polls, state.outputs = 0, {"submission.csv": b"id\n"}
+        pushed = kernels.Pushed(KERNEL, 1, "")
+        assert kernels.wait_for_kernel(api, pushed, 0.01, 60) == kernels.Finished("complete", "")
+        with pytest.raises(click.ClickException) as refused:
+            kernels.submit_code(api, DOG_SLUG, pushed, "submission.csv", "m")
+        assert "Notebooks with internet access enabled cannot be submitted" in refused.value.message
+        assert "\n" not in refused.value.message and state.code_submissions == []
+        assert kernels.dataset_exists(api, "someone-else/kit-data") is False
+        answer = requests.post(
+            f"{stand_in.url}/api/v1/kernels.KernelsApiService/GetKernelSessionStatus",
+            json={"userName": STANDIN_USERNAME, "kernelSlug": "kit-dog-breeds-predict", "versionNumber": 1},
+            headers={"Authorization": f"Bearer {STANDIN_TOKEN}"},
+            timeout=10,
+        )
+        assert answer.status_code == 400 and "versionNumber" in answer.json()["message"]

@@ -87,7 +87,10 @@ def is_code_competition(slug: str) -> bool | None:
     """True when the competition takes notebook submissions only (GetCompetition); None when unknown."""
     from kagglesdk.competitions.types.competition_api_service import ApiGetCompetitionRequest
 
-    api = client.authenticated_api()
+    try:
+        api = client.authenticated_api()
+    except click.ClickException:  # no credentials: `kit new --from-raw` works offline
+        return None
     request = ApiGetCompetitionRequest()
     request.competition_name = slug
     try:

@@ -165,10 +165,10 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
         "wheel_commit": git_commit(),
     }
     write_json(folder / MANIFEST, manifest)
-    owner, slug = dataset_id.split("/")
+    slug = dataset_id.split("/")[1]
     write_json(
         folder / DATASET_METADATA,
-        {"id": dataset_id, "title": slug, "licenses": [{"name": "CC0-1.0"}], "subtitle": ""},
+        {"id": dataset_id, "title": slug, "licenses": [{"name": "CC0-1.0"}]},
     )
     size = sum(path.stat().st_size for path in folder.iterdir() if path.name != DATASET_METADATA)
     if size > cap * MEGABYTE:
