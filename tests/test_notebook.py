@@ -333,3 +333,30 @@ def test_kaggle_refusals_are_one_line(project, monkeypatch, tmp_path):
             timeout=10,
         )
         assert answer.status_code == 400 and "versionNumber" in answer.json()["message"]
+
+
+def test_calibration_is_fitted_once_and_recorded(tmp_path):
+    """Fitted on oof.npy and recorded with its fingerprint; read back while oof.npy is unchanged, refitted
+    when it changed; without oof.npy (a packaged run) the record is used and never refitted."""
+    from types import SimpleNamespace
+
+    from kit.predict import calibrate
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 3, 60)
+    confident = np.full((60, 3), 0.02)
+    confident[np.arange(60), targets] = 0.96
+    confident[:6] = confident[:6, ::-1]  # a few confident mistakes: a temperature above 1 pays
+    labels = SimpleNamespace(classes=["a", "b", "c"], targets=targets)
+    np.save(tmp_path / "oof.npy", confident)
+    fitted = calibrate.run_calibration(tmp_path, labels, ["a", "b", "c"])
+    assert fitted["temperature"] > 1 and fitted["oof_after"] < fitted["oof_before"]
+    assert calibrate.run_calibration(tmp_path, None, ["a", "b", "c"]) == fitted  # recorded: no labels needed
+    np.save(tmp_path / "oof.npy", np.full((60, 3), 1 / 3))
+    assert calibrate.run_calibration(tmp_path, labels, ["a", "b", "c"])["temperature"] == 1.0
+    (tmp_path / "oof.npy").unlink()
+    recorded = json.loads((tmp_path / "calibration.json").read_text())
+    assert calibrate.run_calibration(tmp_path, None, ["a", "b", "c"]) == recorded
+    (tmp_path / "calibration.json").unlink()
+    with pytest.raises(click.ClickException, match="no oof.npy to calibrate on"):
+        calibrate.run_calibration(tmp_path, None, ["a", "b", "c"])
