@@ -1,6 +1,8 @@
 # kit: every command a user runs. `make` alone lists them.
 COMP ?= digits
 FOLD ?= 0
+FILE ?=
+TOP ?= 10
 RUN ?=
 RUNS ?=
 MSG ?=
@@ -17,10 +19,10 @@ KIT := $(BIN)/kit
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint list download folds train resume lr-find predict submit ledger new
+.PHONY: help install demo test test-fast lint list config download files leaderboard folds train resume lr-find predict submit ledger new
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  (COMP=name picks the competition, e.g. make train COMP=dog-breed; default COMP=$(COMP))"
 
 # The venv is made once and re-installed only when pyproject.toml changes. torch is pinned here because
@@ -55,8 +57,14 @@ list: $(STAMP) ## List competitions and their status
 config: $(STAMP) ## Print COMP's resolved config: every key, its value and its source (default, toml, SET=)
 	$(KIT) config $(COMP) $(foreach s,$(SET),--set $(s))
 
-download: $(STAMP) ## Download COMP's files into data/raw/COMP (once)
-	$(KIT) download $(COMP)
+download: $(STAMP) ## Download COMP's files into data/raw/COMP (once; resumes; FILE=name for one file)
+	$(KIT) download $(COMP) $(if $(FILE),--file $(FILE))
+
+files: $(STAMP) ## List COMP's files on Kaggle and their sizes
+	$(KIT) files $(COMP)
+
+leaderboard: $(STAMP) ## Top TOP=10 of COMP's public leaderboard and your team's rank
+	$(KIT) leaderboard $(COMP) --top $(TOP)
 
 folds: $(STAMP) ## Make and show COMP's cross-validation folds
 	$(KIT) folds $(COMP)

@@ -43,9 +43,33 @@ def list_command() -> None:
 
 @main.command()
 @COMPETITION
-def download(competition: str) -> None:
-    """Fetch the competition's files into data/raw/<name> (once)."""
-    commands.download(load_competition(competition))
+@click.option(
+    "--file",
+    "file",
+    default=None,
+    metavar="NAME",
+    help="Only this file of the competition (see `kit files`).",
+)
+def download(competition: str, file: str | None) -> None:
+    """Fetch the competition's files into data/raw/<name> (once), resuming an interrupted download."""
+    commands.download(load_competition(competition), file)
+
+
+@main.command()
+@COMPETITION
+def files(competition: str) -> None:
+    """List the competition's files on Kaggle and their sizes."""
+    commands.files(load_competition(competition))
+
+
+@main.command()
+@COMPETITION
+@click.option(
+    "--top", default=10, show_default=True, help="How many of the public leaderboard's first rows to show."
+)
+def leaderboard(competition: str, top: int) -> None:
+    """The top of the public leaderboard and your team's position."""
+    commands.leaderboard(load_competition(competition), top)
 
 
 @main.command()

@@ -37,15 +37,32 @@ from kit.data.labels import LabelTable, load_labels, load_test, parse_csv
 from kit.files import DOWNLOAD_MARKER, filling_folder, git_commit, read_json, utc_stamp, write_json
 from kit.hooks import load_hooks
 from kit.kaggle import client as kaggle
+from kit.kaggle import download as kaggle_download
 from kit.kaggle import kernels, scaffold
 from kit.report.runs_table import runs_table
 from kit.run_folder import find_run, finished_runs, list_runs, new_run_dir, run_config, run_summary
 
 
-def download(config: Config) -> None:
-    """Fill data/raw/<name> (once): from hooks.download when the competition has one, else from Kaggle."""
+def _notice(line: str) -> None:
+    """One-line warnings and retry notices from the Kaggle calls, on stderr beside the progress bars."""
+    click.echo(line, err=True)
+
+
+def download(config: Config, file: str | None = None) -> None:
+    """Fill data/raw/<name> (once): from hooks.download when the competition has one, else from Kaggle.
+
+    With `file`, only that file of the Kaggle competition (as `kit files` lists it).
+    """
     target = paths.raw_dir(config.name)
     hooks = load_hooks(config)
+    if file is not None:
+        if "download" in hooks or not config.competition.kaggle:
+            raise click.ClickException(
+                f"--file: {config.name} is not a Kaggle download (set competition.kaggle)"
+            )
+        path = kaggle_download.download_file(config.competition.kaggle, file, target, _notice)
+        click.echo(f"{config.name}: {file} in data/raw/{config.name}/{path.relative_to(target).as_posix()}")
+        return
     if "download" in hooks:
         fetched = not (target / DOWNLOAD_MARKER).exists()
         if fetched:
@@ -56,10 +73,40 @@ def download(config: Config) -> None:
             f"{config.path}: set competition.kaggle (the Kaggle slug) or add a download hook"
         )
     else:
-        fetched = kaggle.download_competition(config.competition.kaggle, target)
+        fetched = kaggle_download.download_competition(config.competition.kaggle, target, _notice)
     click.echo(
         f"{config.name}: {'downloaded' if fetched else 'already downloaded'} in data/raw/{config.name}"
     )
+
+
+def _kaggle_slug(config: Config) -> str:
+    if not config.competition.kaggle:
+        raise click.ClickException(
+            f"{config.path}: set competition.kaggle (the Kaggle slug) to ask Kaggle about it"
+        )
+    return config.competition.kaggle
+
+
+def files(config: Config) -> None:
+    """`kit files`: the competition's files on Kaggle and their sizes."""
+    listed = kaggle.list_files(_kaggle_slug(config), _notice)
+    width = max((len(item.name) for item in listed), default=4)
+    for item in listed:
+        click.echo(f"{item.name:<{width}}  {kaggle_download.human_size(item.size):>10}")
+    total = sum(item.size for item in listed)
+    click.echo(f"{len(listed)} files, {kaggle_download.human_size(total)}")
+
+
+def leaderboard(config: Config, top: int) -> None:
+    """`kit leaderboard`: the top of the public leaderboard and your team's position."""
+    standing = kaggle.leaderboard(_kaggle_slug(config), top, _notice)
+    click.echo(f"{'rank':>5}  {'score':>12}  {'date':<10}  team")
+    for row in standing.top:
+        click.echo(f"{row['rank']:>5}  {row['score']:>12}  {row['date']:<10}  {row['team']}")
+    if standing.your_rank is None:
+        click.echo("your team: no public score yet")
+    else:
+        click.echo(f"your team: rank {standing.your_rank} of {standing.teams}")
 
 
 def folds(config: Config) -> None:
@@ -255,7 +302,8 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
             raise click.ClickException(
                 f"{config.path}: set competition.kaggle (the Kaggle slug) to upload, or use --dry-run"
             )
-        kaggle.authenticated_api()  # missing credentials stop here, before any training
+        api = kaggle.authenticated_api(_notice)  # missing credentials stop here, before any training
+        kaggle.require_submissions_left(api, config.competition.kaggle)  # and a spent day, too
     if run is None and not finished_runs(config):
         click.echo(f"no trained run of {config.name}: training one first")
         _train_in_new_run(load_for_training(config.name), load_labels(config), "0")
@@ -282,11 +330,16 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     elif dry_run:
         row.update(status="dry run (not uploaded)")
     else:
+        limits = kaggle.require_submissions_left(
+            api, config.competition.kaggle
+        )  # training may have crossed midnight
+        if limits is not None:
+            click.echo(f"{limits.left_today} submissions left today on Kaggle; uploading one")
         # The clipped copy keeps the file's name: Kaggle lists it, and `kit ledger` matches on it.
         with tempfile.TemporaryDirectory(prefix=".upload-", dir=path.parent) as folder:
             upload = Path(folder) / path.name
             frame.to_csv(upload, index=False)
-            kaggle.submit(config.competition.kaggle, upload, text)
+            kaggle.submit(config.competition.kaggle, upload, text, api)
         row.update(status="uploaded")
     submission_ledger.append_ledger(row)
     click.echo(f"{row['status']}: {path.name} ({text})")
@@ -461,7 +514,7 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
                 f"{target_raw} holds files but no finished download: "
                 "add --from-raw to use them, or move it away"
             )
-        kaggle.download_competition(slug, target_raw)
+        kaggle_download.download_competition(slug, target_raw, _notice)
     layout = scaffold.inspect(target_raw)
     metric = metric or scaffold.default_metric(layout.submission["format"], layout.task)
     code_competition = None

@@ -23,6 +23,34 @@ import numpy as np
 from kit import paths
 
 DOWNLOAD_MARKER = ".download-complete"  # written last into data/raw/<name>: the download is whole
+SINGLE_FILES_NOTE = ".single-files"  # in data/raw/<name>: files fetched one by one (kit download --file)
+
+
+def download_folder(target: Path) -> Path:
+    """The hidden sibling `.download-<name>` of data/raw/<name> where an archive is downloaded: kept
+    across runs so an interrupted download resumes, removed once the archive is extracted."""
+    folder = target.parent / f".download-{target.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def single_files(target: Path) -> set[str]:
+    """The files of `target` that `kit download --file` fetched (listed in its SINGLE_FILES_NOTE)."""
+    note = target / SINGLE_FILES_NOTE
+    return set(note.read_text().splitlines()) - {""} if note.is_file() else set()
+
+
+def require_fillable(target: Path) -> None:
+    """Refuse a non-empty `target` that holds neither a completed download nor only single files fetched
+    by the kit: it was not made here and may be the user's."""
+    if not target.exists():
+        return
+    kit_made = {name.split("/")[0] for name in single_files(target)} | {SINGLE_FILES_NOTE}
+    if any(entry.name not in kit_made for entry in target.iterdir()):
+        raise click.ClickException(
+            f"{target} exists but holds no completed download ({DOWNLOAD_MARKER} missing): "
+            "move it away, then retry"
+        )
 
 
 @contextmanager
@@ -30,13 +58,10 @@ def filling_folder(target: Path, note: str = "") -> Iterator[Path]:
     """An empty hidden sibling of `target` to fill; renamed onto `target`, marked complete, only if the
     block succeeds, so an interrupted download never leaves a half-filled folder (the next try starts over).
 
-    A non-empty `target` without the marker was not made here and may be the user's: it is refused.
+    A non-empty `target` without the marker was not made here and may be the user's: it is refused
+    (single files the kit fetched there are replaced by the whole download).
     """
-    if target.exists() and any(target.iterdir()):
-        raise click.ClickException(
-            f"{target} exists but holds no completed download ({DOWNLOAD_MARKER} missing): "
-            "move it away, then retry"
-        )
+    require_fillable(target)
     partial = target.parent / f".partial-{target.name}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -44,7 +69,7 @@ def filling_folder(target: Path, note: str = "") -> Iterator[Path]:
         yield partial
         (partial / DOWNLOAD_MARKER).write_text(f"{note}\n")
         if target.exists():
-            target.rmdir()  # empty, checked above; os.replace cannot overwrite a directory otherwise
+            shutil.rmtree(target)  # empty, or only single files the whole download also holds
         os.replace(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -29,11 +29,16 @@ def succeeds(*arguments):
     return result
 
 
+def visible_lines(output: str) -> list[str]:
+    """The lines a terminal shows: a progress bar redraws its line after "\r" and, closed, blanks it."""
+    return [shown for line in output.split("\n") if (shown := line.rsplit("\r", 1)[-1].strip())]
+
+
 def refused(*arguments) -> str:
     """The command fails with one line (no traceback) and no secret; returns that line."""
     result = invoke(*arguments)
     assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
+    lines = visible_lines(result.output)
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert STANDIN_KEY not in result.output
     return lines[0]
@@ -270,7 +275,7 @@ def test_ledger_without_network_still_shows_local_rows(environment, monkeypatch,
 
 def test_submit_without_credentials_stops_before_training(project, monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials=False)
-    assert "~/.kaggle/kaggle.json" in refused("submit", "cats")
+    assert "KAGGLE_API_TOKEN, ~/.kaggle/access_token, kaggle.json" in refused("submit", "cats")
     assert not (project / "runs" / "cats-vs-dogs").exists()
 
 

@@ -115,12 +115,12 @@ def test_kaggle_messages_reach_the_client_exception(monkeypatch, tmp_path):
 
 def test_official_download_resumes_with_ranges_after_a_dropped_connection(monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
-    monkeypatch.setattr("time.sleep", lambda seconds: None)  # the client's own backoff
     outfile = tmp_path / "bundle.zip"
     chunk = 1 << 20  # the client writes 1 MiB chunks: a chunk cut short is fetched again
     bundle = make_zip({"big.bin": bytes(range(256)) * (6 * chunk // 256 // 4)})  # 1.5 MiB
     with KaggleStandIn(competitions={SLUG: bundle}) as stand_in:
         stand_in.fail_next("storage", "drop", after_bytes=chunk + 1000)
+        monkeypatch.setattr("time.sleep", lambda seconds: None)  # the client's own backoff (once started)
         api = official_api()
         api.authenticate()
         with api.build_kaggle_client() as kaggle:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 from conftest import REPO
 
@@ -25,3 +26,9 @@ def test_every_command_has_a_target():
         re.findall(r"-m kit ([a-z-]+)", MAKEFILE)
     )
     assert sorted(commands - called) == []
+
+
+def test_make_help_lists_the_kaggle_commands():
+    help_run = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True)
+    for target in ("download", "files", "leaderboard", "submit", "ledger", "config", "test-fast"):
+        assert re.search(rf"^  make {target} +\S", help_run.stdout, flags=re.MULTILINE), target

@@ -1,35 +1,59 @@
-"""Thin wrapper over the official `kaggle` client: download competition data, submit, list submissions.
+"""The official `kaggle` client, used the way today's Kaggle needs: every credential form, Kaggle's own
+error messages with the kit's fix, bounded retries, token paging, submission limits and the leaderboard.
 
-Every failure the user can fix (no credentials, rules not accepted, wrong slug, no network, hostile zip)
-surfaces as a one-line `click.ClickException`, so the CLI prints a fix instead of a traceback.
-The API key is never put into any message, and the client's verbose mode (which prints the
-Authorization header) is never switched on.
+Every failure the user can fix surfaces as a one-line `click.ClickException`. No message ever holds a
+credential, nor a signed link (the client's own HTTPError text names the URL it fetched, signature and
+all, so the kit builds its messages from the response's JSON `message` instead). The client's verbose
+mode (which prints the Authorization header) is never switched on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
+import importlib.metadata
 import io
-import os
 import pathlib
 import re
-import stat
-import zipfile
+import time
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, TypeVar
 
 import click
 import requests
 
-from kit.files import DOWNLOAD_MARKER, filling_folder
+from kit.kaggle import credentials as credential_forms
 
-MAXIMUM_ZIP_NESTING = 4  # Kaggle nests train.zip inside the bundle; a deeper chain is a zip bomb or a loop
-SUBMISSIONS_PAGE_SIZE = 20  # the official client's own default, so every server honours it
-MAXIMUM_SUBMISSION_PAGES = 50
+MINIMUM_CLIENT = "2.2.4"  # below it: no COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE, `import kaggle` may exit(1)
+CLIENT_REQUIREMENT = "kaggle>=2.2.4,<3"
+PAGE_SIZE = 20  # the official client's own default, so every server honours it
+MAXIMUM_PAGES = 50
+RETRY_ATTEMPTS = 5  # tries in all for a call Kaggle answers 429/5xx, or a dropped connection
+RETRY_FIRST_WAIT = 2.0  # seconds; doubles each try
+RETRY_LONGEST_WAIT = 60.0  # seconds: the cap on a wait, Retry-After included
+RULES_URL = "https://www.kaggle.com/competitions/{slug}/rules"
+COMPETITION_URL = "https://www.kaggle.com/competitions/{slug}"
+PHONE_URL = "https://www.kaggle.com/settings"
 
-CREDENTIALS_HELP = (
-    "no Kaggle credentials found: put your API token in ~/.kaggle/kaggle.json (from "
-    "https://www.kaggle.com/settings/api) or set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN"
-)
+T = TypeVar("T")
+
+
+def check_client_version() -> None:
+    """Refuse, in one line, a missing client or one outside kaggle>=2.2.4,<3, before importing it."""
+    from packaging.version import Version
+
+    try:
+        installed = importlib.metadata.version("kaggle")
+    except importlib.metadata.PackageNotFoundError:
+        raise click.ClickException(
+            f"the official kaggle client is not installed: pip install '{CLIENT_REQUIREMENT}'"
+        ) from None
+    if not Version(MINIMUM_CLIENT) <= Version(installed) < Version("3"):
+        raise click.ClickException(
+            f"kaggle {installed} is installed; the kit needs {CLIENT_REQUIREMENT}: "
+            f"pip install -U '{CLIENT_REQUIREMENT}'"
+        )
 
 
 @functools.cache
@@ -42,12 +66,15 @@ def _api_class():
     its argv; kagglesdk's own `get_env()` reads KAGGLE_API_ENVIRONMENT (TEST means http://localhost:7777),
     so the subclass asks it instead. With the variable unset that is production, exactly as before.
     """
+    check_client_version()
     with contextlib.redirect_stdout(io.StringIO()):
         from kaggle.api.kaggle_api_extended import KaggleApi
     from kagglesdk.kaggle_client import KaggleClient
     from kagglesdk.kaggle_env import get_env
 
     class EnvironmentAwareKaggleApi(KaggleApi):
+        credentials: credential_forms.Credentials | None = None  # the form in use, for messages
+
         def build_kaggle_client(self):
             return KaggleClient(
                 env=get_env(),
@@ -61,167 +88,351 @@ def _api_class():
     return EnvironmentAwareKaggleApi
 
 
+def missing_credentials_message() -> str:
+    return (
+        f"no Kaggle credentials found (the kit looks in {credential_forms.IN_ORDER}, in that order): "
+        f"create an API token at {credential_forms.SETTINGS_URL}, then export KAGGLE_API_TOKEN=<token> "
+        "or save "
+        "it in ~/.kaggle/access_token (chmod 600)"
+    )
+
+
+def refused_credentials_message(used: credential_forms.Credentials | None, kaggle_says: str) -> str:
+    """The 401 message: the form used (never its value), Kaggle's words, the fix, every form in order."""
+    where = used.name if used is not None else "your credentials"
+    fix = (
+        f"create a new API token at {credential_forms.SETTINGS_URL} and put it in KAGGLE_API_TOKEN or "
+        "~/.kaggle/access_token"
+    )
+    if used is not None and used.token_as_key:
+        fix = (
+            f"{'KAGGLE_KEY' if used.file is None else 'the key in ' + str(used.file)} holds an API token "
+            f"({credential_forms.TOKEN_PREFIX}...), "
+            "which Kaggle refuses as a legacy key: put it in KAGGLE_API_TOKEN or ~/.kaggle/access_token "
+            "instead"
+        )
+    return (
+        f"Kaggle refused the credentials from {where} (HTTP 401: {kaggle_says}): {fix} "
+        f"(the kit looks in {credential_forms.IN_ORDER}, in that order)"
+    )
+
+
+_warned: set[str] = set()  # one warning per file and process, however many calls authenticate
+
+
+def _warn_once(warn: Callable[[str], None], line: str) -> None:
+    if line not in _warned:
+        _warned.add(line)
+        warn(line)
+
+
+def authenticated_api(warn: Callable[[str], None] = lambda line: None):
+    """An authenticated official KaggleApi, or a one-line ClickException saying how to log in.
+
+    `warn` receives one-line warnings: a credentials file readable by others, or a token Kaggle says is
+    not active while the legacy key is used instead. `api.credentials` names the form in use.
+    """
+    api = _api_class()()
+    config_directory = credential_forms.config_directory()
+    api.config_dir, api.config = str(config_directory), str(config_directory / api.config_file)
+    present = credential_forms.found()
+    if not present:
+        raise click.ClickException(missing_credentials_message())
+    for form in present:
+        if credential_forms.readable_by_others(form):
+            _warn_once(warn, f"warning: {form.file} is readable by other users: chmod 600 {form.file}")
+    api.credentials = present[0]
+    try:
+        # authenticate() prints a multi-line banner and calls exit(1) when nothing is usable.
+        with translate_errors(None, api), contextlib.redirect_stdout(io.StringIO()):
+            api.authenticate()
+    except SystemExit:
+        raise click.ClickException(
+            f"Kaggle says the API token in {present[0].name} is not active (expired or revoked): "
+            f"create a new one at {credential_forms.SETTINGS_URL} "
+            f"(the kit looks in {credential_forms.IN_ORDER}, in that order)"
+        ) from None
+    method = str(api.config_values.get(api.CONFIG_NAME_AUTH_METHOD, ""))
+    legacy = [form for form in present if not form.token]
+    if method.endswith("LEGACY_API_KEY") and legacy:
+        api.credentials = legacy[0]
+        if present[0].token:
+            _warn_once(
+                warn,
+                f"warning: Kaggle says the API token in {present[0].name} is not active; "
+                f"using {legacy[0].name}",
+            )
+    elif method.endswith("OAUTH"):
+        api.credentials = present[-1]
+    return api
+
+
+def kaggle_message(error: requests.HTTPError) -> str:
+    """Kaggle's own words for an error: the JSON `message`, else the storage error's code, else the status.
+
+    Never str(error) for a non-JSON answer: requests puts the URL (a signed link) in it.
+    """
+    response = error.response
+    if response is None:
+        return "no answer"
+    try:
+        payload = response.json()
+        if isinstance(payload, dict) and payload.get("message"):
+            return str(payload["message"]).strip()
+    except ValueError:
+        pass
+    code = re.search(r"<Code>([^<]{1,80})</Code>", response.text or "")
+    return code.group(1) if code else (response.reason or f"HTTP {response.status_code}")
+
+
+def _from_storage(error: requests.HTTPError) -> bool:
+    """The answer came from the storage host of a signed link, not from Kaggle's API."""
+    response = error.response
+    return response is not None and "/api/v1/" not in (response.url or "")
+
+
+def daily_limit_fix(message: str) -> str:
+    allowance = re.search(r"allowance \((\d+)\)", message)
+    left = f"{allowance.group(1)} left tomorrow" if allowance else "more tomorrow"
+    return f"daily limit reached; {left} (the day turns at 00:00 UTC)"
+
+
+def error_message(error: requests.HTTPError, slug: str | None, api=None) -> str:
+    """One line: what Kaggle said, then the kit's fix."""
+    status = error.response.status_code if error.response is not None else None
+    said = kaggle_message(error)
+    lowered = said.lower()
+    if status == 401:
+        return refused_credentials_message(getattr(api, "credentials", None), said)
+    if status == 403 and _from_storage(error):
+        if "expired" in lowered:
+            return (
+                "the signed download link expired (HTTP 403: ExpiredToken): run the command again; it resumes"
+            )
+        return f"the download host refused the link (HTTP 403: {said}): run the command again; it resumes"
+    prefix = f"Kaggle: {said} (HTTP {status})"
+    if status == 403 and "rule" in lowered and slug:
+        return f"{prefix}: accept the rules at {RULES_URL.format(slug=slug)}, then retry"
+    if status == 403 and "participate" in lowered and slug:
+        return (
+            f"{prefix}: join the competition at {COMPETITION_URL.format(slug=slug)} (Join Competition) and "
+            f"verify your phone number at {PHONE_URL}, then retry"
+        )
+    if status == 400 and ("notebook" in lowered or "kernel" in lowered):
+        return f"{prefix}: this competition takes notebook submissions only; nothing was submitted"
+    if status == 400 and ("allowance" in lowered or "daily" in lowered or "limit" in lowered):
+        return f"{prefix}: {daily_limit_fix(said)}"
+    if status == 404 and slug:
+        return (
+            f"{prefix}: unknown competition '{slug}': check the slug in the competition's URL, "
+            f"{COMPETITION_URL.format(slug='<slug>')}"
+        )
+    if status is not None and (status == 429 or status >= 500):
+        return f"{prefix}: Kaggle is busy; the kit retried {RETRY_ATTEMPTS} times, try again later"
+    return prefix
+
+
 @contextlib.contextmanager
-def _translate_errors(slug: str | None):
+def translate_errors(slug: str | None, api=None) -> Iterator[None]:
     """Turn the client's requests exceptions into one-line ClickExceptions that name the fix."""
     try:
         yield
     except requests.HTTPError as error:
-        status = getattr(error.response, "status_code", None)
-        if status == 401:
-            raise click.ClickException(
-                "Kaggle rejected your credentials (HTTP 401): regenerate the token at "
-                "https://www.kaggle.com/settings/api and update ~/.kaggle/kaggle.json "
-                "or KAGGLE_USERNAME/KAGGLE_KEY"
-            ) from None
-        if status == 403 and slug:
-            raise click.ClickException(
-                f"you have not accepted the rules of {slug}: open "
-                f"https://www.kaggle.com/competitions/{slug}/rules, accept them, then retry"
-            ) from None
-        if status == 404 and slug:
-            raise click.ClickException(
-                f"unknown competition '{slug}' (HTTP 404): check the slug in the competition's URL, "
-                "https://www.kaggle.com/competitions/<slug>"
-            ) from None
-        raise click.ClickException(
-            f"Kaggle answered HTTP {status} for {slug or 'authentication'}; retry later"
-        ) from None
+        raise click.ClickException(error_message(error, slug, api)) from None
     except (requests.ConnectionError, requests.Timeout):
         raise click.ClickException(
             "cannot reach Kaggle (no network?): check your connection, proxy or firewall, then retry"
         ) from None
 
 
-def authenticated_api():
-    """Return an authenticated official KaggleApi, or raise a one-line ClickException saying how to log in."""
-    api = _api_class()()
-    # KaggleApi reads KAGGLE_CONFIG_DIR once, when its module is first imported; re-read it so a
-    # later change (a test, a wrapper script) is honoured and no stale ~/.kaggle is consulted.
-    config_directory = os.environ.get("KAGGLE_CONFIG_DIR")
-    if config_directory:
-        api.config_dir = config_directory
-        api.config = os.path.join(config_directory, api.config_file)
-    try:
-        # authenticate() prints a multi-line banner and calls exit(1) when nothing is configured.
-        with _translate_errors(None), contextlib.redirect_stdout(io.StringIO()):
-            api.authenticate()
-    except SystemExit:
-        raise click.ClickException(CREDENTIALS_HELP) from None
-    return api
+def status_of(error: Exception) -> int | None:
+    """The HTTP status an error carries, None for a dropped connection or anything else."""
+    response = getattr(error, "response", None)
+    return response.status_code if isinstance(error, requests.HTTPError) and response is not None else None
 
 
-def _unsafe_reason(member: zipfile.ZipInfo) -> str | None:
-    """Why extracting this member could write outside the destination, or None when it is harmless."""
-    name = member.filename.replace("\\", "/")
-    if name.startswith("/"):
-        return "an absolute path"
-    if re.match(r"[A-Za-z]:", name):
-        return "a drive letter"
-    if ".." in name.split("/"):
-        return "a '..' component"
-    if stat.S_ISLNK(member.external_attr >> 16):
-        return "a symbolic link"
-    return None
+def describe(error: Exception) -> str:
+    """A few words on an error, with no URL in them."""
+    status = status_of(error)
+    if status is not None:
+        return f"HTTP {status}: {kaggle_message(error)}"
+    return "the connection dropped" if isinstance(error, requests.RequestException) else type(error).__name__
 
 
-def safe_extract(zip_path: pathlib.Path, destination: pathlib.Path) -> None:
-    """Extract zip_path into destination, refusing the whole archive if any member could escape it.
+def retryable(error: Exception) -> bool:
+    """429, 5xx and dropped connections are worth another try; anything else is an answer."""
+    status = status_of(error)
+    if status is not None:
+        return status == 429 or status >= 500
+    return isinstance(
+        error, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    )
 
-    Every member is checked before anything is written, so a hostile archive leaves no partial output.
+
+def wait_before_retry(error: Exception, attempt: int) -> float:
+    """Seconds to wait before try `attempt + 1`: Retry-After when Kaggle sends it, else doubling; capped."""
+    response = getattr(error, "response", None)
+    retry_after = response.headers.get("Retry-After") if response is not None else None
+    if retry_after is not None:
+        try:
+            return min(max(float(retry_after), 0.0), RETRY_LONGEST_WAIT)
+        except ValueError:
+            pass
+    return min(RETRY_FIRST_WAIT * 2 ** (attempt - 1), RETRY_LONGEST_WAIT)
+
+
+def pause(seconds: float) -> None:
+    """Wait between tries; every retry wait in kit.kaggle goes through here (tests record them)."""
+    time.sleep(seconds)
+
+
+def with_retries(
+    call: Callable[[], T],
+    on_retry: Callable[[str], None] = lambda line: None,
+    retry_on: Callable[[Exception], bool] = retryable,
+) -> T:
+    """call(), tried up to RETRY_ATTEMPTS times while `retry_on(error)` (default: 429, 5xx, dropped
+    connections); the waits follow Retry-After or double, each capped at RETRY_LONGEST_WAIT."""
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as error:
+            if not retry_on(error) or attempt == RETRY_ATTEMPTS:
+                raise
+            seconds = wait_before_retry(error, attempt)
+            on_retry(
+                f"Kaggle: {describe(error)}; retrying in {seconds:.0f} s ({attempt}/{RETRY_ATTEMPTS - 1})"
+            )
+            pause(seconds)
+    raise AssertionError("unreachable")
+
+
+def paged(fetch: Callable[[str], tuple[list, str]], key: Callable[[object], object] = repr) -> list:
+    """Every row of a listing paged by pageToken (`fetch(token) -> (rows, next token)`).
+
+    Stops when the next token is empty, when a page comes back that was seen already (a server that
+    ignores the token) and after MAXIMUM_PAGES; `key(row)` tells rows apart.
     """
-    zip_path, destination = pathlib.Path(zip_path), pathlib.Path(destination)
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            members = archive.infolist()
-            for member in members:
-                reason = _unsafe_reason(member)
-                # A member named like its own archive would truncate the file while it is being read.
-                if reason is None and (destination / member.filename).resolve() == zip_path.resolve():
-                    reason = "the archive's own name"
-                if reason:
-                    raise click.ClickException(
-                        f"refusing to extract {zip_path.name}: member {member.filename!r} has {reason}"
-                    )
-            destination.mkdir(parents=True, exist_ok=True)
-            for member in members:
-                archive.extract(member, destination)
-    except zipfile.BadZipFile:
+    rows, token, seen_pages = [], "", set()
+    for _ in range(MAXIMUM_PAGES):
+        page, token = fetch(token)
+        identity = tuple(key(row) for row in page)
+        if identity in seen_pages:
+            break
+        seen_pages.add(identity)
+        rows.extend(page)
+        if not token:
+            break
+    return rows
+
+
+# Competition calls.
+
+
+class DataFile(NamedTuple):
+    name: str
+    size: int  # bytes
+
+
+class Limits(NamedTuple):
+    left_today: int
+    used_today: int
+    limited_by_total: bool
+
+
+class Standing(NamedTuple):
+    """The top of the public leaderboard and where your team stands (rank None: no public score yet)."""
+
+    top: list[dict]
+    your_rank: int | None
+    teams: int
+
+
+def _service(kaggle):
+    return kaggle.competitions.competition_api_client
+
+
+def list_files(slug: str, warn=lambda line: None) -> list[DataFile]:
+    """The competition's files and their sizes, every page."""
+    from kagglesdk.competitions.types.competition_api_service import ApiListDataFilesRequest
+
+    api = authenticated_api(warn)
+
+    def page(token: str):
+        request = ApiListDataFilesRequest()
+        request.competition_name, request.page_size, request.page_token = slug, PAGE_SIZE, token or None
+        with api.build_kaggle_client() as kaggle:
+            response = with_retries(lambda: _service(kaggle).list_data_files(request), warn)
+        return [
+            DataFile(item.name, item.total_bytes or 0) for item in response.files
+        ], response.next_page_token or ""
+
+    with translate_errors(slug, api):
+        return paged(page)
+
+
+def submission_limits(api, slug: str) -> Limits | None:
+    """Submissions left today, or None where the client cannot ask (older client, endpoint missing)."""
+    asking = getattr(api, "competition_get_submission_limits", None)
+    if asking is None:
+        return None
+    with translate_errors(slug, api):
+        try:
+            limits = with_retries(lambda: asking(slug))
+        except requests.HTTPError as error:
+            if status_of(error) == 404:  # a server without the endpoint: the upload's answer will tell
+                return None
+            raise
+    return Limits(limits.num_allowed_now, limits.num_today, bool(limits.limited_by_total))
+
+
+def hours_to_utc_midnight(now: datetime.datetime | None = None) -> float:
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    midnight = (now + datetime.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - now).total_seconds() / 3600
+
+
+def require_submissions_left(api, slug: str) -> Limits | None:
+    """Refuse in one line when no submission is left today; else return the limits (None: unknown)."""
+    limits = submission_limits(api, slug)
+    if limits is not None and limits.left_today <= 0:
+        if limits.limited_by_total:
+            raise click.ClickException(
+                f"no submissions left for {slug}: its lifetime cap is reached; nothing uploaded"
+            )
         raise click.ClickException(
-            f"{zip_path.name} is not a valid zip archive (truncated download?); delete it and retry"
-        ) from None
+            f"no submissions left today for {slug} ({limits.used_today} used; more in "
+            f"{hours_to_utc_midnight():.1f} h, at 00:00 UTC); nothing uploaded"
+        )
+    return limits
 
 
-def _nested_destination(archive: pathlib.Path) -> pathlib.Path:
-    """Where an archive found inside the download goes, so that train.zip always ends up as train/.
+def submit(slug: str, csv_path: pathlib.Path, message: str, api=None) -> None:
+    """Upload csv_path as a submission to the competition, described by message.
 
-    Kaggle's train.zip usually holds a train/ folder (extract beside it), sometimes loose images
-    (extract into train/). A single member (labels.csv.zip) or a single top folder goes beside it too.
+    Only a 429 is retried here: Kaggle refused the call before doing anything. A 5xx or a dropped
+    connection may come after the submission was created, so it is reported, not repeated.
     """
-    try:
-        with zipfile.ZipFile(archive) as opened:
-            tops = {
-                member.filename.replace("\\", "/").lstrip("/").split("/")[0] for member in opened.infolist()
-            }
-    except zipfile.BadZipFile:
-        return archive.parent  # safe_extract reports it
-    return archive.parent if len(tops - {""}) <= 1 else archive.parent / archive.name.removesuffix(".zip")
-
-
-def _collapse_doubled_folders(folder: pathlib.Path) -> None:
-    """train/train/x.jpg -> train/x.jpg: a folder whose only entry is a same-named folder is one level."""
-    for outer in [path for path in folder.iterdir() if path.is_dir()]:
-        entries = list(outer.iterdir())
-        if len(entries) == 1 and entries[0].is_dir() and entries[0].name == outer.name:
-            moved = outer.with_name(f".collapse-{outer.name}")
-            os.replace(entries[0], moved)
-            outer.rmdir()
-            os.replace(moved, outer)
-
-
-def _extract_archives(folder: pathlib.Path) -> None:
-    """Extract every zip under folder and delete it, repeating for zips found inside (train.zip, test.zip).
-
-    The downloaded bundle is extracted where it lies; archives found inside it go to _nested_destination.
-    """
-    for level in range(MAXIMUM_ZIP_NESTING):
-        archives = sorted(path for path in folder.rglob("*.zip") if path.is_file())
-        if not archives:
-            _collapse_doubled_folders(folder)
-            return
-        for archive in archives:
-            safe_extract(archive, archive.parent if level == 0 else _nested_destination(archive))
-            archive.unlink()
-    raise click.ClickException(f"zip archives in {folder.name} nest deeper than {MAXIMUM_ZIP_NESTING} levels")
-
-
-def download_competition(slug: str, raw_dir: pathlib.Path) -> bool:
-    """Download and extract the competition's files into raw_dir; return False if already there.
-
-    The download happens in a hidden sibling folder which is renamed onto raw_dir only once complete
-    (marker written last), so an interrupted run never leaves a half-filled raw_dir: the next run
-    discards the leftover partial folder and starts over.
-    """
-    raw_dir = pathlib.Path(raw_dir)
-    if (raw_dir / DOWNLOAD_MARKER).is_file():
-        return False
-    with filling_folder(raw_dir, slug) as partial:
-        api = authenticated_api()
-        with _translate_errors(slug):
-            api.competition_download_files(slug, path=str(partial), force=True, quiet=True)
-        _extract_archives(partial)
-    return True
-
-
-def submit(slug: str, csv_path: pathlib.Path, message: str) -> None:
-    """Upload csv_path as a submission to the competition, described by message."""
     csv_path = pathlib.Path(csv_path)
     if not csv_path.is_file():
         raise click.ClickException(f"submission file not found: {csv_path}")
-    api = authenticated_api()
-    # The upload step prints its own errors and reports failure only through the response message.
-    with _translate_errors(slug), contextlib.redirect_stdout(io.StringIO()):
-        response = api.competition_submit(str(csv_path), message, slug, quiet=True)
+    api = api or authenticated_api()
+
+    def upload():
+        # The upload step prints its own errors and reports failure only through the response message.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return api.competition_submit(str(csv_path), message, slug, quiet=True)
+
+    with translate_errors(slug, api):
+        try:
+            response = with_retries(upload, retry_on=lambda error: status_of(error) == 429)
+        except Exception as error:
+            if status_of(error) is None or status_of(error) >= 500:
+                raise click.ClickException(
+                    f"the upload to {slug} was cut off ({describe(error)}): run `kit ledger` to see whether "
+                    "Kaggle received it before submitting again"
+                ) from None
+            raise
     if response is None or response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise click.ClickException(f"uploading {csv_path.name} to {slug} failed; retry the submission")
 
@@ -232,24 +443,66 @@ def _text_or_none(value) -> str | None:
 
 
 def list_submissions(slug: str) -> list[dict]:
-    """The competition's submissions, newest first, as plain dicts of strings (or None)."""
+    """The competition's submissions, newest first, as dicts of strings (or None); paged by pageToken."""
+    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
     api = authenticated_api()
+
+    def page(token: str):
+        request = ApiListSubmissionsRequest()
+        request.competition_name, request.page_size = slug, PAGE_SIZE
+        request.page_token = token
+        if not token:
+            request.page = 1  # as the official client sends its first page
+        with api.build_kaggle_client() as kaggle:
+            response = with_retries(lambda: _service(kaggle).list_submissions(request))
+        return [row for row in response.submissions if row is not None], response.next_page_token or ""
+
+    with translate_errors(slug, api):
+        submissions = paged(page)
+    return [
+        {
+            "date": submission.date.isoformat() if submission.date else None,
+            "file_name": _text_or_none(submission.file_name),
+            "description": _text_or_none(submission.description),
+            "status": submission.status.name.lower() if submission.status is not None else None,
+            "public_score": _text_or_none(submission.public_score),
+            "private_score": _text_or_none(submission.private_score),
+        }
+        for submission in submissions
+    ]
+
+
+def leaderboard(slug: str, top: int, warn=lambda line: None) -> Standing:
+    """The public leaderboard's first `top` rows and your team's rank (GetCompetition's userRank)."""
+    from kagglesdk.competitions.types.competition_api_service import (
+        ApiGetCompetitionRequest,
+        ApiGetLeaderboardRequest,
+    )
+
+    api = authenticated_api(warn)
     rows: list[dict] = []
-    for page in range(1, MAXIMUM_SUBMISSION_PAGES + 1):
-        with _translate_errors(slug):
-            submissions = api.competition_submissions(slug, page_number=page, page_size=SUBMISSIONS_PAGE_SIZE)
-        submissions = [submission for submission in submissions or [] if submission is not None]
-        for submission in submissions:
-            rows.append(
-                {
-                    "date": submission.date.isoformat() if submission.date else None,
-                    "file_name": _text_or_none(submission.file_name),
-                    "description": _text_or_none(submission.description),
-                    "status": submission.status.name.lower() if submission.status is not None else None,
-                    "public_score": _text_or_none(submission.public_score),
-                    "private_score": _text_or_none(submission.private_score),
-                }
-            )
-        if len(submissions) < SUBMISSIONS_PAGE_SIZE:
-            break
-    return rows
+    with translate_errors(slug, api), api.build_kaggle_client() as kaggle:
+        token, seen = "", set()
+        while len(rows) < top:
+            request = ApiGetLeaderboardRequest()
+            request.competition_name, request.page_size = slug, min(top - len(rows), 100)
+            request.page_token = token or None
+            response = with_retries(functools.partial(_service(kaggle).get_leaderboard, request), warn)
+            for entry in response.submissions:
+                rows.append(
+                    {
+                        "rank": len(rows) + 1,
+                        "team": entry.team_name or "",
+                        "score": entry.score or "",
+                        "date": entry.submission_date.strftime("%Y-%m-%d") if entry.submission_date else "",
+                    }
+                )
+            token = response.next_page_token or ""
+            if not token or token in seen or not response.submissions:
+                break
+            seen.add(token)
+        request = ApiGetCompetitionRequest()
+        request.competition_name = slug
+        competition = with_retries(lambda: _service(kaggle).get_competition(request), warn)
+    return Standing(rows[:top], competition.user_rank, competition.team_count)
