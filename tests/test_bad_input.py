@@ -632,3 +632,45 @@ def test_a_real_process_prints_one_line_and_no_traceback(project):
         and process.stderr.startswith("Error: ")
         and "malformed TOML" in process.stderr
     )
+
+
+# Round two (issue 17): folds, classes
+
+
+def test_a_class_with_fewer_images_than_folds_is_named_and_folded(digits, project):
+    table = train_rows(project)
+    few = table[table["label"] == "3"].index[2:]
+    for identifier in table.loc[few, "id"]:
+        (raw(project) / "train" / f"{identifier}.png").unlink()
+    write_rows(raw(project) / "train.csv", table.drop(index=few))
+    # The test edits data/raw above; from here on nothing under it may change.
+    result = succeeds(project, "folds", "digits")
+    notices = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(notices) == 1 and "'3' (2)" in notices[0] and "train.folds = 5" in notices[0], notices
+    folds = pd.read_csv(project / "data" / "interim" / "digits" / "folds.csv", dtype=str)
+    assert folds.loc[folds["label"] == "3", "fold"].nunique() == 2
+
+
+def test_folds_no_split_can_make_are_refused(digits, project):
+    refused(
+        project, "folds", "digits", "--set", "train.folds=16", contains=("train.folds = 16", "at most 15")
+    )
+
+
+def test_a_competition_with_one_class_is_refused(digits, project):
+    table = train_rows(project)
+    write_rows(raw(project) / "train.csv", table.assign(label="7"))
+    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", "'7'", "two or more classes"))
+    assert not (project / "runs").exists()
+
+
+def test_another_seed_rebuilds_the_folds(digits, project):
+    from kit.data.folds import assign_folds
+    from kit.data.labels import load_labels
+
+    succeeds(project, "folds", "digits")
+    succeeds(project, "folds", "digits", "--set", "train.seed=7")
+    labels = load_labels(digits())
+    saved = pd.read_csv(project / "data" / "interim" / "digits" / "folds.csv")
+    assert saved["fold"].tolist() == assign_folds(labels.targets, 5, 7).tolist()
+    assert saved["fold"].tolist() != assign_folds(labels.targets, 5, 42).tolist()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from kit.config import load_competition
-from kit.data.folds import assign_folds, load_folds
+from kit.data.folds import assign_folds, load_folds, small_classes
 from kit.data.labels import load_labels, load_test
 
 
@@ -225,9 +225,28 @@ def test_folds_are_seeded():
     assert not np.array_equal(first, assign_folds(TARGETS, 4, seed=2))
 
 
-def test_too_few_images_of_a_class_for_the_folds():
-    with pytest.raises(click.ClickException, match="lower train.folds"):
-        assign_folds(np.array([0, 0, 0, 1, 1, 1, 2]), 3, seed=0)
+def test_a_class_with_fewer_images_than_folds_is_spread_over_as_many_folds():
+    """scikit-learn allows it while some class fills every fold: the folds are made, the class named."""
+    targets = np.array([0] * 9 + [1] * 2 + [2])
+    folds = assign_folds(targets, 3, seed=0)
+    assert sorted(set(folds.tolist())) == [0, 1, 2]
+    assert len(set(folds[targets == 1].tolist())) == 2  # its two images validate in two different folds
+    assert all(np.bincount(folds[targets == 0], minlength=3) == 3)
+    notice = small_classes(targets, ["pug", "akita", "beagle"], 3)
+    assert "'akita' (2)" in notice and "'beagle' (1)" in notice and "'pug'" not in notice
+    assert small_classes(targets, ["pug", "akita", "beagle"], 2) == "'beagle' (1)".join(
+        ["1 classes have fewer images than train.folds = 2, so some folds validate without them: ", ""]
+    )
+
+
+@pytest.mark.parametrize(
+    ("targets", "folds", "fix"),
+    [([0, 0, 1, 1, 2], 3, "at most 2"), ([0, 1], 3, "add images"), ([0, 0, 0, 1], 5, "at most 3")],
+)
+def test_folds_scikit_learn_cannot_make_are_refused_with_the_largest_possible(targets, folds, fix):
+    with pytest.raises(click.ClickException) as raised:
+        assign_folds(np.array(targets), folds, seed=0)
+    assert fix in raised.value.message and "the largest, '0'," in raised.value.message
 
 
 def test_folds_are_written_once_and_reused(project):
@@ -272,3 +291,47 @@ def test_folds_are_rebuilt_when_the_images_change(project):
         list(pd.read_csv(project / "data" / "interim" / "breeds" / "folds.csv", dtype=str)["id"])
         == labels.ids
     )
+
+
+def test_another_seed_makes_new_folds(project, capsys):
+    names = ["pug", "akita", "beagle"] * 6 + ["pug"] * 4
+    rows = "\n".join(f"img{i},{label}" for i, label in enumerate(names))
+    config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"', "[train]\nfolds = 3")
+    write_csv(raw / "labels.csv", "id,label\n" + rows)
+    labels = load_labels(config)
+    path = project / "data" / "interim" / "breeds" / "folds.csv"
+    assert np.array_equal(load_folds(config, labels), assign_folds(labels.targets, 3, 42))
+    seven = load_competition("breeds", ["train.seed=7"])
+    assert np.array_equal(load_folds(seven, labels), assign_folds(labels.targets, 3, 7))
+    assert pd.read_csv(path)["fold"].tolist() == assign_folds(labels.targets, 3, 7).tolist()
+    assert np.array_equal(load_folds(config, labels), assign_folds(labels.targets, 3, 42))
+
+    # A hand-edited split is the user's: another seed is refused rather than overwriting it.
+    saved = pd.read_csv(path, dtype=str)
+    saved.assign(fold=np.roll(saved["fold"].astype(int).to_numpy(), 1)).to_csv(path, index=False)
+    edited = path.read_bytes()
+    message = error_message(load_folds, seven, labels)
+    assert str(path) in message and "train.seed = 42" in message and "move" in message
+    assert path.read_bytes() == edited
+
+
+def test_changed_labels_make_new_folds(project):
+    rows = [f"img{i},{label}" for i, label in enumerate(["pug", "akita"] * 6)]
+    config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"', "[train]\nfolds = 3")
+    write_csv(raw / "labels.csv", "id,label\n" + "\n".join(rows))
+    load_folds(config, load_labels(config))
+    rows[0] = "img0,akita"
+    write_csv(raw / "labels.csv", "id,label\n" + "\n".join(rows))
+    labels = load_labels(config)
+    load_folds(config, labels)
+    saved = pd.read_csv(project / "data" / "interim" / "breeds" / "folds.csv", dtype=str)
+    assert saved["label"].tolist() == [labels.classes[t] for t in labels.targets]
+
+
+def test_small_classes_are_named_when_folds_are_made(project, capsys):
+    rows = [f"img{i},pug" for i in range(6)] + ["img6,akita", "img7,akita", "img8,beagle"]
+    config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"', "[train]\nfolds = 3")
+    write_csv(raw / "labels.csv", "id,label\n" + "\n".join(rows))
+    load_folds(config, load_labels(config))
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "'akita' (2)" in said[0] and "'beagle' (1)" in said[0]

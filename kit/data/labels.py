@@ -20,6 +20,9 @@ from kit import tasks
 from kit.config import Config
 from kit.paths import raw_dir, require_download
 
+# The setting that decides each image's class, per label source: named when the classes look wrong.
+LABEL_SETTING = {"csv": "label_column", "filenames": "filename_pattern", "folders": "train_dir"}
+
 
 @dataclass(frozen=True)
 class LabelTable:
@@ -195,6 +198,11 @@ def load_labels(config: Config) -> LabelTable:
         raise click.ClickException(
             f"{source} {error}; fix that row, or set competition.task in {config.path}"
         ) from None
+    if task.stratify == "classes" and len(classes) < 2:  # classes or grades: one of them says nothing
+        raise click.ClickException(
+            f"{source}: every training image has the label {classes[0]!r}; a classifier needs two or more "
+            f"classes: check data.{LABEL_SETTING[data.labels]} in {config.path}"
+        )
     return LabelTable(ids, paths, targets, classes, task)
 
 
