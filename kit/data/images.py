@@ -8,22 +8,79 @@ source file's name, size and modification time: change a file and the cache is r
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from kit.files import atomic_path
+
+# Part of every cache key: bump it whenever decode's pixels change, so no cache made by an older decoder
+# is reused. 2: what a viewer shows (EXIF orientation, 16-bit, transparency, colour profiles, first frame).
+DECODE_VERSION = 2
+BACKGROUND = (255, 255, 255)  # behind transparent pixels, as a viewer shows them on a white page
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """Colours as a viewer shows them: an embedded colour profile (Adobe RGB, Display P3, a printer's
+    CMYK) converted to sRGB, which is what the model's ImageNet statistics assume."""
+    profile = image.info.get("icc_profile")
+    if not profile or image.mode not in ("RGB", "CMYK", "L"):
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        if "srgb" in ImageCms.getProfileDescription(source).lower().replace(" ", ""):
+            return image
+        return ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):  # a damaged or mismatched profile: viewers ignore it
+        return image
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey as 8-bit grey over the type's range (Image.convert would clip at 255: white)."""
+    if image.mode not in (*SIXTEEN_BIT_MODES, "I", "F"):
+        return image
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F":  # floats: 0..1 when they fit there, else already on the 0..255 scale
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+    elif image.mode == "I":  # 32-bit integers: 16-bit data unless every value fits in 8 bits
+        scale = 1.0 if values.size and values.max() <= 255 else 255 / 65535
+    else:
+        scale = 255 / 65535
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """What an image viewer shows, as 8-bit sRGB: the first frame, turned as its EXIF orientation says,
+    colour profile applied, 16-bit scaled (not clipped), transparent pixels over a white background."""
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)  # animated GIF/PNG, multi-page TIFF, MPO: the first frame is the picture shown
+    try:
+        image = ImageOps.exif_transpose(image)  # phone photos are stored sideways with an orientation tag
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError):  # damaged EXIF: viewers show it unturned
+        pass
+    image = _to_8_bit(_to_srgb(image))
+    transparent = image.mode in ALPHA_MODES or (
+        image.mode in ("P", "L", "RGB", "1") and "transparency" in image.info
+    )
+    if transparent:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba)
+    return image.convert("RGB")
 
 
 def decode(path: Path, image_size: int) -> np.ndarray:
     """One image as (image_size, image_size, 3) uint8: shorter side resized to image_size, centre crop."""
     with Image.open(path) as image:
-        image = image.convert("RGB")
+        image = to_rgb(image)
         width, height = image.size
         scale = image_size / min(width, height)
         new_width, new_height = max(image_size, round(width * scale)), max(image_size, round(height * scale))
@@ -34,7 +91,7 @@ def decode(path: Path, image_size: int) -> np.ndarray:
 
 
 def cache_key(paths: list[Path], image_size: int) -> str:
-    digest = hashlib.sha1(str(image_size).encode())
+    digest = hashlib.sha1(f"{image_size}\0decode {DECODE_VERSION}".encode())
     for path in paths:
         try:
             stat = path.stat()
