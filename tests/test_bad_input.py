@@ -674,3 +674,51 @@ def test_another_seed_rebuilds_the_folds(digits, project):
     saved = pd.read_csv(project / "data" / "interim" / "digits" / "folds.csv")
     assert saved["fold"].tolist() == assign_folds(labels.targets, 5, 7).tolist()
     assert saved["fold"].tolist() != assign_folds(labels.targets, 5, 42).tolist()
+
+
+# Round two: labels and ids that look the same
+
+
+def test_labels_with_spaces_are_one_class(digits, project):
+    table = train_rows(project)
+    table.loc[::3, "label"] = table.loc[::3, "label"] + " "
+    write_rows(raw(project) / "train.csv", table)
+    succeeds(project, "folds", "digits")
+    folds = pd.read_csv(project / "data" / "interim" / "digits" / "folds.csv", dtype=str)
+    assert sorted(folds["label"].unique()) == [str(digit) for digit in range(10)]
+
+
+@pytest.mark.parametrize(
+    "spelling", ["{}.png", "{}.PNG", "{upper}"], ids=["extension", "extension-case", "case"]
+)
+def test_one_image_under_two_ids_is_refused(digits, project, spelling):
+    table = train_rows(project)
+    identifier = table.loc[2, "id"]
+    table.loc[9, "id"] = spelling.format(identifier, upper=identifier.upper())
+    write_rows(raw(project) / "train.csv", table)
+    refused(project, "train", "digits", *sets(QUICK), contains=("train.csv", "row 4", "row 11", "same image"))
+    assert not (project / "runs").exists()
+
+
+def test_labels_differing_only_in_case_are_refused(digits, project):
+    folder = project / "competitions" / "letters"
+    folder.mkdir()
+    (folder / "competition.toml").write_text(
+        (project / "competitions" / "digits" / "competition.toml").read_text()
+    )
+    shutil.copytree(raw(project), raw(project, "letters"))
+    table = train_rows(project).assign(label=lambda frame: "x" + frame["label"])
+    table.loc[5, "label"] = table.loc[5, "label"].upper()
+    write_rows(raw(project, "letters") / "train.csv", table)
+    refused(project, "folds", "letters", contains=("train.csv", "row 7", "differ only in case"))
+
+
+def test_an_extension_in_another_case_is_not_a_bad_image(digits, project):
+    table = train_rows(project)
+    for identifier in table["id"][:4]:
+        path = raw(project) / "train" / f"{identifier}.png"
+        path.rename(path.with_suffix(".PNG"))
+    result = succeeds(project, "train", "digits", *sets(QUICK))
+    assert "unreadable" not in result.output and "skipping" not in result.output
+    (run_dir,) = (project / "runs" / "digits").iterdir()
+    assert not (run_dir / "bad-images.json").exists()

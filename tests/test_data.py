@@ -335,3 +335,66 @@ def test_small_classes_are_named_when_folds_are_made(project, capsys):
     load_folds(config, load_labels(config))
     said = capsys.readouterr().err.strip().splitlines()
     assert len(said) == 1 and "'akita' (2)" in said[0] and "'beagle' (1)" in said[0]
+
+
+# Names that look the same ---------------------------------------------------------------------------------
+
+NFD_CAFE, NFC_CAFE = "cafe\u0301", "caf\u00e9"  # 'café' spelled with a combining accent, and precomposed
+
+
+def test_labels_are_read_as_a_person_reads_them(project):
+    config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"')
+    write_csv(raw / "labels.csv", f"id,label\na,pug \nb, pug\nc,{NFD_CAFE}\nd,{NFC_CAFE}\ne,akita\n f ,akita")
+    labels = load_labels(config)
+    assert labels.classes == ["akita", NFC_CAFE, "pug"]
+    assert labels.targets.tolist() == [2, 2, 1, 1, 0, 0]
+    assert labels.ids[-1] == "f" and labels.paths[-1].name == "f.jpg"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("img1", "img1.jpg"), ("img1", "IMG1"), ("Img1.JPG", "img1"), (NFC_CAFE, NFD_CAFE), ("img1", " img1 ")],
+    ids=["extension", "case", "case-and-extension", "unicode", "spaces"],
+)
+def test_one_image_under_two_ids_is_refused_naming_both_rows(project, first, second):
+    config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"')
+    write_csv(raw / "labels.csv", f"id,label\nimg0,pug\n{first},pug\nimg2,akita\n{second},akita")
+    message = error_message(load_labels, config)
+    if first == second.strip():  # the same id once spaces are dropped
+        assert "duplicate id 'img1' (row 5, and row 3)" in message, message
+    else:
+        assert f"row 3 {first!r} and row 5 {second!r} name the same image" in message, message
+        assert "(labels 'pug' and 'akita')" in message
+
+
+def test_labels_differing_only_in_case_are_refused_naming_both_rows(project):
+    config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"')
+    write_csv(raw / "labels.csv", "id,label\na,pug\nb,akita\nc,Pug")
+    message = error_message(load_labels, config)
+    assert "'pug' (row 2)" in message and "'Pug' (row 4)" in message and "differ only in case" in message
+
+
+def test_class_folders_differing_only_in_case_are_refused(project):
+    config, raw = competition(project, "breeds", 'labels = "folders"\nextension = ".png"')
+    for name in ("Pug/1.png", "pug/2.png", "akita/3.png"):
+        image(raw / "train" / name)
+    message = error_message(load_labels, config)
+    assert "'Pug' (Pug/1.png)" in message and "'pug' (pug/2.png)" in message
+
+
+def test_test_ids_naming_one_image_twice_are_refused(project):
+    config, raw = competition(project, "breeds", 'extension = ".png"')
+    image(raw / "test" / "a.png")
+    write_csv(raw / "sample_submission.csv", "id,label\na,x\nb,x\nA.png,x")
+    message = error_message(load_test, config)
+    assert "row 2 'a' and row 4 'A.png' name the same image" in message
+
+
+def test_an_extension_in_another_case_finds_the_file(project):
+    config, raw = competition(project, "breeds", 'labels_csv = "labels.csv"\nextension = ".jpg"')
+    write_csv(raw / "labels.csv", f"id,label\na,pug\nb,akita\n{NFD_CAFE},akita")
+    for name in ("a.JPG", "B.jpg", f"{NFC_CAFE}.Jpg"):
+        image(raw / "train" / name)
+    labels = load_labels(config)
+    assert [path.name for path in labels.paths] == ["a.JPG", "B.jpg", f"{NFC_CAFE}.Jpg"]
+    assert all(path.is_file() for path in labels.paths)

@@ -8,7 +8,9 @@ itself to keep a competition's files on another disk.
 
 from __future__ import annotations
 
+import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +54,20 @@ def _check_id(identifier: str, where: str, row: int) -> str:
 
 
 def _check_ids(ids, where: str) -> list[str]:
-    return [_check_id(identifier, where, row) for row, identifier in enumerate(ids, start=2)]  # row 1: header
+    """Ids without surrounding spaces (`abc, pug` in a hand-made CSV), each checked; row 1 is the header."""
+    return [_check_id(identifier.strip(), where, row) for row, identifier in enumerate(ids, start=2)]
+
+
+def same_name(name: str) -> str:
+    """A name as a person and a case-insensitive disk compare it: one Unicode form (NFC), no case."""
+    return unicodedata.normalize("NFC", name.strip()).casefold()
+
+
+def image_key(identifier: str, extension: str) -> str:
+    """Ids naming one image compare equal: 'Abc', 'abc.jpg' and 'abc' (NFD) are all 'abc'."""
+    key = same_name(identifier)
+    suffix = same_name(extension)
+    return key[: -len(suffix)] if suffix and key.endswith(suffix) else key
 
 
 def _inside(config: Config, key: str, value: str | None = None) -> Path:
@@ -95,14 +110,40 @@ def real_paths(paths: list[Path], root: Path, where: str, rows: bool) -> list[Pa
     return result
 
 
-def _check_unique(ids: list[str], where: str) -> None:
-    seen: set[str] = set()
-    for row, identifier in enumerate(ids, start=2):  # row 1 is the header
-        if identifier in seen:
+def _check_unique(ids: list[str], where: str, extension: str, places: list[str], labels=None) -> None:
+    """Refuse one image listed twice: the same id, or ids that differ only in extension, case or Unicode
+    form (trained twice, with two labels, in two folds: a leak). `places`: each id's row or file."""
+    seen: dict[str, int] = {}
+    for index, identifier in enumerate(ids):
+        key = image_key(identifier, extension)
+        if key not in seen:
+            seen[key] = index
+            continue
+        first = seen[key]
+        if ids[first] == identifier:
             raise click.ClickException(
-                f"{where}: duplicate id {identifier!r} (row {row}); ids must be unique"
+                f"{where}: duplicate id {identifier!r} ({places[index]}, and {places[first]}); ids must be unique"
             )
-        seen.add(identifier)
+        labelled = f" (labels {labels[first]!r} and {labels[index]!r})" if labels is not None else ""
+        raise click.ClickException(
+            f"{where}: {places[first]} {ids[first]!r} and {places[index]} {identifier!r} name the same image"
+            f"{labelled}: they differ only in extension, case or Unicode form; keep one of them"
+        )
+
+
+def _normalise_labels(labels: list[str], where: str, places: list[str]) -> list[str]:
+    """Labels as a person reads them: surrounding spaces dropped, one Unicode form (NFC), so 'pug ' is
+    'pug'. Two labels differing only in case are refused: a typo, or classes no one can tell apart."""
+    labels = [unicodedata.normalize("NFC", label.strip()) for label in labels]
+    spelled: dict[str, int] = {}
+    for index, label in enumerate(labels):
+        first = spelled.setdefault(label.casefold(), index)
+        if labels[first] != label:
+            raise click.ClickException(
+                f"{where}: labels {labels[first]!r} ({places[first]}) and {label!r} ({places[index]}) differ "
+                f"only in case; write them the same, or they become two classes"
+            )
+    return labels
 
 
 def image_path(folder: Path, identifier: str, extension: str) -> Path:
@@ -110,6 +151,25 @@ def image_path(folder: Path, identifier: str, extension: str) -> Path:
     if extension and identifier.lower().endswith(extension.lower()):
         return folder / identifier
     return folder / f"{identifier}{extension}"
+
+
+def found_paths(paths: list[Path]) -> list[Path]:
+    """Each path, or the file beside it that differs only in case or Unicode form ('ABC.JPG' for id 'abc'
+    with extension '.jpg'): one listing per folder, so 100,000 ids cost no extra file-system calls."""
+    listings: dict[Path, tuple[set[str], dict[str, str]]] = {}
+    result = []
+    for path in paths:
+        if path.parent not in listings:
+            try:
+                names = os.listdir(path.parent)
+            except OSError:  # a missing folder: reported where the images are read
+                names = []
+            listings[path.parent] = set(names), {same_name(name): name for name in sorted(names)}
+        names, by_key = listings[path.parent]
+        if path.name not in names and same_name(path.name) in by_key:
+            path = path.parent / by_key[same_name(path.name)]
+        result.append(path)
+    return result
 
 
 def _image_files(folder: Path, extension: str) -> list[Path]:
@@ -156,7 +216,8 @@ def load_labels(config: Config) -> LabelTable:
         for row, label in enumerate(labels, start=2):
             if not label.strip():
                 raise click.ClickException(f"{source}: empty label in row {row}; fill it or drop the row")
-        paths = [image_path(train_dir, i, data.extension) for i in ids]
+        places = [f"row {row}" for row in range(2, len(ids) + 2)]
+        paths = found_paths([image_path(train_dir, i, data.extension) for i in ids])
     elif data.labels == "filenames":
         try:
             pattern = re.compile(data.filename_pattern)
@@ -179,7 +240,7 @@ def load_labels(config: Config) -> LabelTable:
             ids.append(path.stem)
             labels.append(match["label"])
             paths.append(path)
-        source = train_dir
+        source, places = train_dir, [path.name for path in paths]
     else:  # folders: train/<class>/<image>
         ids, labels, paths = [], [], []
         for class_dir in sorted(p for p in _folder(train_dir, config).iterdir() if p.is_dir()):
@@ -187,10 +248,11 @@ def load_labels(config: Config) -> LabelTable:
                 ids.append(f"{class_dir.name}/{path.stem}")
                 labels.append(class_dir.name)
                 paths.append(path)
-        source = train_dir
+        source, places = train_dir, [f"{path.parent.name}/{path.name}" for path in paths]
     if not ids:
         raise click.ClickException(f"{source}: no training images with extension {data.extension!r} found")
-    _check_unique(ids, str(source))
+    labels = _normalise_labels(labels, str(source), places)
+    _check_unique(ids, str(source), data.extension, places, labels)
     real_paths(paths, raw.resolve(), str(source), rows=data.labels == "csv")
     try:
         task, targets, classes = tasks.read_labels(config.competition.task, labels)
@@ -247,14 +309,16 @@ def load_test(config: Config) -> TestTable:
         if not ids:
             raise click.ClickException(f"{sample}: lists no test ids; download it again")
         ids = _check_ids(ids, str(sample))
-        _check_unique(ids, str(sample))
+        _check_unique(ids, str(sample), data.extension, [f"row {row}" for row in range(2, len(ids) + 2)])
         paths = [image_path(folders[0], i, data.extension) for i in ids]
         if len(folders) > 1:  # test images split over folders (Planet): each id's image where it is
             holding = {path.name: folder for folder in reversed(folders) for path in folder.iterdir()}
             paths = [holding.get(path.name, folders[0]) / path.name for path in paths]
+        paths = found_paths(paths)
     else:
         paths = [path for folder in folders for path in _image_files(folder, data.extension)]
         ids = [p.stem for p in paths]
+        _check_unique(ids, str(folders[0]), data.extension, [path.name for path in paths])
     real_paths(paths, raw.resolve(), str(sample), rows=sample.is_file())
     return TestTable(ids, paths)
 
