@@ -8,6 +8,7 @@ impossible combination is a one-line `ConfigError` naming the file, the key and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -275,6 +276,15 @@ def _build(cls: type, table: Any, where: str, file: Path) -> Any:
     return cls(**values)
 
 
+def _check_range(
+    file: Path, key: str, value: float, allowed: str, low=None, high=None, inclusive=True
+) -> None:
+    """One number within its range; NaN and infinity are never in range (TOML allows `nan` and `inf`)."""
+    inside = math.isfinite(value) and (low is None or value > low or (inclusive and value == low))
+    if not inside or (high is not None and value > high):
+        raise ConfigError(f"{file}: '{key}' = {value} must be {allowed}")
+
+
 def _validate(config: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     file = config.path
@@ -296,16 +306,36 @@ def _validate(config: Config) -> None:
     for key in ("image_size", "batch_size", "epochs", "folds"):
         if getattr(config.train, key) < 1 or (key == "folds" and config.train.folds < 2):
             raise ConfigError(f"{file}: 'train.{key}' = {getattr(config.train, key)} is too small")
-    if config.train.lr <= 0:
-        raise ConfigError(f"{file}: 'train.lr' must be positive")
+    _check_range(file, "train.lr", config.train.lr, "a positive number, e.g. 1e-3", low=0, inclusive=False)
+    _check_range(file, "train.weight_decay", config.train.weight_decay, "0 or more, e.g. 0.01", low=0)
+    _check_range(file, "train.seed", config.train.seed, "0 to 2**32 - 1", low=0, high=2**32 - 1)
+    _check_range(file, "train.num_workers", config.train.num_workers, "-1 (automatic) or more", low=-1)
+    _check_range(file, "data.max_bad_images", config.data.max_bad_images, "0 or more", low=0)
+    _check_range(file, "predict.tta", config.predict.tta, "0 (no TTA) or more", low=0)
+    _check_range(file, "predict.snapshot_ensemble", config.predict.snapshot_ensemble, "1 or more", low=1)
+    _check_range(
+        file,
+        "submission.clip_epsilon",
+        config.submission.clip_epsilon,
+        "0 to 0.5, e.g. 1e-15",
+        low=0,
+        high=0.5,
+    )
     for key in ("max_package_mb", "poll_seconds", "timeout_minutes"):
-        if getattr(config.notebook, key) <= 0:
+        if not getattr(config.notebook, key) > 0:  # NaN too
             raise ConfigError(f"{file}: 'notebook.{key}' = {getattr(config.notebook, key)} must be positive")
     for index, stage in enumerate(config.stages):
         where = f"{file}: stages[{index}] ({stage.name})"
-        if stage.cycle_mult < 1:
+        for key in ("image_size", "batch_size"):
+            value = getattr(stage, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}: {key} = {value} must be 1 or more (or left out: train.{key})")
+        for rate in stage.lr if isinstance(stage.lr, tuple) else [stage.lr]:
+            if rate is not None and not (math.isfinite(rate) and rate > 0):
+                raise ConfigError(f"{where}: lr = {rate} must be a positive number, e.g. 1e-3")
+        if not stage.cycle_mult >= 1 or not math.isfinite(stage.cycle_mult):
             raise ConfigError(f"{where}: cycle_mult = {stage.cycle_mult} must be >= 1")
-        if stage.n_cycles < 1 or stage.cycle_len <= 0:
+        if stage.n_cycles < 1 or not (0 < stage.cycle_len < math.inf):
             raise ConfigError(f"{where}: n_cycles must be >= 1 and cycle_len > 0")
         if not -LAYER_GROUPS <= stage.freeze_to < LAYER_GROUPS:
             raise ConfigError(f"{where}: freeze_to = {stage.freeze_to} must be in -3..2 (3 layer groups)")

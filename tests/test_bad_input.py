@@ -722,3 +722,30 @@ def test_an_extension_in_another_case_is_not_a_bad_image(digits, project):
     assert "unreadable" not in result.output and "skipping" not in result.output
     (run_dir,) = (project / "runs" / "digits").iterdir()
     assert not (run_dir / "bad-images.json").exists()
+
+
+# Round two: settings that break the pipeline's contract or were never checked
+
+
+@pytest.mark.parametrize(
+    ("setting", "phrase"),
+    [
+        ("augment.transforms=[{name='Normalize'}]", "Normalize is not allowed"),
+        ("augment.transforms=[{name='ToTensorV2'}]", "ToTensorV2 is not allowed"),
+        (
+            "augment.transforms=[{name='Resize', height=16, width=16}]",
+            "Resize turns a 32x32x3 uint8 image into 16x16x3",
+        ),
+        ("stages=[{lr=-1e-3}]", "lr = -0.001 must be a positive number"),
+        ("stages=[{lr=nan}]", "lr = nan must be a positive number"),
+        ("train.lr=nan", "'train.lr' = nan"),
+        ("stages=[{image_size=-32}]", "image_size = -32"),
+        ("stages=[{batch_size=0}]", "batch_size = 0"),
+        ("train.weight_decay=-0.1", "'train.weight_decay' = -0.1"),
+        ("train.seed=-5", "'train.seed' = -5"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_before_a_run_folder(digits, project, setting, phrase):
+    line = refused(project, "train", "digits", *sets([*QUICK, setting]), contains=(phrase,))
+    assert "too high" not in line
+    assert not (project / "runs").exists()

@@ -211,6 +211,16 @@ STAGE_PROBLEMS = [
     ('[augment]\ntransforms = [{ name = "Compose" }]\n', "unknown albumentations transform 'Compose'"),
     ('[augment]\ntransforms = [{ name = "Blur", blur_limit = "abc" }]\n', "blur_limit"),
     ('[augment]\ntransforms = [{ name = "Blur", blur_limt = 3 }]\n', "'blur_limt'"),
+    ("[[stages]]\nimage_size = -32\n", "image_size = -32 must be 1 or more"),
+    ("[[stages]]\nbatch_size = 0\n", "batch_size = 0 must be 1 or more"),
+    ("[[stages]]\nlr = nan\n", "lr = nan must be a positive number"),
+    ("[[stages]]\nlr = [1e-3, -1e-3, 1e-2]\n", "lr = -0.001 must be a positive number"),
+    ("[[stages]]\nlr = 0\n", "lr = 0 must be a positive number"),
+    ("[[stages]]\ncycle_len = inf\n", "cycle_len > 0"),
+    ("[[stages]]\ncycle_mult = nan\n", "cycle_mult = nan"),
+    ("[predict]\ntta = -1\n", "'predict.tta' = -1"),
+    ("[predict]\nsnapshot_ensemble = 0\n", "'predict.snapshot_ensemble' = 0"),
+    ("[submission]\nclip_epsilon = 0.7\n", "'submission.clip_epsilon' = 0.7"),
     ('[submission]\nformat = "binary"\n', "positive_class"),
     ('[submission]\nformat = "csv"\n', "'submission.format'"),
 ]
@@ -221,6 +231,25 @@ def test_impossible_settings_are_one_clear_error_each(project, extra, expected):
     path = write_competition(project, "bad", BASIC + "\n" + extra)
     message = config_error("bad")
     assert str(path) in message and expected in message
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("train.lr=nan", "'train.lr' = nan must be a positive number"),
+        ("train.lr=-3e-3", "'train.lr' = -0.003 must be a positive number"),
+        ("train.weight_decay=-0.01", "'train.weight_decay' = -0.01 must be 0 or more"),
+        ("train.weight_decay=inf", "'train.weight_decay' = inf"),
+        ("train.seed=-1", "'train.seed' = -1 must be 0 to 2**32 - 1"),
+        ("train.num_workers=-2", "'train.num_workers' = -2"),
+        ("data.max_bad_images=-1", "'data.max_bad_images' = -1"),
+        ("stages.0.batch_size=-8", "batch_size = -8 must be 1 or more"),
+    ],
+)
+def test_values_out_of_range_are_refused_from_the_file_or_an_override(project, setting, expected):
+    path = write_competition(project, "bad", BASIC + "\n[[stages]]\n")
+    message = config_error("bad", [setting])
+    assert str(path) in message and expected in message, message
 
 
 def test_stage_errors_name_the_stage(project):
@@ -241,6 +270,45 @@ def test_bad_transform_arguments_name_the_field(project):
     )
     message = config_error("typo")
     assert "Blur has no argument 'blur_limt'" in message and "blur_limit" in message
+
+
+@pytest.mark.parametrize(
+    ("transform", "expected"),
+    [
+        ('{ name = "Normalize" }', "Normalize is not allowed: the kit normalises each batch"),
+        ('{ name = "ToTensorV2" }', "ToTensorV2 is not allowed"),
+        ('{ name = "ToFloat", max_value = 255 }', "ToFloat is not allowed"),
+        (
+            '{ name = "Resize", height = 32, width = 32 }',
+            "Resize turns a 64x64x3 uint8 image into 32x32x3 uint8",
+        ),
+        ('{ name = "RandomCrop", height = 48, width = 48, p = 0.1 }', "RandomCrop turns a 64x64x3"),
+        ('{ name = "PadIfNeeded", min_height = 80, min_width = 80 }', "into 80x80x3"),
+        ('{ name = "ToGray", num_output_channels = 1 }', "into 64x64 uint8"),
+    ],
+)
+def test_transforms_that_break_the_contract_are_refused_listing_the_allowed_kinds(
+    project, transform, expected
+):
+    write_competition(project, "bad", BASIC + f"\n[augment]\ntransforms = [{transform}]\n")
+    message = config_error("bad")
+    assert "augment.transforms" in message and expected in message, message
+    assert "allowed: pixel-level transforms" in message and "train.image_size" in message
+
+
+def test_a_resize_that_fits_one_stage_but_not_the_next_is_refused(project):
+    text = BASIC + '\n[augment]\ntransforms = [{ name = "Resize", height = 64, width = 64 }]\n'
+    write_competition(project, "sizes", text + "\n[[stages]]\n\n[[stages]]\nimage_size = 96\n")
+    assert "Resize turns a 96x96x3 uint8 image into 64x64x3" in config_error("sizes")
+
+
+def test_transforms_that_keep_the_contract_are_accepted(project):
+    transforms = (
+        '[{ name = "Blur", blur_limit = 3, p = 0.2 }, { name = "CoarseDropout" }, '
+        '{ name = "RandomResizedCrop", size = [64, 64] }, { name = "HueSaturationValue" }]'
+    )
+    write_competition(project, "good", BASIC + f"\n[augment]\ntransforms = {transforms}\n")
+    assert len(commands.load_for_training("good").augment.transforms) == 4
 
 
 @pytest.fixture

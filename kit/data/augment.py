@@ -10,6 +10,7 @@ import inspect
 
 import albumentations
 import cv2
+import numpy as np
 
 from kit.config import Config, ConfigError
 
@@ -69,6 +70,50 @@ def _custom(spec: dict, border: int, where: str):
         raise ConfigError(f"{where}: bad arguments for {name}: {' '.join(lines)}") from None
 
 
+# Steps the kit takes itself after augmentation, so a user's copy would apply them twice (in training only).
+DONE_BY_THE_KIT = {
+    "Normalize": "the kit normalises each batch on the device with the model's own mean and std",
+    "ToFloat": "the kit makes floats on the device, after augmentation",
+    "FromFloat": "images arrive as uint8 and stay uint8 until the device",
+    "ToTensorV2": "the kit makes tensors itself",
+    "ToTensor3D": "the kit makes tensors itself",
+}
+ALLOWED_KINDS = (
+    "allowed: pixel-level transforms (e.g. Blur, GaussNoise, HueSaturationValue, CLAHE, CoarseDropout) and "
+    "spatial ones that keep the size (e.g. Affine, Perspective, GridDistortion, RandomResizedCrop to the "
+    "stage's size); set sizes with train.image_size / stages.N.image_size"
+)
+
+
+def _check_contract(spec: dict, border: int, where: str, image_sizes: list[int]) -> None:
+    """Refuse a transform that breaks what follows augmentation: uint8 HxWx3 in, the same out.
+
+    The transform is tried once at each stage's size with p = 1 on a random image, so a rare one is
+    caught too; what the kit does itself (normalising, tensors) is refused by name.
+    """
+    name = spec.get("name")
+    if name in DONE_BY_THE_KIT:
+        raise ConfigError(f"{where}: {name} is not allowed: {DONE_BY_THE_KIT[name]}; {ALLOWED_KINDS}")
+    transform = _custom({**spec, "p": 1.0}, border, where)
+    random = np.random.default_rng(0)
+    for size in image_sizes:
+        image = random.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        try:
+            result = transform(image=image)["image"]
+        except Exception as error:  # albumentations raises many types for inputs a transform cannot take
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ConfigError(
+                f"{where}: {name} fails on a {size}x{size} RGB uint8 image ({reason}); {ALLOWED_KINDS}"
+            ) from None
+        shape, kind = getattr(result, "shape", None), getattr(result, "dtype", type(result).__name__)
+        if not isinstance(result, np.ndarray) or result.dtype != np.uint8 or result.shape != image.shape:
+            shown = "x".join(map(str, shape)) if shape is not None else "?"
+            raise ConfigError(
+                f"{where}: {name} turns a {size}x{size}x3 uint8 image into {shown} {kind}; transforms "
+                f"must keep the size, 3 channels and uint8; {ALLOWED_KINDS}"
+            )
+
+
 def train_transform(config: Config, image_size: int) -> albumentations.Compose | None:
     """The training transform at this size, or None when there is nothing to do."""
     border = PADDING_MODES[config.augment.padding_mode]
@@ -86,3 +131,7 @@ def check_transforms(config: Config) -> None:
     transforms need albumentations, which commands that train import and others need not.
     """
     train_transform(config, config.train.image_size)
+    border, where = PADDING_MODES[config.augment.padding_mode], f"{config.path}: augment.transforms"
+    sizes = sorted({config.stage_image_size(stage) for stage in config.stages if stage.augment})
+    for spec in config.augment.transforms:
+        _check_contract(spec, border, where, sizes)
