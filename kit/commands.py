@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import typing
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -40,7 +41,15 @@ from kit.kaggle import client as kaggle
 from kit.kaggle import download as kaggle_download
 from kit.kaggle import kernels, scaffold
 from kit.report.runs_table import runs_table
-from kit.run_folder import find_run, finished_runs, list_runs, new_run_dir, run_config, run_summary
+from kit.run_folder import (
+    find_run,
+    finished_runs,
+    list_runs,
+    new_run_dir,
+    removed_unless_trained,
+    run_config,
+    run_summary,
+)
 
 
 def _notice(line: str) -> None:
@@ -157,12 +166,13 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
     )
     if main:
         click.echo(f"run {run_dir.relative_to(run_dir.parents[2])}")
-    if config.train.lr_find:
-        if distributed.world_size() == 1:
-            _lr_find(config, labels, 0, run_dir, None)
-        elif main:
-            click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
-    summary = loop.train(config, labels, fold, run_dir)
+    with removed_unless_trained(run_dir) if main else nullcontext():
+        if config.train.lr_find:
+            if distributed.world_size() == 1:
+                _lr_find(config, labels, 0, run_dir, None)
+            elif main:
+                click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
+        summary = loop.train(config, labels, fold, run_dir)
     if main:
         click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
     distributed.teardown()

@@ -6,6 +6,7 @@ Every write goes to a temporary file beside its target and is renamed into place
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -79,9 +80,40 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; over the user's disk quota
+
+
+def human_size(size: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""
+
+
+def free_space(folder: Path) -> int:
+    """Bytes free for us in `folder` (or its nearest existing parent)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def disk_full(folder: Path, what: str, needed: int | None = None) -> click.ClickException:
+    """The one-line error for a full disk: where, how much is needed (when known) and free, what to do."""
+    amount = f"needs {human_size(needed)}" if needed is not None else "ran out of space"
+    return click.ClickException(
+        f"{folder}: {what} {amount} and {human_size(free_space(folder))} is free there; free space on that "
+        f"disk (caches under data/interim may be deleted: they are rebuilt), or link the folder to a "
+        f"bigger disk, then run the command again"
+    )
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    A full disk is one line naming the folder (the temporary file is removed first, so the space is back).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
@@ -89,6 +121,15 @@ def atomic_path(target: Path) -> Iterator[Path]:
         yield Path(temporary)
         os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); outputs are ordinary files
         os.replace(temporary, target)
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        written = os.path.getsize(temporary) if os.path.exists(temporary) else 0
+        if os.path.exists(temporary):  # before the free space is measured for the message
+            os.unlink(temporary)
+        raise disk_full(
+            target.parent, f"writing {target.name} ({human_size(written)} written when the disk filled)"
+        ) from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)

@@ -6,6 +6,7 @@ Layer groups follow the lesson: early body, late body, head, so a stage can trai
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import click
@@ -126,11 +127,19 @@ def weights_meta(config: Config, classes: list[str]) -> dict:
     return {"model": config.train.model, "classes": classes}
 
 
+def save_checkpoint(value: dict, path: Path) -> None:
+    """torch.save, atomically and through memory: torch's file writer reports a full disk as a RuntimeError
+    without its cause, a plain file write as the OSError that kit.files.atomic_path turns into one line."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(buffer.getbuffer())
+
+
 def save_weights(model: nn.Module, path: Path, meta: dict) -> None:
     """State dict plus what it is (model name, classes), written atomically."""
     state = {key: value.detach().cpu() for key, value in unwrap(model).state_dict().items()}
-    with atomic_path(path) as temporary:
-        torch.save({"state_dict": state, "meta": meta}, temporary)
+    save_checkpoint({"state_dict": state, "meta": meta}, path)
 
 
 def load_weights(model: nn.Module, path: Path, expected_meta: dict) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -29,6 +32,12 @@ def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
         suffix += 1
         run_dir = base / f"{run_id}-{suffix}"
     run_dir.mkdir(parents=True)
+    with removed_unless_trained(run_dir):  # a full disk here leaves no half-made run
+        _record(run_dir, config, device)
+    return run_dir
+
+
+def _record(run_dir: Path, config: Config, device: str) -> None:
     write_json(run_dir / "config.json", config.to_dict())
     write_json(
         run_dir / "provenance.json",
@@ -45,7 +54,23 @@ def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
             ),  # torchrun: one per GPU, each with train.batch_size
         },
     )
-    return run_dir
+
+
+def trained_anything(run_dir: Path) -> bool:
+    """Whether a run holds a completed epoch (a resume point, weights) or a finished fold."""
+    return any(run_dir.glob("fold-*/*.pt")) or any(run_dir.glob("fold-*/result.json"))
+
+
+@contextmanager
+def removed_unless_trained(run_dir: Path) -> Iterator[Path]:
+    """A new run that stops before its first epoch completes (bad data, a setting, out of memory, Ctrl-C)
+    has nothing to resume or read: its folder is removed, so `kit runs` and `--resume` never meet it."""
+    try:
+        yield run_dir
+    except BaseException:
+        if not trained_anything(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _version(package: str) -> str:

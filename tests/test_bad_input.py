@@ -227,8 +227,9 @@ def test_many_bad_training_images_stop_training_with_the_list(digits, project):
         contains=("5 training images cannot be read", "data.max_bad_images = 2", names[0], "bad-images.json"),
     )
     assert "missing" in line and "unreadable" in line
-    (run_dir,) = (project / "runs" / "digits").iterdir()
-    assert not (run_dir / "fold-0").exists()
+    assert not list((project / "runs" / "digits").iterdir())  # stopped before training: no run left
+    listed = json.loads((project / "data" / "interim" / "digits" / "bad-images.json").read_text())
+    assert sorted(Path(path).name for path in listed) == sorted(names) and str(project / "data") in line
 
 
 def test_a_bad_test_image_stops_prediction(trained, project):
@@ -386,6 +387,7 @@ def test_a_diverging_first_stage_says_lower_the_learning_rate(digits, project):
         contains=("stage 'train'", "diverged", "lower the learning rate", "lr-find COMP=digits"),
     )
     assert "no good weights" in line
+    assert not list((project / "runs" / "digits").iterdir())  # nothing trained: no run folder left behind
 
 
 def test_a_diverging_later_stage_keeps_the_last_good_weights(digits, project):
@@ -749,3 +751,67 @@ def test_settings_that_cannot_work_are_refused_before_a_run_folder(digits, proje
     line = refused(project, "train", "digits", *sets([*QUICK, setting]), contains=(phrase,))
     assert "too high" not in line
     assert not (project / "runs").exists()
+
+
+# Round two: a full disk
+
+
+def no_space(*arguments, **keywords):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_too_little_space_for_the_image_cache(digits, project, monkeypatch):
+    import shutil as shell_utilities
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shell_utilities, "disk_usage", lambda folder: usage(10**9, 10**9 - 5000, 5000))
+    refused(
+        project,
+        "train",
+        "digits",
+        *sets(QUICK),
+        contains=("data/interim/digits", "caching 150 train images at 32px needs 464.9 KB", "5.0 KB is free"),
+    )
+    assert not list((project / "runs" / "digits").iterdir())
+
+
+def test_the_disk_filling_while_caching(digits, project, monkeypatch):
+    """The space check passed, then another program filled the disk: the reservation fails, not a bus error."""
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    refused(project, "train", "digits", *sets(QUICK), contains=("data/interim/digits", "caching", "needs"))
+    assert not list((project / "data" / "interim").rglob("*.npy"))  # no cache, and no temporary file
+
+
+def test_the_disk_filling_under_runs(digits, project, monkeypatch):
+    real_write_bytes = Path.write_bytes
+
+    def full_under_runs(path, data):
+        if "runs" in path.parts:
+            no_space()
+        return real_write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_under_runs)
+    refused(
+        project,
+        "train",
+        "digits",
+        *sets(QUICK),
+        contains=("runs/digits/", "fold-0", "writing best.pt", "free space"),
+    )
+    assert not list((project / "runs" / "digits").iterdir())  # no epoch was saved: no run left behind
+
+
+def test_the_disk_full_when_a_run_starts(digits, project, monkeypatch):
+    real_write_text = Path.write_text
+
+    def full_under_runs(path, data, *arguments, **keywords):
+        if "runs" in path.parts:
+            no_space()
+        return real_write_text(path, data, *arguments, **keywords)
+
+    monkeypatch.setattr(Path, "write_text", full_under_runs)
+    refused(project, "train", "digits", *sets(QUICK), contains=("runs/digits/", "writing config.json"))
+    assert not list((project / "runs" / "digits").iterdir())

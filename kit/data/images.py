@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from kit.files import atomic_path
+from kit.files import DISK_FULL, atomic_path, disk_full, free_space
 
 # Part of every cache key: bump it whenever decode's pixels change, so no cache made by an older decoder
 # is reused. 2: what a viewer shows (EXIF orientation, 16-bit, transparency, colour profiles, first frame).
@@ -128,10 +128,22 @@ def image_cache(
         return np.load(array_path, mmap_mode="r"), json.loads(report_path.read_text())
     cache_dir.mkdir(parents=True, exist_ok=True)
     problems: dict[str, str] = {}
+    shape = (len(paths), image_size, image_size, 3)
+    needed = int(np.prod(shape)) + 4096  # the pixels, plus the .npy header
+    what = f"caching {len(paths)} {label} images at {image_size}px"
+    if free_space(cache_dir) < needed:
+        raise disk_full(cache_dir, what, needed)
     with atomic_path(array_path) as temporary:
-        array = np.lib.format.open_memmap(
-            temporary, mode="w+", dtype=np.uint8, shape=(len(paths), image_size, image_size, 3)
-        )
+        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
+        # Reserve every block now: writing into a memory map on a full disk kills the process (SIGBUS).
+        with open(temporary, "r+b") as handle:
+            try:
+                if hasattr(os, "posix_fallocate"):  # not on macOS
+                    os.posix_fallocate(handle.fileno(), 0, os.path.getsize(temporary))
+            except OSError as error:  # other errors (a file system without it): written as it goes
+                if error.errno in DISK_FULL:
+                    handle.truncate(0)  # give the space back before the message measures what is free
+                    raise disk_full(cache_dir, what, needed) from None
         workers = min(32, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding and resizing
             results = pool.map(lambda p: _decode_or_none(p, image_size), paths, chunksize=16)

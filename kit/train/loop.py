@@ -23,7 +23,8 @@ from kit.config import Config, Stage
 from kit.data.folds import load_folds
 from kit.data.labels import LabelTable
 from kit.device import batched_inference, device, gpu_paths, place
-from kit.files import atomic_path, read_json, save_array, write_json
+from kit.files import read_json, save_array, write_json
+from kit.paths import interim_dir
 from kit.predict.inference import ensemble_probabilities, prediction_weights
 from kit.tasks import SINGLE_LABEL, SingleLabel
 from kit.train import batch_size, schedule
@@ -48,8 +49,7 @@ def save_resume_point(state: FoldState, prepared: PreparedStage, stage_index: in
         "snapshots_taken": state.snapshots_taken,
         "meta": state.meta,
     }
-    with atomic_path(state.fold_dir / "resume.pt") as temporary:
-        torch.save(point, temporary)
+    models.save_checkpoint(point, state.fold_dir / "resume.pt")
 
 
 def evaluate(
@@ -205,14 +205,17 @@ def usable_rows(config: Config, labels: LabelTable, run_dir: Path) -> np.ndarray
     """Rows whose image decodes; a few bad ones are skipped and reported, many stop training."""
     _, problems = training_images(config, labels, config.train.image_size)
     if problems:
+        # Too many stop the run before it trains (its folder is then removed): the list goes to data/interim.
+        too_many = len(problems) > config.data.max_bad_images
+        listed = (interim_dir(config.name) if too_many else run_dir) / "bad-images.json"
         if distributed.is_main():
-            write_json(run_dir / "bad-images.json", problems)
+            write_json(listed, problems)
         listing = "; ".join(f"{Path(p).name}: {why}" for p, why in list(problems.items())[:5])
-        if len(problems) > config.data.max_bad_images:
+        if too_many:
             raise click.ClickException(
                 f"{len(problems)} training images cannot be read (limit data.max_bad_images = "
                 f"{config.data.max_bad_images}): {listing} ...; fix or re-download them, or raise "
-                f"data.max_bad_images (list in {run_dir / 'bad-images.json'})"
+                f"data.max_bad_images (list in {listed})"
             )
         if distributed.is_main():
             tqdm.write(
