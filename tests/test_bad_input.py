@@ -779,7 +779,7 @@ def test_too_little_space_for_the_image_cache(digits, project, monkeypatch):
 
 
 def test_the_disk_filling_while_caching(digits, project, monkeypatch):
-    """The space check passed, then another program filled the disk: the reservation fails, not a bus error."""
+    """The space check passed, then another program filled the disk: the reservation fails (no bus error)."""
     monkeypatch.setattr(os, "posix_fallocate", no_space)
     refused(project, "train", "digits", *sets(QUICK), contains=("data/interim/digits", "caching", "needs"))
     assert not list((project / "data" / "interim").rglob("*.npy"))  # no cache, and no temporary file

@@ -122,7 +122,8 @@ def _check_unique(ids: list[str], where: str, extension: str, places: list[str],
         first = seen[key]
         if ids[first] == identifier:
             raise click.ClickException(
-                f"{where}: duplicate id {identifier!r} ({places[index]}, and {places[first]}); ids must be unique"
+                f"{where}: duplicate id {identifier!r} ({places[index]}, and {places[first]}); "
+                "ids must be unique"
             )
         labelled = f" (labels {labels[first]!r} and {labels[index]!r})" if labels is not None else ""
         raise click.ClickException(
