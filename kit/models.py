@@ -142,18 +142,33 @@ def save_weights(model: nn.Module, path: Path, meta: dict) -> None:
     save_checkpoint({"state_dict": state, "meta": meta}, path)
 
 
-def load_weights(model: nn.Module, path: Path, expected_meta: dict) -> None:
-    """Load weights safely (no pickled code), refusing a checkpoint of another model or class list."""
+def load_checkpoint(path: Path, fix: str) -> dict:
+    """torch.load of tensors only (no pickled code runs); a damaged or tampered file is one line with `fix`.
+
+    torch's own message is not shown: for pickled code it suggests weights_only=False, which would run it.
+    """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise click.ClickException(f"{path} not found: train that fold (again)") from None
+        raise
     except Exception as error:  # truncated, not a torch file, or pickled code refused: many types
-        reason = (str(error).strip().split(". ")[0].splitlines() or [type(error).__name__])[0]
-        raise click.ClickException(
-            f"{path}: not a readable checkpoint ({reason[:200]}); train that fold again"
-        ) from None
-    meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
+        unsafe = "weights only load failed" in str(error).lower()
+        reason = (
+            "it holds more than tensors: refused unread" if unsafe else f"damaged: {type(error).__name__}"
+        )
+        raise click.ClickException(f"{path}: not a readable checkpoint ({reason}); {fix}") from None
+    if not isinstance(checkpoint, dict):
+        raise click.ClickException(f"{path}: not a kit checkpoint (no table of weights); {fix}")
+    return checkpoint
+
+
+def load_weights(model: nn.Module, path: Path, expected_meta: dict) -> None:
+    """Load weights safely (no pickled code), refusing a checkpoint of another model or class list."""
+    try:
+        checkpoint = load_checkpoint(path, "train that fold again")
+    except FileNotFoundError:
+        raise click.ClickException(f"{path} not found: train that fold (again)") from None
+    meta = checkpoint.get("meta", {})
     for key, value in expected_meta.items():
         if meta.get(key) != value:
             raise click.ClickException(

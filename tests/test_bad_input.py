@@ -815,3 +815,56 @@ def test_the_disk_full_when_a_run_starts(digits, project, monkeypatch):
     monkeypatch.setattr(Path, "write_text", full_under_runs)
     refused(project, "train", "digits", *sets(QUICK), contains=("runs/digits/", "writing config.json"))
     assert not list((project / "runs" / "digits").iterdir())
+
+
+# Round two: runs that did not finish, resume points that are not
+
+
+class Tampered:
+    """Pickles as a call to os.system: what a hostile resume.pt would hold."""
+
+    def __reduce__(self):
+        return (os.system, ("echo tampered > tampered.txt",))
+
+
+def interrupted(run_dir: Path) -> None:
+    """Make a finished run look interrupted in fold 0 (metrics and the fold's result gone)."""
+    for name in ("metrics.json", "fold-0/result.json"):
+        (run_dir / name).unlink()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "tampered", "not-a-resume-point", "garbage"])
+def test_resume_refuses_a_damaged_or_tampered_resume_point(trained, project, damage):
+    import torch
+
+    interrupted(trained)
+    point = trained / "fold-0" / "resume.pt"
+    weights = (trained / "fold-0" / "last.pt").read_bytes()
+    if damage == "truncated":
+        point.write_bytes(weights[: len(weights) // 3])
+    elif damage == "tampered":
+        torch.save({"model": Tampered(), "epoch": 1}, point)
+    elif damage == "not-a-resume-point":
+        point.write_bytes(weights)
+    else:
+        point.write_bytes(os.urandom(5000))
+    line = refused(project, "train", "digits", "--resume", contains=(str(point), "delete it", "fold 0"))
+    assert "weights_only" not in line and "False" not in line
+    assert not list(project.rglob("tampered.txt"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "digits", "{run}"],
+        ["report", "digits", "{run}"],
+        ["submit", "digits", "--run", "{run}", "--dry-run"],
+        ["ensemble", "digits", "{run}-finished", "{run}"],
+    ],
+    ids=["predict", "report", "submit", "ensemble"],
+)
+def test_commands_on_an_unfinished_run_say_how_to_finish_it(trained, project, command):
+    shutil.copytree(trained, trained.with_name(f"{trained.name}-finished"))
+    interrupted(trained)
+    arguments = [part.format(run=trained.name) for part in command]
+    refused(project, *arguments, contains=(trained.name, "has not finished training", "make resume"))

@@ -28,7 +28,7 @@ from kit.data.labels import LabelTable, load_test
 from kit.files import read_json, save_array, write_json
 from kit.predict import calibrate, submission
 from kit.predict.inference import predict_test
-from kit.run_folder import find_run, new_run_dir, run_config
+from kit.run_folder import find_run, new_run_dir, run_config, run_summary
 
 
 def common_rows(oofs: list[np.ndarray]) -> np.ndarray:
@@ -156,8 +156,9 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
     run_id, _, variant = spec.partition("@")
     row_count = len(labels.ids)
     run_dir = find_run(config, run_id)
-    if not (run_dir / "metrics.json").exists() or not (run_dir / "oof.npy").exists():
-        raise click.ClickException(f"{run_dir}: no metrics.json or oof.npy; train it first (`make train`)")
+    run_summary(run_dir, "kit ensemble")  # an unfinished run: how to finish it
+    if not (run_dir / "oof.npy").exists():
+        raise click.ClickException(f"{run_dir}: no oof.npy; train it again (`make train`)")
     if not variant:
         oof = np.load(run_dir / "oof.npy")
         if oof.shape[0] != row_count:

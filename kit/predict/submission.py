@@ -40,9 +40,17 @@ def build(
     if config.submission.format == "probabilities":
         expected = [c for c in sample.columns if c != id_column]
         missing = sorted(set(expected) - set(classes))
+        sample_path = paths.raw_dir(config.name) / config.data.sample_submission
         if missing:
             raise click.ClickException(
-                f"sample_submission.csv has class columns the training labels lack: {', '.join(missing[:5])}"
+                f"{sample_path} has class columns the training labels lack: {', '.join(missing[:5])}"
+            )
+        lacking = [name for name in classes if name not in expected]
+        if lacking:  # their probability would be dropped: rows would no longer sum to one
+            raise click.ClickException(
+                f"{sample_path} has no column for the training class(es) "
+                f"{', '.join(map(repr, lacking[:5]))}; download it again (`make download COMP={config.name}` "
+                f"after moving data/raw/{config.name} away), or check data.label_column"
             )
         frame = pd.DataFrame(probabilities, columns=classes)[expected]
     elif config.submission.format == "binary":

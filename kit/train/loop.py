@@ -52,6 +52,34 @@ def save_resume_point(state: FoldState, prepared: PreparedStage, stage_index: in
     models.save_checkpoint(point, state.fold_dir / "resume.pt")
 
 
+RESUME_FIX = (
+    "delete it to train fold {fold} again from its start (`make resume` then does), or start a new run"
+)
+RESUME_KEYS = {
+    "model",
+    "optimizer",
+    "batch_size",
+    "stage_index",
+    "epoch",
+    "history",
+    "best_score",
+    "snapshots_taken",
+    "meta",
+}
+
+
+def read_resume_point(path: Path, fold: int, stages: int) -> dict:
+    """A resume point as save_resume_point wrote it; a damaged or tampered one is one line with the fix."""
+    fix = RESUME_FIX.format(fold=fold)
+    point = models.load_checkpoint(path, fix)
+    missing = sorted(RESUME_KEYS - set(point))
+    if missing:
+        raise click.ClickException(f"{path}: not a resume point (no {', '.join(missing)}); {fix}")
+    if not (isinstance(point["stage_index"], int) and 0 <= point["stage_index"] < stages):
+        raise click.ClickException(f"{path}: stage {point['stage_index']!r} is not one of the run's; {fix}")
+    return point
+
+
 def evaluate(
     config: Config,
     module: nn.Module,
@@ -244,12 +272,18 @@ def train_fold(
     if distributed.is_main():  # rank 0 reads the run folder and tells the others
         fold_dir.mkdir(parents=True, exist_ok=True)
         if (fold_dir / "resume.pt").exists():
-            state.resume = torch.load(fold_dir / "resume.pt", map_location="cpu", weights_only=True)
+            state.resume = read_resume_point(fold_dir / "resume.pt", fold, len(config.stages))
     state.resume = distributed.broadcast_object(state.resume)
     if state.resume is not None:
         if state.resume["meta"] != meta:
             raise click.ClickException(f"{fold_dir / 'resume.pt'} was made for another model or class list")
-        model.load_state_dict(state.resume["model"])
+        try:
+            model.load_state_dict(state.resume["model"])
+        except RuntimeError:  # tensors of other shapes: not this run's model
+            raise click.ClickException(
+                f"{fold_dir / 'resume.pt'}: its weights do not fit the run's model; "
+                f"{RESUME_FIX.format(fold=fold)}"
+            ) from None
         state.history, state.best_score = state.resume["history"], state.resume["best_score"]
         state.snapshots_taken, first_stage = state.resume["snapshots_taken"], state.resume["stage_index"]
         if distributed.is_main():
