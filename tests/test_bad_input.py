@@ -868,3 +868,42 @@ def test_commands_on_an_unfinished_run_say_how_to_finish_it(trained, project, co
     interrupted(trained)
     arguments = [part.format(run=trained.name) for part in command]
     refused(project, *arguments, contains=(trained.name, "has not finished training", "make resume"))
+
+
+# Round two: CSVs in other encodings
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_csvs_with_a_byte_order_mark_are_read(digits, project, encoding):
+    table = train_rows(project)
+    table.to_csv(raw(project) / "train.csv", index=False, encoding=encoding)
+    succeeds(project, "folds", "digits")
+    folds = pd.read_csv(project / "data" / "interim" / "digits" / "folds.csv", dtype=str)
+    assert folds["id"].tolist() == table["id"].tolist()
+
+
+def test_a_csv_in_another_encoding_is_refused_with_the_fix(digits, project):
+    table = train_rows(project)
+    table.loc[3, "label"] = "caf\u00e9"
+    table.to_csv(raw(project) / "train.csv", index=False, encoding="latin-1")
+    refused(project, "folds", "digits", contains=("train.csv", "not UTF-8", "byte 0xe9", "save it as UTF-8"))
+
+
+def test_kit_new_reads_utf16_csvs_and_refuses_other_encodings(digits, project):
+    target = raw(project, "digits-copy")
+    shutil.copytree(raw(project), target)
+    (target / "solution.csv").unlink()  # another labelled CSV would make the label table ambiguous
+    for name in ("train.csv", "sample_submission.csv"):
+        frame = pd.read_csv(target / name, dtype=str)
+        frame.to_csv(target / name, index=False, encoding="utf-16")
+    result = invoke("new", "digits-copy", "--from-raw")
+    assert result.exit_code == 0, result.output
+    written = (project / "competitions" / "digits-copy" / "competition.toml").read_text()
+    assert 'labels_csv = "train.csv"' in written
+
+    other = raw(project, "digits-latin")
+    shutil.copytree(target, other)
+    sample = pd.read_csv(other / "sample_submission.csv", dtype=str, encoding="utf-16")
+    sample.loc[0, "id"] = "caf\u00e9"
+    sample.to_csv(other / "sample_submission.csv", index=False, encoding="latin-1")
+    refused(project, "new", "digits-latin", "--from-raw", contains=("sample_submission.csv", "not UTF-8"))

@@ -20,7 +20,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import StratifiedKFold
 
 from kit.config import Config
-from kit.data.labels import LabelTable
+from kit.data.labels import LabelTable, parse_csv
 from kit.files import atomic_path, read_json, write_json
 from kit.paths import interim_dir
 
@@ -113,7 +113,7 @@ def load_folds(config: Config, labels: LabelTable) -> np.ndarray:
     label_names = labels.task.row_labels(labels.targets, labels.classes)
     made = None
     if path.exists():
-        saved = pd.read_csv(path, dtype=str, keep_default_na=False)
+        saved = parse_csv(path, "move it away to make new folds", dtype=str, keep_default_na=False)
         record = read_json(record_path) if record_path.exists() else {}
         same_rows = (
             {"id", "label", "fold"} <= set(saved.columns)

@@ -177,11 +177,31 @@ def _image_files(folder: Path, extension: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == extension.lower())
 
 
+# Byte-order marks of the encodings spreadsheets save CSVs in besides plain UTF-8 (Excel: "UTF-8 with
+# BOM", "Unicode text" = UTF-16); without one, a CSV must be UTF-8 (Kaggle's always are).
+BYTE_ORDER_MARKS = {b"\xef\xbb\xbf": "utf-8-sig", b"\xff\xfe": "utf-16", b"\xfe\xff": "utf-16"}
+
+
+def csv_encoding(path: Path) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return next((name for mark, name in BYTE_ORDER_MARKS.items() if head.startswith(mark)), "utf-8")
+
+
 def parse_csv(path: Path, fix: str = "repair the file or download it again", **options) -> pd.DataFrame:
-    """pd.read_csv, with a file that is not a CSV (garbled, binary, empty) refused in one line."""
+    """pd.read_csv, with a file that is not a CSV (garbled, binary, empty) refused in one line.
+
+    UTF-8, with or without a byte-order mark, and UTF-16 with one are read (the mark is not part of the
+    first column's name); other encodings are refused naming the first byte that is not UTF-8.
+    """
     try:
-        return pd.read_csv(path, **options)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        return pd.read_csv(path, encoding=csv_encoding(path), **options)
+    except UnicodeDecodeError as error:
+        raise click.ClickException(
+            f"{path}: not a readable CSV (not UTF-8: byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or {fix}"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise click.ClickException(f"{path}: not a readable CSV ({reason}); {fix}") from None
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kit.config import TASK_METRICS
+from kit.data.labels import parse_csv
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 # Column names that usually hold the class, best first; otherwise the column with fewest distinct values.
@@ -100,7 +101,10 @@ def _label_csv(
     for path in sorted(raw_dir.glob("*.csv")):
         if path == sample:
             continue
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=2000)
+        try:
+            table = parse_csv(path, dtype=str, keep_default_na=False, nrows=2000)
+        except click.ClickException:  # not the label table (another encoding, not a CSV): look on
+            continue
         if len(table.columns) < 2 or table.empty:
             continue
         head = table.head(200)
@@ -168,7 +172,7 @@ def infer_labels(
     found = _label_csv(raw_dir, train_dir, sample, preferred)
     if found:
         path, id_column, label_column = found
-        values = pd.read_csv(path, dtype=str, keep_default_na=False)[label_column]
+        values = parse_csv(path, dtype=str, keep_default_na=False)[label_column]
         task, notes = infer_task(values)
         counts = Counter(values.str.split().explode() if task == "multi_label" else values)
         data = {
@@ -222,7 +226,7 @@ def inspect(raw_dir: Path) -> Layout:
     """Read a raw download's layout; one-line errors say which key to set by hand when a guess fails."""
     train_dir, test_dir = find_image_folder(raw_dir, "train"), find_image_folder(raw_dir, "test")
     sample_path = find_sample_submission(raw_dir)
-    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
+    sample = parse_csv(sample_path, dtype=str, keep_default_na=False)
     suffixes = Counter(Path(name).suffix for _, _, files in os.walk(train_dir) for name in files)
     extension = max((s for s in suffixes if s.lower() in IMAGE_EXTENSIONS), key=lambda s: suffixes[s])
     preferred = sample.columns[1] if len(sample.columns) == 2 else None
