@@ -108,13 +108,30 @@ def disk_full(folder: Path, what: str, needed: int | None = None) -> click.Click
     )
 
 
+def make_folder(folder: Path) -> Path:
+    """mkdir -p, with a file in the way (data/interim or runs/ saved as a file, a link to a file) or a
+    folder we may not write in as one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next(
+            (part for part in [folder, *folder.parents] if part.exists() and not part.is_dir()), folder
+        )
+        raise click.ClickException(
+            f"{blocking} is in the way of the folder {folder}: it is not a folder; move it away"
+        ) from None
+    except PermissionError:
+        raise click.ClickException(f"{folder}: no permission to create it; fix the permissions") from None
+    return folder
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
 
     A full disk is one line naming the folder (the temporary file is removed first, so the space is back).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
     try:
@@ -168,4 +185,13 @@ def utc_stamp() -> str:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """A JSON file the kit wrote; one damaged since (edited, truncated, a disk error) is one line."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        reason = f"{error.msg}, line {error.lineno}"
+    except UnicodeDecodeError:
+        reason = "not text"
+    raise click.ClickException(
+        f"{path}: damaged, not valid JSON ({reason}); restore it, or move the folder it belongs to away"
+    )

@@ -17,7 +17,7 @@ import click
 
 from kit import paths
 from kit.config import Config, config_from_dict
-from kit.files import git_commit, read_json, utc_stamp, write_json
+from kit.files import git_commit, make_folder, read_json, utc_stamp, write_json
 
 
 def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
@@ -25,7 +25,7 @@ def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
 
     `kind` is the model name for a trained run, "ensemble" for a blend; `device` names where it runs.
     """
-    base = paths.runs_dir(config.name)
+    base = make_folder(paths.runs_dir(config.name))
     run_id = f"{utc_stamp()}-{kind}"
     run_dir, suffix = base / run_id, 1
     while run_dir.exists():

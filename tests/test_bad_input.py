@@ -907,3 +907,26 @@ def test_kit_new_reads_utf16_csvs_and_refuses_other_encodings(digits, project):
     sample.loc[0, "id"] = "caf\u00e9"
     sample.to_csv(other / "sample_submission.csv", index=False, encoding="latin-1")
     refused(project, "new", "digits-latin", "--from-raw", contains=("sample_submission.csv", "not UTF-8"))
+
+
+# Round two: file-system oddities
+
+
+def test_a_named_pipe_among_the_training_images_is_skipped_not_waited_on(digits, project):
+    name = f"{train_rows(project)['id'][1]}.png"
+    (raw(project) / "train" / name).unlink()
+    os.mkfifo(raw(project) / "train" / name)
+    result = succeeds(project, "train", "digits", *sets(QUICK))
+    assert "skipping 1 unreadable training images" in result.output and "not a regular file" in result.output
+
+
+@pytest.mark.parametrize("blocked", ["data/interim", "runs"])
+def test_a_file_where_a_folder_belongs(digits, project, blocked):
+    (project / blocked).parent.mkdir(parents=True, exist_ok=True)
+    (project / blocked).write_text("not a folder")
+    refused(project, "train", "digits", *sets(QUICK), contains=(blocked, "is in the way", "move it away"))
+
+
+def test_a_damaged_run_record_is_one_line(trained, project):
+    (trained / "config.json").write_text('{"name": "digits", "path": ')
+    refused(project, "predict", "digits", contains=("config.json", "damaged", "not valid JSON"))

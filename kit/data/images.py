@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from kit.files import DISK_FULL, atomic_path, disk_full, free_space
+from kit.files import DISK_FULL, atomic_path, disk_full, free_space, make_folder
 
 # Part of every cache key: bump it whenever decode's pixels change, so no cache made by an older decoder
 # is reused. 2: what a viewer shows (EXIF orientation, 16-bit, transparency, colour profiles, first frame).
@@ -104,6 +105,8 @@ def cache_key(paths: list[Path], image_size: int) -> str:
 def _decode_or_none(path: Path, image_size: int) -> tuple[np.ndarray | None, str]:
     """The image, or why not in a few words ('missing', 'unreadable: ...'): reports list many of these."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe would wait forever
+            return None, "not a regular file (a folder, pipe or device)"
         return decode(path, image_size), ""
     except FileNotFoundError:
         return None, "missing"
@@ -126,7 +129,7 @@ def image_cache(
     report_path = array_path.with_suffix(".bad.json")
     if array_path.exists() and report_path.exists():
         return np.load(array_path, mmap_mode="r"), json.loads(report_path.read_text())
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(cache_dir)
     problems: dict[str, str] = {}
     shape = (len(paths), image_size, image_size, 3)
     needed = int(np.prod(shape)) + 4096  # the pixels, plus the .npy header
