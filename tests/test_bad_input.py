@@ -300,7 +300,7 @@ def test_a_label_csv_without_the_configured_columns(digits, project):
 
 @pytest.mark.parametrize(
     "content",
-    [b'id,label\ndigit-0001,3\ndigit-0002,4,extra,"\n', b"\xff\xfe\x00i\x00d\x00,\x00l\xd8\x00", b""],
+    [b'id,label\ndigit-0001,3\ndigit-0002,4,extra,"\n', b"\x80\x81\x00i\x00d\x00,\x00l\xd8\x00", b""],
     ids=["unparseable", "not-utf8", "empty"],
 )
 def test_a_malformed_label_csv_is_one_line(digits, project, content):
@@ -930,3 +930,31 @@ def test_a_file_where_a_folder_belongs(digits, project, blocked):
 def test_a_damaged_run_record_is_one_line(trained, project):
     (trained / "config.json").write_text('{"name": "digits", "path": ')
     refused(project, "predict", "digits", contains=("config.json", "damaged", "not valid JSON"))
+
+
+# Round two: images too large to open
+
+
+@pytest.fixture
+def bomb(module_cache) -> Path:
+    """A 20000x10000 PNG of 24 KB: over Pillow's decompression-bomb limit (made once per module)."""
+    from PIL import Image
+
+    path = module_cache / "bomb.png"
+    if not path.exists():
+        Image.new("1", (20000, 10000)).save(path)
+    return path
+
+
+def test_an_oversized_training_image_is_skipped_with_the_reason(digits, project, bomb):
+    name = f"{train_rows(project)['id'][4]}.png"
+    shutil.copyfile(bomb, raw(project) / "train" / name)
+    result = succeeds(project, "train", "digits", *sets(QUICK))
+    assert "skipping 1 unreadable training images" in result.output and "too large" in result.output
+
+
+def test_an_oversized_image_reaching_the_report(trained, project, bomb):
+    for identifier in train_rows(project)["id"]:  # every one: the size chart and the image grids meet it
+        shutil.copyfile(bomb, raw(project) / "train" / f"{identifier}.png")
+    result = succeeds(project, "report", "digits")
+    assert (trained / "report.html").exists() or "report" in result.output

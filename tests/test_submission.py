@@ -165,6 +165,16 @@ def test_build_refuses_a_sample_class_the_labels_lack(probabilities_config):
         )
 
 
+def test_build_refuses_a_sample_lacking_a_class_column_naming_it(probabilities_config):
+    """Not 'probabilities sum to 0.89' later: the column the sample lacks, and where to fix it."""
+    sample = probability_sample().drop(columns=["beagle"])
+    with pytest.raises(click.ClickException) as raised:
+        submission.build(probabilities_config, IDS, np.full((3, 3), 1 / 3), CLASSES, sample)
+    message = raised.value.message
+    assert "sample_submission.csv has no column for the training class(es) 'beagle'" in message
+    assert "sum" not in message and "download it again" in message
+
+
 def test_build_binary_takes_the_positive_class(binary_config):
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])  # columns: cat, dog
     sample = pd.DataFrame({"id": IDS, "is_dog": "0.5"})

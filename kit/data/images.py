@@ -102,7 +102,7 @@ def cache_key(paths: list[Path], image_size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def _decode_or_none(path: Path, image_size: int) -> tuple[np.ndarray | None, str]:
+def decode_or_none(path: Path, image_size: int) -> tuple[np.ndarray | None, str]:
     """The image, or why not in a few words ('missing', 'unreadable: ...'): reports list many of these."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe would wait forever
@@ -110,6 +110,8 @@ def _decode_or_none(path: Path, image_size: int) -> tuple[np.ndarray | None, str
         return decode(path, image_size), ""
     except FileNotFoundError:
         return None, "missing"
+    except Image.DecompressionBombError:  # Pillow's guard against images that would exhaust memory
+        return None, f"too large: over Pillow's limit of {Image.MAX_IMAGE_PIXELS * 2:,} pixels; shrink it"
     except UnidentifiedImageError:  # its message repeats the path
         return None, "unreadable: empty file" if path.stat().st_size == 0 else "unreadable: not an image file"
     except Exception as error:  # PIL raises many types for corrupt or truncated files
@@ -149,7 +151,7 @@ def image_cache(
                     raise disk_full(cache_dir, what, needed) from None
         workers = min(32, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding and resizing
-            results = pool.map(lambda p: _decode_or_none(p, image_size), paths, chunksize=16)
+            results = pool.map(lambda p: decode_or_none(p, image_size), paths, chunksize=16)
             for index, (image, problem) in enumerate(
                 tqdm(results, total=len(paths), desc=f"cache {label} {image_size}px", leave=False)
             ):

@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from kit.config import Config
-from kit.data.images import decode
+from kit.data.images import decode_or_none
 from kit.data.labels import LabelTable, load_test
 from kit.files import atomic_path, read_json
 from kit.ledger import read_ledger
@@ -141,7 +141,7 @@ def image_sizes(paths: list[Path], limit: int = SIZE_SAMPLE) -> tuple[np.ndarray
             with Image.open(path) as image:  # lazy: only the header is parsed
                 widths.append(image.size[0])
                 heights.append(image.size[1])
-        except OSError:
+        except (OSError, Image.DecompressionBombError):  # unreadable, or too large to open safely
             continue
     return np.array(widths), np.array(heights)
 
@@ -214,7 +214,10 @@ def make_plots(
             ("most-confident", most_confident_right),
         ):
             chosen = select(oof, labels.targets, GRID_IMAGES)
-            images = [decode(labels.paths[row], image_size) for row in chosen]
+            # An image unreadable or too large since training is shown black, not a failed report.
+            decoded = [decode_or_none(labels.paths[row], image_size)[0] for row in chosen]
+            blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+            images = [blank if image is None else image for image in decoded]
             title = {
                 "most-wrong": "Most wrong (lowest probability of the true label)",
                 "most-uncertain": "Most uncertain (smallest margin between the top two classes)",
