@@ -113,9 +113,12 @@ def lr_find(competition: str, stage: int, run: str | None, overrides: tuple[str,
 @main.command()
 @COMPETITION
 @click.argument("run", required=False)
-def predict(competition: str, run: str | None) -> None:
-    """Predict the test set with a run (default: the newest) and write the submission CSV."""
-    commands.predict(load_competition(competition), run)
+@OVERRIDES
+def predict(competition: str, run: str | None, overrides: tuple[str, ...]) -> None:
+    """Predict the test set with a run (default: the newest) and write the submission CSV.
+
+    The run's own saved settings are used; --set changes them for this prediction only."""
+    commands.predict(load_competition(competition), run, overrides)
 
 
 @main.command()

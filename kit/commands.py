@@ -251,7 +251,9 @@ def find_learning_rate(config: Config, stage: int, run: str | None = None) -> di
     return _lr_find(config, load_labels(config), stage, run_dir, weights)
 
 
-def submission_file(config: Config, run_dir: Path, summary: dict, remake: bool) -> Path:
+def submission_file(
+    config: Config, run_dir: Path, summary: dict, remake: bool, overrides: tuple[str, ...] = ()
+) -> Path:
     """The run's submission CSV: predicted (again) when `remake` or when the file is missing.
 
     The one way every command gets a run's submission. An ensemble has no weights: its file is rebuilt from
@@ -265,7 +267,7 @@ def submission_file(config: Config, run_dir: Path, summary: dict, remake: bool) 
         return _rebuild_ensemble_submission(config, run_dir, summary)
     from kit.predict.inference import predict_run  # heavy (torch, timm)
 
-    return predict_run(config, run_dir, summary)
+    return predict_run(config, run_dir, summary, overrides)
 
 
 def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -> Path:
@@ -284,10 +286,11 @@ def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -
     return path
 
 
-def predict(config: Config, run: str | None) -> Path:
+def predict(config: Config, run: str | None, overrides: tuple[str, ...] = ()) -> Path:
+    """The run's test prediction and submission, with the settings it was trained with (plus `overrides`)."""
     run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit predict")
-    path = submission_file(config, run_dir, summary, remake=True)
+    path = submission_file(config, run_dir, summary, remake=True, overrides=overrides)
     kind = "ensemble run" if "ensemble" in summary else "run"
     click.echo(f"submission {path.relative_to(path.parents[1])} from {kind} {run_dir.name}")
     return path

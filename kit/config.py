@@ -406,10 +406,14 @@ def _read_toml(path: Path) -> dict:
 
 def load_config(path: Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read, override and validate one competition.toml."""
-    raw = _read_toml(path)
+    return config_from_dict(with_overrides(_read_toml(path), overrides, path), path)
+
+
+def with_overrides(raw: dict, overrides: typing.Sequence[str], path: Path) -> dict:
+    """A TOML-shaped dict (a competition.toml, or a run's saved config) with `--set` overrides applied."""
     for text in overrides:
         _apply_override(raw, *parse_override(text), path)
-    return config_from_dict(raw, path)
+    return raw
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

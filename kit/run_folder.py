@@ -8,7 +8,7 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from kit import paths
-from kit.config import Config, config_from_dict
+from kit.config import Config, config_from_dict, flatten, with_overrides
 from kit.files import git_commit, make_folder, read_json, utc_stamp, write_json
 
 
@@ -110,10 +110,29 @@ def find_run(config: Config, run: str | None) -> Path:
     return matches[0]
 
 
-def run_config(run_dir: Path) -> Config:
-    """The config a run was trained with (its saved copy), so prediction matches training."""
+def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
+    """The config a run was trained with (its saved copy), so prediction matches training; `overrides`
+    (`kit predict --set`) change it for this prediction only."""
     saved = read_json(run_dir / "config.json")
-    return config_from_dict(saved, Path(saved["path"]))
+    return config_from_dict(with_overrides(saved, overrides, run_dir / "config.json"), Path(saved["path"]))
+
+
+def saved_settings_note(config: Config, run_dir: Path, message: str) -> str:
+    """'' unless `message` names a setting whose value in the run's saved config differs from the
+    competition.toml now: then where that value came from and the two ways to apply the fix."""
+    saved, now = flatten(run_config(run_dir).to_dict()), flatten(config.to_dict())
+    named = [
+        key for key in saved if key not in ("name", "path") and saved[key] != now.get(key) and key in message
+    ]
+    if not named:
+        return ""
+    values = ", ".join(f"{key} = {saved[key]!r} (competition.toml now: {now.get(key)!r})" for key in named)
+    overrides = " ".join(f"--set {key}={now.get(key)}" for key in named)
+    return (
+        f"the run {run_dir.name} was trained with {run_dir / 'config.json'}: {values}; to apply the fix, "
+        f"retrain (`make train COMP={config.name}`), or predict with "
+        f"`kit predict {config.name} {run_dir.name} {overrides}`"
+    )
 
 
 def run_summary(run_dir: Path, command: str) -> dict:

@@ -958,3 +958,32 @@ def test_an_oversized_image_reaching_the_report(trained, project, bomb):
         shutil.copyfile(bomb, raw(project) / "train" / f"{identifier}.png")
     result = succeeds(project, "report", "digits")
     assert (trained / "report.html").exists() or "report" in result.output
+
+
+# Round two: a value the run saved, fixed in competition.toml since
+
+
+def test_predict_says_which_file_a_stale_value_came_from_and_how_to_apply_the_fix(trained, project):
+    toml = project / "competitions" / "digits" / "competition.toml"
+    text = toml.read_text()
+    assert "\n[submission]\n" in text
+    toml.write_text(text.replace("\n[submission]\n", '\n[submission]\nid_column = "image"\n'))
+    sample = pd.read_csv(raw(project) / "sample_submission.csv", dtype=str)
+    write_rows(raw(project) / "sample_submission.csv", sample.rename(columns={"id": "image"}))
+    line = refused(
+        project,
+        "predict",
+        "digits",
+        contains=(
+            "no column 'id'",
+            f"{trained / 'config.json'}: submission.id_column = 'id' (competition.toml now: 'image')",
+            "retrain (`make train COMP=digits`)",
+            f"kit predict digits {trained.name} --set submission.id_column=image",
+        ),
+    )
+    assert line.count("Error") == 1
+    result = succeeds(project, "predict", "digits", trained.name, "--set", "submission.id_column=image")
+    written = pd.read_csv(
+        project / "submissions" / json.loads((trained / "submission.json").read_text())["file"]
+    )
+    assert list(written.columns)[0] == "image" and "submission" in result.output

@@ -6,6 +6,7 @@ Training uses the same functions for its out-of-fold predictions, so OOF and tes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -22,7 +23,7 @@ from kit.files import save_array, write_json
 from kit.paths import interim_dir
 from kit.predict import calibrate, submission
 from kit.predict.tta import tta_views
-from kit.run_folder import run_config
+from kit.run_folder import run_config, saved_settings_note
 from kit.tasks import SINGLE_LABEL, SingleLabel
 
 
@@ -98,10 +99,19 @@ def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
     ]
 
 
-def predict_run(config: Config, run_dir: Path, summary: dict) -> Path:
+def predict_run(config: Config, run_dir: Path, summary: dict, overrides: Sequence[str] = ()) -> Path:
     """`kit predict` for a trained run, and what a Kaggle notebook runs on a packaged one: the run's saved
-    config, the competition's labels (to keep test ids apart from them), the submission file."""
-    return predict_test(run_config(run_dir), load_labels(config), run_dir, summary)
+    config (with `overrides`), the competition's labels (to keep test ids apart from them), the submission.
+
+    An error naming a setting the run saved with another value than competition.toml has now says so,
+    and how to apply the fix (retrain, or an override)."""
+    try:
+        return predict_test(run_config(run_dir, overrides), load_labels(config), run_dir, summary)
+    except click.ClickException as error:
+        note = saved_settings_note(config, run_dir, error.message)
+        if not note:
+            raise
+        raise click.ClickException(f"{error.message}; {note}") from None
 
 
 def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dict) -> Path:
