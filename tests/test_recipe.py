@@ -87,10 +87,36 @@ def test_snapshot_count_equals_number_of_cycles(digits, tmp_path):
         "snapshot-2.pt",
         "snapshot-3.pt",
     ]
-    assert inference.prediction_weights(tmp_path, "snapshots", 2) == [
+    assert inference.prediction_weights(digits("predict.snapshot_ensemble=2", *SNAPSHOT_STAGE), tmp_path) == [
         tmp_path / "snapshot-2.pt",
         tmp_path / "snapshot-3.pt",
     ]
+
+
+SNAPSHOT_STAGE = ["stages.0.n_cycles=3", "stages.0.snapshots=true"]
+
+
+def test_a_last_stage_without_snapshots_predicts_with_its_own_final_weights(digits, project):
+    # Issue 13, defect 3: with predict.weights = "snapshots", a last stage that takes none (the lesson's
+    # step to a larger size) was silently skipped: the earlier stage's snapshots predicted at the new size.
+    config = digits(
+        "stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}, {image_size=40, cycle_len=0.5}]",
+        "predict.snapshot_ensemble=2",
+    )
+    run_dir = commands.train(config, "0")
+    fold_dir = run_dir / "fold-0"
+    assert sorted(p.name for p in fold_dir.glob("snapshot-*.pt")) == ["snapshot-1.pt", "snapshot-2.pt"]
+    assert inference.prediction_weights(config, fold_dir) == [fold_dir / "last.pt"]
+    assert (fold_dir / "oof-last.npy").exists() and not list(fold_dir.glob("oof-snapshot-*.npy"))
+    rule = json.loads((run_dir / "metrics.json").read_text())["weights_rule"]
+    assert "last.pt" in rule and "takes no snapshots" in rule  # the run's record says which
+    # Snapshots of the last stage only: an earlier stage's never join them.
+    config = digits(
+        "stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}, {n_cycles=1, cycle_len=0.5, snapshots=true}]",
+        "predict.snapshot_ensemble=3",
+    )
+    (fold_dir / "snapshot-3.pt").write_bytes(b"")  # the last stage's one snapshot
+    assert inference.prediction_weights(config, fold_dir) == [fold_dir / "snapshot-3.pt"]
 
 
 def test_tta_with_zero_views_equals_the_plain_prediction(digits, tmp_path):

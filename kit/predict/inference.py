@@ -78,11 +78,30 @@ def ensemble_probabilities(
     return total / len(weight_paths)
 
 
-def prediction_weights(fold_dir: Path, mode: str, snapshot_count: int) -> list[Path]:
-    """Which saved weights of a fold predict: the last N snapshots, the last or the best weights."""
+def weights_rule(config: Config) -> str:
+    """Which saved weights of a fold predict, in words (recorded with the run's predictions).
+
+    Snapshots predict only when the last stage takes them: older ones were trained before it (at another
+    size, or with other layers frozen), so a last stage without snapshots predicts with its final weights.
+    """
+    mode, last = config.predict.weights, config.stages[-1]
+    if mode == "snapshots" and last.snapshots:
+        count = min(config.predict.snapshot_ensemble, last.n_cycles)
+        return f"the last {count} snapshots of stage '{last.name}'"
+    if mode == "snapshots":
+        return f"last.pt: stage '{last.name}' takes no snapshots, so its final weights predict"
+    if mode == "best":
+        return "best.pt (best validation score; last.pt when none was saved)"
+    return "last.pt"
+
+
+def prediction_weights(config: Config, fold_dir: Path) -> list[Path]:
+    """The saved weights of a fold that predict, as `weights_rule` says: snapshots of the last stage only,
+    else its final weights (last.pt), or the best."""
+    mode, last = config.predict.weights, config.stages[-1]
     snapshots = sorted(fold_dir.glob("snapshot-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if mode == "snapshots" and snapshots:
-        return snapshots[-snapshot_count:]
+    if mode == "snapshots" and last.snapshots and snapshots:
+        return snapshots[-min(config.predict.snapshot_ensemble, last.n_cycles) :]
     if mode == "best" and (fold_dir / "best.pt").exists():
         return [fold_dir / "best.pt"]
     return [fold_dir / "last.pt"]
@@ -93,9 +112,7 @@ def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
     return [
         path
         for fold in summary["folds_trained"]
-        for path in prediction_weights(
-            run_dir / f"fold-{fold}", config.predict.weights, config.predict.snapshot_ensemble
-        )
+        for path in prediction_weights(config, run_dir / f"fold-{fold}")
     ]
 
 
@@ -139,7 +156,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         "folds_trained"
     ]:  # every fold's weights predict; folds are averaged with equal weight
         fold_dir = run_dir / f"fold-{fold}"
-        fold_weights = prediction_weights(fold_dir, config.predict.weights, config.predict.snapshot_ensemble)
+        fold_weights = prediction_weights(config, fold_dir)
         fold_probabilities.append(
             ensemble_probabilities(
                 model,
@@ -164,6 +181,10 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     path = submission.write(config, frame, sample, summary["metric"], summary["cv"], classes, task)
     write_json(
         run_dir / "submission.json",
-        {"file": path.name, "weights": [str(w.relative_to(run_dir)) for w in weights]},
+        {
+            "file": path.name,
+            "weights": [str(w.relative_to(run_dir)) for w in weights],
+            "weights_rule": weights_rule(config),
+        },
     )
     return path

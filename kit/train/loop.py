@@ -25,7 +25,7 @@ from kit.data.labels import LabelTable
 from kit.device import batched_inference, device, gpu_paths, place
 from kit.files import read_json, save_array, write_json
 from kit.paths import interim_dir
-from kit.predict.inference import ensemble_probabilities, prediction_weights
+from kit.predict.inference import ensemble_probabilities, prediction_weights, weights_rule
 from kit.tasks import SINGLE_LABEL, SingleLabel
 from kit.train import batch_size, schedule
 from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step, training_images
@@ -301,7 +301,7 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
     That is, from the snapshots or the last weights, with TTA.
     """
     last_stage, model, fold_dir = config.stages[-1], state.model, state.fold_dir
-    weights = prediction_weights(fold_dir, config.predict.weights, config.predict.snapshot_ensemble)
+    weights = prediction_weights(config, fold_dir)
     probabilities = ensemble_probabilities(
         model,
         weights,
@@ -389,6 +389,7 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
         "classes": labels.classes,
         "seconds": round(time.time() - started, 1),
         "folds": {str(k): v for k, v in results.items()},
+        "weights_rule": weights_rule(config),
     }
     if distributed.is_main():
         write_json(run_dir / "metrics.json", summary)
