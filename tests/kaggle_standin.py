@@ -223,6 +223,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format, *arguments):  # keep test output clean
         pass
 
+    def handle(self):
+        with self.server.stand_in._lock:
+            self.server.stand_in._active += 1
+        try:
+            super().handle()
+        finally:
+            with self.server.stand_in._lock:
+                self.server.stand_in._active -= 1
+
     @property
     def stand_in(self) -> KaggleStandIn:
         return self.server.stand_in
@@ -458,6 +467,7 @@ class KaggleStandIn:
         self._signatures: dict[str, tuple[str, float]] = {}  # signature -> (key, expiry epoch seconds)
         self._pending_uploads: dict[str, dict] = {}
         self._faults: list[Fault] = []
+        self._active = 0  # requests being answered right now
         self._lock_timeout = lock_timeout
         self._lock = threading.Lock()
         self._servers: list[_Server] = []
@@ -512,6 +522,14 @@ class KaggleStandIn:
     def _record(self, request: Request) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def settle(self, timeout: float = 10.0) -> KaggleStandIn:
+        """Wait until no request is being answered, so counters such as bytes_served are final (a server
+        thread may still be writing a body the client stopped reading)."""
+        deadline = time.monotonic() + timeout
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
 
     def _count_bytes(self, count: int) -> None:
         with self._lock:

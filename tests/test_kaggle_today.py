@@ -250,9 +250,9 @@ def test_dropped_connection_then_resume_transfers_only_the_rest(monkeypatch, tmp
         kept = partial.stat().st_size
         assert kept == client.RETRY_ATTEMPTS * CHUNK  # every retry went on from where the last one stopped
         assert not raw_dir.exists() and raw_dir not in partial.parents  # the partial is a hidden sibling
-        served_before = stand_in.bytes_served
+        served_before = stand_in.settle().bytes_served
         assert download.download_competition(SLUG, raw_dir) is True
-    assert stand_in.bytes_served - served_before == len(bundle) - kept
+    assert stand_in.settle().bytes_served - served_before == len(bundle) - kept
     assert stand_in.storage_gets(SLUG)[-1].range == f"bytes={kept}-"
     assert (raw_dir / "labels.csv").read_bytes() == b"id,breed\na,pug\n"
     assert not partial.exists()
@@ -320,9 +320,9 @@ def test_disk_full_in_the_middle_of_writing(monkeypatch, tmp_path):
         assert "disk filled up" in message and "run it again to resume" in message
         monkeypatch.undo()
         kaggle_env(monkeypatch, tmp_path, credentials="token-env")
-        served_before = stand_in.bytes_served
+        served_before = stand_in.settle().bytes_served
         assert download.download_competition(SLUG, raw_dir) is True
-    assert stand_in.bytes_served - served_before == len(bundle) - 2 * CHUNK
+    assert stand_in.settle().bytes_served - served_before == len(bundle) - 2 * CHUNK
 
 
 # Paging, limits, files, leaderboard.
