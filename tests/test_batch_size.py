@@ -223,11 +223,14 @@ def test_the_report_draws_the_rates_the_optimizer_saw_under_a_halved_batch(
         round(config.stage_epochs(recipe) * steps_per_epoch) for recipe in config.stages
     ]
     for (offset, _), steps, factor, recipe in zip(starts, seen, (1 / 4, 1 / 2), config.stages, strict=True):
-        assert steps[0] == pytest.approx([rate * factor for rate in recipe.lr])  # SGDR starts at the peak
+        # The peak each group reached (after any warm-up) is its configured rate times the batch factor.
+        reached = np.max(np.array(steps) / np.array(recipe.lr), axis=0) / factor
+        assert ((reached > 0.9) & (reached <= 1 + 1e-9)).all(), reached
         for index, optimizer_rates in enumerate(steps):
             (where,) = np.flatnonzero(np.isclose(epochs, offset + index / steps_per_epoch, atol=1e-9))
             assert rates[where] == pytest.approx(optimizer_rates, rel=1e-9)
     # The second stage restarts once: its rates fall over a cycle, then jump back to the (scaled) peak.
     head = [step_rates[-1] for step_rates in seen[1]]
-    restarts = [index for index in range(1, len(head)) if head[index] > head[index - 1]]
+    # (From step 2: step 1 rises out of the warm-up, which lasts less than a step here.)
+    restarts = [index for index in range(2, len(head)) if head[index] > head[index - 1]]
     assert len(restarts) == 1 and head[restarts[0]] > 0.9 * 3e-3 / 2  # near the peak: steps are discrete
