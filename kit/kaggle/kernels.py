@@ -36,20 +36,6 @@ class Finished(NamedTuple):
     failure: str  # Kaggle's failure message, when it gives one
 
 
-def kaggle_said(error: requests.HTTPError) -> str:
-    """Kaggle's own words: the JSON `message` of the answer, else its HTTP reason (never the URL)."""
-    response = error.response
-    if response is None:
-        return "no answer"
-    try:
-        payload = response.json()
-        if isinstance(payload, dict) and payload.get("message"):
-            return str(payload["message"]).strip()
-    except ValueError:
-        pass
-    return response.reason or f"HTTP {response.status_code}"
-
-
 @contextlib.contextmanager
 def _reported(what: str, fix: str) -> Iterator[None]:
     """The client's errors while doing `what`, as one line with `fix`; its printing kept off the terminal."""
@@ -58,15 +44,14 @@ def _reported(what: str, fix: str) -> Iterator[None]:
             yield
     except requests.HTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
+        said = client.kaggle_message(error)  # Kaggle's own words, never the URL
         if status == 401:
             raise click.ClickException(
-                f"Kaggle refused the credentials while {what} (HTTP 401: {kaggle_said(error)}): create a new "
+                f"Kaggle refused the credentials while {what} (HTTP 401: {said}): create a new "
                 "API token at https://www.kaggle.com/settings/api and put it in KAGGLE_API_TOKEN or "
                 "~/.kaggle/access_token"
             ) from None
-        raise click.ClickException(
-            f"Kaggle: {kaggle_said(error)} (HTTP {status}) while {what}: {fix}"
-        ) from None
+        raise click.ClickException(f"Kaggle: {said} (HTTP {status}) while {what}: {fix}") from None
     except (requests.ConnectionError, requests.Timeout):
         raise click.ClickException(
             f"cannot reach Kaggle while {what} (no network?): check the connection, then {fix}"

@@ -40,6 +40,29 @@ def blend(probabilities: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     return sum(weight * array for weight, array in zip(weights, probabilities, strict=True))
 
 
+def simplex_minimum(
+    loss: Callable[[np.ndarray], float],
+    gradient: Callable[[np.ndarray], np.ndarray],
+    count: int,
+    judge: Callable[[np.ndarray], float],
+) -> np.ndarray:
+    """Non-negative weights summing to one that minimise a convex `loss` (SLSQP on the simplex); uniform and
+    one-hot weights are candidates too, and `judge` picks among them, so the blend never loses to the best
+    single run by `judge`."""
+    uniform = np.full(count, 1 / count)
+    found = minimize(
+        loss,
+        uniform,
+        jac=gradient,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * count,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones_like(w)}],
+    )
+    fitted = np.clip(found.x, 0, None)
+    candidates = [fitted / fitted.sum() if fitted.sum() > 0 else uniform, uniform, *np.eye(count)]
+    return candidates[int(np.argmin([judge(weights) for weights in candidates]))]
+
+
 def fit_weights(probabilities: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
     """Non-negative weights summing to one that minimise the blend's log loss.
 
@@ -57,19 +80,9 @@ def fit_weights(probabilities: list[np.ndarray], targets: np.ndarray) -> np.ndar
     def gradient(weights: np.ndarray) -> np.ndarray:
         return -np.mean(true_class / np.clip(true_class @ weights, calibrate.NO_CLIP, None)[:, None], 0)
 
-    uniform = np.full(count, 1 / count)
-    found = minimize(
-        loss,
-        uniform,
-        jac=gradient,
-        method="SLSQP",
-        bounds=[(0.0, 1.0)] * count,
-        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones_like(w)}],
+    return simplex_minimum(
+        loss, gradient, count, lambda weights: calibrate.log_loss(blend(probabilities, weights), targets)
     )
-    fitted = np.clip(found.x, 0, None)
-    candidates = [fitted / fitted.sum() if fitted.sum() > 0 else uniform, uniform, *np.eye(count)]
-    losses = [calibrate.log_loss(blend(probabilities, w), targets) for w in candidates]
-    return candidates[int(np.argmin(losses))]
 
 
 def fit_weights_squared(predictions: list[np.ndarray], truth: np.ndarray) -> np.ndarray:
@@ -88,18 +101,7 @@ def fit_weights_squared(predictions: list[np.ndarray], truth: np.ndarray) -> np.
     def gradient(weights: np.ndarray) -> np.ndarray:
         return 2 * np.einsum("ro,rok->k", stacked @ weights - truth, stacked) / truth.size
 
-    uniform = np.full(count, 1 / count)
-    found = minimize(
-        loss,
-        uniform,
-        jac=gradient,
-        method="SLSQP",
-        bounds=[(0.0, 1.0)] * count,
-        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones_like(w)}],
-    )
-    fitted = np.clip(found.x, 0, None)
-    candidates = [fitted / fitted.sum() if fitted.sum() > 0 else uniform, uniform, *np.eye(count)]
-    return candidates[int(np.argmin([loss(w) for w in candidates]))]
+    return simplex_minimum(loss, gradient, count, loss)
 
 
 # task.blend_loss -> how blend weights are fitted: (each run's OOF rows, task.blend_truth(targets)) -> weights
