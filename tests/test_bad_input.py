@@ -42,6 +42,8 @@ def tree(root: Path) -> dict[str, str]:
             parts = relative.split("/")
             if path.is_symlink():
                 state[relative] = "link to " + os.readlink(path)
+            elif not path.is_file():  # a named pipe (reading it would wait for a writer forever)
+                state[relative] = f"special file, mode {path.stat().st_mode:o}"
             elif parts[1:2] in (["runs"], ["submissions"]) or parts[1:3] == ["data", "interim"]:
                 stat = path.stat()
                 state[relative] = f"{stat.st_size} bytes, modified {stat.st_mtime_ns}"
