@@ -42,7 +42,10 @@ def interim_dir(name: str) -> Path:
     Made on demand.
     """
     path = data_dir() / "interim" / name
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # data/interim (or data) saved as a file
+        raise click.ClickException(f"a file is in the way of the folder {path}: move it away") from None
     return path
 
 
