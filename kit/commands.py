@@ -174,9 +174,16 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
                 click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
         summary = loop.train(config, labels, fold, run_dir)
     if main:
-        click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+        click.echo(cv_line(summary))
     distributed.teardown()
     return run_dir
+
+
+def cv_line(summary: dict) -> str:
+    """'CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0])', and the stages that made the loss worse."""
+    raw = summary.get("cv_uncalibrated", summary["cv"])
+    beside = f"uncalibrated {raw:.4f}; " if f"{raw:.4f}" != f"{summary['cv']:.4f}" else ""
+    return f"CV {summary['metric']}: {summary['cv']:.4f} ({beside}folds {summary['folds_trained']})"
 
 
 def train(config: Config, fold: str) -> Path:
@@ -212,7 +219,7 @@ def resume(config: Config, run: str | None) -> Path:
     run_dir, saved_config, fold = distributed.broadcast_object(plan)
     summary = loop.train(saved_config, load_labels(saved_config), fold, run_dir)
     if distributed.is_main():
-        click.echo(f"CV {summary['metric']}: {summary['cv']:.4f} (folds {summary['folds_trained']})")
+        click.echo(cv_line(summary))
     distributed.teardown()
     return run_dir
 
@@ -277,11 +284,23 @@ def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -
     if not probabilities.exists():
         raise click.ClickException(f'{probabilities} is missing: blend again with `make ensemble RUNS="..."`')
     test, sample = load_test(config), submission.read_sample(config)
+    from kit.predict import calibrate  # heavy (scipy): only this rebuild needs it
+
     task = tasks.from_record(summary.get("task"))
+    blend = calibrate.calibrated_blend(summary["ensemble"], np.load(probabilities))
     frame = submission.build(
-        config, test.ids, np.load(probabilities), summary["classes"], sample, task, summary.get("decisions")
+        config, test.ids, blend, summary["classes"], sample, task, summary.get("decisions")
     )
-    path = submission.write(config, frame, sample, summary["metric"], summary["cv"], summary["classes"], task)
+    path = submission.write(
+        config,
+        frame,
+        sample,
+        summary["metric"],
+        summary["cv"],
+        summary["classes"],
+        task,
+        cv_uncalibrated=summary.get("cv_uncalibrated"),
+    )
     write_json(run_dir / "submission.json", {**read_json(run_dir / "submission.json"), "file": path.name})
     return path
 
@@ -373,7 +392,8 @@ def _ledger_row(config: Config, run_dir: Path, summary: dict, file: str, message
         "run": run_dir.name,
         "commit": commit,
         "metric": summary["metric"],
-        "cv": f"{summary['cv']:.6f}",
+        "cv": f"{summary['cv']:.6f}",  # as submitted: calibrated, upload clip included
+        "cv_uncalibrated": f"{summary.get('cv_uncalibrated', summary['cv']):.6f}",
         "message": text,
     }
 
@@ -467,7 +487,17 @@ def ledger(config: Config) -> pd.DataFrame:
         else:
             table, strangers = submission_ledger.merge_kaggle_scores(table, remote, config.name)
             submission_ledger.write_ledger(table)
-    columns = ["time_utc", "file", "run", "metric", "cv", "public_score", "private_score", "status"]
+    columns = [
+        "time_utc",
+        "file",
+        "run",
+        "metric",
+        "cv",
+        "cv_uncalibrated",
+        "public_score",
+        "private_score",
+        "status",
+    ]
     shown = table.loc[table["competition"] == config.name, columns]
     outside = pd.DataFrame(
         [
@@ -479,6 +509,7 @@ def ledger(config: Config) -> pd.DataFrame:
                 "run": "",
                 "metric": config.competition.metric,
                 "cv": "",
+                "cv_uncalibrated": "",
                 "public_score": entry["public_score"] or "",
                 "private_score": entry["private_score"] or "",
                 "status": f"{entry['status'] or 'unknown'} (not in ledger)",

@@ -19,6 +19,7 @@ LEDGER_COLUMNS = [
     "commit",
     "metric",
     "cv",
+    "cv_uncalibrated",
     "message",
     "status",
     "public_score",

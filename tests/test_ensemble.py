@@ -132,7 +132,10 @@ def test_ensemble_of_two_digits_runs_beats_the_better_one_on_oof(digits, project
     singles = [calibrate.log_loss(oof[rows], targets[rows]) for oof in oofs]
     blended = np.load(blend_dir / "oof.npy")
     assert summary["metric"] == "log_loss" and summary["cv"] <= min(singles) + 1e-12
-    assert calibrate.log_loss(blended[rows], targets[rows]) == pytest.approx(summary["cv"])
+    # oof.npy is the uncalibrated blend (like a run's); the CV is the calibrated one, as submitted.
+    assert calibrate.log_loss(blended[rows], targets[rows]) == pytest.approx(summary["cv_uncalibrated"])
+    calibrated = calibrate.calibrated_blend(summary["ensemble"], blended[rows])
+    assert calibrate.log_loss(calibrated, targets[rows]) == pytest.approx(summary["cv"])
     assert np.isnan(blended[~rows]).all()
     details = summary["ensemble"]
     assert details["calibration"]["log_loss_after"] <= details["calibration"]["log_loss_before"]
@@ -216,3 +219,85 @@ def test_kept_variants_of_one_run_blend_like_runs(digits, project):
     assert views.shape[0] == 2 and not np.allclose(views[0], views.mean(0))
     result = invoke("ensemble", "digits", f"{run}@snapshot-9", f"{run}@snapshot-2")
     assert result.exit_code == 1 and "kept: snapshot-1, snapshot-2" in result.output, result.output
+
+
+def test_an_ensemble_scores_on_copies_of_its_oof_rows_what_it_reports_as_cv(digits, project):
+    # Issue 13, defect 1: members gave uncalibrated OOF but calibrated test probabilities, and the blend
+    # was calibrated again on top. Here the "test" images are copies of fold 0's validation images, so
+    # a consistent blend scores on the test set exactly its OOF CV.
+    import shutil
+
+    from kit.data.folds import load_folds
+
+    settings = (
+        "competition.metric=log_loss",
+        "submission.format=probabilities",
+        "train.folds=10",
+        "train.lr=1e-2",
+        "predict.tta=0",
+        "predict.weights=last",
+    )
+    config = digits(*settings)
+    labels = load_labels(config)
+    valid = np.flatnonzero(load_folds(config, labels) == 0)
+    raw = project / "data" / "raw" / "digits"
+    shutil.rmtree(raw / "test")
+    (raw / "test").mkdir()
+    ids = [f"copy-{labels.ids[row]}" for row in valid]
+    for row, name in zip(valid, ids, strict=True):
+        shutil.copy(labels.paths[row], raw / "test" / f"{name}.png")
+    pd.DataFrame({"id": ids, **{c: 0.1 for c in labels.classes}}).to_csv(
+        raw / "sample_submission.csv", index=False
+    )
+    first = commands.train(config, "0")
+    second = commands.train(digits(*settings, "train.lr=3e-2"), "0")  # the same folds: same seed
+    blend_dir = commands.ensemble(config, [first.name, second.name])
+    summary = json.loads((blend_dir / "metrics.json").read_text())
+    assert summary["ensemble"]["calibration"]["temperature"] != pytest.approx(1.0, abs=0.05)  # it matters
+    name = json.loads((blend_dir / "submission.json").read_text())["file"]
+    submitted = pd.read_csv(project / "submissions" / name, dtype={"id": str}).set_index("id").loc[ids]
+    test_loss = calibrate.log_loss(submitted[labels.classes].to_numpy(), labels.targets[valid])
+    assert test_loss == pytest.approx(summary["cv"], abs=2e-4)
+    assert f"log_loss{summary['cv']:.4f}" in name  # the file says the CV of what it holds
+
+
+def test_calibration_is_fitted_per_fold_on_what_it_is_applied_to():
+    # Issue 13, defect 4: one temperature fitted on pooled single-fold OOF was applied to the average of
+    # the folds' models. Two folds, one twice too sharp and one four times too soft: each gets its own.
+    logits, targets = synthetic(rows=4000)
+    row_folds = np.arange(len(targets)) % 2
+    oof = np.where((row_folds == 0)[:, None], softmax(4 * logits), softmax(0.5 * logits))
+    fitted = calibrate.fit_by_fold(oof, targets, row_folds)
+    assert fitted["temperatures"]["0"] == pytest.approx(2, rel=0.1)
+    assert fitted["temperatures"]["1"] == pytest.approx(0.25, rel=0.1)
+    calibrated = calibrate.apply_by_fold(oof, row_folds, fitted)
+    assert calibrate.log_loss(calibrated, targets) == pytest.approx(fitted["after"])
+    # The test side: each fold's model on new rows (the same kinds of error), calibrated fold by fold,
+    # then averaged, scores what the calibrated OOF promised; one pooled temperature does worse.
+    test_logits, test_targets = synthetic(rows=4000, seed=5)
+    per_fold = {0: softmax(4 * test_logits), 1: softmax(0.5 * test_logits)}
+    test_loss = calibrate.log_loss(calibrate.apply_to_folds(per_fold, fitted), test_targets)
+    assert test_loss <= fitted["after"] + 0.02
+    pooled_t, pooled_eps, _, _ = calibrate.calibrate(oof, targets)
+    pooled = calibrate.apply_calibration(np.mean(list(per_fold.values()), axis=0), pooled_t, pooled_eps)
+    assert calibrate.log_loss(pooled, test_targets) > test_loss + 0.02
+
+
+def test_the_reported_cv_includes_the_upload_clip():
+    # Issue 13, defect 4 (cats-vs-dogs): the upload clips to submission.clip_epsilon; the CV must too.
+    logits, targets = synthetic(rows=500, classes=2, signal=3.0)
+    oof = softmax(6 * logits)
+    row_folds = np.zeros(len(targets), dtype=np.int64)
+    fitted = calibrate.for_metric("log_loss", oof, targets, row_folds, min_epsilon=0.005)
+    assert fitted["epsilon"] >= 0.005
+    calibrated = calibrate.apply_by_fold(oof, row_folds, fitted)
+    assert calibrated.min() >= 0.005 - 1e-12
+    uploaded = np.clip(calibrated[:, 1], 0.005, 1 - 0.005)  # what kit.predict.submission.clip does (binary)
+    assert fitted["after"] == pytest.approx(
+        calibrate.log_loss(np.stack([1 - uploaded, uploaded], 1), targets)
+    )
+    # Other metrics: nothing applied, and predictions are never renormalised (regression values stay).
+    assert calibrate.for_metric("accuracy", oof, targets, row_folds, 0.005) == calibrate.identity()
+    values = np.array([[3.5], [-1.0]])
+    assert np.array_equal(calibrate.apply_to_folds({0: values}, calibrate.identity()), values)
+    assert np.array_equal(calibrate.apply_by_fold(values, np.zeros(2, dtype=np.int64), calibrate.identity()), values)

@@ -348,15 +348,18 @@ def test_calibration_is_fitted_once_and_recorded(tmp_path):
     confident[np.arange(60), targets] = 0.96
     confident[:6] = confident[:6, ::-1]  # a few confident mistakes: a temperature above 1 pays
     labels = SimpleNamespace(classes=["a", "b", "c"], targets=targets)
+    summary = {"metric": "log_loss", "folds_trained": [0], "classes": ["a", "b", "c"]}
+    (tmp_path / "fold-0").mkdir()
+    (tmp_path / "fold-0" / "result.json").write_text(json.dumps({"valid_rows": list(range(60))}))
     np.save(tmp_path / "oof.npy", confident)
-    fitted = calibrate.run_calibration(tmp_path, labels, ["a", "b", "c"])
-    assert fitted["temperature"] > 1 and fitted["oof_after"] < fitted["oof_before"]
-    assert calibrate.run_calibration(tmp_path, None, ["a", "b", "c"]) == fitted  # recorded: no labels needed
+    fitted = calibrate.run_calibration(tmp_path, labels, summary)
+    assert fitted["temperatures"]["0"] > 1 and fitted["after"] < fitted["before"]
+    assert calibrate.run_calibration(tmp_path, None, summary) == fitted  # recorded: no labels needed
     np.save(tmp_path / "oof.npy", np.full((60, 3), 1 / 3))
-    assert calibrate.run_calibration(tmp_path, labels, ["a", "b", "c"])["temperature"] == 1.0
+    assert calibrate.run_calibration(tmp_path, labels, summary)["temperatures"]["0"] == 1.0
     (tmp_path / "oof.npy").unlink()
     recorded = json.loads((tmp_path / "calibration.json").read_text())
-    assert calibrate.run_calibration(tmp_path, None, ["a", "b", "c"]) == recorded
+    assert calibrate.run_calibration(tmp_path, None, summary) == recorded
     (tmp_path / "calibration.json").unlink()
     with pytest.raises(click.ClickException, match="no oof.npy to calibrate on"):
-        calibrate.run_calibration(tmp_path, None, ["a", "b", "c"])
+        calibrate.run_calibration(tmp_path, None, summary)

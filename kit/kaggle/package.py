@@ -125,7 +125,7 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
     if weight_bytes > cap * MEGABYTE:
         raise click.ClickException(_too_large(config, run_dir, weight_bytes, len(weights)))
     if summary["metric"] == "log_loss":
-        calibrate.run_calibration(run_dir, load_labels(config), summary["classes"])
+        calibrate.run_calibration(run_dir, load_labels(config), summary, trained.submission.clip_epsilon)
 
     if folder.exists():
         shutil.rmtree(folder)

@@ -69,22 +69,25 @@ def choose_epsilon(
     return sorted(candidates)[int(np.argmin(losses))]
 
 
-def calibrate(oof_probabilities: np.ndarray, targets: np.ndarray) -> tuple[float, float, float, float]:
+def calibrate(
+    oof_probabilities: np.ndarray, targets: np.ndarray, min_epsilon: float = NO_CLIP
+) -> tuple[float, float, float, float]:
     """(temperature, epsilon, OOF log loss before, after), fitted on rows that have predictions.
 
     Rows of NaN (folds not trained) are ignored. `after <= before` always: the identity is a candidate.
+    The epsilon is never below `min_epsilon` (the upload's clip), and `before` includes that clip.
     """
     predicted = ~np.isnan(oof_probabilities).any(1)
     probabilities, targets = oof_probabilities[predicted], targets[predicted]
     if not len(targets):
         raise ValueError("calibrate needs at least one row with predictions")
-    before = log_loss(probabilities, targets)
+    before = log_loss(probabilities, targets, min_epsilon)
     temperature = fit_temperature(probabilities, targets)
     scaled = apply_temperature(probabilities, temperature)
-    epsilon = choose_epsilon(scaled, targets)
+    epsilon = choose_epsilon(scaled, targets, tuple(sorted({max(e, min_epsilon) for e in EPSILONS})))
     after = log_loss(scaled, targets, epsilon)
     if after > before:  # only rounding can get here; keep the probabilities as they were
-        return 1.0, NO_CLIP, before, before
+        return 1.0, min_epsilon, before, before
     return temperature, epsilon, before, after
 
 
@@ -93,13 +96,27 @@ def oof_targets(labels: LabelTable, classes: list[str]) -> np.ndarray:
     return np.array([classes.index(labels.classes[target]) for target in labels.targets])
 
 
-def run_calibration(run_dir: Path, labels: LabelTable | None, classes: list[str]) -> dict:
-    """The run's calibration: fitted once on its oof.npy and recorded in calibration.json, then read back.
+def row_folds_of(run_dir: Path, summary: dict, row_count: int) -> np.ndarray:
+    """The fold that predicted each training row (-1: none), from the folds' result.json."""
+    row_folds = np.full(row_count, -1, dtype=np.int64)
+    for fold in summary["folds_trained"]:
+        row_folds[read_json(run_dir / f"fold-{fold}" / "result.json")["valid_rows"]] = fold
+    return row_folds
+
+
+def run_calibration(
+    run_dir: Path, labels: LabelTable | None, summary: dict, min_epsilon: float = NO_CLIP
+) -> dict:
+    """The run's calibration (`fit_by_fold`): fitted on its oof.npy and recorded in calibration.json, then
+    read back. Metrics other than log loss get the identity and no record.
 
     The record names the oof.npy it was fitted on (SHA-256), so a run whose OOF changed (a resumed run
     that trained more folds) is fitted again. A run without oof.npy (a run packaged for a Kaggle notebook)
     uses its recorded calibration and is never refitted; `labels` may then be None.
+    `min_epsilon`: the upload's clip (submission.clip_epsilon), a floor of the fitted epsilon.
     """
+    if summary["metric"] != "log_loss":
+        return identity()
     record, oof = run_dir / CALIBRATION_FILE, run_dir / "oof.npy"
     if not oof.exists():
         if record.exists():
@@ -109,17 +126,93 @@ def run_calibration(run_dir: Path, labels: LabelTable | None, classes: list[str]
             "predict with the run's own folder"
         )
     fingerprint = hashlib.sha256(oof.read_bytes()).hexdigest()
-    if record.exists() and read_json(record).get("oof_sha256") == fingerprint:
-        return read_json(record)
+    if record.exists():
+        recorded = read_json(record)
+        if recorded.get("oof_sha256") == fingerprint and "temperatures" in recorded:
+            return recorded
     if labels is None:
         raise ValueError("run_calibration needs the labels to fit on oof.npy")
-    temperature, epsilon, before, after = calibrate(np.load(oof), oof_targets(labels, classes))
-    fitted = {
-        "temperature": temperature,
-        "epsilon": epsilon,
-        "oof_before": before,
-        "oof_after": after,
-        "oof_sha256": fingerprint,
-    }
+    probabilities = np.load(oof)
+    row_folds = row_folds_of(run_dir, summary, len(probabilities))
+    fitted = fit_by_fold(probabilities, oof_targets(labels, summary["classes"]), row_folds, min_epsilon)
+    fitted["oof_sha256"] = fingerprint
     write_json(record, fitted)
     return fitted
+
+
+def fit_by_fold(
+    oof_probabilities: np.ndarray, targets: np.ndarray, row_folds: np.ndarray, min_epsilon: float = NO_CLIP
+) -> dict:
+    """Calibration fitted on what it is applied to: one temperature per fold, then one clip epsilon.
+
+    The test side averages the folds' models, each a different model than its neighbours; so each fold's
+    temperature is fitted on that fold's OOF rows (made by that fold's model, with the same weight files
+    and views as its test rows) and applied to that fold's test probabilities before the folds are
+    averaged. The epsilon is then chosen on the per-fold-calibrated OOF, never below `min_epsilon` (the
+    clip the upload applies, so the reported CV is the uploaded file's). `row_folds`: each row's fold,
+    -1 where it has no prediction. Returns {"temperatures": {fold: T}, "epsilon", "before", "after"}.
+    """
+    predicted = (row_folds >= 0) & ~np.isnan(oof_probabilities).any(1)
+    if not predicted.any():
+        raise ValueError("calibration needs at least one row with predictions")
+    temperatures = {
+        str(fold): fit_temperature(oof_probabilities[row_folds == fold], targets[row_folds == fold])
+        for fold in np.unique(row_folds[predicted])
+    }
+    calibrated = apply_by_fold(oof_probabilities, row_folds, {"temperatures": temperatures})[predicted]
+    candidates = tuple(sorted({max(epsilon, min_epsilon) for epsilon in EPSILONS}))
+    epsilon = choose_epsilon(calibrated, targets[predicted], candidates)
+    before = log_loss(oof_probabilities[predicted], targets[predicted], min_epsilon)
+    after = log_loss(calibrated, targets[predicted], epsilon)
+    if after > before:  # only rounding can get here; keep the probabilities as they were
+        temperatures, after = dict.fromkeys(temperatures, 1.0), before
+        epsilon = min_epsilon
+    return {"temperatures": temperatures, "epsilon": epsilon, "before": before, "after": after}
+
+
+def apply_by_fold(probabilities: np.ndarray, row_folds: np.ndarray, calibration: dict) -> np.ndarray:
+    """OOF rows, each scaled by its fold's temperature (then clipped when `calibration` has an epsilon)."""
+    result = np.array(probabilities, dtype=np.float64)
+    for fold, temperature in calibration["temperatures"].items():
+        rows = row_folds == int(fold)
+        result[rows] = apply_temperature(result[rows], temperature)
+    if calibration.get("epsilon") is not None:
+        predicted = ~np.isnan(result).any(1)
+        result[predicted] = clip_and_renormalise(result[predicted], calibration["epsilon"])
+    return result
+
+
+def apply_to_folds(fold_probabilities: dict[int, np.ndarray], calibration: dict) -> np.ndarray:
+    """Test probabilities: each fold's own temperature, then the folds averaged, then the clip."""
+    temperatures = calibration["temperatures"]
+    scaled = [
+        apply_temperature(probabilities, temperatures[str(fold)]) if str(fold) in temperatures else probabilities
+        for fold, probabilities in fold_probabilities.items()
+    ]
+    if calibration["epsilon"] is None:
+        return np.mean(scaled, axis=0)
+    return clip_and_renormalise(np.mean(scaled, axis=0), calibration["epsilon"])
+
+
+def identity() -> dict:
+    """A calibration that changes nothing (metrics other than log loss: a temperature cannot help them,
+    and predictions that are not class probabilities must never be renormalised)."""
+    return {"temperatures": {}, "epsilon": None}
+
+
+def for_metric(
+    metric: str, oof_probabilities: np.ndarray, targets: np.ndarray, row_folds: np.ndarray, min_epsilon: float
+) -> dict:
+    """`fit_by_fold` for log loss; for other metrics the identity (a temperature never changes a label)."""
+    if metric != "log_loss":
+        return identity()
+    return fit_by_fold(oof_probabilities, targets, row_folds, min_epsilon)
+
+
+def calibrated_blend(details: dict, test_blend: np.ndarray) -> np.ndarray:
+    """An ensemble's test probabilities as submitted: its one calibration (metrics.json's
+    ensemble.calibration, fitted on the blended OOF) applied to its uncalibrated test blend."""
+    fitted = details["calibration"]
+    if not fitted.get("applied", True):  # metrics other than log loss: the blend as it is
+        return test_blend
+    return apply_calibration(test_blend, fitted["temperature"], fitted["epsilon"])

@@ -120,7 +120,11 @@ class Member(NamedTuple):
 def test_probabilities(run_dir: Path, labels: LabelTable) -> np.ndarray:
     """A run's test probabilities, predicting them first when the run has none yet."""
     path = run_dir / "test-probabilities.npy"
-    if not path.exists():
+    # A run predicted before test-probabilities.npy was kept uncalibrated has no calibration recorded in
+    # submission.json: predict it again rather than calibrate twice.
+    record = run_dir / "submission.json"
+    current = record.exists() and "calibration" in read_json(record)
+    if not path.exists() or (not current and "ensemble" not in read_json(run_dir / "metrics.json")):
         tqdm.write(f"predicting the test set with {run_dir.name} first")
         predict_test(run_config(run_dir), labels, run_dir, read_json(run_dir / "metrics.json"))
     return np.load(path)
@@ -225,23 +229,25 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     targets, task = labels.targets[rows], labels.task
     member_rows = [oof[rows] for oof in oofs]
     weights = WEIGHT_FITTERS[task.blend_loss](member_rows, task.blend_truth(targets))
+    # Members' OOF and test predictions are both uncalibrated: blend them alike, then calibrate once.
     blended = blend(member_rows, weights)
     temperature, epsilon, before, after = 1.0, calibrate.NO_CLIP, None, None
     if task.blend_loss == "log_loss":  # calibration is defined for class probabilities alone
-        temperature, epsilon, before, after = calibrate.calibrate(blended, targets)
-    if metric != "log_loss":  # temperature cannot change a label or an accuracy: leave the blend as it is
+        temperature, epsilon, before, after = calibrate.calibrate(
+            blended, targets, min_epsilon=config.submission.clip_epsilon
+        )
+    if metric != "log_loss":  # a temperature cannot change a label or an accuracy: shown, not applied
         temperature, epsilon = 1.0, calibrate.NO_CLIP
-    blended = calibrate.apply_calibration(blended, temperature, epsilon) if metric == "log_loss" else blended
+    calibrated = calibrate.apply_calibration(blended, temperature, epsilon) if metric == "log_loss" else blended
     scorer = metrics.METRICS[metric]
-    decisions = task.fit_decisions(blended, targets, scorer)  # thresholds, cut-points: refitted on the blend
-    cv = task.score(scorer, targets, blended, decisions)
+    decisions = task.fit_decisions(calibrated, targets, scorer)  # thresholds, cut-points: refitted on the blend
+    cv = task.score(scorer, targets, calibrated, decisions)
+    cv_uncalibrated = task.score(scorer, targets, blended, decisions)
     single = {m.name: {metric: task.score(scorer, targets, m.oof[rows], decisions)} for m in members}
     if task.blend_loss == "log_loss":
         for member in members:
             single[member.name]["log_loss"] = calibrate.log_loss(member.oof[rows], targets)
-    test_blend = blend(test_predictions(members), weights)
-    if metric == "log_loss":
-        test_blend = calibrate.apply_calibration(test_blend, temperature, epsilon)
+    test_blend = blend(test_predictions(members), weights)  # uncalibrated, like the blended OOF
 
     run_dir = new_run_dir(config, "ensemble")
     # config.json makes the folder a run (listed, reportable, submittable): the first run's settings.
@@ -273,6 +279,7 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         {
             "metric": metric,
             "cv": cv,
+            "cv_uncalibrated": cv_uncalibrated,
             "folds_trained": [],
             "classes": classes,
             "seconds": round(time.time() - started, 1),
@@ -284,7 +291,9 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     )
     test = load_test(config)
     sample = submission.read_sample(config)
-    frame = submission.build(config, test.ids, test_blend, classes, sample, task, decisions)
-    path = submission.write(config, frame, sample, metric, cv, classes, task)
+    frame = submission.build(
+        config, test.ids, calibrate.calibrated_blend(details, test_blend), classes, sample, task, decisions
+    )
+    path = submission.write(config, frame, sample, metric, cv, classes, task, cv_uncalibrated=cv_uncalibrated)
     write_json(run_dir / "submission.json", {"file": path.name, "weights": [], "runs": details["runs"]})
     return run_dir

@@ -151,40 +151,47 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     task = tasks.from_record(summary.get("task"))  # as trained (the regression's scale included)
     model = place(models.create_model(config.train.model, task.head_size(classes), pretrained=False))
     meta = models.weights_meta(config, classes)
-    weights, fold_probabilities = [], []
+    weights, fold_probabilities = [], {}
     for fold in summary[
         "folds_trained"
     ]:  # every fold's weights predict; folds are averaged with equal weight
         fold_dir = run_dir / f"fold-{fold}"
         fold_weights = prediction_weights(config, fold_dir)
-        fold_probabilities.append(
-            ensemble_probabilities(
-                model,
-                fold_weights,
-                meta,
-                images,
-                config.stage_batch_size(last_stage) * 2,
-                keep=fold_dir / "test-",
-                preset=config.augment.preset,
-                tta=config.predict.tta,
-                task=task,
-            )
+        fold_probabilities[fold] = ensemble_probabilities(
+            model,
+            fold_weights,
+            meta,
+            images,
+            config.stage_batch_size(last_stage) * 2,
+            keep=fold_dir / "test-",
+            preset=config.augment.preset,
+            tta=config.predict.tta,
+            task=task,
         )
         weights += fold_weights
-    probabilities = np.mean(fold_probabilities, axis=0)
-    if summary["metric"] == "log_loss":  # temperature and clip fitted once on OOF rows: never worse on OOF
-        fitted = calibrate.run_calibration(run_dir, labels, classes)
-        probabilities = calibrate.apply_calibration(probabilities, fitted["temperature"], fitted["epsilon"])
-    save_array(run_dir / "test-probabilities.npy", probabilities)
+    # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).
+    save_array(run_dir / "test-probabilities.npy", np.mean(list(fold_probabilities.values()), axis=0))
+    calibration = calibrate.run_calibration(run_dir, labels, summary, config.submission.clip_epsilon)
+    probabilities = calibrate.apply_to_folds(fold_probabilities, calibration)
     sample = submission.read_sample(config)
     frame = submission.build(config, test.ids, probabilities, classes, sample, task, summary.get("decisions"))
-    path = submission.write(config, frame, sample, summary["metric"], summary["cv"], classes, task)
+    path = submission.write(
+        config,
+        frame,
+        sample,
+        summary["metric"],
+        summary["cv"],
+        classes,
+        task,
+        cv_uncalibrated=summary.get("cv_uncalibrated"),
+    )
     write_json(
         run_dir / "submission.json",
         {
             "file": path.name,
             "weights": [str(w.relative_to(run_dir)) for w in weights],
             "weights_rule": weights_rule(config),
+            "calibration": calibration,
         },
     )
     return path

@@ -156,6 +156,15 @@ def check(
         )
 
 
+def file_name(config: Config, metric: str, cv: float, cv_uncalibrated: float | None = None) -> str:
+    """<name>-<UTC time>-<metric><cv>[-uncalibrated<cv>].csv: the CV of what is submitted (calibrated), and
+    the uncalibrated one beside it when calibration changed it."""
+    name = f"{config.name}-{utc_stamp()}-{metric}{cv:.4f}"
+    if cv_uncalibrated is not None and f"{cv_uncalibrated:.4f}" != f"{cv:.4f}":
+        name += f"-uncalibrated{cv_uncalibrated:.4f}"
+    return name + ".csv"
+
+
 def write(
     config: Config,
     frame: pd.DataFrame,
@@ -164,10 +173,11 @@ def write(
     cv: float,
     classes: list[str],
     task: SingleLabel = SINGLE_LABEL,
+    cv_uncalibrated: float | None = None,
 ) -> Path:
-    """Check, then write submissions/<name>-<UTC time>-<metric><cv>.csv atomically."""
+    """Check, then write submissions/`file_name` atomically."""
     check(config, frame, sample, "prediction", classes, task)
-    path = paths.submissions_dir() / f"{config.name}-{utc_stamp()}-{metric}{cv:.4f}.csv"
+    path = paths.submissions_dir() / file_name(config, metric, cv, cv_uncalibrated)
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
     return path

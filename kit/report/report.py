@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from math import nan
 from pathlib import Path
 
 import click
@@ -336,7 +337,13 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     classes, metric = labels.classes, summary["metric"]
     sections = [
         f"<h1>{html.escape(config.name)}: run {html.escape(run_dir.name)}</h1>",
-        f"<p>CV {html.escape(metric)} <b>{summary['cv']:.4f}</b> (folds {summary['folds_trained']}), "
+        f"<p>CV {html.escape(metric)} <b>{summary['cv']:.4f}</b>"
+        + (
+            f" (uncalibrated {summary['cv_uncalibrated']:.4f})"
+            if summary.get("cv_uncalibrated", summary["cv"]) != summary["cv"]
+            else ""
+        )
+        + f" (folds {summary['folds_trained']}), "
         f"{summary.get('seconds', 0) / 60:.1f} minutes</p>",
     ]
     sections.append(
@@ -373,11 +380,17 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             temperature, epsilon, before, after = (
                 fitted[k] for k in ("temperature", "epsilon", "log_loss_before", "log_loss_after")
             )
+        elif summary.get("calibration", {}).get("temperatures"):  # one temperature per fold, fitted at the end of training
+            fitted = summary["calibration"]
+            temperature = ", ".join(f"fold {k}: {t:.3f}" for k, t in fitted["temperatures"].items())
+            epsilon, before, after = fitted["epsilon"], fitted.get("before", nan), fitted.get("after", nan)
         else:
             temperature, epsilon, before, after = calibrate.calibrate(oof[rows], labels.targets[rows])
+        if not isinstance(temperature, str):
+            temperature = f"{temperature:.3f}"
         sections.append(
             f"<h2>Calibration (fitted on OOF)</h2><p>OOF log loss before {before:.4f}, after {after:.4f} "
-            f"(temperature {temperature:.3f}, clip epsilon {epsilon:.0e})"
+            f"(temperature {temperature}, clip epsilon {epsilon:.0e})"
             + ("" if metric == "log_loss" else "; not applied: the metric is not log loss")
             + "</p>"
         )

@@ -24,7 +24,8 @@ def runs_table(config: Config) -> pd.DataFrame:
         rows.append(
             {
                 "run": run_dir.name,
-                "cv": summary.get("cv", np.nan),
+                "cv": summary.get("cv", np.nan),  # as submitted (calibrated)
+                "cv_uncalibrated": summary.get("cv_uncalibrated", summary.get("cv", np.nan)),
                 "metric": summary.get("metric", "(unfinished)"),
                 "folds": "+".join(ensemble["runs"])
                 if ensemble

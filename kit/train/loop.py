@@ -25,6 +25,7 @@ from kit.data.labels import LabelTable
 from kit.device import batched_inference, device, gpu_paths, place
 from kit.files import read_json, save_array, write_json
 from kit.paths import interim_dir
+from kit.predict import calibrate
 from kit.predict.inference import ensemble_probabilities, prediction_weights, weights_rule
 from kit.tasks import SINGLE_LABEL, SingleLabel
 from kit.train import batch_size, schedule
@@ -352,6 +353,28 @@ def fold_numbers_of(config: Config, fold: str) -> list[int]:
     return list(range(config.train.folds)) if fold == "all" else [int(fold)]
 
 
+def cv_summary(config: Config, labels: LabelTable, oof: np.ndarray, row_folds: np.ndarray) -> dict:
+    """CV as submitted (calibrated per fold, upload clip included; decisions fitted on OOF) and uncalibrated,
+    with the calibration and the decisions (thresholds, cut-points) the submission will apply.
+
+    `cv` is what the submission file will score on these rows; `cv_uncalibrated` the raw OOF's score.
+    """
+    metric, predicted, task = config.competition.metric, row_folds >= 0, labels.task
+    calibration = calibrate.for_metric(metric, oof, labels.targets, row_folds, config.submission.clip_epsilon)
+    calibrated = calibrate.apply_by_fold(oof, row_folds, calibration)[predicted]
+    targets, raw, scorer = labels.targets[predicted], oof[predicted], metrics.METRICS[metric]
+    decisions = task.fit_decisions(calibrated, targets, scorer)
+    return {
+        "metric": metric,
+        "cv": task.score(scorer, targets, calibrated, decisions),
+        "cv_uncalibrated": task.score(scorer, targets, raw, decisions),
+        "cv_default_decisions": task.score(scorer, targets, raw),
+        "task": task.describe(),
+        "decisions": decisions,
+        "calibration": calibration,
+    }
+
+
 def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
     """Train one fold or all of them (`fold`: as `fold_numbers_of` accepts) in `run_dir`; write OOF
     probabilities and metrics.json."""
@@ -363,6 +386,7 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
     rows = usable_rows(config, labels, run_dir)
     task = labels.task
     oof = np.full((len(labels.ids), task.head_size(labels.classes)), np.nan)
+    row_folds = np.full(len(labels.ids), -1, dtype=np.int64)  # the fold that predicted each row; -1: none
     results = {}
     started = time.time()
     for number in fold_numbers:
@@ -371,20 +395,12 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
             config, labels, folds, number, run_dir, rows
         )
         oof[result["valid_rows"]] = result["probabilities"]
+        row_folds[result["valid_rows"]] = number
         results[number] = {"score": result["score"], "history": result["history"]}
         if distributed.is_main():  # after every fold: an interrupted --fold all keeps its progress
             save_array(run_dir / "oof.npy", oof)
-    predicted = ~np.isnan(oof[:, 0])
-    metric, targets = config.competition.metric, labels.targets[predicted]
-    # Decisions (thresholds, cut-points) fitted on OOF; the CV is scored with them, as the submission is.
-    scorer = metrics.METRICS[metric]
-    decisions = task.fit_decisions(oof[predicted], targets, scorer)
     summary = {
-        "metric": metric,
-        "cv": task.score(scorer, targets, oof[predicted], decisions),
-        "cv_default_decisions": task.score(scorer, targets, oof[predicted]),
-        "task": task.describe(),
-        "decisions": decisions,
+        **cv_summary(config, labels, oof, row_folds),
         "folds_trained": fold_numbers,
         "classes": labels.classes,
         "seconds": round(time.time() - started, 1),
