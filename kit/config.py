@@ -76,6 +76,9 @@ class DataSection:
     extension: str = ".jpg"  # image files' extension, with the dot
     sample_submission: str = "sample_submission.csv"
     max_bad_images: int = 10  # unreadable training images skipped (and reported) up to this count
+    # The cache squishes the whole photo into a square; a longer side beyond max_aspect times the shorter
+    # one is centre-cropped first. 0: no cap (the whole photo), 1: the centre square.
+    max_aspect: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,10 @@ def _validate(config: Config) -> None:
         low=0,
         high=0.5,
     )
+    if not (config.data.max_aspect == 0 or config.data.max_aspect >= 1):  # NaN too
+        raise ConfigError(
+            f"{file}: 'data.max_aspect' = {config.data.max_aspect} must be 0 (no cap) or 1 or more, e.g. 1.5"
+        )
     for key in ("max_package_mb", "poll_seconds", "timeout_minutes"):
         if not getattr(config.notebook, key) > 0:  # NaN too
             raise ConfigError(f"{file}: 'notebook.{key}' = {getattr(config.notebook, key)} must be positive")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch.nn import functional
 from tqdm import tqdm
 
 
@@ -60,12 +61,26 @@ def _normaliser(mean: tuple, std: tuple, compute: torch.device) -> tuple[torch.T
     )
 
 
-def to_input(batch: torch.Tensor, mean: tuple, std: tuple, compute: torch.device) -> torch.Tensor:
-    """uint8 NHWC (as cached) -> normalised float NCHW on `compute`, channels_last on the GPU paths.
+def resize(batch: torch.Tensor, image_size: int) -> torch.Tensor:
+    """An NCHW batch resized to image_size x image_size (antialiased when shrinking); unchanged if it is."""
+    if batch.shape[-2:] == (image_size, image_size):
+        return batch
+    return functional.interpolate(
+        batch, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
+def to_input(
+    batch: torch.Tensor, mean: tuple, std: tuple, compute: torch.device, image_size: int | None = None
+) -> torch.Tensor:
+    """uint8 NHWC (as cached) -> normalised float NCHW on `compute`, channels_last on the GPU paths; resized to
+    `image_size` when given (the cache holds whole photos a little larger than the model's input).
 
     The copy crosses the bus as uint8 (4x fewer bytes than float) and is converted on the device.
     """
     batch = batch.to(compute, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    if image_size is not None:
+        batch = resize(batch, image_size)
     mean_tensor, std_tensor = _normaliser(tuple(mean), tuple(std), compute)
     batch = (batch - mean_tensor) / std_tensor
     return batch.contiguous(memory_format=torch.channels_last) if gpu_paths(compute) else batch
@@ -80,12 +95,14 @@ def batched_inference(
     std: tuple,
     join_dim: int = 0,
     progress: str | None = None,
+    image_size: int | None = None,
 ) -> torch.Tensor:
     """`function` over `inputs` in batches, outputs as float32 joined along `join_dim`, left on the device
     (one host sync at the end, by the caller).
 
     `inputs` are cached uint8 images (a numpy array or memmap: normalised on the device) or float rows
-    already made (features: moved as they are). `progress` names a tqdm bar over the batches.
+    already made (features: moved as they are), resized to `image_size` when given. `progress` names a
+    tqdm bar over the batches.
     """
     compute = device()
     outputs = []
@@ -93,7 +110,7 @@ def batched_inference(
     for start in tqdm(starts, desc=progress, leave=False, disable=progress is None):
         chunk = inputs[start : start + batch_size]
         if isinstance(chunk, np.ndarray):  # cached images, not features
-            chunk = to_input(torch.from_numpy(np.array(chunk)), mean, std, compute)
+            chunk = to_input(torch.from_numpy(np.array(chunk)), mean, std, compute, image_size)
         with autocast(compute):
             outputs.append(function(chunk.to(compute)).float())
     return torch.cat(outputs, dim=join_dim)

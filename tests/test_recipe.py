@@ -55,7 +55,7 @@ def test_precomputed_features_give_the_full_models_logits(digits, tmp_path):
     config = digits(*FROZEN)
     model = fold_state(config, tmp_path).model.eval()
     images, _ = image_cache(load_labels(config).paths[:40], 32, interim_dir(config.name), "train-subset")
-    features = body_features_cached(model, images, "test", interim_dir(config.name), 16)
+    features = body_features_cached(model, images, "test", interim_dir(config.name), 16, 32)
     with torch.no_grad():
         from_features = model.get_classifier()(torch.from_numpy(features))
         full = model(
@@ -71,7 +71,7 @@ def test_precomputed_features_give_the_full_models_logits(digits, tmp_path):
     assert len(list(interim_dir(config.name).glob("features-test-*.npy"))) == 1
     with torch.no_grad():
         model.conv_stem.weight.mul_(2)
-    body_features_cached(model, images, "test", interim_dir(config.name), 16)
+    body_features_cached(model, images, "test", interim_dir(config.name), 16, 32)
     assert len(list(interim_dir(config.name).glob("features-test-*.npy"))) == 2
 
 

@@ -1,7 +1,8 @@
 """Training augmentation with albumentations: named presets plus a competition's own transforms.
 
-Transforms work on cached uint8 HxWx3 arrays and return the same size; normalisation happens later,
-on the device, for the whole batch.
+Transforms work on cached uint8 HxWx3 arrays (whole photos, a little larger than the training size);
+the photo presets crop them to the training size, and whatever size a batch leaves with is resized and
+normalised later, on the device, for the whole batch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 
 from kit.config import Config, ConfigError
+from kit.data.images import cache_side
 
 PADDING_MODES = {
     "reflect": cv2.BORDER_REFLECT_101,
@@ -21,11 +23,20 @@ PADDING_MODES = {
 }
 
 
-def _side_on(image_size: int, border: int) -> list:
+SMALLEST_CROP = 0.35  # of the photo's area, when the cache is large enough to crop that small
+
+
+def crop_scale(image_size: int, source_side: int) -> tuple[float, float]:
+    """RandomResizedCrop's area range on a source_side square: never a region smaller than the output,
+    so no crop is upsampled (a region of area a * source_side^2 is sqrt(a) * source_side wide)."""
+    return max(SMALLEST_CROP, min(1.0, (image_size / source_side) ** 2)), 1.0
+
+
+def _side_on(image_size: int, border: int, source_side: int) -> list:
     """Photos of animals and objects: the world is upright, left and right are alike."""
     return [
         albumentations.RandomResizedCrop(
-            size=(image_size, image_size), scale=(0.35, 1.0), ratio=(0.75, 1.33)
+            size=(image_size, image_size), scale=crop_scale(image_size, source_side), ratio=(0.75, 1.33)
         ),
         albumentations.HorizontalFlip(),
         albumentations.Affine(rotate=(-10, 10), border_mode=border, p=0.5),
@@ -33,12 +44,16 @@ def _side_on(image_size: int, border: int) -> list:
     ]
 
 
-def _top_down(image_size: int, border: int) -> list:
+def _top_down(image_size: int, border: int, source_side: int) -> list:
     """Satellite and microscope images: no up or down, so every flip and quarter turn is fair."""
-    return [*_side_on(image_size, border), albumentations.VerticalFlip(), albumentations.RandomRotate90()]
+    return [
+        *_side_on(image_size, border, source_side),
+        albumentations.VerticalFlip(),
+        albumentations.RandomRotate90(),
+    ]
 
 
-PRESETS = {"side_on": _side_on, "top_down": _top_down, "none": lambda image_size, border: []}
+PRESETS = {"side_on": _side_on, "top_down": _top_down, "none": lambda image_size, border, source_side: []}
 
 
 def _custom(spec: dict, border: int, where: str):
@@ -114,10 +129,13 @@ def _check_contract(spec: dict, border: int, where: str, image_sizes: list[int])
             )
 
 
-def train_transform(config: Config, image_size: int) -> albumentations.Compose | None:
-    """The training transform at this size, or None when there is nothing to do."""
+def train_transform(
+    config: Config, image_size: int, source_side: int | None = None
+) -> albumentations.Compose | None:
+    """The training transform to this size from cached squares of `source_side` (default: the cache's
+    side for this size), or None when there is nothing to do."""
     border = PADDING_MODES[config.augment.padding_mode]
-    steps = PRESETS[config.augment.preset](image_size, border)
+    steps = PRESETS[config.augment.preset](image_size, border, source_side or cache_side(image_size))
     steps += [
         _custom(spec, border, f"{config.path}: augment.transforms") for spec in config.augment.transforms
     ]

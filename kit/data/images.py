@@ -1,8 +1,14 @@
-"""Decode once: every image resized to one square size into a uint8 array file under data/interim.
+"""Decode once: every whole photo resized to one square size into a uint8 array file under data/interim.
 
 Decoding a JPEG costs more than a small model's forward pass, so training and prediction read these
-arrays (memory-mapped) instead of the image files. A cache is keyed by the image size and by each
-source file's name, size and modification time: change a file and the cache is rebuilt.
+arrays (memory-mapped) instead of the image files. A cache is keyed by the decoder's version, the size,
+the aspect cap and each source file's name, size and modification time: change a file (or the
+decoder) and the cache is rebuilt.
+
+The cache keeps the whole photo, squished into a square a little larger than the training size
+(`cache_side`), so random crops and TTA views can reach every part of it: a 500x375 photo centre-cropped
+once would lose a quarter of its width for good. `data.max_aspect` caps how much is squished (longer
+sides beyond the cap are centre-cropped); it was measured on real photos (README, "Whole photos").
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +29,9 @@ from tqdm import tqdm
 from kit.files import DISK_FULL, atomic_path, disk_full, free_space, make_folder
 
 # Part of every cache key: bump it whenever decode's pixels change, so no cache made by an older decoder
-# is reused. 2: what a viewer shows (EXIF orientation, 16-bit, transparency, colour profiles, first frame).
-DECODE_VERSION = 2
+# is reused. 1: shorter side resized, centre square crop. 2: what a viewer shows (EXIF orientation, 16-bit,
+# transparency, colour profiles, first frame). 3: the whole photo (up to max_aspect) squished to a square.
+DECODE_VERSION = 3
 BACKGROUND = (255, 255, 255)  # behind transparent pixels, as a viewer shows them on a white page
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -78,21 +86,34 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode(path: Path, image_size: int) -> np.ndarray:
-    """One image as (image_size, image_size, 3) uint8: shorter side resized to image_size, centre crop."""
+CACHE_MARGIN = 8 / 7  # cache side / training size: 256 px for 224 px, the classic "resize 256, crop 224"
+
+
+def cache_side(image_size: int) -> int:
+    """The cached square's side for a training size: a little larger, so crops need no upsampling."""
+    return math.ceil(image_size * CACHE_MARGIN)
+
+
+def fit_square(image: Image.Image, side: int, max_aspect: float = 0.0) -> Image.Image:
+    """The whole picture resized to side x side (aspect not kept). With max_aspect > 0, a longer side
+    beyond max_aspect times the shorter one is centre-cropped first (1.0: the centre square)."""
+    width, height = image.size
+    if max_aspect > 0:
+        keep_width = min(width, round(height * max_aspect))
+        keep_height = min(height, round(width * max_aspect))
+        left, top = (width - keep_width) // 2, (height - keep_height) // 2
+        image = image.crop((left, top, left + keep_width, top + keep_height))
+    return image.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def decode(path: Path, image_size: int, max_aspect: float = 0.0) -> np.ndarray:
+    """One image as (image_size, image_size, 3) uint8: the whole photo (see fit_square)."""
     with Image.open(path) as image:
-        image = to_rgb(image)
-        width, height = image.size
-        scale = image_size / min(width, height)
-        new_width, new_height = max(image_size, round(width * scale)), max(image_size, round(height * scale))
-        image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
-        left, top = (new_width - image_size) // 2, (new_height - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-        return np.asarray(image, dtype=np.uint8)
+        return np.asarray(fit_square(to_rgb(image), image_size, max_aspect), dtype=np.uint8)
 
 
-def cache_key(paths: list[Path], image_size: int) -> str:
-    digest = hashlib.sha1(f"{image_size}\0decode {DECODE_VERSION}".encode())
+def cache_key(paths: list[Path], image_size: int, max_aspect: float = 0.0) -> str:
+    digest = hashlib.sha1(f"decode-v{DECODE_VERSION}\0{image_size}\0{max_aspect}".encode())
     for path in paths:
         try:
             stat = path.stat()
@@ -102,12 +123,12 @@ def cache_key(paths: list[Path], image_size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def decode_or_none(path: Path, image_size: int) -> tuple[np.ndarray | None, str]:
+def decode_or_none(path: Path, image_size: int, max_aspect: float = 0.0) -> tuple[np.ndarray | None, str]:
     """The image, or why not in a few words ('missing', 'unreadable: ...'): reports list many of these."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe would wait forever
             return None, "not a regular file (a folder, pipe or device)"
-        return decode(path, image_size), ""
+        return decode(path, image_size, max_aspect), ""
     except FileNotFoundError:
         return None, "missing"
     except Image.DecompressionBombError:  # Pillow's guard against images that would exhaust memory
@@ -119,14 +140,15 @@ def decode_or_none(path: Path, image_size: int) -> tuple[np.ndarray | None, str]
 
 
 def image_cache(
-    paths: list[Path], image_size: int, cache_dir: Path, label: str = "images"
+    paths: list[Path], image_size: int, cache_dir: Path, label: str = "images", max_aspect: float = 0.0
 ) -> tuple[np.ndarray, dict[str, str]]:
-    """The images as a read-only (N, S, S, 3) uint8 memmap, plus {path: problem} for bad images.
+    """The images as a read-only (N, S, S, 3) uint8 memmap (S = image_size, the cache's side: see
+    `cache_side`), plus {path: problem} for bad images.
 
     Bad images (missing, corrupt, zero-byte) become black squares in the array and are listed, so
     callers decide: skip a few training images, or refuse to predict a test set.
     """
-    key = cache_key(paths, image_size)
+    key = cache_key(paths, image_size, max_aspect)
     array_path = cache_dir / f"{label}-{image_size}px-{key}.npy"
     report_path = array_path.with_suffix(".bad.json")
     if array_path.exists() and report_path.exists():
@@ -151,7 +173,7 @@ def image_cache(
                     raise disk_full(cache_dir, what, needed) from None
         workers = min(32, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding and resizing
-            results = pool.map(lambda p: decode_or_none(p, image_size), paths, chunksize=16)
+            results = pool.map(lambda p: decode_or_none(p, image_size, max_aspect), paths, chunksize=16)
             for index, (image, problem) in enumerate(
                 tqdm(results, total=len(paths), desc=f"cache {label} {image_size}px", leave=False)
             ):

@@ -16,13 +16,13 @@ from torch import nn
 
 from kit import models, tasks
 from kit.config import Config
-from kit.data.images import image_cache
+from kit.data.images import cache_side, image_cache
 from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
-from kit.device import batched_inference, place
+from kit.device import batched_inference, place, resize
 from kit.files import save_array, write_json
 from kit.paths import interim_dir
 from kit.predict import calibrate, submission
-from kit.predict.tta import tta_views
+from kit.predict.tta import tta_views, view_names
 from kit.run_folder import run_config, saved_settings_note
 from kit.tasks import SINGLE_LABEL, SingleLabel
 
@@ -35,14 +35,19 @@ def view_probabilities(
     tta: int = 0,
     progress: str | None = None,
     task: SingleLabel = SINGLE_LABEL,
+    image_size: int | None = None,
 ) -> np.ndarray:
     """Predictions per view (1 + tta views, N, outputs; float64): view 0 is the plain image. Outputs are
-    the task's (kit.tasks): class or tag probabilities, values."""
+    the task's (kit.tasks): class or tag probabilities, values.
+
+    Views see the cached whole photos; each is resized to `image_size` (default: the cache's size).
+    """
     model.eval()
     views = tta_views(preset, tta)
+    size = image_size or images.shape[1]
 
     def all_views(batch: torch.Tensor) -> torch.Tensor:
-        return torch.stack([task.activate(model(view(batch))) for view in views])
+        return torch.stack([task.activate(model(resize(view(batch), size))) for view in views])
 
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     stacked = batched_inference(all_views, images, batch_size, mean, std, join_dim=1, progress=progress)
@@ -59,6 +64,7 @@ def ensemble_probabilities(
     preset: str = "none",
     tta: int = 0,
     task: SingleLabel = SINGLE_LABEL,
+    image_size: int | None = None,
 ) -> np.ndarray:
     """Average of the predictions of several saved weights (snapshots, folds) on the same images.
 
@@ -69,8 +75,10 @@ def ensemble_probabilities(
     total = None
     for path in weight_paths:
         models.load_weights(model, path, meta)
-        progress = f"{path.parent.name}/{path.stem} x {1 + tta} views"
-        per_view = view_probabilities(model, images, batch_size, preset, tta, progress=progress, task=task)
+        progress = f"{path.parent.name}/{path.stem} x {'+'.join(view_names(preset, tta))}"
+        per_view = view_probabilities(
+            model, images, batch_size, preset, tta, progress=progress, task=task, image_size=image_size
+        )
         if keep is not None:
             save_array(keep.with_name(f"{keep.name}{path.stem}.npy"), per_view.astype(np.float32))
         probabilities = per_view.mean(0)
@@ -137,8 +145,9 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     test = load_test(config)
     check_test_apart(config, test, labels)
     last_stage = config.stages[-1]
+    image_size = config.stage_image_size(last_stage)
     images, problems = image_cache(
-        test.paths, config.stage_image_size(last_stage), interim_dir(config.name), "test"
+        test.paths, cache_side(image_size), interim_dir(config.name), "test", config.data.max_aspect
     )
     if problems:
         write_json(run_dir / "bad-test-images.json", problems)
@@ -167,6 +176,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             preset=config.augment.preset,
             tta=config.predict.tta,
             task=task,
+            image_size=image_size,
         )
         weights += fold_weights
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).

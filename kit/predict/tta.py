@@ -1,6 +1,10 @@
 """Test-time augmentation: the views of a batch that do not change what the picture shows, by preset.
 
-Each view is a function of a normalised NCHW batch on the device, so TTA costs no extra decoding.
+Each view is a function of a normalised NCHW batch on the device, so TTA costs no extra decoding. Views
+see the cached whole photo (a little larger than the model's input) and may return any size: the caller
+resizes each to the model's input size. For photos they cover the whole picture: the plain view is all
+of it, the others its left, right, top and bottom parts and their mirror images (what a centre crop
+would have cut off).
 """
 
 from __future__ import annotations
@@ -21,16 +25,6 @@ def _zoom(batch: torch.Tensor, factor: float = 1.15) -> torch.Tensor:
     return larger[..., offset : offset + size, offset : offset + size]
 
 
-def _corner(batch: torch.Tensor, corner: int, fraction: float = 0.9) -> torch.Tensor:
-    """A crop of `fraction` of the side from one corner, resized back to full size."""
-    size = batch.shape[-1]
-    crop = round(size * fraction)
-    top = 0 if corner in (0, 1) else size - crop
-    left = 0 if corner in (0, 2) else size - crop
-    part = batch[..., top : top + crop, left : left + crop]
-    return functional.interpolate(part, size=(size, size), mode="bilinear", align_corners=False)
-
-
 def _shift(batch: torch.Tensor, down: float, right: float) -> torch.Tensor:
     """The picture moved by a fraction of its side, the uncovered border filled with its edge pixels."""
     size = batch.shape[-1]
@@ -44,11 +38,33 @@ def _hflip(x: torch.Tensor) -> torch.Tensor:
     return x.flip(3)
 
 
+def _part(batch: torch.Tensor, side: str, fraction: float = 0.8) -> torch.Tensor:
+    """The left, right, top or bottom `fraction` of the picture (the full extent the other way)."""
+    height, width = batch.shape[-2:]
+    keep_height, keep_width = round(height * fraction), round(width * fraction)
+    if side == "left":
+        return batch[..., :, :keep_width]
+    if side == "right":
+        return batch[..., :, width - keep_width :]
+    if side == "top":
+        return batch[..., :keep_height, :]
+    return batch[..., height - keep_height :, :]
+
+
 # Views that do not change what the picture shows, by augmentation preset. Photos (side_on) may be
 # mirrored and cropped; satellite tiles (top_down) turned; "none" (digits, text) only moved a little
 # and zoomed a little, as its training augmentation does: a mirrored 2 is not a 2.
 TTA_VIEWS: dict[str, list[View]] = {
-    "side_on": [_hflip, _zoom, lambda x: _zoom(_hflip(x)), lambda x: _corner(x, 0), lambda x: _corner(x, 3)],
+    "side_on": [
+        _hflip,
+        lambda x: _part(x, "left"),
+        lambda x: _part(x, "right"),
+        lambda x: _part(_hflip(x), "left"),  # the mirror image of the right part
+        lambda x: _part(_hflip(x), "right"),
+        lambda x: _part(x, "top"),
+        lambda x: _part(x, "bottom"),
+        _zoom,
+    ],
     "top_down": [
         _hflip,
         lambda x: x.flip(2),
@@ -66,7 +82,20 @@ TTA_VIEWS: dict[str, list[View]] = {
 }
 
 
+VIEW_NAMES: dict[str, list[str]] = {
+    "side_on": ["flip", "left", "right", "flip-left", "flip-right", "top", "bottom", "zoom"],
+    "top_down": ["flip", "vflip", "rot90", "zoom", "rot270"],
+    "none": ["shift-dr", "shift-ul", "shift-dl", "shift-ur", "zoom"],
+}
+
+
 def tta_views(preset: str, count: int) -> list[View]:
     """The plain view plus `count` augmented ones."""
     extra = TTA_VIEWS.get(preset, TTA_VIEWS["none"])
     return [lambda x: x] + [extra[index % len(extra)] for index in range(count)]
+
+
+def view_names(preset: str, count: int) -> list[str]:
+    """Names of `tta_views(preset, count)`, for progress bars and records."""
+    extra = VIEW_NAMES.get(preset, VIEW_NAMES["none"])
+    return ["plain"] + [extra[index % len(extra)] for index in range(count)]

@@ -89,6 +89,7 @@ def evaluate(
     batch_size: int,
     model: nn.Module,
     task: SingleLabel = SINGLE_LABEL,
+    image_size: int | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """Validation loss, metric (at the task's default decisions) and predictions; outputs stay on the
     device until the end (one sync).
@@ -97,7 +98,9 @@ def evaluate(
     """
     model.eval()
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    logits = batched_inference(module, distributed.shard(inputs), batch_size, mean, std)
+    logits = batched_inference(
+        module, distributed.shard(inputs), batch_size, mean, std, image_size=image_size
+    )
     logits_all = distributed.gather_shards(logits, len(targets))
     loss = task.loss(logits_all, torch.from_numpy(task.encode(targets)).to(logits_all.device)).item()
     predictions = task.activate(logits_all).double().cpu().numpy()
@@ -196,6 +199,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
             prepared.batch_size * 2,
             model,
             prepared.task,
+            image_size,
         )
         check_loss(
             config, stage, state, epoch, "validation", valid_loss
@@ -313,6 +317,7 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
         preset=config.augment.preset,
         tta=config.predict.tta,
         task=state.labels.task,
+        image_size=config.stage_image_size(last_stage),
     )
     score = state.labels.task.score(
         metrics.METRICS[config.competition.metric], state.labels.targets[state.valid_rows], probabilities

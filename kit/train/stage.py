@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from kit import distributed, models
 from kit.config import Config
 from kit.data import augment
-from kit.data.images import image_cache
+from kit.data.images import cache_side, image_cache
 from kit.data.labels import LabelTable
 from kit.data.loader import BatchDataset, make_loader, worker_count
 from kit.device import autocast, device, gpu_paths, to_input
@@ -89,7 +89,9 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> Prepare
     if stage.precompute:  # the body is frozen and sees no augmentation: its output never changes
         with distributed.main_first():
             label = f"{config.train.model}-{image_size}px-{len(images)}"
-            features = body_features_cached(model, images, label, interim_dir(config.name), batch_size)
+            features = body_features_cached(
+                model, images, label, interim_dir(config.name), batch_size, image_size
+            )
         train_set = TensorDataset(
             torch.from_numpy(features[state.train_rows]), torch.from_numpy(encoded[state.train_rows])
         )
@@ -106,7 +108,7 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> Prepare
             generator,
             task=labels.task,
         )
-    transform = augment.train_transform(config, image_size) if stage.augment else None
+    transform = augment.train_transform(config, image_size, images.shape[1]) if stage.augment else None
     train_set = BatchDataset(images, encoded, state.train_rows, transform)
     loader = make_loader(train_set, batch_size, True, generator, worker_count(config.train.num_workers))
     return PreparedStage(
@@ -135,7 +137,8 @@ def train_step(
     )  # first: the last step's gradients freed before the forward
     targets = targets.to(compute, non_blocking=True)
     if prepared.images_are_raw:
-        inputs = to_input(inputs, model.pretrained_cfg["mean"], model.pretrained_cfg["std"], compute)
+        mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+        inputs = to_input(inputs, mean, std, compute, prepared.image_size)
     with autocast(compute):
         loss = prepared.task.loss(prepared.train_module(inputs.to(compute)), targets)
     loss.backward()
@@ -144,6 +147,9 @@ def train_step(
 
 
 def training_images(config: Config, labels: LabelTable, image_size: int) -> tuple[np.ndarray, dict]:
+    """The training photos cached whole, a little larger than `image_size` (kit.data.images.cache_side)."""
     require_download(config.name)
     with distributed.main_first():  # rank 0 builds the cache, the other ranks then read it
-        return image_cache(labels.paths, image_size, interim_dir(config.name), "train")
+        return image_cache(
+            labels.paths, cache_side(image_size), interim_dir(config.name), "train", config.data.max_aspect
+        )
