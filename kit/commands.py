@@ -183,7 +183,16 @@ def cv_line(summary: dict) -> str:
     """'CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0])', and the stages that made the loss worse."""
     raw = summary.get("cv_uncalibrated", summary["cv"])
     beside = f"uncalibrated {raw:.4f}; " if f"{raw:.4f}" != f"{summary['cv']:.4f}" else ""
-    return f"CV {summary['metric']}: {summary['cv']:.4f} ({beside}folds {summary['folds_trained']})"
+    line = f"CV {summary['metric']}: {summary['cv']:.4f} ({beside}folds {summary['folds_trained']})"
+    worse = [
+        f"'{item['stage']}' {item['start']:.4f} -> {item['end']:.4f} (fold {fold})"
+        for fold, items in summary.get("worse_stages", {}).items()
+        for item in items
+    ]
+    if worse:
+        line += "\nvalidation loss ended worse than it started in: " + "; ".join(worse)
+        line += " (shorten those stages, lower their rates, or use recipe=quick)"
+    return line
 
 
 def train(config: Config, fold: str) -> Path:

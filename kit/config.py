@@ -37,6 +37,7 @@ AugmentPreset = Literal["side_on", "top_down", "none"]  # kit.data.augment.PRESE
 PaddingMode = Literal["reflect", "constant", "edge"]  # kit.data.augment.PADDING_MODES
 Optimizer = Literal["adamw", "sgd"]
 ScheduleKind = Literal["sgdr", "one_cycle"]
+Recipe = Literal["full", "quick"]
 PredictWeights = Literal["snapshots", "last", "best"]
 SubmissionKind = Literal["csv", "notebook"]  # notebook: a code competition (`kit notebook --submit`)
 LAYER_GROUPS = 3  # early body, late body, head: the lesson's three learning rates
@@ -116,6 +117,9 @@ class TrainSection:
     num_workers: int = -1  # DataLoader workers; -1: all cores on a GPU box, 0 (in-process) on a CPU
     compile: bool = False  # torch.compile the training step's model (GPU only: slow to compile on a CPU)
     lr_find: bool = False  # run the LR finder before the first stage and print its suggestion
+    # "quick": only the recipe's head stages (frozen body), with the competition's TTA: a first submission
+    # in minutes (`make train COMP=... SET="recipe=quick"`). "full": every stage.
+    recipe: Recipe = "full"
 
 
 @dataclass(frozen=True)
@@ -468,6 +472,13 @@ def value_sources(path: Path, overrides: typing.Sequence[str] = ()) -> list[tupl
     return rows
 
 
+def quick_stages(stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+    """The head stages of a recipe (frozen body: seconds per epoch on cached features or small steps);
+    a recipe with none keeps its first stage."""
+    head = tuple(stage for stage in stages if stage.freeze_to % LAYER_GROUPS == LAYER_GROUPS - 1)
+    return head or stages[:1]
+
+
 def config_from_dict(raw: dict, path: Path) -> Config:
     """Build and validate a Config from a TOML-shaped dict (also used to reload a run's config.json)."""
     raw = {key: value for key, value in raw.items() if key not in ("name", "path")}
@@ -488,6 +499,8 @@ def config_from_dict(raw: dict, path: Path) -> Config:
     stages = tuple(_build(Stage, table, f"stages[{i}]", path) for i, table in enumerate(stage_tables))
     if not stages:  # no recipe given: one plain stage of train.epochs epochs, all layers trained
         stages = (Stage(cycle_len=float(sections["train"].epochs)),)
+    if sections["train"].recipe == "quick":
+        stages = quick_stages(stages)
     config = Config(name=path.parent.name, path=path, stages=stages, **sections)
     _validate(config)
     return config

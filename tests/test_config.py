@@ -356,3 +356,15 @@ def test_resolve_name_survives_a_broken_neighbour(named):
     write_competition(named, "zzz-broken", "[competition\n")
     assert resolve_name("planet") == "planet"
     assert "malformed TOML" in config_error("zzz-broken")
+
+
+def test_the_quick_recipe_keeps_the_head_stages_only():
+    from kit.config import load_competition
+
+    full = load_competition("dog-breeds")
+    quick = load_competition("dog-breeds", ["recipe=quick"])  # as `make train SET="recipe=quick"` passes it
+    assert [stage.name for stage in full.stages] == ["head-precomputed", "head-augmented", "unfrozen"]
+    assert [stage.name for stage in quick.stages] == ["head-precomputed", "head-augmented"]
+    assert quick.predict.tta == full.predict.tta > 0  # with TTA: a first submission worth sending
+    plain = load_competition("dog-breeds", ["recipe=quick", "stages=[]"])  # no head stage: the first one
+    assert len(plain.stages) == 1 and plain.stages[0].freeze_to == 0

@@ -135,3 +135,26 @@ def test_unfrozen_stages_warm_up_by_default_and_the_report_draws_it():
     first = int(np.argmax(epochs >= unfrozen_start))
     assert drawn[first, -1] == pytest.approx(1e-3 * 0.01)  # the report's curve shows the warm-up
     assert drawn[0, -1] == pytest.approx(config.train.lr)  # a head stage starts at its full rate
+
+
+def test_a_stage_that_ends_worse_than_it_started_is_found():
+    from kit.train.loop import worse_stages
+
+    history = [
+        {"stage": "head", "valid_loss": 0.30},
+        {"stage": "head", "valid_loss": 0.123},
+        {"stage": "unfrozen", "valid_loss": 0.25},  # starts from the head's 0.123
+        {"stage": "unfrozen", "valid_loss": 0.18},
+        {"stage": "larger", "valid_loss": 0.15},
+    ]
+    assert worse_stages(history) == [{"stage": "unfrozen", "start": 0.123, "end": 0.18}]
+    assert worse_stages(history[:2]) == [] and worse_stages([]) == []
+    from kit.commands import cv_line
+
+    line = cv_line({"metric": "log_loss", "cv": 0.112, "cv_uncalibrated": 0.1447, "folds_trained": [0],
+                    "worse_stages": {"0": worse_stages(history)}})  # fmt: skip
+    assert line.splitlines() == [
+        "CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0])",
+        "validation loss ended worse than it started in: 'unfrozen' 0.1230 -> 0.1800 (fold 0)"
+        " (shorten those stages, lower their rates, or use recipe=quick)",
+    ]

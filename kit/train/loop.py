@@ -358,6 +358,22 @@ def fold_numbers_of(config: Config, fold: str) -> list[int]:
     return list(range(config.train.folds)) if fold == "all" else [int(fold)]
 
 
+def worse_stages(history: list[dict]) -> list[dict]:
+    """Stages whose validation loss ended higher than it started: the loss before the stage's first epoch
+    (the previous stage's last), or, for the first stage, after its first epoch. A pure function."""
+    found, before, index = [], None, 0
+    while index < len(history):
+        stage = history[index]["stage"]
+        end = index
+        while end + 1 < len(history) and history[end + 1]["stage"] == stage:
+            end += 1
+        start = before if before is not None else history[index]["valid_loss"]
+        if history[end]["valid_loss"] > start:
+            found.append({"stage": stage, "start": start, "end": history[end]["valid_loss"]})
+        before, index = history[end]["valid_loss"], end + 1
+    return found
+
+
 def cv_summary(config: Config, labels: LabelTable, oof: np.ndarray, row_folds: np.ndarray) -> dict:
     """CV as submitted (calibrated per fold, upload clip included; decisions fitted on OOF) and uncalibrated,
     with the calibration and the decisions (thresholds, cut-points) the submission will apply.
@@ -411,6 +427,9 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
         "seconds": round(time.time() - started, 1),
         "folds": {str(k): v for k, v in results.items()},
         "weights_rule": weights_rule(config),
+        "worse_stages": {
+            str(k): worse_stages(v["history"]) for k, v in results.items() if worse_stages(v["history"])
+        },
     }
     if distributed.is_main():
         write_json(run_dir / "metrics.json", summary)
