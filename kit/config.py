@@ -127,6 +127,10 @@ class PredictSection:
     tta: int = 0  # test-time augmentation: number of augmented views added to the plain one
     snapshot_ensemble: int = 3  # prediction averages the last N snapshots (when stages save them)
     weights: PredictWeights = "snapshots"  # "snapshots", "last" or "best" (by validation metric)
+    # Choose on OOF which of those weight files and TTA views predict (kit.predict.selection): what does
+    # not pay is not computed for the test set. A costlier choice must gain at least min_gain on OOF.
+    select: bool = True
+    min_gain: float = 0.002
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ def test_snapshot_count_equals_number_of_cycles(digits, tmp_path):
 SNAPSHOT_STAGE = ["stages.0.n_cycles=3", "stages.0.snapshots=true"]
 
 
+@pytest.mark.slow
 def test_a_last_stage_without_snapshots_predicts_with_its_own_final_weights(digits, project):
     # Issue 13, defect 3: with predict.weights = "snapshots", a last stage that takes none (the lesson's
     # step to a larger size) was silently skipped: the earlier stage's snapshots predicted at the new size.
@@ -201,7 +202,10 @@ def test_every_snapshot_and_view_is_kept_for_later_ensembles(digits, project):
     from kit import commands
 
     config = digits(
-        "stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "predict.tta=2", "predict.snapshot_ensemble=2"
+        "stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]",
+        "predict.tta=2",
+        "predict.snapshot_ensemble=2",
+        "predict.select=false",  # every weight file and view predicts the test set too
     )
     run_dir = commands.train(config, "0")
     commands.predict(config, run_dir.name)

@@ -36,14 +36,17 @@ def view_probabilities(
     progress: str | None = None,
     task: SingleLabel = SINGLE_LABEL,
     image_size: int | None = None,
+    views: list[int] | None = None,
 ) -> np.ndarray:
     """Predictions per view (1 + tta views, N, outputs; float64): view 0 is the plain image. Outputs are
     the task's (kit.tasks): class or tag probabilities, values.
 
     Views see the cached whole photos; each is resized to `image_size` (default: the cache's size).
+    `views` picks some of them by index (kit.predict.selection), in that order.
     """
     model.eval()
-    views = tta_views(preset, tta)
+    every = tta_views(preset, tta)
+    views = [every[index] for index in views] if views is not None else every
     size = image_size or images.shape[1]
 
     def all_views(batch: torch.Tensor) -> torch.Tensor:
@@ -65,6 +68,7 @@ def ensemble_probabilities(
     tta: int = 0,
     task: SingleLabel = SINGLE_LABEL,
     image_size: int | None = None,
+    views: list[int] | None = None,
 ) -> np.ndarray:
     """Average of the predictions of several saved weights (snapshots, folds) on the same images.
 
@@ -75,9 +79,11 @@ def ensemble_probabilities(
     total = None
     for path in weight_paths:
         models.load_weights(model, path, meta)
-        progress = f"{path.parent.name}/{path.stem} x {'+'.join(view_names(preset, tta))}"
+        names = view_names(preset, tta)
+        shown = [names[index] for index in views] if views is not None else names
+        progress = f"{path.parent.name}/{path.stem} x {'+'.join(shown)}"
         per_view = view_probabilities(
-            model, images, batch_size, preset, tta, progress=progress, task=task, image_size=image_size
+            model, images, batch_size, preset, tta, progress, task=task, image_size=image_size, views=views
         )
         if keep is not None:
             save_array(keep.with_name(f"{keep.name}{path.stem}.npy"), per_view.astype(np.float32))
@@ -161,11 +167,14 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     model = place(models.create_model(config.train.model, task.head_size(classes), pretrained=False))
     meta = models.weights_meta(config, classes)
     weights, fold_probabilities = [], {}
+    chosen = summary.get("prediction")  # kit.predict.selection's choice, made after training
     for fold in summary[
         "folds_trained"
     ]:  # every fold's weights predict; folds are averaged with equal weight
         fold_dir = run_dir / f"fold-{fold}"
         fold_weights = prediction_weights(config, fold_dir)
+        if chosen:  # only the weight files and views that paid on OOF
+            fold_weights = [fold_dir / f"{name}.pt" for name in chosen["weights"]]
         fold_probabilities[fold] = ensemble_probabilities(
             model,
             fold_weights,
@@ -177,6 +186,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             tta=config.predict.tta,
             task=task,
             image_size=image_size,
+            views=chosen["views"] if chosen else None,
         )
         weights += fold_weights
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).
@@ -202,6 +212,12 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             "weights": [str(w.relative_to(run_dir)) for w in weights],
             "weights_rule": weights_rule(config),
             "calibration": calibration,
+            "views": view_names(config.augment.preset, config.predict.tta)
+            if not chosen
+            else [view_names(config.augment.preset, config.predict.tta)[i] for i in chosen["views"]],
+            "forward_passes": len(test.ids)
+            * len(weights)
+            * (len(chosen["views"]) if chosen else 1 + config.predict.tta),
         },
     )
     return path

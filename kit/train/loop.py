@@ -23,10 +23,11 @@ from kit.config import Config, Stage
 from kit.data.folds import load_folds
 from kit.data.labels import LabelTable
 from kit.device import batched_inference, device, gpu_paths, place
-from kit.files import read_json, save_array, write_json
+from kit.files import atomic_path, read_json, save_array, write_json
 from kit.paths import interim_dir
-from kit.predict import calibrate
+from kit.predict import calibrate, selection
 from kit.predict.inference import ensemble_probabilities, prediction_weights, weights_rule
+from kit.predict.tta import view_names
 from kit.tasks import SINGLE_LABEL, SingleLabel
 from kit.train import batch_size, schedule
 from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step, training_images
@@ -358,6 +359,43 @@ def fold_numbers_of(config: Config, fold: str) -> list[int]:
     return list(range(config.train.folds)) if fold == "all" else [int(fold)]
 
 
+def kept_oof(config: Config, fold_dir: Path) -> dict[str, np.ndarray]:
+    """A fold's kept per-view OOF probabilities of the weight files that predict, by file stem."""
+    return {
+        path.stem: np.load(fold_dir / f"oof-{path.stem}.npy").astype(np.float64)
+        for path in prediction_weights(config, fold_dir)
+    }
+
+
+def select_prediction(
+    config: Config, labels: LabelTable, run_dir: Path, fold_numbers: list[int], results: dict
+) -> dict:
+    """Which weight files and views predict (kit.predict.selection), chosen on every trained fold's OOF."""
+    kept = [kept_oof(config, run_dir / f"fold-{number}") for number in fold_numbers]
+    targets = [labels.targets[results[number]["valid_rows"]] for number in fold_numbers]
+    names = [path.stem for path in prediction_weights(config, run_dir / f"fold-{fold_numbers[0]}")]
+    chosen = selection.choose(
+        config.competition.metric,
+        kept,
+        targets,
+        names,
+        1 + config.predict.tta,
+        config.predict.min_gain,
+        labels.task,
+    )
+    view_names_all = view_names(config.augment.preset, config.predict.tta)
+    chosen["view_names"] = [view_names_all[index] for index in chosen["views"]]
+    chosen["forward_passes_per_image"] = chosen["cost"] * len(fold_numbers)
+    default = chosen["default"]
+    tqdm.write(
+        f"prediction: {'+'.join(chosen['weights'])} x {'+'.join(chosen['view_names'])} "
+        f"({chosen['forward_passes_per_image']} forward passes per test image; the default "
+        f"{default['cost'] * len(fold_numbers)}), OOF {config.competition.metric} {chosen['score']:.4f} "
+        f"(default {default['score']:.4f})"
+    )
+    return chosen
+
+
 def worse_stages(history: list[dict]) -> list[dict]:
     """Stages whose validation loss ended higher than it started: the loss before the stage's first epoch
     (the previous stage's last), or, for the first stage, after its first epoch. A pure function."""
@@ -417,16 +455,31 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
         )
         oof[result["valid_rows"]] = result["probabilities"]
         row_folds[result["valid_rows"]] = number
-        results[number] = {"score": result["score"], "history": result["history"]}
+        results[number] = {
+            "score": result["score"],
+            "history": result["history"],
+            "valid_rows": result["valid_rows"],
+        }
         if distributed.is_main():  # after every fold: an interrupted --fold all keeps its progress
             save_array(run_dir / "oof.npy", oof)
+    prediction = None
+    if config.predict.select and distributed.is_main():
+        prediction = select_prediction(config, labels, run_dir, fold_numbers, results)
+        oof = np.full_like(oof, np.nan)
+        for number in fold_numbers:
+            rows = results[number]["valid_rows"]
+            kept = kept_oof(config, run_dir / f"fold-{number}")
+            oof[rows] = selection.blend(kept, tuple(prediction["weights"]), tuple(prediction["views"]))
+        save_array(run_dir / "oof.npy", oof)
+    prediction = distributed.broadcast_object(prediction)
     summary = {
         **cv_summary(config, labels, oof, row_folds),
         "folds_trained": fold_numbers,
         "classes": labels.classes,
         "seconds": round(time.time() - started, 1),
-        "folds": {str(k): v for k, v in results.items()},
+        "folds": {str(k): {"score": v["score"], "history": v["history"]} for k, v in results.items()},
         "weights_rule": weights_rule(config),
+        **({"prediction": prediction} if prediction else {}),
         "worse_stages": {
             str(k): worse_stages(v["history"]) for k, v in results.items() if worse_stages(v["history"])
         },

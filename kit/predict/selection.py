@@ -1,0 +1,79 @@
+"""Which saved weight files and TTA views predict, chosen on out-of-fold predictions.
+
+Prediction dominates a CPU run's time (each weight file x each view is a forward pass over the test
+set), and not every snapshot or view pays. Training keeps every weight file's per-view OOF
+probabilities (fold-K/oof-<weights>.npy), so the choice costs no forward pass: each candidate (all the
+default weight files or the last one; all views, the plain view and its mirror, or the plain view alone)
+is scored on the OOF rows of every trained fold. The cheapest candidate that is not worse than the
+default is taken, and a costlier one only when it gains at least `min_gain` over it (small folds are
+noisy: a gain below that is not worth its forward passes); the default itself is always a candidate,
+so the choice is never worse on OOF than the default. Pure numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kit import metrics
+from kit.tasks import SINGLE_LABEL, SingleLabel
+
+
+def candidates(weight_names: list[str], view_count: int) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """(weight files, view indices) to try, the default (all of both) first; no duplicates."""
+    weight_sets = [tuple(weight_names), tuple(weight_names[-1:])]
+    view_sets = [tuple(range(view_count)), tuple(range(min(2, view_count))), (0,)]
+    found = []
+    for weights in weight_sets:
+        for views in view_sets:
+            if (weights, views) not in found:
+                found.append((weights, views))
+    return found
+
+
+def blend(kept: dict[str, np.ndarray], weights: tuple[str, ...], views: tuple[int, ...]) -> np.ndarray:
+    """The mean over these weight files and views of kept per-view probabilities (views x rows x C)."""
+    return np.mean([kept[name][list(views)].mean(0) for name in weights], axis=0)
+
+
+def choose(
+    metric: str,
+    kept_by_fold: list[dict[str, np.ndarray]],
+    targets_by_fold: list[np.ndarray],
+    weight_names: list[str],
+    view_count: int,
+    min_gain: float,
+    task: SingleLabel = SINGLE_LABEL,
+) -> dict:
+    """The weight files and views that predict, and every candidate's OOF score and cost.
+
+    kept_by_fold: per trained fold, {weight file stem: views x rows x outputs}. Scored as the task scores
+    (kit.tasks) at its default decisions (thresholds 0.5, rounding): decisions are fitted afterwards, on
+    the chosen blend.
+    """
+    higher = metrics.METRICS[metric].higher_is_better
+    targets = np.concatenate(targets_by_fold)
+    tried = []
+    for weights, views in candidates(weight_names, view_count):
+        probabilities = np.concatenate([blend(kept, weights, views) for kept in kept_by_fold])
+        score = task.score(metrics.METRICS[metric], targets, probabilities)
+        tried.append(
+            {
+                "weights": list(weights),
+                "views": list(views),
+                "score": score,
+                "cost": len(weights) * len(views),
+            }
+        )
+    default = tried[0]
+
+    def gain(new: dict, old: dict) -> float:  # positive: `new` is better
+        return (new["score"] - old["score"]) if higher else (old["score"] - new["score"])
+
+    chosen = None
+    for candidate in sorted(tried, key=lambda item: item["cost"]):  # cheapest first
+        if chosen is None:
+            if gain(candidate, default) >= 0:
+                chosen = candidate
+        elif gain(candidate, chosen) >= min_gain:
+            chosen = candidate
+    return {**(chosen or default), "default": default, "candidates": tried, "min_gain": min_gain}

@@ -1,0 +1,81 @@
+"""Choosing on OOF which weight files and TTA views predict: pure numpy, then a tiny digits run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kit.predict import calibrate, selection
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exponentials = np.exp(logits - logits.max(-1, keepdims=True))
+    return exponentials / exponentials.sum(-1, keepdims=True)
+
+
+def kept_views(rng, targets, view_noise: list[float], classes: int = 5) -> np.ndarray:
+    """views x rows x classes: each view sees the truth through its own amount of noise."""
+    logits = rng.normal(size=(len(targets), classes))
+    logits[np.arange(len(targets)), targets] += 2.0
+    return np.stack([softmax(logits + rng.normal(scale=noise, size=logits.shape)) for noise in view_noise])
+
+
+def test_views_and_weight_files_that_do_not_pay_are_dropped():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 5, 3000)
+    # Two snapshots; views: plain, a good mirror, and a bad one (a view that hurts).
+    kept = {
+        "snapshot-1": kept_views(rng, targets, [0.5, 0.5, 4.0]),
+        "snapshot-2": kept_views(rng, targets, [0.5, 0.5, 4.0]),
+    }
+    folds = [
+        {name: array[:, :1500] for name, array in kept.items()},
+        {name: array[:, 1500:] for name, array in kept.items()},
+    ]
+    chosen = selection.choose(
+        "log_loss", folds, [targets[:1500], targets[1500:]], ["snapshot-1", "snapshot-2"], 3, 0.002
+    )
+    assert chosen["views"] == [0, 1]  # the bad view is not computed for the test set
+    assert chosen["score"] <= chosen["default"]["score"]  # never worse than the default on OOF
+    assert chosen["score"] == pytest.approx(
+        calibrate.log_loss(selection.blend(kept, tuple(chosen["weights"]), (0, 1)), targets)
+    )
+    assert chosen["cost"] < chosen["default"]["cost"] and len(chosen["candidates"]) == 6
+
+
+def test_a_costlier_choice_must_gain_at_least_the_minimum():
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 5, 2000)
+    # Identical views: extra views gain exactly nothing, so the plain view alone is taken (cheapest, not worse).
+    same = kept_views(rng, targets, [0.0])
+    kept = [{"last": np.repeat(same, 3, axis=0)}]
+    chosen = selection.choose("log_loss", kept, [targets], ["last"], 3, 0.002)
+    assert chosen["views"] == [0] and chosen["weights"] == ["last"]
+    # Independent noisy views do gain; with a huge minimum gain the cheapest not-worse one stays... unless
+    # nothing cheaper is as good as the default: then the default.
+    noisy = [{"last": kept_views(rng, targets, [1.5, 1.5, 1.5])}]
+    assert selection.choose("log_loss", noisy, [targets], ["last"], 3, 0.002)["views"] == [0, 1, 2]
+    assert selection.choose("accuracy", noisy, [targets], ["last"], 3, 10.0)["views"] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_prediction_computes_only_what_was_chosen(digits, project):
+    from kit import commands
+
+    config = digits(
+        "stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]", "predict.tta=2", "predict.snapshot_ensemble=2"
+    )
+    run_dir = commands.train(config, "0")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    chosen = summary["prediction"]
+    assert chosen["score"] <= chosen["default"]["score"] or config.competition.metric != "log_loss"
+    commands.predict(config, run_dir.name)
+    fold = run_dir / "fold-0"
+    computed = sorted(p.stem.removeprefix("test-") for p in fold.glob("test-*.npy"))
+    assert computed == sorted(chosen["weights"])
+    assert all(np.load(fold / f"test-{name}.npy").shape[0] == len(chosen["views"]) for name in computed)
+    record = json.loads((run_dir / "submission.json").read_text())
+    assert record["views"] == chosen["view_names"]
+    assert record["forward_passes"] == 360 * len(chosen["weights"]) * len(chosen["views"])
