@@ -48,13 +48,13 @@ def test_views_and_weight_files_that_do_not_pay_are_dropped():
 def test_a_costlier_choice_must_gain_at_least_the_minimum():
     rng = np.random.default_rng(1)
     targets = rng.integers(0, 5, 2000)
-    # Identical views: extra views gain exactly nothing, so the plain view alone is taken (cheapest, not worse).
+    # Identical views: extra views gain nothing, so the plain view alone is taken (cheapest, not worse).
     same = kept_views(rng, targets, [0.0])
     kept = [{"last": np.repeat(same, 3, axis=0)}]
     chosen = selection.choose("log_loss", kept, [targets], ["last"], 3, 0.002)
     assert chosen["views"] == [0] and chosen["weights"] == ["last"]
-    # Independent noisy views do gain; with a huge minimum gain the cheapest not-worse one stays... unless
-    # nothing cheaper is as good as the default: then the default.
+    # Independent noisy views do gain: nothing cheaper is as good as the default, so the default stays,
+    # whatever the minimum gain (it guards costlier choices, never lets a worse one in).
     noisy = [{"last": kept_views(rng, targets, [1.5, 1.5, 1.5])}]
     assert selection.choose("log_loss", noisy, [targets], ["last"], 3, 0.002)["views"] == [0, 1, 2]
     assert selection.choose("accuracy", noisy, [targets], ["last"], 3, 10.0)["views"] == [0, 1, 2]
