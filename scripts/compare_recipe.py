@@ -1,71 +1,185 @@
-"""Compare, on the digits local leaderboard, the plain single-stage training (the kit's first version:
-one stage of 6 epochs at 64 px, no TTA) with the competition's default recipe (stages, snapshots, TTA).
+"""The recipe on real photos: plain fine-tuning, the recipe at an older commit, and today's recipe (full and
+quick), trained in one run of this script on the same photos and the same folds, each scored by its CV
+and on a local answer key.
 
-Both train fold 0 from the same pretrained weights in the same run of this script, predict the test
-set, and are scored against the held-out answer key. Prints CV, leaderboard accuracy and minutes.
+    .venv/bin/python scripts/compare_recipe.py --data ../shared/data/cats-vs-dogs-dev
+    .venv/bin/python scripts/compare_recipe.py --data ../shared/data/cats-vs-dogs-dev --limit 300 \
+        --test-limit 100 --image-size 128          # a subset, for a shared CPU
 
-    .venv/bin/python scripts/compare_recipe.py
+Arms (--arms):
+  plain  today's code, one stage of all layers (train.epochs epochs), no TTA, no LR finder
+  old    the recipe as shipped at --old-commit (default 65f01bd), run from a git worktree of that commit
+  new    today's default recipe (competitions/<name>/competition.toml as shipped)
+  quick  today's quick recipe (train.recipe = "quick": the head stages, with TTA)
+
+The data folder is copied (never written): --limit N keeps the first N/2 training photos of each class,
+--test-limit M the first M test photos of sample_submission.csv. Each arm trains fold 0 in its own project
+folder (KIT_PROJECT_ROOT) with the same folds.csv, then predicts the test set; the wall time counts both.
+The answer key (answers.csv: id,label with 1 for the positive class) scores the submission as Kaggle
+would: log loss with the upload's clip, and accuracy. Prints a table with the machine and the date, and
+writes results.json in --work.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import shutil
+import subprocess
+import sys
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
-import torch
 
-from kit import commands
-from kit.config import load_competition
-from kit.files import read_json
-from kit.hooks import load_hooks
-from kit.paths import raw_dir
+REPO = Path(__file__).resolve().parent.parent
+MARKER = ".download-complete"  # kit.files.DOWNLOAD_MARKER (the same at the old commit)
 
-PLAIN = [
-    "stages=[]",
-    "train.epochs=6",
-    "train.image_size=64",
-    "predict.tta=0",
-    "train.lr=2e-3",
-    "train.lr_find=false",
-]
+ARM_SETTINGS = {
+    "plain": ["stages=[]", "train.epochs=3", "predict.tta=0", "train.lr_find=false", "predict.select=false"],
+    "old": [],
+    "new": [],
+    "quick": ["train.recipe=quick"],
+}
 
 
-def train_and_score(overrides: list[str]) -> dict:
-    config = load_competition("digits", overrides)
-    started = time.time()
-    run_dir = commands.train(config, "0")
-    csv = commands.predict(config, run_dir.name)
-    minutes = (time.time() - started) / 60
-    frame = pd.read_csv(csv, dtype=str)
-    leaderboard = load_hooks(config)["score"](frame, raw_dir(config))["accuracy"]
+def copy_data(source: Path, target: Path, limit: int | None, test_limit: int | None) -> None:
+    """The competition's files, a subset when asked, copied into data/raw/<name> (never linked)."""
+    (target / "train").mkdir(parents=True)
+    (target / "test").mkdir()
+    train = sorted(
+        (source / "train").iterdir(), key=lambda p: (p.name.split(".")[0], int(p.name.split(".")[1]))
+    )
+    if limit:
+        by_class: dict[str, list[Path]] = {}
+        for path in train:
+            by_class.setdefault(path.name.split(".")[0], []).append(path)
+        train = [path for paths in by_class.values() for path in paths[: limit // len(by_class)]]
+    for path in train:
+        shutil.copy(path, target / "train" / path.name)
+    sample = pd.read_csv(source / "sample_submission.csv", dtype={"id": str})
+    if test_limit:
+        sample = sample.iloc[:test_limit]
+    for identifier in sample["id"]:
+        shutil.copy(source / "test" / f"{identifier}.jpg", target / "test" / f"{identifier}.jpg")
+    sample.to_csv(target / "sample_submission.csv", index=False)
+    (target / MARKER).write_text("copied by scripts/compare_recipe.py\n")
+
+
+def score_submission(path: Path, answers: pd.DataFrame, clip: float) -> dict:
+    frame = pd.read_csv(path, dtype={"id": str}).merge(answers, on="id", suffixes=("", "_true"))
+    probability = np.clip(frame["label"].to_numpy(dtype=float), clip, 1 - clip)  # the upload's clip
+    truth = frame["label_true"].to_numpy(dtype=int)
+    log_loss = float(-np.mean(truth * np.log(probability) + (1 - truth) * np.log(1 - probability)))
     return {
-        "run": run_dir.name,
-        "cv": read_json(run_dir / "metrics.json")["cv"],
-        "leaderboard": leaderboard,
-        "minutes": minutes,
+        "log_loss": log_loss,
+        "accuracy": float(np.mean((probability > 0.5) == truth)),
+        "rows": len(frame),
     }
 
 
+def run_arm(
+    arm: str, tree: Path, root: Path, competition: str, overrides: list[str], log: Path
+) -> tuple[float, Path]:
+    """Train fold 0 and predict with the code in `tree`, in project `root`; (seconds, run folder)."""
+    environment = {**os.environ, "PYTHONPATH": str(tree), "KIT_PROJECT_ROOT": str(root)}
+    settings = [item for value in overrides for item in ("--set", value)]
+    started = time.time()
+    with log.open("w") as output:
+        for command in (["train", competition, "--fold", "0", *settings], ["predict", competition]):
+            subprocess.run(
+                [sys.executable, "-m", "kit", *command], cwd=tree, env=environment, check=True, stdout=output,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+    seconds = time.time() - started
+    (run_dir,) = [p for p in (root / "runs" / competition).iterdir() if (p / "metrics.json").exists()]
+    return seconds, run_dir
+
+
 @click.command()
-def main() -> None:
-    commands.download(load_competition("digits"))
-    plain = train_and_score(PLAIN)
-    recipe = train_and_score([])
-    device = (
+@click.option(
+    "--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True
+)
+@click.option("--competition", default="cats-vs-dogs", show_default=True)
+@click.option("--arms", default="plain,old,new,quick", show_default=True)
+@click.option("--old-commit", default="65f01bd", show_default=True)
+@click.option("--limit", type=int, default=None, help="Training photos kept (half of each class).")
+@click.option("--test-limit", type=int, default=None, help="Test photos kept (scored by the answer key).")
+@click.option("--image-size", type=int, default=None, help="train.image_size for every arm.")
+@click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch folder (default /tmp).")
+def main(data_dir, competition, arms, old_commit, limit, test_limit, image_size, work) -> None:
+    import torch  # the machine's description only
+
+    work = work or Path(f"/tmp/compare-recipe-{datetime.now(UTC):%Y%m%d-%H%M%S}")
+    work.mkdir(parents=True, exist_ok=False)
+    answers = pd.read_csv(data_dir / "answers.csv", dtype={"id": str})
+    common = [f"train.image_size={image_size}"] if image_size else []
+    trees = {"old": work / "old-tree"}
+    if "old" in arms.split(","):
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees["old"]), old_commit], check=True
+        )
+    results, folds = {}, None
+    try:
+        for arm in arms.split(","):
+            tree = trees.get(arm, REPO)
+            root = work / arm
+            shutil.copytree(
+                tree / "competitions", root / "competitions", ignore=shutil.ignore_patterns("__pycache__")
+            )
+            copy_data(data_dir, root / "data" / "raw" / competition, limit, test_limit)
+            if folds is not None:  # every arm on the first arm's folds
+                (root / "data" / "interim" / competition).mkdir(parents=True)
+                shutil.copy(folds, root / "data" / "interim" / competition / "folds.csv")
+            click.echo(f"{arm}: training fold 0 and predicting ({tree})", err=True)
+            seconds, run_dir = run_arm(
+                arm, tree, root, competition, [*common, *ARM_SETTINGS[arm]], work / f"{arm}.log"
+            )
+            folds = folds or root / "data" / "interim" / competition / "folds.csv"
+            summary = json.loads((run_dir / "metrics.json").read_text())
+            record = json.loads((run_dir / "submission.json").read_text())
+            config = json.loads((run_dir / "config.json").read_text())
+            clip = config["submission"]["clip_epsilon"]
+            results[arm] = {
+                "seconds": round(seconds, 1),
+                "cv": summary["cv"],
+                "cv_uncalibrated": summary.get("cv_uncalibrated", summary["cv"]),
+                **score_submission(root / "submissions" / record["file"], answers, clip),
+                "run": run_dir.name,
+            }
+            click.echo(f"{arm}: {results[arm]}", err=True)
+    finally:
+        if trees["old"].exists():
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees["old"])], check=False
+            )
+    machine = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available()
-        else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+        else f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     )
-    click.echo(f"device: {device}")
-    for name, result in (("plain single stage", plain), ("default recipe", recipe)):
-        click.echo(
-            f"{name:<20} CV accuracy {result['cv']:.4f}  local leaderboard {result['leaderboard']:.4f}  "
-            f"{result['minutes']:.1f} min  (run {result['run']})"
-        )
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    subset = f"{limit or 'all'} training photos, {test_limit or 'all'} test photos, fold 0"
+    click.echo(f"{stamp}; {machine}; {data_dir.name}: {subset}; image size {image_size or 'as shipped'}")
     click.echo(
-        f"leaderboard difference (recipe - plain): {recipe['leaderboard'] - plain['leaderboard']:+.4f}"
+        f"{'arm':<8}{'minutes':>9}{'x old':>7}{'CV':>9}{'CV uncal.':>11}{'key log loss':>14}{'accuracy':>10}"
+    )
+    old_seconds = results.get("old", {}).get("seconds")
+    for arm, result in results.items():
+        ratio = f"{result['seconds'] / old_seconds:.2f}" if old_seconds else "-"
+        click.echo(
+            f"{arm:<8}{result['seconds'] / 60:>9.1f}{ratio:>7}{result['cv']:>9.4f}"
+            f"{result['cv_uncalibrated']:>11.4f}{result['log_loss']:>14.4f}{result['accuracy']:>10.3f}"
+        )
+    (work / "results.json").write_text(
+        json.dumps(
+            {"date": stamp, "machine": machine, "subset": subset, "image_size": image_size, "arms": results},
+            indent=1,
+        )
     )
 
 
