@@ -121,12 +121,21 @@ def prediction_weights(config: Config, fold_dir: Path) -> list[Path]:
     return [fold_dir / "last.pt"]
 
 
+def fold_prediction_weights(config: Config, fold_dir: Path, summary: dict) -> list[Path]:
+    """A fold's weight files that predict its test rows: those chosen on OOF after training
+    (summary["prediction"], kit.predict.selection), else `prediction_weights`."""
+    chosen = summary.get("prediction")
+    if chosen:
+        return [fold_dir / f"{name}.pt" for name in chosen["weights"]]
+    return prediction_weights(config, fold_dir)
+
+
 def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
-    """Every weight file the run's prediction uses: per trained fold, as `prediction_weights` picks."""
+    """Every weight file the run's prediction uses: per trained fold, as `fold_prediction_weights` picks."""
     return [
         path
         for fold in summary["folds_trained"]
-        for path in prediction_weights(config, run_dir / f"fold-{fold}")
+        for path in fold_prediction_weights(config, run_dir / f"fold-{fold}", summary)
     ]
 
 
@@ -172,9 +181,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         "folds_trained"
     ]:  # every fold's weights predict; folds are averaged with equal weight
         fold_dir = run_dir / f"fold-{fold}"
-        fold_weights = prediction_weights(config, fold_dir)
-        if chosen:  # only the weight files and views that paid on OOF
-            fold_weights = [fold_dir / f"{name}.pt" for name in chosen["weights"]]
+        fold_weights = fold_prediction_weights(config, fold_dir, summary)  # only those that paid on OOF
         fold_probabilities[fold] = ensemble_probabilities(
             model,
             fold_weights,
