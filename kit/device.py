@@ -73,8 +73,8 @@ def resize(batch: torch.Tensor, image_size: int) -> torch.Tensor:
 def to_input(
     batch: torch.Tensor, mean: tuple, std: tuple, compute: torch.device, image_size: int | None = None
 ) -> torch.Tensor:
-    """uint8 NHWC (as cached) -> normalised float NCHW on `compute`, channels_last on the GPU paths; resized to
-    `image_size` when given (the cache holds whole photos a little larger than the model's input).
+    """uint8 NHWC (as cached) -> normalised float NCHW on `compute`, channels_last on the GPU paths;
+    resized to `image_size` when given (the cache holds whole photos a little larger than the model's input).
 
     The copy crosses the bus as uint8 (4x fewer bytes than float) and is converted on the device.
     """
