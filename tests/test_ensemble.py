@@ -302,4 +302,6 @@ def test_the_reported_cv_includes_the_upload_clip():
     assert calibrate.for_metric("accuracy", oof, targets, row_folds, 0.005) == calibrate.identity()
     values = np.array([[3.5], [-1.0]])
     assert np.array_equal(calibrate.apply_to_folds({0: values}, calibrate.identity()), values)
-    assert np.array_equal(calibrate.apply_by_fold(values, np.zeros(2, dtype=np.int64), calibrate.identity()), values)
+    assert np.array_equal(
+        calibrate.apply_by_fold(values, np.zeros(2, dtype=np.int64), calibrate.identity()), values
+    )

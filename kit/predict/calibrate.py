@@ -186,7 +186,9 @@ def apply_to_folds(fold_probabilities: dict[int, np.ndarray], calibration: dict)
     """Test probabilities: each fold's own temperature, then the folds averaged, then the clip."""
     temperatures = calibration["temperatures"]
     scaled = [
-        apply_temperature(probabilities, temperatures[str(fold)]) if str(fold) in temperatures else probabilities
+        apply_temperature(probabilities, temperatures[str(fold)])
+        if str(fold) in temperatures
+        else probabilities
         for fold, probabilities in fold_probabilities.items()
     ]
     if calibration["epsilon"] is None:

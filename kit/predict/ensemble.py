@@ -238,9 +238,12 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         )
     if metric != "log_loss":  # a temperature cannot change a label or an accuracy: shown, not applied
         temperature, epsilon = 1.0, calibrate.NO_CLIP
-    calibrated = calibrate.apply_calibration(blended, temperature, epsilon) if metric == "log_loss" else blended
+    calibrated = blended
+    if metric == "log_loss":
+        calibrated = calibrate.apply_calibration(blended, temperature, epsilon)
     scorer = metrics.METRICS[metric]
-    decisions = task.fit_decisions(calibrated, targets, scorer)  # thresholds, cut-points: refitted on the blend
+    # Thresholds, cut-points: refitted on the blend.
+    decisions = task.fit_decisions(calibrated, targets, scorer)
     cv = task.score(scorer, targets, calibrated, decisions)
     cv_uncalibrated = task.score(scorer, targets, blended, decisions)
     single = {m.name: {metric: task.score(scorer, targets, m.oof[rows], decisions)} for m in members}

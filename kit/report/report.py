@@ -380,7 +380,7 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             temperature, epsilon, before, after = (
                 fitted[k] for k in ("temperature", "epsilon", "log_loss_before", "log_loss_after")
             )
-        elif summary.get("calibration", {}).get("temperatures"):  # one temperature per fold, fitted at the end of training
+        elif summary.get("calibration", {}).get("temperatures"):  # one per fold, fitted after training
             fitted = summary["calibration"]
             temperature = ", ".join(f"fold {k}: {t:.3f}" for k, t in fitted["temperatures"].items())
             epsilon, before, after = fitted["epsilon"], fitted.get("before", nan), fitted.get("after", nan)

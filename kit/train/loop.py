@@ -23,7 +23,7 @@ from kit.config import Config, Stage
 from kit.data.folds import load_folds
 from kit.data.labels import LabelTable
 from kit.device import batched_inference, device, gpu_paths, place
-from kit.files import atomic_path, read_json, save_array, write_json
+from kit.files import read_json, save_array, write_json
 from kit.paths import interim_dir
 from kit.predict import calibrate, selection
 from kit.predict.inference import ensemble_probabilities, prediction_weights, weights_rule
