@@ -79,3 +79,18 @@ def test_prediction_computes_only_what_was_chosen(digits, project):
     record = json.loads((run_dir / "submission.json").read_text())
     assert record["views"] == chosen["view_names"]
     assert record["forward_passes"] == 360 * len(chosen["weights"]) * len(chosen["views"])
+
+
+def test_the_choice_is_scored_as_the_task_scores():
+    # Tags (multi-label, F2): outputs are tag probabilities, scored once decided at 0.5 (the default
+    # thresholds), never as class probabilities.
+    from kit.tasks import MultiLabel
+
+    rng = np.random.default_rng(2)
+    truth = (rng.random((800, 4)) < 0.4).astype(np.float32)
+    good = np.clip(truth + rng.normal(scale=0.2, size=truth.shape), 0, 1)[None]
+    bad = rng.random((1, *truth.shape))  # a view that knows nothing
+    kept = [{"last": np.concatenate([good, good, bad])}]
+    chosen = selection.choose("f2_samples", kept, [truth], ["last"], 3, 0.0, MultiLabel())
+    assert chosen["views"] in ([0], [0, 1]) and chosen["score"] > 0.9
+    assert chosen["default"]["score"] < chosen["score"]  # the blind view makes the default worse
