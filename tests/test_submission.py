@@ -233,7 +233,7 @@ def test_a_valid_submission_is_named_by_competition_time_and_score(project, prob
     pd.testing.assert_frame_equal(written, frame)
     # The calibrated CV (what the file holds) first, the uncalibrated one beside it when they differ.
     again = submission.write(
-        probabilities_config, frame, probability_sample(), "log_loss", 0.112, CLASSES, 0.1447
+        probabilities_config, frame, probability_sample(), "log_loss", 0.112, CLASSES, cv_uncalibrated=0.1447
     )
     assert re.fullmatch(r"breeds-\d{8}-\d{6}-log_loss0\.1120-uncalibrated0\.1447\.csv", again.name), (
         again.name

@@ -173,6 +173,7 @@ def write(
     cv: float,
     classes: list[str],
     task: SingleLabel = SINGLE_LABEL,
+    *,
     cv_uncalibrated: float | None = None,
 ) -> Path:
     """Check, then write submissions/`file_name` atomically."""
