@@ -292,24 +292,10 @@ def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -
     probabilities = run_dir / "test-probabilities.npy"
     if not probabilities.exists():
         raise click.ClickException(f'{probabilities} is missing: blend again with `make ensemble RUNS="..."`')
-    test, sample = load_test(config), submission.read_sample(config)
     from kit.predict import calibrate  # heavy (scipy): only this rebuild needs it
 
-    task = tasks.from_record(summary.get("task"))
     blend = calibrate.calibrated_blend(summary["ensemble"], np.load(probabilities))
-    frame = submission.build(
-        config, test.ids, blend, summary["classes"], sample, task, summary.get("decisions")
-    )
-    path = submission.write(
-        config,
-        frame,
-        sample,
-        summary["metric"],
-        summary["cv"],
-        summary["classes"],
-        task,
-        cv_uncalibrated=summary.get("cv_uncalibrated"),
-    )
+    path = submission.write_for_run(config, load_test(config).ids, blend, summary)
     write_json(run_dir / "submission.json", {**read_json(run_dir / "submission.json"), "file": path.name})
     return path
 

@@ -277,26 +277,20 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
             "applied": metric == "log_loss",
         },
     }
-    write_json(
-        run_dir / "metrics.json",
-        {
-            "metric": metric,
-            "cv": cv,
-            "cv_uncalibrated": cv_uncalibrated,
-            "folds_trained": [],
-            "classes": classes,
-            "seconds": round(time.time() - started, 1),
-            "folds": {},
-            "task": task.describe(),
-            "decisions": decisions,
-            "ensemble": details,
-        },
-    )
-    test = load_test(config)
-    sample = submission.read_sample(config)
-    frame = submission.build(
-        config, test.ids, calibrate.calibrated_blend(details, test_blend), classes, sample, task, decisions
-    )
-    path = submission.write(config, frame, sample, metric, cv, classes, task, cv_uncalibrated=cv_uncalibrated)
+    summary = {
+        "metric": metric,
+        "cv": cv,
+        "cv_uncalibrated": cv_uncalibrated,
+        "folds_trained": [],
+        "classes": classes,
+        "seconds": round(time.time() - started, 1),
+        "folds": {},
+        "task": task.describe(),
+        "decisions": decisions,
+        "ensemble": details,
+    }
+    write_json(run_dir / "metrics.json", summary)
+    blend_submitted = calibrate.calibrated_blend(details, test_blend)
+    path = submission.write_for_run(config, load_test(config).ids, blend_submitted, summary)
     write_json(run_dir / "submission.json", {"file": path.name, "weights": [], "runs": details["runs"]})
     return run_dir

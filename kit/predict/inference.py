@@ -200,18 +200,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     save_array(run_dir / "test-probabilities.npy", np.mean(list(fold_probabilities.values()), axis=0))
     calibration = calibrate.run_calibration(run_dir, labels, summary, config.submission.clip_epsilon)
     probabilities = calibrate.apply_to_folds(fold_probabilities, calibration)
-    sample = submission.read_sample(config)
-    frame = submission.build(config, test.ids, probabilities, classes, sample, task, summary.get("decisions"))
-    path = submission.write(
-        config,
-        frame,
-        sample,
-        summary["metric"],
-        summary["cv"],
-        classes,
-        task,
-        cv_uncalibrated=summary.get("cv_uncalibrated"),
-    )
+    path = submission.write_for_run(config, test.ids, probabilities, summary)
     write_json(
         run_dir / "submission.json",
         {

@@ -17,7 +17,7 @@ from kit.config import Config
 from kit.data.labels import read_csv
 from kit.files import atomic_path, utc_stamp
 from kit.metrics import clip_and_renormalise
-from kit.tasks import SINGLE_LABEL, SingleLabel
+from kit.tasks import SINGLE_LABEL, SingleLabel, from_record
 
 
 def read_sample(config: Config) -> pd.DataFrame:
@@ -182,3 +182,21 @@ def write(
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
     return path
+
+
+def write_for_run(config: Config, ids: list[str], predictions: np.ndarray, summary: dict) -> Path:
+    """A run's (or an ensemble's) submission from its test predictions, as submitted (calibrated), with
+    the task, decisions and CVs its metrics.json records: built, checked, written."""
+    task, sample = from_record(summary.get("task")), read_sample(config)
+    classes = summary["classes"]
+    frame = build(config, ids, predictions, classes, sample, task, summary.get("decisions"))
+    return write(
+        config,
+        frame,
+        sample,
+        summary["metric"],
+        summary["cv"],
+        classes,
+        task,
+        cv_uncalibrated=summary.get("cv_uncalibrated"),
+    )
