@@ -215,8 +215,10 @@ def make_plots(
             ("most-confident", most_confident_right),
         ):
             chosen = select(oof, labels.targets, GRID_IMAGES)
-            # An image unreadable or too large since training is shown black, not a failed report.
-            decoded = [decode_or_none(labels.paths[row], image_size)[0] for row in chosen]
+            # As the model saw it (the run's aspect cap); one unreadable or too large since training is
+            # shown black, not a failed report.
+            aspect = run_config.data.max_aspect
+            decoded = [decode_or_none(labels.paths[row], image_size, aspect)[0] for row in chosen]
             blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
             images = [blank if image is None else image for image in decoded]
             title = {
