@@ -38,7 +38,7 @@ PaddingMode = Literal["reflect", "constant", "edge"]  # kit.data.augment.PADDING
 Optimizer = Literal["adamw", "sgd"]
 ScheduleKind = Literal["sgdr", "one_cycle"]
 Recipe = Literal["full", "quick"]
-PredictWeights = Literal["snapshots", "last", "best"]
+PredictWeights = Literal["snapshots", "last", "best", "ema"]
 SubmissionKind = Literal["csv", "notebook"]  # notebook: a code competition (`kit notebook --submit`)
 LAYER_GROUPS = 3  # early body, late body, head: the lesson's three learning rates
 DEFAULT_WARMUP = 0.05  # of the first cycle, in stages that train body layers (fastai 0.7: 1/20)
@@ -120,17 +120,33 @@ class TrainSection:
     # "quick": only the recipe's head stages (frozen body), with the competition's TTA: a first submission
     # in minutes (`make train COMP=... SET="recipe=quick"`). "full": every stage.
     recipe: Recipe = "full"
+    # Tricks from recent winning solutions, all off by default (timm's implementations):
+    label_smoothing: float = 0.0  # single-label targets: 1 - s on the class, s spread over all classes
+    ema_decay: float = 0.0  # exponential moving average of the weights per step (e.g. 0.999); 0: off
+    # Layer-wise LR decay (timm's layer grouping): each layer's rate is the head's times this per layer
+    # below it (e.g. 0.75), instead of the three groups' rates; 0: off (three groups)
+    layer_decay: float = 0.0
 
 
 @dataclass(frozen=True)
 class PredictSection:
     tta: int = 0  # test-time augmentation: number of augmented views added to the plain one
     snapshot_ensemble: int = 3  # prediction averages the last N snapshots (when stages save them)
-    weights: PredictWeights = "snapshots"  # "snapshots", "last" or "best" (by validation metric)
+    # "snapshots", "last", "best" (by validation metric) or "ema" (train.ema_decay's average, at the last
+    # stage's snapshots when it takes them, else at the end)
+    weights: PredictWeights = "snapshots"
     # Choose on OOF which of those weight files and TTA views predict (kit.predict.selection): what does
     # not pay is not computed for the test set. A costlier choice must gain at least min_gain on OOF.
     select: bool = True
     min_gain: float = 0.002
+
+
+@dataclass(frozen=True)
+class PseudoLabel:
+    """Pseudo-labels: test images the fold's own model predicts confidently join the stage's training rows."""
+
+    threshold: float = 0.95  # the calibrated probability of the predicted class must reach this
+    weight: float = 0.5  # each pseudo-labelled image counts this much in the loss (a real one counts 1)
 
 
 @dataclass(frozen=True)
@@ -161,6 +177,12 @@ class Stage:
     # at lr/100 for 1/20 of the first cycle). None: 0.05 when body layers train
     # (freeze_to != -1: unfreezing at full rate throws the validation loss up), 0 for head-only stages.
     warmup: float | None = None
+    # Mixup / CutMix (timm.data.Mixup, soft-target loss): Beta(alpha, alpha) mixing strengths; 0: off
+    mixup: float = 0.0  # blend two images (e.g. 0.2)
+    cutmix: float = 0.0  # paste a box of another image (e.g. 1.0); with mixup, each batch picks one
+    mix_prob: float = 1.0  # share of batches mixed
+    mix_off_epochs: float = 0.0  # the stage's last epochs train on unmixed images
+    pseudo_label: PseudoLabel | None = None  # e.g. {threshold = 0.95, weight = 0.5}; None: off
 
 
 @dataclass(frozen=True)
@@ -260,6 +282,12 @@ MOVED = {
 }
 
 
+def _nested_dataclass(annotation: Any) -> type | None:
+    """The dataclass a key holds as a table (e.g. Stage.pseudo_label), else None."""
+    options = typing.get_args(annotation) or (annotation,)
+    return next((option for option in options if dataclasses.is_dataclass(option)), None)
+
+
 def _build(cls: type, table: Any, where: str, file: Path) -> Any:
     """Make a frozen dataclass from a TOML table, refusing unknown keys and wrong types."""
     if not isinstance(table, dict):
@@ -275,6 +303,10 @@ def _build(cls: type, table: Any, where: str, file: Path) -> Any:
             )
         if key not in allowed:
             raise ConfigError(f"{file}: unknown key '{where}.{key}'; allowed keys: {', '.join(allowed)}")
+        nested = _nested_dataclass(hints[key])
+        if nested is not None and isinstance(value, dict):
+            values[key] = _build(nested, value, f"{where}.{key}", file)
+            continue
         if not _matches(value, hints[key]):
             wanted = _type_name(hints[key])
             verb = "is not" if wanted.startswith("one of") else "should be"
@@ -339,6 +371,18 @@ def _validate(config: Config) -> None:
     for key in ("max_package_mb", "poll_seconds", "timeout_minutes"):
         if not getattr(config.notebook, key) > 0:  # NaN too
             raise ConfigError(f"{file}: 'notebook.{key}' = {getattr(config.notebook, key)} must be positive")
+    for key in ("label_smoothing", "ema_decay", "layer_decay"):
+        if not 0 <= getattr(config.train, key) < 1:
+            raise ConfigError(
+                f"{file}: 'train.{key}' = {getattr(config.train, key)} must be in [0, 1) (0: off)"
+            )
+    if config.train.label_smoothing and task != "single_label":
+        raise ConfigError(
+            f"{file}: train.label_smoothing spreads a class's probability over the others: task = "
+            f"{task!r} has no classes to spread over; remove it (single_label only)"
+        )
+    if config.predict.weights == "ema" and not config.train.ema_decay:
+        raise ConfigError(f"{file}: predict.weights = 'ema' needs train.ema_decay (e.g. 0.999)")
     for index, stage in enumerate(config.stages):
         where = f"{file}: stages[{index}] ({stage.name})"
         for key in ("image_size", "batch_size"):
@@ -362,6 +406,39 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"{where}: lr has {len(stage.lr)} values; give one, or {LAYER_GROUPS} (early, late, head)"
             )
+        if isinstance(stage.lr, tuple) and config.train.layer_decay:
+            raise ConfigError(
+                f"{where}: with train.layer_decay the rates fall layer by layer from the head's: give one lr"
+            )
+        mixing = (stage.mixup, stage.cutmix, stage.mix_off_epochs)
+        if not all(0 <= value < math.inf for value in mixing) or not 0 <= stage.mix_prob <= 1:
+            raise ConfigError(f"{where}: mixup, cutmix, mix_off_epochs must be >= 0 and mix_prob in [0, 1]")
+        if (stage.mixup or stage.cutmix or stage.pseudo_label is not None) and task != "single_label":
+            raise ConfigError(
+                f"{where}: mixup, cutmix and pseudo_label mix or pick classes: task = {task!r} has none; "
+                "remove them (single_label only)"
+            )
+        if (stage.mixup or stage.cutmix) and stage.precompute:
+            raise ConfigError(
+                f"{where}: mixup/cutmix mix images, and a precompute stage trains on fixed features: "
+                "set them in a stage without precompute"
+            )
+        if stage.pseudo_label is not None:
+            if stage.precompute:
+                raise ConfigError(
+                    f"{where}: pseudo_label needs images (test images join): not with precompute"
+                )
+            if stage.mixup or stage.cutmix:
+                raise ConfigError(
+                    f"{where}: pseudo_label weights each row's loss, which timm's Mixup cannot mix: "
+                    "put mixup/cutmix in another stage"
+                )
+            if not (0 < stage.pseudo_label.threshold <= 1 and 0 < stage.pseudo_label.weight <= 1):
+                raise ConfigError(f"{where}: pseudo_label threshold and weight must be in (0, 1]")
+            if index == 0:
+                raise ConfigError(
+                    f"{where}: pseudo_label needs an earlier stage to train the model that labels"
+                )
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -443,6 +520,24 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             k: v for index, item in enumerate(value) for k, v in flatten(item, f"{prefix}{index}.").items()
         }
     return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
+
+
+def changed_settings(config: Config) -> list[tuple[str, Any, Any]]:
+    """Every resolved key whose value is not the kit's default, as (key, value, default); a stage's keys are
+    compared with a default Stage's (`stages.N.mixup` against Stage().mixup)."""
+    defaults = flatten({name: dataclasses.asdict(cls()) for name, cls in SECTIONS.items()})
+    stage_defaults = flatten(dataclasses.asdict(Stage()))
+    rows = []
+    for key, value in flatten(
+        {k: v for k, v in config.to_dict().items() if k not in ("name", "path")}
+    ).items():
+        parts = key.split(".")
+        default = stage_defaults.get(".".join(parts[2:])) if parts[0] == "stages" else defaults.get(key)
+        if parts[0] == "stages" and parts[2] == "pseudo_label" and len(parts) > 3:
+            default = None  # a stage without pseudo-labels has none of its keys
+        if value != (list(default) if isinstance(default, tuple) else default):
+            rows.append((key, value, default))
+    return rows
 
 
 def value_sources(path: Path, overrides: typing.Sequence[str] = ()) -> list[tuple[str, Any, str]]:

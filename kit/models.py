@@ -12,6 +12,9 @@ from pathlib import Path
 import click
 import timm
 import torch
+from timm.models import group_parameters
+from timm.optim import auto_group_layers, param_groups_layer_decay
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from kit.config import LAYER_GROUPS, Config
@@ -64,11 +67,16 @@ def create_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
         model = imagenet_efficientnet_lite0()
         model.reset_classifier(num_classes)
         return model
-    try:
+    try:  # timm's own loading: the Hugging Face hub, through its cache (HF_HUB_CACHE)
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
     except Exception as error:  # hub download failures come as many types (OSError, HTTP, hub errors)
+        from huggingface_hub import constants  # timm's hub client: where it keeps downloads
+
         raise click.ClickException(
-            f"cannot get pretrained weights for {name} ({type(error).__name__}; offline?): use "
+            f"cannot get pretrained weights for {name} ({type(error).__name__}; offline?): pre-fetch them on "
+            f"a machine with internet (python -c \"import timm; timm.create_model('{name}', "
+            f"pretrained=True)\"), "
+            f"copy its hub cache into {constants.HF_HUB_CACHE} here and set HF_HUB_OFFLINE=1; or use "
             f"train.model = 'efficientnet_lite0' (weights ship with the kit) or --set train.pretrained=false"
         ) from None
 
@@ -120,6 +128,37 @@ def parameter_groups(model: nn.Module, learning_rates: list[float]) -> list[dict
         if trainable:
             groups.append({"params": trainable, "lr": learning_rate, "initial_lr": learning_rate})
     return groups
+
+
+def layer_numbers(model: nn.Module) -> dict[str, int]:
+    """Each parameter's layer for layer-wise LR decay, as timm numbers them (0: the stem; the head last)."""
+    if hasattr(model, "group_matcher"):
+        return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    return auto_group_layers(model)
+
+
+def layer_rates(model: nn.Module, head_rate: float, decay: float) -> list[float]:
+    """The learning rate of every layer, stem first: the head's times `decay` per layer below it."""
+    layers = max(layer_numbers(model).values()) + 1
+    return [head_rate * decay ** (layers - 1 - layer) for layer in range(layers)]
+
+
+def layer_decay_groups(model: nn.Module, head_rate: float, decay: float, weight_decay: float) -> list[dict]:
+    """Optimizer param groups by timm's layer-wise decay (trainable parameters only; no weight decay on
+    biases and norms, as timm does), each group's rate the head's times timm's scale for its layer."""
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_layer_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=no_decay, layer_decay=decay
+    )
+    for group in groups:
+        group["lr"] = group["initial_lr"] = head_rate * group["lr_scale"]
+    return groups
+
+
+def weights_average(model: nn.Module, decay: float) -> ModelEmaV3:
+    """timm's moving average of every weight and buffer, its decay warmed up over the first updates
+    (1 - (1 + updates)^(-2/3), at most `decay`): short fine-tunes average their recent steps."""
+    return ModelEmaV3(unwrap(model), decay=decay, use_warmup=True)
 
 
 def weights_meta(config: Config, classes: list[str]) -> dict:

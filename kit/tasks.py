@@ -80,8 +80,12 @@ class SingleLabel:
         return targets
 
     def loss(self, outputs, encoded):
+        """Cross-entropy against class indices, or against soft targets (rows of class weights: label
+        smoothing, mixup/cutmix, pseudo-labelled rows scaled by their weight; kit.train.stage)."""
         from torch.nn import functional
 
+        if encoded.is_floating_point():  # in float32 whatever the autocast dtype of the outputs
+            return functional.cross_entropy(outputs.float(), encoded.float())
         return functional.cross_entropy(outputs, encoded)
 
     def activate(self, outputs):

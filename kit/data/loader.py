@@ -34,6 +34,28 @@ class BatchDataset(Dataset):
         return torch.from_numpy(batch), torch.from_numpy(self.targets[rows])
 
 
+class JoinedImages:
+    """Two image arrays indexed as one, without copying the first (a memmap): training images, then the
+    test images a pseudo-labelling stage adds after them."""
+
+    def __init__(self, first: np.ndarray, second: np.ndarray):
+        self.first, self.second = first, second
+        self.shape = (len(first) + len(second), *first.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if np.ndim(index) == 0:
+            return self.first[index] if index < len(self.first) else self.second[index - len(self.first)]
+        index = np.asarray(index)
+        batch = np.empty((len(index), *self.shape[1:]), dtype=self.first.dtype)
+        in_first = index < len(self.first)
+        batch[in_first] = self.first[index[in_first]]
+        batch[~in_first] = self.second[index[~in_first] - len(self.first)]
+        return batch
+
+
 def worker_count(setting: int) -> int:
     """DataLoader worker processes per rank: `setting`, or (-1) the machine's cores shared by its ranks."""
     if setting >= 0:

@@ -97,13 +97,17 @@ def weights_rule(config: Config) -> str:
 
     Snapshots predict only when the last stage takes them: older ones were trained before it (at another
     size, or with other layers frozen), so a last stage without snapshots predicts with its final weights.
+    "ema" follows the same rule with the weights' moving average (train.ema_decay).
     """
     mode, last = config.predict.weights, config.stages[-1]
-    if mode == "snapshots" and last.snapshots:
+    average = "the moving average's " if mode == "ema" else ""
+    if mode in ("snapshots", "ema") and last.snapshots:
         count = min(config.predict.snapshot_ensemble, last.n_cycles)
-        return f"the last {count} snapshots of stage '{last.name}'"
+        return f"{average}last {count} snapshots of stage '{last.name}'"
     if mode == "snapshots":
         return f"last.pt: stage '{last.name}' takes no snapshots, so its final weights predict"
+    if mode == "ema":
+        return f"ema.pt: the moving average at the end of stage '{last.name}' (it takes no snapshots)"
     if mode == "best":
         return "best.pt (best validation score; last.pt when none was saved)"
     return "last.pt"
@@ -111,11 +115,15 @@ def weights_rule(config: Config) -> str:
 
 def prediction_weights(config: Config, fold_dir: Path) -> list[Path]:
     """The saved weights of a fold that predict, as `weights_rule` says: snapshots of the last stage only,
-    else its final weights (last.pt), or the best."""
+    else its final weights (last.pt), or the best; with "ema", the moving average's (ema-snapshot-K.pt,
+    else ema.pt)."""
     mode, last = config.predict.weights, config.stages[-1]
-    snapshots = sorted(fold_dir.glob("snapshot-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if mode == "snapshots" and last.snapshots and snapshots:
+    prefix = "ema-snapshot-" if mode == "ema" else "snapshot-"
+    snapshots = sorted(fold_dir.glob(f"{prefix}*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    if mode in ("snapshots", "ema") and last.snapshots and snapshots:
         return snapshots[-min(config.predict.snapshot_ensemble, last.n_cycles) :]
+    if mode == "ema":
+        return [fold_dir / "ema.pt"]
     if mode == "best" and (fold_dir / "best.pt").exists():
         return [fold_dir / "best.pt"]
     return [fold_dir / "last.pt"]

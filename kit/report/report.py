@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from kit.config import Config
+from kit.config import Config, changed_settings
 from kit.data.images import decode_or_none
 from kit.data.labels import LabelTable, load_test
 from kit.files import atomic_path, read_json
@@ -266,6 +266,11 @@ def fold_table(summary: dict) -> pd.DataFrame:
                 "epochs": len(result.get("history") or []),
                 "last valid loss": history[-1].get("valid_loss", np.nan),
                 "seconds": int(round(sum(r.get("seconds", 0) for r in result.get("history") or []))),
+                **(
+                    {"pseudo-labelled test images": sum(result["pseudo_labels"].values())}
+                    if result.get("pseudo_labels")
+                    else {}
+                ),
             }
         )
     return pd.DataFrame(rows)
@@ -426,6 +431,13 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             }
         )
         sections.append("<h2>Per class (out of fold)</h2>" + _table(per_class))
+    changed = pd.DataFrame(changed_settings(run_config), columns=["setting", "value", "kit default"])
+    sections.append(
+        "<h2>Recipe options (settings that differ from the kit's defaults)</h2>"
+        + _table(changed.astype(str))
+        + '<p class="note">tricks such as mixup, EMA, label smoothing, layer-wise LR decay and pseudo-labels '
+        "are off by default: each one used shows here</p>"
+    )
     sections.append("<h2>Config</h2><pre>" + html.escape(json.dumps(saved, indent=2)) + "</pre>")
     page = (
         '<!doctype html><html><head><meta charset="utf-8">'

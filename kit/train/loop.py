@@ -29,7 +29,7 @@ from kit.predict import calibrate, selection
 from kit.predict.inference import ensemble_probabilities, prediction_weights, weights_rule
 from kit.predict.tta import view_names
 from kit.tasks import SINGLE_LABEL, SingleLabel
-from kit.train import batch_size, schedule
+from kit.train import batch_size, pseudo_labels, schedule
 from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step, training_images
 
 
@@ -50,6 +50,8 @@ def save_resume_point(state: FoldState, prepared: PreparedStage, stage_index: in
         "best_score": state.best_score,
         "snapshots_taken": state.snapshots_taken,
         "meta": state.meta,
+        "ema": None if state.ema is None else state.ema.module.state_dict(),
+        "ema_updates": state.ema_updates,
     }
     models.save_checkpoint(point, state.fold_dir / "resume.pt")
 
@@ -131,7 +133,9 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     stage = config.stages[stage_index]
     model = state.model
     compute = device()
-    prepared = prepare_stage(config, stage_index, state)
+    # Pseudo-labels: confident test predictions of this fold's own model so far join the training rows.
+    pseudo = pseudo_labels.for_stage(config, stage_index, state) if stage.pseudo_label else None
+    prepared = prepare_stage(config, stage_index, state, pseudo)
     batch_size.set_batch_size(
         config, stage_index, state, prepared, train_step
     )  # the largest that fits, rates scaled
@@ -150,6 +154,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     steps_per_epoch = len(train_batches)
     total_steps = max(1, round(rates.epochs * steps_per_epoch))
     cycle_end_steps = [round(end * steps_per_epoch) for end in rates.cycle_end_epochs()]
+    mix_until_step = total_steps - round(stage.mix_off_epochs * steps_per_epoch)  # then unmixed images
     step = min(total_steps, epoch * steps_per_epoch)
     bar = tqdm(
         total=total_steps,
@@ -162,6 +167,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
         epoch_started = time.time()
         seed = epoch_seed(config, state.fold, stage_index, epoch)
         torch.manual_seed(seed + distributed.rank())  # dropout, drop-path: other draws on each rank
+        np.random.seed(seed + distributed.rank())  # timm's Mixup/CutMix draw from numpy's global generator
         prepared.generator.manual_seed(seed)  # shuffling: one order on every rank, dealt into shards
         if prepared.transform is not None:
             prepared.transform.set_random_seed(
@@ -174,7 +180,12 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
             factor = rates.factor(step / steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
+            if prepared.mixup is not None:
+                prepared.mixup.mixup_enabled = step < mix_until_step
             loss_sum += train_step(prepared, model, inputs, targets) * len(targets)
+            if state.ema is not None:  # timm's decay warms up with the number of updates
+                state.ema_updates += 1
+                state.ema.update(model, step=state.ema_updates)
             seen += len(targets)
             step += 1
             bar.update()
@@ -184,6 +195,9 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
                     models.save_weights(
                         model, state.fold_dir / f"snapshot-{state.snapshots_taken}.pt", state.meta
                     )
+                    if state.ema is not None:
+                        name = f"ema-snapshot-{state.snapshots_taken}.pt"
+                        models.save_weights(state.ema.module, state.fold_dir / name, state.meta)
             if step == total_steps:
                 break
         epoch += 1
@@ -219,6 +233,18 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
             config.competition.metric: valid_score,
             "seconds": round(time.time() - epoch_started, 2),
         }
+        if state.ema is not None:  # the averaged weights, validated alike
+            average = state.ema.module
+            record["ema_valid_loss"], record[f"ema_{config.competition.metric}"], _ = evaluate(
+                config,
+                average if prepared.images_are_raw else average.get_classifier(),
+                prepared.valid_inputs,
+                prepared.valid_targets,
+                prepared.batch_size * 2,
+                average,
+                prepared.task,
+                image_size,
+            )
         state.history.append(record)
         improved = metrics.is_better(config.competition.metric, valid_score, state.best_score)
         state.best_score = valid_score if improved else state.best_score
@@ -233,6 +259,8 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     bar.close()
     if distributed.is_main():
         models.save_weights(model, state.fold_dir / "last.pt", state.meta)
+        if state.ema is not None:
+            models.save_weights(state.ema.module, state.fold_dir / "ema.pt", state.meta)
 
 
 def usable_rows(config: Config, labels: LabelTable, run_dir: Path) -> np.ndarray:
@@ -295,6 +323,16 @@ def train_fold(
         if distributed.is_main():
             tqdm.write(f"fold {fold}: resuming stage {first_stage} after epoch {state.resume['epoch']}")
     place(model)  # on the compute device, channels_last on the GPU paths
+    if config.train.ema_decay:
+        state.ema = models.weights_average(model, config.train.ema_decay)
+        if state.resume is not None:
+            if state.resume.get("ema") is None:  # every resume point of a run with ema_decay holds it
+                raise click.ClickException(
+                    f"{fold_dir / 'resume.pt'}: no moving average (train.ema_decay) to resume; "
+                    f"{RESUME_FIX.format(fold=fold)}"
+                )
+            state.ema.module.load_state_dict(state.resume["ema"])
+            state.ema_updates = state.resume["ema_updates"]
     for stage_index in range(first_stage, len(config.stages)):
         run_stage(config, stage_index, state)
     images, _ = training_images(config, labels, config.stage_image_size(config.stages[-1]))
@@ -327,16 +365,23 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
         f"fold {state.fold}: {config.competition.metric} {score:.4f} "
         f"({len(weights)} weights, TTA {config.predict.tta})"
     )
+    pseudo = {path.name: len(read_json(path)["ids"]) for path in sorted(fold_dir.glob("pseudo-labels-*"))}
     result = {
         "score": score,
         "history": state.history,
         "valid_rows": state.valid_rows,
         "probabilities": probabilities,
+        "pseudo_labels": pseudo,  # test images added per pseudo-labelling stage (the files list them)
     }
     save_array(fold_dir / "oof.npy", probabilities)
     write_json(
         fold_dir / "result.json",
-        {"score": score, "history": state.history, "valid_rows": state.valid_rows.tolist()},
+        {
+            "score": score,
+            "history": state.history,
+            "valid_rows": state.valid_rows.tolist(),
+            "pseudo_labels": pseudo,
+        },
     )
     (fold_dir / "resume.pt").unlink(missing_ok=True)  # the fold is done: its result replaces the resume point
     return result
@@ -460,6 +505,8 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
             "history": result["history"],
             "valid_rows": result["valid_rows"],
         }
+        if result.get("pseudo_labels"):
+            results[number]["pseudo_labels"] = result["pseudo_labels"]
         if distributed.is_main():  # after every fold: an interrupted --fold all keeps its progress
             save_array(run_dir / "oof.npy", oof)
     prediction = None
@@ -477,7 +524,10 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
         "folds_trained": fold_numbers,
         "classes": labels.classes,
         "seconds": round(time.time() - started, 1),
-        "folds": {str(k): {"score": v["score"], "history": v["history"]} for k, v in results.items()},
+        "folds": {  # pseudo_labels: test images joined per pseudo-labelling stage (when any)
+            str(k): {key: v[key] for key in ("score", "history", "pseudo_labels") if key in v}
+            for k, v in results.items()
+        },
         "weights_rule": weights_rule(config),
         **({"prediction": prediction} if prediction else {}),
         "worse_stages": {

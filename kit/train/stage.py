@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -19,7 +22,7 @@ from kit.config import Config
 from kit.data import augment
 from kit.data.images import cache_side, image_cache
 from kit.data.labels import LabelTable
-from kit.data.loader import BatchDataset, make_loader, worker_count
+from kit.data.loader import BatchDataset, JoinedImages, make_loader, worker_count
 from kit.device import autocast, device, gpu_paths, to_input
 from kit.paths import interim_dir, require_download
 from kit.tasks import SINGLE_LABEL, SingleLabel
@@ -50,6 +53,17 @@ class FoldState:
     snapshots_taken: int = 0
     fold: int = 0
     resume: dict | None = None  # resume.pt's contents when continuing an interrupted fold
+    ema: ModelEmaV3 | None = None  # the weights' moving average (train.ema_decay), updated every step
+    ema_updates: int = 0  # steps averaged so far: timm's decay warms up with it
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Test images a fold's own model labelled confidently (kit.train.pseudo_labels), for one stage."""
+
+    images: np.ndarray  # the chosen test images, cached uint8 at the stage's size
+    targets: np.ndarray  # class index per image
+    weight: float  # loss weight of each (a real training image counts 1)
 
 
 @dataclass
@@ -69,23 +83,38 @@ class PreparedStage:
     transform: object | None = None  # the albumentations Compose, reseeded every epoch
     train_module: nn.Module | None = None  # `module` as training steps call it (DDP, compiled); None: module
     task: SingleLabel = SINGLE_LABEL  # the competition's kind (kit.tasks): its loss
+    mixup: Mixup | None = None  # timm's Mixup/CutMix when the stage mixes; the loop turns it off last
 
     def __post_init__(self):
         if self.train_module is None:
             self.train_module = self.module
 
 
-def prepare_stage(config: Config, stage_index: int, state: FoldState) -> PreparedStage:
-    """Freeze the right layer groups, build the optimizer, and the stage's inputs."""
+def prepare_stage(
+    config: Config, stage_index: int, state: FoldState, pseudo: PseudoLabels | None = None
+) -> PreparedStage:
+    """Freeze the right layer groups, build the optimizer, and the stage's inputs (with `pseudo`, the
+    pseudo-labelled test images join the training rows)."""
     stage = config.stages[stage_index]
     model, labels = state.model, state.labels
     image_size, batch_size = config.stage_image_size(stage), config.stage_batch_size(stage)
     images, _ = training_images(config, labels, image_size)
     models.freeze_to(model, stage.freeze_to)
     base_rates = config.stage_learning_rates(stage)
-    optimizer = make_optimizer(config, models.parameter_groups(model, base_rates))
+    if config.train.layer_decay:  # a rate per timm layer, falling from the head's
+        head_rate, decay = base_rates[-1], config.train.layer_decay
+        groups = models.layer_decay_groups(model, head_rate, decay, config.train.weight_decay)
+        base_rates = models.layer_rates(model, head_rate, decay)
+    else:
+        groups = models.parameter_groups(model, base_rates)
+    optimizer = make_optimizer(config, groups)
     generator = torch.Generator()
-    encoded = labels.task.encode(labels.targets)  # what the loss takes, e.g. a standardised number
+    # What the task's loss takes (e.g. a standardised number); single-label targets become soft (rows of
+    # class weights) with label smoothing, and when pseudo-labelled rows join with their own weight.
+    encoded = labels.task.encode(labels.targets)
+    smoothing = config.train.label_smoothing  # single_label only (kit.config refuses it elsewhere)
+    if smoothing and not stage.mixup and not stage.cutmix:  # timm's Mixup smooths what it mixes
+        encoded = soft_targets(encoded, len(labels.classes), smoothing)
     if stage.precompute:  # the body is frozen and sees no augmentation: its output never changes
         with distributed.main_first():
             label = f"{config.train.model}-{image_size}px-{len(images)}"
@@ -109,7 +138,24 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> Prepare
             task=labels.task,
         )
     transform = augment.train_transform(config, image_size, images.shape[1]) if stage.augment else None
-    train_set = BatchDataset(images, encoded, state.train_rows, transform)
+    mixup = None
+    if stage.mixup or stage.cutmix:  # single_label only: mixes class indices into soft targets
+        mixup = Mixup(
+            mixup_alpha=stage.mixup,
+            cutmix_alpha=stage.cutmix,
+            prob=stage.mix_prob,
+            label_smoothing=smoothing,
+            num_classes=len(labels.classes),
+        )
+    if pseudo is None:
+        train_set = BatchDataset(images, encoded, state.train_rows, transform)
+    else:  # soft targets: each row's (smoothed) one-hot times its weight, 1 or pseudo.weight
+        classes = len(labels.classes)
+        soft = soft_targets(np.concatenate([labels.targets, pseudo.targets]), classes, smoothing)
+        soft[len(labels.targets) :] *= pseudo.weight
+        added = len(labels.targets) + np.arange(len(pseudo.targets))
+        rows = np.concatenate([state.train_rows, added])
+        train_set = BatchDataset(JoinedImages(images, pseudo.images), soft, rows, transform)
     loader = make_loader(train_set, batch_size, True, generator, worker_count(config.train.num_workers))
     return PreparedStage(
         model,
@@ -124,6 +170,7 @@ def prepare_stage(config: Config, stage_index: int, state: FoldState) -> Prepare
         generator,
         transform,
         task=labels.task,
+        mixup=mixup,
     )
 
 
@@ -139,11 +186,34 @@ def train_step(
     if prepared.images_are_raw:
         mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
         inputs = to_input(inputs, mean, std, compute, prepared.image_size)
+    inputs, targets = mix(prepared, inputs.to(compute), targets)
     with autocast(compute):
-        loss = prepared.task.loss(prepared.train_module(inputs.to(compute)), targets)
+        loss = prepared.task.loss(prepared.train_module(inputs), targets)
     loss.backward()
     prepared.optimizer.step()
     return loss.detach()
+
+
+def mix(
+    prepared: PreparedStage, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup/CutMix by timm when the stage mixes: mixed images and soft targets (rows sum to 1).
+
+    While the loop has switched mixing off (`mixup_enabled`, the last mix_off_epochs) the images pass
+    unmixed with the same (smoothed) soft targets. Unchanged when the stage does not mix.
+    """
+    if prepared.mixup is None:
+        return inputs, targets
+    if len(inputs) % 2:  # timm mixes image i with image n-1-i: an odd batch (a shard's last) stays unmixed
+        mixer = prepared.mixup
+        return inputs, mixup_target(targets, mixer.num_classes, smoothing=mixer.label_smoothing)
+    return prepared.mixup(inputs, targets)
+
+
+def soft_targets(targets: np.ndarray, classes: int, smoothing: float) -> np.ndarray:
+    """Class indices as rows of class weights (float32, rows sum to 1): 1 - smoothing + smoothing / classes
+    on the class, smoothing / classes elsewhere, as timm's Mixup makes them (torch's label_smoothing)."""
+    return mixup_target(torch.from_numpy(targets), classes, smoothing=smoothing).numpy().astype(np.float32)
 
 
 def training_images(config: Config, labels: LabelTable, image_size: int) -> tuple[np.ndarray, dict]:
