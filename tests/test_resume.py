@@ -15,11 +15,19 @@ from conftest import TINY
 
 # Three 1-epoch SGDR cycles with snapshots, on augmented images: every kind of state a resume must restore.
 RECIPE = "stages=[{name='train', n_cycles=3, cycle_len=1, snapshots=true}]"
+# The tricks that add state or randomness: the weights' moving average, mixup/cutmix draws (numpy's).
+TRICKS = [
+    "train.ema_decay=0.99",
+    "predict.weights='ema'",
+    "stages.0.mixup=0.4",
+    "stages.0.cutmix=1.0",
+    "train.label_smoothing=0.1",
+]
 
 
-def kit(project, *arguments, wait=True):
+def kit(project, *arguments, wait=True, extra=()):
     command = [sys.executable, "-m", "kit", *arguments]
-    for value in [*TINY, RECIPE]:
+    for value in [*TINY, RECIPE, *extra]:
         if arguments[0] == "train" and "--resume" not in arguments:
             command += ["--set", value]
     environment = {**os.environ, "KIT_PROJECT_ROOT": str(project), "OMP_NUM_THREADS": "1"}
@@ -42,12 +50,13 @@ def comparable(run_dir):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(digits, project):
+@pytest.mark.parametrize("extra", [(), pytest.param(TRICKS, id="ema-mixup")])
+def test_killed_run_resumes_to_the_same_result(digits, project, extra):
     digits()  # downloads the data into the temporary project
-    kit(project, "train", "digits")
+    kit(project, "train", "digits", extra=extra)
     (uninterrupted,) = (project / "runs" / "digits").iterdir()
 
-    process = kit(project, "train", "digits", wait=False)
+    process = kit(project, "train", "digits", wait=False, extra=extra)
     runs = project / "runs" / "digits"
     deadline = time.time() + 240
     while time.time() < deadline:  # kill as soon as the first epoch is saved: mid-way through the second
@@ -79,6 +88,9 @@ def test_killed_run_resumes_to_the_same_result(digits, project):
     assert sorted(p.name for p in (interrupted / "fold-0").glob("snapshot-*.pt")) == [
         f"snapshot-{k}.pt" for k in (1, 2, 3)
     ]
+    if extra:  # the moving average was validated every epoch and predicted the OOF rows
+        assert all("ema_valid_loss" in record for record in history_b)
+        assert (interrupted / "fold-0" / "oof-ema-snapshot-3.npy").exists()
 
 
 @pytest.mark.slow
