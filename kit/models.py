@@ -74,8 +74,7 @@ def create_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
 
         raise click.ClickException(
             f"cannot get pretrained weights for {name} ({type(error).__name__}; offline?): pre-fetch them on "
-            f"a machine with internet (python -c \"import timm; timm.create_model('{name}', "
-            f"pretrained=True)\"), "
+            f"a machine with internet (timm.create_model('{name}', pretrained=True) in Python), "
             f"copy its hub cache into {constants.HF_HUB_CACHE} here and set HF_HUB_OFFLINE=1; or use "
             f"train.model = 'efficientnet_lite0' (weights ship with the kit) or --set train.pretrained=false"
         ) from None
