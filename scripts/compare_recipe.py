@@ -12,6 +12,18 @@ Arms (--arms):
   new    today's default recipe (competitions/<name>/competition.toml as shipped)
   quick  today's quick recipe (train.recipe = "quick": the head stages, with TTA)
 
+--tricks runs issue 16's arms instead (unless --arms is given): the quick recipe without the LR finder,
+once plain and once per trick, each one key on top of it (TRICK_ARMS):
+  trick-none       the quick recipe as is
+  trick-mixup      mixup 0.2 + cutmix 1.0 in the augmented head stage (stage 1; stage 0 is precomputed)
+  trick-smoothing  label smoothing 0.1
+  trick-ema        the weights' moving average (decay 0.999) validated and predicting
+  trick-pseudo     pseudo-labels (threshold 0.95, weight 0.5) joining stage 1, from fold 0's own model
+Layer-wise LR decay has no arm: the quick recipe trains the head alone, one layer, so it changes nothing.
+
+    .venv/bin/python scripts/compare_recipe.py --data ../shared/data/cats-vs-dogs-dev --tricks \
+        --limit 400 --test-limit 200 --image-size 96
+
 The data folder is copied (never written): --limit N keeps the first N/2 training photos of each class,
 --test-limit M the first M test photos of sample_submission.csv. Each arm trains fold 0 in its own project
 folder (KIT_PROJECT_ROOT) with the same folds.csv, then predicts the test set; the wall time counts both.
@@ -46,6 +58,15 @@ ARM_SETTINGS = {
     "new": [],
     "quick": ["train.recipe=quick"],
 }
+TRICK_BASE = ["train.recipe=quick", "train.lr_find=false"]  # the finder only prints: not worth its time here
+TRICK_ARMS = {
+    "trick-none": [],
+    "trick-mixup": ["stages.1.mixup=0.2", "stages.1.cutmix=1.0"],
+    "trick-smoothing": ["train.label_smoothing=0.1"],
+    "trick-ema": ["train.ema_decay=0.999", "predict.weights='ema'"],
+    "trick-pseudo": ["stages.1.pseudo_label={threshold=0.95, weight=0.5}"],
+}
+ARM_SETTINGS.update({arm: [*TRICK_BASE, *settings] for arm, settings in TRICK_ARMS.items()})
 
 
 def copy_data(source: Path, target: Path, limit: int | None, test_limit: int | None) -> None:
@@ -113,14 +134,20 @@ def run_arm(
     "--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True
 )
 @click.option("--competition", default="cats-vs-dogs", show_default=True)
-@click.option("--arms", default="plain,old,new,quick", show_default=True)
+@click.option("--arms", default=None, help="Comma-separated; default plain,old,new,quick or TRICK_ARMS")
+@click.option("--tricks", is_flag=True, help="Issue 16: the quick recipe plain and once per trick.")
 @click.option("--old-commit", default="65f01bd", show_default=True)
 @click.option("--limit", type=int, default=None, help="Training photos kept (half of each class).")
 @click.option("--test-limit", type=int, default=None, help="Test photos kept (scored by the answer key).")
 @click.option("--image-size", type=int, default=None, help="train.image_size for every arm.")
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch folder (default /tmp).")
-def main(data_dir, competition, arms, old_commit, limit, test_limit, image_size, work) -> None:
+def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, image_size, work) -> None:
     import torch  # the machine's description only
+
+    arms = arms or ",".join(TRICK_ARMS if tricks else ["plain", "old", "new", "quick"])
+    unknown = sorted(set(arms.split(",")) - set(ARM_SETTINGS))
+    if unknown:
+        raise click.BadParameter(f"unknown arms {unknown}; choose from {', '.join(ARM_SETTINGS)}")
 
     work = work or Path(f"/tmp/compare-recipe-{datetime.now(UTC):%Y%m%d-%H%M%S}")
     work.mkdir(parents=True, exist_ok=False)
@@ -158,6 +185,9 @@ def main(data_dir, competition, arms, old_commit, limit, test_limit, image_size,
                 "cv": summary["cv"],
                 "cv_uncalibrated": summary.get("cv_uncalibrated", summary["cv"]),
                 **score_submission(root / "submissions" / record["file"], answers, clip),
+                "pseudo_labelled": sum(
+                    sum(fold.get("pseudo_labels", {}).values()) for fold in summary["folds"].values()
+                ),
                 "run": run_dir.name,
             }
             click.echo(f"{arm}: {results[arm]}", err=True)
@@ -174,19 +204,21 @@ def main(data_dir, competition, arms, old_commit, limit, test_limit, image_size,
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     subset = f"{limit or 'all'} training photos, {test_limit or 'all'} test photos, fold 0"
     click.echo(f"{stamp}; {machine}; {data_dir.name}: {subset}; image size {image_size or 'as shipped'}")
+    base_name = next((arm for arm in ("old", "trick-none") if arm in results), None)
+    base, width = results.get(base_name, {}), max(8, *(len(arm) + 1 for arm in results))
+    click.echo(f"ratios (x) against: {base_name or 'no baseline arm'}")
     click.echo(
-        f"{'arm':<8}{'minutes':>9}{'x old':>7}{'CPU min':>9}{'x old':>7}"
-        f"{'CV':>9}{'CV uncal.':>11}{'key log loss':>14}{'accuracy':>10}"
+        f"{'arm':<{width}}{'minutes':>9}{'x':>6}{'CPU min':>9}{'x':>6}"
+        f"{'CV':>9}{'CV uncal.':>11}{'key log loss':>14}{'x':>6}{'accuracy':>10}{'pseudo':>8}"
     )
-    old = results.get("old", {})
     for arm, result in results.items():
-        ratio = f"{result['seconds'] / old['seconds']:.2f}" if old else "-"
-        cpu_ratio = f"{result['cpu_seconds'] / old['cpu_seconds']:.2f}" if old else "-"
+        keys = ("seconds", "cpu_seconds", "log_loss")
+        ratios = [f"{result[key] / base[key]:.2f}" if base else "-" for key in keys]
         click.echo(
-            f"{arm:<8}{result['seconds'] / 60:>9.1f}{ratio:>7}"
-            f"{result['cpu_seconds'] / 60:>9.1f}{cpu_ratio:>7}"
-            f"{result['cv']:>9.4f}"
-            f"{result['cv_uncalibrated']:>11.4f}{result['log_loss']:>14.4f}{result['accuracy']:>10.3f}"
+            f"{arm:<{width}}{result['seconds'] / 60:>9.1f}{ratios[0]:>6}"
+            f"{result['cpu_seconds'] / 60:>9.1f}{ratios[1]:>6}"
+            f"{result['cv']:>9.4f}{result['cv_uncalibrated']:>11.4f}{result['log_loss']:>14.4f}{ratios[2]:>6}"
+            f"{result['accuracy']:>10.3f}{result['pseudo_labelled']:>8}"
         )
     (work / "results.json").write_text(
         json.dumps(
