@@ -140,8 +140,9 @@ def run_arm(
 @click.option("--limit", type=int, default=None, help="Training photos kept (half of each class).")
 @click.option("--test-limit", type=int, default=None, help="Test photos kept (scored by the answer key).")
 @click.option("--image-size", type=int, default=None, help="train.image_size for every arm.")
+@click.option("--seed", type=int, default=None, help="train.seed for every arm (folds and training).")
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch folder (default /tmp).")
-def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, image_size, work) -> None:
+def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, image_size, seed, work) -> None:
     import torch  # the machine's description only
 
     arms = arms or ",".join(TRICK_ARMS if tricks else ["plain", "old", "new", "quick"])
@@ -153,6 +154,7 @@ def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, ima
     work.mkdir(parents=True, exist_ok=False)
     answers = pd.read_csv(data_dir / "answers.csv", dtype={"id": str})
     common = [f"train.image_size={image_size}"] if image_size else []
+    common += [f"train.seed={seed}"] if seed is not None else []
     trees = {"old": work / "old-tree"}
     if "old" in arms.split(","):
         subprocess.run(
@@ -202,7 +204,7 @@ def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, ima
         else f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    subset = f"{limit or 'all'} training photos, {test_limit or 'all'} test photos, fold 0"
+    subset = f"{limit or 'all'} training photos, {test_limit or 'all'} test photos, fold 0, seed {'as shipped' if seed is None else seed}"
     click.echo(f"{stamp}; {machine}; {data_dir.name}: {subset}; image size {image_size or 'as shipped'}")
     base_name = next((arm for arm in ("old", "trick-none") if arm in results), None)
     base, width = results.get(base_name, {}), max(8, *(len(arm) + 1 for arm in results))
