@@ -204,7 +204,8 @@ def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, ima
         else f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    subset = f"{limit or 'all'} training photos, {test_limit or 'all'} test photos, fold 0, seed {'as shipped' if seed is None else seed}"
+    shown_seed = "as shipped" if seed is None else seed
+    subset = f"{limit or 'all'} training photos, {test_limit or 'all'} test photos, fold 0, seed {shown_seed}"
     click.echo(f"{stamp}; {machine}; {data_dir.name}: {subset}; image size {image_size or 'as shipped'}")
     base_name = next((arm for arm in ("old", "trick-none") if arm in results), None)
     base, width = results.get(base_name, {}), max(8, *(len(arm) + 1 for arm in results))
