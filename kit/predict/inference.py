@@ -209,6 +209,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     calibration = calibrate.run_calibration(run_dir, labels, summary, config.submission.clip_epsilon)
     probabilities = calibrate.apply_to_folds(fold_probabilities, calibration)
     path = submission.write_for_run(config, test.ids, probabilities, summary)
+    views = chosen["view_names"] if chosen else view_names(config.augment.preset, config.predict.tta)
     write_json(
         run_dir / "submission.json",
         {
@@ -216,12 +217,8 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             "weights": [str(w.relative_to(run_dir)) for w in weights],
             "weights_rule": weights_rule(config),
             "calibration": calibration,
-            "views": view_names(config.augment.preset, config.predict.tta)
-            if not chosen
-            else [view_names(config.augment.preset, config.predict.tta)[i] for i in chosen["views"]],
-            "forward_passes": len(test.ids)
-            * len(weights)
-            * (len(chosen["views"]) if chosen else 1 + config.predict.tta),
+            "views": views,
+            "forward_passes": len(test.ids) * len(weights) * len(views),
         },
     )
     return path

@@ -413,9 +413,10 @@ def kept_oof(config: Config, fold_dir: Path) -> dict[str, np.ndarray]:
 
 
 def select_prediction(
-    config: Config, labels: LabelTable, run_dir: Path, fold_numbers: list[int], results: dict
-) -> dict:
-    """Which weight files and views predict (kit.predict.selection), chosen on every trained fold's OOF."""
+    config: Config, labels: LabelTable, run_dir: Path, fold_numbers: list[int], results: dict, oof: np.ndarray
+) -> tuple[dict, np.ndarray]:
+    """Which weight files and views predict (kit.predict.selection), chosen on every trained fold's OOF;
+    and the OOF predictions of that choice (NaN rows where no fold predicted), as the test side will be."""
     kept = [kept_oof(config, run_dir / f"fold-{number}") for number in fold_numbers]
     targets = [labels.targets[results[number]["valid_rows"]] for number in fold_numbers]
     names = [path.stem for path in prediction_weights(config, run_dir / f"fold-{fold_numbers[0]}")]
@@ -438,7 +439,11 @@ def select_prediction(
         f"{default['cost'] * len(fold_numbers)}), OOF {config.competition.metric} {chosen['score']:.4f} "
         f"(default {default['score']:.4f})"
     )
-    return chosen
+    chosen_oof = np.full_like(oof, np.nan)
+    for number, fold_kept in zip(fold_numbers, kept, strict=True):
+        rows = results[number]["valid_rows"]
+        chosen_oof[rows] = selection.blend(fold_kept, tuple(chosen["weights"]), tuple(chosen["views"]))
+    return chosen, chosen_oof
 
 
 def worse_stages(history: list[dict]) -> list[dict]:
@@ -511,12 +516,7 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
             save_array(run_dir / "oof.npy", oof)
     prediction = None
     if config.predict.select and distributed.is_main():
-        prediction = select_prediction(config, labels, run_dir, fold_numbers, results)
-        oof = np.full_like(oof, np.nan)
-        for number in fold_numbers:
-            rows = results[number]["valid_rows"]
-            kept = kept_oof(config, run_dir / f"fold-{number}")
-            oof[rows] = selection.blend(kept, tuple(prediction["weights"]), tuple(prediction["views"]))
+        prediction, oof = select_prediction(config, labels, run_dir, fold_numbers, results, oof)
         save_array(run_dir / "oof.npy", oof)
     prediction = distributed.broadcast_object(prediction)
     summary = {
@@ -530,9 +530,7 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
         },
         "weights_rule": weights_rule(config),
         **({"prediction": prediction} if prediction else {}),
-        "worse_stages": {
-            str(k): worse_stages(v["history"]) for k, v in results.items() if worse_stages(v["history"])
-        },
+        "worse_stages": {str(k): found for k, v in results.items() if (found := worse_stages(v["history"]))},
     }
     if distributed.is_main():
         write_json(run_dir / "metrics.json", summary)
