@@ -3,6 +3,8 @@ quick), trained in one run of this script on the same photos and the same folds,
 and on a local answer key.
 
     .venv/bin/python scripts/compare_recipe.py --data ../shared/data/cats-vs-dogs-dev
+    .venv/bin/python scripts/compare_recipe.py --data ../shared/data/cats-vs-dogs-dev --arms new \
+        --set stages.2.n_cycles=1 --set stages.2.cycle_len=4   # a variant of today's recipe
     .venv/bin/python scripts/compare_recipe.py --data ../shared/data/cats-vs-dogs-dev --limit 300 \
         --test-limit 100 --image-size 128          # a subset, for a shared CPU
 
@@ -142,7 +144,12 @@ def run_arm(
 @click.option("--image-size", type=int, default=None, help="train.image_size for every arm.")
 @click.option("--seed", type=int, default=None, help="train.seed for every arm (folds and training).")
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch folder (default /tmp).")
-def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, image_size, seed, work) -> None:
+@click.option(
+    "--set", "settings", multiple=True, help="KEY=VALUE for today's arms (not old), e.g. stages.2.cycle_len=4."
+)
+def main(
+    data_dir, competition, arms, tricks, old_commit, limit, test_limit, image_size, seed, work, settings
+) -> None:
     import torch  # the machine's description only
 
     arms = arms or ",".join(TRICK_ARMS if tricks else ["plain", "old", "new", "quick"])
@@ -174,7 +181,8 @@ def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, ima
                 shutil.copy(folds, root / "data" / "interim" / competition / "folds.csv")
             click.echo(f"{arm}: training fold 0 and predicting ({tree})", err=True)
             seconds, cpu_seconds, run_dir = run_arm(
-                arm, tree, root, competition, [*common, *ARM_SETTINGS[arm]], work / f"{arm}.log"
+                arm, tree, root, competition, [*common, *ARM_SETTINGS[arm], *(settings if arm != "old" else ())],
+                work / f"{arm}.log",
             )
             folds = folds or root / "data" / "interim" / competition / "folds.csv"
             summary = json.loads((run_dir / "metrics.json").read_text())
@@ -207,6 +215,8 @@ def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, ima
     shown_seed = "as shipped" if seed is None else seed
     subset = f"{limit or 'all'} training photos, {test_limit or 'all'} test photos, fold 0, seed {shown_seed}"
     click.echo(f"{stamp}; {machine}; {data_dir.name}: {subset}; image size {image_size or 'as shipped'}")
+    if settings:
+        click.echo(f"today's arms with: {' '.join(settings)}")
     base_name = next((arm for arm in ("old", "trick-none") if arm in results), None)
     base, width = results.get(base_name, {}), max(8, *(len(arm) + 1 for arm in results))
     click.echo(f"ratios (x) against: {base_name or 'no baseline arm'}")
@@ -225,7 +235,14 @@ def main(data_dir, competition, arms, tricks, old_commit, limit, test_limit, ima
         )
     (work / "results.json").write_text(
         json.dumps(
-            {"date": stamp, "machine": machine, "subset": subset, "image_size": image_size, "arms": results},
+            {
+                "date": stamp,
+                "machine": machine,
+                "subset": subset,
+                "image_size": image_size,
+                "settings": list(settings),
+                "arms": results,
+            },
             indent=1,
         )
     )
