@@ -145,7 +145,7 @@ def run_arm(
 @click.option("--seed", type=int, default=None, help="train.seed for every arm (folds and training).")
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch folder (default /tmp).")
 @click.option(
-    "--set", "settings", multiple=True, help="KEY=VALUE for today's arms (not old), e.g. stages.2.cycle_len=4."
+    "--set", "settings", multiple=True, help="KEY=VALUE for today's arms (not old): stages.2.cycle_len=4"
 )
 def main(
     data_dir, competition, arms, tricks, old_commit, limit, test_limit, image_size, seed, work, settings
@@ -180,10 +180,8 @@ def main(
                 (root / "data" / "interim" / competition).mkdir(parents=True)
                 shutil.copy(folds, root / "data" / "interim" / competition / "folds.csv")
             click.echo(f"{arm}: training fold 0 and predicting ({tree})", err=True)
-            seconds, cpu_seconds, run_dir = run_arm(
-                arm, tree, root, competition, [*common, *ARM_SETTINGS[arm], *(settings if arm != "old" else ())],
-                work / f"{arm}.log",
-            )
+            overrides = [*common, *ARM_SETTINGS[arm], *(settings if arm != "old" else ())]
+            seconds, cpu_seconds, run_dir = run_arm(arm, tree, root, competition, overrides, work / f"{arm}.log")
             folds = folds or root / "data" / "interim" / competition / "folds.csv"
             summary = json.loads((run_dir / "metrics.json").read_text())
             record = json.loads((run_dir / "submission.json").read_text())
