@@ -181,7 +181,9 @@ def main(
                 shutil.copy(folds, root / "data" / "interim" / competition / "folds.csv")
             click.echo(f"{arm}: training fold 0 and predicting ({tree})", err=True)
             overrides = [*common, *ARM_SETTINGS[arm], *(settings if arm != "old" else ())]
-            seconds, cpu_seconds, run_dir = run_arm(arm, tree, root, competition, overrides, work / f"{arm}.log")
+            seconds, cpu_seconds, run_dir = run_arm(
+                arm, tree, root, competition, overrides, work / f"{arm}.log"
+            )
             folds = folds or root / "data" / "interim" / competition / "folds.csv"
             summary = json.loads((run_dir / "metrics.json").read_text())
             record = json.loads((run_dir / "submission.json").read_text())
