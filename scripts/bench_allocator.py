@@ -6,7 +6,7 @@ keep freed memory instead (kit.device.place does, on a CPU). An allocator settin
 process, so each arm runs in its own child process, the two arms alternating, best of --repeats rounds.
 Prints seconds per step of each, the ratio, the minor page faults per step and the machine.
 
-    .venv/bin/python scripts/bench_allocator.py                          # efficientnet_lite0, 224 px, batch 64
+    .venv/bin/python scripts/bench_allocator.py                   # efficientnet_lite0, 224 px, batch 64
     .venv/bin/python scripts/bench_allocator.py --image-size 128 --steps 4   # quicker
 """
 

@@ -22,7 +22,8 @@ if sys.argv[1] == "keep":
 elif sys.argv[1] == "place":  # what training and prediction call on a CPU
     device.place(models.create_model("test_efficientnet", 2, pretrained=False))
 libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 def fill():
     block = libc.malloc(64 << 20)  # 64 MiB: over glibc's largest mmap threshold, as a batch's activations
     ctypes.memset(block, 1, 64 << 20)
