@@ -94,3 +94,18 @@ def test_the_choice_is_scored_as_the_task_scores():
     chosen = selection.choose("f2_samples", kept, [truth], ["last"], 3, 0.0, MultiLabel())
     assert chosen["views"] in ([0], [0, 1]) and chosen["score"] > 0.9
     assert chosen["default"]["score"] < chosen["score"]  # the blind view makes the default worse
+
+
+def test_the_mirror_is_never_dropped_where_the_preset_mirrors():
+    # Identical views gain nothing on OOF: with fewest_views=1 the plain view alone would be taken; with
+    # 2 (photos: kit.predict.tta.MIRROR_FIRST) the plain view keeps its mirror, and no candidate lacks it.
+    from kit.predict.tta import MIRROR_FIRST, view_names
+
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, 5, 1000)
+    kept = [{"last": np.repeat(kept_views(rng, targets, [0.0]), 3, axis=0)}]
+    chosen = selection.choose("log_loss", kept, [targets], ["last"], 3, 0.002, fewest_views=2)
+    assert chosen["views"] == [0, 1]
+    assert all(len(candidate["views"]) >= 2 for candidate in chosen["candidates"])
+    assert selection.choose("log_loss", kept, [targets], ["last"], 1, 0.002, fewest_views=2)["views"] == [0]
+    assert all(view_names(preset, 1)[1] == "flip" for preset in MIRROR_FIRST)  # the first view mirrors

@@ -82,6 +82,11 @@ TTA_VIEWS: dict[str, list[View]] = {
 }
 
 
+# Presets whose first extra view is the mirror image: prediction always averages it with the plain view
+# (kit.predict.selection's fewest_views), whatever a small fold's OOF says.
+MIRROR_FIRST = ("side_on", "top_down")
+
+
 VIEW_NAMES: dict[str, list[str]] = {
     "side_on": ["flip", "left", "right", "flip-left", "flip-right", "top", "bottom", "zoom"],
     "top_down": ["flip", "vflip", "rot90", "zoom", "rot270"],

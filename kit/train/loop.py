@@ -27,7 +27,7 @@ from kit.files import read_json, save_array, write_json
 from kit.paths import interim_dir
 from kit.predict import calibrate, selection
 from kit.predict.inference import ensemble_probabilities, prediction_weights, weights_rule
-from kit.predict.tta import view_names
+from kit.predict.tta import MIRROR_FIRST, view_names
 from kit.tasks import SINGLE_LABEL, SingleLabel
 from kit.train import batch_size, pseudo_labels, schedule
 from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step, training_images
@@ -428,6 +428,7 @@ def select_prediction(
         1 + config.predict.tta,
         config.predict.min_gain,
         labels.task,
+        fewest_views=2 if config.augment.preset in MIRROR_FIRST else 1,
     )
     view_names_all = view_names(config.augment.preset, config.predict.tta)
     chosen["view_names"] = [view_names_all[index] for index in chosen["views"]]
