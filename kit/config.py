@@ -141,6 +141,10 @@ class PredictSection:
     # not pay is not computed for the test set. A costlier choice must gain at least min_gain on OOF.
     select: bool = True
     min_gain: float = 0.002
+    # Pixels the test and OOF views are resized to; None: the last stage's size. Random crops magnify a
+    # photo's objects in training, so a model trained on crops sees them at that scale in a view a little
+    # larger than its training size ("FixRes", Touvron et al. 2019; e.g. 256 after training at 224).
+    image_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,10 @@ class Config:
 
     def stage_image_size(self, stage: Stage) -> int:
         return stage.image_size or self.train.image_size
+
+    def predict_image_size(self) -> int:
+        """The size of prediction's views (OOF and test): predict.image_size, else the last stage's size."""
+        return self.predict.image_size or self.stage_image_size(self.stages[-1])
 
     def stage_batch_size(self, stage: Stage) -> int:
         """As given, or train.batch_size scaled with the pixel count so memory stays about the same."""
@@ -357,6 +365,11 @@ def _validate(config: Config) -> None:
     _check_range(file, "train.num_workers", config.train.num_workers, "-1 (automatic) or more", low=-1)
     _check_range(file, "data.max_bad_images", config.data.max_bad_images, "0 or more", low=0)
     _check_range(file, "predict.tta", config.predict.tta, "0 (no TTA) or more", low=0)
+    if config.predict.image_size is not None and config.predict.image_size < 1:
+        raise ConfigError(
+            f"{file}: 'predict.image_size' = {config.predict.image_size} must be 1 or more "
+            "(or left out: the last stage's size)"
+        )
     _check_range(file, "predict.snapshot_ensemble", config.predict.snapshot_ensemble, "1 or more", low=1)
     _check_range(
         file,

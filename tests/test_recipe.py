@@ -222,3 +222,32 @@ def test_every_snapshot_and_view_is_kept_for_later_ensembles(digits, project):
         np.load(run_dir / "test-probabilities.npy"),
         atol=1e-5,
     )
+
+
+@pytest.mark.slow
+def test_prediction_views_are_resized_to_predict_image_size(digits, project):
+    # FixRes: a model trained on random crops predicts at a larger size than it trained at. OOF and test
+    # views both take predict.image_size, so what selection and calibration fit is what the test side gets.
+    from kit import models
+    from kit.data.labels import load_test
+
+    config = digits("stages.0.cycle_len=0.5", "predict.weights='last'", "predict.image_size=40")
+    assert config.stage_image_size(config.stages[-1]) == 32 and config.predict_image_size() == 40
+    assert inference.prediction_cache_side(config) == 40  # larger than the 37 px training cache
+    run_dir = commands.train(config, "0")
+    commands.predict(config, run_dir.name)
+    fold_dir = run_dir / "fold-0"
+    assert json.loads((run_dir / "submission.json").read_text())["image_size"] == 40
+    labels = load_labels(config)
+    model = models.create_model(config.train.model, len(labels.classes), pretrained=False)
+    models.load_weights(model, fold_dir / "last.pt", models.weights_meta(config, labels.classes))
+    valid_rows = json.loads((fold_dir / "result.json").read_text())["valid_rows"]
+    for label, paths, kept in [
+        ("train", [labels.paths[row] for row in valid_rows], fold_dir / "oof-last.npy"),
+        ("test", load_test(config).paths, fold_dir / "test-last.npy"),
+    ]:
+        images, _ = image_cache(paths, 40, interim_dir(config.name), f"{label}-check")
+        at_40 = inference.view_probabilities(model, images, 64, image_size=40)
+        at_32 = inference.view_probabilities(model, images, 64, image_size=32)
+        np.testing.assert_allclose(np.load(kept), at_40, atol=1e-5)
+        assert not np.allclose(at_40, at_32, atol=1e-3)

@@ -147,6 +147,12 @@ def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
     ]
 
 
+def prediction_cache_side(config: Config) -> int:
+    """The cached side that prediction's views (OOF and test) are cut from: the last stage's cache, or the
+    prediction size itself where that is larger, so that no view is upsampled from the cache."""
+    return max(cache_side(config.stage_image_size(config.stages[-1])), config.predict_image_size())
+
+
 def predict_run(config: Config, run_dir: Path, summary: dict, overrides: Sequence[str] = ()) -> Path:
     """`kit predict` for a trained run, and what a Kaggle notebook runs on a packaged one: the run's saved
     config (with `overrides`), the competition's labels (to keep test ids apart from them), the submission.
@@ -168,9 +174,9 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     test = load_test(config)
     check_test_apart(config, test, labels)
     last_stage = config.stages[-1]
-    image_size = config.stage_image_size(last_stage)
+    image_size = config.predict_image_size()
     images, problems = image_cache(
-        test.paths, cache_side(image_size), interim_dir(config.name), "test", config.data.max_aspect
+        test.paths, prediction_cache_side(config), interim_dir(config.name), "test", config.data.max_aspect
     )
     if problems:
         write_json(run_dir / "bad-test-images.json", problems)
@@ -218,6 +224,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             "weights_rule": weights_rule(config),
             "calibration": calibration,
             "views": views,
+            "image_size": image_size,
             "forward_passes": len(test.ids) * len(weights) * len(views),
         },
     )

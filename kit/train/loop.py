@@ -21,12 +21,18 @@ from tqdm import tqdm
 from kit import distributed, metrics, models
 from kit.config import Config, Stage
 from kit.data.folds import load_folds
+from kit.data.images import cache_side
 from kit.data.labels import LabelTable
 from kit.device import batched_inference, device, gpu_paths, place
 from kit.files import read_json, save_array, write_json
 from kit.paths import interim_dir
 from kit.predict import calibrate, selection
-from kit.predict.inference import ensemble_probabilities, prediction_weights, weights_rule
+from kit.predict.inference import (
+    ensemble_probabilities,
+    prediction_cache_side,
+    prediction_weights,
+    weights_rule,
+)
 from kit.predict.tta import MIRROR_FIRST, view_names
 from kit.tasks import SINGLE_LABEL, SingleLabel
 from kit.train import batch_size, pseudo_labels, schedule
@@ -265,7 +271,7 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
 
 def usable_rows(config: Config, labels: LabelTable, run_dir: Path) -> np.ndarray:
     """Rows whose image decodes; a few bad ones are skipped and reported, many stop training."""
-    _, problems = training_images(config, labels, config.train.image_size)
+    _, problems = training_images(config, labels, cache_side(config.train.image_size))
     if problems:
         # Too many stop the run before it trains (its folder is then removed): the list goes to data/interim.
         too_many = len(problems) > config.data.max_bad_images
@@ -335,7 +341,7 @@ def train_fold(
             state.ema_updates = state.resume["ema_updates"]
     for stage_index in range(first_stage, len(config.stages)):
         run_stage(config, stage_index, state)
-    images, _ = training_images(config, labels, config.stage_image_size(config.stages[-1]))
+    images, _ = training_images(config, labels, prediction_cache_side(config))
     return distributed.broadcast_object(out_of_fold(config, state, images) if distributed.is_main() else None)
 
 
@@ -356,7 +362,7 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
         preset=config.augment.preset,
         tta=config.predict.tta,
         task=state.labels.task,
-        image_size=config.stage_image_size(last_stage),
+        image_size=config.predict_image_size(),
     )
     score = state.labels.task.score(
         metrics.METRICS[config.competition.metric], state.labels.targets[state.valid_rows], probabilities

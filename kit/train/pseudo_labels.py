@@ -49,7 +49,7 @@ def label_test_images(config: Config, stage_index: int, state: FoldState) -> dic
     test = load_test(config)
     check_test_apart(config, test, state.labels)
     tests, problems = cached_test_images(config, image_size)
-    images, _ = training_images(config, state.labels, image_size)
+    images, _ = training_images(config, state.labels, cache_side(image_size))
     preset, tta = config.augment.preset, config.predict.tta  # as test predictions are made
 
     def predicted(rows: np.ndarray, progress: str | None = None) -> np.ndarray:

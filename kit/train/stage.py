@@ -98,7 +98,7 @@ def prepare_stage(
     stage = config.stages[stage_index]
     model, labels = state.model, state.labels
     image_size, batch_size = config.stage_image_size(stage), config.stage_batch_size(stage)
-    images, _ = training_images(config, labels, image_size)
+    images, _ = training_images(config, labels, cache_side(image_size))
     models.freeze_to(model, stage.freeze_to)
     base_rates = config.stage_learning_rates(stage)
     if config.train.layer_decay:  # a rate per timm layer, falling from the head's
@@ -216,10 +216,9 @@ def soft_targets(targets: np.ndarray, classes: int, smoothing: float) -> np.ndar
     return mixup_target(torch.from_numpy(targets), classes, smoothing=smoothing).numpy().astype(np.float32)
 
 
-def training_images(config: Config, labels: LabelTable, image_size: int) -> tuple[np.ndarray, dict]:
-    """The training photos cached whole, a little larger than `image_size` (kit.data.images.cache_side)."""
+def training_images(config: Config, labels: LabelTable, side: int) -> tuple[np.ndarray, dict]:
+    """The training photos cached whole as `side` x `side` squares: for training at a size, a little
+    larger than it (kit.data.images.cache_side)."""
     require_download(config.name)
     with distributed.main_first():  # rank 0 builds the cache, the other ranks then read it
-        return image_cache(
-            labels.paths, cache_side(image_size), interim_dir(config.name), "train", config.data.max_aspect
-        )
+        return image_cache(labels.paths, side, interim_dir(config.name), "train", config.data.max_aspect)
