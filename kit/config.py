@@ -141,10 +141,11 @@ class PredictSection:
     # not pay is not computed for the test set. A costlier choice must gain at least min_gain on OOF.
     select: bool = True
     min_gain: float = 0.002
-    # Pixels the test and OOF views are resized to; None: the last stage's size. Random crops magnify a
-    # photo's objects in training, so a model trained on crops sees them at that scale in a view a little
-    # larger than its training size ("FixRes", Touvron et al. 2019; e.g. 256 after training at 224).
-    image_size: int | None = None
+    # The test and OOF views' size, as a multiple of the last stage's size (rounded to whole pixels).
+    # Random crops magnify a photo's subject in training, so a model trained on crops sees it at that scale
+    # in a view a little larger than its training size ("FixRes", Touvron et al. 2019): 1.143 predicts at
+    # 256 px after training at 224. A multiple, not pixels, so that a changed training size carries it.
+    image_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -215,8 +216,8 @@ class Config:
         return stage.image_size or self.train.image_size
 
     def predict_image_size(self) -> int:
-        """The size of prediction's views (OOF and test): predict.image_size, else the last stage's size."""
-        return self.predict.image_size or self.stage_image_size(self.stages[-1])
+        """The size of prediction's views (OOF and test): the last stage's size times predict.image_scale."""
+        return max(1, round(self.stage_image_size(self.stages[-1]) * self.predict.image_scale))
 
     def stage_batch_size(self, stage: Stage) -> int:
         """As given, or train.batch_size scaled with the pixel count so memory stays about the same."""
@@ -365,10 +366,10 @@ def _validate(config: Config) -> None:
     _check_range(file, "train.num_workers", config.train.num_workers, "-1 (automatic) or more", low=-1)
     _check_range(file, "data.max_bad_images", config.data.max_bad_images, "0 or more", low=0)
     _check_range(file, "predict.tta", config.predict.tta, "0 (no TTA) or more", low=0)
-    if config.predict.image_size is not None and config.predict.image_size < 1:
+    if not 0.25 <= config.predict.image_scale <= 4:  # NaN too
         raise ConfigError(
-            f"{file}: 'predict.image_size' = {config.predict.image_size} must be 1 or more "
-            "(or left out: the last stage's size)"
+            f"{file}: 'predict.image_scale' = {config.predict.image_scale} must be between 0.25 and 4 "
+            "(a multiple of the last stage's size, e.g. 1.143 for 256 px after 224; 1: the same size)"
         )
     _check_range(file, "predict.snapshot_ensemble", config.predict.snapshot_ensemble, "1 or more", low=1)
     _check_range(

@@ -189,6 +189,7 @@ def test_lr_finder_restores_weights_and_suggests_a_rate_that_trains(digits, proj
         ("stages.0.lr=[0.1, 0.2]", "lr has 2 values"),
         ("augment.preset='sideways'", "augment.preset"),
         ("augment.transforms=[{name='NoSuchTransform'}]", "unknown albumentations transform"),
+        ("predict.image_scale=0", "'predict.image_scale' = 0.0 must be between 0.25 and 4"),
     ],
 )
 def test_bad_recipes_are_refused_with_one_clear_error(digits, override, message):
@@ -225,13 +226,16 @@ def test_every_snapshot_and_view_is_kept_for_later_ensembles(digits, project):
 
 
 @pytest.mark.slow
-def test_prediction_views_are_resized_to_predict_image_size(digits, project):
+def test_prediction_views_are_resized_by_predict_image_scale(digits, project):
     # FixRes: a model trained on random crops predicts at a larger size than it trained at. OOF and test
-    # views both take predict.image_size, so what selection and calibration fit is what the test side gets.
+    # views both take the last stage's size times predict.image_scale, so what selection and calibration
+    # fit is what the test side gets.
     from kit import models
     from kit.data.labels import load_test
 
-    config = digits("stages.0.cycle_len=0.5", "predict.weights='last'", "predict.image_size=40")
+    config = digits(
+        "stages.0.cycle_len=0.5", "predict.weights='last'", "predict.tta=0", "predict.image_scale=1.25"
+    )
     assert config.stage_image_size(config.stages[-1]) == 32 and config.predict_image_size() == 40
     assert inference.prediction_cache_side(config) == 40  # larger than the 37 px training cache
     run_dir = commands.train(config, "0")
