@@ -208,7 +208,7 @@ def make_plots(
                 "",
             )
         )
-        image_size = run_config.stages[-1].image_size or run_config.train.image_size
+        image_size = run_config.predict_image_size()  # the size OOF was predicted at
         for name, select in (
             ("most-wrong", most_wrong),
             ("most-uncertain", most_uncertain),
