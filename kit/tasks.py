@@ -44,6 +44,9 @@ class Metric(typing.Protocol):
 # Steps tried per threshold or cut-point in one pass of the coordinate search (fitting decisions on OOF).
 SEARCH_STEPS = 41
 SEARCH_PASSES = 3
+# Smallest probability taken to a log when predictions are averaged as logits (predict.mean = "logits"):
+# a member's 0 would otherwise veto a class outright.
+LOG_FLOOR = 1e-7
 
 
 class LabelError(ValueError):
@@ -91,6 +94,15 @@ class SingleLabel:
     def activate(self, outputs):
         """Raw head outputs (tensor) -> predictions (probabilities or values)."""
         return outputs.float().softmax(1)
+
+    def mean_of_logits(self, stack: np.ndarray) -> np.ndarray:
+        """Predictions (members x rows x outputs) averaged on the scale the head outputs, not as
+        probabilities: the softmax of the mean log-probability (a geometric mean, renormalised). Members
+        of unequal confidence (a head on frozen features beside the fine-tuned network) then meet in
+        between, where the arithmetic mean leans to the one that is less sure (predict.mean)."""
+        log_mean = np.log(np.clip(stack, LOG_FLOOR, None)).mean(0)
+        shifted = np.exp(log_mean - log_mean.max(1, keepdims=True))
+        return shifted / shifted.sum(1, keepdims=True)
 
     def blend_truth(self, targets: np.ndarray) -> np.ndarray:
         """What blend weights are fitted against (kit.predict.ensemble.WEIGHT_FITTERS[blend_loss]): class
@@ -162,6 +174,11 @@ class MultiLabel(SingleLabel):
 
     def activate(self, outputs):
         return outputs.float().sigmoid()
+
+    def mean_of_logits(self, stack: np.ndarray) -> np.ndarray:
+        """Each tag's probability from the mean of its log-odds."""
+        clipped = np.clip(stack, LOG_FLOOR, 1 - LOG_FLOOR)
+        return 1 / (1 + np.exp(-np.log(clipped / (1 - clipped)).mean(0)))
 
     def fit_decisions(self, predictions: np.ndarray, targets: np.ndarray, metric: Metric) -> dict:
         """One threshold per tag maximising the metric on OOF: coordinate ascent from 0.5, each tag's
@@ -235,6 +252,10 @@ class Regression(SingleLabel):
 
     def activate(self, outputs):
         return outputs.float() * self.std + self.mean
+
+    def mean_of_logits(self, stack: np.ndarray) -> np.ndarray:
+        """Values have no logits: their plain mean."""
+        return stack.mean(0)
 
     def submitted_labels(self, predictions: np.ndarray, decisions: dict, classes: list[str]) -> list[str]:
         return [f"{value:.6g}" for value in self.decide(predictions, decisions)[:, 0]]

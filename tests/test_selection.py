@@ -109,3 +109,68 @@ def test_the_mirror_is_never_dropped_where_the_preset_mirrors():
     assert all(len(candidate["views"]) >= 2 for candidate in chosen["candidates"])
     assert selection.choose("log_loss", kept, [targets], ["last"], 1, 0.002, fewest_views=2)["views"] == [0]
     assert all(view_names(preset, 1)[1] == "flip" for preset in MIRROR_FIRST)  # the first view mirrors
+
+
+def test_logit_means_are_geometric_for_classes_log_odds_for_tags_plain_for_values():
+    from kit.tasks import MultiLabel, Regression
+
+    sure, unsure = np.array([[0.9, 0.1]]), np.array([[0.5, 0.5]])
+    stack = np.stack([sure, unsure])
+    np.testing.assert_allclose(selection.average(stack), [[0.7, 0.3]])
+    # softmax of the mean log-probability: sqrt(0.9 * 0.5) : sqrt(0.1 * 0.5) = 3 : 1
+    np.testing.assert_allclose(selection.average(stack, "logits"), [[0.75, 0.25]])
+    # tags: log-odds ln 9 and 0, mean ln 3, so 3 / (3 + 1)
+    np.testing.assert_allclose(selection.average(stack[:, :, :1], "logits", MultiLabel()), [[0.75]])
+    values = np.array([[[2.0]], [[4.0]]])
+    np.testing.assert_allclose(selection.average(values, "logits", Regression(mean=0.0, std=1.0)), [[3.0]])
+    # A member's zero does not veto a class: the floor keeps the other member's say.
+    vetoed = selection.average(np.stack([np.array([[1.0, 0.0]]), np.array([[0.2, 0.8]])]), "logits")
+    assert 0 < vetoed[0, 1] < 0.5 and vetoed.sum() == pytest.approx(1.0)
+
+
+def test_the_choice_is_scored_on_the_blend_prediction_will_make():
+    rng = np.random.default_rng(4)
+    targets = rng.integers(0, 5, 1000)
+    kept = {"stage-0": kept_views(rng, targets, [1.0, 1.0]), "last": kept_views(rng, targets, [0.3, 0.3])}
+    for mean in ("probabilities", "logits"):
+        chosen = selection.choose("log_loss", [kept], [targets], ["stage-0", "last"], 2, 0.0, mean=mean)
+        blended = selection.blend(kept, ("stage-0", "last"), (0, 1), mean)
+        assert chosen["default"]["score"] == pytest.approx(calibrate.log_loss(blended, targets))
+    arithmetic = selection.blend(kept, ("stage-0", "last"), (0, 1))
+    assert not np.allclose(arithmetic, selection.blend(kept, ("stage-0", "last"), (0, 1), "logits"))
+
+
+@pytest.mark.slow
+def test_a_stage_that_joins_prediction_predicts_beside_the_last(digits, project):
+    # The head trained on frozen features, kept (fold-K/stage-0.pt), predicts beside the fine-tuned
+    # network; OOF and test average the two the same way (here as logits).
+    from kit import commands
+    from kit.predict import inference
+
+    config = digits(
+        "stages=[{freeze_to=-1, cycle_len=0.5, joins_prediction=true}, {cycle_len=0.5}]",
+        "predict.weights='last'",
+        "predict.tta=1",
+        "predict.select=false",
+        "predict.mean='logits'",
+    )
+    run_dir = commands.train(config, "0")
+    fold = run_dir / "fold-0"
+    assert inference.prediction_weights(config, fold) == [fold / "stage-0.pt", fold / "last.pt"]
+    assert (fold / "stage-0.pt").read_bytes() != (fold / "last.pt").read_bytes()
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert "stage-0.pt" in summary["weights_rule"]
+    kept = {name: np.load(fold / f"oof-{name}.npy").astype(np.float64) for name in ("stage-0", "last")}
+    oof = selection.blend(kept, ("stage-0", "last"), (0, 1), "logits")
+    np.testing.assert_allclose(np.load(fold / "oof.npy"), oof, atol=1e-5)
+    commands.predict(config, run_dir.name)
+    tests = {name: np.load(fold / f"test-{name}.npy").astype(np.float64) for name in ("stage-0", "last")}
+    blended = selection.blend(tests, ("stage-0", "last"), (0, 1), "logits")
+    np.testing.assert_allclose(np.load(run_dir / "test-probabilities.npy"), blended, atol=1e-5)
+    assert json.loads((run_dir / "submission.json").read_text())["weights"] == [
+        "fold-0/stage-0.pt",
+        "fold-0/last.pt",
+    ]
+    # On the last stage itself (the quick recipe's head) it adds nothing: last.pt is those weights.
+    only = digits("stages=[{cycle_len=0.5, joins_prediction=true}]", "predict.weights='last'")
+    assert inference.prediction_weights(only, fold) == [fold / "last.pt"]

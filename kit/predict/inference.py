@@ -21,7 +21,7 @@ from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
 from kit.device import batched_inference, place, resize
 from kit.files import save_array, write_json
 from kit.paths import interim_dir
-from kit.predict import calibrate, submission
+from kit.predict import calibrate, selection, submission
 from kit.predict.tta import tta_views, view_names
 from kit.run_folder import run_config, saved_settings_note
 from kit.tasks import SINGLE_LABEL, SingleLabel
@@ -69,14 +69,16 @@ def ensemble_probabilities(
     task: SingleLabel = SINGLE_LABEL,
     image_size: int | None = None,
     views: list[int] | None = None,
+    mean: str = "probabilities",
 ) -> np.ndarray:
-    """Average of the predictions of several saved weights (snapshots, folds) on the same images.
+    """Average of the predictions of several saved weights (snapshots, folds) on the same images: each
+    file's views, then the files, as `mean` says (predict.mean; kit.predict.selection.average).
 
     With `keep` (a path prefix such as fold-0/oof-), each weight file's per-view probabilities are also
     saved as <keep><weights>.npy (views x N x classes, float32): every snapshot and TTA setting stays
     available to ensembles later, at no extra inference cost.
     """
-    total = None
+    per_file = []
     for path in weight_paths:
         models.load_weights(model, path, meta)
         names = view_names(preset, tta)
@@ -87,9 +89,8 @@ def ensemble_probabilities(
         )
         if keep is not None:
             save_array(keep.with_name(f"{keep.name}{path.stem}.npy"), per_view.astype(np.float32))
-        probabilities = per_view.mean(0)
-        total = probabilities if total is None else total + probabilities
-    return total / len(weight_paths)
+        per_file.append(selection.average(per_view, mean, task))
+    return selection.average(per_file, mean, task)
 
 
 def weights_rule(config: Config) -> str:
@@ -99,6 +100,14 @@ def weights_rule(config: Config) -> str:
     size, or with other layers frozen), so a last stage without snapshots predicts with its final weights.
     "ema" follows the same rule with the weights' moving average (train.ema_decay).
     """
+    joined = "".join(
+        f"; and stage-{index}.pt, the final weights of stage '{config.stages[index].name}'"
+        for index in joined_stages(config)
+    )
+    return _last_stage_rule(config) + joined
+
+
+def _last_stage_rule(config: Config) -> str:
     mode, last = config.predict.weights, config.stages[-1]
     average = "the moving average's " if mode == "ema" else ""
     if mode in ("snapshots", "ema") and last.snapshots:
@@ -113,10 +122,26 @@ def weights_rule(config: Config) -> str:
     return "last.pt"
 
 
+def joined_stages(config: Config) -> list[int]:
+    """Indices of the stages, before the last, whose final weights also predict (joins_prediction)."""
+    return [index for index, stage in enumerate(config.stages[:-1]) if stage.joins_prediction]
+
+
+def joined_weights_path(fold_dir: Path, stage_index: int) -> Path:
+    """Where a stage that joins prediction leaves its final weights."""
+    return fold_dir / f"stage-{stage_index}.pt"
+
+
 def prediction_weights(config: Config, fold_dir: Path) -> list[Path]:
-    """The saved weights of a fold that predict, as `weights_rule` says: snapshots of the last stage only,
-    else its final weights (last.pt), or the best; with "ema", the moving average's (ema-snapshot-K.pt,
-    else ema.pt)."""
+    """The saved weights of a fold that predict, as `weights_rule` says: the final weights of the stages
+    that join prediction (stage-S.pt), then snapshots of the last stage only, else its final weights
+    (last.pt), or the best; with "ema", the moving average's (ema-snapshot-K.pt, else ema.pt). The last
+    stage's come last: selection's cheapest candidate is the last file alone."""
+    joined = [joined_weights_path(fold_dir, index) for index in joined_stages(config)]
+    return joined + _last_stage_weights(config, fold_dir)
+
+
+def _last_stage_weights(config: Config, fold_dir: Path) -> list[Path]:
     mode, last = config.predict.weights, config.stages[-1]
     prefix = "ema-snapshot-" if mode == "ema" else "snapshot-"
     snapshots = sorted(fold_dir.glob(f"{prefix}*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
@@ -208,6 +233,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             task=task,
             image_size=image_size,
             views=chosen["views"] if chosen else None,
+            mean=config.predict.mean,
         )
         weights += fold_weights
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).

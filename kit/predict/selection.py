@@ -38,9 +38,23 @@ def candidates(
     return found
 
 
-def blend(kept: dict[str, np.ndarray], weights: tuple[str, ...], views: tuple[int, ...]) -> np.ndarray:
-    """The mean over these weight files and views of kept per-view probabilities (views x rows x C)."""
-    return np.mean([kept[name][list(views)].mean(0) for name in weights], axis=0)
+def average(stack, mean: str = "probabilities", task: SingleLabel = SINGLE_LABEL) -> np.ndarray:
+    """Predictions (members x rows x outputs: views, weight files) averaged as predict.mean says: the
+    arithmetic mean of the probabilities, or their mean on the logit scale (kit.tasks mean_of_logits)."""
+    stack = np.asarray(stack, dtype=np.float64)
+    return task.mean_of_logits(stack) if mean == "logits" else stack.mean(0)
+
+
+def blend(
+    kept: dict[str, np.ndarray],
+    weights: tuple[str, ...],
+    views: tuple[int, ...],
+    mean: str = "probabilities",
+    task: SingleLabel = SINGLE_LABEL,
+) -> np.ndarray:
+    """The average over these weight files and views of kept per-view probabilities (views x rows x C):
+    each file's views, then the files, as prediction averages them (kit.predict.inference)."""
+    return average([average(kept[name][list(views)], mean, task) for name in weights], mean, task)
 
 
 def choose(
@@ -52,6 +66,7 @@ def choose(
     min_gain: float,
     task: SingleLabel = SINGLE_LABEL,
     fewest_views: int = 1,
+    mean: str = "probabilities",
 ) -> dict:
     """The weight files and views that predict, and every candidate's OOF score and cost.
 
@@ -63,7 +78,7 @@ def choose(
     targets = np.concatenate(targets_by_fold)
     tried = []
     for weights, views in candidates(weight_names, view_count, fewest_views):
-        probabilities = np.concatenate([blend(kept, weights, views) for kept in kept_by_fold])
+        probabilities = np.concatenate([blend(kept, weights, views, mean, task) for kept in kept_by_fold])
         score = task.score(metrics.METRICS[metric], targets, probabilities)
         tried.append(
             {

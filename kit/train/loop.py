@@ -29,6 +29,8 @@ from kit.paths import interim_dir
 from kit.predict import calibrate, selection
 from kit.predict.inference import (
     ensemble_probabilities,
+    joined_stages,
+    joined_weights_path,
     prediction_cache_side,
     prediction_weights,
     weights_rule,
@@ -265,6 +267,8 @@ def run_stage(config: Config, stage_index: int, state: FoldState, progress: bool
     bar.close()
     if distributed.is_main():
         models.save_weights(model, state.fold_dir / "last.pt", state.meta)
+        if stage_index in joined_stages(config):  # a second opinion that predicts beside the last stage
+            models.save_weights(model, joined_weights_path(state.fold_dir, stage_index), state.meta)
         if state.ema is not None:
             models.save_weights(state.ema.module, state.fold_dir / "ema.pt", state.meta)
 
@@ -363,6 +367,7 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
         tta=config.predict.tta,
         task=state.labels.task,
         image_size=config.predict_image_size(),
+        mean=config.predict.mean,
     )
     score = state.labels.task.score(
         metrics.METRICS[config.competition.metric], state.labels.targets[state.valid_rows], probabilities
@@ -435,6 +440,7 @@ def select_prediction(
         config.predict.min_gain,
         labels.task,
         fewest_views=2 if config.augment.preset in MIRROR_FIRST else 1,
+        mean=config.predict.mean,
     )
     view_names_all = view_names(config.augment.preset, config.predict.tta)
     chosen["view_names"] = [view_names_all[index] for index in chosen["views"]]
@@ -449,7 +455,9 @@ def select_prediction(
     chosen_oof = np.full_like(oof, np.nan)
     for number, fold_kept in zip(fold_numbers, kept, strict=True):
         rows = results[number]["valid_rows"]
-        chosen_oof[rows] = selection.blend(fold_kept, tuple(chosen["weights"]), tuple(chosen["views"]))
+        chosen_oof[rows] = selection.blend(
+            fold_kept, tuple(chosen["weights"]), tuple(chosen["views"]), config.predict.mean, labels.task
+        )
     return chosen, chosen_oof
 
 
