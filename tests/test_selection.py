@@ -171,6 +171,15 @@ def test_a_stage_that_joins_prediction_predicts_beside_the_last(digits, project)
         "fold-0/stage-0.pt",
         "fold-0/last.pt",
     ]
+    # `kit ensemble RUN@last` takes that file's views as the run averaged them.
+    from kit.data.labels import load_labels
+    from kit.predict import ensemble
+
+    rows = json.loads((fold / "result.json").read_text())["valid_rows"]
+    row_count = len(load_labels(config).paths)
+    oof_variant, test_variant = ensemble.variant_predictions(run_dir, "last", False, row_count)
+    np.testing.assert_allclose(oof_variant[rows], selection.average(kept["last"], "logits"), atol=1e-6)
+    np.testing.assert_allclose(test_variant, selection.average(tests["last"], "logits"), atol=1e-6)
     # On the last stage itself (the quick recipe's head) it adds nothing: last.pt is those weights.
     only = digits("stages=[{cycle_len=0.5, joins_prediction=true}]", "predict.weights='last'")
     assert inference.prediction_weights(only, fold) == [fold / "last.pt"]

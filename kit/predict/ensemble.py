@@ -22,11 +22,11 @@ import numpy as np
 from scipy.optimize import minimize
 from tqdm import tqdm
 
-from kit import metrics
+from kit import metrics, tasks
 from kit.config import Config
 from kit.data.labels import LabelTable, load_test
 from kit.files import read_json, save_array, write_json
-from kit.predict import calibrate, submission
+from kit.predict import calibrate, selection, submission
 from kit.predict.inference import predict_test
 from kit.run_folder import find_run, new_run_dir, run_config, run_summary
 
@@ -135,9 +135,11 @@ def variant_predictions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """OOF and test probabilities of one kept variant: fold-K/{oof,test}-<weights>.npy (views x rows x C).
 
-    `plain` takes view 0 (no TTA); otherwise the views' mean. Test predictions are averaged over folds.
+    `plain` takes view 0 (no TTA); otherwise the views' average, as the run averaged them (predict.mean).
+    Test predictions are averaged over folds.
     """
     summary = read_json(run_dir / "metrics.json")
+    mean, task = run_config(run_dir).predict.mean, tasks.from_record(summary.get("task"))
     oof, tests = None, []
     for fold in summary["folds_trained"]:
         fold_dir = run_dir / f"fold-{fold}"
@@ -152,8 +154,8 @@ def variant_predictions(
         per_view = [np.load(path).astype(np.float64) for path in paths]
         oof_views, test_views = (views[:1] if plain else views for views in per_view)
         oof = np.full((row_count, oof_views.shape[-1]), np.nan) if oof is None else oof
-        oof[read_json(fold_dir / "result.json")["valid_rows"]] = oof_views.mean(0)
-        tests.append(test_views.mean(0))
+        oof[read_json(fold_dir / "result.json")["valid_rows"]] = selection.average(oof_views, mean, task)
+        tests.append(selection.average(test_views, mean, task))
     return oof, np.mean(tests, axis=0)
 
 
