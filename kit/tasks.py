@@ -100,9 +100,8 @@ class SingleLabel:
         probabilities: the softmax of the mean log-probability (a geometric mean, renormalised). Members
         of unequal confidence (a head on frozen features beside the fine-tuned network) then meet in
         between, where the arithmetic mean leans to the one that is less sure (predict.mean)."""
-        log_mean = np.log(np.clip(stack, LOG_FLOOR, None)).mean(0)
-        shifted = np.exp(log_mean - log_mean.max(1, keepdims=True))
-        return shifted / shifted.sum(1, keepdims=True)
+        geometric = np.exp(np.log(np.clip(stack, LOG_FLOOR, None)).mean(0))  # in [LOG_FLOOR, 1]: no overflow
+        return geometric / geometric.sum(1, keepdims=True)
 
     def blend_truth(self, targets: np.ndarray) -> np.ndarray:
         """What blend weights are fitted against (kit.predict.ensemble.WEIGHT_FITTERS[blend_loss]): class
