@@ -40,6 +40,8 @@ ScheduleKind = Literal["sgdr", "one_cycle"]
 Recipe = Literal["full", "quick"]
 PredictMean = Literal["probabilities", "logits"]  # kit.predict.selection.average
 PredictWeights = Literal["snapshots", "last", "best", "ema"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]  # kit.device.PRECISIONS
+Accelerator = Literal["auto", "t4", "t4x2", "cpu"]  # kit.kaggle.budget.ACCELERATORS
 SubmissionKind = Literal["csv", "notebook"]  # notebook: a code competition (`kit notebook --submit`)
 LAYER_GROUPS = 3  # early body, late body, head: the lesson's three learning rates
 DEFAULT_WARMUP = 0.05  # of the first cycle, in stages that train body layers (fastai 0.7: 1/20)
@@ -119,6 +121,9 @@ class TrainSection:
     seed: int = 42
     num_workers: int = -1  # DataLoader workers; -1: all cores on a GPU box, 0 (in-process) on a CPU
     compile: bool = False  # torch.compile the training step's model (GPU only: slow to compile on a CPU)
+    # "auto": bf16 on GPUs with bf16 tensor cores (compute capability 8.0+), fp16 with a loss scaler on 7.x
+    # (Kaggle's T4: bf16 is emulated there, many times slower), fp32 below and on a CPU (kit.device)
+    precision: Precision = "auto"
     lr_find: bool = False  # run the LR finder before the first stage and print its suggestion
     # "quick": only the recipe's head stages (frozen body), with the competition's TTA: a first submission
     # in minutes (`make train COMP=... SET="recipe=quick"`). "full": every stage.
@@ -152,6 +157,7 @@ class PredictSection:
     # a head-only model beside the fine-tuned one (a stage's joins_prediction) the logit mean scored
     # cats-vs-dogs-dev's OOF and answer key better on 4 seeds of 4, but not dog-breeds' OOF (README).
     mean: PredictMean = "probabilities"
+    precision: Precision = "auto"  # as train.precision, for OOF and test predictions
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,13 @@ class NotebookSection:
     max_package_mb: float = 2000.0  # refuse to upload a package (wheel, weights, config) larger than this
     poll_seconds: float = 15.0  # how often the notebook's status is asked for while it runs
     timeout_minutes: float = 540.0  # stop waiting after this long (Kaggle stops a notebook after 9 h)
+    # The Kaggle machine the notebook runs on: "t4" (one T4), "t4x2" (two), "cpu" (2 cores, no GPU);
+    # "auto": t4x2 where notebook.gpu allows a GPU, else cpu. Written as kernel-metadata's machine_shape.
+    accelerator: Accelerator = "auto"
+    # Images in the hidden test set the notebook predicts on Kaggle (often more than the public test
+    # folder: the competition's Data or Code Requirements page says); 0: the public test count. The time
+    # budget before a push scales to it.
+    hidden_test_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -397,6 +410,11 @@ def _validate(config: Config) -> None:
     for key in ("max_package_mb", "poll_seconds", "timeout_minutes"):
         if not getattr(config.notebook, key) > 0:  # NaN too
             raise ConfigError(f"{file}: 'notebook.{key}' = {getattr(config.notebook, key)} must be positive")
+    if config.notebook.hidden_test_images < 0:
+        raise ConfigError(
+            f"{file}: 'notebook.hidden_test_images' = {config.notebook.hidden_test_images} must be 0 (the "
+            "public test count) or the hidden test set's size"
+        )
     for key in ("label_smoothing", "ema_decay", "layer_decay"):
         if not 0 <= getattr(config.train, key) < 1:
             raise ConfigError(

@@ -82,9 +82,79 @@ def place(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(compute, memory_format=memory_format(compute))
 
 
-def autocast(compute: torch.device):
-    """bf16 autocast on the GPU paths (tensor cores; bf16 needs no loss scaling), full precision elsewhere."""
-    return torch.autocast(compute.type, dtype=torch.bfloat16, enabled=gpu_paths(compute))
+# train.precision and predict.precision: "auto" chooses by the GPU's compute capability (choose_precision).
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+BF16_TENSOR_CORES = (8, 0)  # Ampere and later: bf16 tensor cores (no loss scaling needed)
+FP16_TENSOR_CORES = (7, 0)  # Volta, Turing (Kaggle's T4 is 7.5): fp16 tensor cores, bf16 emulated or refused
+TRITON_CAPABILITY = (7, 0)  # torch.compile's GPU code generator (Triton) needs at least this
+# What the CPU's twin of the GPU paths (KIT_GPU_PATHS_ON_CPU=1) stands for: a GPU with bf16 tensor cores.
+GPU_PATHS_CAPABILITY = (8, 0)
+
+
+def choose_precision(setting: str, capability: tuple[int, int] | None) -> str:
+    """The precision a setting ("auto", "bf16", "fp16", "fp32") means on a device of compute `capability`
+    (None: a CPU). "auto": bf16 where the GPU has bf16 tensor cores (8.0 and later), fp16 on 7.x (its fast
+    path; training then scales the loss, `grad_scaler`), fp32 on older GPUs and on a CPU (autocast there is
+    emulated: slower, not faster). Any other setting is taken as it is."""
+    if setting != "auto":
+        return setting
+    if capability is None:
+        return "fp32"
+    if tuple(capability) >= BF16_TENSOR_CORES:
+        return "bf16"
+    if tuple(capability) >= FP16_TENSOR_CORES:
+        return "fp16"
+    return "fp32"
+
+
+def compile_skipped(capability: tuple[int, int] | None) -> str:
+    """Why train.compile is skipped on a device of compute `capability` (None: a CPU); "" where it runs."""
+    if capability is None:
+        return "on a CPU compiling takes longer than the steps it speeds up"
+    if tuple(capability) < TRITON_CAPABILITY:
+        major, minor = capability
+        return f"Triton needs compute capability 7.0 or more, this GPU has {major}.{minor}"
+    return ""
+
+
+def capability(compute: torch.device) -> tuple[int, int] | None:
+    """The compute capability of `compute` (major, minor); None for a CPU, except on the GPU paths' CPU twin
+    (KIT_GPU_PATHS_ON_CPU=1), which stands for a GPU with bf16 tensor cores."""
+    if compute.type == "cuda":
+        return tuple(torch.cuda.get_device_capability(compute))
+    return GPU_PATHS_CAPABILITY if gpu_paths(compute) else None
+
+
+def resolve_precision(setting: str, compute: torch.device | None = None) -> str:
+    """`setting` made concrete for `compute` (default: this process's device): "bf16", "fp16" or "fp32"."""
+    return choose_precision(setting, capability(compute or device()))
+
+
+def autocast(compute: torch.device, precision: str = "auto"):
+    """Autocast to the precision `precision` resolves to on `compute` (`choose_precision`); off for fp32."""
+    chosen = choose_precision(precision, capability(compute))
+    return torch.autocast(compute.type, dtype=DTYPES[chosen], enabled=chosen != "fp32")
+
+
+def grad_scaler(precision: str, compute: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 training's loss scaler (fp16 gradients underflow unscaled), None for bf16 and fp32 (whose
+    exponent range is float32's). `precision` is a resolved one."""
+    return torch.amp.GradScaler(compute.type) if precision == "fp16" else None
+
+
+def backward_and_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
+    """The backward pass and the optimizer's step; with a scaler, the loss scaled first and the step skipped
+    where a gradient overflowed (inf or NaN), the scale then lowered (torch.amp.GradScaler)."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @functools.lru_cache(maxsize=16)
@@ -131,13 +201,14 @@ def batched_inference(
     join_dim: int = 0,
     progress: str | None = None,
     image_size: int | None = None,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """`function` over `inputs` in batches, outputs as float32 joined along `join_dim`, left on the device
     (one host sync at the end, by the caller).
 
     `inputs` are cached uint8 images (a numpy array or memmap: normalised on the device) or float rows
     already made (features: moved as they are), resized to `image_size` when given. `progress` names a
-    tqdm bar over the batches.
+    tqdm bar over the batches; `precision` is predict.precision (or train.precision, for OOF).
     """
     compute = device()
     outputs = []
@@ -146,6 +217,6 @@ def batched_inference(
         chunk = inputs[start : start + batch_size]
         if isinstance(chunk, np.ndarray):  # cached images, not features
             chunk = to_input(torch.from_numpy(np.array(chunk)), mean, std, compute, image_size)
-        with autocast(compute):
+        with autocast(compute, precision):
             outputs.append(function(chunk.to(compute)).float())
     return torch.cat(outputs, dim=join_dim)
