@@ -27,6 +27,7 @@ HEAVY = {"torch", "torchvision", "timm", "albumentations", "cv2", "matplotlib", 
 LAYERS = {"base": 0, "data": 1, "predict": 2, "train": 3, "kaggle": 4, "report": 4, "commands": 5, "cli": 6}
 LAYERS["__main__"] = 7
 BASE = {"kit", "config", "paths", "files", "run_folder", "hooks", "metrics", "ledger", "device"}
+BASE |= {"baselines"}
 BASE |= {"distributed", "models", "tasks", "demos"}
 
 
