@@ -6,7 +6,8 @@ import click
 from tqdm import tqdm
 
 from kit import commands
-from kit.config import load_competition
+from kit.competitions import load_competition
+from kit.errors import KitError
 
 COMPETITION = click.argument("competition")
 OVERRIDES = click.option(
@@ -19,14 +20,17 @@ OVERRIDES = click.option(
 
 
 class Commands(click.Group):
-    """click.Group whose errors start on a line of their own, even when they interrupt a progress bar."""
+    """click.Group that shows the kit's errors (kit.errors.KitError) as click's one line, exit status 1, and
+    starts them on a line of their own, even when they interrupt a progress bar."""
 
     def invoke(self, context: click.Context):
         try:
             return super().invoke(context)
-        except click.ClickException:
+        except (click.ClickException, KitError) as error:
             for bar in list(getattr(tqdm, "_instances", ())):  # bars left open by the error: clear them
                 bar.close()
+            if isinstance(error, KitError):
+                raise click.ClickException(error.message) from None
             raise
 
 

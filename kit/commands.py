@@ -24,17 +24,12 @@ import tomllib
 
 from kit import ledger as submission_ledger
 from kit import paths, tasks
-from kit.config import (
-    Config,
-    MetricName,
-    competition_names,
-    config_from_dict,
-    load_competition,
-    load_config,
-    resolve_name,
-    value_sources,
-)
+from kit.competitions import competition_names, load_competition, resolve_name
+from kit.config import Config, MetricName
+from kit.config_build import config_from_dict, load_config
+from kit.config_sources import value_sources
 from kit.data.labels import LabelTable, load_labels, load_test, parse_csv
+from kit.errors import KitError
 from kit.files import DOWNLOAD_MARKER, filling_folder, git_commit, read_json, utc_stamp, write_json
 from kit.hooks import load_hooks
 from kit.kaggle import client as kaggle
@@ -574,7 +569,7 @@ def list_competitions() -> list[dict]:
     for name in competition_names():
         try:
             config = load_config(paths.competition_file(name))
-        except click.ClickException as error:
+        except KitError as error:  # one broken competition.toml is listed as such, the others still work
             rows.append({"competition": name, "kaggle": "", "status": f"config error: {error.message}"})
             continue
         scores = [read_json(p / "metrics.json")["cv"] for p in finished_runs(config)]

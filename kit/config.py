@@ -1,24 +1,17 @@
-"""A competition's settings: `competitions/<name>/competition.toml` loaded into typed, frozen dataclasses.
+"""The schema of a competition's settings: every key of `competitions/<name>/competition.toml` as a typed,
+frozen dataclass field with its default and the reason for it, stated once.
 
-Every key has a type and a default here, stated once. An unknown key, a value of the wrong type or an
-impossible combination is a one-line `ConfigError` naming the file, the key and what is allowed.
-`--set key=value` overrides go through exactly the same checks.
+Reading a TOML into these is kit.config_build's job, the checks kit.config_checks's, `--set` overrides
+kit.config_overrides's, and where each value came from kit.config_sources's; a competition's name is
+resolved by kit.competitions.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import click
-import tomllib
-
-from kit import paths
 
 # The names kit.metrics.METRICS registers (a test keeps the two equal); here, so that loading a config
 # needs no scikit-learn.
@@ -32,6 +25,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "ordinal": ("qwk",),
 }
 LabelSource = Literal["csv", "filenames", "folders"]
+DuplicatesRule = Literal["group", "ignore"]
 SubmissionFormat = Literal["probabilities", "binary", "label"]
 AugmentPreset = Literal["side_on", "top_down", "none"]  # kit.data.augment.PRESETS
 PaddingMode = Literal["reflect", "constant", "edge"]  # kit.data.augment.PADDING_MODES
@@ -45,10 +39,6 @@ Accelerator = Literal["auto", "t4", "t4x2", "cpu"]  # kit.kaggle.budget.ACCELERA
 SubmissionKind = Literal["csv", "notebook"]  # notebook: a code competition (`kit notebook --submit`)
 LAYER_GROUPS = 3  # early body, late body, head: the lesson's three learning rates
 DEFAULT_WARMUP = 0.05  # of the first cycle, in stages that train body layers (fastai 0.7: 1/20)
-
-
-class ConfigError(click.ClickException):
-    """A user-caused configuration problem, shown as one line without a traceback."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +75,12 @@ class DataSection:
     # photo whole and squishes no more than that: by 5-fold CV on real dog-breed photos it beat no cap
     # (README, "Whole photos"; scripts/compare_aspect.py).
     max_aspect: float = 1.33
+    # Photos of one patient, animal or scene never sit in two folds: a column of the labels CSV naming each
+    # row's group (e.g. "patient_id"), or "" (a hooks.py `groups` function, when defined; else none)
+    group_column: str = ""
+    # Near-duplicate training photos (perceptual hashes, `kit duplicates`): "group" puts each set in one
+    # group, so that no copy validates its twin; "ignore" (the default: it decodes every photo to hash it)
+    duplicates: DuplicatesRule = "ignore"
 
 
 @dataclass(frozen=True)
@@ -128,6 +124,13 @@ class TrainSection:
     # "quick": only the recipe's head stages (frozen body), with the competition's TTA: a first submission
     # in minutes (`make train COMP=... SET="recipe=quick"`). "full": every stage.
     recipe: Recipe = "full"
+    # Stop a recipe that stops paying (kit.train.stopping): at each SGDR cycle's end and each stage's end,
+    # an OOF score not better than the best so far by more than min_stage_gain (the metric's units) skips
+    # the rest of that stage and the later stages of the fold. With --fold all, fold 0's decision applies
+    # to every fold (the folds stay one recipe) unless stop_per_fold: then each fold decides on its own.
+    stop_when_worse: bool = True
+    min_stage_gain: float = 0.0
+    stop_per_fold: bool = False
     # Tricks from recent winning solutions, all off by default (timm's implementations):
     label_smoothing: float = 0.0  # single-label targets: 1 - s on the class, s spread over all classes
     ema_decay: float = 0.0  # exponential moving average of the weights per step (e.g. 0.999); 0: off
@@ -214,6 +217,11 @@ class Stage:
     mix_off_epochs: float = 0.0  # the stage's last epochs train on unmixed images
     pseudo_label: PseudoLabel | None = None  # e.g. {threshold = 0.95, weight = 0.5}; None: off
 
+    @property
+    def trains_head_only(self) -> bool:
+        """Whether only the head trains (freeze_to = -1 or 2: the body is frozen)."""
+        return self.freeze_to % LAYER_GROUPS == LAYER_GROUPS - 1
+
 
 @dataclass(frozen=True)
 class Config:
@@ -253,8 +261,7 @@ class Config:
         """The fraction of the stage's first cycle spent warming up (see Stage.warmup)."""
         if stage.warmup is not None:
             return stage.warmup
-        head_only = stage.freeze_to % LAYER_GROUPS == LAYER_GROUPS - 1
-        return 0.0 if head_only else DEFAULT_WARMUP
+        return 0.0 if stage.trains_head_only else DEFAULT_WARMUP
 
     def stage_learning_rates(self, stage: Stage) -> list[float]:
         """One learning rate per layer group (early body, late body, head), for stage_batch_size images."""
@@ -284,398 +291,8 @@ def total_epochs(n_cycles: int, cycle_len: float, cycle_mult: float) -> float:
     return sum(cycle_len * cycle_mult**index for index in range(n_cycles))
 
 
-def _matches(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return value in typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, option) for option in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is tuple:
-        item_type = typing.get_args(annotation)[0]
-        return isinstance(value, (list, tuple)) and all(_matches(item, item_type) for item in value)
-    return isinstance(value, annotation)
-
-
-def _type_name(annotation: Any) -> str:
-    if typing.get_origin(annotation) is Literal:
-        return "one of " + ", ".join(typing.get_args(annotation))
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-# Keys that moved to another section: older TOMLs and run folders name them where they were.
-MOVED = {
-    "train.tta": "predict.tta",
-    "train.snapshot_ensemble": "predict.snapshot_ensemble",
-    "train.predict_weights": "predict.weights",
-}
-
-
-def _nested_dataclass(annotation: Any) -> type | None:
-    """The dataclass a key holds as a table (e.g. Stage.pseudo_label), else None."""
-    options = typing.get_args(annotation) or (annotation,)
-    return next((option for option in options if dataclasses.is_dataclass(option)), None)
-
-
-def _build(cls: type, table: Any, where: str, file: Path) -> Any:
-    """Make a frozen dataclass from a TOML table, refusing unknown keys and wrong types."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{file}: [{where}] must be a table of keys")
-    hints = typing.get_type_hints(cls)
-    allowed = [item.name for item in dataclasses.fields(cls)]
-    values = {}
-    for key, value in table.items():
-        if f"{where}.{key}" in MOVED:
-            section, name = MOVED[f"{where}.{key}"].split(".")
-            raise ConfigError(
-                f"{file}: '{where}.{key}' has moved: write it as {name} = ... under [{section}]"
-            )
-        if key not in allowed:
-            raise ConfigError(f"{file}: unknown key '{where}.{key}'; allowed keys: {', '.join(allowed)}")
-        nested = _nested_dataclass(hints[key])
-        if nested is not None and isinstance(value, dict):
-            values[key] = _build(nested, value, f"{where}.{key}", file)
-            continue
-        if not _matches(value, hints[key]):
-            wanted = _type_name(hints[key])
-            verb = "is not" if wanted.startswith("one of") else "should be"
-            raise ConfigError(f"{file}: '{where}.{key}' = {value!r} {verb} {wanted}")
-        if isinstance(value, list):
-            value = tuple(value)
-        if hints[key] is float and isinstance(value, int):
-            value = float(value)
-        values[key] = value
-    return cls(**values)
-
-
-def _check_range(
-    file: Path, key: str, value: float, allowed: str, low=None, high=None, inclusive=True
-) -> None:
-    """One number within its range; NaN and infinity are never in range (TOML allows `nan` and `inf`)."""
-    inside = math.isfinite(value) and (low is None or value > low or (inclusive and value == low))
-    if not inside or (high is not None and value > high):
-        raise ConfigError(f"{file}: '{key}' = {value} must be {allowed}")
-
-
-def _validate(config: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    file = config.path
-    task, metric = config.competition.task, config.competition.metric
-    if metric not in TASK_METRICS[task]:
-        raise ConfigError(
-            f"{file}: competition.metric = {metric!r} does not fit task = {task!r}; "
-            f"choose {' or '.join(map(repr, TASK_METRICS[task]))}"
-        )
-    if task != "single_label" and config.submission.format != "label":
-        raise ConfigError(
-            f"{file}: task = {task!r} submits a label column: "
-            "set submission.format = 'label' (or leave it out)"
-        )
-    if config.data.test_dir == ():
-        raise ConfigError(f"{file}: 'data.test_dir' = [] names no folder; give one, or a list of them")
-    if config.submission.format == "binary" and not config.submission.positive_class:
-        raise ConfigError(f"{file}: submission.format = 'binary' needs 'submission.positive_class'")
-    for key in ("image_size", "batch_size", "epochs", "folds"):
-        if getattr(config.train, key) < 1 or (key == "folds" and config.train.folds < 2):
-            raise ConfigError(f"{file}: 'train.{key}' = {getattr(config.train, key)} is too small")
-    _check_range(file, "train.lr", config.train.lr, "a positive number, e.g. 1e-3", low=0, inclusive=False)
-    _check_range(file, "train.weight_decay", config.train.weight_decay, "0 or more, e.g. 0.01", low=0)
-    _check_range(file, "train.seed", config.train.seed, "0 to 2**32 - 1", low=0, high=2**32 - 1)
-    _check_range(file, "train.num_workers", config.train.num_workers, "-1 (automatic) or more", low=-1)
-    _check_range(file, "data.max_bad_images", config.data.max_bad_images, "0 or more", low=0)
-    _check_range(file, "predict.tta", config.predict.tta, "0 (no TTA) or more", low=0)
-    if not 0.25 <= config.predict.image_scale <= 4:  # NaN too
-        raise ConfigError(
-            f"{file}: 'predict.image_scale' = {config.predict.image_scale} must be between 0.25 and 4 "
-            "(a multiple of the last stage's size, e.g. 1.143 for 256 px after 224; 1: the same size)"
-        )
-    _check_range(file, "predict.snapshot_ensemble", config.predict.snapshot_ensemble, "1 or more", low=1)
-    _check_range(
-        file,
-        "submission.clip_epsilon",
-        config.submission.clip_epsilon,
-        "0 to 0.5, e.g. 1e-15",
-        low=0,
-        high=0.5,
-    )
-    if not (config.data.max_aspect == 0 or config.data.max_aspect >= 1):  # NaN too
-        raise ConfigError(
-            f"{file}: 'data.max_aspect' = {config.data.max_aspect} must be 0 (no cap) or 1 or more, e.g. 1.5"
-        )
-    for key in ("max_package_mb", "poll_seconds", "timeout_minutes"):
-        if not getattr(config.notebook, key) > 0:  # NaN too
-            raise ConfigError(f"{file}: 'notebook.{key}' = {getattr(config.notebook, key)} must be positive")
-    if config.notebook.hidden_test_images < 0:
-        raise ConfigError(
-            f"{file}: 'notebook.hidden_test_images' = {config.notebook.hidden_test_images} must be 0 (the "
-            "public test count) or the hidden test set's size"
-        )
-    for key in ("label_smoothing", "ema_decay", "layer_decay"):
-        if not 0 <= getattr(config.train, key) < 1:
-            raise ConfigError(
-                f"{file}: 'train.{key}' = {getattr(config.train, key)} must be in [0, 1) (0: off)"
-            )
-    if config.train.label_smoothing and task != "single_label":
-        raise ConfigError(
-            f"{file}: train.label_smoothing spreads a class's probability over the others: task = "
-            f"{task!r} has no classes to spread over; remove it (single_label only)"
-        )
-    if config.predict.weights == "ema" and not config.train.ema_decay:
-        raise ConfigError(f"{file}: predict.weights = 'ema' needs train.ema_decay (e.g. 0.999)")
-    for index, stage in enumerate(config.stages):
-        where = f"{file}: stages[{index}] ({stage.name})"
-        for key in ("image_size", "batch_size"):
-            value = getattr(stage, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"{where}: {key} = {value} must be 1 or more (or left out: train.{key})")
-        for rate in stage.lr if isinstance(stage.lr, tuple) else [stage.lr]:
-            if rate is not None and not (math.isfinite(rate) and rate > 0):
-                raise ConfigError(f"{where}: lr = {rate} must be a positive number, e.g. 1e-3")
-        if not stage.cycle_mult >= 1 or not math.isfinite(stage.cycle_mult):
-            raise ConfigError(f"{where}: cycle_mult = {stage.cycle_mult} must be >= 1")
-        if stage.n_cycles < 1 or not (0 < stage.cycle_len < math.inf):
-            raise ConfigError(f"{where}: n_cycles must be >= 1 and cycle_len > 0")
-        if not -LAYER_GROUPS <= stage.freeze_to < LAYER_GROUPS:
-            raise ConfigError(f"{where}: freeze_to = {stage.freeze_to} must be in -3..2 (3 layer groups)")
-        if stage.precompute and stage.freeze_to % LAYER_GROUPS != LAYER_GROUPS - 1:
-            raise ConfigError(f"{where}: precompute needs a frozen body: set freeze_to = -1")
-        if stage.warmup is not None and not 0 <= stage.warmup < 1:
-            raise ConfigError(f"{where}: warmup = {stage.warmup} must be in [0, 1) (of the first cycle)")
-        if isinstance(stage.lr, tuple) and len(stage.lr) != LAYER_GROUPS:
-            raise ConfigError(
-                f"{where}: lr has {len(stage.lr)} values; give one, or {LAYER_GROUPS} (early, late, head)"
-            )
-        if isinstance(stage.lr, tuple) and config.train.layer_decay:
-            raise ConfigError(
-                f"{where}: with train.layer_decay the rates fall layer by layer from the head's: give one lr"
-            )
-        mixing = (stage.mixup, stage.cutmix, stage.mix_off_epochs)
-        if not all(0 <= value < math.inf for value in mixing) or not 0 <= stage.mix_prob <= 1:
-            raise ConfigError(f"{where}: mixup, cutmix, mix_off_epochs must be >= 0 and mix_prob in [0, 1]")
-        if (stage.mixup or stage.cutmix or stage.pseudo_label is not None) and task != "single_label":
-            raise ConfigError(
-                f"{where}: mixup, cutmix and pseudo_label mix or pick classes: task = {task!r} has none; "
-                "remove them (single_label only)"
-            )
-        if (stage.mixup or stage.cutmix) and stage.precompute:
-            raise ConfigError(
-                f"{where}: mixup/cutmix mix images, and a precompute stage trains on fixed features: "
-                "set them in a stage without precompute"
-            )
-        if stage.pseudo_label is not None:
-            if stage.precompute:
-                raise ConfigError(
-                    f"{where}: pseudo_label needs images (test images join): not with precompute"
-                )
-            if stage.mixup or stage.cutmix:
-                raise ConfigError(
-                    f"{where}: pseudo_label weights each row's loss, which timm's Mixup cannot mix: "
-                    "put mixup/cutmix in another stage"
-                )
-            if not (0 < stage.pseudo_label.threshold <= 1 and 0 < stage.pseudo_label.weight <= 1):
-                raise ConfigError(f"{where}: pseudo_label threshold and weight must be in (0, 1]")
-            if index == 0:
-                raise ConfigError(
-                    f"{where}: pseudo_label needs an earlier stage to train the model that labels"
-                )
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'train.lr=3e-3' -> ('train.lr', 0.003); the value is read as TOML, else as a string."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: write key=value, e.g. --set train.epochs=2")
-    key, raw_value = (part.strip() for part in text.split("=", 1))
-    try:
-        value = tomllib.loads(f"value = {raw_value}")["value"]
-    except tomllib.TOMLDecodeError:
-        value = raw_value
-    return key, value
-
-
-def _apply_override(raw: dict, key: str, value: Any, file: Path) -> None:
-    parts = key.split(".")
-    if parts == ["stages"]:  # a whole recipe, e.g. stages=[{cycle_len=2}]; [] means one plain stage
-        raw["stages"] = value
-        return
-    if len(parts) == 1:  # a bare key: find its section
-        owners = [
-            name for name, cls in SECTIONS.items() if parts[0] in {f.name for f in dataclasses.fields(cls)}
-        ]
-        if len(owners) > 1:
-            raise ConfigError(
-                f"--set {key}: ambiguous; write {' or '.join(f'{owner}.{key}' for owner in owners)}"
-            )
-        if not owners:
-            raise ConfigError(f"--set {key}: unknown key; write section.key, sections: {', '.join(SECTIONS)}")
-        parts = [owners[0], parts[0]]
-    if parts[0] == "stages" and len(parts) == 3 and parts[1].isdigit():
-        stages = raw.get("stages", [])
-        if int(parts[1]) >= len(stages):
-            raise ConfigError(f"--set {key}: {file} has {len(stages)} stages")
-        stages[int(parts[1])][parts[2]] = value
-    elif len(parts) == 2 and parts[0] in SECTIONS:
-        raw.setdefault(parts[0], {})[parts[1]] = value
-    else:
-        raise ConfigError(f"--set {key}: write section.key or stages.N.key; sections: {', '.join(SECTIONS)}")
-
-
-def _read_toml(path: Path) -> dict:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: malformed TOML: {error}") from None
-    for key in (
-        "name",
-        "path",
-    ):  # config_from_dict drops these (a run's config.json has them); a TOML may not
-        if key in raw:
-            raise ConfigError(
-                f"{path}: unknown top-level key '{key}'; the competition's name is its folder's name"
-            )
-    return raw
-
-
-def load_config(path: Path, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read, override and validate one competition.toml."""
-    return config_from_dict(with_overrides(_read_toml(path), overrides, path), path)
-
-
-def with_overrides(raw: dict, overrides: typing.Sequence[str], path: Path) -> dict:
-    """A TOML-shaped dict (a competition.toml, or a run's saved config) with `--set` overrides applied."""
-    for text in overrides:
-        _apply_override(raw, *parse_override(text), path)
-    return raw
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{'train': {'lr': 1}, 'stages': [{'lr': 2}]} -> {'train.lr': 1, 'stages.0.lr': 2}.
-
-    Other lists stay whole.
-    """
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
-    if isinstance(value, (list, tuple)) and value and all(isinstance(item, dict) and item for item in value):
-        return {
-            k: v for index, item in enumerate(value) for k, v in flatten(item, f"{prefix}{index}.").items()
-        }
-    return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
-
-
-def changed_settings(config: Config) -> list[tuple[str, Any, Any]]:
-    """Every resolved key whose value is not the kit's default, as (key, value, default); a stage's keys are
-    compared with a default Stage's (`stages.N.mixup` against Stage().mixup)."""
-    defaults = flatten({name: dataclasses.asdict(cls()) for name, cls in SECTIONS.items()})
-    stage_defaults = flatten(dataclasses.asdict(Stage()))
-    rows = []
-    for key, value in flatten(
-        {k: v for k, v in config.to_dict().items() if k not in ("name", "path")}
-    ).items():
-        parts = key.split(".")
-        default = stage_defaults.get(".".join(parts[2:])) if parts[0] == "stages" else defaults.get(key)
-        if parts[0] == "stages" and parts[2] == "pseudo_label" and len(parts) > 3:
-            default = None  # a stage without pseudo-labels has none of its keys
-        if value != (list(default) if isinstance(default, tuple) else default):
-            rows.append((key, value, default))
-    return rows
-
-
-def value_sources(path: Path, overrides: typing.Sequence[str] = ()) -> list[tuple[str, Any, str]]:
-    """Every resolved key of a competition as (key, value, source), source being "default", "toml" or "--set".
-
-    A key is "--set" when an override names it (or a table holding it, such as `stages`), "toml" when
-    the file states it, else "default".
-    """
-    config = load_config(path, overrides)
-    from_file = flatten(_read_toml(path))
-    overridden = []
-    for text in overrides:
-        key, _ = parse_override(text)
-        if "." not in key and key != "stages":  # a bare key: the section that owns it
-            owners = [
-                name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}
-            ]
-            key = f"{owners[0]}.{key}" if owners else key
-        overridden.append(key)
-    rows = []
-    for key, value in flatten(
-        {k: v for k, v in config.to_dict().items() if k not in ("name", "path")}
-    ).items():
-        if any(key == name or key.startswith(name + ".") for name in overridden):
-            source = "--set"
-        elif key in from_file or (key.startswith("stages.") and "stages" in from_file):
-            source = "toml"
-        else:
-            source = "default"
-        rows.append((key, value, source))
-    return rows
-
-
 def quick_stages(stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
     """The head stages of a recipe (frozen body: seconds per epoch on cached features or small steps);
     a recipe with none keeps its first stage."""
-    head = tuple(stage for stage in stages if stage.freeze_to % LAYER_GROUPS == LAYER_GROUPS - 1)
+    head = tuple(stage for stage in stages if stage.trains_head_only)
     return head or stages[:1]
-
-
-def config_from_dict(raw: dict, path: Path) -> Config:
-    """Build and validate a Config from a TOML-shaped dict (also used to reload a run's config.json)."""
-    raw = {key: value for key, value in raw.items() if key not in ("name", "path")}
-    allowed = [*SECTIONS, "stages"]
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(f"{path}: unknown section '{key}'; allowed: {', '.join(allowed)}")
-    sections = {name: _build(cls, raw.get(name, {}), name, path) for name, cls in SECTIONS.items()}
-    task = sections["competition"].task
-    # Unset keys whose default depends on the task: its first metric, and the label format.
-    if "metric" not in raw.get("competition", {}):
-        sections["competition"] = dataclasses.replace(sections["competition"], metric=TASK_METRICS[task][0])
-    if "format" not in raw.get("submission", {}) and task != "single_label":
-        sections["submission"] = dataclasses.replace(sections["submission"], format="label")
-    stage_tables = raw.get("stages") or []
-    if not isinstance(stage_tables, list):
-        raise ConfigError(f"{path}: 'stages' must be an array of tables: [[stages]]")
-    stages = tuple(_build(Stage, table, f"stages[{i}]", path) for i, table in enumerate(stage_tables))
-    if not stages:  # no recipe given: one plain stage of train.epochs epochs, all layers trained
-        stages = (Stage(cycle_len=float(sections["train"].epochs)),)
-    if sections["train"].recipe == "quick":
-        stages = quick_stages(stages)
-    config = Config(name=path.parent.name, path=path, stages=stages, **sections)
-    _validate(config)
-    return config
-
-
-def competition_names() -> list[str]:
-    return sorted(p.parent.name for p in paths.competitions_dir().glob("*/competition.toml"))
-
-
-def resolve_name(query: str) -> str:
-    """A folder name, a Kaggle slug, or an unambiguous prefix of either -> the folder name."""
-    names = competition_names()
-    slugs = {}
-    for name in names:
-        try:
-            slugs[name] = (
-                tomllib.loads(paths.competition_file(name).read_text())
-                .get("competition", {})
-                .get("kaggle", "")
-            )
-        except tomllib.TOMLDecodeError:
-            slugs[name] = ""
-    exact = [name for name in names if query in (name, slugs[name])]
-    if exact:
-        return exact[0]
-    candidates = [name for name in names if name.startswith(query) or (slugs[name] or "").startswith(query)]
-    if len(candidates) == 1:
-        return candidates[0]
-    if candidates:
-        raise ConfigError(f"competition '{query}' is ambiguous: {', '.join(candidates)}")
-    raise ConfigError(f"unknown competition '{query}'; known: {', '.join(names) or '(none)'}")
-
-
-def load_competition(query: str, overrides: typing.Sequence[str] = ()) -> Config:
-    return load_config(paths.competition_file(resolve_name(query)), overrides)

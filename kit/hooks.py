@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib.util
 import typing
 
-from kit.config import Config, ConfigError
+from kit.config import Config
+from kit.errors import ConfigError
 
 # hooks.py: the fixed, optional functions a competition may define (name -> what it is for).
 HOOKS = {

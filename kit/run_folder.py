@@ -16,7 +16,10 @@ from pathlib import Path
 import click
 
 from kit import paths
-from kit.config import Config, config_from_dict, flatten, with_overrides
+from kit.config import Config
+from kit.config_build import config_from_dict
+from kit.config_overrides import with_overrides
+from kit.config_sources import flatten
 from kit.files import git_commit, make_folder, read_json, utc_stamp, write_json
 
 

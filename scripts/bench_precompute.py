@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kit import commands
-from kit.config import load_competition
+from kit.competitions import load_competition
 from kit.data.folds import load_folds
 from kit.data.labels import load_labels
 from kit.device import place

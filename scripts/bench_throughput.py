@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from kit import device, models
-from kit.config import config_from_dict
+from kit.config_build import config_from_dict
 from kit.data import augment, loader
 from kit.data.images import image_cache
 from kit.predict.inference import view_probabilities

@@ -47,7 +47,7 @@ def digits_download(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KIT_PROJECT_ROOT", str(root))
         from kit import commands
-        from kit.config import load_competition
+        from kit.competitions import load_competition
 
         commands.download(load_competition("digits"))
     return root / "data" / "raw" / "digits"
@@ -96,7 +96,7 @@ def gpu_paths_on_cpu(monkeypatch) -> None:
 def digits(project, digits_download):
     """The embedded digits competition, downloaded into the temporary project; returns a loader of
     its config with the tiny-model overrides plus any extra `key=value` strings."""
-    from kit.config import load_competition
+    from kit.competitions import load_competition
 
     copy_download(digits_download, project)
     return lambda *extra: load_competition("digits", [*TINY, *extra])

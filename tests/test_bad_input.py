@@ -20,7 +20,7 @@ import pytest
 from conftest import TINY, invoke
 from kaggle_standin import KaggleStandIn, image_bytes, kaggle_env, make_zip
 
-from kit.config import load_competition
+from kit.competitions import load_competition
 
 # TINY with a one-step stage and no TTA views: a whole training run takes a few seconds on a loaded CPU.
 QUICK = [*TINY, "stages=[{cycle_len=0.05}]", "predict.tta=0"]

@@ -143,7 +143,7 @@ def test_random_resized_crops_never_upsample_the_cache():
     # upsampled 1.7x. Crops now come from the larger whole-photo cache and are never smaller than the output.
     import albumentations
 
-    from kit.config import load_competition
+    from kit.competitions import load_competition
     from kit.data import augment
 
     config = load_competition("dog-breeds")

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from kit import commands
-from kit.config import ConfigError, load_competition, parse_override, resolve_name
+from kit.competitions import load_competition, resolve_name
+from kit.config_overrides import parse_override
+from kit.errors import ConfigError
 
 
 def write_competition(project: Path, name: str, text: str) -> Path:
@@ -359,7 +361,7 @@ def test_resolve_name_survives_a_broken_neighbour(named):
 
 
 def test_the_quick_recipe_keeps_the_head_stages_only():
-    from kit.config import load_competition
+    from kit.competitions import load_competition
 
     full = load_competition("dog-breeds")
     quick = load_competition("dog-breeds", ["recipe=quick"])  # as `make train SET="recipe=quick"` passes it

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kit.config import load_competition
+from kit.competitions import load_competition
 from kit.data.folds import assign_folds, load_folds, small_classes
 from kit.data.labels import load_labels, load_test
 

@@ -32,7 +32,7 @@ import torch
 from conftest import fold_state
 
 from kit import device, models
-from kit.config import config_from_dict
+from kit.config_build import config_from_dict
 from kit.data import loader
 from kit.train import loop, stage
 

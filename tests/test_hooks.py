@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kit.config import ConfigError, load_competition
+from kit.competitions import load_competition
+from kit.errors import ConfigError
 from kit.hooks import HOOKS, load_hooks
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import invoke, tiny_recipe
 from kaggle_standin import STANDIN_KEY, KaggleStandIn, image_bytes, kaggle_env, make_zip
 
-from kit.config import load_competition, resolve_name
+from kit.competitions import load_competition, resolve_name
 from kit.predict import submission
 
 DOG_SLUG = "dog-breed-identification"

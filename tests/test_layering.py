@@ -28,7 +28,8 @@ LAYERS = {"base": 0, "data": 1, "predict": 2, "train": 3, "kaggle": 4, "report":
 LAYERS["__main__"] = 7
 BASE = {"kit", "config", "paths", "files", "run_folder", "hooks", "metrics", "ledger", "device"}
 BASE |= {"baselines"}
-BASE |= {"distributed", "models", "tasks", "demos"}
+BASE |= {"distributed", "models", "tasks", "demos", "errors", "competitions"}
+BASE |= {"config_build", "config_checks", "config_overrides", "config_sources"}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from kaggle_standin import STANDIN_TOKEN, STANDIN_USERNAME, KaggleStandIn, kaggl
 from test_kaggle_loop import DOG_SLUG, dog_breeds_bundle
 from test_scaffold import SEEDLINGS_SLUG, seedlings_files
 
-from kit.config import load_competition
+from kit.competitions import load_competition
 
 # The dog-breeds recipe cut to seconds; one snapshot predicts, so the run holds weights the package must not.
 RECIPE = [*tiny_recipe((1, 1, 2), tta=1), "predict.snapshot_ensemble=1"]

@@ -13,9 +13,9 @@ import torch
 from conftest import TINY, fold_state
 
 from kit import commands, device
-from kit.config import ConfigError
 from kit.data.images import image_cache
 from kit.data.labels import load_labels
+from kit.errors import ConfigError
 from kit.paths import interim_dir
 from kit.predict import inference
 from kit.run_folder import new_run_dir

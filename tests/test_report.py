@@ -12,7 +12,7 @@ from conftest import invoke
 from PIL import Image
 
 from kit import commands
-from kit.config import config_from_dict
+from kit.config_build import config_from_dict
 from kit.data.folds import load_folds
 from kit.data.labels import load_labels
 from kit.report import plots, report, runs_table
@@ -151,7 +151,7 @@ def test_runs_table_shows_only_settings_that_differ(project):
                 {"metric": "accuracy", "cv": lr * 100, "folds_trained": [0], "seconds": seconds, "folds": {}}
             )
         )
-    from kit.config import load_competition
+    from kit.competitions import load_competition
 
     table = runs_table.runs_table(load_competition("digits"))
     assert list(table.columns) == ["run", "cv", "cv_uncalibrated", "metric", "folds", "minutes", "train.lr"]

@@ -12,7 +12,8 @@ import tomllib
 from conftest import invoke, tiny_recipe
 from kaggle_standin import KaggleStandIn, image_bytes, kaggle_env, make_zip
 
-from kit.config import config_from_dict, load_competition
+from kit.competitions import load_competition
+from kit.config_build import config_from_dict
 from kit.data import labels as data
 from kit.kaggle import scaffold
 

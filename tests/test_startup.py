@@ -51,7 +51,7 @@ def run_kit(*arguments: str, status: int = 0) -> tuple[str, str, list[str]]:
 def digits_with_a_run(project, digits_download):
     """The digits download plus one finished run folder (as training leaves it), so that `kit list` and
     `kit runs` read a run's files, not an empty folder."""
-    from kit.config import load_competition
+    from kit.competitions import load_competition
     from kit.files import write_json
     from kit.run_folder import new_run_dir
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from kit import ledger as ledger_file
-from kit.config import load_competition
+from kit.competitions import load_competition
 from kit.predict import submission
 
 CLASSES = ["akita", "beagle", "pug"]  # sorted, as load_labels gives them

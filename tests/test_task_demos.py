@@ -80,7 +80,7 @@ def test_demo_runs_end_to_end(project, name):
 
 @pytest.mark.parametrize("name", list(DEMOS))
 def test_demo_leaderboards_score_the_answer_key_perfectly_and_the_baselines_poorly(project, name):
-    from kit.config import load_competition
+    from kit.competitions import load_competition
     from kit.hooks import load_hooks
 
     assert invoke("download", name).exit_code == 0

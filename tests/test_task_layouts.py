@@ -14,7 +14,7 @@ import pytest
 from conftest import invoke
 from kaggle_standin import image_bytes
 
-from kit.config import load_competition
+from kit.competitions import load_competition
 from kit.data import labels as data
 from kit.kaggle import package, scaffold
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from kit import metrics, tasks
-from kit.config import ConfigError, config_from_dict
+from kit.config_build import config_from_dict
 from kit.data.folds import assign_binned_folds, assign_tag_folds
+from kit.errors import ConfigError
 from kit.predict.ensemble import fit_weights_squared
 
 

@@ -16,9 +16,9 @@ from conftest import TINY, fold_state
 from torch.nn import functional
 
 from kit import commands, models
-from kit.config import ConfigError
 from kit.data.labels import load_labels, load_test
 from kit.device import to_input
+from kit.errors import ConfigError
 from kit.predict import calibrate, inference
 from kit.report import runs_table
 from kit.run_folder import new_run_dir

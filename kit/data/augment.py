@@ -13,8 +13,9 @@ import albumentations
 import cv2
 import numpy as np
 
-from kit.config import Config, ConfigError
+from kit.config import Config
 from kit.data.images import cache_side
+from kit.errors import ConfigError
 
 PADDING_MODES = {
     "reflect": cv2.BORDER_REFLECT_101,

@@ -19,6 +19,7 @@ from kit.config import Config
 from kit.data.images import cache_side, image_cache
 from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
 from kit.device import batched_inference, place, resize
+from kit.errors import KitError
 from kit.files import save_array, write_json
 from kit.paths import interim_dir
 from kit.predict import calibrate, selection, submission
@@ -186,7 +187,7 @@ def predict_run(config: Config, run_dir: Path, summary: dict, overrides: Sequenc
     and how to apply the fix (retrain, or an override)."""
     try:
         return predict_test(run_config(run_dir, overrides), load_labels(config), run_dir, summary)
-    except click.ClickException as error:
+    except (click.ClickException, KitError) as error:
         note = saved_settings_note(config, run_dir, error.message)
         if not note:
             raise

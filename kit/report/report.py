@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from kit.config import Config, changed_settings
+from kit.config import Config
+from kit.config_sources import changed_settings
 from kit.data.images import decode_or_none
 from kit.data.labels import LabelTable, load_test
 from kit.files import atomic_path, read_json

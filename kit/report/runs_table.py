@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from kit.config import Config, flatten
+from kit.config import Config
+from kit.config_sources import flatten
 from kit.files import read_json
 from kit.run_folder import list_runs
 

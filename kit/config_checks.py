@@ -1,0 +1,166 @@
+"""The checks a competition's settings pass once their types are right (kit.config_build checks those):
+ranges, NaN and infinity, and combinations that cannot work. Each failure is a one-line `ConfigError`
+naming the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from kit.config import LAYER_GROUPS, TASK_METRICS, Config, Stage
+from kit.errors import ConfigError
+
+
+def _check_range(
+    file: Path, key: str, value: float, allowed: str, low=None, high=None, inclusive=True
+) -> None:
+    """One number within its range; NaN and infinity are never in range (TOML allows `nan` and `inf`)."""
+    inside = math.isfinite(value) and (low is None or value > low or (inclusive and value == low))
+    if not inside or (high is not None and value > high):
+        raise ConfigError(f"{file}: '{key}' = {value} must be {allowed}")
+
+
+def validate(config: Config) -> None:
+    """Every check of a built config: its sections, then each stage."""
+    _check_task(config)
+    _check_numbers(config)
+    _check_tricks(config)
+    for index, stage in enumerate(config.stages):
+        _check_stage(config, index, stage)
+
+
+def _check_task(config: Config) -> None:
+    """The metric, submission format and tricks fit the task."""
+    file = config.path
+    task, metric = config.competition.task, config.competition.metric
+    if metric not in TASK_METRICS[task]:
+        raise ConfigError(
+            f"{file}: competition.metric = {metric!r} does not fit task = {task!r}; "
+            f"choose {' or '.join(map(repr, TASK_METRICS[task]))}"
+        )
+    if task != "single_label" and config.submission.format != "label":
+        raise ConfigError(
+            f"{file}: task = {task!r} submits a label column: "
+            "set submission.format = 'label' (or leave it out)"
+        )
+    if config.data.test_dir == ():
+        raise ConfigError(f"{file}: 'data.test_dir' = [] names no folder; give one, or a list of them")
+    if config.submission.format == "binary" and not config.submission.positive_class:
+        raise ConfigError(f"{file}: submission.format = 'binary' needs 'submission.positive_class'")
+
+
+def _check_numbers(config: Config) -> None:
+    """Each section's numbers within their ranges."""
+    file = config.path
+    for key in ("image_size", "batch_size", "epochs", "folds"):
+        if getattr(config.train, key) < 1 or (key == "folds" and config.train.folds < 2):
+            raise ConfigError(f"{file}: 'train.{key}' = {getattr(config.train, key)} is too small")
+    _check_range(file, "train.lr", config.train.lr, "a positive number, e.g. 1e-3", low=0, inclusive=False)
+    _check_range(file, "train.weight_decay", config.train.weight_decay, "0 or more, e.g. 0.01", low=0)
+    _check_range(file, "train.seed", config.train.seed, "0 to 2**32 - 1", low=0, high=2**32 - 1)
+    _check_range(file, "train.num_workers", config.train.num_workers, "-1 (automatic) or more", low=-1)
+    _check_range(file, "data.max_bad_images", config.data.max_bad_images, "0 or more", low=0)
+    _check_range(file, "predict.tta", config.predict.tta, "0 (no TTA) or more", low=0)
+    if not 0.25 <= config.predict.image_scale <= 4:  # NaN too
+        raise ConfigError(
+            f"{file}: 'predict.image_scale' = {config.predict.image_scale} must be between 0.25 and 4 "
+            "(a multiple of the last stage's size, e.g. 1.143 for 256 px after 224; 1: the same size)"
+        )
+    _check_range(file, "predict.snapshot_ensemble", config.predict.snapshot_ensemble, "1 or more", low=1)
+    _check_range(
+        file,
+        "submission.clip_epsilon",
+        config.submission.clip_epsilon,
+        "0 to 0.5, e.g. 1e-15",
+        low=0,
+        high=0.5,
+    )
+    if not (config.data.max_aspect == 0 or config.data.max_aspect >= 1):  # NaN too
+        raise ConfigError(
+            f"{file}: 'data.max_aspect' = {config.data.max_aspect} must be 0 (no cap) or 1 or more, e.g. 1.5"
+        )
+    for key in ("max_package_mb", "poll_seconds", "timeout_minutes"):
+        if not getattr(config.notebook, key) > 0:  # NaN too
+            raise ConfigError(f"{file}: 'notebook.{key}' = {getattr(config.notebook, key)} must be positive")
+    if config.notebook.hidden_test_images < 0:
+        raise ConfigError(
+            f"{file}: 'notebook.hidden_test_images' = {config.notebook.hidden_test_images} must be 0 (the "
+            "public test count) or the hidden test set's size"
+        )
+    for key in ("label_smoothing", "ema_decay", "layer_decay"):
+        if not 0 <= getattr(config.train, key) < 1:
+            raise ConfigError(
+                f"{file}: 'train.{key}' = {getattr(config.train, key)} must be in [0, 1) (0: off)"
+            )
+
+
+def _check_tricks(config: Config) -> None:
+    """Label smoothing and the weights' average fit the task and each other."""
+    file, task = config.path, config.competition.task
+    if config.train.label_smoothing and task != "single_label":
+        raise ConfigError(
+            f"{file}: train.label_smoothing spreads a class's probability over the others: task = "
+            f"{task!r} has no classes to spread over; remove it (single_label only)"
+        )
+    if config.predict.weights == "ema" and not config.train.ema_decay:
+        raise ConfigError(f"{file}: predict.weights = 'ema' needs train.ema_decay (e.g. 0.999)")
+
+
+def _check_stage(config: Config, index: int, stage: Stage) -> None:
+    """One [[stages]] table: its sizes, rates, cycles, frozen groups and tricks."""
+    where = f"{config.path}: stages[{index}] ({stage.name})"
+    task = config.competition.task
+    for key in ("image_size", "batch_size"):
+        value = getattr(stage, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{where}: {key} = {value} must be 1 or more (or left out: train.{key})")
+    for rate in stage.lr if isinstance(stage.lr, tuple) else [stage.lr]:
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            raise ConfigError(f"{where}: lr = {rate} must be a positive number, e.g. 1e-3")
+    if not stage.cycle_mult >= 1 or not math.isfinite(stage.cycle_mult):
+        raise ConfigError(f"{where}: cycle_mult = {stage.cycle_mult} must be >= 1")
+    if stage.n_cycles < 1 or not (0 < stage.cycle_len < math.inf):
+        raise ConfigError(f"{where}: n_cycles must be >= 1 and cycle_len > 0")
+    if not -LAYER_GROUPS <= stage.freeze_to < LAYER_GROUPS:
+        raise ConfigError(f"{where}: freeze_to = {stage.freeze_to} must be in -3..2 (3 layer groups)")
+    if stage.precompute and not stage.trains_head_only:
+        raise ConfigError(f"{where}: precompute needs a frozen body: set freeze_to = -1")
+    if stage.warmup is not None and not 0 <= stage.warmup < 1:
+        raise ConfigError(f"{where}: warmup = {stage.warmup} must be in [0, 1) (of the first cycle)")
+    if isinstance(stage.lr, tuple) and len(stage.lr) != LAYER_GROUPS:
+        raise ConfigError(
+            f"{where}: lr has {len(stage.lr)} values; give one, or {LAYER_GROUPS} (early, late, head)"
+        )
+    if isinstance(stage.lr, tuple) and config.train.layer_decay:
+        raise ConfigError(
+            f"{where}: with train.layer_decay the rates fall layer by layer from the head's: give one lr"
+        )
+    mixing = (stage.mixup, stage.cutmix, stage.mix_off_epochs)
+    if not all(0 <= value < math.inf for value in mixing) or not 0 <= stage.mix_prob <= 1:
+        raise ConfigError(f"{where}: mixup, cutmix, mix_off_epochs must be >= 0 and mix_prob in [0, 1]")
+    if (stage.mixup or stage.cutmix or stage.pseudo_label is not None) and task != "single_label":
+        raise ConfigError(
+            f"{where}: mixup, cutmix and pseudo_label mix or pick classes: task = {task!r} has none; "
+            "remove them (single_label only)"
+        )
+    if (stage.mixup or stage.cutmix) and stage.precompute:
+        raise ConfigError(
+            f"{where}: mixup/cutmix mix images, and a precompute stage trains on fixed features: "
+            "set them in a stage without precompute"
+        )
+    if stage.pseudo_label is not None:
+        _check_pseudo_label(where, index, stage)
+
+
+def _check_pseudo_label(where: str, index: int, stage: Stage) -> None:
+    if stage.precompute:
+        raise ConfigError(f"{where}: pseudo_label needs images (test images join): not with precompute")
+    if stage.mixup or stage.cutmix:
+        raise ConfigError(
+            f"{where}: pseudo_label weights each row's loss, which timm's Mixup cannot mix: "
+            "put mixup/cutmix in another stage"
+        )
+    if not (0 < stage.pseudo_label.threshold <= 1 and 0 < stage.pseudo_label.weight <= 1):
+        raise ConfigError(f"{where}: pseudo_label threshold and weight must be in (0, 1]")
+    if index == 0:
+        raise ConfigError(f"{where}: pseudo_label needs an earlier stage to train the model that labels")
