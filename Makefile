@@ -19,7 +19,7 @@ KIT := $(BIN)/kit
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint list config download files leaderboard folds train resume lr-find predict submit ledger new
+.PHONY: help install demo test test-fast lint list config download files leaderboard folds duplicates train resume lr-find predict submit ledger new
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ leaderboard: $(STAMP) ## Top TOP=10 of COMP's public leaderboard and your team's
 
 folds: $(STAMP) ## Make and show COMP's cross-validation folds
 	$(KIT) folds $(COMP)
+
+duplicates: $(STAMP) ## Find COMP's near-duplicate photos (within train, train/test)
+	$(KIT) duplicates $(COMP)
 
 train: $(STAMP) ## Train COMP (FOLD=0|all, SET="train.epochs=2 ..."; GPUS=N uses torchrun)
 ifeq ($(GPUS),1)

@@ -86,6 +86,15 @@ def folds(competition: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @COMPETITION
+@click.option("--listed", default=20, show_default=True, help="Pairs shown per kind (all are in the CSV).")
+@OVERRIDES
+def duplicates(competition: str, listed: int, overrides: tuple[str, ...]) -> None:
+    """Find near-duplicate photos within train and between train and test."""
+    commands.duplicates(load_competition(competition, overrides), listed)
+
+
+@main.command()
+@COMPETITION
 @click.option(
     "--fold", default="0", show_default=True, help="Fold number, or 'all' for every fold (OOF predictions)."
 )

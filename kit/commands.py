@@ -114,7 +114,7 @@ def leaderboard(config: Config, top: int) -> None:
 
 
 def folds(config: Config) -> None:
-    from kit.data.folds import load_folds  # heavy (scikit-learn)
+    from kit.data.folds import balance_line, load_folds  # heavy (scikit-learn)
 
     labels = load_labels(config)
     assigned = load_folds(config, labels)
@@ -123,6 +123,34 @@ def folds(config: Config) -> None:
     ).explode("class")
     table = pd.crosstab(groups["class"], groups["fold"])
     click.echo(table.to_string())
+    click.echo(balance_line(assigned, labels))
+
+
+def duplicates(config: Config, listed: int) -> None:
+    """`kit duplicates`: near-duplicate photos within train and between train and test (perceptual hashes),
+    training pairs with different labels, written to data/interim/<name>/duplicates.csv."""
+    from kit.data import duplicates as near_duplicates  # heavy (imagehash, a decode of every photo)
+
+    labels = load_labels(config)
+    found = near_duplicates.find(config, labels, load_test(config))
+    table, conflicts = found.table, found.conflicts()
+    click.echo(
+        f"{found.count('train')} near-duplicate pairs within {found.train_images} training images, "
+        f"{len(conflicts)} of them with different labels; {found.count('train-test')} pairs between train "
+        f"and {found.test_images} test images (at most {near_duplicates.MAX_DISTANCE} bits of 64 apart)"
+    )
+    for title, rows in (("labels differ", conflicts), ("train/test", table[table["kind"] == "train-test"])):
+        for row in rows.head(listed).itertuples():
+            other = f" ({row.other_label})" if row.other_label else ""
+            click.echo(f"  {title}: {row.id} ({row.label}) ~ {row.other_id}{other}, {row.distance} bits")
+        if len(rows) > listed:
+            click.echo(f"  {title}: {len(rows) - listed} more")
+    click.echo(f"all pairs: {paths.interim_dir(config.name) / 'duplicates.csv'}")
+    if found.count("train") and config.data.duplicates != "group":
+        click.echo(
+            "set data.duplicates = 'group' in competition.toml to keep each set of copies in one fold "
+            "(move folds.csv away if you made it by hand)"
+        )
 
 
 def show_config(query: str, overrides: tuple[str, ...]) -> None:

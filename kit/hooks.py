@@ -19,6 +19,8 @@ HOOKS = {
     ),
     "score": "score(submission: pd.DataFrame, raw_dir: Path) -> dict[str, float]: a local leaderboard; "
     "when defined, `kit submit` scores the file instead of uploading it",
+    "groups": "groups(ids: list[str], raw_dir: Path) -> list[str]: each training image's group (patient, "
+    "animal, scene), in the order of ids; folds never split a group (used when data.group_column is empty)",
 }
 
 

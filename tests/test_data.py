@@ -266,13 +266,16 @@ def test_folds_are_written_once_and_reused(project):
     assert np.array_equal(again, folds)
     assert (path.stat().st_mtime_ns, path.read_bytes()) == written  # read, not rewritten
 
-    # The file is the record: an edited (still valid) split is what later runs use.
+    # The file is the record: an edited (still valid) split is what later runs use, and another fold
+    # count does not replace it (issue 32).
     edited = saved.assign(fold=np.roll(saved["fold"].astype(int).to_numpy(), 1))
     edited.to_csv(path, index=False)
     assert np.array_equal(load_folds(config, labels), edited["fold"].to_numpy())
-
-    # Another fold count makes a new split.
     five = load_competition("breeds", ["train.folds=5"])
+    assert "set train.folds = 3" in error_message(load_folds, five, labels)
+
+    # The kit's own split, unedited, is made again for another fold count.
+    path.write_bytes(written[1])
     refolded = load_folds(five, labels)
     assert set(refolded.tolist()) == {0, 1, 2, 3, 4}
     assert pd.read_csv(path)["fold"].tolist() == refolded.tolist()
