@@ -42,7 +42,8 @@ def test_views_and_weight_files_that_do_not_pay_are_dropped():
     assert chosen["score"] == pytest.approx(
         calibrate.log_loss(selection.blend(kept, tuple(chosen["weights"]), (0, 1)), targets)
     )
-    assert chosen["cost"] < chosen["default"]["cost"] and len(chosen["candidates"]) == 6
+    # both files, the last, the first, each with 3 view sets: every file alone is a candidate too
+    assert chosen["cost"] < chosen["default"]["cost"] and len(chosen["candidates"]) == 9
 
 
 def test_a_costlier_choice_must_gain_at_least_the_minimum():
@@ -58,6 +59,42 @@ def test_a_costlier_choice_must_gain_at_least_the_minimum():
     noisy = [{"last": kept_views(rng, targets, [1.5, 1.5, 1.5])}]
     assert selection.choose("log_loss", noisy, [targets], ["last"], 3, 0.002)["views"] == [0, 1, 2]
     assert selection.choose("accuracy", noisy, [targets], ["last"], 3, 10.0)["views"] == [0, 1, 2]
+
+
+def test_every_stages_weights_are_candidates_and_the_harmful_ones_are_left_out():
+    # Four files: the head stages' final weights (good), the unfrozen stage's snapshots (one harmful).
+    # The default (the config's rule: the snapshots) is a candidate, but a better file outside it wins.
+    rng = np.random.default_rng(5)
+    targets = rng.integers(0, 5, 2000)
+    kept = {
+        "stage-0": kept_views(rng, targets, [0.8, 0.8]),
+        "stage-1": kept_views(rng, targets, [0.3, 0.3]),
+        "snapshot-1": kept_views(rng, targets, [6.0, 6.0]),  # a harmful cycle: noise
+        "snapshot-2": kept_views(rng, targets, [5.0, 5.0]),
+    }
+    names = list(kept)
+    chosen = selection.choose(
+        "log_loss", [kept], [targets], names, 2, 0.002, default=["snapshot-1", "snapshot-2"]
+    )
+    assert chosen["default"]["weights"] == ["snapshot-1", "snapshot-2"]
+    assert "snapshot-1" not in chosen["weights"] and "snapshot-2" not in chosen["weights"]
+    assert "stage-1" in chosen["weights"]
+    assert chosen["score"] < chosen["default"]["score"]
+    # Blends are grown from the best file: two good, independent files blend better than either.
+    twins = {"a": kept_views(rng, targets, [1.0]), "b": kept_views(rng, targets, [1.0])}
+    blended = selection.choose("log_loss", [twins], [targets], ["a", "b"], 1, 0.002, default=["a"])
+    assert blended["weights"] == ["a", "b"] and blended["cost"] == 2
+
+
+def test_at_equal_score_the_cheaper_candidate_is_taken():
+    # Copies of one file: every blend scores as one file alone, so one file and one view predict.
+    rng = np.random.default_rng(6)
+    targets = rng.integers(0, 5, 1000)
+    same = np.repeat(kept_views(rng, targets, [0.5]), 2, axis=0)  # two identical views
+    kept = {name: same.copy() for name in ("stage-0", "stage-1", "last")}
+    chosen = selection.choose("log_loss", [kept], [targets], list(kept), 2, 0.0)
+    assert chosen["cost"] == 1 and len(chosen["weights"]) == 1 and chosen["views"] == [0]
+    assert chosen["default"]["cost"] == 6
 
 
 @pytest.mark.slow

@@ -23,19 +23,31 @@ from kit.tasks import SINGLE_LABEL, SingleLabel
 
 
 def candidates(
-    weight_names: list[str], view_count: int, fewest_views: int = 1
+    weight_names: list[str], view_count: int, fewest_views: int = 1, default: list[str] | None = None
 ) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
-    """(weight files, view indices) to try, the default (all of both) first; no duplicates; none with
-    fewer than `fewest_views` views (2: the plain view never goes without its mirror)."""
-    weight_sets = [tuple(weight_names), tuple(weight_names[-1:])]
-    view_sets = [tuple(range(view_count)), tuple(range(min(2, view_count))), (0,)]
-    view_sets = [views for views in view_sets if len(views) >= min(fewest_views, view_count)]
+    """(weight files, view indices) to try, the default (the `default` files, else all; all views) first;
+    then the default's last file alone, and every file alone; no duplicates; none with fewer than
+    `fewest_views` views (2: the plain view never goes without its mirror). Blends beyond the default are
+    added by `choose`, greedily, from the scores."""
+    default_set = tuple(default if default is not None else weight_names)
+    singles = [(name,) for name in weight_names]
+    weight_sets = [default_set, default_set[-1:], *singles]
     found = []
     for weights in weight_sets:
-        for views in view_sets:
-            if (weights, views) not in found:
+        for views in view_sets(view_count, fewest_views):
+            if weights and (weights, views) not in found:
                 found.append((weights, views))
     return found
+
+
+def view_sets(view_count: int, fewest_views: int = 1) -> list[tuple[int, ...]]:
+    """All views, the plain view and its mirror, the plain view alone: none with fewer than `fewest_views`."""
+    sets = [tuple(range(view_count)), tuple(range(min(2, view_count))), (0,)]
+    kept = []
+    for views in sets:
+        if len(views) >= min(fewest_views, view_count) and views not in kept:
+            kept.append(views)
+    return kept
 
 
 def average(stack, mean: str = "probabilities", task: SingleLabel = SINGLE_LABEL) -> np.ndarray:
@@ -57,6 +69,12 @@ def blend(
     return average([average(kept[name][list(views)], mean, task) for name in weights], mean, task)
 
 
+def pays(gain: float, min_gain: float) -> bool:
+    """Whether a costlier candidate's gain pays for it: at least `min_gain`, and more than rounding (an
+    equal score never pays for more forward passes, even with a minimum of 0)."""
+    return gain >= min_gain and gain > 1e-12
+
+
 def choose(
     metric: str,
     kept_by_fold: list[dict[str, np.ndarray]],
@@ -67,37 +85,65 @@ def choose(
     task: SingleLabel = SINGLE_LABEL,
     fewest_views: int = 1,
     mean: str = "probabilities",
+    default: list[str] | None = None,
 ) -> dict:
     """The weight files and views that predict, and every candidate's OOF score and cost.
 
-    kept_by_fold: per trained fold, {weight file stem: views x rows x outputs}. Scored as the task scores
-    (kit.tasks) at its default decisions (thresholds 0.5, rounding): decisions are fitted afterwards, on
-    the chosen blend.
+    kept_by_fold: per trained fold, {weight file stem: views x rows x outputs}; `weight_names` are every
+    candidate file (every stage's final weights, snapshots), `default` the files the config's rule names
+    (kit.predict.inference.prediction_weights; None: all). Besides `candidates`, blends are grown greedily
+    from the best single file, one file at a time while a file gains at least `min_gain`. Scored as the
+    task scores (kit.tasks) at its default decisions (thresholds 0.5, rounding): decisions are fitted
+    afterwards, on the chosen blend. The cheapest candidate not worse than the default is taken (the best
+    of those at one cost), then a costlier one only when it gains at least `min_gain` over it.
     """
     higher = metrics.METRICS[metric].higher_is_better
     targets = np.concatenate(targets_by_fold)
-    tried = []
-    for weights, views in candidates(weight_names, view_count, fewest_views):
+    order = {name: index for index, name in enumerate(weight_names)}
+    tried: list[dict] = []
+
+    def score(weights: tuple[str, ...], views: tuple[int, ...]) -> dict:
+        weights = tuple(sorted(weights, key=order.get))  # one order per set: duplicates are found
+        for item in tried:
+            if tuple(item["weights"]) == weights and tuple(item["views"]) == views:
+                return item
         probabilities = np.concatenate([blend(kept, weights, views, mean, task) for kept in kept_by_fold])
-        score = task.score(metrics.METRICS[metric], targets, probabilities)
-        tried.append(
-            {
-                "weights": list(weights),
-                "views": list(views),
-                "score": score,
-                "cost": len(weights) * len(views),
-            }
-        )
-    default = tried[0]
+        value = task.score(metrics.METRICS[metric], targets, probabilities)
+        item = {
+            "weights": list(weights),
+            "views": list(views),
+            "score": value,
+            "cost": len(weights) * len(views),
+        }
+        tried.append(item)
+        return item
 
     def gain(new: dict, old: dict) -> float:  # positive: `new` is better
         return (new["score"] - old["score"]) if higher else (old["score"] - new["score"])
 
+    for weights, views in candidates(weight_names, view_count, fewest_views, default):
+        score(weights, views)
+    default_item = tried[0]
+    for views in view_sets(view_count, fewest_views):  # blends: greedy forward selection of files
+        singles = [score((name,), views) for name in weight_names]
+        grown = max(singles, key=lambda item: item["score"] if higher else -item["score"])
+        while len(grown["weights"]) < len(weight_names):
+            added = [
+                score((*grown["weights"], name), views)
+                for name in weight_names
+                if name not in grown["weights"]
+            ]
+            better = max(added, key=lambda item: gain(item, grown))
+            if not pays(gain(better, grown), min_gain):
+                break
+            grown = better
+
     chosen = None
-    for candidate in sorted(tried, key=lambda item: item["cost"]):  # cheapest first
+    cheapest_first = sorted(tried, key=lambda item: (item["cost"], -gain(item, default_item)))
+    for candidate in cheapest_first:  # at one cost, the best first
         if chosen is None:
-            if gain(candidate, default) >= -1e-12:  # equal but for rounding (a mean of more copies)
+            if gain(candidate, default_item) >= -1e-12:  # equal but for rounding (a mean of more copies)
                 chosen = candidate
-        elif gain(candidate, chosen) >= min_gain:
+        elif pays(gain(candidate, chosen), min_gain):
             chosen = candidate
-    return {**(chosen or default), "default": default, "candidates": tried, "min_gain": min_gain}
+    return {**(chosen or default_item), "default": default_item, "candidates": tried, "min_gain": min_gain}

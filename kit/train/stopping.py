@@ -1,0 +1,126 @@
+"""Stop a recipe that stops paying (train.stop_when_worse): at the end of every SGDR cycle (where snapshots
+are taken) and of every stage, the fold's out-of-fold score (the epoch's validation on the fold's held-out
+rows) is compared with the best of the earlier check points; when it is not better by train.min_stage_gain,
+the rest of that stage and the remaining stages of the fold are skipped.
+
+Checking only at a stage's end would still spend the whole harmful stage: on a five-breed photo set the
+unfrozen stage is the last one and costs 4x the head stages (issue 31). The decisions here are pure
+functions of plain values (scores, epochs, seconds); kit.train.loop and kit.train.cross_validation act on
+them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A point where the recipe may stop: an SGDR cycle's end or a stage's end, and its OOF score."""
+
+    stage_index: int
+    stage: str
+    epoch: int  # epochs into the stage, 1-based: the check follows this epoch's validation
+    kind: str  # "cycle" (a cycle ended within the epoch) or "stage" (the stage's last epoch)
+    score: float  # the competition's metric on the fold's held-out rows
+    weights: str | None = None  # the stem of a weight file holding these weights (a snapshot), if any
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gain(score: float, best: float, higher_is_better: bool) -> float:
+    """How much better `score` is than `best` (positive: better), whatever the metric's direction."""
+    return score - best if higher_is_better else best - score
+
+
+def pays(score: float, best: float | None, min_gain: float, higher_is_better: bool) -> bool:
+    """Whether a check point's score beats the best so far by more than `min_gain` (the first always pays;
+    a NaN score never does)."""
+    if math.isnan(score):
+        return False
+    return best is None or gain(score, best, higher_is_better) > min_gain
+
+
+def best_of(scores: Sequence[float], higher_is_better: bool) -> float | None:
+    """The best finite score, None when there is none."""
+    finite = [score for score in scores if not math.isnan(score)]
+    if not finite:
+        return None
+    return max(finite) if higher_is_better else min(finite)
+
+
+def should_stop(scores: Sequence[float], min_gain: float, higher_is_better: bool) -> bool:
+    """Whether the recipe stops after the last of these check-point scores (in the order they were
+    reached): it is not better than the best of the earlier ones by more than `min_gain`."""
+    if not scores:
+        return False
+    return not pays(scores[-1], best_of(scores[:-1], higher_is_better), min_gain, higher_is_better)
+
+
+def check_epochs(cycle_end_epochs: Sequence[float], stage_epochs: float) -> list[int]:
+    """The epochs (1-based, within a stage) after whose validation the recipe is checked: each epoch in
+    which an SGDR cycle ends (a cycle ending mid-epoch is checked at that epoch's end), and the last."""
+    last = max(1, math.ceil(stage_epochs - 1e-9))
+    found = {min(last, max(1, math.ceil(end - 1e-9))) for end in cycle_end_epochs}
+    return sorted(found | {last})
+
+
+def epochs_left(stage_epochs: Sequence[float], stage_index: int, epoch: int) -> float:
+    """Epochs a stop after `epoch` of stage `stage_index` skips: the rest of that stage and every later
+    stage (`stage_epochs`: each stage's length in epochs)."""
+    rest = max(0.0, math.ceil(stage_epochs[stage_index] - 1e-9) - epoch)
+    return rest + sum(math.ceil(epochs - 1e-9) for epochs in stage_epochs[stage_index + 1 :])
+
+
+def seconds_saved(
+    stage_epochs: Sequence[float], stage_index: int, epoch: int, epoch_seconds: Sequence[float]
+) -> float:
+    """The time a stop saves, estimated at the stopping stage's pace: the epochs left times the mean of
+    `epoch_seconds` (that stage's epochs so far). Later stages that train the whole network cost at least
+    that much; head stages after an unfrozen one are rare."""
+    if not epoch_seconds:
+        return 0.0
+    return epochs_left(stage_epochs, stage_index, epoch) * sum(epoch_seconds) / len(epoch_seconds)
+
+
+def stop_line(
+    fold: int,
+    checkpoint: Checkpoint,
+    best: float,
+    metric: str,
+    epochs: float,
+    seconds: float,
+    min_gain: float,
+) -> str:
+    """One line: where the fold stopped, the two figures and the time saved."""
+    where = "its end" if checkpoint.kind == "stage" else f"the cycle ending in epoch {checkpoint.epoch}"
+    return (
+        f"fold {fold}: stopped in stage '{checkpoint.stage}' at {where}: OOF {metric} {checkpoint.score:.4f} "
+        f"is not better than the best so far, {best:.4f}, by more than train.min_stage_gain = {min_gain:g}; "
+        f"skipping {epochs:g} epochs (about {seconds / 60:.1f} min); train.stop_when_worse = false "
+        "trains them"
+    )
+
+
+def stage_outcomes(
+    stage_names: Sequence[str], stage_epochs: Sequence[float], trained: Sequence[dict], stop: dict | None
+) -> list[dict]:
+    """What happened to each stage of a fold, for the run's records (resume point, metrics.json, report,
+    kit runs): "ran" (every epoch), "stopped" (ended early by the stop) or "skipped" (never started), with
+    the epochs trained and, when not run to its end, why. `trained`: the fold's history records (each
+    with its stage_index); `stop`: the stop as recorded (stage_index, epoch, reason), None without one."""
+    outcomes = []
+    for index, (name, epochs) in enumerate(zip(stage_names, stage_epochs, strict=True)):
+        done = sum(1 for record in trained if record["stage_index"] == index)
+        outcome = {"stage": name, "stage_index": index, "epochs": done, "of": math.ceil(epochs - 1e-9)}
+        if stop is not None and index == stop["stage_index"]:  # its weights at the stop did not pay
+            outcome.update(status="stopped" if done < outcome["of"] else "ran", why=stop["reason"])
+        elif stop is not None and index > stop["stage_index"]:
+            outcome.update(status="skipped", why=stop["reason"])
+        else:
+            outcome["status"] = "ran" if done >= outcome["of"] else "unfinished"
+        outcomes.append(outcome)
+    return outcomes
