@@ -193,3 +193,31 @@ def test_planted_duplicates_are_found_listed_and_grouped(project):
     for copy, original in copies.items():
         if copy != "leaked":
             assert fold_of[copy] == fold_of[original], copy
+
+
+def test_kit_new_detects_an_obvious_group_column_and_says_so(tmp_path):
+    import tomllib
+
+    from kit.kaggle import scaffold
+
+    raw = tmp_path / "raw"
+    (raw / "train").mkdir(parents=True)
+    (raw / "test").mkdir()
+    ids = [f"scan{n}" for n in range(12)]
+    for identifier in ids + ["t1"]:
+        folder = raw / ("test" if identifier == "t1" else "train")
+        Image.fromarray(np.full((8, 8, 3), 90, dtype=np.uint8)).save(folder / f"{identifier}.jpg")
+    table = {"image": ids, "Patient_ID": [f"p{n // 3}" for n in range(12)], "target": ["a", "b"] * 6}
+    pd.DataFrame(table).to_csv(raw / "train.csv", index=False)
+    (raw / "sample_submission.csv").write_text("image,target\nt1,a\n")
+    layout = scaffold.inspect(raw)
+    assert layout.data["group_column"] == "Patient_ID"
+    written = tomllib.loads(scaffold.render("scans", "", layout, "accuracy"))
+    assert written["data"]["group_column"] == "Patient_ID"
+    said = scaffold.report(layout, "accuracy", tmp_path / "competition.toml")
+    assert "groups: 'Patient_ID' (data.group_column): folds never split a group" in said
+
+    pd.DataFrame({key: table[key] for key in ("image", "target")}).to_csv(raw / "train.csv", index=False)
+    layout = scaffold.inspect(raw)
+    assert "group_column" not in layout.data
+    assert "no group column found" in scaffold.report(layout, "accuracy", tmp_path / "competition.toml")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kit.config import TASK_METRICS
+from kit.data.groups import obvious_group_column
 from kit.data.labels import parse_csv
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -172,7 +173,8 @@ def infer_labels(
     found = _label_csv(raw_dir, train_dir, sample, preferred)
     if found:
         path, id_column, label_column = found
-        values = parse_csv(path, dtype=str, keep_default_na=False)[label_column]
+        table = parse_csv(path, dtype=str, keep_default_na=False)
+        values = table[label_column]
         task, notes = infer_task(values)
         counts = Counter(values.str.split().explode() if task == "multi_label" else values)
         data = {
@@ -181,6 +183,9 @@ def infer_labels(
             "id_column": id_column,
             "label_column": label_column,
         }
+        group = obvious_group_column([c for c in table.columns if c not in (id_column, label_column)])
+        if group:  # photos of one patient (animal, scene) in two folds would flatter CV
+            data["group_column"] = group
         return data, counts, task, notes
     named = _filename_labels(train_dir)
     if named:
@@ -413,6 +418,10 @@ def report(layout: Layout, metric: str, target: Path) -> str:
         [
             f"wrote {target}",
             f"  labels: {source}; task {layout.task}; {len(classes)} distinct ({shown})",
+            f"  groups: {data['group_column']!r} (data.group_column): folds never split a group"
+            if data.get("group_column")
+            else "  groups: no group column found (photos sharing a patient, animal or scene? set "
+            "data.group_column, or define groups() in hooks.py)",
             f"  images: {data['train_dir']}/ and {data['test_dir']}/, *{data['extension']}",
             f"  submission: {data['sample_submission']} -> format {submission['format']}{positive}; "
             f"metric {metric}",
