@@ -37,6 +37,7 @@ from kit.kaggle import download as kaggle_download
 from kit.kaggle import kernels, scaffold
 from kit.report.runs_table import runs_table
 from kit.run_folder import (
+    best_run,
     find_run,
     finished_runs,
     list_runs,
@@ -357,7 +358,13 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     if run is None and not finished_runs(config):
         click.echo(f"no trained run of {config.name}: training one first")
         _train_in_new_run(load_for_training(config.name), load_labels(config), "0")
-    run_dir = find_run(config, run)
+    if run is None:
+        from kit.metrics import METRICS  # heavy (scikit-learn)
+
+        run_dir, why = best_run(config, METRICS[config.competition.metric].higher_is_better)
+        click.echo(f"submitting {why}")
+    else:
+        run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit submit")
     path = submission_file(config, run_dir, summary, remake=False)
     # Labels stay text ('007' is not 7); probabilities are read as numbers so that NaN is seen.

@@ -113,6 +113,30 @@ def find_run(config: Config, run: str | None) -> Path:
     return matches[0]
 
 
+def best_run(config: Config, higher_is_better: bool) -> tuple[Path, str]:
+    """The finished run or blend with the best CV of the competition's metric (the newest among equals),
+    and one line saying which and why; runs without a CV in that metric are left out."""
+    scored = []
+    for run_dir in finished_runs(config):
+        summary = read_json(run_dir / "metrics.json")
+        if summary.get("metric") == config.competition.metric and isinstance(summary.get("cv"), int | float):
+            scored.append((run_dir, float(summary["cv"]), summary.get("folds_trained")))
+    if not scored:
+        return find_run(config, None), f"no finished run has a CV in {config.competition.metric}: the newest"
+    best = 0
+    for index, (_, cv, _) in enumerate(scored):
+        if (cv >= scored[best][1]) if higher_is_better else (cv <= scored[best][1]):  # ties: the newer
+            best = index
+    run_dir, cv, folds = scored[best]
+    newest = scored[-1]
+    why = f"{run_dir.name}: the best CV {config.competition.metric} {cv:.4f} of {len(scored)} finished runs"
+    if newest[0] != run_dir:
+        why += f" (the newest, {newest[0].name}, {newest[1]:.4f})"
+    if len({str(item[2]) for item in scored}) > 1:
+        why += f"; its CV is on folds {folds}, and runs on other folds are compared as they are"
+    return run_dir, why + "; --run RUN picks another"
+
+
 def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
     """The config a run was trained with (its saved copy), so prediction matches training; `overrides`
     (`kit predict --set`) change it for this prediction only."""
