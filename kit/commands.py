@@ -549,6 +549,17 @@ def ledger(config: Config) -> pd.DataFrame:
         .reset_index(drop=True)
     )
     click.echo(result.to_string(index=False) if len(result) else f"no submissions of {config.name} yet")
+    points = submission_ledger.cv_and_public(result)
+    line = submission_ledger.correlation_line(points)
+    click.echo(line)
+    if len(points) >= 2:
+        from kit.report import plots  # heavy (matplotlib)
+
+        target = paths.submissions_dir() / f"{config.name}-cv-vs-public.png"
+        plots.plot_cv_against_public(
+            points["cv"].to_numpy(), points["public"].to_numpy(), config.competition.metric, line, target
+        )
+        click.echo(f"plot: {target}")
     return result
 
 

@@ -96,3 +96,44 @@ def merge_kaggle_scores(
             entry["private_score"] or "",
         ]
     return ledger, strangers
+
+
+# Fewer scored submissions than this, and a correlation says nothing about whether CV can be trusted.
+MIN_POINTS_FOR_CORRELATION = 3
+
+
+def cv_and_public(rows: pd.DataFrame) -> pd.DataFrame:
+    """Ledger rows (as strings) that have both a CV and a public score, as numbers: file, cv, public."""
+    numbers = pd.DataFrame(
+        {
+            "file": rows["file"],
+            "cv": pd.to_numeric(rows["cv"], errors="coerce"),
+            "public": pd.to_numeric(rows["public_score"], errors="coerce"),
+        }
+    )
+    return numbers.dropna().reset_index(drop=True)
+
+
+def correlation_line(points: pd.DataFrame) -> str:
+    """One line: how closely CV follows the public score over the scored submissions (Pearson and
+    Spearman), and what that means for choosing submissions by CV."""
+    count = len(points)
+    if count < MIN_POINTS_FOR_CORRELATION:
+        return (
+            f"CV against public score: {count} scored submissions with a CV; a correlation needs "
+            f"{MIN_POINTS_FOR_CORRELATION} or more"
+        )
+    if points["cv"].nunique() < 2 or points["public"].nunique() < 2:
+        return f"CV against public score: {count} submissions, but one of them never changes: no correlation"
+    pearson = points["cv"].corr(points["public"])
+    spearman = points["cv"].rank().corr(points["public"].rank())
+    verdict = (
+        "CV orders submissions as the leaderboard does"
+        if spearman >= 0.8
+        else "CV and the leaderboard disagree often: check the folds (groups, near-duplicates) before "
+        "trusting CV to choose"
+    )
+    return (
+        f"CV against public score: {count} submissions, Pearson r {pearson:.2f}, Spearman {spearman:.2f}: "
+        + verdict
+    )

@@ -7,6 +7,7 @@ no display needed, safe on a headless GPU box.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -222,4 +223,23 @@ def plot_predicted_vs_true(true: np.ndarray, predicted: np.ndarray, path: Path) 
     axes.set_xlabel("true")
     axes.set_ylabel("predicted (out of fold)")
     axes.legend()
+    return save(figure, path)
+
+
+def plot_cv_against_public(
+    cv: np.ndarray, public: np.ndarray, metric: str, title: str, path: Path, marked: int | None = None
+) -> Path:
+    """Each submission's CV against its public leaderboard score (`marked`: this run's, in red), with the
+    diagonal y = x: points along a rising line mean CV can be trusted to choose."""
+    figure = Figure(figsize=(5.5, 5.5))
+    axes = figure.add_subplot()
+    axes.scatter(cv, public, s=24, color="C0")
+    if marked is not None:
+        axes.scatter(cv[marked], public[marked], s=48, color="C3", label="this run")
+        axes.legend()
+    low, high = float(min(cv.min(), public.min())), float(max(cv.max(), public.max()))
+    axes.plot([low, high], [low, high], color="0.6", linestyle="--", linewidth=1)
+    axes.set_xlabel(f"CV {metric}")
+    axes.set_ylabel(f"public score ({metric})")
+    axes.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
     return save(figure, path)

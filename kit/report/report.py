@@ -23,7 +23,8 @@ from kit.config_sources import changed_settings
 from kit.data.images import decode_or_none
 from kit.data.labels import LabelTable, load_test
 from kit.files import atomic_path, read_json
-from kit.ledger import read_ledger
+from kit.ledger import correlation_line, cv_and_public, read_ledger
+from kit.paths import interim_dir
 from kit.predict import calibrate
 from kit.report import plots
 from kit.run_folder import run_config as saved_run_config
@@ -289,6 +290,43 @@ def submission_rows(run_dir: Path) -> pd.DataFrame:
     return entries[["time_utc", "file", "status", "public_score", "message"]]
 
 
+def leaderboard_section(config: Config, run_dir: Path) -> str:
+    """Every scored submission of the competition, CV against public score, this run's marked; or ''."""
+    ledger = read_ledger()
+    rows = ledger[ledger["competition"] == config.name]
+    points = cv_and_public(rows)
+    if len(points) < 2:
+        return ""
+    line = correlation_line(points)
+    mine = rows.loc[rows["run"] == run_dir.name, "file"]
+    marked = next((index for index, file in enumerate(points["file"]) if file in set(mine)), None)
+    path = plots.plot_cv_against_public(
+        points["cv"].to_numpy(), points["public"].to_numpy(), config.competition.metric, line,
+        run_dir / "cv-vs-public.png", marked,
+    )  # fmt: skip
+    return _image("CV against the leaderboard", path) + f'<p class="note">{html.escape(line)}</p>'
+
+
+def duplicates_section(config: Config, shown: int = 30) -> str:
+    """`kit duplicates`' findings (data/interim/<name>/duplicates.csv): train/test pairs and training pairs
+    whose labels differ; '' when it has not been run."""
+    path = interim_dir(config.name) / "duplicates.csv"
+    if not path.exists():
+        return '<h2>Near-duplicates</h2><p class="note">not searched: <code>kit duplicates</code></p>'
+    found = pd.read_csv(path, dtype=str, keep_default_na=False)
+    train = found[found["kind"] == "train"]
+    conflicts = train[train["label"] != train["other_label"]]
+    test = found[found["kind"] == "train-test"]
+    text = (
+        f"<h2>Near-duplicates</h2><p>{len(train)} pairs within train ({len(conflicts)} with different "
+        f"labels), {len(test)} between train and test (data.duplicates = {config.data.duplicates!r})</p>"
+    )
+    for title, rows in (("Train/test pairs", test), ("Training pairs with different labels", conflicts)):
+        if len(rows):
+            text += f"<h3>{title}</h3>" + _table(rows.head(shown).drop(columns="kind"))
+    return text
+
+
 def _image(title: str, path: Path) -> str:
     return f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_embed(path)}">'
 
@@ -432,6 +470,8 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             }
         )
         sections.append("<h2>Per class (out of fold)</h2>" + _table(per_class))
+    sections.append(leaderboard_section(config, run_dir))
+    sections.append(duplicates_section(config))
     changed = pd.DataFrame(changed_settings(run_config), columns=["setting", "value", "kit default"])
     sections.append(
         "<h2>Recipe options (settings that differ from the kit's defaults)</h2>"
