@@ -57,8 +57,8 @@ list: $(STAMP) ## List competitions and their status
 config: $(STAMP) ## Print COMP's resolved config: every key, its value and its source (default, toml, SET=)
 	$(KIT) config $(COMP) $(foreach s,$(SET),--set $(s))
 
-download: $(STAMP) ## Download COMP's files into data/raw/COMP (once; resumes; FILE=name for one file)
-	$(KIT) download $(COMP) $(if $(FILE),--file $(FILE))
+download: $(STAMP) ## Download COMP's files into data/raw/COMP (once; resumes; FILE=name for one file; HAND_FILLED=1 marks files you put there)
+	$(KIT) download $(COMP) $(if $(FILE),--file $(FILE)) $(if $(HAND_FILLED),--hand-filled)
 
 files: $(STAMP) ## List COMP's files on Kaggle and their sizes
 	$(KIT) files $(COMP)
@@ -108,5 +108,5 @@ ensemble: $(STAMP) ## Blend COMP's RUNS="a b" on OOF (fitted weights, calibratio
 ledger: $(STAMP) ## Refresh COMP's leaderboard scores from Kaggle; show them next to CV
 	$(KIT) ledger $(COMP)
 
-new: $(STAMP) ## Fork for a new competition: make new COMP=name SLUG=kaggle-slug [METRIC=f1_micro]
-	$(KIT) new $(COMP) $(if $(SLUG),--kaggle $(SLUG)) $(if $(METRIC),--metric $(METRIC))
+new: $(STAMP) ## Fork for a new competition: make new COMP=name SLUG=kaggle-slug [METRIC=f1_micro] [FROM_RAW=1] [LIKE=cats-vs-dogs]
+	$(KIT) new $(COMP) $(if $(SLUG),--kaggle $(SLUG)) $(if $(METRIC),--metric $(METRIC)) $(if $(FROM_RAW),--from-raw) $(if $(LIKE),--like $(LIKE))

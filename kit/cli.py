@@ -54,9 +54,14 @@ def list_command() -> None:
     metavar="NAME",
     help="Only this file of the competition (see `kit files`).",
 )
-def download(competition: str, file: str | None) -> None:
+@click.option(
+    "--hand-filled",
+    is_flag=True,
+    help="Fetch nothing: check the files you put in data/raw/<name> and mark them as its data.",
+)
+def download(competition: str, file: str | None, hand_filled: bool) -> None:
     """Fetch the competition's files into data/raw/<name> (once), resuming an interrupted download."""
-    commands.download(load_competition(competition), file)
+    commands.download(load_competition(competition), file, hand_filled)
 
 
 @main.command()
@@ -180,9 +185,18 @@ def ledger_command(competition: str) -> None:
 @click.option(
     "--from-raw", is_flag=True, help="Use the files already in data/raw/NAME instead of downloading."
 )
-def new(name: str, slug: str, metric: str | None, from_raw: bool) -> None:
-    """Fork the kit for a new competition: download, inspect, write competitions/NAME/competition.toml."""
-    commands.new_competition(name, slug, metric, from_raw)
+@click.option(
+    "--like",
+    default=None,
+    metavar="COMPETITION",
+    help="Start from a shipped competition's recipe (e.g. cats-vs-dogs, dog-breeds) instead of the kit's.",
+)
+def new(name: str, slug: str, metric: str | None, from_raw: bool, like: str | None) -> None:
+    """Fork the kit for a new competition: download, inspect, write competitions/NAME/competition.toml.
+
+    The TOML holds the recipe with the defaults the kit's measurements support for the metric and kind
+    (clip, views, averaging), each after a comment naming the measurement."""
+    commands.new_competition(name, slug, metric, from_raw, like)
 
 
 @main.command()

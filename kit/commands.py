@@ -11,9 +11,11 @@ second of start-up too, so `--help`, list, runs, ledger and config do without it
 
 from __future__ import annotations
 
+import os
 import tempfile
 import typing
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -22,15 +24,26 @@ import numpy as np
 import pandas as pd
 import tomllib
 
+from kit import baselines, paths, tasks
 from kit import ledger as submission_ledger
-from kit import paths, tasks
 from kit.competitions import competition_names, load_competition, resolve_name
 from kit.config import Config, MetricName
 from kit.config_build import config_from_dict, load_config
 from kit.config_sources import value_sources
 from kit.data.labels import LabelTable, load_labels, load_test, parse_csv
 from kit.errors import KitError
-from kit.files import DOWNLOAD_MARKER, filling_folder, git_commit, read_json, utc_stamp, write_json
+from kit.files import (
+    DOWNLOAD_MARKER,
+    HAND_FILLED,
+    filling_folder,
+    git_commit,
+    mark_hand_filled,
+    marked_slug,
+    raw_state,
+    read_json,
+    utc_stamp,
+    write_json,
+)
 from kit.hooks import load_hooks
 from kit.kaggle import client as kaggle
 from kit.kaggle import download as kaggle_download
@@ -53,12 +66,18 @@ def _notice(line: str) -> None:
     click.echo(line, err=True)
 
 
-def download(config: Config, file: str | None = None) -> None:
+def download(config: Config, file: str | None = None, hand_filled: bool = False) -> None:
     """Fill data/raw/<name> (once): from hooks.download when the competition has one, else from Kaggle.
 
-    With `file`, only that file of the Kaggle competition (as `kit files` lists it).
+    With `file`, only that file of the Kaggle competition (as `kit files` lists it). With `hand_filled`,
+    nothing is fetched: the files already put in data/raw/<name> by hand are checked and marked complete.
     """
     target = paths.raw_dir(config.name)
+    if hand_filled:
+        mark_raw_data(config)
+        return
+    if raw_state(target) == "unmarked" and file is None:
+        raise click.ClickException(unmarked_message(config.name, target))
     hooks = load_hooks(config)
     if file is not None:
         if "download" in hooks or not config.competition.kaggle:
@@ -82,6 +101,46 @@ def download(config: Config, file: str | None = None) -> None:
     click.echo(
         f"{config.name}: {'downloaded' if fetched else 'already downloaded'} in data/raw/{config.name}"
     )
+
+
+def unmarked_message(name: str, target: Path) -> str:
+    return (
+        f"{target} holds files but no finished download: if you put the competition's files there, "
+        f"`kit download {name} --hand-filled` checks and marks them; else move the folder away and download"
+    )
+
+
+def mark_raw_data(config: Config) -> None:
+    """`kit download NAME --hand-filled`: the files put in data/raw/<name> by hand become the competition's
+    data once its labels and test images load from them (the same checks as training's)."""
+    target = paths.raw_dir(config.name)
+    state = raw_state(target)
+    if state == "empty":
+        raise click.ClickException(
+            f"--hand-filled: {target} is empty; put the competition's files there first "
+            f"(as `kit files {config.name}` lists them), then run this again"
+        )
+    if state in ("downloaded", HAND_FILLED):
+        click.echo(f"{config.name}: data/raw/{config.name} is already complete ({state})")
+        return
+    labels, test = load_labels(config), load_test(config)
+    mark_hand_filled(target, config.competition.kaggle)
+    click.echo(
+        f"{config.name}: data/raw/{config.name} marked as the competition's data ({len(labels.ids)} training "
+        f"images, {len(labels.classes)} classes, {len(test.ids)} test images); `kit download` keeps it as is"
+    )
+
+
+def baseline_text(config: Config, metric: str, labels: LabelTable | None = None) -> str:
+    """'baseline 0.6931 (the class shares for every image)' on the competition's training labels; "" when
+    they cannot be read here (no data on this machine)."""
+    try:
+        labels = labels or load_labels(config)
+    except Exception:  # no data here, or data the run's command will name better: no baseline is shown
+        return ""
+    if metric not in baselines.BASELINES:
+        return ""
+    return baselines.describe(baselines.baseline(metric, labels.targets, len(labels.classes)))
 
 
 def _kaggle_slug(config: Config) -> str:
@@ -198,16 +257,25 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
                 click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
         summary = loop.train(config, labels, fold, run_dir)
     if main:
-        click.echo(cv_line(summary))
+        baseline = baseline_text(config, summary["metric"], labels)
+        click.echo(cv_line(summary, baseline, quick=_is_quick(config)))
+        if _is_quick(config):
+            click.echo(full_recipe_note(config, summary, list_runs(config)))
     distributed.teardown()
     return run_dir
 
 
-def cv_line(summary: dict) -> str:
-    """'CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0])', and the stages that made the loss worse."""
+def _is_quick(config: Config) -> bool:
+    return config.train.recipe == "quick"
+
+
+def cv_line(summary: dict, baseline: str = "", quick: bool = False) -> str:
+    """'CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0]); baseline 0.6931 (...)', and the stages that
+    made the loss worse (a quick run is not told to use the quick recipe)."""
     raw = summary.get("cv_uncalibrated", summary["cv"])
     beside = f"uncalibrated {raw:.4f}; " if f"{raw:.4f}" != f"{summary['cv']:.4f}" else ""
     line = f"CV {summary['metric']}: {summary['cv']:.4f} ({beside}folds {summary['folds_trained']})"
+    line += f"; {baseline}" if baseline else ""
     worse = [
         f"'{item['stage']}' {item['start']:.4f} -> {item['end']:.4f} (fold {fold})"
         for fold, items in summary.get("worse_stages", {}).items()
@@ -215,15 +283,97 @@ def cv_line(summary: dict) -> str:
     ]
     if worse:
         line += "\nvalidation loss ended worse than it started in: " + "; ".join(worse)
-        line += " (shorten those stages, lower their rates, or use recipe=quick)"
+        line += " (shorten those stages or lower their rates" + (")" if quick else ", or use recipe=quick)")
     return line
 
 
+# An epoch that trains the whole body costs this many times one that trains the head on augmented images
+# through the frozen body (the same images: a backward pass through the body, and its weights' updates,
+# added to the forward pass). Measured for efficientnet_lite0 at 224 px, batch 32 (scripts/bench_backbones.py,
+# docs/backbones.md); the other backbones measured there lie close to it.
+UNFROZEN_EPOCH_COST = 2.6
+
+
+def _epoch_seconds(summary: dict) -> dict[str, list[float]]:
+    """Seconds of every trained epoch, by stage name, over the run's folds (its history)."""
+    seconds: dict[str, list[float]] = {}
+    for result in summary.get("folds", {}).values():
+        for record in result.get("history", []):
+            seconds.setdefault(record["stage"], []).append(record["seconds"])
+    return seconds
+
+
+def full_recipe_note(config: Config, summary: dict, runs: list[Path]) -> str:
+    """What the full recipe would add to a quick run, and what it would cost per fold: from the epochs of
+    an earlier full run of the competition when there is one, else from this run's frozen-body epochs
+    times UNFROZEN_EPOCH_COST."""
+    full = load_config(config.path)  # the recipe as competition.toml writes it (this run cut it to its head)
+    added = [stage for stage in full.stages if stage.name not in {s.name for s in config.stages}]
+    if not added:
+        return "quick recipe: the full recipe adds no stage to it here"
+    epochs = {stage.name: full.stage_epochs(stage) for stage in added}
+    names = ", ".join(f"'{name}' ({count:g} epochs)" for name, count in epochs.items())
+    measured = {}
+    for run_dir in reversed(runs):  # the newest earlier full run that trained those stages
+        if (run_dir / "metrics.json").exists() and run_config(run_dir).train.recipe == "full":
+            seconds = _epoch_seconds(read_json(run_dir / "metrics.json"))
+            if all(name in seconds for name in epochs):
+                measured = {name: sum(seconds[name]) / len(seconds[name]) for name in epochs}
+                source = f"as run {run_dir.name} measured its epochs"
+                break
+    if not measured:
+        frozen = _epoch_seconds(summary).get(config.stages[-1].name, [])
+        if not frozen or config.stages[-1].precompute:
+            return f"quick recipe: the full recipe adds {names}; `make train COMP={config.name}` runs it"
+        each = UNFROZEN_EPOCH_COST * sum(frozen) / len(frozen)
+        measured = dict.fromkeys(epochs, each)
+        source = f"{UNFROZEN_EPOCH_COST}x this run's {sum(frozen) / len(frozen):.0f} s frozen-body epochs"
+    minutes = sum(measured[name] * count for name, count in epochs.items()) / 60
+    return (
+        f"quick recipe: the full recipe adds {names}: about {minutes:.0f} min per fold here ({source}); "
+        f"`make train COMP={config.name}` runs it"
+    )
+
+
+@contextmanager
+def resume_hint(config: Config, known: set[Path] | None = None) -> Iterator[None]:
+    """On Ctrl-C, say which run is left to resume and the exact command (then stop as click does). `known`:
+    the runs there were before this training began (None: any unfinished run is the one)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # torchrun: the main process speaks
+            click.echo(interrupted_line(config, known), err=True)
+        raise
+
+
+def interrupted_line(config: Config, known: set[Path] | None) -> str:
+    left = [
+        run_dir
+        for run_dir in list_runs(config)
+        if (known is None or run_dir not in known) and not (run_dir / "metrics.json").exists()
+    ]
+    if not left:
+        return f"interrupted before an epoch ended: nothing to resume; `kit train {config.name}` starts again"
+    run = left[-1].name
+    return (
+        f"interrupted: run {run} resumes from its last finished epoch with "
+        f"`kit train {config.name} --resume --run {run}` (make resume COMP={config.name} RUN={run})"
+    )
+
+
 def train(config: Config, fold: str) -> Path:
-    return _train_in_new_run(config, load_labels(config), fold)
+    with resume_hint(config, set(list_runs(config))):
+        return _train_in_new_run(config, load_labels(config), fold)
 
 
 def resume(config: Config, run: str | None) -> Path:
+    """Continue an interrupted run (default: the newest) with its own config; Ctrl-C says how to go on."""
+    with resume_hint(config):
+        return _resume(config, run)
+
+
+def _resume(config: Config, run: str | None) -> Path:
     """Continue an interrupted run (default: the newest) with its own config.
 
     It restarts from the last completed epoch.
@@ -252,7 +402,7 @@ def resume(config: Config, run: str | None) -> Path:
     run_dir, saved_config, fold = distributed.broadcast_object(plan)
     summary = loop.train(saved_config, load_labels(saved_config), fold, run_dir)
     if distributed.is_main():
-        click.echo(cv_line(summary))
+        click.echo(cv_line(summary, baseline_text(saved_config, summary["metric"])))
     distributed.teardown()
     return run_dir
 
@@ -548,6 +698,9 @@ def ledger(config: Config) -> pd.DataFrame:
         .sort_values("time_utc", kind="stable")
         .reset_index(drop=True)
     )
+    if len(result):
+        for line in _baseline_lines(config, list(result["metric"])):
+            click.echo(line)
     click.echo(result.to_string(index=False) if len(result) else f"no submissions of {config.name} yet")
     points = submission_ledger.cv_and_public(result)
     line = submission_ledger.correlation_line(points)
@@ -563,13 +716,17 @@ def ledger(config: Config) -> pd.DataFrame:
     return result
 
 
-def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) -> Path:
+def new_competition(
+    name: str, slug: str, metric: str | None, from_raw: bool, like: str | None = None
+) -> Path:
     """Fork: download SLUG into data/raw/NAME (once), infer its layout.
 
-    Writes competitions/NAME/competition.toml.
+    Writes competitions/NAME/competition.toml: the kit's recipe with the defaults its measurements support
+    for the metric and kind, or with `like`, the recipe of that shipped competition.
     """
     target = paths.competition_file(name)
     scaffold.check_name(name, target)
+    like_path = paths.competition_file(resolve_name(like)) if like else None
     if metric is not None and metric not in typing.get_args(MetricName):
         raise click.ClickException(
             f"--metric {metric!r}: choose one of {', '.join(typing.get_args(MetricName))}"
@@ -582,7 +739,7 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
                 f"--from-raw: {target_raw} is empty; put the competition's files there first"
             )
     elif marker.is_file():
-        slug = slug or marker.read_text().strip()
+        slug = slug or marked_slug(target_raw)
         click.echo(f"{target_raw} is already downloaded: inspecting it")
     else:
         if not slug:
@@ -601,9 +758,14 @@ def new_competition(name: str, slug: str, metric: str | None, from_raw: bool) ->
     if slug:
         code_competition = kernels.is_code_competition(slug)
     kind = "notebook" if code_competition else "csv"
-    text = scaffold.render(name, slug or "", layout, metric, kind)
+    if like_path is not None:
+        text = scaffold.render_like(name, slug or "", layout, metric, like_path.parent.name, like_path, kind)
+    else:
+        text = scaffold.render(name, slug or "", layout, metric, kind)
     config_from_dict(tomllib.loads(text), target)  # what is written must load: check first
     scaffold.write_new(target, text)
+    if raw_state(target_raw) == "unmarked":  # put there by hand: now the competition's data
+        mark_hand_filled(target_raw, slug or "")
     click.echo(scaffold.report(layout, metric, target))
     click.echo(scaffold.submission_note(code_competition))
     return target
@@ -620,7 +782,13 @@ def list_competitions() -> list[dict]:
             continue
         scores = [read_json(p / "metrics.json")["cv"] for p in finished_runs(config)]
         raw = paths.raw_dir(config.name)
-        status = "downloaded" if raw.is_dir() and any(raw.iterdir()) else "not downloaded"
+        state = raw_state(raw)
+        status = {
+            "downloaded": "downloaded",
+            HAND_FILLED: "downloaded (hand-filled)",
+            "unmarked": f"files in data/raw/{name}, not marked: `kit download {name} --hand-filled`",
+            "empty": "not downloaded",
+        }[state]
         if scores:
             status += f", {len(scores)} runs, last CV {config.competition.metric} {scores[-1]:.4f}"
         rows.append({"competition": name, "kaggle": config.competition.kaggle or "(local)", "status": status})
@@ -639,8 +807,20 @@ def report(config: Config, run: str | None) -> Path:
     return path
 
 
+def _baseline_lines(config: Config, metrics: list[str]) -> list[str]:
+    """'log_loss baseline 0.6931 (...)' for each metric shown, to read the CVs below against."""
+    lines = []
+    for metric in dict.fromkeys(metrics):
+        text = baseline_text(config, metric) if isinstance(metric, str) else ""
+        lines += [f"{metric} {text}"] if text else []
+    return lines
+
+
 def runs(config: Config) -> pd.DataFrame:
     table = runs_table(config)
+    if len(table):
+        for line in _baseline_lines(config, list(table["metric"])):
+            click.echo(line)
     click.echo(table.to_string(index=False) if len(table) else "no runs yet")
     return table
 

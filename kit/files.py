@@ -25,6 +25,29 @@ from kit import paths
 
 DOWNLOAD_MARKER = ".download-complete"  # written last into data/raw/<name>: the download is whole
 SINGLE_FILES_NOTE = ".single-files"  # in data/raw/<name>: files fetched one by one (kit download --file)
+HAND_FILLED = "hand-filled"  # the marker's second line when the files were put there by hand
+
+
+def mark_hand_filled(target: Path, slug: str) -> None:
+    """Mark data/raw/<name>, filled by hand, as complete: its marker holds the slug, then HAND_FILLED."""
+    (target / DOWNLOAD_MARKER).write_text(f"{slug}\n{HAND_FILLED}\n")
+
+
+def raw_state(target: Path) -> str:
+    """What data/raw/<name> holds: "downloaded", "hand-filled" (both complete), "unmarked" (files, but no
+    marker: put there by hand, or a download that was not the kit's), or "empty"."""
+    marker = target / DOWNLOAD_MARKER
+    if marker.is_file():
+        return HAND_FILLED if HAND_FILLED in marker.read_text().splitlines()[1:] else "downloaded"
+    if target.is_dir() and any(entry.name != SINGLE_FILES_NOTE for entry in target.iterdir()):
+        return "unmarked"
+    return "empty"
+
+
+def marked_slug(target: Path) -> str:
+    """The Kaggle slug a finished download (or a hand-filled folder) was marked with; "" when none."""
+    lines = (target / DOWNLOAD_MARKER).read_text().splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def download_folder(target: Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
+import tomllib
 
 from kit.config import TASK_METRICS
 from kit.data.groups import obvious_group_column
@@ -289,12 +291,78 @@ def default_metric(submission_format: str, task: str = "single_label") -> str:
     return "accuracy" if submission_format == "label" else "log_loss"
 
 
+@dataclass(frozen=True)
+class Measured:
+    """A default `kit new` writes because a measurement of the kit supports it, and which one."""
+
+    key: str  # section.key, or stages.N.key
+    value: object
+    reason: str  # the measurement, written as the key's comment
+
+
+# The upload's clip for log loss: a hundredth of the uniform guess 1/classes, so one confident mistake costs
+# at most -log(clip) instead of up to 34 (Kaggle's own 1e-15) and each right answer at most about the clip.
+CLIP_SHARE_OF_UNIFORM = 0.01
+COMMENT_WIDTH = 106  # characters of a reason per comment line in the written TOML
+CLIP_REASON = (
+    "a hundredth of the uniform guess 1/{classes}: one sure mistake costs at most -log({clip:g}). "
+    "cats-vs-dogs measured 0.005 for 2 classes; on a fork of 300 cats-vs-dogs-dev photos this clip alone "
+    "took the answer key's log loss from 0.4247 to 0.4112 (docs/2026-12-02-forks.md)"
+)
+MIRROR_REASON = (
+    "the plain view and its mirror: side crops scored worse on OOF in every cats-vs-dogs-dev run, the "
+    "mirror helped its answer key in 3 runs of 3 (docs/2026-11-27-cats-vs-dogs-recipe.md)"
+)
+SCALE_REASON = (
+    "views 8/7 of the training size (256 px after 224; FixRes): the same weights scored cats-vs-dogs-dev's "
+    "answer key better in 7 runs of 8, OOF too (docs/2026-11-27-image-scale.md)"
+)
+HEAD_JOINS_REASON = (
+    "the head trained on frozen ImageNet features predicts beside the fine-tuned network: with "
+    "predict.mean = 'logits' it took cats-vs-dogs-dev's OOF and answer key down on 4 seeds of 4 "
+    "(docs/2026-11-27-cats-vs-dogs-recipe.md)"
+)
+LOGITS_REASON = (
+    "views and weight files averaged as logits, the fine-tuned network beside the head (stage 1 below): "
+    "better than as probabilities on 4 seeds of 4 (docs/2026-11-27-cats-vs-dogs-recipe.md)"
+)
+PROBABILITIES_REASON = (
+    "views averaged as probabilities: on dog-breeds' 120 classes the head's second opinion scored OOF 1.230 "
+    "averaged as probabilities, 1.256 as logits (docs/2026-11-27-cats-vs-dogs-recipe.md)"
+)
+
+
+def clip_for(classes: int) -> float:
+    """CLIP_SHARE_OF_UNIFORM / classes, to one significant figure: 0.005 for 2 classes, 8e-05 for 120."""
+    return float(f"{CLIP_SHARE_OF_UNIFORM / max(classes, 2):.0e}")
+
+
+def measured_defaults(metric: str, task: str, classes: int, preset: str) -> list[Measured]:
+    """The keys whose value the kit's measurements support for this metric, kind and preset, each with the
+    measurement as its reason; keys left out keep the kit's default (kit/config.py says why)."""
+    chosen = []
+    if metric == "log_loss":
+        clip = clip_for(classes)
+        chosen.append(
+            Measured("submission.clip_epsilon", clip, CLIP_REASON.format(classes=classes, clip=clip))
+        )
+    if preset == "side_on":  # photos: measured on cats-vs-dogs-dev's
+        chosen.append(Measured("predict.tta", 1, MIRROR_REASON))
+        chosen.append(Measured("predict.image_scale", 1.143, SCALE_REASON))
+    if metric == "log_loss" and task == "single_label" and classes == 2:
+        chosen.append(Measured("stages.1.joins_prediction", True, HEAD_JOINS_REASON))
+        chosen.append(Measured("predict.mean", "logits", LOGITS_REASON))
+    elif metric == "log_loss" and task == "single_label":
+        chosen.append(Measured("predict.mean", "probabilities", PROBABILITIES_REASON))
+    return chosen
+
+
 RECIPE = """
 [augment]
 preset = "side_on"          # photos from the side; "top_down" for satellite or microscope images
 
 [train]
-model = "efficientnet_lite0"
+model = "efficientnet_lite0"  # lite1, lite2 also load offline (docs/backbones.md)
 pretrained = true
 image_size = 224            # pixels
 batch_size = 64             # images per step
@@ -302,7 +370,7 @@ lr = 3e-3                   # peak rate of the head stages (AdamW)
 folds = {folds}
 
 [predict]
-tta = 4                     # augmented views added at prediction time
+{predict}
 snapshot_ensemble = 3
 weights = "snapshots"
 
@@ -322,7 +390,7 @@ name = "head-augmented"
 freeze_to = -1
 n_cycles = 1
 cycle_len = 1
-
+{stage1}
 [[stages]]
 name = "unfrozen"
 freeze_to = 0
@@ -334,15 +402,22 @@ snapshots = true
 """
 
 
-def render(name: str, slug: str, layout: Layout, metric: str, submission: str = "csv") -> str:
-    """competition.toml text: the inferred tables, then the kit's standard training recipe.
+def _commented(settings: list[Measured], prefix: str) -> str:
+    """`key = value` lines of the settings under `prefix` ("predict."), each after its reason as a comment."""
+    lines = []
+    for setting in settings:
+        if setting.key.startswith(prefix):
+            lines += [f"# {line}" for line in textwrap.wrap(setting.reason, COMMENT_WIDTH)]
+            lines.append(f"{setting.key[len(prefix) :]} = {json.dumps(setting.value)}")
+    return "\n".join(lines)
 
-    `submission` is "notebook" for a code competition (Kaggle takes notebooks only), else "csv".
-    """
 
-    def table(values: dict) -> str:  # a JSON string is a valid TOML string
-        return "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
+def _table(values: dict) -> str:  # a JSON string is a valid TOML string
+    return "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
 
+
+def _head(slug: str, layout: Layout, metric: str, submission: str, measured: list[Measured]) -> str:
+    """The inferred [competition], [data] and [submission] tables (with the measured submission keys)."""
     images = sum(layout.class_counts.values())
     kinds = {
         "single_label": f"{images} training images, {len(layout.class_counts)} classes",
@@ -359,13 +434,113 @@ def render(name: str, slug: str, layout: Layout, metric: str, submission: str = 
     }
     if layout.task == "single_label":
         del competition["task"]  # the default: a single-label config reads as before
+    measured_submission = _commented(measured, "submission.")
+    return (
+        f"[competition]\n{_table(competition)}\n\n[data]\n{_table(layout.data)}\n\n"
+        f"[submission]\n{_table(layout.submission)}\n"
+        + (f"{measured_submission}\n" if measured_submission else "")
+    )
+
+
+def fold_count(layout: Layout) -> int:
+    """DEFAULT_FOLDS, fewer when the rarest class has fewer images (never below 2)."""
     rarest = min(layout.class_counts.values())
-    folds = DEFAULT_FOLDS if layout.task == "regression" else max(2, min(DEFAULT_FOLDS, rarest))
+    return DEFAULT_FOLDS if layout.task == "regression" else max(2, min(DEFAULT_FOLDS, rarest))
+
+
+def render(name: str, slug: str, layout: Layout, metric: str, submission: str = "csv") -> str:
+    """competition.toml text: the inferred tables, then the kit's standard training recipe with the
+    defaults its measurements support for this metric and kind (`measured_defaults`), each commented.
+
+    `submission` is "notebook" for a code competition (Kaggle takes notebooks only), else "csv".
+    """
+    measured = measured_defaults(metric, layout.task, len(layout.class_counts), "side_on")
+    predict = _commented(measured, "predict.") or ""
+    if not any(setting.key == "predict.tta" for setting in measured):
+        predict = "tta = 4                     # augmented views added at prediction time\n" + predict
+    stage1 = _commented(measured, "stages.1.")
+    recipe = (
+        RECIPE.replace("{folds}", str(fold_count(layout)))
+        .replace("{predict}", predict.strip("\n"))
+        .replace("{stage1}", f"{stage1}\n" if stage1 else "")
+    )
     return (
         f"# Written by `kit new {name}` from data/raw/{name}; "
-        "check the notes it printed, then edit freely.\n\n"
-        f"[competition]\n{table(competition)}\n\n[data]\n{table(layout.data)}\n\n"
-        f"[submission]\n{table(layout.submission)}\n" + RECIPE.replace("{folds}", str(folds))
+        "check the notes it printed, then edit freely.\n"
+        "# Keys after a comment naming a measurement are set from what the kit measured (kit new --help).\n\n"
+        + _head(slug, layout, metric, submission, measured)
+        + recipe
+    )
+
+
+# Sections of a shipped competition that `kit new --like` copies as text (comments kept): the recipe.
+# From [data] and [submission] only these keys come along (the rest is the new download's layout).
+LIKE_SECTIONS = ("augment", "train", "predict", "notebook", "stages")
+LIKE_DATA_KEYS = ("max_aspect",)
+LIKE_SUBMISSION_KEYS = ("clip_epsilon",)
+
+
+def _carried(section: str, key: str, value: object, text: str, like: str) -> Measured:
+    """A [data] or [submission] key of the shipped competition, its own comment as the reason."""
+    found = re.search(rf"^\s*{key}\s*=[^#\n]*#\s*(.*)$", text, re.M)
+    reason = f"as competitions/{like}" + (f": {found.group(1).strip()}" if found else "")
+    return Measured(f"{section}.{key}", value, reason)
+
+
+def render_like(
+    name: str, slug: str, layout: Layout, metric: str, like: str, like_path: Path, submission: str = "csv"
+) -> str:
+    """competition.toml text that starts from the shipped competition `like`: the inferred [competition],
+    [data] and [submission] tables, `like`'s measured data and clip keys, then its recipe as it is written
+    ([augment], [train], [predict], [[stages]], comments and all)."""
+    text = like_path.read_text(encoding="utf-8")
+    shipped = tomllib.loads(text)
+    shipped_task = shipped.get("competition", {}).get("task", "single_label")
+    if shipped_task != layout.task:
+        raise click.ClickException(
+            f"--like {like}: {like_path} is a {shipped_task} competition, data/raw/{name} holds "
+            f"{layout.task} labels; choose a shipped competition of that kind (`kit list`)"
+        )
+    carried = [
+        _carried("data", key, shipped["data"][key], text, like)
+        for key in LIKE_DATA_KEYS
+        if key in shipped.get("data", {})
+    ]
+    carried += [
+        _carried("submission", key, shipped["submission"][key], text, like)
+        for key in LIKE_SUBMISSION_KEYS
+        if key in shipped.get("submission", {}) and metric == "log_loss"
+    ]
+    headers = [
+        match
+        for match in re.finditer(r"^\[\[?([a-z_]+)\]?\]\s*$", text, re.M)
+        if match.group(1) in LIKE_SECTIONS
+    ]
+    recipe = text[headers[0].start() :] if headers else ""
+    later = re.findall(r"^\[([a-z_]+)\]\s*$", recipe, re.M)
+    if any(section not in LIKE_SECTIONS for section in later):
+        raise click.ClickException(
+            f"--like {like}: {like_path} has [{later[-1]}] after its recipe; kit new copies the recipe "
+            "sections (augment, train, predict, notebook, stages) only when they come last"
+        )
+    folds = fold_count(layout)
+    if folds != shipped.get("train", {}).get("folds", DEFAULT_FOLDS):
+        rarest = min(layout.class_counts.values())
+        line = f"folds = {folds}                   # the rarest class has {rarest} images"
+        recipe = (
+            re.sub(r"^\[train\]\s*$", f"[train]\n{line}", recipe, count=1, flags=re.M)
+            if re.search(r"^\[train\]\s*$", recipe, re.M)
+            else f"[train]\n{line}\n\n{recipe}"
+        )
+    clip = [setting for setting in carried if setting.key.startswith("submission.")]
+    head = _head(slug, layout, metric, submission, clip)
+    data_lines = _commented(carried, "data.")
+    if data_lines:
+        head = head.replace("\n\n[submission]", f"\n{data_lines}\n\n[submission]", 1)
+    return (
+        f"# Written by `kit new {name} --like {like}` from data/raw/{name}: the layout inferred from the "
+        f"files, the recipe as\n# competitions/{like} ships it (its comments say what was measured). "
+        "Check the notes it printed, then edit freely.\n\n" + head + "\n" + recipe
     )
 
 

@@ -16,9 +16,57 @@ from kit.files import read_json
 from kit.run_folder import list_runs
 
 
+def trained(summary: dict) -> str:
+    """What a run trained, in a few words: 'fold 0', 'folds 0-4', 'folds 0,2', 'ensemble of 3 runs'."""
+    if "ensemble" in summary:
+        return f"ensemble of {len(summary['ensemble']['runs'])} runs"
+    folds = sorted(summary.get("folds_trained", []))
+    if not folds:
+        return ""
+    if len(folds) == 1:
+        return f"fold {folds[0]}"
+    consecutive = folds == list(range(folds[0], folds[-1] + 1))
+    return f"folds {folds[0]}-{folds[-1]}" if consecutive else "folds " + ",".join(map(str, folds))
+
+
+def recipe_summary(stages: list[dict]) -> str:
+    """A recipe in one cell: each stage's name and epochs, 'head-precomputed 1, unfrozen 7'."""
+    described = []
+    for stage in stages:
+        cycles, length, mult = stage.get("n_cycles", 1), stage.get("cycle_len", 1), stage.get("cycle_mult", 1)
+        epochs = sum(length * mult**index for index in range(cycles))
+        described.append(f"{stage.get('name', 'train')} {epochs:g}")
+    return ", ".join(described)
+
+
+def setting_columns(configs: dict[str, dict]) -> dict[str, dict]:
+    """run -> {setting: value} for the settings that differ between runs. Runs with recipes of different
+    lengths (a quick run beside full ones) differ in every key of the stages one has and the other lacks:
+    their recipes are one `stages` column (names and epochs) instead of a column per stage key."""
+    same_length = len({len(saved.get("stages", [])) for saved in configs.values()}) <= 1
+    settings = {}
+    for run, saved in configs.items():
+        shown = saved if same_length else {k: v for k, v in saved.items() if k != "stages"}
+        flat = {
+            k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(shown).items() if k != "path"
+        }
+        if not same_length:
+            flat["stages"] = recipe_summary(saved.get("stages", []))
+        settings[run] = flat
+    keys = sorted({key for values in settings.values() for key in values})
+    differing = [
+        key
+        for key in keys
+        if len({json.dumps(values.get(key), default=str) for values in settings.values()}) > 1
+    ]
+    return {run: {key: values.get(key, "") for key in differing} for run, values in settings.items()}
+
+
 def runs_table(config: Config) -> pd.DataFrame:
-    """One row per run: CV, folds, minutes, and every setting that differs between the trained runs."""
-    rows, settings = [], {}
+    """One row per run: CV, what it trained, minutes, and every setting that differs between the trained
+    runs (an ensemble says how many runs it blends; `kit ensemble` printed which, its metrics.json keeps
+    them)."""
+    rows, configs = [], {}
     for run_dir in list_runs(config):
         summary = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
         ensemble = summary.get("ensemble")
@@ -28,23 +76,13 @@ def runs_table(config: Config) -> pd.DataFrame:
                 "cv": summary.get("cv", np.nan),  # as submitted (calibrated)
                 "cv_uncalibrated": summary.get("cv_uncalibrated", summary.get("cv", np.nan)),
                 "metric": summary.get("metric", "(unfinished)"),
-                "folds": "+".join(ensemble["runs"])
-                if ensemble
-                else ",".join(map(str, summary.get("folds_trained", []))),
+                "trained": trained(summary) or "(unfinished)",
                 "minutes": round(summary.get("seconds", 0) / 60, 1),
             }
         )
         if not ensemble:  # an ensemble's config.json is its first run's: its settings say nothing new
-            flat = flatten(read_json(run_dir / "config.json"))
-            settings[run_dir.name] = {
-                k: json.dumps(v) if isinstance(v, list) else v for k, v in flat.items() if k != "path"
-            }
-    keys = sorted({key for values in settings.values() for key in values})
-    differing = [
-        key
-        for key in keys
-        if len({json.dumps(values.get(key), default=str) for values in settings.values()}) > 1
-    ]
+            configs[run_dir.name] = read_json(run_dir / "config.json")
+    settings = setting_columns(configs)
     for row in rows:
-        row.update({key: settings.get(row["run"], {}).get(key, "") for key in differing})
+        row.update(settings.get(row["run"], dict.fromkeys(next(iter(settings.values()), {}), "")))
     return pd.DataFrame(rows)
