@@ -517,6 +517,7 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
         run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit submit")
     path = submission_file(config, run_dir, summary, remake=False)
+    submission.check_unchanged(path)  # edited since `kit predict`: not uploaded under the run's CV
     # Labels stay text ('007' is not 7); probabilities are read as numbers so that NaN is seen.
     frame = parse_csv(
         path,
@@ -660,8 +661,11 @@ def ledger(config: Config) -> pd.DataFrame:
         except click.ClickException as error:  # the local ledger is still worth showing
             click.echo(f"scores not refreshed: {error.message}", err=True)
         else:
-            table, strangers = submission_ledger.merge_kaggle_scores(table, remote, config.name)
-            submission_ledger.write_ledger(table)
+            with submission_ledger.ledger_lock():  # a `kit submit` meanwhile keeps its row
+                table, strangers = submission_ledger.merge_kaggle_scores(
+                    submission_ledger.read_ledger(), remote, config.name
+                )
+                submission_ledger.write_ledger(table)
     columns = [
         "time_utc",
         "file",

@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 import numpy as np
+from filelock import FileLock
 
 from kit import paths
 
@@ -148,6 +149,37 @@ def make_folder(folder: Path) -> Path:
     return folder
 
 
+def not_writable(folder: Path, what: str) -> click.ClickException:
+    """The one-line error for a folder we may not write in: which folder, what was being written, the fix."""
+    return click.ClickException(
+        f"{folder}: no permission to write in this folder ({what}); give your user write access "
+        f"(e.g. `chmod u+w {folder}`, or `chown` it to you), then run the command again"
+    )
+
+
+LOCK_NOTICE_SECONDS = 2.0  # waiting longer than this for another kit command's lock is said, once
+
+
+@contextmanager
+def exclusive(target: Path) -> Iterator[None]:
+    """Hold `.<name>.lock` beside `target` (filelock: released when the process dies, even killed) so that
+    two kit commands at once (tmux) take turns at reading-then-writing it, or at choosing a free name."""
+    make_folder(target.parent)
+    lock = FileLock(target.parent / f".{target.name}.lock")
+    try:
+        try:
+            lock.acquire(timeout=LOCK_NOTICE_SECONDS)
+        except TimeoutError:
+            click.echo(f"waiting for another kit command to finish with {target}", err=True)
+            lock.acquire()
+    except PermissionError:
+        raise not_writable(target.parent, f"locking {target.name}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
@@ -155,12 +187,17 @@ def atomic_path(target: Path) -> Iterator[Path]:
     A full disk is one line naming the folder (the temporary file is removed first, so the space is back).
     """
     make_folder(target.parent)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except PermissionError:
+        raise not_writable(target.parent, f"writing {target.name}") from None
     os.close(handle)
     try:
         yield Path(temporary)
         os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); outputs are ordinary files
         os.replace(temporary, target)
+    except PermissionError:  # the folder made read-only meanwhile, or a target we may not replace
+        raise not_writable(target.parent, f"writing {target.name}") from None
     except OSError as error:
         if error.errno not in DISK_FULL:
             raise

@@ -1,15 +1,20 @@
 """submissions/ledger.csv: every submission made (file, run, commit, CV) and, once Kaggle has scored it,
-its public and private score. Written whole and atomically; read as strings.
+its public and private score. Read as strings. Two kit commands at once (tmux) take turns through a lock
+file beside it: a new row is appended under the lock (never a rewrite that could drop another command's
+row), and `kit ledger`'s merge of Kaggle's scores reads and rewrites it (atomically) under the same lock.
 """
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
 from kit import paths
-from kit.files import atomic_path
+from kit.files import atomic_path, exclusive, not_writable
 
 LEDGER_COLUMNS = [
     "time_utc",
@@ -41,21 +46,44 @@ def read_ledger() -> pd.DataFrame:
     return ledger
 
 
+@contextmanager
+def ledger_lock() -> Iterator[None]:
+    """Hold the ledger while reading it and writing it back (`kit ledger` merging Kaggle's scores)."""
+    with exclusive(paths.ledger_file()):
+        yield
+
+
 def write_ledger(ledger: pd.DataFrame) -> Path:
+    """The whole ledger, atomically; callers that read it first hold `ledger_lock()`."""
     path = paths.ledger_file()
     with atomic_path(path) as temporary:
         ledger.to_csv(temporary, index=False)
     return path
 
 
+def _header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        return next(csv.reader(handle), [])
+
+
 def append_ledger(row: dict) -> Path:
-    """Add one row to submissions/ledger.csv (rewritten atomically, never half-written)."""
-    ledger = read_ledger()
-    return write_ledger(
-        pd.concat(
-            [ledger, pd.DataFrame([{key: row.get(key, "") for key in LEDGER_COLUMNS}])], ignore_index=True
-        )
-    )
+    """Add one row to submissions/ledger.csv under the ledger's lock: appended as one write when the file
+    has today's columns, else (no ledger yet, an older one lacking columns) written whole, atomically."""
+    path = paths.ledger_file()
+    new = pd.DataFrame([{key: row.get(key, "") for key in LEDGER_COLUMNS}], columns=LEDGER_COLUMNS)
+    with ledger_lock():
+        if not path.exists() or _header(path) != LEDGER_COLUMNS:
+            return write_ledger(pd.concat([read_ledger(), new], ignore_index=True))
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - 1))
+            ends_line = handle.read(1) in (b"\n", b"")
+        text = ("" if ends_line else "\n") + new.to_csv(index=False, header=False)
+        try:
+            with open(path, "a", encoding="utf-8", newline="") as handle:
+                handle.write(text)  # one write of a few hundred bytes: a whole line or none
+        except PermissionError:
+            raise not_writable(path.parent, f"adding a row to {path.name}") from None
+    return path
 
 
 def merge_kaggle_scores(

@@ -20,7 +20,7 @@ from kit.config import Config
 from kit.config_build import config_from_dict
 from kit.config_overrides import with_overrides
 from kit.config_sources import flatten
-from kit.files import git_commit, make_folder, read_json, utc_stamp, write_json
+from kit.files import git_commit, make_folder, not_writable, read_json, utc_stamp, write_json
 
 
 def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
@@ -31,10 +31,15 @@ def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
     base = make_folder(paths.runs_dir(config.name))
     run_id = f"{utc_stamp()}-{kind}"
     run_dir, suffix = base / run_id, 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = base / f"{run_id}-{suffix}"
-    run_dir.mkdir(parents=True)
+    while True:  # mkdir itself claims the name: two commands started in the same second get -1 and -2
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            suffix += 1
+            run_dir = base / f"{run_id}-{suffix}"
+        except PermissionError:
+            raise not_writable(base, f"making the run folder {run_dir.name}") from None
     with removed_unless_trained(run_dir):  # a full disk here leaves no half-made run
         _record(run_dir, config, device)
     return run_dir

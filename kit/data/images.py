@@ -2,8 +2,10 @@
 
 Decoding a JPEG costs more than a small model's forward pass, so training and prediction read these
 arrays (memory-mapped) instead of the image files. A cache is keyed by the decoder's version, the size,
-the aspect cap and each source file's name, size and modification time: change a file (or the
-decoder) and the cache is rebuilt.
+the aspect cap and each source file's name, size, modification time and a fingerprint of its bytes
+(`fingerprint`): change a file (or the decoder) and the cache is rebuilt. A damaged cache (truncated, an
+empty file, a damaged side file) is rebuilt too, said in one line; two commands needing one cache take
+turns (the second reads what the first built), and what a killed build left behind is removed.
 
 The cache keeps the whole photo, squished into a square a little larger than the training size
 (`cache_side`), so random crops and TTA views can reach every part of it: a 500x375 photo centre-cropped
@@ -18,15 +20,18 @@ import io
 import json
 import math
 import os
+import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import click
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from kit.files import DISK_FULL, atomic_path, disk_full, free_space, make_folder
+from kit.files import DISK_FULL, atomic_path, disk_full, exclusive, free_space, human_size
 
 # Part of every cache key: bump it whenever decode's pixels change, so no cache made by an older decoder
 # is reused. 1: shorter side resized, centre square crop. 2: what a viewer shows (EXIF orientation, 16-bit,
@@ -112,15 +117,85 @@ def decode(path: Path, image_size: int, max_aspect: float = 0.0) -> np.ndarray:
         return np.asarray(fit_square(to_rgb(image), image_size, max_aspect), dtype=np.uint8)
 
 
+FINGERPRINT_BYTES = 64 * 1024  # bytes read from each end of an image file for the cache key
+
+
+def fingerprint(path: Path) -> str:
+    """A cheap digest of a file's bytes: the whole file up to 2 x FINGERPRINT_BYTES (128 KiB: most
+    competition images), else its first 128 KiB and last 64 KiB. Beside the size and modification time,
+    it notices a file rewritten with the same size and time (a copy with `cp -p`, a tool that restores
+    the time) unless only the middle of a large file changed; hashing every byte would read the whole
+    data set each time a cache is looked up."""
+    with open(path, "rb") as handle:
+        head = handle.read(2 * FINGERPRINT_BYTES)
+        digest = hashlib.blake2b(head, digest_size=16)
+        if len(head) == 2 * FINGERPRINT_BYTES:
+            handle.seek(-FINGERPRINT_BYTES, os.SEEK_END)
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def _file_key(path: Path) -> str:
+    try:
+        status = path.stat()
+        regular = stat.S_ISREG(status.st_mode)  # opening a named pipe would wait forever
+        content = fingerprint(path) if regular else "not a regular file"
+        return f"{path.name}\0{status.st_size}\0{status.st_mtime_ns}\0{content}\n"
+    except OSError:
+        return f"{path.name}\0missing\n"
+
+
 def cache_key(paths: list[Path], image_size: int, max_aspect: float = 0.0) -> str:
     digest = hashlib.sha1(f"decode-v{DECODE_VERSION}\0{image_size}\0{max_aspect}".encode())
-    for path in paths:
-        try:
-            stat = path.stat()
-            digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{path.name}\0missing\n".encode())
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:  # file reads release the GIL
+        for line in pool.map(_file_key, paths, chunksize=64):
+            digest.update(line.encode())
     return digest.hexdigest()[:16]
+
+
+def _read_cache(array_path: Path, report_path: Path, shape: tuple) -> tuple | str | None:
+    """The cache and its bad-image report; None when not built; why not, when damaged."""
+    if not (array_path.exists() and report_path.exists()):
+        return None
+    try:
+        images = np.load(array_path, mmap_mode="r")
+        problems = json.loads(report_path.read_text())
+    except (ValueError, OSError, EOFError) as error:  # truncated, empty, not an array, not JSON
+        return f"{type(error).__name__}: {error}".replace("\n", " ")[:200]
+    if images.shape != shape or images.dtype != np.uint8 or not isinstance(problems, dict):
+        return f"holds {images.dtype} {images.shape} and a {type(problems).__name__}, not uint8 {shape}"
+    return images, problems
+
+
+# A temporary file of an image cache's build: .<label>-<side>px-<key>.npy.<random>.tmp (or .bad.json).
+BUILD_TEMPORARY = re.compile(r"^\.(?P<array>.+-\d+px-[0-9a-f]{16})\.(?:npy|bad\.json)\..+\.tmp$")
+
+
+def sweep_interrupted(cache_dir: Path, building: Path) -> None:
+    """Remove the temporary files killed cache builds left in `cache_dir` (tens of MB each, hidden): those
+    of `building` (whose lock we hold) and those of any cache no process is building now."""
+    for temporary in sorted(cache_dir.glob(".*.tmp")):
+        match = BUILD_TEMPORARY.match(temporary.name)
+        if match is None:
+            continue
+        array = cache_dir / f"{match['array']}.npy"
+        lock = None if array == building else FileLock(cache_dir / f".{array.name}.lock")
+        try:
+            if lock is not None:
+                lock.acquire(timeout=0)
+        except TimeoutError:
+            continue  # another command is building that cache right now
+        try:
+            size = temporary.stat().st_size
+            temporary.unlink()
+            click.echo(
+                f"{temporary}: left by an interrupted cache build ({human_size(size)}); removed", err=True
+            )
+        except FileNotFoundError:
+            pass
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def decode_or_none(path: Path, image_size: int, max_aspect: float = 0.0) -> tuple[np.ndarray | None, str]:
@@ -151,11 +226,34 @@ def image_cache(
     key = cache_key(paths, image_size, max_aspect)
     array_path = cache_dir / f"{label}-{image_size}px-{key}.npy"
     report_path = array_path.with_suffix(".bad.json")
-    if array_path.exists() and report_path.exists():
-        return np.load(array_path, mmap_mode="r"), json.loads(report_path.read_text())
-    make_folder(cache_dir)
-    problems: dict[str, str] = {}
     shape = (len(paths), image_size, image_size, 3)
+    cached = _read_cache(array_path, report_path, shape)
+    if isinstance(cached, tuple):
+        return cached
+    with exclusive(array_path):  # two commands needing this cache: the second waits, then reads it
+        cached = _read_cache(array_path, report_path, shape)
+        if isinstance(cached, tuple):
+            return cached
+        if isinstance(cached, str):
+            click.echo(f"{array_path}: damaged cache ({cached}); rebuilding it", err=True)
+        sweep_interrupted(cache_dir, array_path)
+        problems = _build(paths, image_size, cache_dir, label, max_aspect, array_path, shape)
+        with atomic_path(report_path) as temporary:
+            temporary.write_text(json.dumps(problems, indent=1))
+    return np.load(array_path, mmap_mode="r"), problems
+
+
+def _build(
+    paths: list[Path],
+    image_size: int,
+    cache_dir: Path,
+    label: str,
+    max_aspect: float,
+    array_path: Path,
+    shape: tuple[int, ...],
+) -> dict[str, str]:
+    """Decode every image into `array_path` (atomically); returns {path: problem} for bad images."""
+    problems: dict[str, str] = {}
     needed = int(np.prod(shape)) + 4096  # the pixels, plus the .npy header
     what = f"caching {len(paths)} {label} images at {image_size}px"
     if free_space(cache_dir) < needed:
@@ -184,6 +282,4 @@ def image_cache(
                     array[index] = image
         array.flush()
         del array
-    with atomic_path(report_path) as temporary:
-        temporary.write_text(json.dumps(problems, indent=1))
-    return np.load(array_path, mmap_mode="r"), problems
+    return problems

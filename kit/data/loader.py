@@ -67,15 +67,40 @@ def worker_count(setting: int) -> int:
     return max(1, min(16, cores // ranks_here))
 
 
+class BatchesWithoutLoneRow(BatchSampler):
+    """BatchSampler that never ends an epoch on a batch of one row: BatchNorm cannot normalise a single
+    image in training mode (with batch 64, a fold of 65, 129, ... training rows crashed), so a lone last
+    row joins the batch before it (one batch of batch_size + 1) and every row is still seen each epoch."""
+
+    def __init__(self, sampler, batch_size: int):
+        super().__init__(sampler, batch_size, drop_last=False)
+
+    def __iter__(self):
+        batches = super().__iter__()
+        held = next(batches, None)
+        for batch in batches:
+            if len(batch) == 1 and self.batch_size > 1:
+                held = held + batch
+            else:
+                yield held
+                held = batch
+        if held is not None:
+            yield held
+
+    def __len__(self) -> int:
+        count = super().__len__()
+        lone = self.batch_size > 1 and len(self.sampler) % self.batch_size == 1
+        return count - 1 if lone and count > 1 else count
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator, workers: int
 ) -> DataLoader:
-    """Batches of `batch_size` rows of this rank's shard, shuffled by `generator` (reseeded per epoch)."""
+    """Batches of `batch_size` rows of this rank's shard, shuffled by `generator` (reseeded per epoch); a
+    lone last row joins the batch before it (BatchesWithoutLoneRow)."""
     return DataLoader(
         dataset,
-        sampler=BatchSampler(
-            distributed.ShardSampler(len(dataset), generator, shuffle), batch_size, drop_last=False
-        ),
+        sampler=BatchesWithoutLoneRow(distributed.ShardSampler(len(dataset), generator, shuffle), batch_size),
         batch_size=None,  # the dataset returns whole batches
         num_workers=workers,
         # Page-locked host memory: the copy to the GPU can be asynchronous.

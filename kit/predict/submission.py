@@ -1,11 +1,14 @@
 """Submissions: built in the competition's format, checked against sample_submission.csv, written atomically.
 
 An invalid submission is never written, and never uploaded: `problems()` is a pure function of the
-frame and the sample, and every write goes through it.
+frame and the sample, and every write goes through it. Every file written gets a name no other has (two
+`kit predict`s in the same second take turns under a lock) and its SHA-256 in submissions/CHECKSUMS
+(`sha256sum -c` reads it), so a file edited after prediction is not uploaded under the run's CV.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import click
@@ -15,7 +18,7 @@ import pandas as pd
 from kit import paths
 from kit.config import Config
 from kit.data.labels import read_csv
-from kit.files import atomic_path, utc_stamp
+from kit.files import atomic_path, exclusive, not_writable, utc_stamp
 from kit.metrics import clip_and_renormalise
 from kit.tasks import SINGLE_LABEL, SingleLabel, from_record
 
@@ -178,10 +181,64 @@ def write(
 ) -> Path:
     """Check, then write submissions/`file_name` atomically."""
     check(config, frame, sample, "prediction", classes, task)
-    path = paths.submissions_dir() / file_name(config, metric, cv, cv_uncalibrated)
-    with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
+    folder = paths.submissions_dir()
+    checksums = folder / CHECKSUMS
+    with exclusive(checksums):  # the name is chosen and taken, and its digest recorded, in one turn
+        path = unused_path(folder / file_name(config, metric, cv, cv_uncalibrated))
+        with atomic_path(path) as temporary:
+            frame.to_csv(temporary, index=False)
+            digest = file_digest(temporary)
+        try:
+            with open(checksums, "a", encoding="utf-8") as handle:
+                handle.write(f"{digest}  {path.name}\n")
+        except PermissionError:
+            raise not_writable(folder, f"recording {path.name} in {CHECKSUMS}") from None
     return path
+
+
+CHECKSUMS = "CHECKSUMS"  # in submissions/: "<sha256>  <file>" per file the kit wrote, as sha256sum writes
+
+
+def unused_path(path: Path) -> Path:
+    """`path`, or `<stem>-2.csv`, `-3`, ... when a file of that name exists (names carry the second only)."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def recorded_digest(path: Path) -> str | None:
+    """The SHA-256 the kit recorded when it wrote `path` (the last record of that name), or None."""
+    checksums = path.parent / CHECKSUMS
+    if not checksums.is_file():
+        return None
+    found = None
+    for line in checksums.read_text(encoding="utf-8", errors="replace").splitlines():
+        digest, _, name = line.partition("  ")
+        if name == path.name:
+            found = digest
+    return found
+
+
+def check_unchanged(path: Path) -> None:
+    """Refuse a submission file that differs from what the kit wrote: uploaded, the ledger would record the
+    run's CV beside a score the run did not make."""
+    expected = recorded_digest(path)
+    if expected is not None and file_digest(path) != expected:
+        raise click.ClickException(
+            f"{path}: changed since the kit wrote it (its SHA-256 is not the one in "
+            f"{path.parent / CHECKSUMS}), so the run's CV would be recorded for another file; delete it, "
+            "and `kit submit` predicts it again (or upload your edited file yourself, outside the ledger)"
+        )
 
 
 def write_for_run(config: Config, ids: list[str], predictions: np.ndarray, summary: dict) -> Path:

@@ -1,0 +1,178 @@
+"""Bad input, round three (issue 32): two commands at once on one competition, labels that only look
+alike, stale state not noticed, folders that cannot be written and damaged caches, a lone row in the last
+training batch, and smaller cases (a sample submission's column order, a 300-character id, a link loop,
+an ensemble's variant).
+
+Concurrency cases run real processes (multiprocessing, spawn) released together by a barrier and repeat
+several rounds, so the race shows on code without the locks; none trains a model.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROUNDS = 4  # rounds of simultaneous starts per concurrency case (one same-second start is enough)
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """The command failed with one `Error:` line (no traceback) holding every fragment."""
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def run_together(target, count: int, *arguments) -> list:
+    """`target(barrier, queue, worker, *arguments)` in `count` spawned processes at once; their queued
+    results, in no order. A worker that raises fails the test with its traceback."""
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(count), context.Queue()
+    workers = [
+        context.Process(target=_guarded, args=(target, barrier, queue, n, *arguments)) for n in range(count)
+    ]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    failures = [result for result in results if isinstance(result, str) and result.startswith("FAILED")]
+    assert not failures, failures[0]
+    return [item for result in results for item in result]
+
+
+def _guarded(target, barrier, queue, worker, *arguments) -> None:
+    import traceback
+
+    try:
+        queue.put(target(barrier, worker, *arguments))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test
+        queue.put("FAILED " + traceback.format_exc())
+
+
+# --- class 1: two commands at once on one competition -------------------------------------------------
+
+
+def _write_submissions(barrier, worker: int, config, rounds: int) -> list[tuple[str, str, int]]:
+    """What `kit predict` does last, `rounds` times, started with the other workers: the same run's CV,
+    another prediction (each worker's own label in every row)."""
+    from kit.predict import submission
+
+    sample = submission.read_sample(config)
+    written = []
+    for round_number in range(rounds):
+        frame = pd.DataFrame({"id": sample["id"], "label": str(worker % 10)})
+        barrier.wait()
+        path = submission.write(config, frame, sample, "accuracy", 0.9, [str(d) for d in range(10)])
+        written.append((path.name, str(worker % 10), round_number))
+    return written
+
+
+def test_two_predicts_in_one_second_write_two_files(digits):
+    """Two `kit predict`s in the same second each get their own file (the name carries only the second),
+    and each file holds what its own command wrote."""
+    written = run_together(_write_submissions, 3, digits(), ROUNDS)
+    names = [name for name, _, _ in written]
+    assert len(set(names)) == len(names), sorted(names)
+    folder = Path(os.environ["KIT_PROJECT_ROOT"]) / "submissions"
+    for name, label, _ in written:
+        assert set(pd.read_csv(folder / name, dtype=str)["label"]) == {label}, name
+
+
+def test_submission_names_taken_are_never_reused(digits):
+    """A submission file already there (an earlier prediction this second) is never replaced."""
+    from kit.predict import submission
+
+    config = digits()
+    sample = submission.read_sample(config)
+    frame = pd.DataFrame({"id": sample["id"], "label": "3"})
+    first = submission.write(config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)])
+    before = first.read_bytes()
+    frame["label"] = "4"
+    second = submission.write(config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)])
+    assert second != first and first.read_bytes() == before
+    assert second.name.startswith(first.stem) or second.name[:30] != first.name[:30]
+
+
+def _append_rows(barrier, worker: int, count: int) -> list[str]:
+    from kit import ledger
+
+    barrier.wait()
+    messages = []
+    for number in range(count):
+        message = f"worker {worker} row {number}"
+        ledger.append_ledger({"competition": "digits", "file": f"{worker}-{number}.csv", "message": message})
+        messages.append(message)
+    return messages
+
+
+def test_two_submits_at_once_keep_every_ledger_row(project):
+    """Four `kit submit`s writing their ledger rows at the same moment: every row is kept."""
+    from kit import ledger
+
+    messages = run_together(_append_rows, 4, 25)
+    kept = ledger.read_ledger()
+    assert sorted(kept["message"]) == sorted(messages)
+    assert len(kept) == 100
+
+
+def test_ledger_row_is_appended_not_rewritten(project):
+    """A row is added by appending: the rows already there are left byte for byte (a row edited by hand,
+    quoted where pandas would not quote, and saved without a last newline, is not rewritten)."""
+    from kit import ledger, paths
+
+    ledger.append_ledger({"competition": "digits", "file": "a.csv", "message": "first"})
+    path = paths.ledger_file()
+    kept = path.read_bytes().replace(b"first", b'"first"').rstrip(b"\n")
+    path.write_bytes(kept)
+    ledger.append_ledger({"competition": "digits", "file": "b.csv", "message": "second"})
+    assert path.read_bytes().startswith(kept)
+    assert list(ledger.read_ledger()["message"]) == ["first", "second"]
+
+
+def _make_run_folders(barrier, worker: int, config, rounds: int) -> list[str]:
+    from kit.run_folder import new_run_dir
+
+    made = []
+    for _ in range(rounds):
+        barrier.wait()
+        made.append(str(new_run_dir(config, "ensemble")))
+    return made
+
+
+def test_two_runs_started_in_one_second_get_two_folders(digits):
+    """Two `kit train`s (or `kit ensemble`s) started in the same second: each gets its own run folder, with
+    its own config (no FileExistsError traceback, no run sharing another's folder)."""
+    made = run_together(_make_run_folders, 4, digits(), 10 * ROUNDS)
+    assert len(set(made)) == len(made) == 4 * 10 * ROUNDS
+    assert all((Path(folder) / "config.json").is_file() for folder in made)
+
+
+# --- class 10: a lone row in the last training batch --------------------------------------------------
+
+
+@pytest.mark.parametrize(("rows", "batch_size"), [(65, 64), (129, 64), (97, 32)])
+def test_last_training_batch_never_holds_one_row(rows, batch_size):
+    """With batch 64, a fold of 65 or 129 training rows ended each epoch on a batch of one, and BatchNorm
+    cannot normalise one image in training mode: the lone row joins the batch before it."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from kit.data.loader import make_loader
+
+    dataset = TensorDataset(torch.randn(rows, 4), torch.arange(rows))
+    loader = make_loader(dataset, batch_size, True, torch.Generator().manual_seed(0), 0)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    assert min(len(targets) for _, targets in batches) > 1
+    assert sorted(torch.cat([targets for _, targets in batches]).tolist()) == list(range(rows))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).train()
+    for inputs, _ in batches:
+        model(inputs)  # ValueError: Expected more than 1 value per channel when training
