@@ -32,6 +32,13 @@ class Commands(click.Group):
             if isinstance(error, KitError):
                 raise click.ClickException(error.message) from None
             raise
+        except PermissionError as error:  # a folder or file this user may not write (or read): one line
+            for bar in list(getattr(tqdm, "_instances", ())):
+                bar.close()
+            raise click.ClickException(
+                f"{error.filename or 'a file'}: no permission ({error.strerror}); give your user access to "
+                "it and to its folder (e.g. `chmod u+rwX`, or `chown` it to you), then run the command again"
+            ) from None
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})

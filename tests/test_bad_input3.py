@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 from pathlib import Path
 
+import click
 import pandas as pd
 import pytest
+from conftest import invoke
+
+
+def sets(values) -> list[str]:
+    return [item for value in values for item in ("--set", value)]
+
 
 ROUNDS = 4  # rounds of simultaneous starts per concurrency case (one same-second start is enough)
 
@@ -176,3 +184,141 @@ def test_last_training_batch_never_holds_one_row(rows, batch_size):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).train()
     for inputs, _ in batches:
         model(inputs)  # ValueError: Expected more than 1 value per channel when training
+
+
+# --- class 7: folders that cannot be written, damaged caches -------------------------------------------
+
+class ReadOnlyFolders:
+    """Folders this user may not write in. Not root: chmod 0555 (the real thing). Root, whom chmod does not
+    stop (and no unprivileged user can run this virtual environment, which lives under /root): the
+    kernel's check is emulated at the OS boundary instead, os.open / os.mkdir / open / os.replace /
+    os.unlink refusing (EACCES) to create, rename or remove an entry directly inside such a folder."""
+
+    def __init__(self, monkeypatch):
+        self.folders: set[Path] = set()
+        self.root = os.geteuid() == 0
+        if self.root:
+            self._patch(monkeypatch)
+
+    def add(self, folder: Path) -> None:
+        if self.root:
+            self.folders.add(Path(os.path.abspath(folder)))
+        else:
+            os.chmod(folder, 0o555)
+
+    def restore(self) -> None:
+        for folder in self.folders if self.root else ():
+            self.folders.discard(folder)
+
+    def _blocked(self, path) -> bool:
+        return Path(os.path.abspath(os.fsdecode(path))).parent in self.folders
+
+    def _refuse(self, path):
+        raise PermissionError(13, "Permission denied", os.fsdecode(path))
+
+    def _patch(self, monkeypatch) -> None:
+        import builtins
+        import io
+
+        real_open, real_os_open = builtins.open, os.open
+        real_mkdir, real_replace, real_rename, real_unlink = os.mkdir, os.replace, os.rename, os.unlink
+
+        def creates(path) -> bool:
+            named = isinstance(path, (str, bytes, os.PathLike))
+            return named and self._blocked(path) and not os.path.exists(path)
+
+        def guarded_open(file, mode="r", *arguments, **options):
+            if any(flag in mode for flag in "wax+") and creates(file):
+                self._refuse(file)
+            return real_open(file, mode, *arguments, **options)
+
+        def guarded_os_open(path, flags, *arguments, **options):
+            if flags & os.O_CREAT and creates(path):
+                self._refuse(path)
+            return real_os_open(path, flags, *arguments, **options)
+
+        def guarded_mkdir(path, *arguments, **options):
+            if self._blocked(path):
+                self._refuse(path)
+            return real_mkdir(path, *arguments, **options)
+
+        def guarded_move(real):
+            def move(source, target, *arguments, **options):
+                for path in (source, target):
+                    if self._blocked(path):
+                        self._refuse(path)
+                return real(source, target, *arguments, **options)
+
+            return move
+
+        def guarded_unlink(path, *arguments, **options):
+            if self._blocked(path):
+                self._refuse(path)
+            return real_unlink(path, *arguments, **options)
+
+        monkeypatch.setattr(builtins, "open", guarded_open)
+        monkeypatch.setattr(io, "open", guarded_open)
+        monkeypatch.setattr(os, "open", guarded_os_open)
+        monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+        monkeypatch.setattr(os, "replace", guarded_move(real_replace))
+        monkeypatch.setattr(os, "rename", guarded_move(real_rename))
+        monkeypatch.setattr(os, "unlink", guarded_unlink)
+        monkeypatch.setattr(os, "remove", guarded_unlink)
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    folders = ReadOnlyFolders(monkeypatch)
+    yield folders
+    if not folders.root:
+        for folder in folders.folders:
+            os.chmod(folder, 0o755)
+
+
+def refused(*arguments, contains=()) -> str:
+    return one_line_error(invoke(*arguments), *contains)
+
+
+def test_interim_folder_not_writable_is_one_line(digits, project, read_only):
+    interim = project / "data" / "interim" / "digits"
+    interim.mkdir(parents=True, exist_ok=True)
+    read_only.add(interim)
+    refused("folds", "digits", contains=(str(interim), "no permission", "chmod"))
+    assert not any(interim.iterdir())  # nothing half-written left there
+
+
+def test_data_folder_not_writable_is_one_line(digits, project, read_only):
+    data = project / "data"
+    shutil.rmtree(data / "interim", ignore_errors=True)
+    read_only.add(data)
+    refused("folds", "digits", contains=(str(data / "interim"), "no permission", "chmod"))
+
+
+def test_runs_folder_not_writable_is_one_line(digits, project, read_only):
+    runs = project / "runs" / "digits"
+    runs.mkdir(parents=True, exist_ok=True)
+    read_only.add(runs)
+    refused("train", "digits", *sets(["train.epochs=1"]), contains=(str(runs), "no permission", "chmod"))
+    assert not any(runs.iterdir())
+
+
+def test_submissions_folder_not_writable_is_one_line(digits, project, read_only):
+    """What `kit predict` and `kit submit` write there: the submission file, its checksum, a ledger row."""
+    from kit import ledger
+    from kit.predict import submission
+
+    config = digits()
+    folder = project / "submissions"
+    folder.mkdir()
+    read_only.add(folder)
+    sample = submission.read_sample(config)
+    frame = pd.DataFrame({"id": sample["id"], "label": "1"})
+    for write in (
+        lambda: submission.write(config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)]),
+        lambda: ledger.append_ledger({"competition": "digits", "file": "a.csv"}),
+    ):
+        with pytest.raises(click.ClickException) as error:
+            write()
+        assert str(folder) in error.value.message and "chmod" in error.value.message
+        assert "\n" not in error.value.message
+    assert not any(folder.iterdir())
