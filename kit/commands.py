@@ -37,6 +37,7 @@ from kit.files import (
     HAND_FILLED,
     filling_folder,
     git_commit,
+    human_size,
     mark_hand_filled,
     marked_slug,
     raw_state,
@@ -156,9 +157,9 @@ def files(config: Config) -> None:
     listed = kaggle.list_files(_kaggle_slug(config), _notice)
     width = max((len(item.name) for item in listed), default=4)
     for item in listed:
-        click.echo(f"{item.name:<{width}}  {kaggle_download.human_size(item.size):>10}")
+        click.echo(f"{item.name:<{width}}  {human_size(item.size):>10}")
     total = sum(item.size for item in listed)
-    click.echo(f"{len(listed)} files, {kaggle_download.human_size(total)}")
+    click.echo(f"{len(listed)} files, {human_size(total)}")
 
 
 def leaderboard(config: Config, top: int) -> None:
@@ -362,13 +363,26 @@ def interrupted_line(config: Config, known: set[Path] | None) -> str:
     )
 
 
-def train(config: Config, fold: str) -> Path:
+def train(config: Config, fold: str | None = None) -> Path:
+    """Train in a new run folder; `fold` a number or "all" (None: fold 0)."""
     with resume_hint(config, set(list_runs(config))):
-        return _train_in_new_run(config, load_labels(config), fold)
+        return _train_in_new_run(config, load_labels(config), "0" if fold is None else fold)
 
 
-def resume(config: Config, run: str | None) -> Path:
-    """Continue an interrupted run (default: the newest) with its own config; Ctrl-C says how to go on."""
+def resume(
+    config: Config, run: str | None, overrides: typing.Sequence[str] = (), fold: str | None = None
+) -> Path:
+    """Continue an interrupted run (default: the newest) with its own config; Ctrl-C says how to go on.
+
+    Settings (`--set`) and folds (`--fold`) are refused, not applied: the run's config.json and plan
+    record what its finished epochs were trained with, and a change halfway would leave a run that no
+    setting describes."""
+    given = [f"--set {text}" for text in overrides] + ([f"--fold {fold}"] if fold is not None else [])
+    if given:
+        raise KitError(
+            "--resume continues a run with the settings and folds it started with (its config.json): "
+            f"drop {', '.join(given)}, or start a new run without --resume"
+        )
     with resume_hint(config):
         return _resume(config, run)
 

@@ -107,9 +107,15 @@ os.umask(_UMASK)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; over the user's disk quota
 
 
+def is_disk_full(error: OSError) -> bool:
+    """Whether a failed write failed for want of space: the disk is full, or the user's quota is."""
+    return error.errno in DISK_FULL
+
+
 def human_size(size: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
+    """Bytes for people, in powers of 1000: 512 bytes, 1.6 GB, 2.1 TB."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1000
     return ""
@@ -122,7 +128,7 @@ def free_space(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def disk_full(folder: Path, what: str, needed: int | None = None) -> click.ClickException:
+def disk_full_error(folder: Path, what: str, needed: int | None = None) -> click.ClickException:
     """The one-line error for a full disk: where, how much is needed (when known) and free, what to do."""
     amount = f"needs {human_size(needed)}" if needed is not None else "ran out of space"
     return click.ClickException(
@@ -199,12 +205,12 @@ def atomic_path(target: Path) -> Iterator[Path]:
     except PermissionError:  # the folder made read-only meanwhile, or a target we may not replace
         raise not_writable(target.parent, f"writing {target.name}") from None
     except OSError as error:
-        if error.errno not in DISK_FULL:
+        if not is_disk_full(error):
             raise
         written = os.path.getsize(temporary) if os.path.exists(temporary) else 0
         if os.path.exists(temporary):  # before the free space is measured for the message
             os.unlink(temporary)
-        raise disk_full(
+        raise disk_full_error(
             target.parent, f"writing {target.name} ({human_size(written)} written when the disk filled)"
         ) from None
     finally:

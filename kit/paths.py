@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import click
+from kit.errors import KitError
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def interim_dir(name: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # data/interim (or data) saved as a file
-        raise click.ClickException(f"a file is in the way of the folder {path}: move it away") from None
+        raise KitError(f"a file is in the way of the folder {path}: move it away") from None
     return path
 
 
@@ -64,5 +64,5 @@ def ledger_file() -> Path:
 def require_download(name: str) -> Path:
     path = raw_dir(name)
     if not path.is_dir() or not any(path.iterdir()):
-        raise click.ClickException(f"no data in {path}: run `make download COMP={name}` first")
+        raise KitError(f"no data in {path}: run `make download COMP={name}` first")
     return path

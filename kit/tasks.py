@@ -58,55 +58,47 @@ class LabelError(ValueError):
 
 
 @dataclass(frozen=True)
-class SingleLabel:
-    """One class per image: softmax over the classes, cross-entropy, class probabilities submitted."""
+class Task:
+    """What every competition kind answers; the kinds below are siblings, each stating its own answers
+    (a kind never passes for another: a regression is not a single-label task). The methods given here
+    are the ones most kinds share: targets used as they are, no decisions fitted on OOF."""
 
-    name: ClassVar[str] = "single_label"
-    stratify: ClassVar[str] = "classes"  # kit.data.folds.SPLITTERS: the fold splitter for these targets
-    blend_loss: ClassVar[str] = "log_loss"  # kit.predict.ensemble.WEIGHT_FITTERS: how blends are weighted
+    name: ClassVar[str]
+    stratify: ClassVar[str]  # kit.data.folds.SPLITTERS: the fold splitter for these targets
+    blend_loss: ClassVar[str]  # kit.predict.ensemble.WEIGHT_FITTERS: how blends are weighted
 
     @classmethod
-    def read_labels(cls, texts: list[str]) -> tuple[SingleLabel, np.ndarray, list[str]]:
-        classes = sorted(set(texts))
-        index = {name: i for i, name in enumerate(classes)}
-        return cls(), np.array([index[text] for text in texts], dtype=np.int64), classes
+    def read_labels(cls, texts: list[str]) -> tuple[Task, np.ndarray, list[str]]:
+        """(task, targets, classes) from the label column's texts; LabelError names a bad row."""
+        raise NotImplementedError
 
     def head_size(self, classes: list[str]) -> int:
-        return len(classes)
+        """The network's outputs."""
+        raise NotImplementedError
 
     def chance_loss(self, classes: list[str]) -> float:
         """The loss of a uniform guess: a loss far above it means training diverged."""
-        return math.log(max(2, len(classes)))
+        raise NotImplementedError
 
     def encode(self, targets: np.ndarray) -> np.ndarray:
         """Targets as the loss takes them (what the DataLoader yields)."""
         return targets
 
     def loss(self, outputs, encoded):
-        """Cross-entropy against class indices, or against soft targets (rows of class weights: label
-        smoothing, mixup/cutmix, pseudo-labelled rows scaled by their weight; kit.train.stage)."""
-        from torch.nn import functional
-
-        if encoded.is_floating_point():  # in float32 whatever the autocast dtype of the outputs
-            return functional.cross_entropy(outputs.float(), encoded.float())
-        return functional.cross_entropy(outputs, encoded)
+        """The training loss of raw head outputs (tensors) against encoded targets."""
+        raise NotImplementedError
 
     def activate(self, outputs):
         """Raw head outputs (tensor) -> predictions (probabilities or values)."""
-        return outputs.float().softmax(1)
+        raise NotImplementedError
 
     def mean_of_logits(self, stack: np.ndarray) -> np.ndarray:
-        """Predictions (members x rows x outputs) averaged on the scale the head outputs, not as
-        probabilities: the softmax of the mean log-probability (a geometric mean, renormalised). Members
-        of unequal confidence (a head on frozen features beside the fine-tuned network) then meet in
-        between, where the arithmetic mean leans to the one that is less sure (predict.mean)."""
-        geometric = np.exp(np.log(np.clip(stack, LOG_FLOOR, None)).mean(0))  # in [LOG_FLOOR, 1]: no overflow
-        return geometric / geometric.sum(1, keepdims=True)
+        """Predictions (members x rows x outputs) averaged on the scale the head outputs (predict.mean)."""
+        raise NotImplementedError
 
     def blend_truth(self, targets: np.ndarray) -> np.ndarray:
-        """What blend weights are fitted against (kit.predict.ensemble.WEIGHT_FITTERS[blend_loss]): class
-        indices for log loss; for squared error, a perfect prediction (N x head)."""
-        return targets
+        """What blend weights are fitted against (kit.predict.ensemble.WEIGHT_FITTERS[blend_loss])."""
+        raise NotImplementedError
 
     def fit_decisions(self, predictions: np.ndarray, targets: np.ndarray, metric: Metric) -> dict:
         return {}
@@ -122,28 +114,91 @@ class SingleLabel:
 
     def submitted_labels(self, predictions: np.ndarray, decisions: dict, classes: list[str]) -> list[str]:
         """The submission's label column (format "label")."""
-        return [classes[i] for i in predictions.argmax(1)]
+        raise NotImplementedError
 
     def label_problem(self, values: pd.Series, classes: list[str]) -> str | None:
         """Why a submission's label column is invalid, or None."""
-        unknown = set(values.astype(str)) - set(classes)
-        return f"unknown labels, e.g. {sorted(unknown)[0]!r}" if unknown else None
+        raise NotImplementedError
 
     def row_labels(self, targets: np.ndarray, classes: list[str]) -> list[str]:
         """Each row's label as text (folds.csv, captions)."""
-        return [classes[t] for t in targets]
+        raise NotImplementedError
 
     def fold_groups(self, targets: np.ndarray, classes: list[str]) -> list[list[str]]:
         """The groups each row counts in when folds are shown (`kit folds`): its class, its tags, its bin."""
-        return [[label] for label in self.row_labels(targets, classes)]
+        raise NotImplementedError
 
     def describe(self) -> dict:
         """What a run records about its task (metrics.json); `from_record` makes the task again from it."""
-        return {"name": self.name}
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+def unknown_classes(values: pd.Series, classes: list[str]) -> str | None:
+    """Why a label column naming one class per row is invalid (a class not trained on), or None."""
+    unknown = set(values.astype(str)) - set(classes)
+    return f"unknown labels, e.g. {sorted(unknown)[0]!r}" if unknown else None
 
 
 @dataclass(frozen=True)
-class MultiLabel(SingleLabel):
+class SingleLabel(Task):
+    """One class per image: softmax over the classes, cross-entropy, class probabilities submitted."""
+
+    name: ClassVar[str] = "single_label"
+    stratify: ClassVar[str] = "classes"
+    blend_loss: ClassVar[str] = "log_loss"
+
+    @classmethod
+    def read_labels(cls, texts: list[str]) -> tuple[SingleLabel, np.ndarray, list[str]]:
+        classes = sorted(set(texts))
+        index = {name: i for i, name in enumerate(classes)}
+        return cls(), np.array([index[text] for text in texts], dtype=np.int64), classes
+
+    def head_size(self, classes: list[str]) -> int:
+        return len(classes)
+
+    def chance_loss(self, classes: list[str]) -> float:
+        return math.log(max(2, len(classes)))
+
+    def loss(self, outputs, encoded):
+        """Cross-entropy against class indices, or against soft targets (rows of class weights: label
+        smoothing, mixup/cutmix, pseudo-labelled rows scaled by their weight; kit.train.stage)."""
+        from torch.nn import functional
+
+        if encoded.is_floating_point():  # in float32 whatever the autocast dtype of the outputs
+            return functional.cross_entropy(outputs.float(), encoded.float())
+        return functional.cross_entropy(outputs, encoded)
+
+    def activate(self, outputs):
+        return outputs.float().softmax(1)
+
+    def mean_of_logits(self, stack: np.ndarray) -> np.ndarray:
+        """Predictions (members x rows x outputs) averaged on the scale the head outputs, not as
+        probabilities: the softmax of the mean log-probability (a geometric mean, renormalised). Members
+        of unequal confidence (a head on frozen features beside the fine-tuned network) then meet in
+        between, where the arithmetic mean leans to the one that is less sure (predict.mean)."""
+        geometric = np.exp(np.log(np.clip(stack, LOG_FLOOR, None)).mean(0))  # in [LOG_FLOOR, 1]: no overflow
+        return geometric / geometric.sum(1, keepdims=True)
+
+    def blend_truth(self, targets: np.ndarray) -> np.ndarray:
+        """What blend weights are fitted against (kit.predict.ensemble.WEIGHT_FITTERS[blend_loss]): class
+        indices for log loss; for squared error, a perfect prediction (N x head)."""
+        return targets
+
+    def submitted_labels(self, predictions: np.ndarray, decisions: dict, classes: list[str]) -> list[str]:
+        return [classes[i] for i in predictions.argmax(1)]
+
+    def label_problem(self, values: pd.Series, classes: list[str]) -> str | None:
+        return unknown_classes(values, classes)
+
+    def row_labels(self, targets: np.ndarray, classes: list[str]) -> list[str]:
+        return [classes[t] for t in targets]
+
+    def fold_groups(self, targets: np.ndarray, classes: list[str]) -> list[list[str]]:
+        return [[label] for label in self.row_labels(targets, classes)]
+
+
+@dataclass(frozen=True)
+class MultiLabel(Task):
     """Any number of tags per image: one sigmoid per tag, BCE, thresholds per tag fitted on OOF."""
 
     name: ClassVar[str] = "multi_label"
@@ -159,6 +214,9 @@ class MultiLabel(SingleLabel):
         for row, tags in enumerate(tag_lists):
             targets[row, [index[tag] for tag in tags]] = 1
         return cls(), targets, classes
+
+    def head_size(self, classes: list[str]) -> int:
+        return len(classes)
 
     def chance_loss(self, classes: list[str]) -> float:
         return math.log(2)  # BCE of p = 0.5, per tag
@@ -212,23 +270,14 @@ class MultiLabel(SingleLabel):
 
 
 @dataclass(frozen=True)
-class Regression(SingleLabel):
-    """A number per image: one output trained on the standardised target ((y - mean) / std of the training
-    labels), so one learning rate suits any scale; predictions are unscaled back."""
+class StandardisedOutput(Task):
+    """What regression and ordinal grades share, not a kind itself: one output trained on the standardised
+    target ((y - mean) / std of the training labels), so one learning rate suits any scale; predictions
+    are unscaled back."""
 
-    name: ClassVar[str] = "regression"
-    stratify: ClassVar[str] = "bins"
     blend_loss: ClassVar[str] = "squared_error"
     mean: float = 0.0
     std: float = 1.0
-
-    @classmethod
-    def read_labels(cls, texts: list[str]) -> tuple[Regression, np.ndarray, list[str]]:
-        values = pd.to_numeric(pd.Series(texts), errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if len(bad):
-            raise LabelError(int(bad[0]), texts[bad[0]], "a number (task = 'regression')")
-        return cls(float(values.mean()), float(values.std()) or 1.0), values, ["value"]
 
     def head_size(self, classes: list[str]) -> int:
         return 1
@@ -256,6 +305,22 @@ class Regression(SingleLabel):
         """Values have no logits: their plain mean."""
         return stack.mean(0)
 
+
+@dataclass(frozen=True)
+class Regression(StandardisedOutput):
+    """A number per image."""
+
+    name: ClassVar[str] = "regression"
+    stratify: ClassVar[str] = "bins"
+
+    @classmethod
+    def read_labels(cls, texts: list[str]) -> tuple[Regression, np.ndarray, list[str]]:
+        values = pd.to_numeric(pd.Series(texts), errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise LabelError(int(bad[0]), texts[bad[0]], "a number (task = 'regression')")
+        return cls(float(values.mean()), float(values.std()) or 1.0), values, ["value"]
+
     def submitted_labels(self, predictions: np.ndarray, decisions: dict, classes: list[str]) -> list[str]:
         return [f"{value:.6g}" for value in self.decide(predictions, decisions)[:, 0]]
 
@@ -272,12 +337,9 @@ class Regression(SingleLabel):
         bins = pd.qcut(targets, 5, duplicates="drop")  # quintiles of the target
         return [[str(interval)] for interval in bins]
 
-    def describe(self) -> dict:
-        return {"name": self.name, **dataclasses.asdict(self)}
-
 
 @dataclass(frozen=True)
-class Ordinal(Regression):
+class Ordinal(StandardisedOutput):
     """A few integer grades (0-4): regression on the grade index, cut into grades by cut-points fitted
     on OOF."""
 
@@ -323,13 +385,13 @@ class Ordinal(Regression):
         return [classes[int(g)] for g in self.decide(predictions, decisions)[:, 0]]
 
     def label_problem(self, values: pd.Series, classes: list[str]) -> str | None:
-        return SingleLabel.label_problem(self, values, classes)
+        return unknown_classes(values, classes)
 
     def row_labels(self, targets: np.ndarray, classes: list[str]) -> list[str]:
         return [classes[t] for t in targets]
 
     def fold_groups(self, targets: np.ndarray, classes: list[str]) -> list[list[str]]:
-        return SingleLabel.fold_groups(self, targets, classes)
+        return [[label] for label in self.row_labels(targets, classes)]
 
 
 def coordinate_search(
@@ -357,7 +419,7 @@ def coordinate_search(
     return values
 
 
-TASKS: dict[str, type[SingleLabel]] = {
+TASKS: dict[str, type[Task]] = {
     task.name: task for task in (SingleLabel, MultiLabel, Regression, Ordinal)
 }
 SINGLE_LABEL = SingleLabel()
@@ -367,12 +429,12 @@ def task_names() -> tuple[str, ...]:
     return tuple(TASKS)
 
 
-def from_record(record: dict | None) -> SingleLabel:
+def from_record(record: dict | None) -> Task:
     """The task a run recorded (metrics.json "task"); runs made before tasks existed were single-label."""
     fields = dict(record or {"name": "single_label"})
     return TASKS[fields.pop("name")](**fields)
 
 
-def read_labels(task: str, texts: typing.Sequence[str]) -> tuple[SingleLabel, np.ndarray, list[str]]:
+def read_labels(task: str, texts: typing.Sequence[str]) -> tuple[Task, np.ndarray, list[str]]:
     """(task object, targets, classes) from the label column's texts; LabelError names a bad row."""
     return TASKS[task].read_labels(list(texts))

@@ -13,6 +13,7 @@ from PIL import Image
 from kit.competitions import load_competition
 from kit.data.folds import assign_folds, load_folds, small_classes
 from kit.data.labels import load_labels, load_test
+from kit.errors import KitError
 
 
 def competition(project: Path, name: str, data_section: str = "", extra: str = "", overrides=()):
@@ -38,7 +39,7 @@ def write_csv(path: Path, text: str) -> Path:
 
 
 def error_message(function, *arguments) -> str:
-    with pytest.raises(click.ClickException) as raised:
+    with pytest.raises((click.ClickException, KitError)) as raised:
         function(*arguments)
     message = raised.value.message
     assert "\n" not in message

@@ -24,6 +24,7 @@ from kaggle_standin import (
 )
 
 from kit.cli import main
+from kit.files import human_size
 from kit.kaggle import client, download
 
 SLUG = "dog-breeds"
@@ -269,7 +270,7 @@ def test_too_little_free_space_up_front_says_how_much_is_missing(monkeypatch, tm
             download.download_competition(SLUG, raw_dir)
     message = one_line(caught.value)
     assert "not enough free space for downloading dog-breeds.zip (its size × 2: to extract it)" in message
-    assert f"free {download.human_size(len(bundle))} more" in message  # twice the archive is needed
+    assert f"free {human_size(len(bundle))} more" in message  # twice the archive is needed
     assert not raw_dir.exists() and not list(raw_dir.parent.rglob("*.zip"))
 
 
@@ -289,20 +290,21 @@ def test_too_little_free_space_before_extracting(monkeypatch, tmp_path):
     assert stand_in.bytes_served == len(bundle)  # the archive is kept for the next run
 
 
-def test_disk_full_in_the_middle_of_writing(monkeypatch, tmp_path):
+@pytest.mark.parametrize("reason", [errno.ENOSPC, errno.EDQUOT])  # the disk full, or the user's quota
+def test_disk_full_in_the_middle_of_writing(monkeypatch, tmp_path, reason):
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
     bundle = big_bundle(6)
     real_open = open
 
     class FullDisk:
-        """A file that takes two chunks, then the disk is full."""
+        """A file that takes two chunks, then the disk (or the quota) is full."""
 
         def __init__(self, *arguments, **options):
             self.file = real_open(*arguments, **options)
 
         def write(self, data):
             if self.file.tell() >= 2 * CHUNK:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise OSError(reason, os.strerror(reason))
             return self.file.write(data)
 
         def __enter__(self):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import click
 import numpy as np
 import pytest
 import torch
@@ -10,6 +9,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from kit import models
+from kit.errors import KitError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -67,7 +67,7 @@ def test_create_model_keeps_the_imagenet_body_with_a_new_head(imagenet_model):
 
 
 def test_unknown_model_name_is_a_clear_error():
-    with pytest.raises(click.ClickException, match="unknown timm model 'no_such_net'"):
+    with pytest.raises(KitError, match="unknown timm model 'no_such_net'"):
         models.create_model("no_such_net", 3, pretrained=False)
 
 
@@ -157,7 +157,7 @@ def test_load_weights_refuses_another_model_or_class_list(tmp_path, expected, wr
     path = tmp_path / "best.pt"
     models.save_weights(model, path, META)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    with pytest.raises(click.ClickException) as raised:
+    with pytest.raises(KitError) as raised:
         models.load_weights(model, path, expected)
     message = raised.value.message
     assert str(path) in message and wrong in message and repr(expected[wrong]) in message

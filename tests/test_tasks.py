@@ -143,3 +143,17 @@ def test_blend_weights_by_squared_error_recover_a_known_mix():
     assert fit_weights_squared([first, second], truth) == pytest.approx([0.3, 0.7], abs=1e-4)
     noise = rng.random((200, 3))
     assert fit_weights_squared([noise, truth], truth) == pytest.approx([0.0, 1.0], abs=1e-6)
+
+
+def test_task_kinds_are_siblings_not_one_another():
+    """A regression is not a single-label task (an `isinstance(task, SingleLabel)` check, or a
+    `task: SingleLabel` argument, must not accept one), nor ordinal grades a regression."""
+    kinds = [tasks.SingleLabel(), tasks.MultiLabel(), tasks.Regression(), tasks.Ordinal()]
+    for kind in kinds:
+        assert isinstance(kind, tasks.Task)
+        others = [type(other) for other in kinds if type(other) is not type(kind)]
+        assert not isinstance(kind, tuple(others)), f"{kind.name} passes for {[o.name for o in others]}"
+    assert set(tasks.TASKS) == {kind.name for kind in kinds}
+    # What a kind inherits from the shared base is what every kind means by it; the rest is its own.
+    assert tasks.Ordinal().describe() == {"name": "ordinal", "mean": 0.0, "std": 1.0, "grade_count": 2}
+    assert tasks.MultiLabel().head_size(["a", "b"]) == 2 and tasks.Ordinal().head_size(["0", "1", "2"]) == 1

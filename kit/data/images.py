@@ -31,7 +31,7 @@ from filelock import FileLock
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from kit.files import DISK_FULL, atomic_path, disk_full, exclusive, free_space, human_size
+from kit.files import atomic_path, disk_full_error, exclusive, free_space, human_size, is_disk_full
 
 # Part of every cache key: bump it whenever decode's pixels change, so no cache made by an older decoder
 # is reused. 1: shorter side resized, centre square crop. 2: what a viewer shows (EXIF orientation, 16-bit,
@@ -257,7 +257,7 @@ def _build(
     needed = int(np.prod(shape)) + 4096  # the pixels, plus the .npy header
     what = f"caching {len(paths)} {label} images at {image_size}px"
     if free_space(cache_dir) < needed:
-        raise disk_full(cache_dir, what, needed)
+        raise disk_full_error(cache_dir, what, needed)
     with atomic_path(array_path) as temporary:
         array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
         # Reserve every block now: writing into a memory map on a full disk kills the process (SIGBUS).
@@ -266,9 +266,9 @@ def _build(
                 if hasattr(os, "posix_fallocate"):  # not on macOS
                     os.posix_fallocate(handle.fileno(), 0, os.path.getsize(temporary))
             except OSError as error:  # other errors (a file system without it): written as it goes
-                if error.errno in DISK_FULL:
+                if is_disk_full(error):
                     handle.truncate(0)  # give the space back before the message measures what is free
-                    raise disk_full(cache_dir, what, needed) from None
+                    raise disk_full_error(cache_dir, what, needed) from None
         workers = min(32, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding and resizing
             results = pool.map(lambda p: decode_or_none(p, image_size, max_aspect), paths, chunksize=16)

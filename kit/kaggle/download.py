@@ -13,7 +13,6 @@ downloaded, once extracted) and, if it fills anyway, reported in one line with t
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -32,6 +31,8 @@ from kit.files import (
     atomic_path,
     download_folder,
     filling_folder,
+    human_size,
+    is_disk_full,
     require_fillable,
     single_files,
 )
@@ -130,15 +131,6 @@ def _extract_archives(folder: Path) -> None:
 # Transfers.
 
 
-def human_size(count: float) -> str:
-    """Bytes for people: 1.6 GB, 512.0 MB."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(count) < 1000 or unit == "GB":
-            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
-        count /= 1000
-    return f"{count:.1f} TB"
-
-
 def check_free_space(folder: Path, needed: int, what: str) -> None:
     """Refuse in one line when the disk holding `folder` has less than `needed` bytes free."""
     probe = folder
@@ -151,10 +143,6 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
             f"{human_size(free)} free; "
             f"free {human_size(needed - free)} more, then rerun"
         )
-
-
-def disk_full(error: OSError) -> bool:
-    return error.errno == errno.ENOSPC
 
 
 def signed_link(api, slug: str, file_name: str | None = None) -> str:
@@ -288,7 +276,7 @@ def fetch(
                 ) from None
             _pause(error, failures, on_retry)
         except OSError as error:
-            if not disk_full(error):
+            if not is_disk_full(error):
                 raise
             raise click.ClickException(
                 f"the disk filled up while writing {target.name} for {describe}: free space on the disk of "
@@ -363,7 +351,7 @@ def download_competition(slug: str, raw_dir: Path, warn: Callable[[str], None] =
         with filling_folder(raw_dir, slug) as partial:
             _extract_archives(_place(archive, partial).parent)
     except OSError as error:
-        if not disk_full(error):
+        if not is_disk_full(error):
             raise
         raise click.ClickException(
             f"the disk filled up while extracting {archive.name} into {raw_dir}: "
