@@ -108,17 +108,22 @@ def duplicates(competition: str, listed: int, overrides: tuple[str, ...]) -> Non
 @main.command()
 @COMPETITION
 @click.option(
-    "--fold", default="0", show_default=True, help="Fold number, or 'all' for every fold (OOF predictions)."
+    "--fold", default=None, help="Fold number, or 'all' for every fold (OOF predictions).  [default: 0]"
 )
 @click.option(
-    "--resume", is_flag=True, help="Continue the newest interrupted run (or --run) from its last epoch."
+    "--resume",
+    is_flag=True,
+    help="Continue the newest interrupted run (or --run) from its last epoch, with its own settings and "
+    "folds (--set and --fold are refused).",
 )
 @click.option("--run", default=None, help="With --resume: the run to continue.")
 @OVERRIDES
-def train(competition: str, fold: str, resume: bool, run: str | None, overrides: tuple[str, ...]) -> None:
+def train(
+    competition: str, fold: str | None, resume: bool, run: str | None, overrides: tuple[str, ...]
+) -> None:
     """Train the competition's recipe on one fold or all of them."""
     if resume:
-        commands.resume(commands.load_for_training(competition), run)
+        commands.resume(commands.load_for_training(competition), run, overrides, fold)
     else:
         commands.train(commands.load_for_training(competition, overrides), fold)
 
