@@ -166,6 +166,10 @@ def submit(competition: str, run: str | None, message: str, dry_run: bool) -> No
 @click.option("--run", default=None, help="Run id (default: the newest finished run).")
 @click.option("--gpu/--no-gpu", default=None, help="Run the notebook on a GPU (default: notebook.gpu).")
 @click.option("--submit", is_flag=True, help="Once the notebook has run, make the code submission.")
+@click.option(
+    "--local", is_flag=True, help="Rehearse here: build and run the notebook offline, timed; push nothing."
+)
+@click.option("--force", is_flag=True, help="Push even where the time budget is above 80% of the limit.")
 @click.option("-m", "--message", default="", help="Submission message (CV score, run and commit are added).")
 @OVERRIDES
 def notebook(
@@ -173,12 +177,16 @@ def notebook(
     run: str | None,
     gpu: bool | None,
     submit: bool,
+    local: bool,
+    force: bool,
     message: str,
     overrides: tuple[str, ...],
 ) -> None:
     """Code competitions: package the run as a Kaggle dataset, push a notebook that predicts with it
     offline, follow it, and with --submit make the code submission."""
-    commands.notebook(load_competition(competition, overrides), run, gpu, submit, message)
+    commands.notebook(
+        load_competition(competition, overrides), run, gpu, submit, message, local=local, force=force
+    )
 
 
 @main.command("ledger")

@@ -46,9 +46,9 @@ from kit.files import (
     write_json,
 )
 from kit.hooks import load_hooks
+from kit.kaggle import budget, kernels, scaffold
 from kit.kaggle import client as kaggle
 from kit.kaggle import download as kaggle_download
-from kit.kaggle import kernels, scaffold
 from kit.report.runs_table import runs_table
 from kit.run_folder import (
     best_run,
@@ -588,19 +588,31 @@ def _ledger_row(config: Config, run_dir: Path, summary: dict, file: str, message
     }
 
 
-def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, message: str) -> dict:
+def notebook(
+    config: Config,
+    run: str | None,
+    gpu: bool | None,
+    submit: bool,
+    message: str,
+    local: bool = False,
+    force: bool = False,
+) -> dict:
     """A code competition, in one command: package the run as a private Kaggle dataset, write and push the
     notebook that predicts with it (internet off), follow it to the end, fetch its outputs, and with
-    `submit`, make the code submission and record it in the ledger as `kit submit` does."""
+    `submit`, make the code submission and record it in the ledger as `kit submit` does.
+
+    `local`: rehearse instead (kit.kaggle.rehearsal: built and executed here, offline, timed; nothing is
+    pushed, no credentials asked for). Before a push, the last rehearsal's time budget is shown; above 80%
+    of notebook.timeout_minutes the push is refused unless `force`."""
     from kit.kaggle import notebook as notebook_writer  # heavy (nbformat; torch through package)
     from kit.kaggle import package  # heavy (torch, timm: kit.predict.inference)
 
-    if not config.competition.kaggle:
+    slug = config.competition.kaggle or (config.name if local else "")  # a rehearsal names the folder
+    if not slug:
         raise click.ClickException(
             f"{config.path}: set competition.kaggle (the Kaggle slug) for `kit notebook`, "
             "e.g. --set competition.kaggle=SLUG"
         )
-    slug = config.competition.kaggle
     if submit and config.competition.submission != "notebook":
         raise click.ClickException(
             f"{config.path}: competition.submission = {config.competition.submission!r}: Kaggle takes files, "
@@ -613,6 +625,11 @@ def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, me
         raise click.ClickException(
             f"{run_dir.name} is an ensemble (no weights of its own): package one of its runs with --run"
         )
+    use_gpu = config.notebook.gpu if gpu is None else gpu
+    accelerator = budget.default_accelerator(config.notebook.accelerator, use_gpu)
+    if local:
+        return _rehearse_notebook(config, run_dir, summary, slug, accelerator)
+    rehearsed = _check_budget(config, run_dir, accelerator, force)  # an estimate over the limit stops here
     api = kaggle.authenticated_api()  # missing credentials stop here, before anything is built
     owner = kernels.username(api)
     dataset_id = f"{owner}/{package.dataset_slug(config.name)}"
@@ -622,11 +639,12 @@ def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, me
         f"package {dataset_id}: {built.size_bytes / package.MEGABYTE:.1f} MB "
         f"({len(built.manifest['weights'])} weight files, wheel {built.manifest['wheel']})"
     )
-    use_gpu = config.notebook.gpu if gpu is None else gpu
     notebook_path, metadata = notebook_writer.write_kernel(
-        base / "notebook", built.manifest, owner, dataset_id, slug, use_gpu
+        base / "notebook", built.manifest, owner, dataset_id, slug, use_gpu, accelerator
     )
-    where = "GPU" if use_gpu else "CPU"
+    where = {"cpu": "CPU", "t4": "GPU T4", "t4x2": "GPU T4 x2"}[accelerator]
+    if not rehearsed:
+        click.echo(f"time budget: unknown (no rehearsal: `kit notebook {config.name} --local` measures it)")
     click.echo(f"notebook {notebook_path.relative_to(run_dir.parent)} ({where}, internet off)")
     timeout = config.notebook.timeout_minutes * 60
     outcome = kernels.publish_dataset(api, built.folder, dataset_id, f"run {run_dir.name}")
@@ -660,6 +678,59 @@ def notebook(config: Config, run: str | None, gpu: bool | None, submit: bool, me
     submission_ledger.append_ledger(row)
     click.echo(f"submitted: {pushed.ref} version {pushed.version} ({row['message']})")
     return row
+
+
+def _rehearse_notebook(config: Config, run_dir: Path, summary: dict, slug: str, accelerator: str) -> dict:
+    """`kit notebook --local`: the rehearsal, its phases, its submission against `kit predict`'s, and the
+    time budget on Kaggle's `accelerator`."""
+    from kit.kaggle import rehearsal  # heavy (nbclient; torch through the package)
+
+    gpu = accelerator != "cpu"
+    click.echo(
+        f"rehearsing the notebook of run {run_dir.name} here: offline, {budget.KAGGLE_CORES} cores, "
+        f"{'the GPU if any' if gpu else 'no GPU'}; nothing is pushed"
+    )
+    record = rehearsal.rehearse(config, run_dir, summary, slug, gpu)
+    for cell in record["cells"]:
+        click.echo(f"  {cell['seconds']:8.1f} s  {cell['cell']}")
+    phases = record["phases"]
+    click.echo(
+        "  prediction: "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases["seconds"].items())
+        + f" ({phases['images']} images x {phases['weight_files']} weight files x {phases['views']} views on "
+        f"{phases['device']}, {phases['precision']}, {phases['cores']} cores)"
+    )
+    expected = submission_file(config, run_dir, summary, remake=False)  # `kit predict`'s file for the run
+    difference = rehearsal.largest_difference(Path(record["submission"]), expected)
+    same = "identical to" if difference == 0 else f"largest difference {difference:.2g} from"
+    click.echo(f"{record['submission']}: {same} `kit predict`'s {expected.name}")
+    measured = budget.Rehearsal(**record["budget"])
+    hidden, limit = config.notebook.hidden_test_images, config.notebook.timeout_minutes
+    for line in budget.budget_lines(measured, accelerator, hidden, limit):
+        click.echo(line)
+    return {**record, "difference": difference}
+
+
+def _check_budget(config: Config, run_dir: Path, accelerator: str, force: bool) -> bool:
+    """The last rehearsal's time budget on Kaggle, shown before a push; above budget.REFUSE_ABOVE of
+    notebook.timeout_minutes the push is refused unless `force`. Whether the run had a rehearsal."""
+    from kit.kaggle import rehearsal  # heavy (torch through the package)
+
+    record = rehearsal.read_rehearsal(run_dir)
+    if record is None:
+        return False
+    measured = budget.Rehearsal(**record["budget"])
+    hidden, limit = config.notebook.hidden_test_images, config.notebook.timeout_minutes
+    for line in budget.budget_lines(measured, accelerator, hidden, limit):
+        click.echo(line)
+    estimate = budget.estimate(measured, accelerator, hidden)
+    if budget.over_budget(estimate, limit) and not force:
+        raise click.ClickException(
+            f"the notebook is estimated at {estimate.minutes:.0f} min on Kaggle's {accelerator}, above "
+            f"{budget.REFUSE_ABOVE:.0%} of notebook.timeout_minutes = {limit:g} ({config.path}): take the "
+            "cut above, or push anyway with --force"
+        )
+    return True
 
 
 def ledger(config: Config) -> pd.DataFrame:

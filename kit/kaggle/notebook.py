@@ -15,6 +15,7 @@ import nbformat
 from nbformat import v4
 
 from kit.files import atomic_path, write_json
+from kit.kaggle.budget import MACHINE_SHAPES
 from kit.kaggle.package import MANIFEST
 
 KERNEL_METADATA = "kernel-metadata.json"  # the official client's metadata file for a kernel folder
@@ -96,9 +97,14 @@ def build_notebook(manifest: dict, dataset_id: str, slug: str) -> nbformat.Noteb
 
 
 def write_kernel(
-    folder: Path, manifest: dict, owner: str, dataset_id: str, slug: str, gpu: bool
+    folder: Path, manifest: dict, owner: str, dataset_id: str, slug: str, gpu: bool, accelerator: str = ""
 ) -> tuple[Path, dict]:
-    """The kernel folder: the notebook and kernel-metadata.json (private, internet off, both sources)."""
+    """The kernel folder: the notebook and kernel-metadata.json (private, internet off, both sources).
+
+    `accelerator` (kit.kaggle.budget.ACCELERATORS) names the machine: written as `machine_shape`, the field
+    the official client sends as the session's accelerator, where it has one ("t4x2"); "cpu" turns the
+    GPU off."""
+    gpu = gpu and accelerator != "cpu"
     name = kernel_slug(manifest["competition"])
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / NOTEBOOK_FILE) as temporary:
@@ -118,5 +124,7 @@ def write_kernel(
         "kernel_sources": [],
         "model_sources": [],
     }
+    if gpu and MACHINE_SHAPES.get(accelerator):
+        metadata["machine_shape"] = MACHINE_SHAPES[accelerator]
     write_json(folder / KERNEL_METADATA, metadata)
     return folder / NOTEBOOK_FILE, metadata

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -33,15 +34,19 @@ import click
 
 from kit import paths, tasks
 from kit.config import Config
-from kit.data.labels import load_labels, parse_csv
+from kit.data.images import image_cache
+from kit.data.labels import load_labels, load_test, parse_csv
+from kit.device import device_name, resolve_precision
 from kit.files import atomic_path, git_commit, read_json, write_json
 from kit.predict import calibrate, submission
-from kit.predict.inference import predict_run, run_weights
+from kit.predict.inference import predict_run, prediction_cache_side, run_weights
 from kit.run_folder import run_config
 
 MANIFEST = "kit-package.json"
 DATASET_METADATA = "dataset-metadata.json"  # the official client's metadata file for a dataset folder
 SUBMISSION_FILE = "submission.csv"  # what a code competition scores, in the notebook's working folder
+# Beside it: the prediction's phases in seconds and what they covered, on Kaggle as in a rehearsal.
+TIMINGS_FILE = "kit-timings.json"
 FORMAT = 1  # kit-package.json's layout version
 MEGABYTE = 1024 * 1024
 
@@ -258,24 +263,58 @@ def _project_root(root: Path) -> Iterator[None]:
 def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: str, scratch: str) -> Path:
     """What the notebook runs: the packaged run predicts the competition's test folder as `kit predict`
     does (the packaged calibration, never refitted), and `<work_root>/submission.csv` is written (clipped
-    as `kit submit` uploads it) and checked against the competition's sample submission."""
+    as `kit submit` uploads it) and checked against the competition's sample submission.
+
+    The test images are decoded once, first, into the cache every weight file and view then reads; each
+    phase's seconds are written beside the submission (TIMINGS_FILE: the time budget's measurements)."""
+    clock = time.perf_counter()
+    seconds = {}
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 3)
+        clock = now
+
     data = Path(data_root)
     package = find_package(data, dataset_id)
     root, run_dir = unpack(package, find_competition(data, slug), Path(scratch))
+    output = Path(work_root) / SUBMISSION_FILE
     with _project_root(root):
         config = run_config(run_dir)
         summary = read_json(run_dir / "metrics.json")
-        predicted = predict_run(config, run_dir, summary)
+        phase("unpack")
+        test = load_test(config)
+        side = prediction_cache_side(config)
+        image_cache(test.paths, side, paths.interim_dir(config.name), "test", config.data.max_aspect)
+        phase("decode")
+        predicted = predict_run(config, run_dir, summary)  # reads the cache just made
         label = config.submission.format == "label"
         frame = parse_csv(
             predicted, "predict again", dtype=str if label else {config.submission.id_column: str}
         )
         frame = submission.clip(config, frame)
-        output = Path(work_root) / SUBMISSION_FILE
         output.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(output) as temporary:
             frame.to_csv(temporary, index=False)
+        phase("predict")
         check_submission(config, output, summary["classes"], summary.get("task"))
+        phase("check")
+        made = read_json(run_dir / "submission.json")
+        write_json(
+            Path(work_root) / TIMINGS_FILE,
+            {
+                "seconds": seconds,
+                "images": len(test.ids),
+                "weight_files": len(made["weights"]),
+                "views": len(made["views"]),
+                "image_scale": config.predict.image_scale,
+                "forward_passes": made["forward_passes"],
+                "device": device_name(),
+                "precision": resolve_precision(config.predict.precision),
+                "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            },
+        )
     return output
 
 
