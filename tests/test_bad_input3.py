@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import invoke
@@ -322,3 +323,123 @@ def test_submissions_folder_not_writable_is_one_line(digits, project, read_only)
         assert str(folder) in error.value.message and "chmod" in error.value.message
         assert "\n" not in error.value.message
     assert not any(folder.iterdir())
+
+
+# --- class 5 and 7: image caches that are stale, damaged, or left half-built ---------------------------
+
+
+def save_image(path: Path, seed: int, side: int = 16) -> None:
+    """A PPM photo: its size in bytes depends only on its side, so another picture can keep the size."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="PPM")
+
+
+def image_files(folder: Path, count: int = 3, side: int = 16) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"image-{index}.ppm" for index in range(count)]
+    for index, path in enumerate(paths):
+        save_image(path, index, side)
+    return paths
+
+
+def rewrite_keeping_size_and_time(path: Path, change) -> None:
+    status = path.stat()
+    data = bytearray(path.read_bytes())
+    change(data)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert path.stat().st_size == status.st_size and path.stat().st_mtime_ns == status.st_mtime_ns
+
+
+@pytest.mark.parametrize(
+    ("side", "where"),
+    [(16, "whole"), (300, "start"), (300, "end")],  # 300 px: 270 KB, beyond the whole-file fingerprint
+)
+def test_image_changed_with_same_size_and_time_rebuilds_the_cache(tmp_path, side, where):
+    from kit.data.images import image_cache
+
+    paths = image_files(tmp_path / "raw", side=side)
+    before, _ = image_cache(paths, 8, tmp_path / "interim", "train")
+    before = np.array(before)
+
+    def change(data: bytearray) -> None:
+        span = slice(-3000, None) if where == "end" else slice(100, 3100)  # past the PPM header
+        data[span] = bytes(255 - byte for byte in data[span])
+
+    rewrite_keeping_size_and_time(paths[1], change)
+    after, _ = image_cache(paths, 8, tmp_path / "interim", "train")
+    assert not np.array_equal(after[1], before[1])  # the new picture, not the stale one
+    assert np.array_equal(after[0], before[0]) and np.array_equal(after[2], before[2])
+
+
+def _damage_truncated(array: Path, report: Path) -> None:
+    array.write_bytes(array.read_bytes()[: array.stat().st_size // 2])
+
+
+def _damage_empty(array: Path, report: Path) -> None:
+    array.write_bytes(b"")
+
+
+def _damage_report(array: Path, report: Path) -> None:
+    report.write_text('{"half a')
+
+
+def _damage_report_shape(array: Path, report: Path) -> None:
+    report.write_text("[1, 2]")
+
+
+def _damage_not_an_array(array: Path, report: Path) -> None:
+    array.write_text("not an array at all\n" * 20)
+
+
+@pytest.mark.parametrize(
+    "damage", [_damage_truncated, _damage_empty, _damage_report, _damage_report_shape, _damage_not_an_array]
+)
+def test_damaged_image_cache_is_rebuilt_and_said(tmp_path, capsys, damage):
+    from kit.data.images import image_cache
+
+    paths = image_files(tmp_path / "raw")
+    cache = tmp_path / "interim"
+    first, problems = image_cache(paths, 8, cache, "train")
+    first = np.array(first)
+    array = next(cache.glob("train-8px-*.npy"))
+    damage(array, array.with_suffix(".bad.json"))
+    capsys.readouterr()
+    again, problems = image_cache(paths, 8, cache, "train")
+    assert np.array_equal(again, first) and problems == {}
+    said = [line for line in capsys.readouterr().err.splitlines() if "damaged cache" in line]
+    assert len(said) == 1 and str(array) in said[0] and "rebuilding" in said[0]
+
+
+def test_killed_cache_builds_leave_no_temporary_files(tmp_path, capsys):
+    """A build killed half-way (Ctrl-C twice, the OOM killer, a closed laptop) leaves its hidden temporary
+    array: tens of MB each. The next build removes those no process is writing; other files stay."""
+    from filelock import FileLock
+
+    from kit.data.images import cache_key, image_cache
+
+    paths = image_files(tmp_path / "raw")
+    cache = tmp_path / "interim"
+    cache.mkdir()
+    key = cache_key(paths, 8)
+    left = [
+        cache / f".train-8px-{key}.npy.k1ll3d_1.tmp",  # this very cache, killed before
+        cache / ".train-8px-0123456789abcdef.npy.k1ll3d_2.tmp",  # an older cache's, killed
+        cache / ".test-8px-0123456789abcdef.bad.json.k1ll3d_3.tmp",
+    ]
+    busy = cache / ".test-16px-fedcba9876543210.npy.busy_123.tmp"  # being built by another command now
+    theirs = cache / ".notes.tmp"  # not a cache's
+    for path in [*left, busy, theirs]:
+        path.write_bytes(b"\0" * 100_000)
+    lock = FileLock(cache / ".test-16px-fedcba9876543210.npy.lock")
+    lock.acquire()
+    try:
+        image_cache(paths, 8, cache, "train")
+    finally:
+        lock.release()
+    assert not any(path.exists() for path in left)
+    assert busy.exists() and theirs.exists()
+    said = capsys.readouterr().err
+    assert all(str(path) in said for path in left) and "interrupted cache build" in said
