@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from kit.competitions import load_competition
@@ -92,3 +93,113 @@ def test_the_report_shows_cv_against_public_and_the_duplicates(project):
     section = duplicates_section(config)
     assert "2 pairs within train (1 with different labels), 1 between train and test" in section
     assert "<td>t9</td>" in section and "<td>b</td>" in section and "<td>d</td>" not in section
+
+
+# Cross-fitting, on plain arrays ---------------------------------------------------------------------
+
+
+def overconfident(rows: int, seed: int, sharpness: float = 4.0):
+    """Two-class OOF probabilities, right about 75% of the time but far too sure: calibration helps them
+    in sample, by more than it can on rows it did not see."""
+    random = np.random.default_rng(seed)
+    targets = random.integers(0, 2, rows)
+    right = random.random(rows) < 0.75
+    said = np.where(right, targets, 1 - targets)
+    sure = 1 / (1 + np.exp(-sharpness * random.uniform(0.5, 1.5, rows)))
+    probabilities = np.zeros((rows, 2))
+    probabilities[np.arange(rows), said] = sure
+    probabilities[np.arange(rows), 1 - said] = 1 - sure
+    return probabilities, targets
+
+
+def test_a_tiny_fold_reports_the_cross_fitted_cv_not_the_in_sample_one():
+    from kit.predict import calibrate, crossfit
+    from kit.tasks import SINGLE_LABEL
+
+    probabilities, targets = overconfident(60, seed=3)
+    row_folds = np.zeros(60, dtype=np.int64)  # one fold of 60 rows
+    in_sample = calibrate.calibrate(probabilities, targets, 1e-3)[3]
+    fields = crossfit.honest_cv(
+        "log_loss", SINGLE_LABEL, targets, row_folds, lambda seen: probabilities, 1e-3, in_sample
+    )
+    # By hand: fitted on one half, scored on the other, both ways.
+    parts = crossfit.parts_of(row_folds)
+    assert sorted(np.bincount(parts).tolist()) == [30, 30]
+    scored = np.zeros_like(probabilities)
+    for part in (0, 1):
+        temperature, epsilon, _, _ = calibrate.calibrate(
+            probabilities[parts != part], targets[parts != part], 1e-3
+        )
+        scored[parts == part] = calibrate.apply_calibration(
+            probabilities[parts == part], temperature, epsilon
+        )
+    by_hand = calibrate.log_loss(scored, targets)
+    assert fields["calibration_pays"] and fields["cv"] == pytest.approx(by_hand)
+    assert fields["cv_in_sample"] == in_sample and fields["cv"] > in_sample + 1e-4  # not the in-sample figure
+    assert fields["cv_cross_fitted_by"] == "halves" and fields["cv_rows"] == 60
+    low, high = fields["cv_interval"]
+    assert low < fields["cv"] < high and high - low > 0.1  # 60 rows: a wide interval
+
+
+def test_calibration_that_does_not_pay_under_cross_fitting_is_dropped():
+    from kit.predict import calibrate, crossfit
+    from kit.tasks import SINGLE_LABEL
+
+    random = np.random.default_rng(0)
+    chance = random.uniform(0.2, 0.8, 40)  # calibrated already: each row's probability is its chance
+    targets = (random.random(40) < chance).astype(np.int64)
+    probabilities = np.stack([1 - chance, chance], 1)
+    row_folds = np.arange(40) % 4  # four folds
+    fields = crossfit.honest_cv(
+        "log_loss", SINGLE_LABEL, targets, row_folds, lambda seen: probabilities, 1e-3, in_sample=0.0
+    )
+    assert not fields["calibration_pays"] and fields["cv_cross_fitted_by"] == "folds"
+    assert fields["cv"] == pytest.approx(calibrate.log_loss(probabilities, targets, 1e-3))
+    in_sample = calibrate.calibrate(probabilities, targets, 1e-3)[3]
+    assert in_sample < fields["cv"]  # in sample, the same temperature looked like a gain
+
+
+def test_the_bootstrap_interval_is_given_only_for_small_folds():
+    from kit.predict import crossfit
+    from kit.tasks import SINGLE_LABEL
+
+    for rows, interval in ((150, True), (400, False)):
+        probabilities, targets = overconfident(rows, seed=1)
+        fields = crossfit.honest_cv(
+            "accuracy",
+            SINGLE_LABEL,
+            targets,
+            np.arange(rows) % 2,
+            lambda seen, kept=probabilities: kept,
+            1e-3,
+            0.0,
+        )
+        assert ("cv_interval" in fields) is interval
+    line = crossfit.uncertainty_line(0.4, (0.3, 0.5), 60, "log_loss")
+    assert "60 validation rows" in line and "95% bootstrap interval 0.3000-0.5000" in line
+
+
+def test_a_blend_worse_than_its_best_member_keeps_the_best_member_alone():
+    from kit.predict import crossfit
+    from kit.tasks import SINGLE_LABEL
+
+    good, targets = overconfident(200, seed=5, sharpness=1.0)
+    noise = np.random.default_rng(9).dirichlet((1, 1), 200)
+    row_folds = np.arange(200) % 5
+    halves = crossfit.blend_or_best_member(
+        "log_loss", SINGLE_LABEL, targets, row_folds, [noise, good], lambda rows, truth: [0.5, 0.5], 1e-3
+    )
+    assert not halves["blend_pays"] and halves["weights"] == [0.0, 1.0] and halves["best_member"] == 1
+    assert halves["blend_cv"] > halves["member_cvs"][1] and "member 2 predicts alone" in halves["line"]
+
+    # Two members whose errors are independent: their blend pays, and its weights are kept.
+    random = np.random.default_rng(4)
+    members = []
+    for _ in range(2):
+        logits = 1.5 * (2 * targets - 1) + random.normal(0, 2.0, 200)
+        members.append(np.stack([1 / (1 + np.exp(logits)), 1 / (1 + np.exp(-logits))], 1))
+    kept = crossfit.blend_or_best_member(
+        "log_loss", SINGLE_LABEL, targets, row_folds, members, lambda rows, truth: [0.5, 0.5], 1e-3
+    )
+    assert kept["blend_pays"] and kept["weights"] == [0.5, 0.5]
+    assert kept["blend_cv"] < min(kept["member_cvs"]) and "alone" not in kept["line"]
