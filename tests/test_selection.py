@@ -220,3 +220,16 @@ def test_a_stage_that_joins_prediction_predicts_beside_the_last(digits, project)
     # On the last stage itself (the quick recipe's head) it adds nothing: last.pt is those weights.
     only = digits("stages=[{cycle_len=0.5, joins_prediction=true}]", "predict.weights='last'")
     assert inference.prediction_weights(only, fold) == [fold / "last.pt"]
+
+
+def test_after_a_stop_the_best_check_point_with_a_file_predicts_by_default():
+    checkpoints = [
+        {"score": 0.9, "weights": None},  # a cycle's end in a stage without snapshots: no file
+        {"score": 0.5, "weights": "stage-0"},
+        {"score": 0.4, "weights": None},
+        {"score": 0.45, "weights": "stage-1"},
+        {"score": 0.7, "weights": "snapshot-1"},  # the check point that stopped the fold
+    ]
+    assert selection.weights_after_stop(checkpoints, higher_is_better=False) == "stage-1"
+    assert selection.weights_after_stop(checkpoints, higher_is_better=True) == "snapshot-1"
+    assert selection.weights_after_stop([{"score": float("nan"), "weights": "last"}], True) is None

@@ -147,3 +147,15 @@ def choose(
         elif pays(gain(candidate, chosen), min_gain):
             chosen = candidate
     return {**(chosen or default_item), "default": default_item, "candidates": tried, "min_gain": min_gain}
+
+
+def weights_after_stop(checkpoints: list[dict], higher_is_better: bool) -> str | None:
+    """After train.stop_when_worse stopped a fold (kit.train.stopping), the weight file of its best check
+    point that kept one (a stage's final weights, a snapshot): what predicts by default instead of the
+    weights at the stop, which did not pay. `checkpoints`: the fold's, each with "score" and "weights" (a
+    file stem or None); None when none kept a file."""
+    kept = [item for item in checkpoints if item["weights"] and not np.isnan(item["score"])]
+    if not kept:
+        return None
+    best = max(kept, key=lambda item: item["score"] if higher_is_better else -item["score"])
+    return best["weights"]
