@@ -203,3 +203,36 @@ def test_a_blend_worse_than_its_best_member_keeps_the_best_member_alone():
     )
     assert kept["blend_pays"] and kept["weights"] == [0.5, 0.5]
     assert kept["blend_cv"] < min(kept["member_cvs"]) and "alone" not in kept["line"]
+
+
+def test_the_weight_files_are_chosen_again_on_the_seen_rows_only():
+    from kit.predict import crossfit, selection
+    from kit.tasks import SINGLE_LABEL
+
+    random = np.random.default_rng(0)
+    targets = random.integers(0, 2, 40)
+    right = np.eye(2)[targets] * 0.8 + 0.1  # sure and right
+    wrong = np.eye(2)[1 - targets] * 0.8 + 0.1  # sure and wrong
+    rows_by_fold = [np.arange(0, 20), np.arange(20, 40)]
+    # File "a" is right on fold 0's rows and wrong on fold 1's; "b" the other way round.
+    kept_by_fold = [
+        {"a": right[None, :20], "b": wrong[None, :20]},
+        {"a": wrong[None, 20:], "b": right[None, 20:]},
+    ]
+
+    def choose(kept, truth):
+        return selection.choose("log_loss", kept, truth, ["a", "b"], 1, min_gain=0.0, default=["a", "b"])
+
+    def blend(kept, chosen):
+        return selection.blend(kept, tuple(chosen["weights"]), tuple(chosen["views"]))
+
+    predictions_for = crossfit.refitted_selection(kept_by_fold, rows_by_fold, targets, 40, choose, blend)
+    seen_fold_0 = np.arange(40) < 20
+    first = (np.arange(40) < 20)[:, None]
+    assert np.allclose(predictions_for(seen_fold_0), np.where(first, right, wrong))  # "a", chosen on fold 0
+    assert np.allclose(predictions_for(~seen_fold_0)[:20], wrong[:20])  # "b", chosen on fold 1's rows
+    # Cross-fitted, each fold is predicted by the file the other fold chose: wrong everywhere.
+    fields = crossfit.honest_cv(
+        "accuracy", SINGLE_LABEL, targets, np.repeat([0, 1], 20), predictions_for, 1e-3, 1.0
+    )
+    assert fields["cv"] == 0.0 and fields["cv_in_sample"] == 1.0

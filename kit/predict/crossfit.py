@@ -242,3 +242,37 @@ def blend_or_best_member(
         "blend_pays": bool(blend_pays),
         "line": line,
     }
+
+
+def refitted_selection(
+    kept_by_fold: list[dict[str, np.ndarray]],
+    rows_by_fold: list[np.ndarray],
+    targets: np.ndarray,
+    row_count: int,
+    choose: Callable[[list[dict[str, np.ndarray]], list[np.ndarray]], dict],
+    blend: Callable[[dict[str, np.ndarray], dict], np.ndarray],
+) -> Callable[[np.ndarray], np.ndarray]:
+    """predictions_for(seen) for `honest_cv`: the weight files and views chosen again on the seen rows
+    alone (kit.predict.selection through `choose(kept per fold, targets per fold)`), then every row's OOF
+    prediction under that choice (`blend(kept, chosen)`); NaN where no fold predicted.
+
+    kept_by_fold: per trained fold, {weight file: views x the fold's rows x outputs}; rows_by_fold: the
+    training rows of each fold's kept arrays, in their order."""
+
+    def predictions_for(seen: np.ndarray) -> np.ndarray:
+        kept_seen, targets_seen = [], []
+        for kept, rows in zip(kept_by_fold, rows_by_fold, strict=True):
+            mask = seen[rows]
+            if mask.any():
+                kept_seen.append({name: array[:, mask] for name, array in kept.items()})
+                targets_seen.append(targets[rows[mask]])
+        chosen = choose(kept_seen, targets_seen)
+        result = None
+        for kept, rows in zip(kept_by_fold, rows_by_fold, strict=True):
+            predicted = blend(kept, chosen)
+            if result is None:
+                result = np.full((row_count, *predicted.shape[1:]), np.nan)
+            result[rows] = predicted
+        return result
+
+    return predictions_for
