@@ -270,6 +270,34 @@ def _is_quick(config: Config) -> bool:
     return config.train.recipe == "quick"
 
 
+def cv_honesty(summary: dict) -> list[str]:
+    """How far the CV can be trusted (kit.predict.crossfit): how it was cross-fitted, the in-sample figure
+    beside it (named so), a calibration that did not pay, a small fold's bootstrap interval. None of it
+    for a run recorded before cross-fitting."""
+    if "cv_in_sample" not in summary:
+        return []
+    how = {
+        "halves": "each half of the one fold scored with what the other half chose",
+        "folds": "each fold scored with what the other folds chose",
+    }[summary["cv_cross_fitted_by"]]
+    lines = [
+        f"cross-fitted: {how}; in sample (fitted and scored on the same rows, not a CV) "
+        f"{summary['cv_in_sample']:.4f}"
+    ]
+    if summary.get("calibration_pays") is False:
+        lines.append(
+            "calibration not applied: fitted on other rows it did not lower the log loss (cross-fitted "
+            f"{summary['cv_uncalibrated_cross_fitted']:.4f} without it)"
+        )
+    if "cv_interval" in summary:
+        low, high = summary["cv_interval"]
+        lines.append(
+            f"{summary['cv_rows']} validation rows: the CV's 95% bootstrap interval is {low:.4f}-{high:.4f} "
+            "(under 200 rows: differences inside it are noise; train more folds to narrow it)"
+        )
+    return lines
+
+
 def cv_line(summary: dict, baseline: str = "", quick: bool = False) -> str:
     """'CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0]); baseline 0.6931 (...)', and the stages that
     made the loss worse (a quick run is not told to use the quick recipe)."""
@@ -277,6 +305,7 @@ def cv_line(summary: dict, baseline: str = "", quick: bool = False) -> str:
     beside = f"uncalibrated {raw:.4f}; " if f"{raw:.4f}" != f"{summary['cv']:.4f}" else ""
     line = f"CV {summary['metric']}: {summary['cv']:.4f} ({beside}folds {summary['folds_trained']})"
     line += f"; {baseline}" if baseline else ""
+    line += "".join(f"\n{said}" for said in cv_honesty(summary))
     worse = [
         f"'{item['stage']}' {item['start']:.4f} -> {item['end']:.4f} (fold {fold})"
         for fold, items in summary.get("worse_stages", {}).items()

@@ -175,8 +175,6 @@ def test_the_bootstrap_interval_is_given_only_for_small_folds():
             0.0,
         )
         assert ("cv_interval" in fields) is interval
-    line = crossfit.uncertainty_line(0.4, (0.3, 0.5), 60, "log_loss")
-    assert "60 validation rows" in line and "95% bootstrap interval 0.3000-0.5000" in line
 
 
 def test_a_blend_worse_than_its_best_member_keeps_the_best_member_alone():
@@ -236,3 +234,21 @@ def test_the_weight_files_are_chosen_again_on_the_seen_rows_only():
         "accuracy", SINGLE_LABEL, targets, np.repeat([0, 1], 20), predictions_for, 1e-3, 1.0
     )
     assert fields["cv"] == 0.0 and fields["cv_in_sample"] == 1.0
+
+
+def test_the_cv_line_names_the_in_sample_figure_and_the_interval():
+    from kit.commands import cv_line
+
+    summary = {
+        "metric": "log_loss", "cv": 0.4012, "cv_uncalibrated": 0.3630, "folds_trained": [0],
+        "cv_in_sample": 0.2177, "cv_cross_fitted_by": "halves", "calibration_pays": False,
+        "cv_uncalibrated_cross_fitted": 0.4012, "cv_rows": 60, "cv_interval": [0.31, 0.52],
+    }  # fmt: skip
+    said = cv_line(summary).splitlines()
+    assert said[0].startswith("CV log_loss: 0.4012")
+    assert "in sample (fitted and scored on the same rows, not a CV) 0.2177" in said[1]
+    assert "each half of the one fold" in said[1]
+    assert "calibration not applied" in said[2]
+    assert "60 validation rows: the CV's 95% bootstrap interval is 0.3100-0.5200" in said[3]
+    older = {key: summary[key] for key in ("metric", "cv", "cv_uncalibrated", "folds_trained")}
+    assert len(cv_line(older).splitlines()) == 1  # a run recorded before cross-fitting

@@ -95,15 +95,6 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
-def uncertainty_line(cv: float, interval: tuple[float, float], rows: int, metric: str) -> str:
-    """'CV log_loss 0.4012 from 60 rows: 95% bootstrap interval 0.31-0.50 (...)': for small folds."""
-    return (
-        f"CV {metric} {cv:.4f} from {rows} validation rows: {BOOTSTRAP_LEVEL:.0%} bootstrap interval "
-        f"{interval[0]:.4f}-{interval[1]:.4f} (fewer than {SMALL_FOLD_ROWS} rows: differences inside it are "
-        "noise; train more folds to narrow it)"
-    )
-
-
 def cross_fitted_predictions(
     metric: str,
     task: SingleLabel,
