@@ -240,9 +240,9 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
     """
     from kit import distributed  # heavy (torch): only commands that train pay for it
     from kit.device import device_name  # heavy (torch)
-    from kit.train import loop  # heavy (torch, timm, albumentations)
+    from kit.train import cross_validation  # heavy (torch, timm, albumentations)
 
-    loop.fold_numbers_of(config, fold)  # a bad --fold is refused before a run folder is made
+    cross_validation.fold_numbers_of(config, fold)  # a bad --fold is refused before a run folder is made
     distributed.setup()
     main = distributed.is_main()
     run_dir = distributed.broadcast_object(
@@ -256,7 +256,7 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
                 _lr_find(config, labels, 0, run_dir, None)
             elif main:
                 click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
-        summary = loop.train(config, labels, fold, run_dir)
+        summary = cross_validation.train(config, labels, fold, run_dir)
     if main:
         baseline = baseline_text(config, summary["metric"], labels)
         click.echo(cv_line(summary, baseline, quick=_is_quick(config)))
@@ -422,7 +422,7 @@ def _resume(config: Config, run: str | None) -> Path:
     It restarts from the last completed epoch.
     """
     from kit import distributed  # heavy (torch): only commands that train pay for it
-    from kit.train import loop  # heavy (torch, timm, albumentations)
+    from kit.train import cross_validation  # heavy (torch, timm, albumentations)
 
     distributed.setup()
     plan = None
@@ -443,7 +443,7 @@ def _resume(config: Config, run: str | None) -> Path:
         click.echo(f"resuming run {run_dir.name}")
         plan = (run_dir, run_config(run_dir), read_json(run_dir / "plan.json")["fold"])
     run_dir, saved_config, fold = distributed.broadcast_object(plan)
-    summary = loop.train(saved_config, load_labels(saved_config), fold, run_dir)
+    summary = cross_validation.train(saved_config, load_labels(saved_config), fold, run_dir)
     if distributed.is_main():
         click.echo(cv_line(summary, baseline_text(saved_config, summary["metric"])))
     distributed.teardown()

@@ -138,7 +138,7 @@ def test_unfrozen_stages_warm_up_by_default_and_the_report_draws_it():
 
 
 def test_a_stage_that_ends_worse_than_it_started_is_found():
-    from kit.train.loop import worse_stages
+    from kit.train.cross_validation import worse_stages
 
     history = [
         {"stage": "head", "valid_loss": 0.30},

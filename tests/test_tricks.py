@@ -22,7 +22,7 @@ from kit.errors import ConfigError
 from kit.predict import calibrate, inference
 from kit.report import runs_table
 from kit.run_folder import new_run_dir
-from kit.train import loop, pseudo_labels, stage
+from kit.train import loop, pseudo_labels, stage, tricks
 
 MIXING = ["stages.0.mixup=0.4", "stages.0.cutmix=1.0"]
 
@@ -118,7 +118,7 @@ def test_mixing_stops_for_the_last_epochs(digits, tmp_path, monkeypatch):
         return stage.train_step(prepared, model, inputs, targets)
 
     monkeypatch.setattr(loop, "train_step", recording_step)
-    loop.run_stage(config, 0, state, progress=False)
+    loop.run_stage(config, 0, state, tricks=tricks.for_fold(config, state.model), progress=False)
     steps_per_epoch = len(seen) // 2
     assert seen[:steps_per_epoch] == [True] * steps_per_epoch
     assert seen[steps_per_epoch:] == [False] * (len(seen) - steps_per_epoch)

@@ -6,7 +6,7 @@ Training uses the same functions for its out-of-fold predictions, so OOF and tes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -24,6 +24,7 @@ from kit.files import save_array, write_json
 from kit.paths import interim_dir
 from kit.predict import calibrate, selection, submission
 from kit.predict.tta import tta_views, view_names
+from kit.run import FoldFolder
 from kit.run_folder import run_config, saved_settings_note
 from kit.tasks import SINGLE_LABEL, SingleLabel
 
@@ -64,7 +65,7 @@ def ensemble_probabilities(
     meta: dict,
     images: np.ndarray,
     batch_size: int,
-    keep: Path | None = None,
+    keep: Callable[[str], Path] | None = None,
     preset: str = "none",
     tta: int = 0,
     task: SingleLabel = SINGLE_LABEL,
@@ -75,9 +76,9 @@ def ensemble_probabilities(
     """Average of the predictions of several saved weights (snapshots, folds) on the same images: each
     file's views, then the files, as `mean` says (predict.mean; kit.predict.selection.average).
 
-    With `keep` (a path prefix such as fold-0/oof-), each weight file's per-view probabilities are also
-    saved as <keep><weights>.npy (views x N x classes, float32): every snapshot and TTA setting stays
-    available to ensembles later, at no extra inference cost.
+    With `keep` (the path for a weight file's stem, such as FoldFolder.kept_oof), each weight file's
+    per-view probabilities are also saved there (views x N x classes, float32): every snapshot and TTA
+    setting stays available to selection and ensembles later, at no extra inference cost.
     """
     per_file = []
     for path in weight_paths:
@@ -89,7 +90,7 @@ def ensemble_probabilities(
             model, images, batch_size, preset, tta, progress, task=task, image_size=image_size, views=views
         )
         if keep is not None:
-            save_array(keep.with_name(f"{keep.name}{path.stem}.npy"), per_view.astype(np.float32))
+            save_array(keep(path.stem), per_view.astype(np.float32))
         per_file.append(selection.average(per_view, mean, task))
     return selection.average(per_file, mean, task)
 
@@ -228,7 +229,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             meta,
             images,
             config.stage_batch_size(last_stage) * 2,
-            keep=fold_dir / "test-",
+            keep=FoldFolder(fold_dir, fold).kept_test,
             preset=config.augment.preset,
             tta=config.predict.tta,
             task=task,

@@ -10,8 +10,6 @@ resumed run reads them back instead of asking a model that has trained further.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from kit import distributed
@@ -23,10 +21,6 @@ from kit.paths import interim_dir
 from kit.predict import calibrate
 from kit.predict.inference import view_probabilities
 from kit.train.stage import FoldState, PseudoLabels, training_images
-
-
-def record_path(fold_dir: Path, stage_index: int) -> Path:
-    return fold_dir / f"pseudo-labels-stage-{stage_index}.json"
 
 
 def cached_test_images(config: Config, image_size: int) -> tuple[np.ndarray, dict]:
@@ -83,7 +77,7 @@ def label_test_images(config: Config, stage_index: int, state: FoldState) -> dic
 
 def for_stage(config: Config, stage_index: int, state: FoldState) -> PseudoLabels:
     """This fold's pseudo-labels for the stage: made and written once (rank 0), read back afterwards."""
-    path = record_path(state.fold_dir, stage_index)
+    path = state.folder.pseudo_labels(stage_index)
     with distributed.main_first():
         if distributed.is_main() and not path.exists():
             write_json(path, label_test_images(config, stage_index, state))

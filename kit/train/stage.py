@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -25,6 +24,7 @@ from kit.data.labels import LabelTable
 from kit.data.loader import BatchDataset, JoinedImages, make_loader, worker_count
 from kit.device import autocast, device, gpu_paths, to_input
 from kit.paths import interim_dir, require_download
+from kit.run import FoldFolder
 from kit.tasks import SINGLE_LABEL, SingleLabel
 from kit.train.features import body_features_cached
 
@@ -52,9 +52,12 @@ class FoldState:
     best_score: float | None = None
     snapshots_taken: int = 0
     fold: int = 0
-    resume: dict | None = None  # resume.pt's contents when continuing an interrupted fold
-    ema: ModelEmaV3 | None = None  # the weights' moving average (train.ema_decay), updated every step
-    ema_updates: int = 0  # steps averaged so far: timm's decay warms up with it
+    resume: dict | None = None  # resume.pt's contents when continuing an interrupted fold (kit.train.resume)
+
+    @property
+    def folder(self) -> FoldFolder:
+        """The fold's folder in the run, whose paths kit.run owns."""
+        return FoldFolder(self.fold_dir, self.fold)
 
 
 @dataclass(frozen=True)
