@@ -9,7 +9,9 @@ import ctypes.util
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +21,42 @@ from tqdm import tqdm
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+Item, Result = TypeVar("Item"), TypeVar("Result")
+
+
+def visible_devices() -> list[torch.device]:
+    """Every GPU torch sees (CUDA_VISIBLE_DEVICES: Kaggle's "GPU T4 x2" shows two), else the CPU alone."""
+    if torch.cuda.is_available():
+        return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+    return [torch.device("cpu")]
+
+
+def share_out(count: int, devices: int) -> list[list[int]]:
+    """Items 0..count-1 dealt to `devices` in turn: device d takes d, d + devices, ... (as even as whole
+    items allow); no device is handed nothing while another has two."""
+    return [list(range(first, count, devices)) for first in range(max(1, min(devices, count)))]
+
+
+def on_devices(
+    items: Sequence[Item], work: Callable[[Item, torch.device], Result], devices: list[torch.device]
+) -> list[Result]:
+    """work(item, device) for every item, the items shared out across `devices` (share_out), each device's
+    share in a thread of its own (a GPU's kernels run while Python waits, so threads keep several busy);
+    the results in the items' order, whatever device made each."""
+    if len(devices) == 1:
+        return [work(item, devices[0]) for item in items]
+    shares = share_out(len(items), len(devices))
+    results: list = [None] * len(items)
+
+    def run(device_index: int) -> None:
+        for index in shares[device_index]:
+            results[index] = work(items[index], devices[device_index])
+
+    with ThreadPoolExecutor(len(shares)) as pool:
+        list(pool.map(run, range(len(shares))))  # list(): a thread's error is raised here
+    return results
 
 
 def device_name() -> str:
@@ -72,11 +110,11 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
 
 
-def place(model: torch.nn.Module) -> torch.nn.Module:
-    """`model` moved to the compute device, in the memory format its inputs will have there; on a CPU, the
-    allocator first told to keep freed memory (keep_freed_memory: the tensors a CPU step frees are
-    large)."""
-    compute = device()
+def place(model: torch.nn.Module, compute: torch.device | None = None) -> torch.nn.Module:
+    """`model` moved to `compute` (default: the compute device), in the memory format its inputs will have
+    there; on a CPU, the allocator first told to keep freed memory (keep_freed_memory: the tensors a CPU
+    step frees are large)."""
+    compute = compute or device()
     if compute.type == "cpu":
         keep_freed_memory()
     return model.to(compute, memory_format=memory_format(compute))
@@ -202,15 +240,17 @@ def batched_inference(
     progress: str | None = None,
     image_size: int | None = None,
     precision: str = "auto",
+    compute: torch.device | None = None,
 ) -> torch.Tensor:
     """`function` over `inputs` in batches, outputs as float32 joined along `join_dim`, left on the device
     (one host sync at the end, by the caller).
 
     `inputs` are cached uint8 images (a numpy array or memmap: normalised on the device) or float rows
     already made (features: moved as they are), resized to `image_size` when given. `progress` names a
-    tqdm bar over the batches; `precision` is predict.precision (or train.precision, for OOF).
+    tqdm bar over the batches; `precision` is predict.precision (or train.precision, for OOF). `compute`:
+    the device it runs on (default: the compute device; `on_devices` hands each GPU its share).
     """
-    compute = device()
+    compute = compute or device()
     outputs = []
     starts = range(0, len(inputs), batch_size)
     for start in tqdm(starts, desc=progress, leave=False, disable=progress is None):

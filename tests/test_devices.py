@@ -1,0 +1,72 @@
+"""Prediction on every visible GPU: weight files (or folds) dealt to the devices in turn, each device's share
+in a thread of its own, the results in the items' order and equal to one device's. Run on a CPU here with
+two devices' worth of work (both the CPU), split exactly as two GPUs would split it."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from kit import device, models
+
+CLASSES = 10
+
+
+@pytest.mark.parametrize(
+    ("count", "devices", "expected"),
+    [
+        (5, 2, [[0, 2, 4], [1, 3]]),  # five weight files on a T4 x2
+        (4, 2, [[0, 2], [1, 3]]),
+        (1, 2, [[0]]),  # one file: the second GPU is not handed an empty share
+        (3, 1, [[0, 1, 2]]),
+        (0, 2, [[]]),
+    ],
+)
+def test_work_is_dealt_to_the_devices_in_turn(count, devices, expected):
+    assert device.share_out(count, devices) == expected
+
+
+def test_two_devices_predict_what_one_device_predicts(monkeypatch):
+    monkeypatch.delenv(device.GPU_PATHS_ON_CPU, raising=False)
+    torch.manual_seed(0)
+    base = models.create_model("test_efficientnet", CLASSES, pretrained=False).eval()
+    weight_files = []
+    for seed in range(3):  # three weight files: different weights of one model
+        torch.manual_seed(seed)
+        weight_files.append(
+            {
+                name: value + 0.01 * torch.randn_like(value) if value.is_floating_point() else value
+                for name, value in base.state_dict().items()
+            }
+        )
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    mean, std = base.pretrained_cfg["mean"], base.pretrained_cfg["std"]
+    threads = set()
+
+    def predict(weights: dict, compute: torch.device) -> np.ndarray:
+        threads.add(threading.get_ident())
+        model = copy.deepcopy(base)  # each device holds a model of its own
+        model.load_state_dict(weights)
+        model = device.place(model, compute).eval()
+        return device.batched_inference(model, images, 4, mean, std, compute=compute).numpy()
+
+    one = device.on_devices(weight_files, predict, [torch.device("cpu")])
+    assert len(threads) == 1
+    threads.clear()
+    two = device.on_devices(weight_files, predict, [torch.device("cpu"), torch.device("cpu")])
+    assert len(threads) == 2  # each device's share ran in a thread of its own
+    for alone, split in zip(one, two, strict=True):  # in the items' order
+        np.testing.assert_allclose(split, alone, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(one[0], one[1])  # the files differ: a mixed-up order would show
+
+
+def test_a_device_error_reaches_the_caller():
+    def fails(item, compute):
+        raise RuntimeError(f"out of memory on {compute}")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        device.on_devices([1, 2], fails, [torch.device("cpu"), torch.device("cpu")])
