@@ -30,7 +30,7 @@ from kit.competitions import competition_names, load_competition, resolve_name
 from kit.config import Config, MetricName
 from kit.config_build import config_from_dict, load_config
 from kit.config_sources import value_sources
-from kit.data.labels import LabelTable, load_labels, load_test, parse_csv
+from kit.data.labels import LabelTable, check_row_order, load_labels, load_test, parse_csv, record_row_order
 from kit.errors import KitError
 from kit.files import (
     DOWNLOAD_MARKER,
@@ -250,6 +250,8 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
     )
     if main:
         click.echo(f"run {run_dir.relative_to(run_dir.parents[2])}")
+    if main:
+        record_row_order(run_dir, labels.ids)  # `kit ensemble` and --resume check the rows still match
     with removed_unless_trained(run_dir) if main else nullcontext():
         if config.train.lr_find:
             if distributed.world_size() == 1:
@@ -443,6 +445,7 @@ def _resume(config: Config, run: str | None) -> Path:
         click.echo(f"resuming run {run_dir.name}")
         plan = (run_dir, run_config(run_dir), read_json(run_dir / "plan.json")["fold"])
     run_dir, saved_config, fold = distributed.broadcast_object(plan)
+    check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
     summary = cross_validation.train(saved_config, load_labels(saved_config), fold, run_dir)
     if distributed.is_main():
         click.echo(cv_line(summary, baseline_text(saved_config, summary["metric"])))

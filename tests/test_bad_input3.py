@@ -9,6 +9,7 @@ several rounds, so the race shows on code without the locks; none trains a model
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -188,6 +189,7 @@ def test_last_training_batch_never_holds_one_row(rows, batch_size):
 
 
 # --- class 7: folders that cannot be written, damaged caches -------------------------------------------
+
 
 class ReadOnlyFolders:
     """Folders this user may not write in. Not root: chmod 0555 (the real thing). Root, whom chmod does not
@@ -443,3 +445,277 @@ def test_killed_cache_builds_leave_no_temporary_files(tmp_path, capsys):
     assert busy.exists() and theirs.exists()
     said = capsys.readouterr().err
     assert all(str(path) in said for path in left) and "interrupted cache build" in said
+
+
+# --- class 4: labels that only look alike ----------------------------------------------------------------
+
+
+def raw(project: Path) -> Path:
+    return project / "data" / "raw" / "digits"
+
+
+def edit_labels(project: Path, change) -> pd.DataFrame:
+    """train.csv of the digits, changed by `change(table)` (strings; row r of the file is index r - 2)."""
+    path = raw(project) / "train.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    changed = change(table)
+    table = table if changed is None else changed
+    table.to_csv(path, index=False)
+    return table
+
+
+def set_label(row: int, label: str):
+    def change(table: pd.DataFrame) -> None:
+        table.loc[row - 2, "label"] = label
+
+    return change
+
+
+def set_id(row: int, identifier: str):
+    def change(table: pd.DataFrame) -> None:
+        table.loc[row - 2, "id"] = identifier
+
+    return change
+
+
+def test_labels_01_and_1_are_refused_naming_both_rows(digits, project):
+    table = edit_labels(project, lambda table: None)
+    row = int(np.flatnonzero(table["label"] == "3")[1]) + 2  # the second '3' in the file
+    edit_labels(project, set_label(row, "03"))
+    first = int(np.flatnonzero(table["label"] == "3")[0]) + 2
+    refused(
+        "folds",
+        "digits",
+        contains=("train.csv", "'3'", f"row {first}", "'03'", f"row {row}", "number", "write them the same"),
+    )
+
+
+def test_labels_1_and_1_0_are_refused(digits, project):
+    table = edit_labels(project, lambda table: None)
+    row = int(np.flatnonzero(table["label"] == "1")[2]) + 2
+    edit_labels(project, set_label(row, "1.0"))
+    refused("folds", "digits", contains=("train.csv", "'1.0'", f"row {row}", "write them the same"))
+
+
+@pytest.mark.parametrize("marker", ["NaN", "nan", "<NA>", "NULL"])
+def test_a_label_written_as_pandas_missing_value_is_refused(digits, project, marker):
+    edit_labels(project, set_label(7, marker))
+    refused("folds", "digits", contains=("train.csv", "row 7", repr(marker), "missing value", "fill in"))
+
+
+MULTI_LABEL = ["competition.task=multi_label", "competition.metric=f2_samples"]
+
+
+def test_tags_differing_only_in_case_are_refused_like_labels(digits, project):
+    """Whole labels differing in case were refused, tags were not: 'Seven' and 'seven' became two tags."""
+
+    def change(table: pd.DataFrame) -> None:
+        table.loc[0, "label"] = "3 seven"
+        table.loc[4, "label"] = "Seven 1"
+
+    edit_labels(project, change)
+    refused(
+        "folds",
+        "digits",
+        *sets(MULTI_LABEL),
+        contains=("train.csv", "tags", "'seven' (row 2)", "'Seven' (row 6)", "only in case"),
+    )
+
+
+def test_tags_01_and_1_are_refused(digits, project):
+    def change(table: pd.DataFrame) -> None:
+        table.loc[1, "label"] = "4 01"
+
+    edit_labels(project, change)
+    refused("folds", "digits", *sets(MULTI_LABEL), contains=("train.csv", "'01' (row 3)", "tags"))
+
+
+def test_a_tag_written_as_pandas_missing_value_is_refused(digits, project):
+    edit_labels(project, set_label(9, "2 nan"))
+    refused("folds", "digits", *sets(MULTI_LABEL), contains=("train.csv", "row 9", "'nan'", "missing value"))
+
+
+@pytest.mark.parametrize(
+    ("header", "column", "positions"), [("id,label,label", "label", "2, 3"), ("id,label,id", "id", "1, 3")]
+)
+def test_two_columns_with_one_name_are_refused(digits, project, header, column, positions):
+    """pandas renames the second 'label' to 'label.1' and the kit read the first without a word."""
+    path = raw(project) / "train.csv"
+    lines = path.read_text().splitlines()
+    extra = [line.split(",")[1 if column == "label" else 0] for line in lines[1:]]
+    extra = [value if column == "id" else str((int(value) + 1) % 10) for value in extra]
+    rows = [f"{line},{value}" for line, value in zip(lines[1:], extra, strict=True)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    refused(
+        "folds", "digits", contains=("train.csv", repr(column), f"columns {positions}", "rename or remove")
+    )
+
+
+def test_sample_submission_with_a_repeated_id_column_is_refused(digits, project):
+    from kit.data.labels import load_test
+
+    path = raw(project) / "sample_submission.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(["id,label,id"] + [f"{line},x" for line in lines[1:]]) + "\n")
+    with pytest.raises(click.ClickException) as error:
+        load_test(digits())
+    assert "sample_submission.csv" in error.value.message and "'id' 2 times" in error.value.message
+
+
+# --- class 11: a 300-character id, a link loop, a sample's column order, an ensemble's variant ---------
+
+
+def test_a_300_character_id_is_refused_naming_its_row(digits, project):
+    edit_labels(project, set_id(4, "x" * 300))
+    refused("folds", "digits", contains=("train.csv", "row 4", "300 characters", "fix that row"))
+
+
+def test_a_300_character_test_id_is_refused_naming_its_row(digits, project):
+    from kit.data.labels import load_test
+
+    path = raw(project) / "sample_submission.csv"
+    table = pd.read_csv(path, dtype=str)
+    table.loc[5, "id"] = "y" * 300
+    table.to_csv(path, index=False)
+    with pytest.raises(click.ClickException) as error:
+        load_test(digits())
+    assert "sample_submission.csv row 7" in error.value.message and "300 characters" in error.value.message
+
+
+def test_an_image_link_that_loops_is_refused_naming_it(digits, project):
+    image = raw(project) / "train" / "digit-0005.png"
+    image.unlink()
+    image.symlink_to(image.name)  # digit-0005.png -> digit-0005.png
+    refused("folds", "digits", contains=("digit-0005.png", "loop", "replace it"))
+
+
+def test_a_train_folder_link_that_loops_is_refused_naming_it(digits, project):
+    folder = raw(project) / "train"
+    shutil.rmtree(folder)
+    folder.symlink_to("train-again")
+    (raw(project) / "train-again").symlink_to("train")  # train -> train-again -> train
+    refused("folds", "digits", contains=("train", "loop", "replace it"))
+
+
+def test_sample_submission_with_the_id_column_last(digits, project):
+    """The sample lists 'label,id': the submission follows it (before, the kit refused its own file)."""
+    from kit.predict import submission
+
+    path = raw(project) / "sample_submission.csv"
+    table = pd.read_csv(path, dtype=str)
+    table[["label", "id"]].to_csv(path, index=False)
+    config = digits()
+    sample = submission.read_sample(config)
+    classes = [str(digit) for digit in range(10)]
+    probabilities = np.eye(10)[np.arange(len(sample)) % 10]
+    frame = submission.build(config, list(sample["id"]), probabilities, classes, sample)
+    assert list(frame.columns) == ["label", "id"]
+    assert submission.problems(config, frame, sample, classes) == []
+    assert list(frame["label"][:3]) == ["0", "1", "2"]
+
+
+def test_probability_sample_with_the_id_column_last(digits, project):
+    from kit.predict import submission
+
+    path = raw(project) / "sample_submission.csv"
+    table = pd.read_csv(path, dtype=str)
+    classes = [str(digit) for digit in range(10)]
+    columns = {name: "0.1" for name in classes}
+    pd.DataFrame({**columns, "id": table["id"]}).to_csv(path, index=False)
+    config = digits("submission.format=probabilities", "competition.metric=log_loss")
+    sample = submission.read_sample(config)
+    probabilities = np.full((len(sample), 10), 0.1)
+    frame = submission.build(config, list(sample["id"]), probabilities, classes, sample)
+    assert list(frame.columns) == [*classes, "id"]
+    assert submission.problems(config, frame, sample, classes) == []
+
+
+# --- class 5: stale runs blended, an edited submission uploaded ------------------------------------------
+
+
+def fake_run(project: Path, name: str, ids: list[str], ensemble: bool = False) -> Path:
+    """A finished run folder as `kit ensemble` reads it (no training): its config, summary, out-of-fold
+    and test probabilities, and the training ids its rows follow, recorded as training records them."""
+    from kit.data.labels import record_row_order
+
+    folder = project / "runs" / "digits" / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}\n")
+    classes = [str(digit) for digit in range(10)]
+    summary = {"metric": "accuracy", "cv": 0.5, "classes": classes, "folds_trained": [] if ensemble else [0]}
+    if ensemble:
+        summary["ensemble"] = {"runs": ["20260101-000000-a", "20260101-000000-b"], "weights": [0.5, 0.5]}
+    (folder / "metrics.json").write_text(json.dumps(summary))
+    rng = np.random.default_rng(len(name))
+    np.save(folder / "oof.npy", rng.dirichlet(np.ones(10), len(ids)))
+    test_rows = len(pd.read_csv(raw(project) / "sample_submission.csv"))
+    np.save(folder / "test-probabilities.npy", rng.dirichlet(np.ones(10), test_rows))
+    calibration = {"temperature": 1.0, "epsilon": 0.0, "applied": False}
+    (folder / "submission.json").write_text(json.dumps({"file": "none.csv", "calibration": calibration}))
+    record_row_order(folder, ids)
+    return folder
+
+
+def test_ensemble_refuses_runs_trained_before_the_labels_were_re_sorted(digits, project):
+    ids = list(pd.read_csv(raw(project) / "train.csv", dtype=str)["id"])
+    fake_run(project, "20260101-000000-a", ids)
+    fake_run(project, "20260101-000000-b", ids)
+    edit_labels(project, lambda table: table.sort_values("id"))  # same rows, other order
+    refused(
+        "ensemble",
+        "digits",
+        "20260101-000000-a",
+        "20260101-000000-b",
+        contains=("20260101-000000-a", "another order", "row-order.json", "train 20260101-000000-a again"),
+    )
+    assert not any(path.name.endswith("-ensemble") for path in (project / "runs" / "digits").iterdir())
+
+
+def test_ensemble_refuses_runs_whose_ids_were_replaced_keeping_the_count(digits, project):
+    ids = list(pd.read_csv(raw(project) / "train.csv", dtype=str)["id"])
+    fake_run(project, "20260101-000000-a", ids)
+    fake_run(project, "20260101-000000-b", ids)
+
+    def swap(table: pd.DataFrame) -> None:  # two rows exchange their images and labels
+        table.iloc[[0, 1]] = table.iloc[[1, 0]].to_numpy()
+
+    edit_labels(project, swap)
+    refused("ensemble", "digits", "20260101-000000-a", "20260101-000000-b", contains=("another order",))
+
+
+def test_ensemble_of_an_ensemble_variant_is_refused(digits, project):
+    ids = list(pd.read_csv(raw(project) / "train.csv", dtype=str)["id"])
+    fake_run(project, "20260101-000000-a", ids)
+    fake_run(project, "20260101-000001-ensemble", ids, ensemble=True)
+    refused(
+        "ensemble",
+        "digits",
+        "20260101-000001-ensemble@snapshot-1",
+        "20260101-000000-a",
+        contains=("20260101-000001-ensemble@snapshot-1", "is an ensemble", "20260101-000000-b"),
+    )
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda text: text.replace(",3\n", ",8\n", 1),  # one label changed: the same size
+        lambda text: text + "digit-9999,1\n",  # a row added
+        lambda text: "\n".join([text.splitlines()[0], *reversed(text.splitlines()[1:])]) + "\n",  # re-sorted
+    ],
+    ids=["label", "row-added", "re-sorted"],
+)
+def test_submission_edited_after_predict_is_not_uploaded(digits, project, edit):
+    """A file edited by hand after `kit predict` would be uploaded and recorded with the run's CV."""
+    from kit.predict import submission
+
+    config = digits()
+    sample = submission.read_sample(config)
+    frame = pd.DataFrame({"id": sample["id"], "label": [str(n % 10) for n in range(len(sample))]})
+    path = submission.write(config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)])
+    submission.check_unchanged(path)  # as written: accepted
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(click.ClickException) as error:
+        submission.check_unchanged(path)
+    assert str(path) in error.value.message and "changed since" in error.value.message
+    assert "delete it" in error.value.message

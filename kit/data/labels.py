@@ -8,10 +8,13 @@ itself to keep a competition's files on another disk.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import click
@@ -20,6 +23,7 @@ import pandas as pd
 
 from kit import tasks
 from kit.config import Config
+from kit.files import read_json, write_json
 from kit.paths import raw_dir, require_download
 
 # The setting that decides each image's class, per label source: named when the classes look wrong.
@@ -53,9 +57,20 @@ def _check_id(identifier: str, where: str, row: int) -> str:
     return identifier
 
 
-def _check_ids(ids, where: str) -> list[str]:
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def _check_ids(ids, where: str, extension: str = "") -> list[str]:
     """Ids without surrounding spaces (`abc, pug` in a hand-made CSV), each checked; row 1 is the header."""
-    return [_check_id(identifier.strip(), where, row) for row, identifier in enumerate(ids, start=2)]
+    checked = [_check_id(identifier.strip(), where, row) for row, identifier in enumerate(ids, start=2)]
+    for row, identifier in enumerate(checked, start=2):
+        name = identifier if identifier.lower().endswith(extension.lower()) else identifier + extension
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise click.ClickException(
+                f"{where} row {row}: id {identifier[:20]!r}... ({len(identifier)} characters) makes a file "
+                f"name longer than a file system allows ({NAME_MAX} bytes with the extension); fix that row"
+            )
+    return checked
 
 
 def same_name(name: str) -> str:
@@ -76,13 +91,25 @@ def _inside(config: Config, key: str, value: str | None = None) -> Path:
     raw = require_download(config.name)
     value = getattr(config.data, key) if value is None else value
     path = raw / value
-    if not path.resolve().is_relative_to(raw.resolve()):
+    if not resolved(path).is_relative_to(resolved(raw)):
         raise click.ClickException(
             f"{config.path}: data.{key} = {value!r} leads outside {raw} "
             f"(to {path.resolve()}); "
             f"give a path inside it (to keep the files on another disk, link {raw} itself there)"
         )
     return path
+
+
+def resolved(path: Path, place: str = "") -> Path:
+    """path.resolve(), with a link that leads back to itself (a loop, which makes the OS give up) refused
+    in one line naming it."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as error:  # Python 3.11: RuntimeError("Symlink loop"); later: ELOOP
+        raise click.ClickException(
+            f"{place}{path}: a link that leads back to itself (a loop: {error}); replace it with the file "
+            "or folder it should name"
+        ) from None
 
 
 def real_paths(paths: list[Path], root: Path, where: str, rows: bool) -> list[Path]:
@@ -94,14 +121,14 @@ def real_paths(paths: list[Path], root: Path, where: str, rows: bool) -> list[Pa
     folders: dict[Path, Path] = {}
     result = []
     for index, path in enumerate(paths):
+        place = f"{where} row {index + 2}: " if rows else ""
         if path.is_symlink():
-            real = path.resolve()
+            real = resolved(path, place)
         else:
             if path.parent not in folders:
-                folders[path.parent] = path.parent.resolve()
+                folders[path.parent] = resolved(path.parent, place)
             real = folders[path.parent] / path.name
         if not real.is_relative_to(root):
-            place = f"{where} row {index + 2}: " if rows else ""
             raise click.ClickException(
                 f"{place}{path} leads outside {root} (to {real}); "
                 f"copy the file in, or link the whole folder {root} instead"
@@ -147,6 +174,49 @@ def _normalise_labels(labels: list[str], where: str, places: list[str]) -> list[
     return labels
 
 
+# How pandas writes a missing value (NaN, pd.NA, NaT; `astype(str)` of an empty label), as a spreadsheet
+# shows one: never a class a person named. ("None" and "NA" are left alone: real classes use them.)
+MISSING_MARKERS = frozenset(
+    {"nan", "NaN", "NAN", "-nan", "-NaN", "<NA>", "NaT", "#N/A", "#NA", "N/A", "n/a", "NULL", "null"}
+)
+NAMED_CLASSES = ("single_label", "multi_label")  # tasks whose labels are names (the others parse numbers)
+
+
+def _look_alike_key(name: str) -> str:
+    """What a person reads: no case, and a number's value ('01', '1' and '1.0' are all '1')."""
+    try:
+        number = Decimal(name)
+    except InvalidOperation:
+        return name.casefold()
+    return format(number.normalize(), "f") if number.is_finite() else name.casefold()
+
+
+def _check_look_alike(labels: list[str], task: str, where: str, places: list[str]) -> None:
+    """Refuse class names (each tag, for multi_label) that only look alike, as labels differing only in
+    case are refused: '01' and '1', 'Cloudy' and 'cloudy' would become two classes no one can tell
+    apart; and a missing value as pandas writes it ('NaN') would become a class."""
+    if task not in NAMED_CLASSES:
+        return
+    word = "tag" if task == "multi_label" else "label"
+    seen: dict[str, tuple[str, int]] = {}
+    for index, label in enumerate(labels):
+        for name in label.split() if task == "multi_label" else [label]:
+            if name in MISSING_MARKERS:
+                raise click.ClickException(
+                    f"{where}: {places[index]} has the {word} {name!r}, how pandas writes a missing value; "
+                    "fill in that row's label or drop the row (a class really named so: rename it)"
+                )
+            first_name, first = seen.setdefault(_look_alike_key(name), (name, index))
+            if first_name == name:
+                continue
+            same_case = first_name.casefold() == name.casefold()
+            how = "only in case" if same_case else "only in how the number is written"
+            raise click.ClickException(
+                f"{where}: {word}s {first_name!r} ({places[first]}) and {name!r} ({places[index]}) differ "
+                f"{how}; write them the same, or they become two classes"
+            )
+
+
 def image_path(folder: Path, identifier: str, extension: str) -> Path:
     """The image file of an id: some competitions' ids already carry the extension ('0021e90e4.png')."""
     if extension and identifier.lower().endswith(extension.lower()):
@@ -174,7 +244,11 @@ def found_paths(paths: list[Path]) -> list[Path]:
 
 
 def _image_files(folder: Path, extension: str) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == extension.lower())
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() == extension.lower())
+    for path in found:
+        if path.is_symlink():
+            resolved(path)  # a link loop is refused, not skipped without a word
+    return [path for path in found if path.is_file()]
 
 
 # Byte-order marks of the encodings spreadsheets save CSVs in besides plain UTF-8 (Excel: "UTF-8 with
@@ -206,11 +280,28 @@ def parse_csv(path: Path, fix: str = "repair the file or download it again", **o
         raise click.ClickException(f"{path}: not a readable CSV ({reason}); {fix}") from None
 
 
+def header_names(path: Path) -> list[str]:
+    """The first line's column names as written (pandas renames a repeated name 'label' to 'label.1')."""
+    try:
+        with open(path, encoding=csv_encoding(path), newline="") as handle:
+            return next(csv.reader(handle), [])
+    except (UnicodeError, csv.Error):  # parse_csv says what is wrong with such a file
+        return []
+
+
 def read_csv(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
     """A CSV read as strings, with the columns we need checked and named in the error."""
     if not path.is_file():
         raise click.ClickException(f"{path} not found: {fix}")
     table = parse_csv(path, dtype=str, keep_default_na=False)
+    header = header_names(path)
+    for column in columns:
+        positions = [number for number, name in enumerate(header, start=1) if name.strip() == column]
+        if len(positions) > 1:
+            raise click.ClickException(
+                f"{path}: the header names column {column!r} {len(positions)} times (columns "
+                f"{', '.join(map(str, positions))}); rename or remove all but the one to use"
+            )
     missing = [column for column in columns if column not in table.columns]
     if missing:
         raise click.ClickException(
@@ -232,7 +323,7 @@ def load_labels(config: Config) -> LabelTable:
             [data.id_column, data.label_column],
             "set data.id_column / data.label_column in competition.toml",
         )
-        ids = _check_ids(table[data.id_column], str(source))
+        ids = _check_ids(table[data.id_column], str(source), data.extension)
         labels = list(table[data.label_column])
         for row, label in enumerate(labels, start=2):
             if not label.strip():
@@ -273,6 +364,7 @@ def load_labels(config: Config) -> LabelTable:
     if not ids:
         raise click.ClickException(f"{source}: no training images with extension {data.extension!r} found")
     labels = _normalise_labels(labels, str(source), places)
+    _check_look_alike(labels, config.competition.task, str(source), places)
     _check_unique(ids, str(source), data.extension, places, labels)
     real_paths(paths, raw.resolve(), str(source), rows=data.labels == "csv")
     try:
@@ -329,7 +421,7 @@ def load_test(config: Config) -> TestTable:
         )
         if not ids:
             raise click.ClickException(f"{sample}: lists no test ids; download it again")
-        ids = _check_ids(ids, str(sample))
+        ids = _check_ids(ids, str(sample), data.extension)
         _check_unique(ids, str(sample), data.extension, [f"row {row}" for row in range(2, len(ids) + 2)])
         paths = [image_path(folders[0], i, data.extension) for i in ids]
         if len(folders) > 1:  # test images split over folders (Planet): each id's image where it is
@@ -359,3 +451,31 @@ def check_test_apart(config: Config, test: TestTable, labels: LabelTable) -> Non
                 f"is training image {labels.paths[training[real]].name} "
                 f"({source}); a labelled image must not be in the test set: fix the listing or the files"
             )
+
+
+ROW_ORDER_FILE = "row-order.json"  # in a run folder: which training rows its oof.npy rows are
+
+
+def row_order(ids: list[str]) -> dict:
+    return {"rows": len(ids), "ids_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()}
+
+
+def record_row_order(run_dir: Path, ids: list[str]) -> None:
+    """Record the training ids, in order, that a run's out-of-fold rows follow."""
+    write_json(run_dir / ROW_ORDER_FILE, row_order(ids))
+
+
+def check_row_order(run_dir: Path, ids: list[str], fix: str) -> None:
+    """Refuse a run whose out-of-fold rows follow other training ids, or the same in another order (the
+    labels file re-sorted, rows added or removed since it trained): its predictions would meet other
+    images' labels. Runs made before the record exist are left to the row-count check."""
+    path = run_dir / ROW_ORDER_FILE
+    if not path.is_file():
+        return
+    saved = read_json(path)
+    if saved != row_order(ids):
+        raise click.ClickException(
+            f"{run_dir.name}: trained on {saved.get('rows')} training ids in another order or other ids "
+            f"than the labels file lists now ({len(ids)}; recorded in {path}): re-sorted, or rows added or "
+            f"removed since; {fix}"
+        )

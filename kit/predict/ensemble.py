@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from kit import metrics, tasks
 from kit.config import Config
-from kit.data.labels import LabelTable, load_test
+from kit.data.labels import LabelTable, check_row_order, load_test, record_row_order
 from kit.files import read_json, save_array, write_json
 from kit.predict import calibrate, selection, submission
 from kit.predict.inference import predict_test
@@ -167,6 +167,7 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
     run_summary(run_dir, "kit ensemble")  # an unfinished run: how to finish it
     if not (run_dir / "oof.npy").exists():
         raise click.ClickException(f"{run_dir}: no oof.npy; train it again (`make train`)")
+    check_row_order(run_dir, labels.ids, f"train {run_dir.name} again, or restore the labels file")
     if not variant:
         oof = np.load(run_dir / "oof.npy")
         if oof.shape[0] != row_count:
@@ -175,6 +176,7 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
                 "the data changed since this run"
             )
         return Member(run_dir.name, run_dir, oof, lambda: test_probabilities(run_dir, labels))
+    check_not_ensemble_variant(run_dir, spec)
     weights, _, views = variant.partition(":")
     if views not in ("", "plain"):
         raise click.ClickException(
@@ -182,6 +184,18 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
         )
     oof, test = variant_predictions(run_dir, weights, views == "plain", row_count)
     return Member(f"{run_dir.name}@{variant}", run_dir, oof, lambda: test)
+
+
+def check_not_ensemble_variant(run_dir: Path, spec: str) -> None:
+    """An ensemble keeps no weight files or views of its own: RUN@WEIGHTS of one is refused, naming its
+    runs, whose variants can be blended instead."""
+    summary = read_json(run_dir / "metrics.json")
+    if "ensemble" in summary:
+        runs = ", ".join(summary["ensemble"].get("runs", []))
+        raise click.ClickException(
+            f"{spec}: {run_dir.name} is an ensemble, which keeps no weight files or views of its own; blend "
+            f"it whole ({run_dir.name}), or a variant of one of its runs ({runs})"
+        )
 
 
 def check_classes(members: list[Member]) -> tuple[list[str], str]:
@@ -255,6 +269,7 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     test_blend = blend(test_predictions(members), weights)  # uncalibrated, like the blended OOF
 
     run_dir = new_run_dir(config, "ensemble")
+    record_row_order(run_dir, labels.ids)  # its oof.npy follows these rows, as a trained run's does
     # config.json makes the folder a run (listed, reportable, submittable): the first run's settings.
     names = [member.name for member in members]
     write_json(run_dir / "config.json", read_json(members[0].run_dir / "config.json"))

@@ -69,6 +69,8 @@ def build(
     else:
         frame = pd.DataFrame({label_column: task.submitted_labels(probabilities, decisions or {}, classes)})
     frame.insert(0, id_column, ids)
+    if set(frame.columns) == set(sample.columns):  # a sample with the id last: Kaggle's order is the sample's
+        frame = frame[list(sample.columns)]
     return frame
 
 
