@@ -30,6 +30,8 @@ def _kaggle_slug(name: str) -> str:
 def resolve_name(query: str) -> str:
     """A folder name, a Kaggle slug, or an unambiguous prefix of either -> the folder name."""
     names = competition_names()
+    if not query.strip():  # "" is a prefix of every name, and the slug of every competition without one
+        raise ConfigError(f"the competition's name is empty; give one of: {', '.join(names) or '(none)'}")
     slugs = {name: _kaggle_slug(name) for name in names}
     exact = [name for name in names if query in (name, slugs[name])]
     if exact:

@@ -4,10 +4,13 @@ naming the file, the key and what is allowed."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from pathlib import Path
+from typing import Any
 
-from kit.config import LAYER_GROUPS, TASK_METRICS, Config, Stage
+from kit.config import LAYER_GROUPS, SECTIONS, TASK_METRICS, Config, Stage
 from kit.errors import ConfigError
 
 
@@ -20,13 +23,84 @@ def _check_range(
         raise ConfigError(f"{file}: '{key}' = {value} must be {allowed}")
 
 
+# Pixels, square. A decoded-image cache holds size x size x 3 bytes a photo: 2048 px is 12.6 MB, so 10,000
+# photos take 126 GB; beyond it decoding runs out of memory and the photos are skipped as unreadable.
+MAX_IMAGE_SIZE = 2048
+EXTENSION = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")  # ".jpg", ".tif", ".nii.gz"
+
+
 def validate(config: Config) -> None:
-    """Every check of a built config: its sections, then each stage."""
+    """Every check of a built config: its sections, then each stage, then what no check above covers
+    (a float key's NaN or infinity)."""
     _check_task(config)
+    _check_data(config)
     _check_numbers(config)
     _check_tricks(config)
     for index, stage in enumerate(config.stages):
         _check_stage(config, index, stage)
+    _check_image_sizes(config)
+    _check_finite(config)
+
+
+def _check_data(config: Config) -> None:
+    """What the data settings name: an extension as file names end, columns that are not one another."""
+    file, data, submission = config.path, config.data, config.submission
+    if not EXTENSION.match(data.extension):
+        example = "." + (data.extension.strip(" .*") or "jpg")
+        raise ConfigError(
+            f"{file}: 'data.extension' = {data.extension!r} must be the file names' ending with its dot, "
+            f"e.g. {example!r}"
+        )
+    if data.labels == "csv" and data.id_column == data.label_column:
+        raise ConfigError(
+            f"{file}: 'data.id_column' and 'data.label_column' both name the column {data.id_column!r}; "
+            "set each to its own column of the labels CSV"
+        )
+    if submission.format != "probabilities" and submission.id_column == submission.label_column:
+        raise ConfigError(
+            f"{file}: 'submission.id_column' and 'submission.label_column' both name "
+            f"{submission.id_column!r}; set each to its own column of the sample submission"
+        )
+
+
+def _check_image_sizes(config: Config) -> None:
+    """Every size a cache is built at (training stages, prediction's views) at most MAX_IMAGE_SIZE."""
+    file = config.path
+    sizes = [("train.image_size", config.train.image_size)]
+    sizes += [(f"stages[{i}].image_size", stage.image_size) for i, stage in enumerate(config.stages)]
+    for key, size in sizes:
+        if size is not None and size > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"{file}: '{key}' = {size} px must be at most {MAX_IMAGE_SIZE} (a decoded cache holds "
+                f"{size * size * 3 / 1e6:.0f} MB a photo at that size); e.g. 224, 384 or 512"
+            )
+    if config.predict_image_size() > MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"{file}: 'predict.image_scale' = {config.predict.image_scale} predicts at "
+            f"{config.predict_image_size()} px (the last stage's size times the scale), more than "
+            f"{MAX_IMAGE_SIZE}; lower it (e.g. 1.143) or the last stage's image_size"
+        )
+
+
+def _floats(value: Any, key: str) -> list[tuple[str, float]]:
+    """Every float inside a section, stage or table, with its dotted key."""
+    if dataclasses.is_dataclass(value):
+        fields = dataclasses.fields(value)
+        return [pair for item in fields for pair in _floats(getattr(value, item.name), f"{key}.{item.name}")]
+    if isinstance(value, tuple):
+        return [pair for item in value for pair in _floats(item, key)]
+    return [(key, value)] if isinstance(value, float) else []
+
+
+def _check_finite(config: Config) -> None:
+    """No float key is NaN or infinite (TOML writes them `nan`, `inf`): the checks above cover most keys
+    with their ranges; this covers every other, present and to come."""
+    tables = [(name, getattr(config, name)) for name in SECTIONS]
+    tables += [(f"stages[{index}]", stage) for index, stage in enumerate(config.stages)]
+    for name, table in tables:
+        for key, value in _floats(table, name):
+            if not math.isfinite(value):
+                raise ConfigError(f"{config.path}: '{key}' = {value} must be a finite number")
 
 
 def _check_task(config: Config) -> None:
@@ -75,7 +149,7 @@ def _check_numbers(config: Config) -> None:
         low=0,
         high=0.5,
     )
-    if not (config.data.max_aspect == 0 or config.data.max_aspect >= 1):  # NaN too
+    if not (config.data.max_aspect == 0 or 1 <= config.data.max_aspect < math.inf):  # NaN too
         raise ConfigError(
             f"{file}: 'data.max_aspect' = {config.data.max_aspect} must be 0 (no cap) or 1 or more, e.g. 1.5"
         )

@@ -16,7 +16,19 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def project_root() -> Path:
-    return Path(os.environ.get("KIT_PROJECT_ROOT") or CHECKOUT)
+    """KIT_PROJECT_ROOT when set (a folder that exists: the kit never makes a project root up), else
+    the checkout."""
+    chosen = os.environ.get("KIT_PROJECT_ROOT")
+    if not chosen:
+        return CHECKOUT
+    root = Path(chosen)
+    if not root.is_dir():
+        what = "a file, not a folder" if root.exists() else "no such folder"
+        raise KitError(
+            f"KIT_PROJECT_ROOT = {chosen}: {what}; point it at the project folder (the one holding "
+            f"competitions/), or unset it to use {CHECKOUT}"
+        )
+    return root
 
 
 def competitions_dir() -> Path:

@@ -36,7 +36,7 @@ DEFAULT_FOLDS = 5
 MULTI_LABEL_SHARE = 0.05
 ORDINAL_MAX_GRADES = 6
 REGRESSION_MIN_VALUES = 20
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")  # at most 100 characters: a folder name in paths
 ALREADY_EXISTS = "{target} already exists; choose another NAME or delete it first"
 
 
@@ -546,7 +546,9 @@ def render_like(
 
 def check_name(name: str, target: Path) -> None:
     if not NAME_PATTERN.match(name):
-        raise click.ClickException(f"competition name {name!r}: use lowercase letters, digits, '-' and '_'")
+        raise click.ClickException(
+            f"competition name {name!r}: use 1 to 100 lowercase letters, digits, '-' and '_'"
+        )
     if target.exists():
         raise click.ClickException(ALREADY_EXISTS.format(target=target))
 
