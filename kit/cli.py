@@ -167,6 +167,12 @@ def submit(competition: str, run: str | None, message: str, dry_run: bool) -> No
 @click.option("--gpu/--no-gpu", default=None, help="Run the notebook on a GPU (default: notebook.gpu).")
 @click.option("--submit", is_flag=True, help="Once the notebook has run, make the code submission.")
 @click.option(
+    "--submit-only", is_flag=True, help="Submit the run's notebook that completed, without rerunning."
+)
+@click.option(
+    "--delete-old-versions", is_flag=True, help="Delete the run dataset's earlier versions on Kaggle."
+)
+@click.option(
     "--local", is_flag=True, help="Rehearse here: build and run the notebook offline, timed; push nothing."
 )
 @click.option("--force", is_flag=True, help="Push even where the time budget is above 80% of the limit.")
@@ -177,15 +183,26 @@ def notebook(
     run: str | None,
     gpu: bool | None,
     submit: bool,
+    submit_only: bool,
+    delete_old_versions: bool,
     local: bool,
     force: bool,
     message: str,
     overrides: tuple[str, ...],
 ) -> None:
     """Code competitions: package the run as a Kaggle dataset, push a notebook that predicts with it
-    offline, follow it, and with --submit make the code submission."""
+    offline, follow it, and with --submit make the code submission (--submit-only: of the notebook that
+    ran already)."""
     commands.notebook(
-        load_competition(competition, overrides), run, gpu, submit, message, local=local, force=force
+        load_competition(competition, overrides),
+        run,
+        gpu,
+        submit,
+        message,
+        submit_only=submit_only,
+        delete_old_versions=delete_old_versions,
+        local=local,
+        force=force,
     )
 
 

@@ -626,12 +626,17 @@ def notebook(
     gpu: bool | None,
     submit: bool,
     message: str,
+    submit_only: bool = False,
+    delete_old_versions: bool = False,
     local: bool = False,
     force: bool = False,
 ) -> dict:
     """A code competition, in one command: package the run as a private Kaggle dataset, write and push the
     notebook that predicts with it (internet off), follow it to the end, fetch its outputs, and with
-    `submit`, make the code submission and record it in the ledger as `kit submit` does.
+    `submit`, make the code submission and record it in the ledger as `kit submit` does. With `submit`,
+    Kaggle is asked first whether a submission can be made (joined, rules accepted, one left today), so
+    nothing is built for nothing. `submit_only` submits the output of the run's notebook that completed
+    already, without running it again. `delete_old_versions` drops the dataset's earlier versions.
 
     `local`: rehearse instead (kit.kaggle.rehearsal: built and executed here, offline, timed; nothing is
     pushed, no credentials asked for). Before a push, the last rehearsal's time budget is shown; above 80%
@@ -645,7 +650,7 @@ def notebook(
             f"{config.path}: set competition.kaggle (the Kaggle slug) for `kit notebook`, "
             "e.g. --set competition.kaggle=SLUG"
         )
-    if submit and config.competition.submission != "notebook":
+    if (submit or submit_only) and config.competition.submission != "notebook":
         raise click.ClickException(
             f"{config.path}: competition.submission = {config.competition.submission!r}: Kaggle takes files, "
             f"not notebooks, for {slug}; use `kit submit {config.name}` "
@@ -661,11 +666,18 @@ def notebook(
     accelerator = budget.default_accelerator(config.notebook.accelerator, use_gpu)
     if local:
         return _rehearse_notebook(config, run_dir, summary, slug, accelerator)
-    rehearsed = _check_budget(config, run_dir, accelerator, force)  # an estimate over the limit stops here
+    rehearsed = submit_only or _check_budget(config, run_dir, accelerator, force)  # over the limit: stop
     api = kaggle.authenticated_api()  # missing credentials stop here, before anything is built
+    if submit or submit_only:
+        kernels.require_code_submission_possible(api, slug)  # so are rules, joining and today's limit
     owner = kernels.username(api)
     dataset_id = f"{owner}/{package.dataset_slug(config.name)}"
     base = run_dir / "kaggle"
+    if submit_only:
+        pushed = kernels.recorded_pushed(base, f"run `kit notebook {config.name} --submit` instead")
+        kept_output = base / "output" / package.SUBMISSION_FILE
+        package.check_submission(config, kept_output, summary["classes"], summary.get("task"))
+        return _submit_notebook(config, run_dir, summary, api, pushed, message)
     built = package.build(config, run_dir, summary, dataset_id, base / "dataset")
     click.echo(
         f"package {dataset_id}: {built.size_bytes / package.MEGABYTE:.1f} MB "
@@ -679,7 +691,9 @@ def notebook(
         click.echo(f"time budget: unknown (no rehearsal: `kit notebook {config.name} --local` measures it)")
     click.echo(f"notebook {notebook_path.relative_to(run_dir.parent)} ({where}, internet off)")
     timeout = config.notebook.timeout_minutes * 60
-    outcome = kernels.publish_dataset(api, built.folder, dataset_id, f"run {run_dir.name}")
+    outcome = kernels.publish_dataset(
+        api, built.folder, dataset_id, f"run {run_dir.name}", delete_old_versions=delete_old_versions
+    )
     kernels.wait_for_dataset(api, dataset_id, config.notebook.poll_seconds, timeout)
     click.echo(f"dataset {dataset_id}: {outcome}")
     pushed = kernels.push_kernel(api, base / "notebook")
@@ -702,10 +716,23 @@ def notebook(
         )
     package.check_submission(config, produced, summary["classes"], summary.get("task"))
     click.echo(f"notebook {pushed.ref} v{pushed.version} complete; its {package.SUBMISSION_FILE} is valid")
-    row = _ledger_row(config, run_dir, summary, f"{pushed.ref}@{pushed.version}", message)
+    kernels.record_pushed(base, pushed)  # `--submit-only` can submit this output later
     if not submit:
+        row = _ledger_row(config, run_dir, summary, f"{pushed.ref}@{pushed.version}", message)
         return {**row, "status": "notebook run (not submitted)"}
-    kernels.submit_code(api, slug, pushed, package.SUBMISSION_FILE, row["message"])
+    return _submit_notebook(config, run_dir, summary, api, pushed, message)
+
+
+def _submit_notebook(config: Config, run_dir: Path, summary: dict, api, pushed, message: str) -> dict:
+    """The code submission of a notebook version whose output was checked, recorded in the ledger."""
+    from kit.kaggle import package
+
+    row = _ledger_row(config, run_dir, summary, f"{pushed.ref}@{pushed.version}", message)
+    kept = (
+        f"the notebook's output is kept in {run_dir / 'kaggle' / 'output'}: submit it without running the "
+        f"notebook again with `kit notebook {config.name} --run {run_dir.name} --submit-only`"
+    )
+    kernels.submit_code(api, config.competition.kaggle, pushed, package.SUBMISSION_FILE, row["message"], kept)
     row.update(status="uploaded")
     submission_ledger.append_ledger(row)
     click.echo(f"submitted: {pushed.ref} version {pushed.version} ({row['message']})")

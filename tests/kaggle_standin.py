@@ -1,146 +1,135 @@
 """A local stand-in for Kaggle, built from the official client's own request/response code (kaggle 2.2.5,
-kagglesdk 0.1.x), so the kit is tested end to end through that client against what production does.
+kagglesdk 0.1.38), so the kit is tested end to end through that client against what production does.
 
-Two servers, like production:
+PROD and TEST. kagglesdk builds every API URL in `KaggleHttpClient._get_request_url`: in production
+(KAGGLE_API_ENVIRONMENT unset or PROD) it is `https://api.kaggle.com/v1/<service>/<Method>`; in its TEST
+environment `http://localhost:7777/api/v1/<service>/<Method>`. The stand-in runs in either shape and
+answers only its own (a URL of the other shape is a 404), so code that guesses where an answer came from
+by the path's shape fails in one of them. Every Kaggle case runs in both: the test modules use the
+`kaggle_environment` fixture (params PROD and TEST), which sets ENVIRONMENT here for kaggle_env() and
+KaggleStandIn. In PROD the client runs as on a user's machine (no KAGGLE_API_ENVIRONMENT) and the one
+thing changed is kagglesdk's production endpoint: `kagglesdk.kaggle_env._env_to_endpoint[KaggleEnv.PROD]`
+(read by `get_endpoint`, the only place the client looks) is pointed at the stand-in's free local port
+while it runs, and restored after (point_production_at). A `kit` started as a separate process does the
+same through kit_command().
 
-- The API (KAGGLE_API_ENVIRONMENT=TEST makes kagglesdk call http://localhost:7777): every call is
-  `POST /api/v1/<service>/<Method>` with a camelCase JSON body (kagglesdk's `KaggleHttpClient.call`).
-  Errors are JSON `{"code": N, "message": "..."}`: the client raises `requests.HTTPError(message)`, so the
-  message is Kaggle's own text (`KaggleHttpClient._prepare_response`).
-- Storage, on a second local port and another host name (127.0.0.1): downloads are a 302 from the API to
-  a signed link there (`HttpRedirect`), uploads are PUT to a `createUrl` there. Storage ignores the
-  Authorization header (requests drops it on a redirect to another host; the stand-in records whether any
-  arrived), answers ranged requests with 206, and answers an expired link with 403 and GCS's XML body.
+Two servers, like production, told apart by host (the API on "localhost", storage on "127.0.0.1"):
 
-Authentication, as `KaggleApi.authenticate` does it: an API token (`KGAT_...`, from KAGGLE_API_TOKEN or
-~/.kaggle/access_token) is first checked with `security.OAuthService/IntrospectToken` (body `{"token"}`,
-answer `{"active", "username", ...}`; an unknown token is `{"active": false}`), then sent as
-`Authorization: Bearer <token>`; the legacy username/key (kaggle.json, KAGGLE_USERNAME/KAGGLE_KEY) is
-sent as HTTP Basic. Anything else is 401 `Unauthenticated`.
+- The API: every call is `POST <prefix><service>/<Method>` with a camelCase JSON body
+  (kagglesdk's `KaggleHttpClient.call`). Errors are JSON `{"code": N, "message": "..."}`: the client raises
+  `requests.HTTPError(message)`, so the message is Kaggle's own text (`KaggleHttpClient._prepare_response`).
+- Storage, on a second local port and another host name: downloads are a 302 from the API to a signed link
+  there (`HttpRedirect`), uploads are PUT to a `createUrl` there. Storage ignores the Authorization header
+  (requests drops it on a redirect to another host; the stand-in records whether any arrived), answers
+  ranged requests with 206 (If-Range against the ETag, or Last-Modified when `etag=False`), and answers an
+  expired link with 403 (or 400, fault "expired-400") and GCS's XML body.
 
-Competition calls implemented (competitions.CompetitionApiService): DownloadDataFiles, DownloadDataFile,
-ListDataFiles, GetCompetition, StartSubmissionUpload, CreateSubmission, ListSubmissions, GetLeaderboard,
-GetSubmissionLimits. Paging is by `pageToken`/`nextPageToken` as on Kaggle; `page_mode` makes the server
-ignore `page` ("ignore-page"), or answer the first page forever with the same token ("stuck").
+Authentication, as `KaggleApi.authenticate` does it: an API token (`KGAT_...`) is first checked with
+`security.OAuthService/IntrospectToken` (an unknown one is `{"active": false}`), then sent as `Bearer`;
+the legacy username/key is sent as HTTP Basic. Anything else is 401 `Unauthenticated`.
 
-Faults are queued with `fail_next(target, kind, ...)` and consumed in order by the next matching request:
-target is "storage" or an API method name ("DownloadDataFiles") or "api" (any API call); kinds are
-"429" (with Retry-After), "500"/"503" (JSON body), "drop" (storage: headers and `after_bytes` of the body,
-then the connection is closed), "expired" (storage: 403, GCS's ExpiredToken body).
-
-Extending it (datasets, kernels, blobs): write a function `handler(stand_in, call) -> dict` and register it
-with `@api("datasets.DatasetApiService", "CreateDataset")`; raise `KaggleError(status, message)` for an
-error. `stand_in.signed_url(key)` serves `stand_in.blobs[key]` from storage; `stand_in.start_upload(meta)`
-returns (token, createUrl) and the PUT lands in `stand_in.uploaded[token]`.
+Calls: competitions in kaggle_standin_competitions.py; datasets, blobs, kernels and code submissions in
+kaggle_standin_notebooks.py. Register one more with `@api(service, Method)` on `handler(stand_in, call) ->
+dict` (raise KaggleError(status, message) for an error). Paging is by pageToken (see `page_mode`). Faults
+are queued with `fail_next(target, kind)` (target "storage", "api" or a Method name; kinds FAULT_KINDS)
+and taken by the next matching request.
 
 Usage from any test (tests/ is on sys.path when pytest collects it):
 
     from kaggle_standin import KaggleStandIn, kaggle_env
 
-    def test_something(monkeypatch, tmp_path):
+    def test_something(monkeypatch, tmp_path, kaggle_environment):
         kaggle_env(monkeypatch, tmp_path, credentials="token-env")
         with KaggleStandIn(competitions={"dog-breeds": zip_bytes}) as stand_in:
-            ...  # call kit code or the `kit` CLI; then inspect stand_in.uploads, .requests, .bytes_served
+            ...  # call kit code or the CLI; then inspect stand_in.requests, .uploads, .bytes_served
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
-import email.utils
 import fcntl
-import hashlib
-import http.server
-import io
 import json
-import socket
+import sys
 import tempfile
 import threading
 import time
 import types
 import urllib.parse
 import uuid
-import zipfile
-from typing import NamedTuple
 
-STANDIN_USERNAME = "kit-test-user"
-STANDIN_KEY = "kit-test-key-0123456789abcdef"  # legacy key; distinctive, so tests can assert it never leaks
-STANDIN_TOKEN = "KGAT_5f0c2d9e8b7a41c3a6e2f0d4b9c81e77"  # an API token as the settings page issues them
+import pytest
+from kaggle_standin_competitions import image_bytes, make_zip
+from kaggle_standin_notebooks import CodeSubmission, Dataset, KernelVersion, Notebooks, notebooks
+from kaggle_standin_server import (
+    DAILY_LIMIT_MESSAGE,
+    DEFAULT_DAILY_LIMIT,
+    EXPIRED_LINK_BODY,
+    FAULT_KINDS,
+    NOTEBOOK_ONLY_MESSAGE,
+    PARTICIPATE_MESSAGE,
+    RULES_MESSAGE,
+    STANDIN_KEY,
+    STANDIN_TOKEN,
+    STANDIN_USERNAME,
+    STORAGE_HOST,
+    UNAUTHENTICATED_MESSAGE,
+    Call,
+    Fault,
+    KaggleError,
+    Request,
+    Upload,
+    _Handler,
+    _members,
+    _now,
+    _Server,
+    api,
+    kit_command,
+    point_production_at,
+)
+
+__all__ = [  # what tests import from here (the stand-in's parts live in kaggle_standin_*.py)
+    "DAILY_LIMIT_MESSAGE",
+    "EXPIRED_LINK_BODY",
+    "NOTEBOOK_ONLY_MESSAGE",
+    "PARTICIPATE_MESSAGE",
+    "RULES_MESSAGE",
+    "STANDIN_KEY",
+    "STANDIN_TOKEN",
+    "STANDIN_USERNAME",
+    "UNAUTHENTICATED_MESSAGE",
+    "Call",
+    "CodeSubmission",
+    "Dataset",
+    "KaggleError",
+    "KaggleStandIn",
+    "KernelVersion",
+    "Notebooks",
+    "Request",
+    "Upload",
+    "api",
+    "image_bytes",
+    "kaggle_env",
+    "kaggle_environment",
+    "kit_command",
+    "make_zip",
+    "notebooks",
+    "point_production_at",
+    "secrets",
+]
+
 STANDIN_PORT = 7777  # hard-coded in kagglesdk.kaggle_env for KaggleEnv.TEST
-STORAGE_HOST = "127.0.0.1"  # another host name than the API's "localhost": requests drops auth on redirect
-API_PREFIX = "/api/v1/"
-DEFAULT_DAILY_LIMIT = 5  # Kaggle's usual maxDailySubmissions
-
-# Kaggle's own texts (from what the production API answers; see issue 11).
-RULES_MESSAGE = "You must accept this competition's rules before you'll be able to download files."
-PARTICIPATE_MESSAGE = "Permission 'competitions.participate' was denied"
-NOTEBOOK_ONLY_MESSAGE = "Submission not allowed: This competition only accepts submissions from Notebooks."
-DAILY_LIMIT_MESSAGE = (
-    "Submission not allowed:  Your team has used its daily Submission allowance ({limit}) today, "
-    "please try again tomorrow UTC ({hours:.1f} hours from now)."
-)
-UNAUTHENTICATED_MESSAGE = "Unauthenticated"
-EXPIRED_LINK_BODY = (
-    "<?xml version='1.0' encoding='UTF-8'?><Error><Code>ExpiredToken</Code><Message>Invalid argument."
-    "</Message><Details>The provided token has expired. "
-    "Request signature expired at: {expired}</Details></Error>"
-)
+ENVIRONMENTS = ("PROD", "TEST")
+ENVIRONMENT = "TEST"  # the shape kaggle_env() and KaggleStandIn use; the kaggle_environment fixture sets it
 
 
-class Upload(NamedTuple):
-    """One submission the stand-in received: what was uploaded and the message it came with."""
-
-    slug: str
-    file_name: str
-    content: bytes
-    message: str | None
-
-
-class Request(NamedTuple):
-    """One request either server received. `auth` is "Bearer", "Basic" or None; `range` the Range header."""
-
-    server: str  # "api" or "storage"
-    method: str
-    path: str  # without the query string (which carries the signature)
-    auth: str | None
-    range: str | None
-
-
-class Fault(NamedTuple):
-    target: str  # "storage", "api", or an API method name
-    kind: str  # "429", "500", "503", "drop", "expired"
-    retry_after: str
-    after_bytes: int | None
-
-
-class KaggleError(Exception):
-    """Raised by a handler: answered as Kaggle does, JSON {"code": status, "message": message}."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-class Call(NamedTuple):
-    """What a handler gets: the JSON body, the authenticated user (None for anonymous calls) and the
-    competition slug the body names ("" when none)."""
-
-    body: dict
-    user: str | None
-    slug: str
-
-
-API_HANDLERS: dict[str, tuple] = {}  # "service/Method" -> (handler, needs_auth)
-
-
-def api(service: str, method: str, needs_auth: bool = True):
-    """Register `handler(stand_in, call) -> dict` for POST /api/v1/<service>/<method>."""
-
-    def register(handler):
-        API_HANDLERS[f"{service}/{method}"] = (handler, needs_auth)
-        return handler
-
-    return register
+@pytest.fixture(params=ENVIRONMENTS)
+def kaggle_environment(request):
+    """Run the test once with the client in its production shape and once in its TEST environment (set
+    apart from `monkeypatch`, which tests undo midway)."""
+    module = sys.modules[__name__]
+    module.ENVIRONMENT = request.param
+    yield request.param
+    module.ENVIRONMENT = "TEST"
 
 
 def kaggle_env(monkeypatch, tmp_path, credentials=True):
@@ -160,7 +149,10 @@ def kaggle_env(monkeypatch, tmp_path, credentials=True):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_directory))
-    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    if ENVIRONMENT == "TEST":
+        monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    else:  # unset, as on a user's machine: kagglesdk's get_env() is then PROD
+        monkeypatch.delenv("KAGGLE_API_ENVIRONMENT", raising=False)
     for variable in ("NO_PROXY", "no_proxy"):  # a registry proxy must not swallow localhost
         monkeypatch.setenv(variable, "localhost,127.0.0.1")
     for variable in (
@@ -169,6 +161,7 @@ def kaggle_env(monkeypatch, tmp_path, credentials=True):
         "KAGGLE_KEY",
         "KAGGLE_KERNEL_RUN_TYPE",
         "KAGGLE_API_V1_TOKEN",
+        "KAGGLE_DATA_PROXY_URL",
         "VERBOSE",
         "VERBOSE_OUTPUT",
     ):
@@ -204,201 +197,9 @@ def secrets() -> list[str]:
     return [STANDIN_KEY, STANDIN_TOKEN, basic]
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _timestamp(moment: datetime.datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def _strip_empty(row: dict) -> dict:
-    """The SDK's JSON reader cannot take null for a typed field; Kaggle omits empty fields instead."""
-    return {name: value for name, value in row.items() if value is not None}
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Shared by both servers; `self.server.role` says which one this is."""
-
-    def log_message(self, format, *arguments):  # keep test output clean
-        pass
-
-    def handle(self):
-        with self.server.stand_in._lock:
-            self.server.stand_in._active += 1
-        try:
-            super().handle()
-        finally:
-            with self.server.stand_in._lock:
-                self.server.stand_in._active -= 1
-
-    @property
-    def stand_in(self) -> KaggleStandIn:
-        return self.server.stand_in
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-                if size == 0:
-                    return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _send(self, status: int, body: bytes = b"", content_type: str = "application/json", headers=None):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _send_json(self, status: int, payload: dict, headers=None):
-        self._send(status, json.dumps(payload).encode(), headers=headers)
-
-    def _record(self) -> None:
-        authorization = self.headers.get("Authorization")
-        self.stand_in._record(
-            Request(
-                self.server.role,
-                self.command,
-                urllib.parse.urlsplit(self.path).path,
-                authorization.split(" ")[0] if authorization else None,
-                self.headers.get("Range"),
-            )
-        )
-
-    def _user(self) -> str | None:
-        """The user the Authorization header names, or None when it names nobody the stand-in knows."""
-        scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
-        if scheme == "Bearer":
-            return self.stand_in.tokens.get(value)
-        if scheme == "Basic":
-            try:
-                username, _, key = base64.b64decode(value).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return None
-            return username if self.stand_in.keys.get(username) == key else None
-        return None
-
-    # The API server.
-
-    def do_POST(self):
-        self._record()
-        if self.server.role != "api":
-            return self._send_json(404, {"code": 404, "message": "Not found"})
-        name = self.path.split("?")[0].removeprefix(API_PREFIX)
-        request = json.loads(self._body() or b"{}")
-        fault = self.stand_in._take_fault(("api", name.rpartition("/")[2]))
-        if fault is not None:
-            return self._send_api_fault(fault)
-        handler, needs_auth = API_HANDLERS.get(name, (None, False))
-        user = self._user()
-        if handler is None:
-            return self._send_json(404, {"code": 404, "message": f"stand-in does not implement {name}"})
-        if needs_auth and user is None:
-            return self._send_json(401, {"code": 401, "message": UNAUTHENTICATED_MESSAGE})
-        try:
-            payload = handler(self.stand_in, Call(request, user, request.get("competitionName", "")))
-        except KaggleError as error:
-            return self._send_json(error.status, {"code": error.status, "message": error.message})
-        if isinstance(payload, tuple):  # (status, headers): a redirect
-            status, headers = payload
-            return self._send(status, b"", "text/plain", headers)
-        self._send_json(200, payload)
-
-    def _send_api_fault(self, fault: Fault):
-        status = int(fault.kind)
-        headers = {"Retry-After": fault.retry_after} if status == 429 else None
-        messages = {429: "Too many requests", 500: "Internal error", 503: "Service unavailable"}
-        self._send_json(status, {"code": status, "message": messages.get(status, "error")}, headers)
-
-    # The storage server.
-
-    def do_GET(self):
-        self._record()
-        if self.server.role != "storage":
-            return self._send_json(404, {"code": 404, "message": "Not found"})
-        parts = urllib.parse.urlsplit(self.path)
-        key = urllib.parse.unquote(parts.path.removeprefix("/storage/"))
-        query = urllib.parse.parse_qs(parts.query)
-        signature = (query.get("X-Goog-Signature") or [""])[0]
-        issued = self.stand_in._signatures.get(signature)
-        if issued is None or issued[0] != key or key not in self.stand_in.blobs:
-            return self._send(
-                403,
-                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SignatureDoesNotMatch</Code></Error>",
-                "application/xml",
-            )
-        fault = self.stand_in._take_fault(("storage",))
-        expired = time.time() > issued[1]
-        if expired or (fault is not None and fault.kind == "expired"):
-            body = EXPIRED_LINK_BODY.format(expired=email.utils.formatdate(issued[1], usegmt=True)).encode()
-            return self._send(403, body, "application/xml")
-        if fault is not None and fault.kind in ("429", "500", "503"):
-            headers = {"Retry-After": fault.retry_after} if fault.kind == "429" else None
-            return self._send(
-                int(fault.kind), b"<Error><Code>Backoff</Code></Error>", "application/xml", headers
-            )
-        content = self.stand_in.blobs[key]
-        etag = '"' + hashlib.md5(content).hexdigest() + '"'
-        headers = {
-            "Accept-Ranges": "bytes",
-            "ETag": etag,
-            "Last-Modified": email.utils.formatdate(self.stand_in.created, usegmt=True),
-        }
-        start, status = 0, 200
-        wanted = self.headers.get("Range")
-        if_range = self.headers.get("If-Range")
-        if wanted and (if_range is None or if_range == etag):
-            first = wanted.removeprefix("bytes=").split("-")[0]
-            start = int(first or 0)
-            if start >= len(content):
-                return self._send(416, b"", "application/xml", {"Content-Range": f"bytes */{len(content)}"})
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
-        body = content[start:]
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if fault is not None and fault.kind == "drop":
-            sent = body[: fault.after_bytes if fault.after_bytes is not None else len(body) // 2]
-            self.wfile.write(sent)
-            self.wfile.flush()
-            self.stand_in._count_bytes(len(sent))
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)  # the peer sees the transfer cut mid-body
-            return
-        self.wfile.write(body)
-        self.stand_in._count_bytes(len(body))
-
-    def do_PUT(self):
-        self._record()
-        token = urllib.parse.urlsplit(self.path).path.removeprefix("/upload/")
-        if self.server.role != "storage" or token not in self.stand_in._pending_uploads:
-            self._body()
-            return self._send_json(404, {"code": 404, "message": "Upload expired"})
-        content = self._body()
-        if self.stand_in.failing_uploads:  # storage rejecting the file: the client gives up on non-503
-            return self._send_json(500, {"code": 500, "message": "Storage unavailable"})
-        self.stand_in.uploaded[token] = content
-        self._send_json(200, {})
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    allow_reuse_address = True  # a stand-in stopped a moment ago leaves its port in TIME_WAIT
-    daemon_threads = True
-
-
 class KaggleStandIn:
-    """Context manager running the stand-in: the API on localhost:7777, storage on 127.0.0.1:<free port>.
+    """Context manager running the stand-in: the API on localhost (7777 in TEST, a free port in PROD), storage
+    on 127.0.0.1:<free port>.
 
     competitions: {slug: zip bytes of the whole bundle (or None for a competition without data)}; its
         members are the competition's files (ListDataFiles, DownloadDataFile).
@@ -412,13 +213,20 @@ class KaggleStandIn:
     notebook_only: slugs whose CreateSubmission is refused (400): code competitions.
     daily_limit: submissions a day (an int, or {slug: int}); today's rows count against it.
     page_mode: "normal" (pageToken, else page), "ignore-page" (pageToken only), "stuck" (always the first
-        page, with the same non-empty nextPageToken).
+        page, with the same non-empty nextPageToken), "page-only" (`page` only: an unknown pageToken gets
+        page 1 again, with a non-empty nextPageToken while rows remain).
+    bundle_names: {slug: the file name of the bundle's signed link} (default `<slug>.zip`).
+    etag: storage sends an ETag (else Last-Modified only, which If-Range is then compared with).
+    storage_seconds: seconds storage takes per 64 KiB of a body (a slow link, for concurrent commands).
+    environment: "PROD" (kagglesdk's production URL shape, `/v1/<service>/<call>`, its endpoint pointed
+        here) or "TEST" (`/api/v1/...` on localhost:7777); default: the module's ENVIRONMENT.
     link_lifetime: seconds a signed storage link stays valid.
     failing_uploads: answer the file upload (PUT) with HTTP 500, as a broken storage backend would.
     Recorded: `.uploads` (list of Upload), `.requests` (list of Request), `.bytes_served` (storage body
     bytes actually written), `.signatures` (every signature handed out, to check none is ever printed).
 
-    Port 7777 is fixed by kagglesdk, so concurrent test runs on one machine take turns via a file lock.
+    Port 7777 is fixed by kagglesdk for TEST, so concurrent TEST runs on one machine take turns via a file
+    lock; PROD takes a free port.
     """
 
     def __init__(
@@ -437,11 +245,24 @@ class KaggleStandIn:
         key=STANDIN_KEY,
         token=STANDIN_TOKEN,
         team_name="kit-test-team",
-        port=STANDIN_PORT,
+        port=None,
         lock_timeout=120.0,
+        bundle_names=None,
+        etag=True,
+        storage_seconds=0.0,
+        environment=None,
     ):
-        if page_mode not in ("normal", "ignore-page", "stuck"):
+        if page_mode not in ("normal", "ignore-page", "stuck", "page-only"):
             raise ValueError(f"unknown page_mode {page_mode!r}")
+        self.environment = environment or ENVIRONMENT
+        if self.environment not in ENVIRONMENTS:
+            raise ValueError(f"unknown environment {self.environment!r}")
+        self.api_prefix = "/v1/" if self.environment == "PROD" else "/api/v1/"  # KaggleHttpClient's shapes
+        if port is None:
+            port = STANDIN_PORT if self.environment == "TEST" else 0
+        self.bundle_names = dict(bundle_names or {})
+        self.etag = etag
+        self.storage_seconds = storage_seconds
         self.competitions = dict(competitions or {})
         self.submissions = {slug: list(rows) for slug, rows in (submissions or {}).items()}
         self.leaderboards = {slug: list(rows) for slug, rows in (leaderboards or {}).items()}
@@ -455,7 +276,8 @@ class KaggleStandIn:
         self.username, self.team_name, self.port = username, team_name, port
         self.keys = {username: key}  # legacy username -> key (HTTP Basic)
         self.tokens = {token: username}  # API token -> username (Bearer, introspection)
-        self.url = f"http://localhost:{port}"
+        self.url = f"http://localhost:{port}"  # set again by start() when the port is a free one
+        self._saved_endpoint = None
         self.storage_url = ""  # set by start()
         self.created = time.time()  # Last-Modified of every blob
         self.blobs: dict[str, bytes] = {}  # storage key -> bytes, served through signed links
@@ -475,11 +297,14 @@ class KaggleStandIn:
         self._lock_file = None
         for slug, bundle in self.competitions.items():
             if bundle is not None:
-                self.blobs[f"competitions/{slug}/{slug}.zip"] = bundle
+                self.blobs[self.bundle_key(slug)] = bundle
                 for name, content in _members(bundle).items():
                     self.blobs[f"competitions/{slug}/files/{name}"] = content
 
     # Used by handlers (and by extensions for datasets, kernels, blobs).
+
+    def bundle_key(self, slug: str) -> str:
+        return f"competitions/{slug}/{self.bundle_names.get(slug, slug + '.zip')}"
 
     def signed_url(self, key: str) -> str:
         """A signed storage link to blobs[key], valid for link_lifetime seconds; a query string like GCS's."""
@@ -506,7 +331,7 @@ class KaggleStandIn:
 
     def fail_next(self, target: str, kind: str, retry_after: str = "1", after_bytes: int | None = None):
         """Queue a fault for the next request matching target ("storage", "api" or an API method name)."""
-        if kind not in ("429", "500", "503", "drop", "expired"):
+        if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}")
         with self._lock:
             self._faults.append(Fault(target, kind, retry_after, after_bytes))
@@ -546,10 +371,15 @@ class KaggleStandIn:
 
     def download_count(self, slug: str) -> int:
         """How many times the competition's bundle itself was fetched from storage."""
-        return sum(1 for r in self.storage_gets(slug) if r.path.endswith(f"/{slug}.zip"))
+        bundle = "/storage/" + self.bundle_key(slug)
+        return sum(1 for r in self.storage_gets(slug) if r.path == bundle)
 
     def api_calls(self, method: str) -> int:
         return sum(1 for r in self.requests if r.server == "api" and r.path.endswith("/" + method))
+
+    def api_methods(self) -> list[str]:
+        """The API calls received, in order, by method name ("GetCompetition", "CreateDataset", ...)."""
+        return [r.path.rpartition("/")[2] for r in self.requests if r.server == "api"]
 
     def daily_limit_of(self, slug: str) -> int:
         if isinstance(self.daily_limit, dict):
@@ -575,6 +405,9 @@ class KaggleStandIn:
         token = body.get("pageToken") or ""
         if self.page_mode == "stuck":
             return rows[:size], ("stuck-token" if rows else "")
+        if self.page_mode == "page-only":  # a pageToken it did not issue is read as no token: page 1
+            start = (max(int(body.get("page") or 1), 1) - 1) * size
+            return rows[start : start + size], ("more" if start + size < len(rows) else "")
         if token:
             start = int(base64.urlsafe_b64decode(token.encode()).decode())
         elif self.page_mode == "normal" and body.get("page"):
@@ -588,6 +421,30 @@ class KaggleStandIn:
     # Lifetime.
 
     def start(self) -> KaggleStandIn:
+        if self.environment == "TEST":
+            self._take_port_lock()
+        try:
+            for role, address in (("api", ("127.0.0.1", self.port)), ("storage", (STORAGE_HOST, 0))):
+                server = _Server(address, _Handler)
+                server.stand_in, server.role = self, role
+                self._servers.append(server)
+        except OSError:
+            self.stop()
+            raise
+        self.port = self._servers[0].server_address[1]
+        self.url = f"http://localhost:{self.port}"
+        self.storage_url = f"http://{STORAGE_HOST}:{self._servers[1].server_address[1]}"
+        if self.environment == "PROD":
+            self._saved_endpoint = point_production_at(self.url)
+        for server in self._servers:
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _take_port_lock(self) -> None:
         lock_path = f"{tempfile.gettempdir()}/kit-kaggle-standin-{self.port}.lock"
         self._lock_file = open(lock_path, "w")  # noqa: SIM115 - held from start() until stop()
         deadline = time.monotonic() + self._lock_timeout
@@ -600,22 +457,6 @@ class KaggleStandIn:
                     self._lock_file.close()
                     raise RuntimeError(f"port {self.port} stayed busy with another Kaggle stand-in") from None
                 time.sleep(0.05)
-        try:
-            for role, address in (("api", ("127.0.0.1", self.port)), ("storage", (STORAGE_HOST, 0))):
-                server = _Server(address, _Handler)
-                server.stand_in, server.role = self, role
-                self._servers.append(server)
-        except OSError:
-            self.stop()
-            raise
-        self.storage_url = f"http://{STORAGE_HOST}:{self._servers[1].server_address[1]}"
-        for server in self._servers:
-            thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
-        return self
 
     def stop(self) -> None:
         for server in self._servers:
@@ -624,6 +465,9 @@ class KaggleStandIn:
         for thread in self._threads:
             thread.join()
         self._servers, self._threads = [], []
+        if self._saved_endpoint is not None:
+            point_production_at(self._saved_endpoint)
+            self._saved_endpoint = None
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
@@ -633,509 +477,3 @@ class KaggleStandIn:
 
     def __exit__(self, *exception_info) -> None:
         self.stop()
-
-
-def _members(bundle: bytes) -> dict[str, bytes]:
-    """The files of a competition bundle; hostile or broken archives have none.
-
-    Downloads still serve them.
-    """
-    try:
-        with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
-            return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return {}
-
-
-# Kaggle's API, one handler per call, named as kagglesdk names them.
-
-
-@api("security.OAuthService", "IntrospectToken", needs_auth=False)
-def _introspect_token(stand_in: KaggleStandIn, call: Call) -> dict:
-    username = stand_in.tokens.get(call.body.get("token", ""))
-    if username is None:
-        return {"active": False}
-    expiry = int(time.time()) + 3600
-    return {"active": True, "username": username, "userId": 1, "scope": "resources.admin:*", "exp": expiry}
-
-
-@api("competitions.CompetitionApiService", "GetCompetition")
-def _get_competition(stand_in: KaggleStandIn, call: Call) -> dict:
-    stand_in.check_competition(call.slug, participating=False)
-    board = stand_in.leaderboards.get(call.slug, [])
-    rank = next((n for n, row in enumerate(board, 1) if row.get("teamName") == stand_in.team_name), None)
-    return _strip_empty(
-        {
-            "ref": f"{stand_in.url}/competitions/{call.slug}",
-            "title": call.slug.replace("-", " ").title(),
-            "teamCount": len(board),
-            "userHasEntered": call.slug not in stand_in.not_joined | stand_in.rules_not_accepted,
-            "userRank": rank,
-            "maxDailySubmissions": stand_in.daily_limit_of(call.slug),
-            "isKernelsSubmissionsOnly": call.slug in stand_in.notebook_only,
-        }
-    )
-
-
-@api("competitions.CompetitionApiService", "ListDataFiles")
-def _list_data_files(stand_in: KaggleStandIn, call: Call) -> dict:
-    stand_in.check_competition(call.slug)
-    bundle = stand_in.competitions.get(call.slug)
-    files = [
-        {"ref": name, "name": name, "totalBytes": len(content), "creationDate": _timestamp(_now())}
-        for name, content in _members(bundle or b"").items()
-    ]
-    rows, next_token = stand_in.page(files, call.body)
-    return _strip_empty({"files": rows, "nextPageToken": next_token or None})
-
-
-@api("competitions.CompetitionApiService", "DownloadDataFiles")
-def _download_data_files(stand_in: KaggleStandIn, call: Call):
-    stand_in.check_competition(call.slug)
-    if stand_in.competitions.get(call.slug) is None:
-        raise KaggleError(404, "This competition has no data")
-    return 302, {"Location": stand_in.signed_url(f"competitions/{call.slug}/{call.slug}.zip")}
-
-
-@api("competitions.CompetitionApiService", "DownloadDataFile")
-def _download_data_file(stand_in: KaggleStandIn, call: Call):
-    stand_in.check_competition(call.slug)
-    key = f"competitions/{call.slug}/files/{call.body.get('fileName', '')}"
-    if key not in stand_in.blobs:
-        raise KaggleError(404, "Not found")
-    return 302, {"Location": stand_in.signed_url(key)}
-
-
-@api("competitions.CompetitionApiService", "GetSubmissionLimits")
-def _get_submission_limits(stand_in: KaggleStandIn, call: Call) -> dict:
-    stand_in.check_competition(call.slug)
-    today = stand_in.submitted_today(call.slug)
-    return {
-        "numToday": today,
-        "numTotal": len(stand_in.submissions.get(call.slug, [])),
-        "numAllowedNow": max(stand_in.daily_limit_of(call.slug) - today, 0),
-    }
-
-
-@api("competitions.CompetitionApiService", "StartSubmissionUpload")
-def _start_submission_upload(stand_in: KaggleStandIn, call: Call) -> dict:
-    stand_in.check_competition(call.slug)
-    token, url = stand_in.start_upload({"slug": call.slug, "file_name": call.body.get("fileName", "")})
-    return {"token": token, "createUrl": url}
-
-
-@api("competitions.CompetitionApiService", "CreateSubmission")
-def _create_submission(stand_in: KaggleStandIn, call: Call) -> dict:
-    stand_in.check_competition(call.slug)
-    if call.slug in stand_in.notebook_only:
-        raise KaggleError(400, NOTEBOOK_ONLY_MESSAGE)
-    limit = stand_in.daily_limit_of(call.slug)
-    if stand_in.submitted_today(call.slug) >= limit:
-        midnight = (_now() + datetime.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        hours = (midnight - _now()).total_seconds() / 3600
-        raise KaggleError(400, DAILY_LIMIT_MESSAGE.format(limit=limit, hours=hours))
-    token = call.body.get("blobFileTokens", "")
-    pending = stand_in._pending_uploads.pop(token, None)
-    if pending is None or token not in stand_in.uploaded or pending["slug"] != call.slug:
-        raise KaggleError(400, "Unknown or incomplete upload")
-    message = call.body.get("submissionDescription")
-    stand_in.uploads.append(Upload(call.slug, pending["file_name"], stand_in.uploaded.pop(token), message))
-    row = {
-        "ref": len(stand_in.uploads),
-        "date": _timestamp(_now()),
-        "fileName": pending["file_name"],
-        "status": "PENDING",
-        "description": message or None,
-    }
-    stand_in.submissions.setdefault(call.slug, []).insert(0, _strip_empty(row))
-    return {"message": "Successfully submitted", "ref": row["ref"]}
-
-
-@api("competitions.CompetitionApiService", "ListSubmissions")
-def _list_submissions(stand_in: KaggleStandIn, call: Call) -> dict:
-    stand_in.check_competition(call.slug)
-    rows, next_token = stand_in.page(stand_in.submissions.get(call.slug, []), call.body)
-    return {"submissions": [_strip_empty(row) for row in rows], "nextPageToken": next_token}
-
-
-@api("competitions.CompetitionApiService", "GetLeaderboard")
-def _get_leaderboard(stand_in: KaggleStandIn, call: Call) -> dict:
-    stand_in.check_competition(call.slug, participating=False)
-    rows, next_token = stand_in.page(stand_in.leaderboards.get(call.slug, []), call.body)
-    return {"submissions": [_strip_empty(row) for row in rows], "nextPageToken": next_token}
-
-
-# Building downloads shaped like Kaggle's, for the stand-in to serve.
-
-
-def make_zip(members: dict) -> bytes:
-    """A zip holding {name: bytes}; names are stored verbatim, hostile ones included."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(zipfile.ZipInfo(name), content)
-    return buffer.getvalue()
-
-
-def image_bytes(color: tuple[int, int, int], seed: int, image_format: str = "JPEG", size: int = 40) -> bytes:
-    """A small noisy image tinted by `color`: a class a tiny model can learn from its colour."""
-    import numpy as np
-    from PIL import Image
-
-    noise = np.random.default_rng(seed).integers(-40, 40, (size, size, 3))
-    pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=image_format)
-    return buffer.getvalue()
-
-
-# Datasets, blobs, kernels and code submissions (issue 12: `kit notebook`). Each request body is read with
-# kagglesdk's own request type (a field the type does not know is refused, as Kaggle refuses it) and each
-# answer is built with its response type, so the JSON is what the client reads in production.
-
-
-class Dataset(NamedTuple):
-    owner: str
-    slug: str
-    title: str
-    is_private: bool
-    license_name: str
-    versions: list  # each {"files": {name: bytes}, "notes": str}
-
-
-class KernelVersion(NamedTuple):
-    number: int
-    request: dict  # the SaveKernel body, as sent
-    notebook: dict  # its `text`, parsed
-
-
-class CodeSubmission(NamedTuple):
-    slug: str
-    kernel: str  # owner/slug
-    version: int | None
-    file_name: str
-    description: str
-
-
-class Notebooks:
-    """The stand-in's datasets, kernels and code submissions (see `notebooks(stand_in)`), and how its kernels
-    behave: each new version answers QUEUED, then RUNNING `running_polls` times, then `outcome` (COMPLETE or
-    ERROR, with `failure_message`); its output files are `outputs` (name -> bytes, or a function of the
-    version) and its log is `log` (Kaggle's JSON list of stream entries). A new dataset version is
-    BLOBS_RECEIVED for `ready_after_polls` status calls, then READY."""
-
-    def __init__(self):
-        self.datasets: dict[str, Dataset] = {}
-        self.kernels: dict[str, list[KernelVersion]] = {}
-        self.code_submissions: list[CodeSubmission] = []
-        self.blob_names: dict[str, str] = {}  # upload token -> file name (StartBlobUpload)
-        self.dataset_polls: dict[str, int] = {}
-        self.kernel_polls: dict[tuple[str, int], int] = {}
-        self.ready_after_polls = 1
-        self.running_polls = 2
-        self.outcome = "COMPLETE"
-        self.failure_message = ""
-        self.outputs = {}
-        self.log = [
-            {"stream_name": "stdout", "time": 1.5, "data": "kit from /tmp/kit/site/kit/__init__.py\n"},
-            {"stream_name": "stdout", "time": 9.0, "data": "wrote /kaggle/working/submission.csv\n"},
-        ]
-
-    def files_of(self, kernel: str, version: int) -> dict:
-        return self.outputs(kernel, version) if callable(self.outputs) else dict(self.outputs)
-
-
-def notebooks(stand_in: KaggleStandIn) -> Notebooks:
-    """The stand-in's Notebooks state, made on first use (kept apart from KaggleStandIn's own fields)."""
-    if not hasattr(stand_in, "_notebooks"):
-        stand_in._notebooks = Notebooks()
-    return stand_in._notebooks
-
-
-def _typed(request_type, body: dict):
-    """The body read as kagglesdk reads it; a field its type does not have is a 400, as on Kaggle."""
-    known = {field.json_name for field in request_type._fields}
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise KaggleError(
-            400, f'Invalid JSON payload received. Unknown name "{unknown[0]}": Cannot find field.'
-        )
-    return request_type.from_dict(body)
-
-
-def _answer(response_type, **values) -> dict:
-    response = response_type()
-    for name, value in values.items():
-        setattr(response, name, value)
-    return response.to_dict()
-
-
-def _uploaded_files(stand_in: KaggleStandIn, files) -> dict:
-    """{file name: bytes} of the blob tokens a dataset request names; an unknown or unfinished one: 400."""
-    state, result = notebooks(stand_in), {}
-    for new_file in files:
-        token = new_file.token
-        if token not in state.blob_names or token not in stand_in.uploaded:
-            raise KaggleError(400, f"Invalid blob token {token!r}: upload the file first")
-        result[state.blob_names.pop(token)] = stand_in.uploaded.pop(token)
-        stand_in._pending_uploads.pop(token, None)
-    return result
-
-
-def _own_dataset(stand_in: KaggleStandIn, call: Call, owner: str, slug: str) -> Dataset:
-    dataset = notebooks(stand_in).datasets.get(f"{owner}/{slug}")
-    if dataset is None or (dataset.is_private and call.user != owner):
-        raise KaggleError(404, "Not found")
-    return dataset
-
-
-@api("blobs.BlobApiService", "StartBlobUpload")
-def _start_blob_upload(stand_in: KaggleStandIn, call: Call) -> dict:
-    from kagglesdk.blobs.types.blob_api_service import (
-        ApiBlobType,
-        ApiStartBlobUploadRequest,
-        ApiStartBlobUploadResponse,
-    )
-
-    request = _typed(ApiStartBlobUploadRequest, call.body)
-    if request.type != ApiBlobType.DATASET or not request.name:
-        raise KaggleError(400, "A blob needs a type and a name")
-    token, url = stand_in.start_upload({"slug": "", "file_name": request.name})
-    notebooks(stand_in).blob_names[token] = request.name
-    return _answer(ApiStartBlobUploadResponse, token=token, create_url=url)
-
-
-@api("datasets.DatasetApiService", "GetDatasetStatus")
-def _get_dataset_status(stand_in: KaggleStandIn, call: Call) -> dict:
-    from kagglesdk.datasets.types.dataset_api_service import (
-        ApiGetDatasetStatusRequest,
-        ApiGetDatasetStatusResponse,
-    )
-    from kagglesdk.datasets.types.dataset_enums import DatabundleVersionStatus
-
-    request = _typed(ApiGetDatasetStatusRequest, call.body)
-    dataset = _own_dataset(stand_in, call, request.owner_slug, request.dataset_slug)
-    state, key = notebooks(stand_in), f"{dataset.owner}/{dataset.slug}"
-    waiting = state.dataset_polls.get(key, 0)
-    state.dataset_polls[key] = max(waiting - 1, 0)
-    status = DatabundleVersionStatus.BLOBS_RECEIVED if waiting else DatabundleVersionStatus.READY
-    return _answer(ApiGetDatasetStatusResponse, status=status)
-
-
-@api("datasets.DatasetApiService", "CreateDataset")
-def _create_dataset(stand_in: KaggleStandIn, call: Call) -> dict:
-    from kagglesdk.datasets.types.dataset_api_service import ApiCreateDatasetRequest, ApiCreateDatasetResponse
-
-    request = _typed(ApiCreateDatasetRequest, call.body)
-    owner, slug = request.owner_slug or call.user, request.slug
-    if owner != call.user:
-        raise KaggleError(403, "Permission 'datasets.create' was denied")
-    if not 6 <= len(slug) <= 50 or not 6 <= len(request.title) <= 50:
-        raise KaggleError(400, "The dataset slug and title must be between 6 and 50 characters")
-    state = notebooks(stand_in)
-    if f"{owner}/{slug}" in state.datasets:
-        return _answer(
-            ApiCreateDatasetResponse,
-            status="error",
-            error=f'The requested slug "{slug}" is already in use by a dataset. Please choose another slug.',
-        )
-    files = _uploaded_files(stand_in, request.files)
-    state.datasets[f"{owner}/{slug}"] = Dataset(
-        owner, slug, request.title, request.is_private, request.license_name, [{"files": files, "notes": ""}]
-    )
-    state.dataset_polls[f"{owner}/{slug}"] = state.ready_after_polls
-    return _answer(
-        ApiCreateDatasetResponse,
-        ref=f"{owner}/{slug}",
-        url=f"{stand_in.url}/datasets/{owner}/{slug}",
-        status="ok",
-    )
-
-
-@api("datasets.DatasetApiService", "CreateDatasetVersion")
-def _create_dataset_version(stand_in: KaggleStandIn, call: Call) -> dict:
-    from kagglesdk.datasets.types.dataset_api_service import (
-        ApiCreateDatasetResponse,
-        ApiCreateDatasetVersionRequest,
-    )
-
-    request = _typed(ApiCreateDatasetVersionRequest, call.body)
-    dataset = _own_dataset(stand_in, call, request.owner_slug, request.dataset_slug)
-    if call.user != dataset.owner:
-        raise KaggleError(403, "Permission 'datasets.edit' was denied")
-    if request.body is None:
-        raise KaggleError(400, "A dataset version needs a body")
-    files = _uploaded_files(stand_in, request.body.files)
-    if request.body.delete_old_versions:
-        dataset.versions.clear()
-    dataset.versions.append({"files": files, "notes": request.body.version_notes})
-    notebooks(stand_in).dataset_polls[f"{dataset.owner}/{dataset.slug}"] = notebooks(
-        stand_in
-    ).ready_after_polls
-    return _answer(
-        ApiCreateDatasetResponse,
-        ref=f"{dataset.owner}/{dataset.slug}",
-        url=f"{stand_in.url}/datasets/{dataset.owner}/{dataset.slug}",
-        status="ok",
-    )
-
-
-@api("kernels.KernelsApiService", "SaveKernel")
-def _save_kernel(stand_in: KaggleStandIn, call: Call) -> dict:
-    import nbformat
-    from kagglesdk.kernels.types.kernels_api_service import ApiSaveKernelRequest, ApiSaveKernelResponse
-
-    request = _typed(ApiSaveKernelRequest, call.body)
-    owner, _, slug = (request.slug or "").partition("/")
-    if owner != call.user or not slug:
-        raise KaggleError(403, "Permission 'kernels.create' was denied")
-    if request.kernel_type == "notebook":
-        try:
-            notebook = json.loads(request.text or "")
-            nbformat.validate(nbformat.from_dict(notebook))
-        except (ValueError, nbformat.ValidationError) as error:
-            raise KaggleError(400, f"Invalid notebook: {str(error).splitlines()[0]}") from None
-    else:
-        notebook = {}
-    state = notebooks(stand_in)
-    invalid_datasets = [
-        source
-        for source in request.dataset_data_sources
-        if source not in state.datasets
-        or (state.datasets[source].is_private and state.datasets[source].owner != call.user)
-    ]
-    known = set(stand_in.competitions) | set(stand_in.submissions)
-    invalid_competitions = [source for source in request.competition_data_sources if source not in known]
-    versions = state.kernels.setdefault(f"{owner}/{slug}", [])
-    versions.append(KernelVersion(len(versions) + 1, dict(call.body), notebook))
-    state.kernel_polls[(f"{owner}/{slug}", len(versions))] = 0
-    return _answer(
-        ApiSaveKernelResponse,
-        ref=f"/code/{owner}/{slug}",
-        url=f"{stand_in.url}/code/{owner}/{slug}",
-        version_number=len(versions),
-        invalid_dataset_sources=invalid_datasets,
-        invalid_competition_sources=invalid_competitions,
-        kernel_id=1000 + len(state.kernels),
-    )
-
-
-def _kernel_version(stand_in: KaggleStandIn, call: Call, owner: str, slug: str, label: str | None):
-    """The kernel's version the label names ("v3", as the client writes it), or its latest."""
-    versions = notebooks(stand_in).kernels.get(f"{owner}/{slug}")
-    if not versions or owner != call.user:  # the kit's kernels are private
-        raise KaggleError(403, "Permission 'kernels.get' was denied")
-    if label:
-        matching = [version for version in versions if f"v{version.number}" == label]
-        if not matching:
-            raise KaggleError(404, "Not found")
-        return matching[0]
-    return versions[-1]
-
-
-def _kernel_status(stand_in: KaggleStandIn, kernel: str, version: int, count: bool) -> str:
-    state = notebooks(stand_in)
-    polls = state.kernel_polls.get((kernel, version), 0)
-    if count:
-        state.kernel_polls[(kernel, version)] = polls + 1
-    if polls == 0:
-        return "QUEUED"
-    return "RUNNING" if polls <= state.running_polls else state.outcome
-
-
-@api("kernels.KernelsApiService", "GetKernelSessionStatus")
-def _get_kernel_session_status(stand_in: KaggleStandIn, call: Call) -> dict:
-    from kagglesdk.kernels.types.kernels_api_service import (
-        ApiGetKernelSessionStatusRequest,
-        ApiGetKernelSessionStatusResponse,
-    )
-    from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
-
-    request = _typed(ApiGetKernelSessionStatusRequest, call.body)
-    version = _kernel_version(stand_in, call, request.user_name, request.kernel_slug, request.version_label)
-    status = _kernel_status(stand_in, f"{request.user_name}/{request.kernel_slug}", version.number, True)
-    failure = notebooks(stand_in).failure_message if status == "ERROR" else None
-    return _answer(
-        ApiGetKernelSessionStatusResponse, status=KernelWorkerStatus[status], failure_message=failure
-    )
-
-
-@api("kernels.KernelsApiService", "ListKernelSessionOutput")
-def _list_kernel_session_output(stand_in: KaggleStandIn, call: Call) -> dict:
-    from kagglesdk.kernels.types.kernels_api_service import (
-        ApiKernelSessionOutputFile,
-        ApiListKernelSessionOutputRequest,
-        ApiListKernelSessionOutputResponse,
-    )
-
-    request = _typed(ApiListKernelSessionOutputRequest, call.body)
-    kernel = f"{request.user_name}/{request.kernel_slug}"
-    version = _kernel_version(stand_in, call, request.user_name, request.kernel_slug, request.version_label)
-    state = notebooks(stand_in)
-    finished = _kernel_status(stand_in, kernel, version.number, False) in ("COMPLETE", "ERROR")
-    produced = state.files_of(kernel, version.number) if finished else {}
-    entries = []
-    for name, content in sorted(produced.items()):
-        key = f"kernels/{kernel}/{version.number}/{name}"
-        stand_in.blobs[key] = content
-        entry = ApiKernelSessionOutputFile()
-        entry.url, entry.file_name = stand_in.signed_url(key), name
-        entries.append(entry)
-    rows, next_token = stand_in.page(entries, call.body)
-    return _answer(
-        ApiListKernelSessionOutputResponse,
-        files=rows,
-        log=json.dumps(state.log) if finished else None,
-        next_page_token=next_token or None,
-    )
-
-
-@api("competitions.CompetitionApiService", "CreateCodeSubmission")
-def _create_code_submission(stand_in: KaggleStandIn, call: Call) -> dict:
-    from kagglesdk.competitions.types.competition_api_service import (
-        ApiCreateCodeSubmissionRequest,
-        ApiCreateCodeSubmissionResponse,
-    )
-
-    request = _typed(ApiCreateCodeSubmissionRequest, call.body)
-    slug = request.competition_name
-    stand_in.check_competition(slug)
-    if slug not in stand_in.notebook_only:
-        raise KaggleError(
-            400, "Submission not allowed: This competition does not accept Notebook submissions."
-        )
-    kernel = f"{request.kernel_owner}/{request.kernel_slug}"
-    label = f"v{request.kernel_version}" if request.kernel_version else None
-    version = _kernel_version(stand_in, call, request.kernel_owner, request.kernel_slug, label)
-    metadata = version.request
-    if metadata.get("enableInternet", True):
-        raise KaggleError(
-            400, "Submission not allowed: Notebooks with internet access enabled cannot be submitted."
-        )
-    if slug not in metadata.get("competitionDataSources", []):
-        raise KaggleError(400, f"Submission not allowed: the Notebook does not use the data of {slug}.")
-    if _kernel_status(stand_in, kernel, version.number, False) != "COMPLETE":
-        raise KaggleError(400, "Submission not allowed: the Notebook version did not complete successfully.")
-    if request.file_name not in notebooks(stand_in).files_of(kernel, version.number):
-        raise KaggleError(
-            400, f"Submission not allowed: the Notebook version has no output {request.file_name}."
-        )
-    limit = stand_in.daily_limit_of(slug)
-    if stand_in.submitted_today(slug) >= limit:
-        raise KaggleError(400, DAILY_LIMIT_MESSAGE.format(limit=limit, hours=1.0))
-    description = request.submission_description
-    notebooks(stand_in).code_submissions.append(
-        CodeSubmission(slug, kernel, request.kernel_version, request.file_name, description)
-    )
-    rows = stand_in.submissions.setdefault(slug, [])
-    row = {
-        "ref": 10_000 + len(rows),
-        "date": _timestamp(_now()),
-        "fileName": request.file_name,
-        "status": "PENDING",
-        "description": description or None,
-    }
-    rows.insert(0, _strip_empty(row))
-    return _answer(
-        ApiCreateCodeSubmissionResponse, message="Your submission was successfully saved", ref=row["ref"]
-    )

@@ -11,10 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import invoke, tiny_recipe
-from kaggle_standin import STANDIN_KEY, KaggleStandIn, image_bytes, kaggle_env, make_zip
+from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
+    STANDIN_KEY,
+    KaggleStandIn,
+    image_bytes,
+    kaggle_env,
+    kaggle_environment,  # noqa: F401 (a fixture)
+    make_zip,
+)
 
 from kit.competitions import load_competition, resolve_name
 from kit.predict import submission
+
+pytestmark = pytest.mark.usefixtures("kaggle_environment")
 
 DOG_SLUG = "dog-breed-identification"
 CATS_SLUG = "dogs-vs-cats-redux-kernels-edition"

@@ -10,14 +10,17 @@ import io
 
 import pytest
 import requests
-from kaggle_standin import (
+from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
     DAILY_LIMIT_MESSAGE,
     PARTICIPATE_MESSAGE,
     STANDIN_USERNAME,
     KaggleStandIn,
     kaggle_env,
+    kaggle_environment,  # noqa: F401 (a fixture)
     make_zip,
 )
+
+pytestmark = pytest.mark.usefixtures("kaggle_environment")
 
 SLUG = "dog-breeds"
 BUNDLE = make_zip(

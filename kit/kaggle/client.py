@@ -1,10 +1,10 @@
-"""The official `kaggle` client, used the way today's Kaggle needs: every credential form, Kaggle's own
-error messages with the kit's fix, bounded retries, token paging, submission limits and the leaderboard.
+"""The official `kaggle` client, used the way today's Kaggle needs: authenticated exactly as the client
+does it (credentials.py asks it which forms it finds), Kaggle's errors with the kit's fix (answers.py),
+files, submission limits, submit, submissions and the leaderboard.
 
-Every failure the user can fix surfaces as a one-line `click.ClickException`. No message ever holds a
-credential, nor a signed link (the client's own HTTPError text names the URL it fetched, signature and
-all, so the kit builds its messages from the response's JSON `message` instead). The client's verbose
-mode (which prints the Authorization header) is never switched on.
+Every failure the user can fix surfaces as a one-line `click.ClickException`. The client's verbose mode
+(which prints the Authorization header) is never switched on. Where the kit needs a part of kagglesdk that
+is not public, it reaches it through `private_part`, which names the installed versions if it is gone.
 """
 
 from __future__ import annotations
@@ -15,28 +15,19 @@ import functools
 import importlib.metadata
 import io
 import pathlib
-import re
-import time
-from collections.abc import Callable, Iterator
-from typing import NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import NamedTuple
 
 import click
 import requests
 
+from kit.kaggle import answers
 from kit.kaggle import credentials as credential_forms
+from kit.kaggle.answers import PAGE_SIZE, describe, paged, status_of, with_retries
 
 MINIMUM_CLIENT = "2.2.4"  # below it: no COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE, `import kaggle` may exit(1)
 CLIENT_REQUIREMENT = "kaggle>=2.2.4,<3"
-PAGE_SIZE = 20  # the official client's own default, so every server honours it
-MAXIMUM_PAGES = 50
-RETRY_ATTEMPTS = 5  # tries in all for a call Kaggle answers 429/5xx, or a dropped connection
-RETRY_FIRST_WAIT = 2.0  # seconds; doubles each try
-RETRY_LONGEST_WAIT = 60.0  # seconds: the cap on a wait, Retry-After included
-RULES_URL = "https://www.kaggle.com/competitions/{slug}/rules"
-COMPETITION_URL = "https://www.kaggle.com/competitions/{slug}"
-PHONE_URL = "https://www.kaggle.com/settings"
-
-T = TypeVar("T")
+TESTED_WITH = "kaggle==2.2.5 kagglesdk==0.1.38"  # the versions the kit's tests run the client at
 
 
 def check_client_version() -> None:
@@ -62,23 +53,25 @@ def _api_class():
 
     Importing anything under `kaggle` runs `kaggle/__init__.py`, which authenticates and prints a help
     banner when credentials are missing, so the import is deferred to first use and its output swallowed.
-    KaggleApi.build_kaggle_client hard-codes the production endpoint unless `--local` style flags are in
-    its argv; kagglesdk's own `get_env()` reads KAGGLE_API_ENVIRONMENT (TEST means http://localhost:7777),
-    so the subclass asks it instead. With the variable unset that is production, exactly as before.
+    In production (KAGGLE_API_ENVIRONMENT unset or PROD) the client's own build_kaggle_client is used as it
+    is; it knows no other environment, so only for those (kagglesdk's TEST: http://localhost:7777) is the
+    client built with kagglesdk's get_env().
     """
     check_client_version()
     with contextlib.redirect_stdout(io.StringIO()):
         from kaggle.api.kaggle_api_extended import KaggleApi
     from kagglesdk.kaggle_client import KaggleClient
-    from kagglesdk.kaggle_env import get_env
+    from kagglesdk.kaggle_env import KaggleEnv, get_env
 
     class EnvironmentAwareKaggleApi(KaggleApi):
         credentials: credential_forms.Credentials | None = None  # the form in use, for messages
+        args: list[str] = []  # never the client's --verbose, which prints the Authorization header
 
         def build_kaggle_client(self):
+            if get_env() == KaggleEnv.PROD:
+                return super().build_kaggle_client()
             return KaggleClient(
                 env=get_env(),
-                verbose=False,  # verbose dumps request headers, which carry the key
                 username=self.config_values.get(self.CONFIG_NAME_USER),
                 password=self.config_values.get(self.CONFIG_NAME_KEY),
                 api_token=self.config_values.get(self.CONFIG_NAME_TOKEN),
@@ -88,13 +81,40 @@ def _api_class():
     return EnvironmentAwareKaggleApi
 
 
-def missing_credentials_message() -> str:
-    return (
-        f"no Kaggle credentials found (the kit looks in {credential_forms.IN_ORDER}, in that order): "
+def installed_versions() -> str:
+    return ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("kaggle", "kagglesdk"))
+
+
+def private_part(owner, name: str, expected_type: type):
+    """`owner.<name>`, a part of kagglesdk that is not public, or a one-line error naming the installed
+    versions and the pin to install where a release renamed or removed it."""
+    value = getattr(owner, name, None)
+    if not isinstance(value, expected_type):
+        raise click.ClickException(
+            f"the installed kaggle client ({installed_versions()}) has no {type(owner).__name__}.{name}, "
+            f"which the kit relies on: pip install {TESTED_WITH} (the versions the kit is tested with)"
+        )
+    return value
+
+
+def _auth_method(name: str) -> str:
+    """How the client records an authentication method in config_values (str of its AuthMethod)."""
+    from kaggle.api.kaggle_api_extended import AuthMethod
+
+    return str(AuthMethod[name])
+
+
+def missing_credentials_message(malformed: str | None = None) -> str:
+    fix = (
         f"create an API token at {credential_forms.SETTINGS_URL}, then export KAGGLE_API_TOKEN=<token> "
-        "or save "
-        "it in ~/.kaggle/access_token (chmod 600)"
+        "or save it in ~/.kaggle/access_token (chmod 600)"
     )
+    if malformed:
+        return (
+            f"no usable Kaggle credentials: {malformed}, so the kaggle client skips it: write it as "
+            '{"username": "<user>", "key": "<key>"}, or ' + fix
+        )
+    return f"no Kaggle credentials found (the kit looks in {credential_forms.IN_ORDER}, in that order): {fix}"
 
 
 def refused_credentials_message(used: credential_forms.Credentials | None, kaggle_says: str) -> str:
@@ -126,18 +146,34 @@ def _warn_once(warn: Callable[[str], None], line: str) -> None:
         warn(line)
 
 
+def translate_errors(slug: str | None, api=None):
+    """answers.translate_errors, with a 401 naming the credentials `api` used."""
+    return answers.translate_errors(
+        slug, functools.partial(refused_credentials_message, getattr(api, "credentials", None))
+    )
+
+
+def error_message(error: requests.HTTPError, slug: str | None, api=None) -> str:
+    refused = functools.partial(refused_credentials_message, getattr(api, "credentials", None))
+    return answers.error_message(error, slug, refused)
+
+
 def authenticated_api(warn: Callable[[str], None] = lambda line: None):
     """An authenticated official KaggleApi, or a one-line ClickException saying how to log in.
 
-    `warn` receives one-line warnings: a credentials file readable by others, or a token Kaggle says is
-    not active while the legacy key is used instead. `api.credentials` names the form in use.
+    The forms present are the ones the client itself finds (credentials.found asks it). `warn` receives
+    one-line warnings: a credentials file readable by others, a kaggle.json the client cannot read.
+    `api.credentials` names the form in use.
     """
     api = _api_class()()
     config_directory = credential_forms.config_directory()
     api.config_dir, api.config = str(config_directory), str(config_directory / api.config_file)
-    present = credential_forms.found()
+    present = credential_forms.found(api)
+    malformed = credential_forms.malformed_config(api)
     if not present:
-        raise click.ClickException(missing_credentials_message())
+        raise click.ClickException(missing_credentials_message(malformed))
+    if malformed:
+        _warn_once(warn, f"warning: {malformed}; the kaggle client skips it")
     for form in present:
         if credential_forms.readable_by_others(form):
             _warn_once(warn, f"warning: {form.file} is readable by other users: chmod 600 {form.file}")
@@ -152,178 +188,18 @@ def authenticated_api(warn: Callable[[str], None] = lambda line: None):
             f"create a new one at {credential_forms.SETTINGS_URL} "
             f"(the kit looks in {credential_forms.IN_ORDER}, in that order)"
         ) from None
-    method = str(api.config_values.get(api.CONFIG_NAME_AUTH_METHOD, ""))
-    legacy = [form for form in present if not form.token]
-    if method.endswith("LEGACY_API_KEY") and legacy:
-        api.credentials = legacy[0]
-        if present[0].token:
-            _warn_once(
-                warn,
-                f"warning: Kaggle says the API token in {present[0].name} is not active; "
-                f"using {legacy[0].name}",
-            )
-    elif method.endswith("OAUTH"):
+    method = api.config_values.get(api.CONFIG_NAME_AUTH_METHOD)
+    if present[0].token and method != _auth_method("ACCESS_TOKEN") and len(present) > 1:
+        # The client moved on from an inactive token, but kagglesdk reads the token again for every
+        # request (KaggleHttpClient sends it whenever it is given none), so the fallback would be refused.
+        raise click.ClickException(
+            f"Kaggle says the API token in {present[0].name} is not active (expired or revoked), and the "
+            f"kaggle client keeps sending it instead of {present[1].name}: create a new token at "
+            f"{credential_forms.SETTINGS_URL} and put it in {present[0].name}, or remove it there"
+        )
+    if method == _auth_method("OAUTH"):
         api.credentials = present[-1]
     return api
-
-
-def kaggle_message(error: requests.HTTPError) -> str:
-    """Kaggle's own words for an error: the JSON `message`, else the storage error's code, else the status.
-
-    Never str(error) for a non-JSON answer: requests puts the URL (a signed link) in it.
-    """
-    response = error.response
-    if response is None:
-        return "no answer"
-    try:
-        payload = response.json()
-        if isinstance(payload, dict) and payload.get("message"):
-            return str(payload["message"]).strip()
-    except ValueError:
-        pass
-    code = re.search(r"<Code>([^<]{1,80})</Code>", response.text or "")
-    return code.group(1) if code else (response.reason or f"HTTP {response.status_code}")
-
-
-def _from_storage(error: requests.HTTPError) -> bool:
-    """The answer came from the storage host of a signed link, not from Kaggle's API."""
-    response = error.response
-    return response is not None and "/api/v1/" not in (response.url or "")
-
-
-def daily_limit_fix(message: str) -> str:
-    allowance = re.search(r"allowance \((\d+)\)", message)
-    left = f"{allowance.group(1)} left tomorrow" if allowance else "more tomorrow"
-    return f"daily limit reached; {left} (the day turns at 00:00 UTC)"
-
-
-def error_message(error: requests.HTTPError, slug: str | None, api=None) -> str:
-    """One line: what Kaggle said, then the kit's fix."""
-    status = error.response.status_code if error.response is not None else None
-    said = kaggle_message(error)
-    lowered = said.lower()
-    if status == 401:
-        return refused_credentials_message(getattr(api, "credentials", None), said)
-    if status == 403 and _from_storage(error):
-        if "expired" in lowered:
-            return (
-                "the signed download link expired (HTTP 403: ExpiredToken): run the command again; it resumes"
-            )
-        return f"the download host refused the link (HTTP 403: {said}): run the command again; it resumes"
-    prefix = f"Kaggle: {said} (HTTP {status})"
-    if status == 403 and "rule" in lowered and slug:
-        return f"{prefix}: accept the rules at {RULES_URL.format(slug=slug)}, then retry"
-    if status == 403 and "participate" in lowered and slug:
-        return (
-            f"{prefix}: join the competition at {COMPETITION_URL.format(slug=slug)} (Join Competition) and "
-            f"verify your phone number at {PHONE_URL}, then retry"
-        )
-    if status == 400 and ("notebook" in lowered or "kernel" in lowered):
-        return f"{prefix}: this competition takes notebook submissions only; nothing was submitted"
-    if status == 400 and ("allowance" in lowered or "daily" in lowered or "limit" in lowered):
-        return f"{prefix}: {daily_limit_fix(said)}"
-    if status == 404 and slug:
-        return (
-            f"{prefix}: unknown competition '{slug}': check the slug in the competition's URL, "
-            f"{COMPETITION_URL.format(slug='<slug>')}"
-        )
-    if status is not None and (status == 429 or status >= 500):
-        return f"{prefix}: Kaggle is busy; the kit retried {RETRY_ATTEMPTS} times, try again later"
-    return prefix
-
-
-@contextlib.contextmanager
-def translate_errors(slug: str | None, api=None) -> Iterator[None]:
-    """Turn the client's requests exceptions into one-line ClickExceptions that name the fix."""
-    try:
-        yield
-    except requests.HTTPError as error:
-        raise click.ClickException(error_message(error, slug, api)) from None
-    except (requests.ConnectionError, requests.Timeout):
-        raise click.ClickException(
-            "cannot reach Kaggle (no network?): check your connection, proxy or firewall, then retry"
-        ) from None
-
-
-def status_of(error: Exception) -> int | None:
-    """The HTTP status an error carries, None for a dropped connection or anything else."""
-    response = getattr(error, "response", None)
-    return response.status_code if isinstance(error, requests.HTTPError) and response is not None else None
-
-
-def describe(error: Exception) -> str:
-    """A few words on an error, with no URL in them."""
-    status = status_of(error)
-    if status is not None:
-        return f"HTTP {status}: {kaggle_message(error)}"
-    return "the connection dropped" if isinstance(error, requests.RequestException) else type(error).__name__
-
-
-def retryable(error: Exception) -> bool:
-    """429, 5xx and dropped connections are worth another try; anything else is an answer."""
-    status = status_of(error)
-    if status is not None:
-        return status == 429 or status >= 500
-    return isinstance(
-        error, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-    )
-
-
-def wait_before_retry(error: Exception, attempt: int) -> float:
-    """Seconds to wait before try `attempt + 1`: Retry-After when Kaggle sends it, else doubling; capped."""
-    response = getattr(error, "response", None)
-    retry_after = response.headers.get("Retry-After") if response is not None else None
-    if retry_after is not None:
-        try:
-            return min(max(float(retry_after), 0.0), RETRY_LONGEST_WAIT)
-        except ValueError:
-            pass
-    return min(RETRY_FIRST_WAIT * 2 ** (attempt - 1), RETRY_LONGEST_WAIT)
-
-
-def pause(seconds: float) -> None:
-    """Wait between tries; every retry wait in kit.kaggle goes through here (tests record them)."""
-    time.sleep(seconds)
-
-
-def with_retries(
-    call: Callable[[], T],
-    on_retry: Callable[[str], None] = lambda line: None,
-    retry_on: Callable[[Exception], bool] = retryable,
-) -> T:
-    """call(), tried up to RETRY_ATTEMPTS times while `retry_on(error)` (default: 429, 5xx, dropped
-    connections); the waits follow Retry-After or double, each capped at RETRY_LONGEST_WAIT."""
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
-        try:
-            return call()
-        except Exception as error:
-            if not retry_on(error) or attempt == RETRY_ATTEMPTS:
-                raise
-            seconds = wait_before_retry(error, attempt)
-            on_retry(
-                f"Kaggle: {describe(error)}; retrying in {seconds:.0f} s ({attempt}/{RETRY_ATTEMPTS - 1})"
-            )
-            pause(seconds)
-    raise AssertionError("unreachable")
-
-
-def paged(fetch: Callable[[str], tuple[list, str]], key: Callable[[object], object] = repr) -> list:
-    """Every row of a listing paged by pageToken (`fetch(token) -> (rows, next token)`).
-
-    Stops when the next token is empty, when a page comes back that was seen already (a server that
-    ignores the token) and after MAXIMUM_PAGES; `key(row)` tells rows apart.
-    """
-    rows, token, seen_pages = [], "", set()
-    for _ in range(MAXIMUM_PAGES):
-        page, token = fetch(token)
-        identity = tuple(key(row) for row in page)
-        if identity in seen_pages:
-            break
-        seen_pages.add(identity)
-        rows.extend(page)
-        if not token:
-            break
-    return rows
 
 
 # Competition calls.
@@ -352,7 +228,11 @@ def _service(kaggle):
     return kaggle.competitions.competition_api_client
 
 
-def list_files(slug: str, warn=lambda line: None) -> list[DataFile]:
+def _stderr(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def list_files(slug: str, warn: Callable[[str], None] = _stderr) -> list[DataFile]:
     """The competition's files and their sizes, every page."""
     from kagglesdk.competitions.types.competition_api_service import ApiListDataFilesRequest
 
@@ -368,7 +248,7 @@ def list_files(slug: str, warn=lambda line: None) -> list[DataFile]:
         ], response.next_page_token or ""
 
     with translate_errors(slug, api):
-        return paged(page)
+        return paged(page, f"{slug}'s files", warn)
 
 
 def submission_limits(api, slug: str) -> Limits | None:
@@ -442,24 +322,29 @@ def _text_or_none(value) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def list_submissions(slug: str) -> list[dict]:
-    """The competition's submissions, newest first, as dicts of strings (or None); paged by pageToken."""
+def list_submissions(slug: str, warn: Callable[[str], None] = _stderr) -> list[dict]:
+    """The competition's submissions, newest first, as dicts of strings (or None); paged by pageToken, or by
+    page number where the server ignores the token."""
     from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
 
-    api = authenticated_api()
+    api = authenticated_api(warn)
 
-    def page(token: str):
+    def ask(token: str, number: int):
         request = ApiListSubmissionsRequest()
-        request.competition_name, request.page_size = slug, PAGE_SIZE
-        request.page_token = token
+        request.competition_name, request.page_size, request.page_token = slug, PAGE_SIZE, token
         if not token:
-            request.page = 1  # as the official client sends its first page
+            request.page = number  # the first page is asked for by number too, as the official client does
         with api.build_kaggle_client() as kaggle:
-            response = with_retries(lambda: _service(kaggle).list_submissions(request))
+            response = with_retries(lambda: _service(kaggle).list_submissions(request), warn)
         return [row for row in response.submissions if row is not None], response.next_page_token or ""
 
     with translate_errors(slug, api):
-        submissions = paged(page)
+        submissions = paged(
+            lambda token: ask(token, 1),
+            f"your submissions to {slug}",
+            warn,
+            fetch_page=lambda number: ask("", number)[0],
+        )
     return [
         {
             "date": submission.date.isoformat() if submission.date else None,
@@ -473,7 +358,7 @@ def list_submissions(slug: str) -> list[dict]:
     ]
 
 
-def leaderboard(slug: str, top: int, warn=lambda line: None) -> Standing:
+def leaderboard(slug: str, top: int, warn: Callable[[str], None] = _stderr) -> Standing:
     """The public leaderboard's first `top` rows and your team's rank (GetCompetition's userRank)."""
     from kagglesdk.competitions.types.competition_api_service import (
         ApiGetCompetitionRequest,
@@ -481,28 +366,26 @@ def leaderboard(slug: str, top: int, warn=lambda line: None) -> Standing:
     )
 
     api = authenticated_api(warn)
-    rows: list[dict] = []
     with translate_errors(slug, api), api.build_kaggle_client() as kaggle:
-        token, seen = "", set()
-        while len(rows) < top:
+
+        def page(token: str):
             request = ApiGetLeaderboardRequest()
-            request.competition_name, request.page_size = slug, min(top - len(rows), 100)
+            request.competition_name, request.page_size = slug, min(top, 100)
             request.page_token = token or None
             response = with_retries(functools.partial(_service(kaggle).get_leaderboard, request), warn)
-            for entry in response.submissions:
-                rows.append(
-                    {
-                        "rank": len(rows) + 1,
-                        "team": entry.team_name or "",
-                        "score": entry.score or "",
-                        "date": entry.submission_date.strftime("%Y-%m-%d") if entry.submission_date else "",
-                    }
-                )
-            token = response.next_page_token or ""
-            if not token or token in seen or not response.submissions:
-                break
-            seen.add(token)
+            return list(response.submissions), response.next_page_token or ""
+
+        entries = paged(page, f"{slug}'s leaderboard", warn, limit=top)
         request = ApiGetCompetitionRequest()
         request.competition_name = slug
         competition = with_retries(lambda: _service(kaggle).get_competition(request), warn)
-    return Standing(rows[:top], competition.user_rank, competition.team_count)
+    rows = [
+        {
+            "rank": rank,
+            "team": entry.team_name or "",
+            "score": entry.score or "",
+            "date": entry.submission_date.strftime("%Y-%m-%d") if entry.submission_date else "",
+        }
+        for rank, entry in enumerate(entries, 1)
+    ]
+    return Standing(rows, competition.user_rank, competition.team_count)

@@ -1,14 +1,19 @@
-"""Which Kaggle credentials this machine holds, found as the official client finds them; never their values.
+"""Which Kaggle credentials this machine holds, found by asking the official client; never their values.
 
-kaggle 2.2.5 authenticates in this order (KaggleApi.authenticate, kagglesdk.kaggle_env): an API token
-(KAGGLE_API_TOKEN, which may also name a file holding it; then ~/.kaggle/access_token or access_token.txt),
-checked with a token-introspection call and sent as `Bearer`; then the legacy username and key (kaggle.json
-in the client's config folder, overridden by KAGGLE_USERNAME/KAGGLE_KEY), sent as HTTP Basic. The kit's
-messages name the form it found, so a user can tell which one Kaggle refused.
+kaggle 2.2.5 authenticates in this order (KaggleApi.authenticate): an API token, the one kagglesdk's
+`get_access_token_from_env` finds (KAGGLE_API_V1_TOKEN inside a Kaggle notebook, then KAGGLE_API_TOKEN, which
+may name a file holding it, then ~/.kaggle/access_token or access_token.txt), checked with a
+token-introspection call and sent as `Bearer`; then the legacy username and key, read key by key from
+kaggle.json in the client's config folder and then from KAGGLE_USERNAME/KAGGLE_KEY, which override it
+(`read_config_file`, then `read_config_environment`), sent as HTTP Basic; then ~/.kaggle/credentials.json
+(`kaggle auth login`). The kit asks those same functions, so it finds what the client will use, and its
+messages name the form, so a user can tell which one Kaggle refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import stat
@@ -17,7 +22,14 @@ from typing import NamedTuple
 
 SETTINGS_URL = "https://www.kaggle.com/settings/api"
 TOKEN_PREFIX = "KGAT_"  # what Kaggle's settings page issues today
-FORM_NAMES = ("KAGGLE_API_TOKEN", "~/.kaggle/access_token", "kaggle.json", "KAGGLE_USERNAME/KAGGLE_KEY")
+FORM_NAMES = (
+    "KAGGLE_API_V1_TOKEN (in a Kaggle notebook)",
+    "KAGGLE_API_TOKEN",
+    "~/.kaggle/access_token",
+    "KAGGLE_USERNAME/KAGGLE_KEY (each overriding kaggle.json's)",
+    "kaggle.json",
+    "~/.kaggle/credentials.json (kaggle auth login)",
+)
 IN_ORDER = ", ".join(FORM_NAMES)
 
 
@@ -55,47 +67,84 @@ def _text(path: Path) -> str:
         return ""
 
 
-def _legacy_key_in(path: Path) -> str:
-    """The key in a kaggle.json that names both a username and a key, else ""."""
-    try:
-        values = json.loads(_text(path) or "{}")
-    except json.JSONDecodeError:
-        return ""
-    if isinstance(values, dict) and values.get("username") and values.get("key"):
-        return str(values["key"])
-    return ""
+def _token() -> Credentials | None:
+    """The API token the client will try, as kagglesdk finds it (only the first one is ever tried)."""
+    from kagglesdk.kaggle_env import KAGGLE_API_V1_TOKEN_PATH, get_access_token_from_env
 
-
-def found() -> list[Credentials]:
-    """Every credential form present, in the order the client tries them (the first one is used)."""
-    forms = []
-    variable = os.environ.get("KAGGLE_API_TOKEN", "")
-    if variable:
-        named_file = Path(variable)
-        if named_file.is_file():
-            forms.append(Credentials(f"KAGGLE_API_TOKEN (the file {named_file})", True, named_file))
-        else:
-            forms.append(Credentials("KAGGLE_API_TOKEN", True, None))
+    token, source = get_access_token_from_env()
+    if not token:
+        return None
+    if source == KAGGLE_API_V1_TOKEN_PATH:
+        named = Path(os.environ[KAGGLE_API_V1_TOKEN_PATH])
+        return Credentials(f"{KAGGLE_API_V1_TOKEN_PATH} (the file {named})", True, named)
+    if source == "KAGGLE_API_TOKEN":
+        named = Path(os.environ["KAGGLE_API_TOKEN"])
+        if named.is_file():
+            return Credentials(f"KAGGLE_API_TOKEN (the file {named})", True, named)
+        return Credentials("KAGGLE_API_TOKEN", True, None)
     for name in ("access_token", "access_token.txt"):
         token_file = Path.home() / ".kaggle" / name
         if _text(token_file):
-            forms.append(Credentials(f"~/.kaggle/{name}", True, token_file))
-            break
-    environment_key = os.environ.get("KAGGLE_KEY", "")
-    legacy_file = config_directory() / "kaggle.json"
-    file_key = _legacy_key_in(legacy_file) if legacy_file.is_file() else ""
-    if os.environ.get("KAGGLE_USERNAME") and environment_key:  # the client lets these override the file
-        forms.append(
-            Credentials("KAGGLE_USERNAME/KAGGLE_KEY", False, None, environment_key.startswith(TOKEN_PREFIX))
-        )
-    elif file_key:
-        forms.append(
-            Credentials(f"kaggle.json ({legacy_file})", False, legacy_file, file_key.startswith(TOKEN_PREFIX))
-        )
-    oauth_file = Path.home() / ".kaggle" / "credentials.json"  # `kaggle auth login` writes it; tried last
+            return Credentials(f"~/.kaggle/{name}", True, token_file)
+    return Credentials(str(source), True, None)
+
+
+def legacy_values(api) -> dict:
+    """The client's own merge of kaggle.json and the KAGGLE_* variables (the variables win, key by key)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # read_config_file prints its own permission warning
+        return api.read_config_environment(api.read_config_file(quiet=True))
+
+
+def _legacy(api) -> Credentials | None:
+    """The legacy username and key, as the client merges them, named by where each part came from."""
+    values = legacy_values(api)
+    if api.CONFIG_NAME_USER not in values or api.CONFIG_NAME_KEY not in values:
+        return None
+    config_file = Path(api.config)
+    parts = []
+    for part, variable in ((api.CONFIG_NAME_USER, "KAGGLE_USERNAME"), (api.CONFIG_NAME_KEY, "KAGGLE_KEY")):
+        parts.append(variable if variable in os.environ else f"{part} in kaggle.json")
+    if all(part.startswith("KAGGLE_") for part in parts):
+        name, file = "KAGGLE_USERNAME/KAGGLE_KEY", None
+    elif not any(part.startswith("KAGGLE_") for part in parts):
+        name, file = f"kaggle.json ({config_file})", config_file
+    else:
+        name, file = f"{' and '.join(parts)} ({config_file})", config_file
+    return Credentials(name, False, file, str(values[api.CONFIG_NAME_KEY]).startswith(TOKEN_PREFIX))
+
+
+def _oauth() -> Credentials | None:
+    from kagglesdk.kaggle_creds import KaggleCredentials
+
+    oauth_file = Path(os.path.expanduser(KaggleCredentials.DEFAULT_CREDENTIALS_FILE))
     if '"refresh_token"' in _text(oauth_file):
-        forms.append(Credentials("~/.kaggle/credentials.json (kaggle auth login)", True, oauth_file))
-    return forms
+        return Credentials(
+            f"{KaggleCredentials.DEFAULT_CREDENTIALS_FILE} (kaggle auth login)", True, oauth_file
+        )
+    return None
+
+
+def found(api) -> list[Credentials]:
+    """Every credential form the client `api` would try, in its order (the first usable one is used)."""
+    return [form for form in (_token(), _legacy(api), _oauth()) if form is not None]
+
+
+def malformed_config(api) -> str | None:
+    """What is wrong with a kaggle.json the client cannot read (it skips such a file without a word)."""
+    config_file = Path(api.config)
+    if not config_file.is_file():
+        return None
+    try:
+        values = json.loads(config_file.read_text())
+    except UnicodeDecodeError:
+        return f"{config_file} is not UTF-8 text"
+    except json.JSONDecodeError as error:
+        return f"{config_file} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+    except OSError as error:
+        return f"{config_file} cannot be read ({error.strerror})"
+    if not isinstance(values, dict):
+        return f"{config_file} holds a JSON {type(values).__name__}, not an object"
+    return None
 
 
 def readable_by_others(credentials: Credentials) -> bool:

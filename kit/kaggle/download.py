@@ -5,10 +5,12 @@ Kaggle answers a download request with a 302 to a signed link on a storage host,
 credentials (the kit never sends them there) and expires. The kit asks the API for the link without
 following it, then streams it itself in ranged requests: the partial archive and its validator (ETag,
 size) stay across runs in the hidden sibling `data/raw/.download-<name>` (never inside data/raw/<name>),
-and a later run asks for the rest only (`Range` with `If-Range`, so a file that changed starts over rather
-than being spliced). An expired link is replaced by a fresh one; 429, 5xx and dropped connections are
-retried with a bounded backoff; a full disk is refused up front (the archive needs twice its size: once
-downloaded, once extracted) and, if it fills anyway, reported in one line with the partial kept.
+and a later run asks for the rest only (`Range` with `If-Range` on the ETag, or on Last-Modified where
+storage sends no ETag, so a file that changed starts over rather than being spliced). The archive keeps the
+file name of its link. A link storage refuses (400 or 403: expired or not) is replaced by a fresh one once;
+429, 5xx and dropped connections are retried with a bounded backoff; a full disk is refused up front (the
+archive needs twice its size: once downloaded, once extracted) and, if it fills anyway, reported in one
+line with the partial kept. Two downloads of one competition at once take turns (kit.files.exclusive).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import re
 import shutil
 import stat
+import urllib.parse
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,18 +33,20 @@ from kit.files import (
     SINGLE_FILES_NOTE,
     atomic_path,
     download_folder,
+    exclusive,
     filling_folder,
     human_size,
     is_disk_full,
     require_fillable,
     single_files,
 )
-from kit.kaggle import client
+from kit.kaggle import answers, client
 
 MAXIMUM_ZIP_NESTING = 4  # Kaggle nests train.zip inside the bundle; a deeper chain is a zip bomb or a loop
 CHUNK_BYTES = 1 << 16  # 64 KiB written at a time: a dropped connection loses at most this much
 READ_TIMEOUT = 60  # seconds without a byte before the connection counts as dropped
 EXTRACTION_FACTOR = 2  # the archive, then its contents (Kaggle's images do not compress): twice its size
+VALIDATORS = (("etag", "ETag"), ("last_modified", "Last-Modified"))  # If-Range takes either; ETag first
 
 
 def _unsafe_reason(member: zipfile.ZipInfo) -> str | None:
@@ -145,11 +150,19 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
         )
 
 
+def no_redirects(kaggle) -> None:
+    """Make the client's session answer a redirect instead of following it (kagglesdk keeps its requests
+    session in the private KaggleHttpClient._session: reached through client.private_part)."""
+    session = client.private_part(kaggle.http_client(), "_session", requests.Session)
+    session.max_redirects = 0
+
+
 def signed_link(api, slug: str, file_name: str | None = None) -> str:
     """A fresh signed link to the competition's bundle (or one of its files), asked of Kaggle's API.
 
     kagglesdk follows the redirect itself (and would start streaming the whole file); the session is told
-    to follow none, so the 302's Location is read instead and the transfer can start at any byte.
+    to follow none, so the 302's Location is read instead and the transfer can start at any byte. A client
+    that followed it anyway has the link as the answer's URL: that answer is closed unread.
     """
     from kagglesdk.competitions.types.competition_api_service import (
         ApiDownloadDataFileRequest,
@@ -158,7 +171,7 @@ def signed_link(api, slug: str, file_name: str | None = None) -> str:
 
     def ask() -> str:
         with api.build_kaggle_client() as kaggle:
-            kaggle.http_client()._session.max_redirects = 0  # read the 302 rather than follow it
+            no_redirects(kaggle)
             service = kaggle.competitions.competition_api_client
             try:
                 if file_name is None:
@@ -172,6 +185,8 @@ def signed_link(api, slug: str, file_name: str | None = None) -> str:
             except requests.TooManyRedirects as redirect:
                 return redirect.response.headers["Location"]
             response.close()
+            if getattr(response, "history", None) and response.url:
+                return response.url
             raise click.ClickException(
                 f"Kaggle answered the download of {slug} with HTTP {response.status_code} instead of a link; "
                 "retry later"
@@ -179,14 +194,21 @@ def signed_link(api, slug: str, file_name: str | None = None) -> str:
 
     with client.translate_errors(slug, api):
         try:
-            return client.with_retries(ask)
+            return answers.with_retries(ask)
         except requests.HTTPError as error:
-            if file_name is None or client.status_of(error) != 404:
+            if file_name is None or answers.status_of(error) != 404:
                 raise
             raise click.ClickException(
-                f"Kaggle: {client.kaggle_message(error)} (HTTP 404): no file {file_name!r} in {slug}; "
+                f"Kaggle: {answers.kaggle_message(error)} (HTTP 404): no file {file_name!r} in {slug}; "
                 "`kit files` lists its files"
             ) from None
+
+
+def served_name(url: str, fallback: str) -> str:
+    """The file name at the end of a signed link's path (`train.csv.zip`), made safe; else `fallback`."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path).rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return name or fallback
 
 
 def _read_state(state_file: Path) -> dict:
@@ -212,18 +234,20 @@ def fetch(
 
     Returns the file's size. Before any byte is written, the disk must have `room` times the file's size
     free (less what is there already): 2 for an archive that will be extracted beside itself. `target`
-    lives in the hidden download folder; its validator is kept beside it in `<target>.json` until the file
-    is complete.
+    lives in the hidden download folder; its validator (ETag, else Last-Modified) is kept beside it in
+    `<target>.json` until the file is complete. A link storage refuses is replaced by a fresh one once
+    (again after each answer that sent bytes).
     """
     state_file = target.with_name(target.name + ".json")
     url = link()
-    failures = 0
+    failures, refreshed = 0, False
     while True:
         offset = target.stat().st_size if target.exists() else 0
         state = _read_state(state_file)
         headers = {}
-        if offset and state.get("etag"):
-            headers = {"Range": f"bytes={offset}-", "If-Range": state["etag"]}
+        validator = state.get("etag") or state.get("last_modified")
+        if offset and validator:
+            headers = {"Range": f"bytes={offset}-", "If-Range": validator}
             if state.get("size") == offset:
                 state_file.unlink(missing_ok=True)
                 return offset
@@ -239,7 +263,9 @@ def fetch(
                 if response.status_code != 206:
                     offset = 0  # a full answer: the file changed (If-Range) or ranges are not served
                 size = _total_size(response, offset)
-                state_file.write_text(json.dumps({"etag": response.headers.get("ETag"), "size": size}))
+                refreshed = False  # storage took this link: a later refusal earns one fresh link again
+                validators = {name: response.headers.get(header) for name, header in VALIDATORS}
+                state_file.write_text(json.dumps({**validators, "size": size}))
                 if size is not None:
                     what = f"downloading {describe}" + (
                         f" (its size × {room}: to extract it)" if room > 1 else ""
@@ -252,16 +278,16 @@ def fetch(
             return target.stat().st_size
         except requests.HTTPError as error:
             status = error.response.status_code if error.response is not None else None
-            failures += 1
-            if status == 403 and failures < client.RETRY_ATTEMPTS:
+            if status in (400, 401, 403) and not refreshed:  # expired or refused: a new link, once
                 on_retry(
-                    f"the download link was refused ({client.kaggle_message(error)}): "
+                    f"the download link was refused (HTTP {status}: {answers.kaggle_message(error)}): "
                     "asking Kaggle for a fresh one"
                 )
-                url = link()
+                url, refreshed = link(), True
                 continue
-            if not client.retryable(error) or failures >= client.RETRY_ATTEMPTS:
-                raise click.ClickException(client.error_message(error, None) + _kept(target)) from None
+            failures += 1
+            if not answers.retryable(error) or failures >= answers.RETRY_ATTEMPTS:
+                raise click.ClickException(answers.error_message(error, None) + _kept(target)) from None
             _pause(error, failures, on_retry)
         except (
             requests.ConnectionError,
@@ -269,7 +295,12 @@ def fetch(
             requests.exceptions.ChunkedEncodingError,
         ) as error:
             failures += 1
-            if failures >= client.RETRY_ATTEMPTS:
+            if answers.never_connected(error):
+                raise click.ClickException(
+                    f"cannot reach the download host for {describe} (no network?): check your connection, "
+                    f"then run it again{_kept(target)}"
+                ) from None
+            if failures >= answers.RETRY_ATTEMPTS:
                 raise click.ClickException(
                     f"the download of {describe} stopped: the connection dropped {failures} times"
                     f"{_kept(target)}"
@@ -291,9 +322,9 @@ def _kept(target: Path) -> str:
 
 
 def _pause(error: Exception, attempt: int, on_retry) -> None:
-    seconds = client.wait_before_retry(error, attempt)
-    on_retry(f"download interrupted; retrying in {seconds:.0f} s ({attempt}/{client.RETRY_ATTEMPTS - 1})")
-    client.pause(seconds)
+    seconds = answers.wait_before_retry(error, attempt)
+    on_retry(f"download interrupted; retrying in {seconds:.0f} s ({attempt}/{answers.RETRY_ATTEMPTS - 1})")
+    answers.pause(seconds)
 
 
 def _stream(response: requests.Response, target: Path, offset: int, size: int | None, describe: str) -> None:
@@ -334,18 +365,31 @@ def download_competition(slug: str, raw_dir: Path, warn: Callable[[str], None] =
     """Download the competition's bundle (resuming an earlier try) and extract it into raw_dir; return False
     if it is there already.
 
-    The archive is kept in the hidden download folder until its contents are in place; the contents are
-    extracted into a second hidden sibling renamed onto raw_dir only once complete (marker written last), so
-    an interrupted run never leaves a half-filled raw_dir.
+    The archive, named as its link names it, is kept in the hidden download folder until its contents are
+    in place; the contents are extracted into a second hidden sibling renamed onto raw_dir only once
+    complete (marker written last), so an interrupted run never leaves a half-filled raw_dir. A second
+    download of the same competition meanwhile waits for the first, then finds it done.
     """
     raw_dir = Path(raw_dir)
     if (raw_dir / DOWNLOAD_MARKER).is_file():
         return False
+    with exclusive(raw_dir):
+        if (raw_dir / DOWNLOAD_MARKER).is_file():  # another kit download finished it while this one waited
+            return False
+        return _download_competition(slug, raw_dir, warn)
+
+
+def _download_competition(slug: str, raw_dir: Path, warn: Callable[[str], None]) -> bool:
     require_fillable(raw_dir)  # before spending the download on a folder that will be refused
     api = client.authenticated_api(warn)
     folder = download_folder(raw_dir)
-    archive = folder / f"{slug}.zip"
-    size = fetch(lambda: signed_link(api, slug), archive, archive.name, warn, room=EXTRACTION_FACTOR)
+    links = [signed_link(api, slug)]  # the first link names the file; later ones (refreshes) are asked anew
+
+    def link() -> str:
+        return links.pop() if links else signed_link(api, slug)
+
+    archive = folder / served_name(links[0], f"{slug}.zip")
+    size = fetch(link, archive, archive.name, warn, room=EXTRACTION_FACTOR)
     check_free_space(raw_dir.parent, size, f"extracting {archive.name}")  # the archive is there: once more
     try:
         with filling_folder(raw_dir, slug) as partial:
@@ -379,6 +423,11 @@ def download_file(
         raise click.ClickException(
             f"--file {name!r}: name a file of the competition, as `kit files` lists it"
         )
+    with exclusive(raw_dir):  # the hidden download folder is shared with any other download of raw_dir
+        return _download_file(slug, name, raw_dir, destination, warn)
+
+
+def _download_file(slug: str, name: str, raw_dir: Path, destination: Path, warn) -> Path:
     if (raw_dir / DOWNLOAD_MARKER).is_file():
         if destination.is_file():
             return destination  # the whole download holds it already

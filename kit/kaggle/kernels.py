@@ -20,7 +20,8 @@ import click
 import requests
 from tqdm import tqdm
 
-from kit.kaggle import client
+from kit.files import atomic_path
+from kit.kaggle import answers, client
 
 FINISHED = ("complete", "error", "cancel_acknowledged")  # KernelWorkerStatus names, lower case
 
@@ -44,7 +45,7 @@ def _reported(what: str, fix: str) -> Iterator[None]:
             yield
     except requests.HTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
-        said = client.kaggle_message(error)  # Kaggle's own words, never the URL
+        said = answers.kaggle_message(error)  # Kaggle's own words, never the URL
         if status == 401:
             raise click.ClickException(
                 f"Kaggle refused the credentials while {what} (HTTP 401: {said}): create a new "
@@ -98,16 +99,19 @@ def dataset_exists(api, dataset_id: str) -> bool:
     return True
 
 
-def publish_dataset(api, folder: Path, dataset_id: str, notes: str) -> str:
+def publish_dataset(api, folder: Path, dataset_id: str, notes: str, delete_old_versions: bool = False) -> str:
     """Upload the package folder as the private dataset `dataset_id`: created, or a new version of it.
 
-    Returns "created" or "new version". The version keeps no older files (each upload is the whole run).
+    Returns "created" or "new version". The version keeps no older files (each upload is the whole run);
+    with `delete_old_versions`, Kaggle deletes the dataset's earlier versions (each holds a whole run).
     """
     exists = dataset_exists(api, dataset_id)
     what = f"uploading the dataset {dataset_id}"
     with _reported(what, "run `kit notebook` again"):
         if exists:
-            response = api.dataset_create_version(str(folder), notes, quiet=True, dir_mode="skip")
+            response = api.dataset_create_version(
+                str(folder), notes, quiet=True, dir_mode="skip", delete_old_versions=delete_old_versions
+            )
         else:
             response = api.dataset_create_new(str(folder), public=False, quiet=True, dir_mode="skip")
     if response is None or (response.error or "") or (response.status or "").lower() not in ("ok", ""):
@@ -195,16 +199,87 @@ def kernel_output(api, pushed: Pushed, destination: Path) -> tuple[list[Path], s
     return [Path(path) for path in files if Path(path) != log_path], text
 
 
-def submit_code(api, slug: str, pushed: Pushed, file_name: str, message: str) -> None:
-    """The code submission: the competition scores `file_name` of this kernel version."""
-    with _reported(f"submitting {pushed.ref} v{pushed.version} to {slug}", "submit again"):
-        response = api.competition_submit_code(
-            file_name, message, competition=slug, kernel=pushed.ref, kernel_version=pushed.version, quiet=True
+def require_code_submission_possible(api, slug: str) -> None:
+    """Before anything is built: the competition takes notebooks, you have joined it (its rules accepted)
+    and a submission is left today; else one line with the fix, and nothing is built or pushed."""
+    from kagglesdk.competitions.types.competition_api_service import ApiGetCompetitionRequest
+
+    request = ApiGetCompetitionRequest()
+    request.competition_name = slug
+    with client.translate_errors(slug, api), api.build_kaggle_client() as kaggle:
+        service = kaggle.competitions.competition_api_client
+        competition = answers.with_retries(lambda: service.get_competition(request))
+    if not competition.is_kernels_submissions_only:
+        raise click.ClickException(
+            f"{slug} takes submission files, not notebooks: submit with `kit submit`; nothing was built"
         )
+    if competition.submissions_disabled:
+        raise click.ClickException(f"{slug} takes no submissions now (closed?); nothing was built")
+    if not competition.user_has_entered:
+        raise click.ClickException(
+            f"you have not joined {slug}: accept its rules at {answers.RULES_URL.format(slug=slug)} (Join "
+            f"Competition, with your phone verified at {answers.PHONE_URL}), then retry; nothing was built"
+        )
+    client.require_submissions_left(api, slug)  # also says what Kaggle answers for rules not accepted
+
+
+@contextlib.contextmanager
+def _maybe_received() -> Iterator[None]:
+    """A 5xx may come after Kaggle created the submission: say so rather than "retry"."""
+    try:
+        yield
+    except requests.HTTPError as error:
+        if (answers.status_of(error) or 0) < 500:
+            raise
+        raise click.ClickException(
+            f"Kaggle: {answers.describe(error)}; it may have taken the submission: `kit ledger` shows "
+            "whether it did"
+        ) from None
+
+
+def submit_code(api, slug: str, pushed: Pushed, file_name: str, message: str, kept: str = "") -> None:
+    """The code submission: the competition scores `file_name` of this kernel version. A refusal names
+    Kaggle's reason and fix, and `kept`: how to submit the kept output later without running it again."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), client.translate_errors(slug, api), _maybe_received():
+            response = api.competition_submit_code(
+                file_name,
+                message,
+                competition=slug,
+                kernel=pushed.ref,
+                kernel_version=pushed.version,
+                quiet=True,
+            )
+    except click.ClickException as error:
+        where = f"submitting {pushed.ref} v{pushed.version} to {slug}"
+        raise click.ClickException(f"{where}: {error.message}" + (f"; {kept}" if kept else "")) from None
     if response is None:
         raise click.ClickException(
             f"Kaggle did not answer the submission of {pushed.ref}: check `kit ledger`"
         )
+
+
+RECORD = "pushed.json"  # in runs/<comp>/<run>/kaggle: the notebook version that ran, for --submit-only
+
+
+def record_pushed(base: Path, pushed: Pushed) -> None:
+    """Remember the notebook version whose output was fetched and checked, so it can be submitted later."""
+    with atomic_path(base / RECORD) as temporary:
+        temporary.write_text(json.dumps(pushed._asdict(), indent=1) + "\n")
+
+
+def recorded_pushed(base: Path, submit_only_hint: str) -> Pushed:
+    """The notebook version record_pushed kept, or one line saying to run the notebook first."""
+    path = base / RECORD
+    try:
+        values = json.loads(path.read_text())
+        return Pushed(str(values["ref"]), int(values["version"]), str(values.get("url", "")))
+    except FileNotFoundError:
+        raise click.ClickException(
+            f"no notebook of this run has completed ({path} missing): {submit_only_hint}"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise click.ClickException(f"{path} is damaged ({error}): {submit_only_hint}") from None
 
 
 def last_lines(text: str, count: int = 20) -> list[str]:
