@@ -135,21 +135,68 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _file_key(path: Path) -> str:
+FINGERPRINTS = "fingerprints.json"  # in a cache folder: {path: [inode, size, mtime, ctime, fingerprint]}
+
+
+def _file_stamp(path: Path) -> list | str:
+    """[inode, size, modification time, change time] of a regular file, else what it is instead."""
     try:
         status = path.stat()
-        regular = stat.S_ISREG(status.st_mode)  # opening a named pipe would wait forever
-        content = fingerprint(path) if regular else "not a regular file"
-        return f"{path.name}\0{status.st_size}\0{status.st_mtime_ns}\0{content}\n"
     except OSError:
-        return f"{path.name}\0missing\n"
+        return "missing"
+    if not stat.S_ISREG(status.st_mode):  # opening a named pipe to read it would wait forever
+        return "not a regular file"
+    return [status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
 
 
-def cache_key(paths: list[Path], image_size: int, max_aspect: float = 0.0) -> str:
+def _fingerprint_or_missing(path: Path) -> str:
+    try:
+        return fingerprint(path)
+    except OSError:
+        return "unreadable"
+
+
+def cache_key(
+    paths: list[Path], image_size: int, max_aspect: float = 0.0, cache_dir: Path | None = None
+) -> str:
+    """The cache's name: the decoder, the size and each file's name, size, time and fingerprint. With
+    `cache_dir`, fingerprints are remembered there (FINGERPRINTS) and read again only for files whose
+    inode, size or times changed: the change time moves on every write, even when a tool sets the
+    modification time back, so an unchanged file costs a stat and a rewritten one a fresh fingerprint."""
+    memo_path = cache_dir / FINGERPRINTS if cache_dir is not None else None
+    known: dict = {}
+    if memo_path is not None and memo_path.is_file():
+        try:
+            known = json.loads(memo_path.read_text())
+        except (ValueError, OSError):  # damaged: every fingerprint is read again
+            known = {}
+        known = known if isinstance(known, dict) else {}
+    stamps = [_file_stamp(path) for path in paths]
+    contents: list[str | None] = []
+    for path, stamp in zip(paths, stamps, strict=True):
+        saved = known.get(str(path)) if isinstance(stamp, list) else None
+        contents.append(saved[4] if saved and saved[:4] == stamp else None)
+    unread = [
+        index for index, stamp in enumerate(stamps) if isinstance(stamp, list) and contents[index] is None
+    ]
+    if unread:
+        with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:  # file reads release the GIL
+            read = pool.map(_fingerprint_or_missing, [paths[index] for index in unread], chunksize=64)
+            for index, content in zip(unread, read, strict=True):
+                contents[index] = content
     digest = hashlib.sha1(f"decode-v{DECODE_VERSION}\0{image_size}\0{max_aspect}".encode())
-    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:  # file reads release the GIL
-        for line in pool.map(_file_key, paths, chunksize=64):
-            digest.update(line.encode())
+    for path, stamp, content in zip(paths, stamps, contents, strict=True):
+        if isinstance(stamp, list):
+            digest.update(f"{path.name}\0{stamp[1]}\0{stamp[2]}\0{content}\n".encode())
+        else:
+            digest.update(f"{path.name}\0{stamp}\n".encode())
+    if memo_path is not None and unread:
+        found = {str(paths[index]): [*stamps[index], contents[index]] for index in unread}
+        try:
+            with atomic_path(memo_path) as temporary:
+                temporary.write_text(json.dumps({**known, **found}))
+        except click.ClickException:  # a folder we may not write in: the key is right, only slower next time
+            pass
     return digest.hexdigest()[:16]
 
 
@@ -223,7 +270,7 @@ def image_cache(
     Bad images (missing, corrupt, zero-byte) become black squares in the array and are listed, so
     callers decide: skip a few training images, or refuse to predict a test set.
     """
-    key = cache_key(paths, image_size, max_aspect)
+    key = cache_key(paths, image_size, max_aspect, cache_dir)
     array_path = cache_dir / f"{label}-{image_size}px-{key}.npy"
     report_path = array_path.with_suffix(".bad.json")
     shape = (len(paths), image_size, image_size, 3)
