@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -50,6 +51,7 @@ from kit.kaggle import budget, kernels, scaffold
 from kit.kaggle import client as kaggle
 from kit.kaggle import download as kaggle_download
 from kit.report.runs_table import runs_table
+from kit.run import BLEND, Run
 from kit.run_folder import (
     best_run,
     find_run,
@@ -258,7 +260,7 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
                 _lr_find(config, labels, 0, run_dir, None)
             elif main:
                 click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
-        summary = cross_validation.train(config, labels, fold, run_dir)
+        summary = _train_and_settle(config, labels, fold, run_dir)
     if main:
         baseline = baseline_text(config, summary["metric"], labels)
         click.echo(cv_line(summary, baseline, quick=_is_quick(config)))
@@ -424,7 +426,6 @@ def _resume(config: Config, run: str | None) -> Path:
     It restarts from the last completed epoch.
     """
     from kit import distributed  # heavy (torch): only commands that train pay for it
-    from kit.train import cross_validation  # heavy (torch, timm, albumentations)
 
     distributed.setup()
     plan = None
@@ -446,11 +447,26 @@ def _resume(config: Config, run: str | None) -> Path:
         plan = (run_dir, run_config(run_dir), read_json(run_dir / "plan.json")["fold"])
     run_dir, saved_config, fold = distributed.broadcast_object(plan)
     check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
-    summary = cross_validation.train(saved_config, load_labels(saved_config), fold, run_dir)
+    summary = _train_and_settle(saved_config, load_labels(saved_config), fold, run_dir)
     if distributed.is_main():
         click.echo(cv_line(summary, baseline_text(saved_config, summary["metric"])))
     distributed.teardown()
     return run_dir
+
+
+def _train_and_settle(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict | None:
+    """Training (kit.train: each fold's weight files and kept views), then, on rank 0, the one step after
+    it (kit.predict.summary): the prediction choice, calibration and CV summary, fitted and written once.
+    Returns the summary; None on the other ranks."""
+    from kit import distributed  # heavy (torch)
+    from kit.predict import summary as after_training  # heavy (torch, timm, scikit-learn)
+    from kit.train import cross_validation  # heavy (torch, timm, albumentations)
+
+    started = time.time()
+    fold_numbers = cross_validation.train(config, labels, fold, run_dir)
+    if not distributed.is_main():
+        return None
+    return after_training.settle(config, labels, run_dir, fold_numbers, time.time() - started)
 
 
 def _lr_find(config: Config, labels: LabelTable, stage: int, run_dir: Path, weights: Path | None) -> dict:
@@ -514,7 +530,8 @@ def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -
         raise click.ClickException(f'{probabilities} is missing: blend again with `make ensemble RUNS="..."`')
     from kit.predict import calibrate  # heavy (scipy): only this rebuild needs it
 
-    blend = calibrate.calibrated_blend(summary["ensemble"], np.load(probabilities))
+    parts = {BLEND: np.load(probabilities)}  # an ensemble's one calibrated part
+    blend = calibrate.apply_to_parts(parts, Run(run_dir).read_calibration())
     path = submission.write_for_run(config, load_test(config).ids, blend, summary)
     write_json(run_dir / "submission.json", {**read_json(run_dir / "submission.json"), "file": path.name})
     return path

@@ -12,8 +12,126 @@ One owner for each file's name (as timm's CheckpointSaver owns its checkpoints')
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kit.errors import KitError
+from kit.files import read_json, write_json
+
+# The layout of the records in a run folder. This kit writes and reads this one only: a folder of another
+# layout is one line saying so (retrain it, or predict it with the kit that made it), not a shim per reader.
+LAYOUT = 2
+
+
+class RunError(KitError):
+    """A run folder's record that this kit cannot read: missing, of another layout, or of a wrong shape."""
+
+
+def _older(path: Path, found: Any) -> RunError:
+    made = f"layout {found}" if found is not None else "a layout before records were versioned"
+    return RunError(
+        f"{path}: made by another kit ({made}; this kit reads layout {LAYOUT}): retrain the run "
+        "(`make train`), or use the kit that made it for `kit predict`"
+    )
+
+
+def _record(path: Path, required: tuple[str, ...]) -> dict:
+    """A record's JSON object, its layout checked and its required keys present; else one line."""
+    if not path.exists():
+        raise RunError(f"{path} is missing: retrain the run (`make train`), or restore the file")
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise RunError(f"{path}: expected a JSON object, found {type(value).__name__}; {_FIX}")
+    if value.get("layout") != LAYOUT:
+        raise _older(path, value.get("layout"))
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise RunError(f"{path}: no {', '.join(repr(key) for key in missing)}; {_FIX}")
+    return value
+
+
+_FIX = "the file was edited or damaged: restore it, or retrain the run (`make train`)"
+
+
+def _number(path: Path, key: str, value: Any, positive: bool = False, optional: bool = False) -> float | None:
+    """A JSON number (finite; > 0 when `positive`), or None when `optional`; else one line."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RunError(f"{path}: {key} = {value!r} is not a finite number; {_FIX}")
+    if positive and value <= 0:
+        raise RunError(f"{path}: {key} = {value!r} must be > 0; {_FIX}")
+    return float(value)
+
+
+BLEND = "blend"  # an ensemble's one calibrated part: its blended predictions
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What is done to predictions before they are submitted, fitted once on OOF (kit.predict.calibrate):
+    one shape for runs and ensembles. A temperature per part (a run: each fold's, applied to that fold's
+    predictions before the folds are averaged; an ensemble: "blend"), then a clip to [epsilon, 1 - epsilon]
+    and renormalisation. No temperatures and no epsilon: the identity (metrics other than log loss)."""
+
+    temperatures: dict[str, float]  # > 0 each; T > 1 softens, T < 1 sharpens
+    epsilon: float | None  # the clip; None: no clip, no renormalising
+    before: float | None = None  # OOF log loss before and after (None: not fitted)
+    after: float | None = None
+
+    @classmethod
+    def from_record(cls, value: dict, path: Path) -> Calibration:
+        temperatures = value["temperatures"]
+        if not isinstance(temperatures, dict):
+            raise RunError(f"{path}: temperatures must be an object of part -> temperature; {_FIX}")
+        checked = {
+            str(part): _number(path, f"temperatures.{part}", temperature, positive=True)
+            for part, temperature in temperatures.items()
+        }
+        epsilon = _number(path, "epsilon", value["epsilon"], optional=True)
+        if epsilon is not None and not 0 <= epsilon < 0.5:
+            raise RunError(f"{path}: epsilon = {epsilon!r} must be in [0, 0.5); {_FIX}")
+        before = _number(path, "before", value.get("before"), optional=True)
+        return cls(checked, epsilon, before, _number(path, "after", value.get("after"), optional=True))
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """fold-K/result.json: a finished fold, as training left it (kit.train.cross_validation)."""
+
+    score: float  # the fold's OOF metric with the default prediction rule (NaN when it diverged)
+    history: list[dict]  # one record per epoch (kit.train.loop)
+    valid_rows: list[int]  # the training rows the fold predicted out of fold
+    pseudo_labels: dict[str, int] = field(default_factory=dict)  # test images joined per pseudo-label file
+    # check points, the stop (train.stop_when_worse) and each stage's outcome (kit.train.stopping); None:
+    # trained without the stop
+    recipe: dict | None = None
+
+    @classmethod
+    def from_record(cls, value: dict, path: Path) -> FoldResult:
+        if not isinstance(value["history"], list):
+            raise RunError(f"{path}: history must be a list of epochs; {_FIX}")
+        rows = value["valid_rows"]
+        if not isinstance(rows, list) or not all(isinstance(row, int) and row >= 0 for row in rows):
+            raise RunError(f"{path}: valid_rows must be a list of row numbers; {_FIX}")
+        score = value["score"]
+        if not (isinstance(score, int | float) and not isinstance(score, bool)):
+            raise RunError(f"{path}: score = {score!r} is not a number; {_FIX}")
+        pseudo = value.get("pseudo_labels", {})
+        if not isinstance(pseudo, dict):
+            raise RunError(f"{path}: pseudo_labels must be an object; {_FIX}")
+        recipe = value.get("recipe")
+        if recipe is not None and not (isinstance(recipe, dict) and {"checkpoints", "stop"} <= set(recipe)):
+            raise RunError(f"{path}: recipe must be an object with checkpoints and stop; {_FIX}")
+        return cls(float(score), value["history"], rows, pseudo, recipe)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.array(self.valid_rows, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -83,6 +201,14 @@ class FoldFolder:
     def pseudo_label_files(self) -> list[Path]:
         return sorted(self.folder.glob("pseudo-labels-stage-*.json"))
 
+    def write_result(self, result: FoldResult) -> None:
+        write_json(self.result_file, {"layout": LAYOUT, **asdict(result)})
+
+    def read_result(self) -> FoldResult:
+        return FoldResult.from_record(
+            _record(self.result_file, ("score", "history", "valid_rows")), self.result_file
+        )
+
     def holds_training(self) -> bool:
         """A completed epoch (a resume point or weights) or a finished fold."""
         return any(self.folder.glob("*.pt")) or self.result_file.exists()
@@ -132,6 +258,14 @@ class Run:
     @property
     def calibration_file(self) -> Path:
         return self.folder / "calibration.json"
+
+    def write_calibration(self, calibration: Calibration) -> None:
+        write_json(self.calibration_file, {"layout": LAYOUT, **asdict(calibration)})
+
+    def read_calibration(self) -> Calibration:
+        """The calibration the step after training (or the blend) fitted; prediction never refits it."""
+        path = self.calibration_file
+        return Calibration.from_record(_record(path, ("temperatures", "epsilon")), path)
 
     @property
     def test_probabilities(self) -> Path:  # uncalibrated, folds averaged: what an ensemble blends

@@ -35,8 +35,9 @@ from kit import device, models
 from kit.config_build import config_from_dict
 from kit.data import augment, loader
 from kit.data.images import image_cache
-from kit.predict.inference import view_probabilities
+from kit.tasks import SINGLE_LABEL
 from kit.train import stage
+from kit.train.views import view_probabilities
 
 CLASSES = 10
 
@@ -269,7 +270,7 @@ def main(
 
         def kit_predict(views: int) -> Callable[[], int]:
             def run() -> int:
-                view_probabilities(forward, cached, inference_batch, "side_on", views)
+                view_probabilities(forward, cached, inference_batch, "side_on", views, task=SINGLE_LABEL)
                 return images * (1 + views)  # forward passes: one per image and view
 
             return run

@@ -159,7 +159,7 @@ def test_random_resized_crops_never_upsample_the_cache():
 def test_tta_views_reach_every_part_of_the_photo():
     import torch
 
-    from kit.predict.tta import tta_views, view_names
+    from kit.data.tta import tta_views, view_names
 
     batch = torch.zeros(1, 3, 40, 40)
     batch[..., :, :2] = 1.0  # the far left columns

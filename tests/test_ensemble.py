@@ -12,6 +12,7 @@ from conftest import invoke
 from kit import commands
 from kit.data.labels import load_labels
 from kit.predict import calibrate, ensemble
+from kit.run import BLEND, Run
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -134,7 +135,7 @@ def test_ensemble_of_two_digits_runs_beats_the_better_one_on_oof(digits, project
     assert summary["metric"] == "log_loss" and summary["cv"] <= min(singles) + 1e-12
     # oof.npy is the uncalibrated blend (like a run's); the CV is the calibrated one, as submitted.
     assert calibrate.log_loss(blended[rows], targets[rows]) == pytest.approx(summary["cv_uncalibrated"])
-    calibrated = calibrate.calibrated_blend(summary["ensemble"], blended[rows])
+    calibrated = calibrate.apply_to_parts({BLEND: blended[rows]}, Run(blend_dir).read_calibration())
     assert calibrate.log_loss(calibrated, targets[rows]) == pytest.approx(summary["cv"])
     assert np.isnan(blended[~rows]).all()
     details = summary["ensemble"]
@@ -270,16 +271,16 @@ def test_calibration_is_fitted_per_fold_on_what_it_is_applied_to():
     row_folds = np.arange(len(targets)) % 2
     oof = np.where((row_folds == 0)[:, None], softmax(4 * logits), softmax(0.5 * logits))
     fitted = calibrate.fit_by_fold(oof, targets, row_folds)
-    assert fitted["temperatures"]["0"] == pytest.approx(2, rel=0.1)
-    assert fitted["temperatures"]["1"] == pytest.approx(0.25, rel=0.1)
+    assert fitted.temperatures["0"] == pytest.approx(2, rel=0.1)
+    assert fitted.temperatures["1"] == pytest.approx(0.25, rel=0.1)
     calibrated = calibrate.apply_by_fold(oof, row_folds, fitted)
-    assert calibrate.log_loss(calibrated, targets) == pytest.approx(fitted["after"])
+    assert calibrate.log_loss(calibrated, targets) == pytest.approx(fitted.after)
     # The test side: each fold's model on new rows (the same kinds of error), calibrated fold by fold,
     # then averaged, scores what the calibrated OOF promised; one pooled temperature does worse.
     test_logits, test_targets = synthetic(rows=4000, seed=5)
     per_fold = {0: softmax(4 * test_logits), 1: softmax(0.5 * test_logits)}
-    test_loss = calibrate.log_loss(calibrate.apply_to_folds(per_fold, fitted), test_targets)
-    assert test_loss <= fitted["after"] + 0.02
+    test_loss = calibrate.log_loss(calibrate.apply_to_parts(per_fold, fitted), test_targets)
+    assert test_loss <= fitted.after + 0.02
     pooled_t, pooled_eps, _, _ = calibrate.calibrate(oof, targets)
     pooled = calibrate.apply_calibration(np.mean(list(per_fold.values()), axis=0), pooled_t, pooled_eps)
     assert calibrate.log_loss(pooled, test_targets) > test_loss + 0.02
@@ -291,17 +292,17 @@ def test_the_reported_cv_includes_the_upload_clip():
     oof = softmax(6 * logits)
     row_folds = np.zeros(len(targets), dtype=np.int64)
     fitted = calibrate.for_metric("log_loss", oof, targets, row_folds, min_epsilon=0.005)
-    assert fitted["epsilon"] >= 0.005
+    assert fitted.epsilon >= 0.005
     calibrated = calibrate.apply_by_fold(oof, row_folds, fitted)
     assert calibrated.min() >= 0.005 - 1e-12
     uploaded = np.clip(calibrated[:, 1], 0.005, 1 - 0.005)  # what kit.predict.submission.clip does (binary)
-    assert fitted["after"] == pytest.approx(
+    assert fitted.after == pytest.approx(
         calibrate.log_loss(np.stack([1 - uploaded, uploaded], 1), targets)
     )
     # Other metrics: nothing applied, and predictions are never renormalised (regression values stay).
     assert calibrate.for_metric("accuracy", oof, targets, row_folds, 0.005) == calibrate.identity()
     values = np.array([[3.5], [-1.0]])
-    assert np.array_equal(calibrate.apply_to_folds({0: values}, calibrate.identity()), values)
+    assert np.array_equal(calibrate.apply_to_parts({0: values}, calibrate.identity()), values)
     assert np.array_equal(
         calibrate.apply_by_fold(values, np.zeros(2, dtype=np.int64), calibrate.identity()), values
     )

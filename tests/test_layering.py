@@ -1,7 +1,7 @@
 """The house rules of kit/, read from its source with `ast` (nothing is imported):
 
 - no import cycle, between modules or between subpackages;
-- layers, bottom to top (kit/README.md): the base modules, then data, predict, train, then kaggle and
+- layers, bottom to top (kit/README.md): the base modules, then data, train, predict, then kaggle and
   report, then commands, then cli (and __main__); a module imports only from its own layer or below;
 - kit/train/schedule.py is pure: nothing from the training loop, its stages or torch;
 - imports inside functions: only kit/commands.py, only of modules that pull in a heavy library, each
@@ -24,7 +24,7 @@ KIT = Path(__file__).resolve().parent.parent / "kit"
 HEAVY = {"torch", "torchvision", "timm", "albumentations", "cv2", "matplotlib", "sklearn", "scipy"}
 
 # Rooms: a subpackage is one room; every module outside the subpackages is a room of its own.
-LAYERS = {"base": 0, "data": 1, "predict": 2, "train": 3, "kaggle": 4, "report": 4, "commands": 5, "cli": 6}
+LAYERS = {"base": 0, "data": 1, "train": 2, "predict": 3, "kaggle": 4, "report": 4, "commands": 5, "cli": 6}
 LAYERS["__main__"] = 7
 BASE = {"kit", "config", "paths", "files", "run_folder", "run", "hooks", "metrics", "ledger", "device"}
 BASE |= {"baselines"}
@@ -208,8 +208,9 @@ def test_every_module_has_a_layer():
 
 
 def test_imports_go_down_the_layers():
-    """data never imports predict, train, kaggle or report; predict never imports train; train never
-    imports kaggle or report; nothing but cli imports commands, and nothing but __main__ imports cli."""
+    """data never imports train, predict, kaggle or report; train never imports predict (training ends
+    once each fold's weight files and kept views are written: kit.predict chooses, calibrates and
+    summarises after it); nothing but cli imports commands, and nothing but __main__ imports cli."""
     upward = [
         f"{edge.source} (layer {room(edge.source)}) imports {edge.target} (layer {room(edge.target)}): "
         f"line {edge.line}: {edge.text}"
@@ -217,6 +218,10 @@ def test_imports_go_down_the_layers():
         if layer(edge.target) > layer(edge.source)
     ]
     assert upward == []
+    train_to_predict = [
+        edge.text for edge in EDGES if (room(edge.source), room(edge.target)) == ("train", "predict")
+    ]
+    assert train_to_predict == []
     importers = {edge.source for edge in EDGES if edge.target in ("kit.commands", "kit.cli")}
     assert importers == {"kit.cli", "kit.__main__"}
 

@@ -239,7 +239,7 @@ def run_notebook(notebook_path: Path, environment: dict, probe: Path) -> None:
 @pytest.mark.slow
 def test_the_notebook_predicts_offline_as_kit_predict_does(project, monkeypatch, tmp_path):
     from kit.kaggle import notebook, package
-    from kit.predict import calibrate
+    from kit.run import Run
     from kit.run_folder import run_summary
 
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
@@ -291,7 +291,7 @@ def test_the_notebook_predicts_offline_as_kit_predict_does(project, monkeypatch,
     assert difference.max() <= 1e-6
     unpacked = scratch / "kit-project" / "runs" / "dog-breeds" / run_dir.name
     assert json.loads((unpacked / "calibration.json").read_text()) == json.loads(
-        (run_dir / calibrate.CALIBRATION_FILE).read_text()
+        Run(run_dir).calibration_file.read_text()
     )
     assert not (unpacked / "oof.npy").exists()
 
@@ -335,31 +335,22 @@ def test_kaggle_refusals_are_one_line(project, monkeypatch, tmp_path):
         assert answer.status_code == 400 and "versionNumber" in answer.json()["message"]
 
 
-def test_calibration_is_fitted_once_and_recorded(tmp_path):
-    """Fitted on oof.npy and recorded with its fingerprint; read back while oof.npy is unchanged, refitted
-    when it changed; without oof.npy (a packaged run) the record is used and never refitted."""
-    from types import SimpleNamespace
-
+def test_calibration_is_recorded_once_and_read_back(tmp_path):
+    """The step after training writes calibration.json once (kit.predict.summary); prediction and the
+    package read it back as written and never refit it; a run without one is refused in one line."""
     from kit.predict import calibrate
+    from kit.run import Run, RunError
 
     rng = np.random.default_rng(0)
     targets = rng.integers(0, 3, 60)
     confident = np.full((60, 3), 0.02)
     confident[np.arange(60), targets] = 0.96
     confident[:6] = confident[:6, ::-1]  # a few confident mistakes: a temperature above 1 pays
-    labels = SimpleNamespace(classes=["a", "b", "c"], targets=targets)
-    summary = {"metric": "log_loss", "folds_trained": [0], "classes": ["a", "b", "c"]}
-    (tmp_path / "fold-0").mkdir()
-    (tmp_path / "fold-0" / "result.json").write_text(json.dumps({"valid_rows": list(range(60))}))
-    np.save(tmp_path / "oof.npy", confident)
-    fitted = calibrate.run_calibration(tmp_path, labels, summary)
-    assert fitted["temperatures"]["0"] > 1 and fitted["after"] < fitted["before"]
-    assert calibrate.run_calibration(tmp_path, None, summary) == fitted  # recorded: no labels needed
-    np.save(tmp_path / "oof.npy", np.full((60, 3), 1 / 3))
-    assert calibrate.run_calibration(tmp_path, labels, summary)["temperatures"]["0"] == 1.0
-    (tmp_path / "oof.npy").unlink()
-    recorded = json.loads((tmp_path / "calibration.json").read_text())
-    assert calibrate.run_calibration(tmp_path, None, summary) == recorded
-    (tmp_path / "calibration.json").unlink()
-    with pytest.raises(click.ClickException, match="no oof.npy to calibrate on"):
-        calibrate.run_calibration(tmp_path, None, summary)
+    fitted = calibrate.fit_by_fold(confident, targets, np.zeros(60, dtype=np.int64))
+    assert fitted.temperatures["0"] > 1 and fitted.after < fitted.before
+    run = Run(tmp_path)
+    run.write_calibration(fitted)
+    assert calibrate.read(run) == fitted
+    run.calibration_file.unlink()
+    with pytest.raises(RunError, match="calibration.json is missing"):
+        calibrate.read(run)

@@ -17,9 +17,9 @@ from kit.data.images import image_cache
 from kit.data.labels import load_labels
 from kit.errors import ConfigError
 from kit.paths import interim_dir
-from kit.predict import inference
 from kit.run_folder import new_run_dir
-from kit.train import loop, lr_find, stage
+from kit.tasks import SINGLE_LABEL
+from kit.train import loop, lr_find, stage, views
 from kit.train.features import body_features_cached
 
 
@@ -87,7 +87,7 @@ def test_snapshot_count_equals_number_of_cycles(digits, tmp_path):
         "snapshot-2.pt",
         "snapshot-3.pt",
     ]
-    assert inference.prediction_weights(digits("predict.snapshot_ensemble=2", *SNAPSHOT_STAGE), tmp_path) == [
+    assert views.prediction_weights(digits("predict.snapshot_ensemble=2", *SNAPSHOT_STAGE), tmp_path) == [
         tmp_path / "snapshot-2.pt",
         tmp_path / "snapshot-3.pt",
     ]
@@ -107,7 +107,7 @@ def test_a_last_stage_without_snapshots_predicts_with_its_own_final_weights(digi
     run_dir = commands.train(config, "0")
     fold_dir = run_dir / "fold-0"
     assert sorted(p.name for p in fold_dir.glob("snapshot-*.pt")) == ["snapshot-1.pt", "snapshot-2.pt"]
-    assert inference.prediction_weights(config, fold_dir) == [fold_dir / "last.pt"]
+    assert views.prediction_weights(config, fold_dir) == [fold_dir / "last.pt"]
     assert (fold_dir / "oof-last.npy").exists() and not list(fold_dir.glob("oof-snapshot-*.npy"))
     rule = json.loads((run_dir / "metrics.json").read_text())["weights_rule"]
     assert "last.pt" in rule and "takes no snapshots" in rule  # the run's record says which
@@ -117,7 +117,7 @@ def test_a_last_stage_without_snapshots_predicts_with_its_own_final_weights(digi
         "predict.snapshot_ensemble=3",
     )
     (fold_dir / "snapshot-3.pt").write_bytes(b"")  # the last stage's one snapshot
-    assert inference.prediction_weights(config, fold_dir) == [fold_dir / "snapshot-3.pt"]
+    assert views.prediction_weights(config, fold_dir) == [fold_dir / "snapshot-3.pt"]
 
 
 def test_tta_with_zero_views_equals_the_plain_prediction(digits, tmp_path):
@@ -125,13 +125,13 @@ def test_tta_with_zero_views_equals_the_plain_prediction(digits, tmp_path):
     model = fold_state(config, tmp_path).model.eval()
     images, _ = image_cache(load_labels(config).paths[:20], 32, interim_dir(config.name), "train-subset")
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    plain = inference.view_probabilities(model, images, 8, "none", tta=0).mean(0)
+    plain = views.view_probabilities(model, images, 8, "none", tta=0, task=SINGLE_LABEL).mean(0)
     with torch.no_grad():
         direct = model(
             device.to_input(torch.from_numpy(np.array(images)), mean, std, torch.device("cpu"))
         ).softmax(1)
     np.testing.assert_allclose(plain, direct.double().numpy(), rtol=1e-5, atol=1e-6)
-    augmented = inference.view_probabilities(model, images, 8, "none", tta=3).mean(0)
+    augmented = views.view_probabilities(model, images, 8, "none", tta=3, task=SINGLE_LABEL).mean(0)
     assert augmented.shape == plain.shape and not np.allclose(augmented, plain)
     np.testing.assert_allclose(augmented.sum(1), 1, rtol=1e-6)
 
@@ -237,7 +237,7 @@ def test_prediction_views_are_resized_by_predict_image_scale(digits, project):
         "stages.0.cycle_len=0.5", "predict.weights='last'", "predict.tta=0", "predict.image_scale=1.25"
     )
     assert config.stage_image_size(config.stages[-1]) == 32 and config.predict_image_size() == 40
-    assert inference.prediction_cache_side(config) == 40  # larger than the 37 px training cache
+    assert views.prediction_cache_side(config) == 40  # larger than the 37 px training cache
     run_dir = commands.train(config, "0")
     commands.predict(config, run_dir.name)
     fold_dir = run_dir / "fold-0"
@@ -251,7 +251,7 @@ def test_prediction_views_are_resized_by_predict_image_scale(digits, project):
         ("test", load_test(config).paths, fold_dir / "test-last.npy"),
     ]:
         images, _ = image_cache(paths, 40, interim_dir(config.name), f"{label}-check")
-        at_40 = inference.view_probabilities(model, images, 64, image_size=40)
-        at_32 = inference.view_probabilities(model, images, 64, image_size=32)
+        at_40 = views.view_probabilities(model, images, 64, task=SINGLE_LABEL, image_size=40)
+        at_32 = views.view_probabilities(model, images, 64, task=SINGLE_LABEL, image_size=32)
         np.testing.assert_allclose(np.load(kept), at_40, atol=1e-5)
         assert not np.allclose(at_40, at_32, atol=1e-3)

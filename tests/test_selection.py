@@ -135,8 +135,8 @@ def test_the_choice_is_scored_as_the_task_scores():
 
 def test_the_mirror_is_never_dropped_where_the_preset_mirrors():
     # Identical views gain nothing on OOF: with fewest_views=1 the plain view alone would be taken; with
-    # 2 (photos: kit.predict.tta.MIRROR_FIRST) the plain view keeps its mirror, and no candidate lacks it.
-    from kit.predict.tta import MIRROR_FIRST, view_names
+    # 2 (photos: kit.data.tta.MIRROR_FIRST) the plain view keeps its mirror, and no candidate lacks it.
+    from kit.data.tta import MIRROR_FIRST, view_names
 
     rng = np.random.default_rng(3)
     targets = rng.integers(0, 5, 1000)
@@ -182,7 +182,7 @@ def test_a_stage_that_joins_prediction_predicts_beside_the_last(digits, project)
     # The head trained on frozen features, kept (fold-K/stage-0.pt), predicts beside the fine-tuned
     # network; OOF and test average the two the same way (here as logits).
     from kit import commands
-    from kit.predict import inference
+    from kit.train import views
 
     config = digits(
         "stages=[{freeze_to=-1, cycle_len=0.5, joins_prediction=true}, {cycle_len=0.5}]",
@@ -193,7 +193,7 @@ def test_a_stage_that_joins_prediction_predicts_beside_the_last(digits, project)
     )
     run_dir = commands.train(config, "0")
     fold = run_dir / "fold-0"
-    assert inference.prediction_weights(config, fold) == [fold / "stage-0.pt", fold / "last.pt"]
+    assert views.prediction_weights(config, fold) == [fold / "stage-0.pt", fold / "last.pt"]
     assert (fold / "stage-0.pt").read_bytes() != (fold / "last.pt").read_bytes()
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert "stage-0.pt" in summary["weights_rule"]
@@ -219,7 +219,7 @@ def test_a_stage_that_joins_prediction_predicts_beside_the_last(digits, project)
     np.testing.assert_allclose(test_variant, selection.average(tests["last"], "logits"), atol=1e-6)
     # On the last stage itself (the quick recipe's head) it adds nothing: last.pt is those weights.
     only = digits("stages=[{cycle_len=0.5, joins_prediction=true}]", "predict.weights='last'")
-    assert inference.prediction_weights(only, fold) == [fold / "last.pt"]
+    assert views.prediction_weights(only, fold) == [fold / "last.pt"]
 
 
 def test_after_a_stop_the_best_check_point_with_a_file_predicts_by_default():
@@ -230,6 +230,8 @@ def test_after_a_stop_the_best_check_point_with_a_file_predicts_by_default():
         {"score": 0.45, "weights": "stage-1"},
         {"score": 0.7, "weights": "snapshot-1"},  # the check point that stopped the fold
     ]
-    assert selection.weights_after_stop(checkpoints, higher_is_better=False) == "stage-1"
-    assert selection.weights_after_stop(checkpoints, higher_is_better=True) == "snapshot-1"
-    assert selection.weights_after_stop([{"score": float("nan"), "weights": "last"}], True) is None
+    from kit.train import views
+
+    assert views.weights_after_stop(checkpoints, higher_is_better=False) == "stage-1"
+    assert views.weights_after_stop(checkpoints, higher_is_better=True) == "snapshot-1"
+    assert views.weights_after_stop([{"score": float("nan"), "weights": "last"}], True) is None

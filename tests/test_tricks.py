@@ -19,10 +19,11 @@ from kit import commands, models
 from kit.data.labels import load_labels, load_test
 from kit.device import to_input
 from kit.errors import ConfigError
-from kit.predict import calibrate, inference
+from kit.predict import calibrate
 from kit.report import runs_table
 from kit.run_folder import new_run_dir
-from kit.train import loop, pseudo_labels, stage, tricks
+from kit.tasks import SINGLE_LABEL
+from kit.train import loop, pseudo_labels, stage, tricks, views
 
 MIXING = ["stages.0.mixup=0.4", "stages.0.cutmix=1.0"]
 
@@ -156,7 +157,7 @@ def test_ema_weights_are_validated_saved_and_predict(digits, project):
     history = json.loads((run_dir / "metrics.json").read_text())["folds"]["0"]["history"]
     assert all("ema_valid_loss" in record and "ema_accuracy" in record for record in history)
     assert {p.name for p in fold_dir.glob("ema*.pt")} == {"ema.pt", "ema-snapshot-1.pt", "ema-snapshot-2.pt"}
-    assert inference.prediction_weights(config, fold_dir) == [fold_dir / "ema-snapshot-2.pt"]
+    assert views.prediction_weights(config, fold_dir) == [fold_dir / "ema-snapshot-2.pt"]
     assert (fold_dir / "oof-ema-snapshot-2.npy").exists()  # OOF came from the average
     averaged = torch.load(fold_dir / "ema-snapshot-2.pt", weights_only=True)["state_dict"]
     last = torch.load(fold_dir / "snapshot-2.pt", weights_only=True)["state_dict"]
@@ -169,12 +170,12 @@ def test_ema_predicts_by_the_last_stage_rule(digits, tmp_path):
         (tmp_path / name).write_bytes(b"")
     ema = ["train.ema_decay=0.99", "predict.weights='ema'", "predict.snapshot_ensemble=3"]
     plain_last = digits(*ema, "stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}, {cycle_len=0.5}]")
-    assert inference.prediction_weights(plain_last, tmp_path) == [tmp_path / "ema.pt"]
-    rule = inference.weights_rule(plain_last)
+    assert views.prediction_weights(plain_last, tmp_path) == [tmp_path / "ema.pt"]
+    rule = views.weights_rule(plain_last)
     assert "ema.pt" in rule and "no snapshots" in rule
     snapshots_last = digits(*ema, "stages=[{cycle_len=0.5}, {n_cycles=1, cycle_len=0.5, snapshots=true}]")
-    assert inference.prediction_weights(snapshots_last, tmp_path) == [tmp_path / "ema-snapshot-2.pt"]
-    assert "moving average's last 1 snapshots" in inference.weights_rule(snapshots_last)
+    assert views.prediction_weights(snapshots_last, tmp_path) == [tmp_path / "ema-snapshot-2.pt"]
+    assert "moving average's last 1 snapshots" in views.weights_rule(snapshots_last)
 
 
 FAMILIES = ["test_efficientnet", "test_resnet", "test_convnext"]
@@ -245,7 +246,8 @@ def test_fold_pseudo_labels_come_from_that_folds_own_model(digits, project):
     predicted = {}
     for fold in (0, 1):  # the model that labelled: the fold's weights at the end of stage 0 (its snapshot)
         models.load_weights(model, run_dir / f"fold-{fold}" / "snapshot-1.pt", meta)
-        predicted[fold] = inference.view_probabilities(model, images, 128, image_size=32).mean(0)
+        per_view = views.view_probabilities(model, images, 128, task=SINGLE_LABEL, image_size=32)
+        predicted[fold] = per_view.mean(0)
     for fold in (0, 1):
         record = json.loads((run_dir / f"fold-{fold}" / "pseudo-labels-stage-1.json").read_text())
         assert record["fold"] == fold and record["weight"] == 0.5 and 0 < len(record["ids"]) <= len(test.ids)

@@ -35,12 +35,14 @@ import click
 from kit import paths, tasks
 from kit.config import Config
 from kit.data.images import image_cache
-from kit.data.labels import load_labels, load_test, parse_csv
+from kit.data.labels import load_test, parse_csv
 from kit.device import device_name, resolve_precision
 from kit.files import atomic_path, git_commit, read_json, write_json
-from kit.predict import calibrate, submission
-from kit.predict.inference import predict_run, prediction_cache_side, run_weights
+from kit.predict import submission
+from kit.predict.inference import predict_run, run_weights
+from kit.run import Run
 from kit.run_folder import run_config
+from kit.train.views import prediction_cache_side
 
 MANIFEST = "kit-package.json"
 DATASET_METADATA = "dataset-metadata.json"  # the official client's metadata file for a dataset folder
@@ -116,7 +118,7 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
     """Fill `folder` (emptied first) with the run's package; refuse, before copying, one above the cap.
 
     `config` is the competition as the command loaded it (its slug); the run's own config.json is what is
-    packaged. The calibration is fitted (once) and recorded here when the run has none yet.
+    packaged, with the calibration the step after training fitted (calibration.json, never refitted).
     """
     trained = run_config(run_dir)
     weights = run_weights(trained, run_dir, summary)
@@ -129,8 +131,8 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
     weight_bytes = sum(path.stat().st_size for path in weights)
     if weight_bytes > cap * MEGABYTE:
         raise click.ClickException(_too_large(config, run_dir, weight_bytes, len(weights)))
-    if summary["metric"] == "log_loss":
-        calibrate.run_calibration(run_dir, load_labels(config), summary, trained.submission.clip_epsilon)
+    run = Run(run_dir)
+    run.read_calibration()  # a run whose calibration is missing or damaged is refused here, in one line
 
     if folder.exists():
         shutil.rmtree(folder)
@@ -141,9 +143,7 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
         relative = path.relative_to(run_dir)
         names[weight_file_name(relative)] = relative.as_posix()
         _link_or_copy(path, folder / weight_file_name(relative))
-    copied = ["config.json", "metrics.json"]
-    if (run_dir / calibrate.CALIBRATION_FILE).exists() and summary["metric"] == "log_loss":
-        copied.append(calibrate.CALIBRATION_FILE)
+    copied = [path.name for path in (run.config_file, run.summary_file, run.calibration_file)]
     for name in copied:
         shutil.copy2(run_dir / name, folder / name)
     competition_files = [

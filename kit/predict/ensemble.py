@@ -28,6 +28,7 @@ from kit.data.labels import LabelTable, check_row_order, load_test, record_row_o
 from kit.files import read_json, save_array, write_json
 from kit.predict import calibrate, selection, submission
 from kit.predict.inference import predict_test
+from kit.run import BLEND, Calibration, Run
 from kit.run_folder import find_run, new_run_dir, run_config, run_summary
 
 
@@ -119,12 +120,8 @@ class Member(NamedTuple):
 
 def test_probabilities(run_dir: Path, labels: LabelTable) -> np.ndarray:
     """A run's test probabilities, predicting them first when the run has none yet."""
-    path = run_dir / "test-probabilities.npy"
-    # A run predicted before test-probabilities.npy was kept uncalibrated has no calibration recorded in
-    # submission.json: predict it again rather than calibrate twice.
-    record = run_dir / "submission.json"
-    current = record.exists() and "calibration" in read_json(record)
-    if not path.exists() or (not current and "ensemble" not in read_json(run_dir / "metrics.json")):
+    path = Run(run_dir).test_probabilities
+    if not path.exists():
         tqdm.write(f"predicting the test set with {run_dir.name} first")
         predict_test(run_config(run_dir), labels, run_dir, read_json(run_dir / "metrics.json"))
     return np.load(path)
@@ -247,16 +244,13 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     weights = WEIGHT_FITTERS[task.blend_loss](member_rows, task.blend_truth(targets))
     # Members' OOF and test predictions are both uncalibrated: blend them alike, then calibrate once.
     blended = blend(member_rows, weights)
-    temperature, epsilon, before, after = 1.0, calibrate.NO_CLIP, None, None
-    if task.blend_loss == "log_loss":  # calibration is defined for class probabilities alone
+    calibration = calibrate.identity()  # a temperature cannot change a label or an accuracy
+    if task.blend_loss == "log_loss" and metric == "log_loss":  # class probabilities, scored by log loss
         temperature, epsilon, before, after = calibrate.calibrate(
             blended, targets, min_epsilon=config.submission.clip_epsilon
         )
-    if metric != "log_loss":  # a temperature cannot change a label or an accuracy: shown, not applied
-        temperature, epsilon = 1.0, calibrate.NO_CLIP
-    calibrated = blended
-    if metric == "log_loss":
-        calibrated = calibrate.apply_calibration(blended, temperature, epsilon)
+        calibration = Calibration({BLEND: temperature}, epsilon, before, after)
+    calibrated = calibrate.apply_to_parts({BLEND: blended}, calibration)
     scorer = metrics.METRICS[metric]
     # Thresholds, cut-points: refitted on the blend.
     decisions = task.fit_decisions(calibrated, targets, scorer)
@@ -284,15 +278,8 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         "rows": int(rows.sum()),
         "single_runs": single,
         "oof_log_loss": calibrate.log_loss(blend(member_rows, weights), targets)
-        if before is not None
+        if task.blend_loss == "log_loss"
         else None,
-        "calibration": {
-            "temperature": temperature,
-            "epsilon": epsilon,
-            "log_loss_before": before,
-            "log_loss_after": after,
-            "applied": metric == "log_loss",
-        },
     }
     summary = {
         "metric": metric,
@@ -307,7 +294,8 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         "ensemble": details,
     }
     write_json(run_dir / "metrics.json", summary)
-    blend_submitted = calibrate.calibrated_blend(details, test_blend)
+    Run(run_dir).write_calibration(calibration)
+    blend_submitted = calibrate.apply_to_parts({BLEND: test_blend}, calibration)
     path = submission.write_for_run(config, load_test(config).ids, blend_submitted, summary)
     write_json(run_dir / "submission.json", {"file": path.name, "weights": [], "runs": details["runs"]})
     return run_dir

@@ -8,7 +8,7 @@ is scored on the OOF rows of every trained fold. The cheapest candidate that is 
 default is taken, and a costlier one only when it gains at least `min_gain` over it (small folds are
 noisy: a gain below that is not worth its forward passes); the default itself is always a candidate,
 so the choice is never worse on OOF than the default. Where the first view is the mirror image (photos,
-tiles: kit.predict.tta.MIRROR_FIRST) the plain view is never taken without it: a mirrored photo shows
+tiles: kit.data.tta.MIRROR_FIRST) the plain view is never taken without it: a mirrored photo shows
 the same thing, and averaging the two is a hedge whose gain a small fold cannot show (on cats-vs-dogs-dev
 the mirror lowered the answer key's log loss by 0.002-0.004 in three runs, while 320 OOF rows preferred
 the plain view alone in two of them). Pure numpy.
@@ -20,6 +20,7 @@ import numpy as np
 
 from kit import metrics
 from kit.tasks import SINGLE_LABEL, SingleLabel
+from kit.train.views import average
 
 
 def candidates(
@@ -48,13 +49,6 @@ def view_sets(view_count: int, fewest_views: int = 1) -> list[tuple[int, ...]]:
         if len(views) >= min(fewest_views, view_count) and views not in kept:
             kept.append(views)
     return kept
-
-
-def average(stack, mean: str = "probabilities", task: SingleLabel = SINGLE_LABEL) -> np.ndarray:
-    """Predictions (members x rows x outputs: views, weight files) averaged as predict.mean says: the
-    arithmetic mean of the probabilities, or their mean on the logit scale (kit.tasks mean_of_logits)."""
-    stack = np.asarray(stack, dtype=np.float64)
-    return task.mean_of_logits(stack) if mean == "logits" else stack.mean(0)
 
 
 def blend(
@@ -91,7 +85,7 @@ def choose(
 
     kept_by_fold: per trained fold, {weight file stem: views x rows x outputs}; `weight_names` are every
     candidate file (every stage's final weights, snapshots), `default` the files the config's rule names
-    (kit.predict.inference.prediction_weights; None: all). Besides `candidates`, blends are grown greedily
+    (kit.train.views.prediction_weights; None: all). Besides `candidates`, blends are grown greedily
     from the best single file, one file at a time while a file gains at least `min_gain`. Scored as the
     task scores (kit.tasks) at its default decisions (thresholds 0.5, rounding): decisions are fitted
     afterwards, on the chosen blend. The cheapest candidate not worse than the default is taken (the best
@@ -149,13 +143,3 @@ def choose(
     return {**(chosen or default_item), "default": default_item, "candidates": tried, "min_gain": min_gain}
 
 
-def weights_after_stop(checkpoints: list[dict], higher_is_better: bool) -> str | None:
-    """After train.stop_when_worse stopped a fold (kit.train.stopping), the weight file of its best check
-    point that kept one (a stage's final weights, a snapshot): what predicts by default instead of the
-    weights at the stop, which did not pay. `checkpoints`: the fold's, each with "score" and "weights" (a
-    file stem or None); None when none kept a file."""
-    kept = [item for item in checkpoints if item["weights"] and not np.isnan(item["score"])]
-    if not kept:
-        return None
-    best = max(kept, key=lambda item: item["score"] if higher_is_better else -item["score"])
-    return best["weights"]

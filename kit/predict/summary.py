@@ -1,5 +1,7 @@
-"""After training: which weight files and views predict (chosen on every trained fold's kept OOF), the
-calibration and the CV summary, fitted once on the OOF of that choice."""
+"""The step between training and prediction, run once when `kit train` ends (`settle`): which weight
+files and views predict (chosen on every trained fold's kept per-view OOF), the calibration and the CV
+summary, fitted once on the OOF of that choice and written once (oof.npy, calibration.json,
+metrics.json). `kit predict`, `kit ensemble`, `kit notebook` and `kit report` only read what it wrote."""
 
 from __future__ import annotations
 
@@ -11,17 +13,20 @@ from tqdm import tqdm
 from kit import metrics
 from kit.config import Config
 from kit.data.labels import LabelTable
+from kit.data.tta import MIRROR_FIRST, view_names
+from kit.files import save_array, write_json
 from kit.predict import calibrate, selection
-from kit.predict.inference import prediction_weights
-from kit.predict.tta import MIRROR_FIRST, view_names
 from kit.run import FoldFolder, Run
+from kit.train.cross_validation import worse_stages
+from kit.train.views import candidate_weights, prediction_weights, weights_rule
 
 
-def kept_oof(config: Config, folder: FoldFolder) -> dict[str, np.ndarray]:
-    """A fold's kept per-view OOF probabilities of the weight files that predict, by file stem."""
+def kept_oof(config: Config, folder: FoldFolder, recipe: dict | None = None) -> dict[str, np.ndarray]:
+    """A fold's kept per-view OOF probabilities of the weight files that may predict (every stage's final
+    weights, snapshots, the default rule's: kit.train.views.candidate_weights), by file stem."""
     return {
         path.stem: np.load(folder.kept_oof(path.stem)).astype(np.float64)
-        for path in prediction_weights(config, folder.folder)
+        for path in candidate_weights(config, folder.folder, recipe)
     }
 
 
@@ -31,9 +36,17 @@ def select_prediction(
     """Which weight files and views predict (kit.predict.selection), chosen on every trained fold's OOF;
     and the OOF predictions of that choice (NaN rows where no fold predicted), as the test side will be."""
     run = Run(run_dir)
-    kept = [kept_oof(config, run.fold(number)) for number in fold_numbers]
+    recipes = {number: results[number].get("recipe") for number in fold_numbers}
+    kept = [kept_oof(config, run.fold(number), recipes[number]) for number in fold_numbers]
     targets = [labels.targets[results[number]["valid_rows"]] for number in fold_numbers]
-    names = [path.stem for path in prediction_weights(config, run.fold(fold_numbers[0]).folder)]
+    first = run.fold(fold_numbers[0]).folder
+    # files every fold kept (folds that stopped on their own may lack a later stage's), the default's last
+    names = [
+        path.stem
+        for path in candidate_weights(config, first, recipes[fold_numbers[0]])
+        if all(path.stem in fold_kept for fold_kept in kept)
+    ]
+    default = [path.stem for path in prediction_weights(config, first, recipes[fold_numbers[0]])]
     chosen = selection.choose(
         config.competition.metric,
         kept,
@@ -44,6 +57,7 @@ def select_prediction(
         labels.task,
         fewest_views=2 if config.augment.preset in MIRROR_FIRST else 1,
         mean=config.predict.mean,
+        default=[name for name in default if name in names] or None,
     )
     view_names_all = view_names(config.augment.preset, config.predict.tta)
     chosen["view_names"] = [view_names_all[index] for index in chosen["views"]]
@@ -64,9 +78,12 @@ def select_prediction(
     return chosen, chosen_oof
 
 
-def cv_summary(config: Config, labels: LabelTable, oof: np.ndarray, row_folds: np.ndarray) -> dict:
+def cv_summary(
+    config: Config, labels: LabelTable, oof: np.ndarray, row_folds: np.ndarray
+) -> tuple[dict, dict]:
     """CV as submitted (calibrated per fold, upload clip included; decisions fitted on OOF) and uncalibrated,
-    with the calibration and the decisions (thresholds, cut-points) the submission will apply.
+    with the decisions (thresholds, cut-points) the submission will apply; and the calibration (the one
+    fit of it: a temperature per fold, kit.predict.calibrate).
 
     `cv` is what the submission file will score on these rows; `cv_uncalibrated` the raw OOF's score.
     """
@@ -82,5 +99,63 @@ def cv_summary(config: Config, labels: LabelTable, oof: np.ndarray, row_folds: n
         "cv_default_decisions": task.score(scorer, targets, raw),
         "task": task.describe(),
         "decisions": decisions,
-        "calibration": calibration,
+    }, calibration
+
+
+def fold_results(run: Run, fold_numbers: list[int]) -> dict[int, dict]:
+    """The trained folds' results (kit.train.cross_validation wrote them) with their OOF probabilities."""
+    results = {}
+    for number in fold_numbers:
+        folder = run.fold(number)
+        result = folder.read_result()
+        results[number] = {
+            "score": result.score,
+            "history": result.history,
+            "pseudo_labels": result.pseudo_labels,
+            "recipe": result.recipe,  # check points, stop, stages that ran (kit.train.stopping)
+            "valid_rows": result.rows,
+            "probabilities": np.load(folder.oof),
+        }
+    return results
+
+
+def settle(
+    config: Config, labels: LabelTable, run_dir: Path, fold_numbers: list[int], seconds: float
+) -> dict:
+    """After training: the prediction choice, the calibration and the CV summary, each fitted once on the
+    trained folds' kept OOF and written once. Returns the summary (metrics.json)."""
+    run = Run(run_dir)
+    results = fold_results(run, fold_numbers)
+    oof = np.full((len(labels.ids), labels.task.head_size(labels.classes)), np.nan)
+    row_folds = np.full(len(labels.ids), -1, dtype=np.int64)  # the fold that predicted each row; -1: none
+    for number, result in results.items():
+        oof[result["valid_rows"]] = result["probabilities"]
+        row_folds[result["valid_rows"]] = number
+    prediction = None
+    if config.predict.select:
+        prediction, oof = select_prediction(config, labels, run_dir, fold_numbers, results, oof)
+    save_array(run.oof, oof)
+    summary, calibration = cv_summary(config, labels, oof, row_folds)
+    run.write_calibration(calibration)
+    summary = {
+        **summary,
+        "folds_trained": fold_numbers,
+        "classes": labels.classes,
+        "seconds": round(seconds, 1),
+        "folds": {  # pseudo_labels: test images joined per pseudo-labelling stage (when any)
+            str(k): {
+                "score": v["score"],
+                "history": v["history"],
+                **({"pseudo_labels": v["pseudo_labels"]} if v.get("pseudo_labels") else {}),
+                **({"recipe": v["recipe"]} if v.get("recipe") else {}),
+            }
+            for k, v in results.items()
+        },
+        # which stages ran, which were stopped or skipped and why (train.stop_when_worse), per fold
+        "stages": {str(k): v["recipe"]["stages"] for k, v in results.items() if v.get("recipe")},
+        "weights_rule": weights_rule(config),
+        **({"prediction": prediction} if prediction else {}),
+        "worse_stages": {str(k): found for k, v in results.items() if (found := worse_stages(v["history"]))},
     }
+    write_json(run.summary_file, summary)
+    return summary

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-from math import nan
 from pathlib import Path
 
 import click
@@ -25,8 +24,8 @@ from kit.data.labels import LabelTable, load_test
 from kit.files import atomic_path, read_json
 from kit.ledger import correlation_line, cv_and_public, read_ledger
 from kit.paths import interim_dir
-from kit.predict import calibrate
 from kit.report import plots
+from kit.run import Run
 from kit.run_folder import run_config as saved_run_config
 from kit.train import schedule
 
@@ -419,26 +418,12 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
                 else f"<p>blended on {details['rows']} rows</p>"
             )
         )
-    if class_oof is not None:
-        rows = _predicted(oof)
-        if "ensemble" in summary:
-            fitted = summary["ensemble"]["calibration"]
-            temperature, epsilon, before, after = (
-                fitted[k] for k in ("temperature", "epsilon", "log_loss_before", "log_loss_after")
-            )
-        elif summary.get("calibration", {}).get("temperatures"):  # one per fold, fitted after training
-            fitted = summary["calibration"]
-            temperature = ", ".join(f"fold {k}: {t:.3f}" for k, t in fitted["temperatures"].items())
-            epsilon, before, after = fitted["epsilon"], fitted.get("before", nan), fitted.get("after", nan)
-        else:
-            temperature, epsilon, before, after = calibrate.calibrate(oof[rows], labels.targets[rows])
-        if not isinstance(temperature, str):
-            temperature = f"{temperature:.3f}"
+    fitted = Run(run_dir).read_calibration()  # as the step after training (or the blend) fitted it
+    if fitted.temperatures:  # log loss: a temperature per fold (an ensemble: of its blend), then a clip
+        temperature = ", ".join(f"{part}: {value:.3f}" for part, value in fitted.temperatures.items())
         sections.append(
-            f"<h2>Calibration (fitted on OOF)</h2><p>OOF log loss before {before:.4f}, after {after:.4f} "
-            f"(temperature {temperature}, clip epsilon {epsilon:.0e})"
-            + ("" if metric == "log_loss" else "; not applied: the metric is not log loss")
-            + "</p>"
+            f"<h2>Calibration (fitted on OOF)</h2><p>OOF log loss before {fitted.before:.4f}, "
+            f"after {fitted.after:.4f} (temperature {temperature}, clip epsilon {fitted.epsilon:.0e})</p>"
         )
     if oof is not None and labels.task.name in TASK_SECTIONS:
         sections += TASK_SECTIONS[labels.task.name](labels, summary, oof, run_dir)

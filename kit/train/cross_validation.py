@@ -7,7 +7,6 @@ predict. What predicts, its calibration and the CV summary are chosen after, onc
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -23,17 +22,17 @@ from kit.data.labels import LabelTable
 from kit.device import place
 from kit.files import read_json, save_array, write_json
 from kit.paths import interim_dir
-from kit.predict import summary as run_summary
-from kit.predict.inference import (
+from kit.run import FoldResult, Run
+from kit.train import resume, stopping, tricks
+from kit.train.loop import run_stage
+from kit.train.stage import FoldState, training_images
+from kit.train.views import (
+    average,
+    candidate_weights,
     ensemble_probabilities,
     prediction_cache_side,
     prediction_weights,
-    weights_rule,
 )
-from kit.run import FoldFolder, Run
-from kit.train import resume, tricks
-from kit.train.loop import run_stage
-from kit.train.stage import FoldState, training_images
 
 
 def fold_numbers_of(config: Config, fold: str) -> list[int]:
@@ -68,10 +67,20 @@ def usable_rows(config: Config, labels: LabelTable, run: Run) -> np.ndarray:
 
 
 def train_fold(
-    config: Config, labels: LabelTable, folds: np.ndarray, fold: int, run: Run, rows: np.ndarray
-) -> dict:
-    """All stages on one fold, continued from its resume point if it has one; its result and OOF
-    probabilities (every rank gets them)."""
+    config: Config,
+    labels: LabelTable,
+    folds: np.ndarray,
+    fold: int,
+    run: Run,
+    rows: np.ndarray,
+    planned: dict | None = None,
+) -> FoldResult:
+    """All stages on one fold, continued from its resume point if it has one; its result (every rank
+    gets it), written with its OOF probabilities and each weight file's views.
+
+    With train.stop_when_worse, a check point that does not pay ends the stage and skips the later ones
+    (kit.train.stopping); `planned` ({"stop": fold 0's stop or None}) makes the fold stop where fold 0 did
+    instead of deciding on its own."""
     torch.manual_seed(config.train.seed + fold)
     folder = run.fold(fold)
     model = models.create_model(
@@ -84,31 +93,45 @@ def train_fold(
         folder.folder.mkdir(parents=True, exist_ok=True)
     place(model)  # on the compute device, channels_last on the GPU paths
     fold_tricks = tricks.for_fold(config, model)
+    stop = stopping.StopWhenWorse(config, fold, planned) if config.train.stop_when_worse else None
+    fold_tricks += [stop] if stop is not None else []
     first_stage = resume.restore(state, len(config.stages), fold_tricks)
     for stage_index in range(first_stage, len(config.stages)):
+        if stop is not None and stop.stopped and stage_index > stop.stop["stage_index"]:
+            break  # the recipe stopped paying: the later stages are skipped (recorded in the result)
         run_stage(config, stage_index, state, tricks=fold_tricks)
+    recipe = stop.recipe(config, state.history) if stop is not None else None
     images, _ = training_images(config, labels, prediction_cache_side(config))
-    return distributed.broadcast_object(out_of_fold(config, state, images) if distributed.is_main() else None)
+    return distributed.broadcast_object(
+        out_of_fold(config, state, images, recipe) if distributed.is_main() else None
+    )
 
 
-def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
-    """Out-of-fold probabilities, made the way test predictions are (the weight files that may predict,
-    with TTA), each file's views kept; the fold's result written, its resume point removed."""
+def out_of_fold(
+    config: Config, state: FoldState, images: np.ndarray, recipe: dict | None = None
+) -> FoldResult:
+    """Out-of-fold probabilities, made the way test predictions are (with TTA): every candidate weight
+    file's views kept for selection (kit.train.views.candidate_weights), the default rule's blend as the
+    fold's OOF; the fold's result written, its resume point removed."""
     folder = state.folder
-    weights = prediction_weights(config, folder.folder)
-    probabilities = ensemble_probabilities(
+    weights = prediction_weights(config, folder.folder, recipe)
+    candidates = candidate_weights(config, folder.folder, recipe)
+    ensemble_probabilities(
         state.model,
-        weights,
+        candidates,
         state.meta,
         images[state.valid_rows],
         config.stage_batch_size(config.stages[-1]) * 2,
-        keep=folder.kept_oof,
+        keep=folder.kept_oof,  # every candidate's views: no file is predicted twice
         preset=config.augment.preset,
         tta=config.predict.tta,
         task=state.labels.task,
         image_size=config.predict_image_size(),
         mean=config.predict.mean,
     )
+    task, mean = state.labels.task, config.predict.mean
+    kept = [average(np.load(folder.kept_oof(path.stem)).astype(np.float64), mean, task) for path in weights]
+    probabilities = average(kept, mean, task)  # the default rule's blend, as prediction makes it
     score = state.labels.task.score(
         metrics.METRICS[config.competition.metric], state.labels.targets[state.valid_rows], probabilities
     )
@@ -117,34 +140,10 @@ def out_of_fold(config: Config, state: FoldState, images: np.ndarray) -> dict:
         f"({len(weights)} weights, TTA {config.predict.tta})"
     )
     pseudo = {path.name: len(read_json(path)["ids"]) for path in folder.pseudo_label_files()}
-    result = {
-        "score": score,
-        "history": state.history,
-        "valid_rows": state.valid_rows,
-        "probabilities": probabilities,
-        "pseudo_labels": pseudo,  # test images added per pseudo-labelling stage (the files list them)
-    }
+    result = FoldResult(score, state.history, state.valid_rows.tolist(), pseudo, recipe)
     save_array(folder.oof, probabilities)
-    write_json(
-        folder.result_file,
-        {
-            "score": score,
-            "history": state.history,
-            "valid_rows": state.valid_rows.tolist(),
-            "pseudo_labels": pseudo,
-        },
-    )
+    folder.write_result(result)
     folder.resume_point.unlink(missing_ok=True)  # the fold is done: its result replaces the resume point
-    return result
-
-
-def finished_fold(folder: FoldFolder) -> dict | None:
-    """A fold completed before an interruption: its result and OOF probabilities, read back."""
-    if not folder.result_file.exists():
-        return None
-    result = read_json(folder.result_file)
-    result["valid_rows"] = np.array(result["valid_rows"], dtype=np.int64)
-    result["probabilities"] = np.load(folder.oof)
     return result
 
 
@@ -164,9 +163,10 @@ def worse_stages(history: list[dict]) -> list[dict]:
     return found
 
 
-def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
-    """Train one fold or all of them (`fold`: as `fold_numbers_of` accepts) in `run_dir`; write OOF
-    probabilities and metrics.json."""
+def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> list[int]:
+    """Train one fold or all of them (`fold`: as `fold_numbers_of` accepts) in `run_dir`, each fold's
+    weight files, kept views and result written; folds finished before an interruption are kept as they
+    are. Returns the fold numbers: what kit.predict.summary chooses, calibrates and summarises after."""
     run = Run(run_dir)
     fold_numbers = fold_numbers_of(config, fold)
     with distributed.main_first():  # folds.csv is written once
@@ -174,44 +174,22 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict:
     if distributed.is_main():
         write_json(run.plan_file, {"fold": fold})  # what --resume continues
     rows = usable_rows(config, labels, run)
-    task = labels.task
-    oof = np.full((len(labels.ids), task.head_size(labels.classes)), np.nan)
-    row_folds = np.full(len(labels.ids), -1, dtype=np.int64)  # the fold that predicted each row; -1: none
-    results = {}
-    started = time.time()
     for number in fold_numbers:
-        finished = finished_fold(run.fold(number)) if distributed.is_main() else None
-        finished = distributed.broadcast_object(finished)
-        result = finished or train_fold(config, labels, folds, number, run, rows)
-        oof[result["valid_rows"]] = result["probabilities"]
-        row_folds[result["valid_rows"]] = number
-        results[number] = {
-            "score": result["score"],
-            "history": result["history"],
-            "valid_rows": result["valid_rows"],
-        }
-        if result.get("pseudo_labels"):
-            results[number]["pseudo_labels"] = result["pseudo_labels"]
-        if distributed.is_main():  # after every fold: an interrupted --fold all keeps its progress
-            save_array(run.oof, oof)
-    prediction = None
-    if config.predict.select and distributed.is_main():
-        prediction, oof = run_summary.select_prediction(config, labels, run_dir, fold_numbers, results, oof)
-        save_array(run.oof, oof)
-    prediction = distributed.broadcast_object(prediction)
-    summary = {
-        **run_summary.cv_summary(config, labels, oof, row_folds),
-        "folds_trained": fold_numbers,
-        "classes": labels.classes,
-        "seconds": round(time.time() - started, 1),
-        "folds": {  # pseudo_labels: test images joined per pseudo-labelling stage (when any)
-            str(k): {key: v[key] for key in ("score", "history", "pseudo_labels") if key in v}
-            for k, v in results.items()
-        },
-        "weights_rule": weights_rule(config),
-        **({"prediction": prediction} if prediction else {}),
-        "worse_stages": {str(k): found for k, v in results.items() if (found := worse_stages(v["history"]))},
-    }
-    if distributed.is_main():
-        write_json(run.summary_file, summary)
-    return summary
+        finished = distributed.broadcast_object(run.fold(number).result_file.exists())
+        if not finished:
+            train_fold(
+                config, labels, folds, number, run, rows, planned_stop(config, run, fold_numbers, number)
+            )
+    return fold_numbers
+
+
+def planned_stop(config: Config, run: Run, fold_numbers: list[int], number: int) -> dict | None:
+    """With --fold all (fold 0 trained first), fold 0's stop decision for a later fold, so that the folds
+    stay one recipe: {"stop": where fold 0 stopped, or None when it ran every stage}. None: the fold
+    decides on its own (train.stop_per_fold, the stop off, or fold 0 not trained in this run)."""
+    if not config.train.stop_when_worse or config.train.stop_per_fold:
+        return None
+    if number == 0 or fold_numbers[0] != 0:
+        return None
+    recipe = distributed.broadcast_object(run.fold(0).read_result().recipe if distributed.is_main() else None)
+    return {"stop": (recipe or {}).get("stop")}

@@ -17,10 +17,10 @@ from kit.config import Config
 from kit.data.images import cache_side, image_cache
 from kit.data.labels import check_test_apart, load_test
 from kit.files import read_json, write_json
+from kit.metrics import apply_temperature, fit_temperature
 from kit.paths import interim_dir
-from kit.predict import calibrate
-from kit.predict.inference import view_probabilities
 from kit.train.stage import FoldState, PseudoLabels, training_images
+from kit.train.views import view_probabilities
 
 
 def cached_test_images(config: Config, image_size: int) -> tuple[np.ndarray, dict]:
@@ -48,13 +48,18 @@ def label_test_images(config: Config, stage_index: int, state: FoldState) -> dic
 
     def predicted(rows: np.ndarray, progress: str | None = None) -> np.ndarray:
         return view_probabilities(
-            state.model, rows, batch_size, preset, tta, progress, image_size=image_size
+            state.model,
+            rows,
+            batch_size,
+            preset,
+            tta,
+            progress,
+            task=state.labels.task,
+            image_size=image_size,
         ).mean(0)
 
-    temperature = calibrate.fit_temperature(
-        predicted(images[state.valid_rows]), state.labels.targets[state.valid_rows]
-    )
-    probabilities = calibrate.apply_temperature(predicted(tests, "pseudo-labels"), temperature)
+    temperature = fit_temperature(predicted(images[state.valid_rows]), state.labels.targets[state.valid_rows])
+    probabilities = apply_temperature(predicted(tests, "pseudo-labels"), temperature)
     unreadable = {str(path) for path in problems}
     chosen = [
         row
