@@ -252,6 +252,7 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
     )
     if main:
         click.echo(f"run {run_dir.relative_to(run_dir.parents[2])}")
+        _record_precision(config, run_dir)
     if main:
         record_row_order(run_dir, labels.ids)  # `kit ensemble` and --resume check the rows still match
     with removed_unless_trained(run_dir) if main else nullcontext():
@@ -467,6 +468,17 @@ def _train_and_settle(config: Config, labels: LabelTable, fold: str, run_dir: Pa
     if not distributed.is_main():
         return None
     return after_training.settle(config, labels, run_dir, fold_numbers, time.time() - started)
+
+
+def _record_precision(config: Config, run_dir: Path) -> None:
+    """The precision training and prediction run at on this device, added to the run's provenance.json;
+    one line where train.compile is asked for but skipped here, and why."""
+    from kit.device import precision_record  # heavy (torch)
+
+    record = precision_record(config.train.precision, config.predict.precision, config.train.compile)
+    write_json(run_dir / "provenance.json", {**read_json(run_dir / "provenance.json"), "precision": record})
+    if record["compile"].startswith("skipped"):
+        click.echo(f"train.compile: {record['compile']}")
 
 
 def _lr_find(config: Config, labels: LabelTable, stage: int, run_dir: Path, weights: Path | None) -> dict:

@@ -169,6 +169,20 @@ def resolve_precision(setting: str, compute: torch.device | None = None) -> str:
     return choose_precision(setting, capability(compute or device()))
 
 
+def precision_record(train: str, predict: str, compile_asked: bool) -> dict:
+    """What a run records of its precision on this process's device (provenance.json "precision"): the
+    settings resolved, the compute capability, and whether train.compile runs (or why it is skipped)."""
+    compute = device()
+    found = capability(compute)
+    skipped = compile_skipped(found) if compile_asked else ""
+    return {
+        "train": resolve_precision(train, compute),
+        "predict": resolve_precision(predict, compute),
+        "capability": ".".join(map(str, found)) if found else None,
+        "compile": ("skipped: " + skipped) if skipped else ("on" if compile_asked else "off"),
+    }
+
+
 def autocast(compute: torch.device, precision: str = "auto"):
     """Autocast to the precision `precision` resolves to on `compute` (`choose_precision`); off for fp32."""
     chosen = choose_precision(precision, capability(compute))

@@ -4,10 +4,13 @@ torch.amp.GradScaler, whose step runs on a CPU here, an overflowing one skipped.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from kit import device, models
+from kit.train import stage
 
 CLASSES = 10
 
@@ -90,3 +93,56 @@ def test_fp16_step_with_a_grad_scaler_trains_and_skips_an_overflow(monkeypatch):
         assert all(torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
     assert any(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+
+
+def test_the_training_step_scales_an_fp16_loss_with_the_folds_scaler(monkeypatch):
+    """kit.train.stage.train_step at train.precision = fp16 on a CPU: the fold's LossScaling trick hands its
+    scaler to the stage; a step whose scaled gradients overflow (a scale of 2**60, as a resume point could
+    hold) leaves the weights as they were and halves the scale; the scale carries into the next stage."""
+    from types import SimpleNamespace
+
+    from test_gpu_paths import tiny_stage, uint8_batch
+
+    from kit.config_build import config_from_dict
+    from kit.train import tricks
+
+    monkeypatch.delenv(device.GPU_PATHS_ON_CPU, raising=False)
+    cpu = torch.device("cpu")
+    config = config_from_dict({"train": {"precision": "fp16"}}, Path("precision/competition.toml"))
+    fold_tricks = tricks.for_fold(config, None)
+    (scaling,) = [trick for trick in fold_tricks if isinstance(trick, tricks.LossScaling)]
+    default = config_from_dict({}, Path("precision/competition.toml"))
+    assert not any(isinstance(trick, tricks.LossScaling) for trick in tricks.for_fold(default, None))
+    scaling.load_state_dict({**scaling.state_dict(), "scale": 2.0**60})
+
+    model, prepared = tiny_stage()
+    prepared.precision = device.resolve_precision(config.train.precision, cpu)
+    assert prepared.precision == "fp16" and prepared.scaler is None
+    scaling.on_stage_start(SimpleNamespace(prepared=prepared))
+    assert prepared.scaler is scaling.scaler
+    images, labels = uint8_batch()
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    stage.train_step(prepared, model, images, labels)
+    assert all(torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
+    assert scaling.scaler.get_scale() == 2.0**59
+    for _ in range(60):  # the scale comes down to one that fits, then a step is taken
+        scale = scaling.scaler.get_scale()
+        assert torch.isfinite(stage.train_step(prepared, model, images, labels))
+        if scaling.scaler.get_scale() == scale:
+            break
+    assert any(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
+    _, next_stage = tiny_stage()
+    scaling.on_stage_start(SimpleNamespace(prepared=next_stage))
+    assert next_stage.scaler.get_scale() == scaling.scaler.get_scale() < 2.0**59  # carried, not reset
+
+
+def test_the_run_records_its_precision(monkeypatch):
+    monkeypatch.delenv(device.GPU_PATHS_ON_CPU, raising=False)
+    assert device.precision_record("auto", "fp16", True) == {
+        "train": "fp32",
+        "predict": "fp16",
+        "capability": None,
+        "compile": "skipped: " + device.compile_skipped(None),
+    }
+    monkeypatch.setenv(device.GPU_PATHS_ON_CPU, "1")
+    assert device.precision_record("auto", "auto", False)["train"] == "bf16"

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from kit import distributed, metrics, models
 from kit.config import Config, Stage
-from kit.device import batched_inference, device, gpu_paths
+from kit.device import batched_inference, capability, compile_skipped, device
 from kit.tasks import SingleLabel
 from kit.train import batch_size, pseudo_labels, resume, schedule
 from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step
@@ -120,7 +120,7 @@ def run_stage(
     train_batches, base_rates = prepared.train_batches, prepared.base_rates
     epoch = resume.first_epoch(state, stage_index, optimizer)  # mid-stage: continue after its last epoch
     prepared.train_module = distributed.wrap(module)  # DDP over the layer groups this stage trains
-    if config.train.compile and gpu_paths(compute) and prepared.images_are_raw:
+    if config.train.compile and not compile_skipped(capability(compute)) and prepared.images_are_raw:
         prepared.train_module = torch.compile(prepared.train_module)
 
     # Schedule: per iteration, in fractional epochs; the report draws the same object from base_rates.

@@ -22,7 +22,7 @@ from kit.data import augment
 from kit.data.images import cache_side, image_cache
 from kit.data.labels import LabelTable
 from kit.data.loader import BatchDataset, JoinedImages, make_loader, worker_count
-from kit.device import autocast, device, gpu_paths, to_input
+from kit.device import autocast, backward_and_step, device, gpu_paths, resolve_precision, to_input
 from kit.paths import interim_dir, require_download
 from kit.run import FoldFolder
 from kit.tasks import SINGLE_LABEL, SingleLabel
@@ -87,6 +87,9 @@ class PreparedStage:
     train_module: nn.Module | None = None  # `module` as training steps call it (DDP, compiled); None: module
     task: SingleLabel = SINGLE_LABEL  # the competition's kind (kit.tasks): its loss
     mixup: Mixup | None = None  # timm's Mixup/CutMix when the stage mixes; the loop turns it off last
+    precision: str = "auto"  # train.precision, resolved (kit.device.choose_precision)
+    # fp16's loss scaler (kit.train.tricks.LossScaling hands in the fold's); None: no scaling (bf16, fp32)
+    scaler: torch.amp.GradScaler | None = None
 
     def __post_init__(self):
         if self.train_module is None:
@@ -139,6 +142,7 @@ def prepare_stage(
             False,
             generator,
             task=labels.task,
+            precision=resolve_precision(config.train.precision),
         )
     transform = augment.train_transform(config, image_size, images.shape[1]) if stage.augment else None
     mixup = None
@@ -174,6 +178,7 @@ def prepare_stage(
         transform,
         task=labels.task,
         mixup=mixup,
+        precision=resolve_precision(config.train.precision),
     )
 
 
@@ -190,10 +195,9 @@ def train_step(
         mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
         inputs = to_input(inputs, mean, std, compute, prepared.image_size)
     inputs, targets = mix(prepared, inputs.to(compute), targets)
-    with autocast(compute):
+    with autocast(compute, prepared.precision):
         loss = prepared.task.loss(prepared.train_module(inputs), targets)
-    loss.backward()
-    prepared.optimizer.step()
+    backward_and_step(loss, prepared.optimizer, prepared.scaler)  # fp16: scaled, an overflow's step skipped
     return loss.detach()
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from kit import distributed, models
 from kit.config import Config, Stage
+from kit.device import device, resolve_precision
 from kit.train.stage import FoldState, PreparedStage
 
 
@@ -125,9 +127,31 @@ class MixingSwitch(Trick):
             view.prepared.mixup.mixup_enabled = view.step < self.until_step
 
 
+class LossScaling(Trick):
+    """fp16 training's loss scaler (torch.amp.GradScaler: fp16 gradients underflow unscaled), one per fold,
+    handed to every stage's training step; its scale carries over stages and resumes, so that no stage
+    starts again from the first scale and skips the steps that finding it costs."""
+
+    name = "loss_scaler"
+
+    def __init__(self, compute: torch.device):
+        self.scaler = torch.amp.GradScaler(compute.type)
+
+    def on_stage_start(self, view: StageView) -> None:
+        view.prepared.scaler = self.scaler
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scaler.load_state_dict(state)
+
+
 def for_fold(config: Config, model: nn.Module) -> list[Trick]:
     """The tricks the config asks for, made once per fold (a moving average lives across its stages)."""
     tricks: list[Trick] = []
+    if resolve_precision(config.train.precision) == "fp16":
+        tricks.append(LossScaling(device()))
     if any(stage.mixup or stage.cutmix for stage in config.stages):
         tricks.append(MixingSwitch())
     if config.train.ema_decay:
