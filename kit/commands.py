@@ -255,6 +255,8 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
         _record_precision(config, run_dir)
     if main:
         record_row_order(run_dir, labels.ids)  # `kit ensemble` and --resume check the rows still match
+    if main:
+        record_row_order(run_dir, labels.ids)  # `kit ensemble` and --resume check the rows still match
     with removed_unless_trained(run_dir) if main else nullcontext():
         if config.train.lr_find:
             if distributed.world_size() == 1:
@@ -448,6 +450,7 @@ def _resume(config: Config, run: str | None) -> Path:
         plan = (run_dir, run_config(run_dir), read_json(run_dir / "plan.json")["fold"])
     run_dir, saved_config, fold = distributed.broadcast_object(plan)
     check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
+    check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
     summary = _train_and_settle(saved_config, load_labels(saved_config), fold, run_dir)
     if distributed.is_main():
         click.echo(cv_line(summary, baseline_text(saved_config, summary["metric"])))
@@ -553,6 +556,8 @@ def predict(config: Config, run: str | None, overrides: tuple[str, ...] = ()) ->
     """The run's test prediction and submission, with the settings it was trained with (plus `overrides`)."""
     run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit predict")
+    if "ensemble" not in summary:  # its OOF calibrates the prediction: it must follow today's labels
+        check_row_order(run_dir, load_labels(config).ids, f"train {run_dir.name} again, or restore them")
     path = submission_file(config, run_dir, summary, remake=True, overrides=overrides)
     kind = "ensemble run" if "ensemble" in summary else "run"
     click.echo(f"submission {path.relative_to(path.parents[1])} from {kind} {run_dir.name}")
@@ -979,7 +984,9 @@ def report(config: Config, run: str | None) -> Path:
     from kit.report.report import write_report  # heavy (matplotlib, PIL)
 
     run_dir = find_run(config, run)
-    path = write_report(config, load_labels(config), run_dir, run_summary(run_dir, "kit report"))
+    labels = load_labels(config)
+    check_row_order(run_dir, labels.ids, f"train {run_dir.name} again, or restore the labels file")
+    path = write_report(config, labels, run_dir, run_summary(run_dir, "kit report"))
     click.echo(f"report {path}")
     return path
 
