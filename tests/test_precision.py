@@ -146,3 +146,25 @@ def test_the_run_records_its_precision(monkeypatch):
     }
     monkeypatch.setenv(device.GPU_PATHS_ON_CPU, "1")
     assert device.precision_record("auto", "auto", False)["train"] == "bf16"
+
+
+def test_prediction_runs_at_predict_precision(monkeypatch):
+    """predict.precision reaches the forward passes: bf16 rounds the probabilities, fp32 and a CPU's auto
+    do not."""
+    import numpy as np
+
+    from kit import tasks
+    from kit.train.views import view_probabilities
+
+    monkeypatch.delenv(device.GPU_PATHS_ON_CPU, raising=False)
+    torch.manual_seed(0)
+    model = models.create_model("test_efficientnet", CLASSES, pretrained=False).eval()
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    task = tasks.SINGLE_LABEL
+
+    def predicted(precision: str) -> np.ndarray:
+        return view_probabilities(model, images, 4, task=task, precision=precision)
+
+    exact, rounded = predicted("fp32"), predicted("bf16")
+    np.testing.assert_array_equal(predicted("auto"), exact)
+    assert not np.array_equal(rounded, exact) and np.allclose(rounded, exact, atol=0.05)

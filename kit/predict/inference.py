@@ -100,6 +100,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             image_size=image_size,
             views=chosen["views"] if chosen else None,
             mean=config.predict.mean,
+            precision=config.predict.precision,
         )
         weights += fold_weights
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).

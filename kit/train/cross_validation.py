@@ -128,6 +128,7 @@ def out_of_fold(
         task=state.labels.task,
         image_size=config.predict_image_size(),
         mean=config.predict.mean,
+        precision=config.predict.precision,  # OOF predicted as the test set will be
     )
     task, mean = state.labels.task, config.predict.mean
     kept = [average(np.load(folder.kept_oof(path.stem)).astype(np.float64), mean, task) for path in weights]

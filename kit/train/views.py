@@ -41,13 +41,14 @@ def view_probabilities(
     task: Task,
     image_size: int | None = None,
     views: list[int] | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Predictions per view (1 + tta views, N, outputs; float64): view 0 is the plain image. Outputs are
     the task's (kit.tasks): class or tag probabilities, values.
 
     Views see the cached whole photos; each is resized to `image_size` (default: the cache's size).
     `views` picks some of them by index (kit.predict.selection), in that order. `task`: the run's kind (no
-    default: a forgotten one must not silently mean single-label).
+    default: a forgotten one must not silently mean single-label). `precision`: predict.precision.
     """
     model.eval()
     every = tta_views(preset, tta)
@@ -58,7 +59,9 @@ def view_probabilities(
         return torch.stack([task.activate(model(resize(view(batch), size))) for view in views])
 
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    stacked = batched_inference(all_views, images, batch_size, mean, std, join_dim=1, progress=progress)
+    stacked = batched_inference(
+        all_views, images, batch_size, mean, std, join_dim=1, progress=progress, precision=precision
+    )
     return stacked.double().cpu().numpy()
 
 
@@ -76,6 +79,7 @@ def ensemble_probabilities(
     image_size: int | None = None,
     views: list[int] | None = None,
     mean: str = "probabilities",
+    precision: str = "auto",
 ) -> np.ndarray:
     """Average of the predictions of several saved weights (snapshots, folds) on the same images: each
     file's views, then the files, as `mean` says (predict.mean; kit.predict.selection.average).
@@ -91,7 +95,16 @@ def ensemble_probabilities(
         shown = [names[index] for index in views] if views is not None else names
         progress = f"{path.parent.name}/{path.stem} x {'+'.join(shown)}"
         per_view = view_probabilities(
-            model, images, batch_size, preset, tta, progress, task=task, image_size=image_size, views=views
+            model,
+            images,
+            batch_size,
+            preset,
+            tta,
+            progress,
+            task=task,
+            image_size=image_size,
+            views=views,
+            precision=precision,
         )
         if keep is not None:
             save_array(keep(path.stem), per_view.astype(np.float32))
@@ -142,15 +155,15 @@ def prediction_weights(config: Config, fold_dir: Path, recipe: dict | None = Non
     `recipe`: the fold's record of its check points and stop (kit.train.stopping; result.json "recipe").
     After a stop the weights at the stop did not pay: the joined stages that ran and the best check point
     that kept a file (`weights_after_stop`) predict instead."""
-    stop = (recipe or {}).get("stop")
-    joined = [FoldFolder(fold_dir, 0).stage_weights(index) for index in joined_stages(config)]
+    stop, folder = (recipe or {}).get("stop"), FoldFolder(fold_dir)
+    joined = [folder.stage_weights(index) for index in joined_stages(config)]
     if stop is None or config.predict.weights == "ema":  # the average's files are not check points
         return joined + _last_stage_weights(config, fold_dir)
     higher = metrics.METRICS[config.competition.metric].higher_is_better
     best = weights_after_stop(recipe["checkpoints"], higher)
     ran = [path for path in joined if int(path.stem.rsplit("-", 1)[1]) < stop["stage_index"]]
-    found = [*ran, *([fold_dir / f"{best}.pt"] if best else [])]
-    return list(dict.fromkeys(found)) or [fold_dir / "last.pt"]
+    found = [*ran, *([folder.weights(best)] if best else [])]
+    return list(dict.fromkeys(found)) or [folder.last]
 
 
 def candidate_weights(config: Config, fold_dir: Path, recipe: dict | None = None) -> list[Path]:
@@ -158,29 +171,27 @@ def candidate_weights(config: Config, fold_dir: Path, recipe: dict | None = None
     every stage's final weights (stage-S.pt), every snapshot, the last stage's final weights (last.pt,
     unless a snapshot holds them or the last stage never ran), and the default rule's files
     (`prediction_weights`). The default's last file stays last."""
-    default = prediction_weights(config, fold_dir, recipe)
-    stages = sorted(fold_dir.glob("stage-*.pt"), key=lambda path: int(path.stem.rsplit("-", 1)[1]))
-    prefix = "ema-snapshot-" if config.predict.weights == "ema" else "snapshot-"
-    snapshots = sorted(fold_dir.glob(f"{prefix}*.pt"), key=lambda path: int(path.stem.rsplit("-", 1)[1]))
+    default, folder = prediction_weights(config, fold_dir, recipe), FoldFolder(fold_dir)
+    stages = folder.stage_weights_present()
+    snapshots = folder.snapshots(moving_average=config.predict.weights == "ema")
     stop = (recipe or {}).get("stop")
     last_ran = stop is None or stop["stage_index"] == len(config.stages) - 1
-    final = [fold_dir / ("ema.pt" if config.predict.weights == "ema" else "last.pt")]
+    final = [folder.ema_weights() if config.predict.weights == "ema" else folder.last]
     final = final if last_ran and not config.stages[-1].snapshots else []
     found = [*stages, *snapshots, *final]
     return [path for path in dict.fromkeys([*found, *default]) if path not in default[-1:]] + default[-1:]
 
 
 def _last_stage_weights(config: Config, fold_dir: Path) -> list[Path]:
-    mode, last = config.predict.weights, config.stages[-1]
-    prefix = "ema-snapshot-" if mode == "ema" else "snapshot-"
-    snapshots = sorted(fold_dir.glob(f"{prefix}*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    mode, last, folder = config.predict.weights, config.stages[-1], FoldFolder(fold_dir)
+    snapshots = folder.snapshots(moving_average=mode == "ema")
     if mode in ("snapshots", "ema") and last.snapshots and snapshots:
         return snapshots[-min(config.predict.snapshot_ensemble, last.n_cycles) :]
     if mode == "ema":
-        return [fold_dir / "ema.pt"]
-    if mode == "best" and (fold_dir / "best.pt").exists():
-        return [fold_dir / "best.pt"]
-    return [fold_dir / "last.pt"]
+        return [folder.ema_weights()]
+    if mode == "best" and folder.best.exists():
+        return [folder.best]
+    return [folder.last]
 
 
 def weights_after_stop(checkpoints: list[dict], higher_is_better: bool) -> str | None:
