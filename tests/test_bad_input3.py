@@ -737,3 +737,20 @@ def test_predict_and_report_refuse_a_run_trained_before_the_labels_were_re_sorte
     fake_run(project, "20260101-000000-a", ids)
     edit_labels(project, lambda table: table.sort_values("id"))
     refused(command, "digits", "20260101-000000-a", contains=("20260101-000000-a", "another order"))
+
+
+@pytest.mark.slow
+def test_training_records_its_rows_and_resume_refuses_re_sorted_labels(digits, project):
+    """`kit train` records which training ids its out-of-fold rows follow; a run resumed after the labels
+    file was re-sorted would mix rows of two orders, so --resume refuses it."""
+    from conftest import TINY
+
+    result = invoke("train", "digits", *sets([*TINY, "stages=[{cycle_len=0.05}]", "predict.tta=0"]))
+    assert result.exit_code == 0, result.output
+    (run,) = [path for path in (project / "runs" / "digits").iterdir() if path.is_dir()]
+    ids = list(pd.read_csv(raw(project) / "train.csv", dtype=str)["id"])
+    record = json.loads((run / "row-order.json").read_text())
+    assert record == {"rows": len(ids), "ids_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()}
+    (run / "metrics.json").unlink()  # as if stopped before the end: a run to resume
+    edit_labels(project, lambda table: table.sort_values("id"))
+    refused("train", "digits", "--resume", contains=(run.name, "another order", "start a new run"))
