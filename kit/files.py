@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,11 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 from filelock import FileLock
 
 from kit import paths
+from kit.errors import KitError
 
 DOWNLOAD_MARKER = ".download-complete"  # written last into data/raw/<name>: the download is whole
 SINGLE_FILES_NOTE = ".single-files"  # in data/raw/<name>: files fetched one by one (kit download --file)
@@ -72,7 +73,7 @@ def require_fillable(target: Path) -> None:
         return
     kit_made = {name.split("/")[0] for name in single_files(target)} | {SINGLE_FILES_NOTE}
     if any(entry.name not in kit_made for entry in target.iterdir()):
-        raise click.ClickException(
+        raise KitError(
             f"{target} exists but holds no completed download ({DOWNLOAD_MARKER} missing): "
             "move it away, then retry"
         )
@@ -128,10 +129,10 @@ def free_space(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def disk_full_error(folder: Path, what: str, needed: int | None = None) -> click.ClickException:
+def disk_full_error(folder: Path, what: str, needed: int | None = None) -> KitError:
     """The one-line error for a full disk: where, how much is needed (when known) and free, what to do."""
     amount = f"needs {human_size(needed)}" if needed is not None else "ran out of space"
-    return click.ClickException(
+    return KitError(
         f"{folder}: {what} {amount} and {human_size(free_space(folder))} is free there; free space on that "
         f"disk (caches under data/interim may be deleted: they are rebuilt), or link the folder to a "
         f"bigger disk, then run the command again"
@@ -147,17 +148,17 @@ def make_folder(folder: Path) -> Path:
         blocking = next(
             (part for part in [folder, *folder.parents] if part.exists() and not part.is_dir()), folder
         )
-        raise click.ClickException(
+        raise KitError(
             f"{blocking} is in the way of the folder {folder}: it is not a folder; move it away"
         ) from None
     except PermissionError:
-        raise click.ClickException(f"{folder}: no permission to create it; fix the permissions") from None
+        raise KitError(f"{folder}: no permission to create it; fix the permissions") from None
     return folder
 
 
-def not_writable(folder: Path, what: str) -> click.ClickException:
+def not_writable(folder: Path, what: str) -> KitError:
     """The one-line error for a folder we may not write in: which folder, what was being written, the fix."""
-    return click.ClickException(
+    return KitError(
         f"{folder}: no permission to write in this folder ({what}); give your user write access "
         f"(e.g. `chmod u+w {folder}`, or `chown` it to you), then run the command again"
     )
@@ -176,7 +177,7 @@ def exclusive(target: Path) -> Iterator[None]:
         try:
             lock.acquire(timeout=LOCK_NOTICE_SECONDS)
         except TimeoutError:
-            click.echo(f"waiting for another kit command to finish with {target}", err=True)
+            print(f"waiting for another kit command to finish with {target}", file=sys.stderr, flush=True)
             lock.acquire()
     except PermissionError:
         raise not_writable(target.parent, f"locking {target.name}") from None
@@ -258,6 +259,6 @@ def read_json(path: Path) -> Any:
         reason = f"{error.msg}, line {error.lineno}"
     except UnicodeDecodeError:
         reason = "not text"
-    raise click.ClickException(
+    raise KitError(
         f"{path}: damaged, not valid JSON ({reason}); restore it, or move the folder it belongs to away"
     )

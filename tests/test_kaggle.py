@@ -17,6 +17,7 @@ from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
     make_zip,
 )
 
+from kit.errors import KitError
 from kit.kaggle import answers, credentials, download
 from kit.kaggle import client as kaggle
 
@@ -145,7 +146,7 @@ def test_download_refuses_foreign_nonempty_raw_dir(environment, tmp_path):
     raw_dir = tmp_path / SLUG
     raw_dir.mkdir()
     (raw_dir / "mine.txt").write_text("user data")
-    with pytest.raises(click.ClickException, match="no completed download"):
+    with pytest.raises(KitError, match="no completed download"):
         download.download_competition(SLUG, raw_dir)
     assert (raw_dir / "mine.txt").read_text() == "user data"
 

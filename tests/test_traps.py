@@ -52,7 +52,7 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize(
     "module",
     ["errors", "config", "config_build", "config_checks", "config_overrides", "config_sources"]
-    + ["competitions", "paths", "models"],
+    + ["competitions", "paths", "models", "files"],
 )
 def test_the_base_layer_does_without_click(module):
     """The kit's base raises kit.errors.KitError (plain exceptions); only the CLI knows click."""

@@ -31,6 +31,7 @@ from filelock import FileLock
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from kit.errors import KitError
 from kit.files import atomic_path, disk_full_error, exclusive, free_space, human_size, is_disk_full
 
 # Part of every cache key: bump it whenever decode's pixels change, so no cache made by an older decoder
@@ -195,7 +196,7 @@ def cache_key(
         try:
             with atomic_path(memo_path) as temporary:
                 temporary.write_text(json.dumps({**known, **found}))
-        except click.ClickException:  # a folder we may not write in: the key is right, only slower next time
+        except KitError:  # a folder we may not write in: the key is right, only slower next time
             pass
     return digest.hexdigest()[:16]
 

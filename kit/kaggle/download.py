@@ -28,6 +28,7 @@ from pathlib import Path
 import click
 import requests
 
+from kit.errors import KitError
 from kit.files import (
     DOWNLOAD_MARKER,
     SINGLE_FILES_NOTE,
@@ -402,7 +403,7 @@ def _download_competition(slug: str, raw_dir: Path, warn: Callable[[str], None])
             f"free {human_size(size)} more, "
             f"then rerun (the archive is kept in {folder})"
         ) from None
-    except click.ClickException:
+    except (click.ClickException, KitError):
         shutil.rmtree(folder, ignore_errors=True)  # a broken or hostile archive is no use to a later run
         raise
     shutil.rmtree(folder, ignore_errors=True)
@@ -448,7 +449,7 @@ def _download_file(slug: str, name: str, raw_dir: Path, destination: Path, warn)
     fetched = folder / re.sub(r"[^A-Za-z0-9._-]", "_", name)
     try:
         fetch(link, fetched, name, warn)
-    except click.ClickException:
+    except (click.ClickException, KitError):
         if not any(folder.iterdir()):
             shutil.rmtree(folder.parent, ignore_errors=True)  # nothing fetched: leave no empty folders
         raise

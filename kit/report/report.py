@@ -21,6 +21,7 @@ from kit.config import Config
 from kit.config_sources import changed_settings
 from kit.data.images import decode_or_none
 from kit.data.labels import LabelTable, load_test
+from kit.errors import KitError
 from kit.files import atomic_path, read_json
 from kit.ledger import correlation_line, cv_and_public, read_ledger
 from kit.paths import interim_dir
@@ -242,7 +243,7 @@ def make_plots(
     sizes = {"train": image_sizes(labels.paths)}
     try:
         sizes["test"] = image_sizes(load_test(config).paths)
-    except click.ClickException:  # no test images (yet): the training sizes still say what to pick
+    except (click.ClickException, KitError):  # no test images (yet): the training sizes say what to pick
         pass
     made.append(("Raw image sizes", plots.plot_image_sizes(sizes, run_dir / "image-sizes.png"), ""))
     return made
