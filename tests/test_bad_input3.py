@@ -9,6 +9,7 @@ several rounds, so the race shows on code without the locks; none trains a model
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -638,8 +639,6 @@ def test_probability_sample_with_the_id_column_last(digits, project):
 def fake_run(project: Path, name: str, ids: list[str], ensemble: bool = False) -> Path:
     """A finished run folder as `kit ensemble` reads it (no training): its config, summary, out-of-fold
     and test probabilities, and the training ids its rows follow, recorded as training records them."""
-    from kit.data.labels import record_row_order
-
     folder = project / "runs" / "digits" / name
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}\n")
@@ -654,7 +653,9 @@ def fake_run(project: Path, name: str, ids: list[str], ensemble: bool = False) -
     np.save(folder / "test-probabilities.npy", rng.dirichlet(np.ones(10), test_rows))
     calibration = {"temperature": 1.0, "epsilon": 0.0, "applied": False}
     (folder / "submission.json").write_text(json.dumps({"file": "none.csv", "calibration": calibration}))
-    record_row_order(folder, ids)
+    # The training ids the rows follow, as `kit train` records them (kit.data.labels.record_row_order).
+    digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()
+    (folder / "row-order.json").write_text(json.dumps({"rows": len(ids), "ids_sha1": digest}))
     return folder
 
 
@@ -702,22 +703,54 @@ def test_ensemble_of_an_ensemble_variant_is_refused(digits, project):
     "edit",
     [
         lambda text: text.replace(",3\n", ",8\n", 1),  # one label changed: the same size
-        lambda text: text + "digit-9999,1\n",  # a row added
+        lambda text: text.replace(",1\n", ",7\n"),  # every 1 made a 7
         lambda text: "\n".join([text.splitlines()[0], *reversed(text.splitlines()[1:])]) + "\n",  # re-sorted
     ],
-    ids=["label", "row-added", "re-sorted"],
+    ids=["one-label", "every-1-a-7", "re-sorted"],
 )
-def test_submission_edited_after_predict_is_not_uploaded(digits, project, edit):
-    """A file edited by hand after `kit predict` would be uploaded and recorded with the run's CV."""
+def test_submission_edited_after_predict_is_not_submitted(digits, project, edit):
+    """A file edited by hand after `kit predict` was submitted (here scored by the digits' local hook)
+    and recorded in the ledger with the run's CV, a CV of another file."""
+    from kit import ledger
     from kit.predict import submission
 
     config = digits()
+    ids = list(pd.read_csv(raw(project) / "train.csv", dtype=str)["id"])
+    run = fake_run(project, "20260101-000000-a", ids)
+    (run / "provenance.json").write_text('{"commit": "0123456789ab"}\n')
     sample = submission.read_sample(config)
     frame = pd.DataFrame({"id": sample["id"], "label": [str(n % 10) for n in range(len(sample))]})
     path = submission.write(config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)])
-    submission.check_unchanged(path)  # as written: accepted
+    (run / "submission.json").write_text(json.dumps({"file": path.name}))
     path.write_text(edit(path.read_text()))
-    with pytest.raises(click.ClickException) as error:
-        submission.check_unchanged(path)
-    assert str(path) in error.value.message and "changed since" in error.value.message
-    assert "delete it" in error.value.message
+    edited = path.read_bytes()
+    refused("submit", "digits", "--run", run.name, contains=(str(path), "changed since", "delete it"))
+    assert path.read_bytes() == edited  # the user's file is left as it is
+    assert len(ledger.read_ledger()) == 0
+
+
+@pytest.mark.parametrize("command", ["predict", "report"])
+def test_predict_and_report_refuse_a_run_trained_before_the_labels_were_re_sorted(digits, project, command):
+    """Prediction calibrates on the run's OOF against today's labels, the report draws them: both would
+    pair each out-of-fold row with another image's label."""
+    ids = list(pd.read_csv(raw(project) / "train.csv", dtype=str)["id"])
+    fake_run(project, "20260101-000000-a", ids)
+    edit_labels(project, lambda table: table.sort_values("id"))
+    refused(command, "digits", "20260101-000000-a", contains=("20260101-000000-a", "another order"))
+
+
+@pytest.mark.slow
+def test_training_records_its_rows_and_resume_refuses_re_sorted_labels(digits, project):
+    """`kit train` records which training ids its out-of-fold rows follow; a run resumed after the labels
+    file was re-sorted would mix rows of two orders, so --resume refuses it."""
+    from conftest import TINY
+
+    result = invoke("train", "digits", *sets([*TINY, "stages=[{cycle_len=0.05}]", "predict.tta=0"]))
+    assert result.exit_code == 0, result.output
+    (run,) = [path for path in (project / "runs" / "digits").iterdir() if path.is_dir()]
+    ids = list(pd.read_csv(raw(project) / "train.csv", dtype=str)["id"])
+    record = json.loads((run / "row-order.json").read_text())
+    assert record == {"rows": len(ids), "ids_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()}
+    (run / "metrics.json").unlink()  # as if stopped before the end: a run to resume
+    edit_labels(project, lambda table: table.sort_values("id"))
+    refused("train", "digits", "--resume", contains=(run.name, "another order", "start a new run"))
