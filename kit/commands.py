@@ -326,9 +326,11 @@ def cv_line(summary: dict, baseline: str = "", quick: bool = False) -> str:
 
 # An epoch that trains the whole body costs this many times one that trains the head on augmented images
 # through the frozen body (the same images: a backward pass through the body, and its weights' updates,
-# added to the forward pass). Measured for efficientnet_lite0 at 224 px, batch 32 (scripts/bench_backbones.py,
-# docs/backbones.md); the other backbones measured there lie close to it.
-UNFROZEN_EPOCH_COST = 2.6
+# added to the forward pass). Measured in one `kit train` of a 300-photo fork of cats-vs-dogs-dev
+# (efficientnet_lite0, 224 px, batch 64, 240 training photos): 224 s per unfrozen epoch (mean of 7) against
+# 57 s for the head-augmented one, on a loaded 2-core CPU (docs/2026-12-02-forks.md). A rough figure: an
+# earlier full run of the competition, when there is one, is used instead.
+UNFROZEN_EPOCH_COST = 4.0
 
 
 def _epoch_seconds(summary: dict) -> dict[str, list[float]]:

@@ -269,3 +269,12 @@ def test_kit_new_like_a_shipped_competition_takes_its_recipe(project):
     wrong = invoke("new", "tags", "--from-raw", "--like", "digits-tags")
     assert wrong.exit_code == 1 and "is a multi_label competition" in wrong.output
     assert len(wrong.output.strip().splitlines()) == 1
+
+
+def test_the_report_states_the_baseline():
+    from kit.data.labels import LabelTable
+    from kit.report.report import baseline_sentence
+
+    labels = LabelTable(ids=["a", "b", "c"], paths=[], targets=np.array([0, 1, 1]), classes=["x", "y"])
+    sentence = baseline_sentence("accuracy", labels)
+    assert sentence.endswith("baseline 0.6667 (the most common class for every image).")

@@ -135,6 +135,7 @@ def test_report_of_a_digits_run_shows_a_planted_mislabel(digits, project):
     most_wrong_section = page.split("<h2>Most wrong")[1].split("<h2>")[0]
     assert labels.ids[planted] in most_wrong_section
     assert "Calibration" in page and "OOF log loss before" in page
+    assert "The best constant answer on the training labels, for comparison: baseline " in page
 
     result = invoke("runs", "digits")
     assert result.exit_code == 0 and run_dir.name in result.output

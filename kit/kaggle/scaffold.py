@@ -368,6 +368,8 @@ image_size = 224            # pixels
 batch_size = 64             # images per step
 lr = 3e-3                   # peak rate of the head stages (AdamW)
 folds = {folds}
+# precision = "auto" (the default): bf16 on GPUs of compute capability 8.0+, fp16 on 7.x (Kaggle's T4), fp32
+# on a CPU; not measured against fp32 here (no GPU was lent), so left to the kit's rule (kit/config.py)
 
 [predict]
 {predict}

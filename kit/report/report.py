@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from kit.baselines import BASELINES, baseline, describe
 from kit.config import Config
 from kit.config_sources import changed_settings
 from kit.data.images import decode_or_none
@@ -367,6 +368,14 @@ def grade_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: 
     return [_image("Confusion of grades (out of fold)", path) + f"<p>cut-points: {cuts or 'rounding'}</p>"]
 
 
+def baseline_sentence(metric: str, labels: LabelTable) -> str:
+    """The trivial baseline to read the CV against, one sentence ('' for a metric without one)."""
+    if metric not in BASELINES:
+        return ""
+    reference = baseline(metric, labels.targets, len(labels.classes))
+    return f"The best constant answer on the training labels, for comparison: {describe(reference)}."
+
+
 # Sections for the kinds whose predictions are not class probabilities (kit.tasks).
 TASK_SECTIONS = {"multi_label": tag_sections, "regression": value_sections, "ordinal": grade_sections}
 
@@ -391,6 +400,7 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         )
         + f" (folds {summary['folds_trained']}), "
         f"{summary.get('seconds', 0) / 60:.1f} minutes</p>",
+        f"<p>{html.escape(baseline_sentence(metric, labels))}</p>",
     ]
     sections.append(
         "<h2>Submission</h2>"
