@@ -754,3 +754,29 @@ def test_training_records_its_rows_and_resume_refuses_re_sorted_labels(digits, p
     (run / "metrics.json").unlink()  # as if stopped before the end: a run to resume
     edit_labels(project, lambda table: table.sort_values("id"))
     refused("train", "digits", "--resume", contains=(run.name, "another order", "start a new run"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "other-rows"])
+def test_damaged_feature_cache_is_rebuilt_and_said(tmp_path, capsys, damage):
+    """Precomputed body features live in data/interim too: a damaged file is computed again."""
+    import torch
+
+    from kit import models
+    from kit.train.features import body_features_cached
+
+    torch.manual_seed(0)
+    model = models.create_model("test_efficientnet", 3, pretrained=False)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    first = body_features_cached(model, images, "test", tmp_path, 4, 32)
+    (path,) = tmp_path.glob("features-*.npy")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        np.save(path, np.zeros((3, first.shape[1]), dtype=np.float32))
+    capsys.readouterr()
+    again = body_features_cached(model, images, "test", tmp_path, 4, 32)
+    assert np.allclose(again, first, atol=1e-5)
+    said = capsys.readouterr().err
+    assert str(path) in said and "damaged cache" in said and "rebuilding" in said

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 from torch import nn
@@ -45,7 +46,14 @@ def body_features_cached(
             digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
     path = cache_dir / f"features-{label}-{digest.hexdigest()[:16]}.npy"
     if path.exists():
-        return np.load(path)
+        try:
+            cached = np.load(path)
+            reason = "" if cached.ndim == 2 and len(cached) == len(images) else f"shape {cached.shape}"
+        except (ValueError, OSError, EOFError) as error:  # truncated, empty, not an array
+            reason = f"{type(error).__name__}: {error}".replace("\n", " ")[:200]
+        if not reason:
+            return cached
+        click.echo(f"{path}: damaged cache ({reason}); rebuilding it", err=True)
     features = body_features(model, images, batch_size, image_size)
     save_array(path, features)
     return features
