@@ -963,7 +963,11 @@ def test_an_oversized_image_reaching_the_report(trained, project, bomb):
     for identifier in train_rows(project)["id"]:  # every one: the size chart and the image grids meet it
         shutil.copyfile(bomb, raw(project) / "train" / f"{identifier}.png")
     result = succeeds(project, "report", "digits")
-    assert (trained / "report.html").exists() or "report" in result.output
+    report = trained / "report.html"
+    assert result.output.splitlines()[-1] == f"report {report}"  # written, and said where
+    page = report.read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert "Raw image sizes" in page  # the size chart was drawn without the photos that cannot be decoded
 
 
 # Round two: a value the run saved, fixed in competition.toml since
