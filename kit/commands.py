@@ -51,7 +51,7 @@ from kit.kaggle import budget, kernels, scaffold
 from kit.kaggle import client as kaggle
 from kit.kaggle import download as kaggle_download
 from kit.report.runs_table import runs_table
-from kit.run import BLEND, Run
+from kit.run import BLEND, Run, is_ensemble
 from kit.run_folder import (
     best_run,
     find_run,
@@ -354,8 +354,8 @@ def full_recipe_note(config: Config, summary: dict, runs: list[Path]) -> str:
     names = ", ".join(f"'{name}' ({count:g} epochs)" for name, count in epochs.items())
     measured = {}
     for run_dir in reversed(runs):  # the newest earlier full run that trained those stages
-        if (run_dir / "metrics.json").exists() and run_config(run_dir).train.recipe == "full":
-            seconds = _epoch_seconds(read_json(run_dir / "metrics.json"))
+        if Run(run_dir).summary_file.exists() and run_config(run_dir).train.recipe == "full":
+            seconds = _epoch_seconds(read_json(Run(run_dir).summary_file))
             if all(name in seconds for name in epochs):
                 measured = {name: sum(seconds[name]) / len(seconds[name]) for name in epochs}
                 source = f"as run {run_dir.name} measured its epochs"
@@ -390,7 +390,7 @@ def interrupted_line(config: Config, known: set[Path] | None) -> str:
     left = [
         run_dir
         for run_dir in list_runs(config)
-        if (known is None or run_dir not in known) and not (run_dir / "metrics.json").exists()
+        if (known is None or run_dir not in known) and not Run(run_dir).summary_file.exists()
     ]
     if not left:
         return f"interrupted before an epoch ended: nothing to resume; `kit train {config.name}` starts again"
@@ -437,9 +437,7 @@ def _resume(config: Config, run: str | None) -> Path:
     if distributed.is_main():  # rank 0 chooses the run and reads its folder; the other ranks are told
         if run is None:
             unfinished = [
-                p
-                for p in list_runs(config)
-                if not (p / "metrics.json").exists() and (p / "plan.json").exists()
+                p for p in list_runs(config) if not Run(p).summary_file.exists() and Run(p).plan_file.exists()
             ]
             if not unfinished:
                 raise click.ClickException(
@@ -449,7 +447,7 @@ def _resume(config: Config, run: str | None) -> Path:
         else:
             run_dir = find_run(config, run)
         click.echo(f"resuming run {run_dir.name}")
-        plan = (run_dir, run_config(run_dir), read_json(run_dir / "plan.json")["fold"])
+        plan = (run_dir, run_config(run_dir), read_json(Run(run_dir).plan_file)["fold"])
     run_dir, saved_config, fold = distributed.broadcast_object(plan)
     check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
     check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
@@ -481,7 +479,8 @@ def _record_precision(config: Config, run_dir: Path) -> None:
     from kit.device import precision_record  # heavy (torch)
 
     record = precision_record(config.train.precision, config.predict.precision, config.train.compile)
-    write_json(run_dir / "provenance.json", {**read_json(run_dir / "provenance.json"), "precision": record})
+    provenance = Run(run_dir).provenance_file
+    write_json(provenance, {**read_json(provenance), "precision": record})
     if record["compile"].startswith("skipped"):
         click.echo(f"train.compile: {record['compile']}")
 
@@ -492,7 +491,7 @@ def _lr_find(config: Config, labels: LabelTable, stage: int, run_dir: Path, weig
 
     result = lr_find(config, labels, stage, run_dir, weights)
     plot = plot_lr_find(
-        result["rates"], result["losses"], result["suggestion"], run_dir / f"lr-find-stage{stage}.png"
+        result["rates"], result["losses"], result["suggestion"], Run(run_dir).lr_find(stage, ".png")
     )
     click.echo(
         f"LR finder, stage {stage} ({result['stage']}): suggested lr {result['suggestion']:.3g}: "
@@ -510,7 +509,7 @@ def find_learning_rate(config: Config, stage: int, run: str | None = None) -> di
     weights = None
     if run is not None:
         run_dir = find_run(config, run)
-        weights = run_dir / "fold-0" / "last.pt"
+        weights = Run(run_dir).fold(0).last
         if not weights.is_file():
             raise click.ClickException(
                 f"--run {run}: {weights} not found (fold 0 not trained to the end); pick a finished run"
@@ -528,11 +527,11 @@ def submission_file(
     The one way every command gets a run's submission. An ensemble has no weights: its file is rebuilt from
     its blended test probabilities.
     """
-    record = run_dir / "submission.json"
+    record = Run(run_dir).submission_record_file
     existing = paths.submissions_dir() / read_json(record)["file"] if record.exists() else None
-    if existing is not None and existing.exists() and not (remake and "ensemble" not in summary):
+    if existing is not None and existing.exists() and not (remake and not is_ensemble(summary)):
         return existing
-    if "ensemble" in summary:
+    if is_ensemble(summary):
         return _rebuild_ensemble_submission(config, run_dir, summary)
     from kit.predict.inference import predict_run  # heavy (torch, timm)
 
@@ -542,7 +541,7 @@ def submission_file(
 def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -> Path:
     from kit.predict import submission  # heavy (scikit-learn, through kit.metrics)
 
-    probabilities = run_dir / "test-probabilities.npy"
+    probabilities = Run(run_dir).test_probabilities
     if not probabilities.exists():
         raise click.ClickException(f'{probabilities} is missing: blend again with `make ensemble RUNS="..."`')
     from kit.predict import calibrate  # heavy (scipy): only this rebuild needs it
@@ -550,7 +549,8 @@ def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -
     parts = {BLEND: np.load(probabilities)}  # an ensemble's one calibrated part
     blend = calibrate.apply_to_parts(parts, Run(run_dir).read_calibration())
     path = submission.write_for_run(config, load_test(config).ids, blend, summary)
-    write_json(run_dir / "submission.json", {**read_json(run_dir / "submission.json"), "file": path.name})
+    record = Run(run_dir).submission_record_file
+    write_json(record, {**read_json(record), "file": path.name})
     return path
 
 
@@ -558,10 +558,10 @@ def predict(config: Config, run: str | None, overrides: tuple[str, ...] = ()) ->
     """The run's test prediction and submission, with the settings it was trained with (plus `overrides`)."""
     run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit predict")
-    if "ensemble" not in summary:  # its OOF calibrates the prediction: it must follow today's labels
+    if not is_ensemble(summary):  # its OOF calibrates the prediction: it must follow today's labels
         check_row_order(run_dir, load_labels(config).ids, f"train {run_dir.name} again, or restore them")
     path = submission_file(config, run_dir, summary, remake=True, overrides=overrides)
-    kind = "ensemble run" if "ensemble" in summary else "run"
+    kind = "ensemble run" if is_ensemble(summary) else "run"
     click.echo(f"submission {path.relative_to(path.parents[1])} from {kind} {run_dir.name}")
     return path
 
@@ -607,9 +607,7 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
         dtype=str if config.submission.format == "label" else {config.submission.id_column: str},
     )
     sample = submission.read_sample(config)
-    submission.check(
-        config, frame, sample, str(path), summary["classes"], tasks.from_record(summary.get("task"))
-    )
+    submission.check(config, frame, sample, str(path), summary["classes"], tasks.from_record(summary["task"]))
     frame = submission.clip(config, frame)
     row = _ledger_row(config, run_dir, summary, path.name, message)
     text = row["message"]
@@ -638,7 +636,7 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
 
 def _ledger_row(config: Config, run_dir: Path, summary: dict, file: str, message: str) -> dict:
     """A ledger row for a submission of a run (its status and scores are added by the caller)."""
-    commit = read_json(run_dir / "provenance.json").get("commit", git_commit())
+    commit = read_json(Run(run_dir).provenance_file).get("commit", git_commit())
     text = (
         f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | "
         f"run {run_dir.name} | commit {commit}"
@@ -694,7 +692,7 @@ def notebook(
         )
     run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit notebook")
-    if "ensemble" in summary:
+    if is_ensemble(summary):
         raise click.ClickException(
             f"{run_dir.name} is an ensemble (no weights of its own): package one of its runs with --run"
         )
@@ -708,11 +706,11 @@ def notebook(
         kernels.require_code_submission_possible(api, slug)  # so are rules, joining and today's limit
     owner = kernels.username(api)
     dataset_id = f"{owner}/{package.dataset_slug(config.name)}"
-    base = run_dir / "kaggle"
+    base = Run(run_dir).kaggle_folder
     if submit_only:
         pushed = kernels.recorded_pushed(base, f"run `kit notebook {config.name} --submit` instead")
         kept_output = base / "output" / package.SUBMISSION_FILE
-        package.check_submission(config, kept_output, summary["classes"], summary.get("task"))
+        package.check_submission(config, kept_output, summary["classes"], summary["task"])
         return _submit_notebook(config, run_dir, summary, api, pushed, message)
     built = package.build(config, run_dir, summary, dataset_id, base / "dataset")
     click.echo(
@@ -750,7 +748,7 @@ def notebook(
             f"the notebook {pushed.ref} version {pushed.version} wrote no {package.SUBMISSION_FILE}: "
             "nothing was submitted"
         )
-    package.check_submission(config, produced, summary["classes"], summary.get("task"))
+    package.check_submission(config, produced, summary["classes"], summary["task"])
     click.echo(f"notebook {pushed.ref} v{pushed.version} complete; its {package.SUBMISSION_FILE} is valid")
     kernels.record_pushed(base, pushed)  # `--submit-only` can submit this output later
     if not submit:
@@ -964,7 +962,7 @@ def list_competitions() -> list[dict]:
         except KitError as error:  # one broken competition.toml is listed as such, the others still work
             rows.append({"competition": name, "kaggle": "", "status": f"config error: {error.message}"})
             continue
-        scores = [read_json(p / "metrics.json")["cv"] for p in finished_runs(config)]
+        scores = [read_json(Run(p).summary_file)["cv"] for p in finished_runs(config)]
         raw = paths.raw_dir(config.name)
         state = raw_state(raw)
         status = {
@@ -1016,7 +1014,7 @@ def ensemble(config: Config, specs: list[str]) -> Path:
     from kit.predict.ensemble import ensemble_runs  # heavy when a member must predict first (torch)
 
     run_dir = ensemble_runs(config, load_labels(config), specs)
-    summary = read_json(run_dir / "metrics.json")
+    summary = Run(run_dir).read_summary()
     weights = ", ".join(
         f"{name} {weight:.3f}"
         for name, weight in zip(summary["ensemble"]["runs"], summary["ensemble"]["weights"], strict=True)

@@ -20,12 +20,6 @@ from kit.config_checks import validate
 from kit.config_overrides import with_overrides
 from kit.errors import ConfigError
 
-# Keys that moved to another section: older TOMLs and run folders name them where they were.
-MOVED = {
-    "train.tta": "predict.tta",
-    "train.snapshot_ensemble": "predict.snapshot_ensemble",
-    "train.predict_weights": "predict.weights",
-}
 UTF8_BOM = b"\xef\xbb\xbf"  # what Windows editors (Notepad) put before UTF-8 text; TOML has no use for it
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # "Unicode" as Windows editors save it
 
@@ -68,11 +62,6 @@ def _build(cls: type, table: Any, where: str, file: Path) -> Any:
     allowed = [item.name for item in dataclasses.fields(cls)]
     values = {}
     for key, value in table.items():
-        if f"{where}.{key}" in MOVED:
-            section, name = MOVED[f"{where}.{key}"].split(".")
-            raise ConfigError(
-                f"{file}: '{where}.{key}' has moved: write it as {name} = ... under [{section}]"
-            )
         if key not in allowed:
             raise ConfigError(f"{file}: unknown key '{where}.{key}'; allowed keys: {', '.join(allowed)}")
         nested = _nested_dataclass(hints[key])

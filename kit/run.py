@@ -69,6 +69,13 @@ def _number(path: Path, key: str, value: Any, positive: bool = False, optional: 
 
 
 BLEND = "blend"  # an ensemble's one calibrated part: its blended predictions
+# What every metrics.json holds (a trained run's and a blend's); the rest depends on which it is.
+SUMMARY_KEYS = ("metric", "cv", "cv_uncalibrated", "task", "decisions", "folds_trained", "classes", "folds")
+
+
+def is_ensemble(summary: dict) -> bool:
+    """Whether a metrics.json is a blend's (kit ensemble: no weight files, no folds of its own)."""
+    return "ensemble" in summary
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ class FoldFolder:
     """runs/<name>/<run-id>/fold-K/: one fold's weight files, its resume point and what it predicted."""
 
     folder: Path
-    number: int
+    number: int | None = None  # the fold's number (None: a folder named otherwise, as tests make)
 
     def weights(self, name: str) -> Path:
         """A weight file by stem: "best", "last", "ema", "snapshot-3", "ema-snapshot-3", "stage-0"."""
@@ -164,6 +171,11 @@ class FoldFolder:
 
     def stage_weights(self, stage_index: int) -> Path:  # a stage that joins prediction: its final weights
         return self.weights(f"stage-{stage_index}")
+
+    def stage_weights_present(self) -> list[Path]:
+        """The stages' final weights present (stage-S.pt), in stage order."""
+        found = self.folder.glob("stage-*.pt")
+        return sorted(found, key=lambda path: int(path.stem.rsplit("-", 1)[1]))
 
     def snapshots(self, moving_average: bool = False) -> list[Path]:
         """Snapshot files present, in the order they were taken."""
@@ -258,6 +270,14 @@ class Run:
     @property
     def calibration_file(self) -> Path:
         return self.folder / "calibration.json"
+
+    def write_summary(self, summary: dict) -> None:
+        """metrics.json: what the step after training (or a blend) found, with the layout it is written in."""
+        write_json(self.summary_file, {"layout": LAYOUT, **summary})
+
+    def read_summary(self) -> dict:
+        """metrics.json of a finished run, of this kit's layout (another's is one line: retrain it)."""
+        return _record(self.summary_file, SUMMARY_KEYS)
 
     def write_calibration(self, calibration: Calibration) -> None:
         write_json(self.calibration_file, {"layout": LAYOUT, **asdict(calibration)})

@@ -21,6 +21,7 @@ from kit.config_build import config_from_dict
 from kit.config_overrides import with_overrides
 from kit.config_sources import flatten
 from kit.files import git_commit, make_folder, not_writable, read_json, utc_stamp, write_json
+from kit.run import Run
 
 
 def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
@@ -46,9 +47,9 @@ def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
 
 
 def _record(run_dir: Path, config: Config, device: str) -> None:
-    write_json(run_dir / "config.json", config.to_dict())
+    write_json(Run(run_dir).config_file, config.to_dict())
     write_json(
-        run_dir / "provenance.json",
+        Run(run_dir).provenance_file,
         {
             "commit": git_commit(),
             "command": " ".join(sys.argv),
@@ -66,7 +67,7 @@ def _record(run_dir: Path, config: Config, device: str) -> None:
 
 def trained_anything(run_dir: Path) -> bool:
     """Whether a run holds a completed epoch (a resume point, weights) or a finished fold."""
-    return any(run_dir.glob("fold-*/*.pt")) or any(run_dir.glob("fold-*/result.json"))
+    return Run(run_dir).holds_training()
 
 
 @contextmanager
@@ -93,12 +94,12 @@ def list_runs(config: Config) -> list[Path]:
     base = paths.runs_dir(config.name)
     if not base.exists():
         return []
-    return sorted((p for p in base.iterdir() if (p / "config.json").exists()), key=lambda p: p.name)
+    return sorted((p for p in base.iterdir() if Run(p).config_file.exists()), key=lambda p: p.name)
 
 
 def finished_runs(config: Config) -> list[Path]:
     """Runs with metrics.json (training or blending completed), oldest first."""
-    return [p for p in list_runs(config) if (p / "metrics.json").exists()]
+    return [p for p in list_runs(config) if Run(p).summary_file.exists()]
 
 
 def find_run(config: Config, run: str | None) -> Path:
@@ -123,7 +124,7 @@ def best_run(config: Config, higher_is_better: bool) -> tuple[Path, str]:
     and one line saying which and why; runs without a CV in that metric are left out."""
     scored = []
     for run_dir in finished_runs(config):
-        summary = read_json(run_dir / "metrics.json")
+        summary = read_json(Run(run_dir).summary_file)
         if summary.get("metric") == config.competition.metric and isinstance(summary.get("cv"), int | float):
             scored.append((run_dir, float(summary["cv"]), summary.get("folds_trained")))
     if not scored:
@@ -145,8 +146,9 @@ def best_run(config: Config, higher_is_better: bool) -> tuple[Path, str]:
 def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
     """The config a run was trained with (its saved copy), so prediction matches training; `overrides`
     (`kit predict --set`) change it for this prediction only."""
-    saved = read_json(run_dir / "config.json")
-    return config_from_dict(with_overrides(saved, overrides, run_dir / "config.json"), Path(saved["path"]))
+    path = Run(run_dir).config_file
+    saved = read_json(path)
+    return config_from_dict(with_overrides(saved, overrides, path), Path(saved["path"]))
 
 
 def saved_settings_note(config: Config, run_dir: Path, message: str) -> str:
@@ -161,7 +163,7 @@ def saved_settings_note(config: Config, run_dir: Path, message: str) -> str:
     values = ", ".join(f"{key} = {saved[key]!r} (competition.toml now: {now.get(key)!r})" for key in named)
     overrides = " ".join(f"--set {key}={now.get(key)}" for key in named)
     return (
-        f"the run {run_dir.name} was trained with {run_dir / 'config.json'}: {values}; to apply the fix, "
+        f"the run {run_dir.name} was trained with {Run(run_dir).config_file}: {values}; to apply the fix, "
         f"retrain (`make train COMP={config.name}`), or predict with "
         f"`kit predict {config.name} {run_dir.name} {overrides}`"
     )
@@ -169,11 +171,11 @@ def saved_settings_note(config: Config, run_dir: Path, message: str) -> str:
 
 def run_summary(run_dir: Path, command: str) -> dict:
     """metrics.json of a finished run; an unfinished one is refused in one line naming `command`."""
-    path = run_dir / "metrics.json"
+    path = Run(run_dir).summary_file
     if not path.exists():
         raise click.ClickException(
             f"{run_dir.name} has not finished training (no {path.name}): "
             f"finish it with `make resume RUN={run_dir.name}`"
             f" before `{command}`, or pick a finished run"
         )
-    return read_json(path)
+    return Run(run_dir).read_summary()  # another kit's layout: one line, retrain it

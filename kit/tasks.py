@@ -429,9 +429,9 @@ def task_names() -> tuple[str, ...]:
     return tuple(TASKS)
 
 
-def from_record(record: dict | None) -> Task:
-    """The task a run recorded (metrics.json "task"); runs made before tasks existed were single-label."""
-    fields = dict(record or {"name": "single_label"})
+def from_record(record: dict) -> Task:
+    """The task a run recorded (metrics.json "task"), its settings included (a regression's scale)."""
+    fields = dict(record)
     return TASKS[fields.pop("name")](**fields)
 
 

@@ -153,7 +153,7 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
     ]
     for name in competition_files:
         shutil.copy2(config.directory / name, folder / name)
-    provenance = run_dir / "provenance.json"
+    provenance = Run(run_dir).provenance_file
     manifest = {
         "format": FORMAT,
         "dataset": dataset_id,
@@ -237,8 +237,8 @@ def unpack(package: Path, competition_data: Path, scratch: Path) -> tuple[Path, 
     run_dir.mkdir(parents=True)
     for file_name in manifest["run_files"]:
         shutil.copy2(package / file_name, run_dir / file_name)
-    saved = read_json(run_dir / "config.json")  # the run's config, pointed at this tree's competition folder
-    write_json(run_dir / "config.json", {**saved, "path": str(competition_dir / "competition.toml")})
+    config_file = Run(run_dir).config_file  # the run's config, pointed at this tree's competition folder
+    write_json(config_file, {**read_json(config_file), "path": str(competition_dir / "competition.toml")})
     for file_name, relative in manifest["weights"].items():
         target = run_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -282,7 +282,7 @@ def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: s
     output = Path(work_root) / SUBMISSION_FILE
     with _project_root(root):
         config = run_config(run_dir)
-        summary = read_json(run_dir / "metrics.json")
+        summary = Run(run_dir).read_summary()
         phase("unpack")
         test = load_test(config)
         side = prediction_cache_side(config)
@@ -298,9 +298,9 @@ def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: s
         with atomic_path(output) as temporary:
             frame.to_csv(temporary, index=False)
         phase("predict")
-        check_submission(config, output, summary["classes"], summary.get("task"))
+        check_submission(config, output, summary["classes"], summary["task"])
         phase("check")
-        made = read_json(run_dir / "submission.json")
+        made = read_json(Run(run_dir).submission_record_file)
         write_json(
             Path(work_root) / TIMINGS_FILE,
             {

@@ -28,7 +28,7 @@ from kit.data.labels import LabelTable, check_row_order, load_test, record_row_o
 from kit.files import read_json, save_array, write_json
 from kit.predict import calibrate, selection, submission
 from kit.predict.inference import predict_test
-from kit.run import BLEND, Calibration, Run
+from kit.run import BLEND, Calibration, Run, is_ensemble
 from kit.run_folder import find_run, new_run_dir, run_config, run_summary
 
 
@@ -123,7 +123,7 @@ def test_probabilities(run_dir: Path, labels: LabelTable) -> np.ndarray:
     path = Run(run_dir).test_probabilities
     if not path.exists():
         tqdm.write(f"predicting the test set with {run_dir.name} first")
-        predict_test(run_config(run_dir), labels, run_dir, read_json(run_dir / "metrics.json"))
+        predict_test(run_config(run_dir), labels, run_dir, Run(run_dir).read_summary())
     return np.load(path)
 
 
@@ -135,23 +135,24 @@ def variant_predictions(
     `plain` takes view 0 (no TTA); otherwise the views' average, as the run averaged them (predict.mean).
     Test predictions are averaged over folds.
     """
-    summary = read_json(run_dir / "metrics.json")
-    mean, task = run_config(run_dir).predict.mean, tasks.from_record(summary.get("task"))
+    run = Run(run_dir)
+    summary = run.read_summary()
+    mean, task = run_config(run_dir).predict.mean, tasks.from_record(summary["task"])
     oof, tests = None, []
     for fold in summary["folds_trained"]:
-        fold_dir = run_dir / f"fold-{fold}"
-        paths = (fold_dir / f"oof-{weights}.npy", fold_dir / f"test-{weights}.npy")
+        folder = run.fold(fold)
+        paths = (folder.kept_oof(weights), folder.kept_test(weights))
         if not all(path.exists() for path in paths):
-            kept = sorted(p.stem.removeprefix("oof-") for p in fold_dir.glob("oof-*.npy"))
+            kept = folder.kept_oof_names()
             raise click.ClickException(
                 f"{run_dir.name}@{weights}: no kept predictions {paths[0].name} and {paths[1].name} "
-                f"in {fold_dir} "
+                f"in {folder.folder} "
                 f"(kept: {', '.join(kept) or 'none'}; run `make predict` first for the test ones)"
             )
         per_view = [np.load(path).astype(np.float64) for path in paths]
         oof_views, test_views = (views[:1] if plain else views for views in per_view)
         oof = np.full((row_count, oof_views.shape[-1]), np.nan) if oof is None else oof
-        oof[read_json(fold_dir / "result.json")["valid_rows"]] = selection.average(oof_views, mean, task)
+        oof[folder.read_result().rows] = selection.average(oof_views, mean, task)
         tests.append(selection.average(test_views, mean, task))
     return oof, np.mean(tests, axis=0)
 
@@ -162,14 +163,14 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
     row_count = len(labels.ids)
     run_dir = find_run(config, run_id)
     run_summary(run_dir, "kit ensemble")  # an unfinished run: how to finish it
-    if not (run_dir / "oof.npy").exists():
-        raise click.ClickException(f"{run_dir}: no oof.npy; train it again (`make train`)")
+    if not Run(run_dir).oof.exists():
+        raise click.ClickException(f"{Run(run_dir).oof}: missing; train the run again (`make train`)")
     check_row_order(run_dir, labels.ids, f"train {run_dir.name} again, or restore the labels file")
     if not variant:
-        oof = np.load(run_dir / "oof.npy")
+        oof = np.load(Run(run_dir).oof)
         if oof.shape[0] != row_count:
             raise click.ClickException(
-                f"{run_dir / 'oof.npy'}: {oof.shape[0]} rows but the labels have {row_count}; "
+                f"{Run(run_dir).oof}: {oof.shape[0]} rows but the labels have {row_count}; "
                 "the data changed since this run"
             )
         return Member(run_dir.name, run_dir, oof, lambda: test_probabilities(run_dir, labels))
@@ -186,8 +187,8 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
 def check_not_ensemble_variant(run_dir: Path, spec: str) -> None:
     """An ensemble keeps no weight files or views of its own: RUN@WEIGHTS of one is refused, naming its
     runs, whose variants can be blended instead."""
-    summary = read_json(run_dir / "metrics.json")
-    if "ensemble" in summary:
+    summary = Run(run_dir).read_summary()
+    if is_ensemble(summary):
         runs = ", ".join(summary["ensemble"].get("runs", []))
         raise click.ClickException(
             f"{spec}: {run_dir.name} is an ensemble, which keeps no weight files or views of its own; blend "
@@ -197,9 +198,9 @@ def check_not_ensemble_variant(run_dir: Path, spec: str) -> None:
 
 def check_classes(members: list[Member]) -> tuple[list[str], str]:
     """The members' shared classes and metric; refuses a blend of runs of other label sets."""
-    first = read_json(members[0].run_dir / "metrics.json")
+    first = Run(members[0].run_dir).read_summary()
     for member in members:
-        if read_json(member.run_dir / "metrics.json")["classes"] != first["classes"]:
+        if Run(member.run_dir).read_summary()["classes"] != first["classes"]:
             raise click.ClickException(
                 f"{member.name}: its classes differ from {members[0].name}'s; blend runs of one label set"
             )
@@ -266,12 +267,13 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     record_row_order(run_dir, labels.ids)  # its oof.npy follows these rows, as a trained run's does
     # config.json makes the folder a run (listed, reportable, submittable): the first run's settings.
     names = [member.name for member in members]
-    write_json(run_dir / "config.json", read_json(members[0].run_dir / "config.json"))
-    write_json(run_dir / "provenance.json", {**read_json(run_dir / "provenance.json"), "runs": names})
+    run = Run(run_dir)
+    write_json(run.config_file, read_json(Run(members[0].run_dir).config_file))
+    write_json(run.provenance_file, {**read_json(run.provenance_file), "runs": names})
     full_oof = np.full((len(labels.ids), blended.shape[1]), np.nan)
     full_oof[rows] = blended
-    save_array(run_dir / "oof.npy", full_oof)
-    save_array(run_dir / "test-probabilities.npy", test_blend)
+    save_array(run.oof, full_oof)
+    save_array(run.test_probabilities, test_blend)
     details = {
         "runs": names,
         "weights": [float(w) for w in weights],
@@ -293,9 +295,9 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         "decisions": decisions,
         "ensemble": details,
     }
-    write_json(run_dir / "metrics.json", summary)
-    Run(run_dir).write_calibration(calibration)
+    run.write_summary(summary)
+    run.write_calibration(calibration)
     blend_submitted = calibrate.apply_to_parts({BLEND: test_blend}, calibration)
     path = submission.write_for_run(config, load_test(config).ids, blend_submitted, summary)
-    write_json(run_dir / "submission.json", {"file": path.name, "weights": [], "runs": details["runs"]})
+    write_json(run.submission_record_file, {"file": path.name, "weights": [], "runs": details["runs"]})
     return run_dir

@@ -31,7 +31,7 @@ def fold_prediction_weights(config: Config, fold_dir: Path, summary: dict) -> li
     (summary["prediction"], kit.predict.selection), else `prediction_weights`."""
     chosen = summary.get("prediction")
     if chosen:
-        return [fold_dir / f"{name}.pt" for name in chosen["weights"]]
+        return [FoldFolder(fold_dir).weights(name) for name in chosen["weights"]]
     return prediction_weights(config, fold_dir)
 
 
@@ -40,7 +40,7 @@ def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
     return [
         path
         for fold in summary["folds_trained"]
-        for path in fold_prediction_weights(config, run_dir / f"fold-{fold}", summary)
+        for path in fold_prediction_weights(config, Run(run_dir).fold(fold).folder, summary)
     ]
 
 
@@ -70,14 +70,14 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         test.paths, prediction_cache_side(config), interim_dir(config.name), "test", config.data.max_aspect
     )
     if problems:
-        write_json(run_dir / "bad-test-images.json", problems)
+        write_json(Run(run_dir).bad_test_images, problems)
         first = next(iter(problems.items()))
         raise click.ClickException(
             f"{len(problems)} test images cannot be read (e.g. {first[0]}: {first[1]}); "
             "a submission must cover "
-            f"every id: fix or re-download them (list in {run_dir / 'bad-test-images.json'})"
+            f"every id: fix or re-download them (list in {Run(run_dir).bad_test_images})"
         )
-    task = tasks.from_record(summary.get("task"))  # as trained (the regression's scale included)
+    task = tasks.from_record(summary["task"])  # as trained (the regression's scale included)
     model = place(models.create_model(config.train.model, task.head_size(classes), pretrained=False))
     meta = models.weights_meta(config, classes)
     weights, fold_probabilities = [], {}
@@ -85,7 +85,7 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
     for fold in summary[
         "folds_trained"
     ]:  # every fold's weights predict; folds are averaged with equal weight
-        fold_dir = run_dir / f"fold-{fold}"
+        fold_dir = Run(run_dir).fold(fold).folder
         fold_weights = fold_prediction_weights(config, fold_dir, summary)  # only those that paid on OOF
         fold_probabilities[fold] = ensemble_probabilities(
             model,
@@ -104,13 +104,13 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         )
         weights += fold_weights
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).
-    save_array(run_dir / "test-probabilities.npy", np.mean(list(fold_probabilities.values()), axis=0))
+    save_array(Run(run_dir).test_probabilities, np.mean(list(fold_probabilities.values()), axis=0))
     calibration = calibrate.read(Run(run_dir))  # fitted once, when training ended (kit.predict.summary)
     probabilities = calibrate.apply_to_parts(fold_probabilities, calibration)
     path = submission.write_for_run(config, test.ids, probabilities, summary)
     views = chosen["view_names"] if chosen else view_names(config.augment.preset, config.predict.tta)
     write_json(
-        run_dir / "submission.json",
+        Run(run_dir).submission_record_file,
         {
             "file": path.name,
             "weights": [str(w.relative_to(run_dir)) for w in weights],

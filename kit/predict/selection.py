@@ -141,5 +141,3 @@ def choose(
         elif pays(gain(candidate, chosen), min_gain):
             chosen = candidate
     return {**(chosen or default_item), "default": default_item, "candidates": tried, "min_gain": min_gain}
-
-

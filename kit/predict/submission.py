@@ -246,7 +246,7 @@ def check_unchanged(path: Path) -> None:
 def write_for_run(config: Config, ids: list[str], predictions: np.ndarray, summary: dict) -> Path:
     """A run's (or an ensemble's) submission from its test predictions, as submitted (calibrated), with
     the task, decisions and CVs its metrics.json records: built, checked, written."""
-    task, sample = from_record(summary.get("task")), read_sample(config)
+    task, sample = from_record(summary["task"]), read_sample(config)
     classes = summary["classes"]
     frame = build(config, ids, predictions, classes, sample, task, summary.get("decisions"))
     return write(

@@ -14,7 +14,7 @@ from kit import metrics
 from kit.config import Config
 from kit.data.labels import LabelTable
 from kit.data.tta import MIRROR_FIRST, view_names
-from kit.files import save_array, write_json
+from kit.files import save_array
 from kit.predict import calibrate, selection
 from kit.run import FoldFolder, Run
 from kit.train.cross_validation import worse_stages
@@ -157,5 +157,5 @@ def settle(
         **({"prediction": prediction} if prediction else {}),
         "worse_stages": {str(k): found for k, v in results.items() if (found := worse_stages(v["history"]))},
     }
-    write_json(run.summary_file, summary)
+    run.write_summary(summary)
     return summary

@@ -27,7 +27,7 @@ from kit.files import atomic_path, read_json
 from kit.ledger import correlation_line, cv_and_public, read_ledger
 from kit.paths import interim_dir
 from kit.report import plots
-from kit.run import Run
+from kit.run import Run, is_ensemble
 from kit.run_folder import run_config as saved_run_config
 from kit.train import schedule
 
@@ -90,14 +90,12 @@ def trained_base_rates(config: Config, history: list[dict]) -> list[list[float]]
     """Each stage's peak rates per layer group as the loop used them (recorded per epoch: scaled after a
     halved batch or with several processes); the configured rates where the history has no record.
 
-    Records name their stage by index (older runs' records by name only, which two stages may share)."""
+    Records name their stage by index (names need not be unique)."""
     recorded = {}
     for record in history:
-        if "base_rates" in record:
-            recorded.setdefault(record.get("stage_index", record["stage"]), record["base_rates"])
+        recorded.setdefault(record["stage_index"], record["base_rates"])
     return [
-        recorded.get(index, recorded.get(stage.name, config.stage_learning_rates(stage)))
-        for index, stage in enumerate(config.stages)
+        recorded.get(index, config.stage_learning_rates(stage)) for index, stage in enumerate(config.stages)
     ]
 
 
@@ -173,15 +171,16 @@ def make_plots(
     config: Config, run_config: Config, run_dir: Path, labels: LabelTable, oof: np.ndarray | None
 ) -> list[tuple[str, Path, str]]:
     """Every plot the run supports, written as PNGs in the run folder: [(title, path, note)]."""
-    summary = read_json(run_dir / "metrics.json")
+    run = Run(run_dir)
+    summary = run.read_summary()
     made = []
-    for found in sorted(run_dir.glob("lr-find*.json")):  # the LR finder's record; draw it if it was not drawn
+    for found in run.lr_find_files(".json"):  # the LR finder's record; draw it if it was not drawn
         finder = read_json(found)
         if not found.with_suffix(".png").exists():
             plots.plot_lr_find(
                 finder["rates"], finder["losses"], finder["suggestion"], found.with_suffix(".png")
             )
-    made += [(f"LR finder ({path.stem})", path, "") for path in sorted(run_dir.glob("lr-find*.png"))]
+    made += [(f"LR finder ({path.stem})", path, "") for path in run.lr_find_files(".png")]
     histories = {
         fold: history_positions(run_config, result["history"])
         for fold, result in summary["folds"].items()
@@ -196,7 +195,7 @@ def make_plots(
             (
                 "Loss, metric and learning rate per epoch",
                 plots.plot_history(
-                    histories, summary["metric"], epochs, rates, starts, run_dir / "history.png"
+                    histories, summary["metric"], epochs, rates, starts, Run(run_dir).plot("history")
                 ),
                 "",
             )
@@ -207,7 +206,7 @@ def make_plots(
         made.append(
             (
                 "Confusion matrix (out of fold)",
-                plots.plot_confusion(confusion, labels.classes, run_dir / "confusion.png"),
+                plots.plot_confusion(confusion, labels.classes, Run(run_dir).plot("confusion")),
                 "",
             )
         )
@@ -236,7 +235,7 @@ def make_plots(
                         images,
                         image_captions(oof, labels.targets, chosen, labels.classes),
                         title,
-                        run_dir / f"{name}.png",
+                        Run(run_dir).plot(name),
                     ),
                     "ids, in grid order: " + ", ".join(labels.ids[row] for row in chosen),
                 )
@@ -246,7 +245,7 @@ def make_plots(
         sizes["test"] = image_sizes(load_test(config).paths)
     except (click.ClickException, KitError):  # no test images (yet): the training sizes say what to pick
         pass
-    made.append(("Raw image sizes", plots.plot_image_sizes(sizes, run_dir / "image-sizes.png"), ""))
+    made.append(("Raw image sizes", plots.plot_image_sizes(sizes, Run(run_dir).plot("image-sizes")), ""))
     return made
 
 
@@ -281,9 +280,10 @@ def fold_table(summary: dict) -> pd.DataFrame:
 
 def submission_rows(run_dir: Path) -> pd.DataFrame:
     """The submission file made from the run and every ledger entry (upload, score) for it."""
-    if not (run_dir / "submission.json").exists():
+    record = Run(run_dir).submission_record_file
+    if not record.exists():
         return pd.DataFrame()
-    name = read_json(run_dir / "submission.json")["file"]
+    name = read_json(record)["file"]
     ledger = read_ledger()
     entries = ledger[ledger["file"] == name]
     if not len(entries):
@@ -303,7 +303,7 @@ def leaderboard_section(config: Config, run_dir: Path) -> str:
     marked = next((index for index, file in enumerate(points["file"]) if file in set(mine)), None)
     path = plots.plot_cv_against_public(
         points["cv"].to_numpy(), points["public"].to_numpy(), config.competition.metric, line,
-        run_dir / "cv-vs-public.png", marked,
+        Run(run_dir).plot("cv-vs-public"), marked,
     )  # fmt: skip
     return _image("CV against the leaderboard", path) + f'<p class="note">{html.escape(line)}</p>'
 
@@ -347,14 +347,16 @@ def tag_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Pa
     table = pd.DataFrame(
         {"tag": labels.classes, "images": truth.sum(0).astype(int), "threshold": thresholds, "F2": f2}
     )
-    path = plots.plot_tag_thresholds(labels.classes, thresholds, f2, run_dir / "tag-thresholds.png")
+    path = plots.plot_tag_thresholds(labels.classes, thresholds, f2, Run(run_dir).plot("tag-thresholds"))
     return ["<h2>Per tag (out of fold)</h2>" + _table(table), _image("Per-tag threshold and F2", path)]
 
 
 def value_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Path) -> list[str]:
     """Regression: predicted against true, out of fold."""
     rows = _predicted(oof)
-    path = plots.plot_predicted_vs_true(labels.targets[rows], oof[rows, 0], run_dir / "predicted-vs-true.png")
+    path = plots.plot_predicted_vs_true(
+        labels.targets[rows], oof[rows, 0], Run(run_dir).plot("predicted-vs-true")
+    )
     return [_image("Predicted against true (out of fold)", path)]
 
 
@@ -364,7 +366,7 @@ def grade_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: 
     grades = labels.task.decide(oof[rows], summary.get("decisions"))[:, 0].astype(np.int64)
     confusion = confusion_counts(labels.targets[rows], grades, len(labels.classes))
     cuts = ", ".join(f"{cut:.2f}" for cut in summary.get("decisions", {}).get("cuts", []))
-    path = plots.plot_confusion(confusion, labels.classes, run_dir / "confusion.png")
+    path = plots.plot_confusion(confusion, labels.classes, Run(run_dir).plot("confusion"))
     return [_image("Confusion of grades (out of fold)", path) + f"<p>cut-points: {cuts or 'rounding'}</p>"]
 
 
@@ -382,9 +384,10 @@ TASK_SECTIONS = {"multi_label": tag_sections, "regression": value_sections, "ord
 
 def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dict) -> Path:
     """runs/<name>/<run>/report.html: config, CV per fold, plots, confusions, calibration, submission."""
-    saved = read_json(run_dir / "config.json")
+    run = Run(run_dir)
+    saved = read_json(run.config_file)
     run_config = saved_run_config(run_dir)
-    oof = np.load(run_dir / "oof.npy") if (run_dir / "oof.npy").exists() else None
+    oof = np.load(run.oof) if run.oof.exists() else None
     if oof is not None and oof.shape != (len(labels.ids), labels.task.head_size(labels.classes)):
         oof = None  # the labels changed since the run: its rows no longer line up
     # Calibration, confusions and image grids read class probabilities; other kinds have their own section.
@@ -406,13 +409,13 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         "<h2>Submission</h2>"
         + (
             _table(submission_rows(run_dir))
-            if (run_dir / "submission.json").exists()
+            if run.submission_record_file.exists()
             else "<p>none yet: <code>make predict</code></p>"
         )
     )
     if summary["folds"]:
         sections.append("<h2>Cross-validation per fold</h2>" + _table(fold_table(summary)))
-    if "ensemble" in summary:
+    if is_ensemble(summary):
         details = summary["ensemble"]
         frame = pd.DataFrame(
             [
@@ -481,7 +484,7 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         f"<title>{html.escape(config.name)} {html.escape(run_dir.name)}</title>"
         f"<style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>\n"
     )
-    target = run_dir / "report.html"
+    target = run.report_file
     with atomic_path(target) as temporary:
         temporary.write_text(page, encoding="utf-8")
     return target

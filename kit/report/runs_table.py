@@ -13,12 +13,13 @@ import pandas as pd
 from kit.config import Config
 from kit.config_sources import flatten
 from kit.files import read_json
+from kit.run import Run, is_ensemble
 from kit.run_folder import list_runs
 
 
 def trained(summary: dict) -> str:
     """What a run trained, in a few words: 'fold 0', 'folds 0-4', 'folds 0,2', 'ensemble of 3 runs'."""
-    if "ensemble" in summary:
+    if is_ensemble(summary):
         return f"ensemble of {len(summary['ensemble']['runs'])} runs"
     folds = sorted(summary.get("folds_trained", []))
     if not folds:
@@ -68,7 +69,8 @@ def runs_table(config: Config) -> pd.DataFrame:
     them)."""
     rows, configs = [], {}
     for run_dir in list_runs(config):
-        summary = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+        run = Run(run_dir)
+        summary = read_json(run.summary_file) if run.summary_file.exists() else {}
         ensemble = summary.get("ensemble")
         rows.append(
             {
@@ -81,7 +83,7 @@ def runs_table(config: Config) -> pd.DataFrame:
             }
         )
         if not ensemble:  # an ensemble's config.json is its first run's: its settings say nothing new
-            configs[run_dir.name] = read_json(run_dir / "config.json")
+            configs[run_dir.name] = read_json(run.config_file)
     settings = setting_columns(configs)
     for row in rows:
         row.update(settings.get(row["run"], dict.fromkeys(next(iter(settings.values()), {}), "")))

@@ -21,6 +21,7 @@ from kit.data.folds import load_folds
 from kit.data.labels import LabelTable
 from kit.device import place
 from kit.files import write_json
+from kit.run import Run
 from kit.train import schedule
 from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step
 
@@ -79,5 +80,5 @@ def lr_find(
         "suggestion": suggestion,
         "reason": reason,
     }
-    write_json(run_dir / f"lr-find-stage{stage_index}.json", result)
+    write_json(Run(run_dir).lr_find(stage_index), result)
     return result

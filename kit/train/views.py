@@ -155,15 +155,15 @@ def prediction_weights(config: Config, fold_dir: Path, recipe: dict | None = Non
     `recipe`: the fold's record of its check points and stop (kit.train.stopping; result.json "recipe").
     After a stop the weights at the stop did not pay: the joined stages that ran and the best check point
     that kept a file (`weights_after_stop`) predict instead."""
-    stop = (recipe or {}).get("stop")
-    joined = [FoldFolder(fold_dir, 0).stage_weights(index) for index in joined_stages(config)]
+    stop, folder = (recipe or {}).get("stop"), FoldFolder(fold_dir)
+    joined = [folder.stage_weights(index) for index in joined_stages(config)]
     if stop is None or config.predict.weights == "ema":  # the average's files are not check points
         return joined + _last_stage_weights(config, fold_dir)
     higher = metrics.METRICS[config.competition.metric].higher_is_better
     best = weights_after_stop(recipe["checkpoints"], higher)
     ran = [path for path in joined if int(path.stem.rsplit("-", 1)[1]) < stop["stage_index"]]
-    found = [*ran, *([fold_dir / f"{best}.pt"] if best else [])]
-    return list(dict.fromkeys(found)) or [fold_dir / "last.pt"]
+    found = [*ran, *([folder.weights(best)] if best else [])]
+    return list(dict.fromkeys(found)) or [folder.last]
 
 
 def candidate_weights(config: Config, fold_dir: Path, recipe: dict | None = None) -> list[Path]:
@@ -171,29 +171,27 @@ def candidate_weights(config: Config, fold_dir: Path, recipe: dict | None = None
     every stage's final weights (stage-S.pt), every snapshot, the last stage's final weights (last.pt,
     unless a snapshot holds them or the last stage never ran), and the default rule's files
     (`prediction_weights`). The default's last file stays last."""
-    default = prediction_weights(config, fold_dir, recipe)
-    stages = sorted(fold_dir.glob("stage-*.pt"), key=lambda path: int(path.stem.rsplit("-", 1)[1]))
-    prefix = "ema-snapshot-" if config.predict.weights == "ema" else "snapshot-"
-    snapshots = sorted(fold_dir.glob(f"{prefix}*.pt"), key=lambda path: int(path.stem.rsplit("-", 1)[1]))
+    default, folder = prediction_weights(config, fold_dir, recipe), FoldFolder(fold_dir)
+    stages = folder.stage_weights_present()
+    snapshots = folder.snapshots(moving_average=config.predict.weights == "ema")
     stop = (recipe or {}).get("stop")
     last_ran = stop is None or stop["stage_index"] == len(config.stages) - 1
-    final = [fold_dir / ("ema.pt" if config.predict.weights == "ema" else "last.pt")]
+    final = [folder.ema_weights() if config.predict.weights == "ema" else folder.last]
     final = final if last_ran and not config.stages[-1].snapshots else []
     found = [*stages, *snapshots, *final]
     return [path for path in dict.fromkeys([*found, *default]) if path not in default[-1:]] + default[-1:]
 
 
 def _last_stage_weights(config: Config, fold_dir: Path) -> list[Path]:
-    mode, last = config.predict.weights, config.stages[-1]
-    prefix = "ema-snapshot-" if mode == "ema" else "snapshot-"
-    snapshots = sorted(fold_dir.glob(f"{prefix}*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    mode, last, folder = config.predict.weights, config.stages[-1], FoldFolder(fold_dir)
+    snapshots = folder.snapshots(moving_average=mode == "ema")
     if mode in ("snapshots", "ema") and last.snapshots and snapshots:
         return snapshots[-min(config.predict.snapshot_ensemble, last.n_cycles) :]
     if mode == "ema":
-        return [fold_dir / "ema.pt"]
-    if mode == "best" and (fold_dir / "best.pt").exists():
-        return [fold_dir / "best.pt"]
-    return [fold_dir / "last.pt"]
+        return [folder.ema_weights()]
+    if mode == "best" and folder.best.exists():
+        return [folder.best]
+    return [folder.last]
 
 
 def weights_after_stop(checkpoints: list[dict], higher_is_better: bool) -> str | None:
