@@ -14,6 +14,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+from kit import distributed, metrics
+from kit.config import Config
+from kit.train import schedule
+from kit.train.tricks import Trick
+
+if TYPE_CHECKING:
+    from kit.train.tricks import StageView
 
 
 @dataclass(frozen=True)
@@ -124,3 +135,112 @@ def stage_outcomes(
             outcome["status"] = "ran" if done >= outcome["of"] else "unfinished"
         outcomes.append(outcome)
     return outcomes
+
+
+class StopWhenWorse(Trick):
+    """train.stop_when_worse as a trick (kit.train.tricks): after the validation of each epoch in which an
+    SGDR cycle ends, and of each stage's last epoch, the check point's OOF score is compared with the best
+    of the earlier ones (`pays`); one that does not pay sets `view.stop_reason`, and the loop ends the stage
+    there; kit.train.cross_validation then skips the later stages. With `planned` (fold 0's decision, when
+    train.stop_per_fold is off) the fold checks nothing and stops where fold 0 did (or never)."""
+
+    name = "stop"
+
+    def __init__(self, config: Config, fold: int, planned: dict | None = None):
+        self.metric = config.competition.metric
+        self.higher = metrics.METRICS[self.metric].higher_is_better
+        self.min_gain = config.train.min_stage_gain
+        self.fold = fold
+        self.planned = planned  # {"stop": fold 0's stop record or None}; None: this fold decides
+        self.checkpoints: list[dict] = []  # Checkpoint.to_dict() of every check point reached
+        self.stop: dict | None = None  # where and why the fold stopped
+        self.checks: list[int] = []
+        self.snapshot: str | None = None  # the snapshot taken in the running epoch, if any
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None
+
+    def on_stage_start(self, view: StageView) -> None:
+        stage = view.stage
+        ends = schedule.cycle_ends(stage.n_cycles, stage.cycle_len, stage.cycle_mult)
+        self.checks = check_epochs(ends, view.config.stage_epochs(stage))
+        if self.stop is not None:  # resumed after the stop: the stage does not continue
+            view.stop_reason = self.stop["reason"]
+
+    def on_snapshot(self, view: StageView, number: int) -> None:
+        self.snapshot = f"snapshot-{number}"
+
+    def on_epoch_end(self, view: StageView, record: dict) -> None:
+        epoch, snapshot, self.snapshot = record["epoch"], self.snapshot, None
+        if epoch not in self.checks:
+            return
+        last_stage = view.stage_index == len(view.config.stages) - 1
+        at_end = epoch == self.checks[-1]
+        weights = ("last" if last_stage else f"stage-{view.stage_index}") if at_end else snapshot
+        checkpoint = Checkpoint(
+            view.stage_index,
+            view.stage.name,
+            epoch,
+            "stage" if at_end else "cycle",
+            record[self.metric],
+            weights,
+        )
+        earlier = [item["score"] for item in self.checkpoints]
+        self.checkpoints.append(checkpoint.to_dict())
+        best = best_of(earlier, self.higher)
+        if self.planned is not None:  # fold 0 decided for every fold
+            planned = self.planned.get("stop")
+            if planned is None or (planned["stage_index"], planned["epoch"]) != (view.stage_index, epoch):
+                return
+            best = planned["best"]
+            reason = (
+                f"fold 0 stopped here (OOF {self.metric} {planned['score']:.4f}, best so far {best:.4f}); "
+                "train.stop_per_fold = false applies its decision to every fold"
+            )
+        elif pays(checkpoint.score, best, self.min_gain, self.higher):
+            return
+        else:
+            reason = (
+                f"OOF {self.metric} {checkpoint.score:.4f} not better than the best so far, {best:.4f}, by "
+                f"more than train.min_stage_gain = {self.min_gain:g}"
+            )
+        seconds = [item["seconds"] for item in view.state.history if item["stage_index"] == view.stage_index]
+        stage_epochs = [view.config.stage_epochs(stage) for stage in view.config.stages]
+        skipped = epochs_left(stage_epochs, view.stage_index, epoch)
+        saved = seconds_saved(stage_epochs, view.stage_index, epoch, [*seconds, record["seconds"]])
+        self.stop = {
+            **checkpoint.to_dict(),
+            "best": best,
+            "reason": reason,
+            "decided_by": "fold 0" if self.planned is not None else f"fold {self.fold}",
+            "epochs_skipped": skipped,
+            "seconds_saved": round(saved, 1),
+        }
+        view.stop_reason = reason
+        if distributed.is_main():
+            line = stop_line(self.fold, checkpoint, best, self.metric, skipped, saved, self.min_gain)
+            if self.planned is not None:
+                line = (
+                    f"fold {self.fold}: stopped in stage '{checkpoint.stage}' after epoch {epoch}, where "
+                    f"fold 0 stopped (train.stop_per_fold = false; OOF here {checkpoint.score:.4f}); "
+                    f"skipping {skipped:g} epochs (about {saved / 60:.1f} min)"
+                )
+            tqdm.write(line)
+
+    def recipe(self, config: Config, history: list[dict]) -> dict:
+        """The fold's record of its recipe (result.json "recipe"): its check points, the stop (None
+        without one) and what happened to each stage (`stage_outcomes`)."""
+        stage_epochs = [config.stage_epochs(stage) for stage in config.stages]
+        names = [stage.name for stage in config.stages]
+        return {
+            "checkpoints": self.checkpoints,
+            "stop": self.stop,
+            "stages": stage_outcomes(names, stage_epochs, history, self.stop),
+        }
+
+    def state_dict(self) -> dict:
+        return {"checkpoints": self.checkpoints, "stop": self.stop}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.checkpoints, self.stop = state["checkpoints"], state["stop"]
