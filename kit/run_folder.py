@@ -151,13 +151,12 @@ def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(with_overrides(saved, overrides, path), Path(saved["path"]))
 
 
-def saved_settings_note(config: Config, run_dir: Path, message: str) -> str:
-    """'' unless `message` names a setting whose value in the run's saved config differs from the
-    competition.toml now: then where that value came from and the two ways to apply the fix."""
+def saved_settings_note(config: Config, run_dir: Path, settings: Sequence[str]) -> str:
+    """'' unless one of `settings` (an error's keys: kit.errors.KitError.settings) has another value in the
+    run's saved config than in the competition.toml now: then where that value came from and the two
+    ways to apply the fix."""
     saved, now = flatten(run_config(run_dir).to_dict()), flatten(config.to_dict())
-    named = [
-        key for key in saved if key not in ("name", "path") and saved[key] != now.get(key) and key in message
-    ]
+    named = [key for key in settings if key in saved and saved[key] != now.get(key)]
     if not named:
         return ""
     values = ", ".join(f"{key} = {saved[key]!r} (competition.toml now: {now.get(key)!r})" for key in named)

@@ -84,3 +84,24 @@ def test_one_human_size_and_one_disk_full_test_in_the_kit():
     assert files.is_disk_full(OSError(errno.EDQUOT, "quota"))
     assert files.is_disk_full(OSError(errno.ENOSPC, "full"))
     assert not files.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_a_saved_settings_note_follows_the_errors_keys_not_its_words(digits, project):
+    """Which settings an error is about is said by the error (KitError.settings), not searched for in its
+    text: the sample submission without the configured id column names submission.id_column as data."""
+    from kit.competitions import load_competition
+    from kit.data.labels import load_test
+    from kit.errors import KitError
+    from kit.run_folder import new_run_dir, saved_settings_note
+
+    with pytest.raises(KitError) as raised:
+        load_test(digits("submission.id_column=image"))
+    assert raised.value.settings == ("submission.id_column",) and "no column 'image'" in raised.value.message
+    saved = load_competition("digits", ["submission.id_column=image"])
+    run_dir = new_run_dir(saved, "test_efficientnet", "cpu")
+    config = load_competition("digits")  # competition.toml now: id_column "id"
+    assert saved_settings_note(config, run_dir, ()) == ""
+    assert saved_settings_note(config, run_dir, ["predict.tta"]) == ""  # the same value in both
+    note = saved_settings_note(config, run_dir, ["submission.id_column"])
+    assert "submission.id_column = 'image' (competition.toml now: 'id')" in note
+    assert f"kit predict digits {run_dir.name} --set submission.id_column=id" in note

@@ -45,7 +45,12 @@ def read_groups(config: Config, labels: LabelTable) -> np.ndarray | None:
                 "with labels from file or folder names, define groups(ids, raw_dir) in hooks.py"
             )
         source = raw_dir(config.name) / config.data.labels_csv  # checked to stay inside by load_labels
-        table = read_csv(source, [config.data.id_column, column], "set data.group_column in competition.toml")
+        table = read_csv(
+            source,
+            [config.data.id_column, column],
+            "set data.group_column in competition.toml",
+            ("data.id_column", "data.group_column"),
+        )
         by_id = dict(zip(table[config.data.id_column].str.strip(), table[column].str.strip(), strict=True))
         names = [by_id[identifier] for identifier in labels.ids]
         empty = [row for row, name in enumerate(names, start=2) if not name]

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -23,6 +24,7 @@ import pandas as pd
 
 from kit import tasks
 from kit.config import Config
+from kit.errors import KitError
 from kit.files import read_json, write_json
 from kit.paths import raw_dir, require_download
 
@@ -289,8 +291,9 @@ def header_names(path: Path) -> list[str]:
         return []
 
 
-def read_csv(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
-    """A CSV read as strings, with the columns we need checked and named in the error."""
+def read_csv(path: Path, columns: list[str], fix: str, settings: Sequence[str] = ()) -> pd.DataFrame:
+    """A CSV read as strings, with the columns we need checked and named in the error; `settings`: the
+    keys that named the columns (kit.errors.KitError.settings)."""
     if not path.is_file():
         raise click.ClickException(f"{path} not found: {fix}")
     table = parse_csv(path, dtype=str, keep_default_na=False)
@@ -304,8 +307,9 @@ def read_csv(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
             )
     missing = [column for column in columns if column not in table.columns]
     if missing:
-        raise click.ClickException(
-            f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(table.columns)}); {fix}"
+        raise KitError(
+            f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(table.columns)}); {fix}",
+            settings,
         )
     return table
 
@@ -322,6 +326,7 @@ def load_labels(config: Config) -> LabelTable:
             source,
             [data.id_column, data.label_column],
             "set data.id_column / data.label_column in competition.toml",
+            ("data.id_column", "data.label_column"),
         )
         ids = _check_ids(table[data.id_column], str(source), data.extension)
         labels = list(table[data.label_column])
@@ -414,11 +419,8 @@ def load_test(config: Config) -> TestTable:
             f"in {config.path}, or download again (move {raw} away, then `make download COMP={config.name}`)"
         )
     if sample.is_file():
-        ids = list(
-            read_csv(sample, [config.submission.id_column], "set submission.id_column")[
-                config.submission.id_column
-            ]
-        )
+        column = config.submission.id_column
+        ids = list(read_csv(sample, [column], "set submission.id_column", ["submission.id_column"])[column])
         if not ids:
             raise click.ClickException(f"{sample}: lists no test ids; download it again")
         ids = _check_ids(ids, str(sample), data.extension)

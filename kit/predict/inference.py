@@ -53,7 +53,7 @@ def predict_run(config: Config, run_dir: Path, summary: dict, overrides: Sequenc
     try:
         return predict_test(run_config(run_dir, overrides), load_labels(config), run_dir, summary)
     except (click.ClickException, KitError) as error:
-        note = saved_settings_note(config, run_dir, error.message)
+        note = saved_settings_note(config, run_dir, getattr(error, "settings", ()))
         if not note:
             raise
         raise click.ClickException(f"{error.message}; {note}") from None

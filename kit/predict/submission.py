@@ -25,7 +25,8 @@ from kit.tasks import SINGLE_LABEL, SingleLabel, from_record
 
 def read_sample(config: Config) -> pd.DataFrame:
     path = paths.raw_dir(config.name) / config.data.sample_submission
-    return read_csv(path, [config.submission.id_column], f"re-run `make download COMP={config.name}`")
+    fix = f"re-run `make download COMP={config.name}`"
+    return read_csv(path, [config.submission.id_column], fix, ["submission.id_column"])
 
 
 def build(
