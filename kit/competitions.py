@@ -9,7 +9,7 @@ import tomllib
 
 from kit import paths
 from kit.config import Config
-from kit.config_build import load_config, toml_text
+from kit.config_build import load_config, utf8_text
 from kit.errors import ConfigError
 
 
@@ -21,7 +21,7 @@ def _kaggle_slug(name: str) -> str:
     """The competition's Kaggle slug; "" when it has none, or when its file cannot be read (that file's
     own error is for a command on that competition, not for every command)."""
     try:
-        slug = tomllib.loads(toml_text(paths.competition_file(name))).get("competition", {}).get("kaggle", "")
+        slug = tomllib.loads(utf8_text(paths.competition_file(name))).get("competition", {}).get("kaggle", "")
     except (ConfigError, tomllib.TOMLDecodeError, AttributeError):
         return ""
     return slug if isinstance(slug, str) else ""

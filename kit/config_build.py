@@ -80,9 +80,9 @@ def _build(cls: type, table: Any, where: str, file: Path) -> Any:
     return cls(**values)
 
 
-def toml_text(path: Path) -> str:
-    """A TOML file's text: UTF-8, with a byte-order mark accepted; any other encoding, or a file that
-    cannot be read, is one line naming the file and the fix."""
+def utf8_text(path: Path) -> str:
+    """A configuration file's text (competition.toml, hooks.py): UTF-8, with a byte-order mark accepted;
+    any other encoding, or a file that cannot be read, is one line naming the file and the fix."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -92,21 +92,21 @@ def toml_text(path: Path) -> str:
     except OSError as error:
         raise ConfigError(f"{path}: cannot be read ({error.strerror}); fix its permissions") from None
     if data.startswith(UTF16_BOMS):
-        raise ConfigError(f"{path}: saved as UTF-16; save it as UTF-8 (TOML files are UTF-8 text)")
+        raise ConfigError(f"{path}: saved as UTF-16; save it as UTF-8")
     try:
         return data.removeprefix(UTF8_BOM).decode("utf-8")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise ConfigError(
             f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}, another encoding such "
-            "as Latin-1); save it as UTF-8 (TOML files are UTF-8 text)"
+            "as Latin-1); save it as UTF-8"
         ) from None
 
 
 def read_toml(path: Path) -> dict:
     """A competition.toml as a TOML-shaped dict, before overrides and checks."""
     try:
-        raw = tomllib.loads(toml_text(path))
+        raw = tomllib.loads(utf8_text(path))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: malformed TOML: {error}") from None
     for key in (

@@ -10,6 +10,7 @@ import importlib.util
 import typing
 
 from kit.config import Config
+from kit.config_build import utf8_text
 from kit.errors import ConfigError
 
 # hooks.py: the fixed, optional functions a competition may define (name -> what it is for).
@@ -31,7 +32,17 @@ def load_hooks(config: Config) -> dict[str, typing.Callable]:
         return {}
     spec = importlib.util.spec_from_file_location(f"kit_hooks_{config.name.replace('-', '_')}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:  # another encoding (without a coding line), or Python that does not parse
+        if "codec can't decode" in str(error) or "null bytes" in str(error):
+            utf8_text(path)  # the one line naming the encoding and the fix
+        raise ConfigError(f"{path}, line {error.lineno}: {error.msg}; fix the Python there") from None
+    except ModuleNotFoundError as error:
+        raise ConfigError(
+            f"{path} imports {error.name!r}, which is not installed: `.venv/bin/pip install` it (and add it "
+            "to pyproject.toml), or import it inside the hook that needs it"
+        ) from None
     found = {}
     for name, value in vars(module).items():
         if (

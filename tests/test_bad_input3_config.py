@@ -1,8 +1,9 @@
 """Bad input, round three (issue 32), the configuration's classes, through the real CLI:
 
 - class 8: competition.toml files in other encodings (a UTF-8 byte-order mark is accepted; Latin-1 and
-  UTF-16 are one line naming the file and the fix), and one broken competition folder, another
-  competition's, breaking no command but its own (`kit list` lists it as broken);
+  UTF-16 are one line naming the file and the fix), a hooks.py that does not load (another encoding,
+  a syntax error, a missing package), and one broken competition folder, another competition's,
+  breaking no command but its own (`kit list` lists it as broken);
 - class 9: values the checks used to accept that failed later, blaming the images: an extension without
   its dot, an infinite aspect, image sizes that ask for tens of GB of cache, NaN or infinity in any float
   key, two settings naming one column;
@@ -101,6 +102,24 @@ def test_another_competitions_broken_file_breaks_only_its_own_commands(project, 
     assert any(line.startswith("digits ") and "not downloaded" in line for line in listed), listed
     # Its own commands say what is wrong with it, in one line.
     one_error_line(invoke("config", "broken"), str(path), said)
+
+
+@pytest.mark.parametrize(
+    ("prepend", "encoding", "said"),
+    [
+        ('_PLACE = "Caf\u00e9"\n', "latin-1", "not UTF-8 text (byte 0xe9 on line 1"),
+        ("", "utf-16", "saved as UTF-16; save it as UTF-8"),
+        ("def broken(:\n", "utf-8", "line 1: invalid syntax; fix the Python there"),
+        ("import no_such_module_for_kit\n", "utf-8", "'no_such_module_for_kit', which is not installed"),
+    ],
+)
+def test_a_hooks_file_that_does_not_load_is_one_line_naming_it(project, prepend, encoding, said):
+    """competitions/<name>/hooks.py is configuration too: another encoding, a syntax error or a missing
+    package used to end `kit download` in a traceback from importlib."""
+    hooks = project / "competitions" / "digits" / "hooks.py"
+    hooks.write_bytes((prepend + hooks.read_text()).encode(encoding))
+    one_error_line(invoke("download", "digits"), str(hooks), said)
+    assert not (project / "data" / "raw" / "digits").exists()
 
 
 # Class 9: values the checks accepted that failed later.
