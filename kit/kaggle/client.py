@@ -170,6 +170,11 @@ def authenticated_api(warn: Callable[[str], None] = lambda line: None):
     api.config_dir, api.config = str(config_directory), str(config_directory / api.config_file)
     present = credential_forms.found(api)
     malformed = credential_forms.malformed_config(api)
+    if credential_forms.breaks_the_client(api):
+        raise click.ClickException(
+            f"{malformed}, which stops the kaggle client: write it as "
+            '{"username": "<user>", "key": "<key>"}, or remove it and use an API token (KAGGLE_API_TOKEN)'
+        )
     if not present:
         raise click.ClickException(missing_credentials_message(malformed))
     if malformed:

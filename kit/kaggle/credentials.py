@@ -97,6 +97,8 @@ def legacy_values(api) -> dict:
 
 def _legacy(api) -> Credentials | None:
     """The legacy username and key, as the client merges them, named by where each part came from."""
+    if breaks_the_client(api):
+        return None
     values = legacy_values(api)
     if api.CONFIG_NAME_USER not in values or api.CONFIG_NAME_KEY not in values:
         return None
@@ -145,6 +147,11 @@ def malformed_config(api) -> str | None:
     if not isinstance(values, dict):
         return f"{config_file} holds a JSON {type(values).__name__}, not an object"
     return None
+
+
+def breaks_the_client(api) -> bool:
+    """A kaggle.json holding JSON that is not an object: the client reads it, then fails with a TypeError."""
+    return (malformed_config(api) or "").endswith("not an object")
 
 
 def readable_by_others(credentials: Credentials) -> bool:
