@@ -5,6 +5,7 @@ metrics.json). `kit predict`, `kit ensemble`, `kit notebook` and `kit report` on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ from kit.config import Config
 from kit.data.labels import LabelTable
 from kit.data.tta import MIRROR_FIRST, view_names
 from kit.files import save_array
-from kit.predict import calibrate, selection
-from kit.run import FoldFolder, Run
+from kit.predict import calibrate, crossfit, selection
+from kit.run import Calibration, FoldFolder, Run
 from kit.train.cross_validation import worse_stages
 from kit.train.views import candidate_weights, prediction_weights, weights_rule
 
@@ -32,9 +33,11 @@ def kept_oof(config: Config, folder: FoldFolder, recipe: dict | None = None) -> 
 
 def select_prediction(
     config: Config, labels: LabelTable, run_dir: Path, fold_numbers: list[int], results: dict, oof: np.ndarray
-) -> tuple[dict, np.ndarray]:
+) -> tuple[dict, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Which weight files and views predict (kit.predict.selection), chosen on every trained fold's OOF;
-    and the OOF predictions of that choice (NaN rows where no fold predicted), as the test side will be."""
+    the OOF predictions of that choice (NaN rows where no fold predicted), as the test side will be; and
+    the same choice made again on any subset of the rows (kit.predict.crossfit.refitted_selection), for
+    a CV scored on rows that chose nothing."""
     run = Run(run_dir)
     recipes = {number: results[number].get("recipe") for number in fold_numbers}
     kept = [kept_oof(config, run.fold(number), recipes[number]) for number in fold_numbers]
@@ -47,18 +50,26 @@ def select_prediction(
         if all(path.stem in fold_kept for fold_kept in kept)
     ]
     default = [path.stem for path in prediction_weights(config, first, recipes[fold_numbers[0]])]
-    chosen = selection.choose(
-        config.competition.metric,
-        kept,
-        targets,
-        names,
-        1 + config.predict.tta,
-        config.predict.min_gain,
-        labels.task,
-        fewest_views=2 if config.augment.preset in MIRROR_FIRST else 1,
-        mean=config.predict.mean,
-        default=[name for name in default if name in names] or None,
-    )
+
+    def choose(kept_by_fold: list[dict[str, np.ndarray]], targets_by_fold: list[np.ndarray]) -> dict:
+        return selection.choose(
+            config.competition.metric,
+            kept_by_fold,
+            targets_by_fold,
+            names,
+            1 + config.predict.tta,
+            config.predict.min_gain,
+            labels.task,
+            fewest_views=2 if config.augment.preset in MIRROR_FIRST else 1,
+            mean=config.predict.mean,
+            default=[name for name in default if name in names] or None,
+        )
+
+    def blend(fold_kept: dict[str, np.ndarray], choice: dict) -> np.ndarray:
+        weights, views = tuple(choice["weights"]), tuple(choice["views"])
+        return selection.blend(fold_kept, weights, views, config.predict.mean, labels.task)
+
+    chosen = choose(kept, targets)
     view_names_all = view_names(config.augment.preset, config.predict.tta)
     chosen["view_names"] = [view_names_all[index] for index in chosen["views"]]
     chosen["forward_passes_per_image"] = chosen["cost"] * len(fold_numbers)
@@ -71,11 +82,10 @@ def select_prediction(
     )
     chosen_oof = np.full_like(oof, np.nan)
     for number, fold_kept in zip(fold_numbers, kept, strict=True):
-        rows = results[number]["valid_rows"]
-        chosen_oof[rows] = selection.blend(
-            fold_kept, tuple(chosen["weights"]), tuple(chosen["views"]), config.predict.mean, labels.task
-        )
-    return chosen, chosen_oof
+        chosen_oof[results[number]["valid_rows"]] = blend(fold_kept, chosen)
+    rows_by_fold = [np.asarray(results[number]["valid_rows"]) for number in fold_numbers]
+    refitted = crossfit.refitted_selection(kept, rows_by_fold, labels.targets, len(oof), choose, blend)
+    return chosen, chosen_oof, refitted
 
 
 def cv_summary(
@@ -100,6 +110,28 @@ def cv_summary(
         "task": task.describe(),
         "decisions": decisions,
     }, calibration
+
+
+def cross_fitted(
+    config: Config,
+    labels: LabelTable,
+    row_folds: np.ndarray,
+    predictions_for: Callable[[np.ndarray], np.ndarray],
+    summary: dict,
+    calibration: Calibration,
+) -> tuple[dict, Calibration]:
+    """The summary with its CV scored on rows that chose nothing (kit.predict.crossfit: what predicts, the
+    calibration and the decisions fitted on the other folds, or the other half of one fold); the in-sample
+    figure kept beside it as cv_in_sample. A calibration that does not pay under cross-fitting is not
+    applied: the submission then carries the upload's clip alone."""
+    metric, clip = config.competition.metric, config.submission.clip_epsilon
+    fields = crossfit.honest_cv(
+        metric, labels.task, labels.targets, row_folds, predictions_for, clip, summary["cv"]
+    )
+    if fields.get("calibration_pays") is False and calibration.temperatures:
+        kept = calibration.before
+        calibration = Calibration(dict.fromkeys(calibration.temperatures, 1.0), clip, kept, kept)
+    return {**summary, **fields}, calibration
 
 
 def fold_results(run: Run, fold_numbers: list[int]) -> dict[int, dict]:
@@ -131,11 +163,16 @@ def settle(
     for number, result in results.items():
         oof[result["valid_rows"]] = result["probabilities"]
         row_folds[result["valid_rows"]] = number
-    prediction = None
+    prediction, chosen_oof = None, oof
+    predictions_for = lambda seen: chosen_oof  # noqa: E731 (nothing chosen: the same OOF for any rows)
     if config.predict.select:
-        prediction, oof = select_prediction(config, labels, run_dir, fold_numbers, results, oof)
+        prediction, chosen_oof, predictions_for = select_prediction(
+            config, labels, run_dir, fold_numbers, results, oof
+        )
+    oof = chosen_oof
     save_array(run.oof, oof)
     summary, calibration = cv_summary(config, labels, oof, row_folds)
+    summary, calibration = cross_fitted(config, labels, row_folds, predictions_for, summary, calibration)
     run.write_calibration(calibration)
     summary = {
         **summary,
