@@ -1023,4 +1023,8 @@ def ensemble(config: Config, specs: list[str]) -> Path:
         f"ensemble {run_dir.name}: OOF {summary['metric']} {summary['cv']:.4f} (weights {weights}); "
         f"submission {read_json(run_dir / 'submission.json')['file']}"
     )
+    if "cross_fitted" in summary["ensemble"]:  # the blend against its best member, on rows that chose nothing
+        click.echo(summary["ensemble"]["cross_fitted"]["line"])
+    for line in cv_honesty(summary):
+        click.echo(line)
     return run_dir

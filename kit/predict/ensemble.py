@@ -26,7 +26,7 @@ from kit import metrics, tasks
 from kit.config import Config
 from kit.data.labels import LabelTable, check_row_order, load_test, record_row_order
 from kit.files import read_json, save_array, write_json
-from kit.predict import calibrate, selection, submission
+from kit.predict import calibrate, crossfit, selection, submission
 from kit.predict.inference import predict_test
 from kit.run import BLEND, Calibration, Run, is_ensemble
 from kit.run_folder import find_run, new_run_dir, run_config, run_summary
@@ -219,6 +219,18 @@ def test_predictions(members: list[Member]) -> list[np.ndarray]:
     return tests
 
 
+def member_row_folds(member: Member, row_count: int) -> np.ndarray:
+    """The fold that predicted each training row in a member's run (-1: none); a blend member, which has
+    no folds of its own, counts as one fold (cross-fitted by halves)."""
+    run = Run(member.run_dir)
+    row_folds = np.full(row_count, -1, dtype=np.int64)
+    for number in read_json(run.summary_file).get("folds_trained", []):
+        row_folds[run.fold(number).read_result().rows] = number
+    if not (row_folds >= 0).any():
+        row_folds[~np.isnan(member.oof).any(1)] = 0
+    return row_folds
+
+
 def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     """`kit ensemble`: blend runs (by id or unique prefix) or kept variants (RUN@WEIGHTS[:plain]) on OOF,
     calibrate (log-loss metrics), write the submission; returns the ensemble's folder."""
@@ -242,14 +254,21 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         )
     targets, task = labels.targets[rows], labels.task
     member_rows = [oof[rows] for oof in oofs]
-    weights = WEIGHT_FITTERS[task.blend_loss](member_rows, task.blend_truth(targets))
+    clip = config.submission.clip_epsilon
+
+    def fit_weights(member_part: list[np.ndarray], truth: np.ndarray) -> np.ndarray:
+        return WEIGHT_FITTERS[task.blend_loss](member_part, task.blend_truth(truth))
+
+    # The blend is kept only when, fitted on other rows, it beats its best member (kit.predict.crossfit);
+    # else that member predicts alone, with weight 1.
+    row_folds = member_row_folds(members[0], len(labels.ids))[rows]
+    decision = crossfit.blend_or_best_member(metric, task, targets, row_folds, member_rows, fit_weights, clip)
+    weights = np.asarray(decision["weights"])
     # Members' OOF and test predictions are both uncalibrated: blend them alike, then calibrate once.
     blended = blend(member_rows, weights)
     calibration = calibrate.identity()  # a temperature cannot change a label or an accuracy
     if task.blend_loss == "log_loss" and metric == "log_loss":  # class probabilities, scored by log loss
-        temperature, epsilon, before, after = calibrate.calibrate(
-            blended, targets, min_epsilon=config.submission.clip_epsilon
-        )
+        temperature, epsilon, before, after = calibrate.calibrate(blended, targets, min_epsilon=clip)
         calibration = Calibration({BLEND: temperature}, epsilon, before, after)
     calibrated = calibrate.apply_to_parts({BLEND: blended}, calibration)
     scorer = metrics.METRICS[metric]
@@ -258,6 +277,15 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     cv = task.score(scorer, targets, calibrated, decisions)
     cv_uncalibrated = task.score(scorer, targets, blended, decisions)
     single = {m.name: {metric: task.score(scorer, targets, m.oof[rows], decisions)} for m in members}
+
+    def predictions_for(seen: np.ndarray) -> np.ndarray:  # the weights as fitted on the seen rows
+        if not decision["blend_pays"]:
+            return member_rows[decision["best_member"]]
+        return blend(member_rows, fit_weights([member[seen] for member in member_rows], targets[seen]))
+
+    honest = crossfit.honest_cv(metric, task, targets, row_folds, predictions_for, clip, cv)
+    if honest.get("calibration_pays") is False and calibration.temperatures:
+        calibration = Calibration({BLEND: 1.0}, clip, calibration.before, calibration.before)
     if task.blend_loss == "log_loss":
         for member in members:
             single[member.name]["log_loss"] = calibrate.log_loss(member.oof[rows], targets)
@@ -282,6 +310,8 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         "oof_log_loss": calibrate.log_loss(blend(member_rows, weights), targets)
         if task.blend_loss == "log_loss"
         else None,
+        # the blend's and each member's cross-fitted CV, whether the blend paid, and the line saying so
+        "cross_fitted": {key: decision[key] for key in ("blend_cv", "member_cvs", "blend_pays", "line")},
     }
     summary = {
         "metric": metric,
@@ -294,6 +324,7 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
         "task": task.describe(),
         "decisions": decisions,
         "ensemble": details,
+        **honest,  # cv: cross-fitted; cv_in_sample: the figure fitted and scored on the same rows
     }
     run.write_summary(summary)
     run.write_calibration(calibration)
