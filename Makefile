@@ -92,8 +92,8 @@ submit: $(STAMP) ## Train and predict if needed, check, then upload COMP's submi
 	$(KIT) submit $(COMP) $(if $(RUN),--run $(RUN)) -m "$(MSG)"
 
 .PHONY: notebook
-notebook: $(STAMP) ## Code competitions: push a Kaggle notebook predicting with RUN (default: newest); SUBMIT=1 submits (MSG=); LOCAL=1 rehearses it here, offline, with a time budget (FORCE=1 pushes over it)
-	$(KIT) notebook $(COMP) $(if $(RUN),--run $(RUN)) $(if $(LOCAL),--local) $(if $(FORCE),--force) $(if $(filter 0,$(GPU)),--no-gpu) $(if $(SUBMIT),--submit -m "$(MSG)") $(foreach s,$(SET),--set $(s))
+notebook: $(STAMP) ## Code competitions: push a Kaggle notebook predicting with RUN (default: newest); SUBMIT=1 submits (MSG=), SUBMIT_ONLY=1 submits the notebook that ran already; LOCAL=1 rehearses it here, offline, with a time budget (FORCE=1 pushes over it)
+	$(KIT) notebook $(COMP) $(if $(RUN),--run $(RUN)) $(if $(LOCAL),--local) $(if $(FORCE),--force) $(if $(filter 0,$(GPU)),--no-gpu) $(if $(SUBMIT),--submit -m "$(MSG)") $(if $(SUBMIT_ONLY),--submit-only -m "$(MSG)") $(foreach s,$(SET),--set $(s))
 
 .PHONY: report runs ensemble config
 report: $(STAMP) ## Write COMP's HTML report for RUN (default: newest) into its run folder

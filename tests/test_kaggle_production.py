@@ -127,6 +127,19 @@ def test_refused_link_fetches_a_fresh_one_once_and_resumes(monkeypatch, tmp_path
     assert (tmp_path / "raw" / SLUG / "labels.csv").is_file()
 
 
+def test_kit_download_resumes_after_a_400_expired_link(project, monkeypatch, tmp_path, waits):
+    kaggle_env(monkeypatch, tmp_path, credentials="token-env")
+    content = bundle()
+    with KaggleStandIn(competitions={DOG_SLUG: content}) as stand_in:
+        stand_in.fail_next("storage", "drop", after_bytes=download.CHUNK_BYTES)
+        stand_in.fail_next("storage", "expired-400")
+        result = invoke("download", "dog-breeds")
+        assert result.exit_code == 0, result.output
+        assert "asking Kaggle for a fresh one" in result.output
+        assert stand_in.settle().bytes_served == len(content)
+    assert (project / "data" / "raw" / "dog-breeds" / "labels.csv").is_file()
+
+
 def test_a_link_refused_twice_stops_in_one_line(monkeypatch, tmp_path, waits):
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
     with KaggleStandIn(competitions={SLUG: bundle()}) as stand_in:
