@@ -70,6 +70,7 @@ TINY = [
     "train.lr=3e-3",
     "stages=[{}]",  # one plain 1-epoch stage, whatever recipe the competition ships
     "train.lr_find=false",
+    "train.stop_when_worse=false",  # tests of other things keep every epoch (tests/test_stopping.py: on)
 ]
 
 

@@ -155,5 +155,15 @@ def test_runs_table_shows_only_settings_that_differ(project):
     from kit.competitions import load_competition
 
     table = runs_table.runs_table(load_competition("digits"))
-    assert list(table.columns) == ["run", "cv", "cv_uncalibrated", "metric", "trained", "minutes", "train.lr"]
+    assert list(table.columns) == [
+        "run",
+        "cv",
+        "cv_uncalibrated",
+        "metric",
+        "trained",
+        "minutes",
+        "stopped",
+        "predicts",
+        "train.lr",
+    ]
     assert table["minutes"].tolist() == [1.0, 2.0] and table["train.lr"].tolist() == [1e-3, 3e-3]

@@ -3,6 +3,7 @@ values, then digits runs with a deliberately harmful stage."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -84,3 +85,128 @@ def test_stage_outcomes_say_which_ran_which_stopped_and_which_were_skipped():
         "unfinished",
         "unfinished",
     ]
+
+
+# A tiny digits recipe: a head-and-body stage that learns, then a stage at a learning rate 100x too high
+# (it wrecks the weights without diverging past the loss check), then one more stage.
+HARMFUL = [
+    "stages=[{n_cycles=2, cycle_len=1}, {n_cycles=3, cycle_len=1, lr=0.3, snapshots=true}, {cycle_len=1}]",
+    "train.stop_when_worse=true",
+    "predict.weights='snapshots'",
+]
+
+
+def trained_epochs(run_dir) -> list[int]:
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    return [record["stage_index"] for record in summary["folds"]["0"]["history"]]
+
+
+@pytest.mark.slow
+def test_a_harmful_stage_stops_the_recipe_and_the_earlier_weights_predict(digits, project):
+    from kit import commands
+
+    config = digits(*HARMFUL, "predict.select=false")
+    run_dir = commands.train(config, "0")
+    # stage 0's two epochs, stage 1's first cycle (where it was checked), nothing of stage 2
+    assert trained_epochs(run_dir) == [0, 0, 1]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    recipe = summary["folds"]["0"]["recipe"]
+    assert recipe["stop"]["stage_index"] == 1 and recipe["stop"]["epoch"] == 1
+    assert recipe["stop"]["epochs_skipped"] == 2 + 1
+    assert [stage["status"] for stage in summary["stages"]["0"]] == ["ran", "stopped", "skipped"]
+    assert "not better than the best so far" in summary["stages"]["0"][2]["why"]
+    # the weights at the stop do not predict; stage 0's final weights do
+    commands.predict(config, run_dir.name)
+    record = json.loads((run_dir / "submission.json").read_text())
+    assert record["weights"] == ["fold-0/stage-0.pt"]
+    assert (run_dir / "fold-0" / "snapshot-1.pt").exists() and not (
+        run_dir / "fold-0" / "snapshot-2.pt"
+    ).exists()
+
+
+@pytest.mark.slow
+def test_selection_after_a_stop_never_takes_the_harmful_weights(digits, project):
+    from kit import commands
+
+    run_dir = commands.train(digits(*HARMFUL, "predict.select=true", "predict.min_gain=0.0"), "0")
+    chosen = json.loads((run_dir / "metrics.json").read_text())["prediction"]
+    # every stage's final weights were candidates; the stopped stage's files scored worse
+    tried = {name for candidate in chosen["candidates"] for name in candidate["weights"]}
+    assert {"stage-0", "snapshot-1"} <= tried
+    assert chosen["weights"] == ["stage-0"]
+
+
+@pytest.mark.slow
+def test_a_stage_that_helps_is_kept(digits, project):
+    from kit import commands
+
+    config = digits(
+        "stages=[{cycle_len=1}, {cycle_len=2}]", "train.stop_when_worse=true", "predict.select=false"
+    )
+    run_dir = commands.train(config, "0")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert trained_epochs(run_dir) == [0, 1, 1]
+    assert summary["folds"]["0"]["recipe"]["stop"] is None
+    assert [stage["status"] for stage in summary["stages"]["0"]] == ["ran", "ran"]
+    commands.predict(config, run_dir.name)
+    assert json.loads((run_dir / "submission.json").read_text())["weights"] == ["fold-0/last.pt"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_stop_resumes_without_training_the_skipped_stages(digits, project):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    digits()  # the data, in the temporary project
+    command = [sys.executable, "-m", "kit", "train", "digits", "--fold", "0"]
+    for value in [*TINY, *HARMFUL, "predict.select=false"]:
+        command += ["--set", value]
+    environment = {**os.environ, "KIT_PROJECT_ROOT": str(project), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seen = []
+    for line in process.stdout:  # killed as soon as the stop is decided: before the fold's OOF and result
+        seen.append(line)
+        if "stopped in stage" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert any("stopped in stage" in line for line in seen), "".join(seen)
+    (run_dir,) = (project / "runs" / "digits").iterdir()
+    assert not (run_dir / "metrics.json").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "kit", "train", "digits", "--resume"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert trained_epochs(run_dir) == [0, 0, 1]  # the skipped stages stay skipped
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert [stage["status"] for stage in summary["stages"]["0"]] == ["ran", "stopped", "skipped"]
+    assert summary["folds"]["0"]["recipe"]["stop"]["stage_index"] == 1
+
+
+def test_kit_runs_says_where_a_fold_stopped_and_what_predicts():
+    from kit.report import runs_table
+
+    summary = {
+        "stages": {
+            "0": [
+                {"stage": "head", "status": "ran", "epochs": 2, "of": 2},
+                {"stage": "unfrozen", "status": "stopped", "epochs": 1, "of": 7, "why": "worse"},
+                {"stage": "final", "status": "skipped", "epochs": 0, "of": 1, "why": "worse"},
+            ]
+        },
+        "prediction": {"weights": ["stage-0"]},
+    }
+    assert runs_table.stages_run(summary) == "fold 0: 'unfrozen' 1/7 epochs, skipped 'final'"
+    assert runs_table.predicts(summary) == "stage-0"
+    assert runs_table.stages_run({"stages": {"0": summary["stages"]["0"][:1]}}) == ""
+    assert runs_table.stages_run({}) == "" and runs_table.predicts({}) == ""

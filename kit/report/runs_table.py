@@ -40,6 +40,35 @@ def recipe_summary(stages: list[dict]) -> str:
     return ", ".join(described)
 
 
+def stages_run(summary: dict) -> str:
+    """Which stages ran, in a few words (train.stop_when_worse): '' when every stage ran or the run was
+    trained without the stop; else where each fold stopped and what was skipped, e.g. "fold 0: 'unfrozen'
+    1/7 epochs, skipped 'final'". A pure function of metrics.json."""
+    described = []
+    for fold, stages in summary.get("stages", {}).items():
+        stopped = [
+            f"'{stage['stage']}' {stage['epochs']}/{stage['of']} epochs"
+            for stage in stages
+            if stage["status"] == "stopped"
+        ]
+        ran_then_stop = [
+            f"'{stage['stage']}' did not pay"
+            for stage in stages
+            if stage["status"] == "ran" and stage.get("why")
+        ]
+        skipped = [f"'{stage['stage']}'" for stage in stages if stage["status"] == "skipped"]
+        if stopped or ran_then_stop or skipped:
+            parts = [*stopped, *ran_then_stop, *([f"skipped {', '.join(skipped)}"] if skipped else [])]
+            described.append(f"fold {fold}: {', '.join(parts)}")
+    return "; ".join(described)
+
+
+def predicts(summary: dict) -> str:
+    """The weight files that predict (metrics.json's prediction, chosen on OOF), e.g. 'stage-1+last'."""
+    chosen = summary.get("prediction")
+    return "+".join(chosen["weights"]) if chosen else ""
+
+
 def setting_columns(configs: dict[str, dict]) -> dict[str, dict]:
     """run -> {setting: value} for the settings that differ between runs. Runs with recipes of different
     lengths (a quick run beside full ones) differ in every key of the stages one has and the other lacks:
@@ -80,6 +109,8 @@ def runs_table(config: Config) -> pd.DataFrame:
                 "metric": summary.get("metric", "(unfinished)"),
                 "trained": trained(summary) or "(unfinished)",
                 "minutes": round(summary.get("seconds", 0) / 60, 1),
+                "stopped": stages_run(summary),  # where train.stop_when_worse stopped, what it skipped
+                "predicts": predicts(summary),
             }
         )
         if not ensemble:  # an ensemble's config.json is its first run's: its settings say nothing new

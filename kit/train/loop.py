@@ -140,7 +140,7 @@ def run_stage(
         disable=not (progress and distributed.is_main()),
         leave=False,
     )
-    while step < total_steps:
+    while step < total_steps and view.stop_reason is None:  # a trick may end the stage (StageView)
         epoch_started = time.time()
         seed = epoch_seed(config, state.fold, stage_index, epoch)
         torch.manual_seed(seed + distributed.rank())  # dropout, drop-path: other draws on each rank
@@ -208,7 +208,7 @@ def run_stage(
     bar.close()
     if distributed.is_main():
         models.save_weights(model, state.folder.last, state.meta)
-        if stage.joins_prediction and stage_index < len(config.stages) - 1:  # predicts beside the last stage
+        if stage_index < len(config.stages) - 1:  # every stage's final weights may predict (selection)
             models.save_weights(model, state.folder.stage_weights(stage_index), state.meta)
     for trick in tricks:
         trick.on_stage_end(view)

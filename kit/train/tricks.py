@@ -41,6 +41,8 @@ class StageView:
     total_steps: int
     step: int
     validate: Callable[[nn.Module], tuple[float, float]]  # validation loss and metric of a model
+    # Set by a trick (kit.train.stopping) to end the stage after the running epoch, and why.
+    stop_reason: str | None = None
 
     @property
     def stage(self) -> Stage:
