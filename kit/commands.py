@@ -599,7 +599,6 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
         run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit submit")
     path = submission_file(config, run_dir, summary, remake=False)
-    submission.check_unchanged(path)  # edited since `kit predict`: not uploaded under the run's CV
     # Labels stay text ('007' is not 7); probabilities are read as numbers so that NaN is seen.
     frame = parse_csv(
         path,
@@ -608,6 +607,7 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     )
     sample = submission.read_sample(config)
     submission.check(config, frame, sample, str(path), summary["classes"], tasks.from_record(summary["task"]))
+    submission.check_unchanged(path)  # valid, but edited since `kit predict`: not under the run's CV
     frame = submission.clip(config, frame)
     row = _ledger_row(config, run_dir, summary, path.name, message)
     text = row["message"]

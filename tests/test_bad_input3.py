@@ -207,14 +207,9 @@ class ReadOnlyFolders:
             self._patch(monkeypatch)
 
     def add(self, folder: Path) -> None:
-        if self.root:
-            self.folders.add(Path(os.path.abspath(folder)))
-        else:
+        self.folders.add(Path(os.path.abspath(folder)))
+        if not self.root:
             os.chmod(folder, 0o555)
-
-    def restore(self) -> None:
-        for folder in self.folders if self.root else ():
-            self.folders.discard(folder)
 
     def _blocked(self, path) -> bool:
         return Path(os.path.abspath(os.fsdecode(path))).parent in self.folders
@@ -643,7 +638,21 @@ def fake_run(project: Path, name: str, ids: list[str], ensemble: bool = False) -
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}\n")
     classes = [str(digit) for digit in range(10)]
-    summary = {"metric": "accuracy", "cv": 0.5, "classes": classes, "folds_trained": [] if ensemble else [0]}
+    try:
+        from kit.run import LAYOUT  # the run records' layout this kit reads
+    except ImportError:  # a kit before versioned run records
+        LAYOUT = None  # noqa: N806
+    summary = {
+        "layout": LAYOUT,
+        "metric": "accuracy",
+        "cv": 0.5,
+        "cv_uncalibrated": 0.5,
+        "task": {"name": "single_label"},
+        "decisions": {},
+        "classes": classes,
+        "folds_trained": [] if ensemble else [0],
+        "folds": {},
+    }
     if ensemble:
         summary["ensemble"] = {"runs": ["20260101-000000-a", "20260101-000000-b"], "weights": [0.5, 0.5]}
     (folder / "metrics.json").write_text(json.dumps(summary))

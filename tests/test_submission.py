@@ -228,7 +228,8 @@ def test_a_valid_submission_is_named_by_competition_time_and_score(project, prob
     path = submission.write(probabilities_config, frame, probability_sample(), "log_loss", 0.123456, CLASSES)
     assert path.parent == project / "submissions"
     assert re.fullmatch(r"breeds-\d{8}-\d{6}-log_loss0\.1235\.csv", path.name), path.name
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    # No temporary file left behind; beside it only its checksum record (and that record's lock).
+    assert {p.name for p in path.parent.iterdir()} == {path.name, "CHECKSUMS", ".CHECKSUMS.lock"}
     written = pd.read_csv(path, dtype={"id": str})
     pd.testing.assert_frame_equal(written, frame)
     # The calibrated CV (what the file holds) first, the uncalibrated one beside it when they differ.
@@ -268,4 +269,4 @@ def test_ledger_appends_rows(project):
     assert list(ledger.columns) == ledger_file.LEDGER_COLUMNS
     assert ledger["file"].tolist() == ["a.csv", "b.csv"] and ledger["cv"].tolist() == ["0.5", ""]
     assert ledger["message"].tolist() == ["one", "two, with a comma"]
-    assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.csv"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [".ledger.csv.lock", "ledger.csv"]  # no temporary
