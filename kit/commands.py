@@ -255,8 +255,6 @@ def _train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
         _record_precision(config, run_dir)
     if main:
         record_row_order(run_dir, labels.ids)  # `kit ensemble` and --resume check the rows still match
-    if main:
-        record_row_order(run_dir, labels.ids)  # `kit ensemble` and --resume check the rows still match
     with removed_unless_trained(run_dir) if main else nullcontext():
         if config.train.lr_find:
             if distributed.world_size() == 1:
@@ -449,7 +447,6 @@ def _resume(config: Config, run: str | None) -> Path:
         click.echo(f"resuming run {run_dir.name}")
         plan = (run_dir, run_config(run_dir), read_json(Run(run_dir).plan_file)["fold"])
     run_dir, saved_config, fold = distributed.broadcast_object(plan)
-    check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
     check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
     summary = _train_and_settle(saved_config, load_labels(saved_config), fold, run_dir)
     if distributed.is_main():
