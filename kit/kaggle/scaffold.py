@@ -305,9 +305,10 @@ class Measured:
 CLIP_SHARE_OF_UNIFORM = 0.01
 COMMENT_WIDTH = 106  # characters of a reason per comment line in the written TOML
 CLIP_REASON = (
-    "a hundredth of the uniform guess 1/{classes}: one sure mistake costs at most -log({clip:g}). "
-    "cats-vs-dogs measured 0.005 for 2 classes; on a fork of 300 cats-vs-dogs-dev photos this clip alone "
-    "took the answer key's log loss from 0.4247 to 0.4112 (docs/2026-12-02-forks.md)"
+    "a hundredth of the uniform guess 1/{classes}: one sure mistake costs at most -log({clip:g}), a hedge "
+    "against confident mistakes that OOF is too small to show. cats-vs-dogs ships 0.005 for 2 classes; on "
+    "300-photo forks of cats-vs-dogs-dev it took the answer key from 0.4247 to 0.4112 (a weak model) and "
+    "from 0.1147 to 0.1158 (a stronger one) (docs/2026-12-02-forks.md)"
 )
 MIRROR_REASON = (
     "the plain view and its mirror: side crops scored worse on OOF in every cats-vs-dogs-dev run, the "
