@@ -40,19 +40,24 @@ def share_out(count: int, devices: int) -> list[list[int]]:
 
 
 def on_devices(
-    items: Sequence[Item], work: Callable[[Item, torch.device], Result], devices: list[torch.device]
+    items: Sequence[Item],
+    make_work: Callable[[torch.device], Callable[[Item], Result]],
+    devices: list[torch.device],
 ) -> list[Result]:
-    """work(item, device) for every item, the items shared out across `devices` (share_out), each device's
-    share in a thread of its own (a GPU's kernels run while Python waits, so threads keep several busy);
+    """Every item worked on, the items shared out across `devices` (share_out): `make_work(device)` is called
+    once per device (its model placed there) and the function it returns takes that device's items, in a
+    thread of its own per device (a GPU's kernels run while Python waits, so threads keep several busy);
     the results in the items' order, whatever device made each."""
     if len(devices) == 1:
-        return [work(item, devices[0]) for item in items]
+        work = make_work(devices[0])
+        return [work(item) for item in items]
     shares = share_out(len(items), len(devices))
     results: list = [None] * len(items)
 
     def run(device_index: int) -> None:
+        work = make_work(devices[device_index])
         for index in shares[device_index]:
-            results[index] = work(items[index], devices[device_index])
+            results[index] = work(items[index])
 
     with ThreadPoolExecutor(len(shares)) as pool:
         list(pool.map(run, range(len(shares))))  # list(): a thread's error is raised here

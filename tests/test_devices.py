@@ -47,17 +47,20 @@ def test_two_devices_predict_what_one_device_predicts(monkeypatch):
     mean, std = base.pretrained_cfg["mean"], base.pretrained_cfg["std"]
     threads = set()
 
-    def predict(weights: dict, compute: torch.device) -> np.ndarray:
+    def predictor(compute: torch.device):
         threads.add(threading.get_ident())
-        model = copy.deepcopy(base)  # each device holds a model of its own
-        model.load_state_dict(weights)
-        model = device.place(model, compute).eval()
-        return device.batched_inference(model, images, 4, mean, std, compute=compute).numpy()
+        model = device.place(copy.deepcopy(base), compute).eval()  # each device holds a model of its own
 
-    one = device.on_devices(weight_files, predict, [torch.device("cpu")])
+        def predict(weights: dict) -> np.ndarray:
+            model.load_state_dict(weights)
+            return device.batched_inference(model, images, 4, mean, std, compute=compute).numpy()
+
+        return predict
+
+    one = device.on_devices(weight_files, predictor, [torch.device("cpu")])
     assert len(threads) == 1
     threads.clear()
-    two = device.on_devices(weight_files, predict, [torch.device("cpu"), torch.device("cpu")])
+    two = device.on_devices(weight_files, predictor, [torch.device("cpu"), torch.device("cpu")])
     assert len(threads) == 2  # each device's share ran in a thread of its own
     for alone, split in zip(one, two, strict=True):  # in the items' order
         np.testing.assert_allclose(split, alone, rtol=1e-5, atol=1e-6)
@@ -65,8 +68,43 @@ def test_two_devices_predict_what_one_device_predicts(monkeypatch):
 
 
 def test_a_device_error_reaches_the_caller():
-    def fails(item, compute):
-        raise RuntimeError(f"out of memory on {compute}")
+    def fails(compute):
+        def work(item):
+            raise RuntimeError(f"out of memory on {compute}")
+
+        return work
 
     with pytest.raises(RuntimeError, match="out of memory"):
         device.on_devices([1, 2], fails, [torch.device("cpu"), torch.device("cpu")])
+
+
+@pytest.mark.slow
+def test_kit_predict_on_two_devices_writes_what_one_device_writes(digits, monkeypatch):
+    """kit predict with two visible devices (here: the CPU twice, as two T4s would be used): each fold on a
+    device of its own, the submission and test probabilities those of one device."""
+    import os
+    from pathlib import Path
+
+    from conftest import TINY, invoke
+
+    from kit.predict import inference
+
+    project = Path(os.environ["KIT_PROJECT_ROOT"])
+    overrides = [item for value in [*TINY, "train.folds=2"] for item in ("--set", value)]
+    assert invoke("train", "digits", "--fold", "all", *overrides).exit_code == 0
+    (run_dir,) = (project / "runs" / "digits").iterdir()
+    assert invoke("predict", "digits").exit_code == 0
+    one = np.load(run_dir / "test-probabilities.npy")
+    (alone,) = (project / "submissions").glob("digits-*.csv")
+    expected = alone.read_text()
+    alone.unlink()
+    used = []
+    monkeypatch.setattr(inference, "visible_devices", lambda: [torch.device("cpu"), torch.device("cpu")])
+    monkeypatch.setattr(
+        inference, "on_devices", lambda *args: used.append(len(args[2])) or device.on_devices(*args)
+    )
+    assert invoke("predict", "digits").exit_code == 0
+    assert used == [2]
+    np.testing.assert_allclose(np.load(run_dir / "test-probabilities.npy"), one, rtol=1e-6, atol=1e-7)
+    (split,) = (project / "submissions").glob("digits-*.csv")
+    assert split.read_text() == expected

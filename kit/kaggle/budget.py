@@ -10,7 +10,8 @@ Kaggle run of up to nine hours):
 - A T4's forward passes, against a GPU at home: the ratio of their dense fp16/bf16 tensor throughput, rounded
   up (T4_SLOWER_THAN), times MARGIN; an unknown GPU counts as the fastest listed. Against a CPU at home: no
   speed-up claimed (a T4 is faster than any CPU the kit trains on; the estimate is then an upper bound).
-- "t4x2" counts as one T4: prediction runs on one GPU (GPUS_USED).
+- "t4x2" counts as one T4 (GPUS_USED): prediction deals the folds to both GPUs, but a run of one fold, or
+  of folds of unequal cost, keeps one busy longer; the estimate stays that of one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ ACCELERATORS = ("t4", "t4x2", "cpu")  # kit.config.Accelerator, less "auto"
 # a single T4 is Kaggle's default GPU (enable_gpu with no shape), a CPU notebook has no accelerator.
 MACHINE_SHAPES = {"t4": "", "t4x2": "NvidiaTeslaT4", "cpu": ""}
 KAGGLE_CORES = 2  # CPU cores of every Kaggle notebook, GPU or not
-GPUS_USED = {"t4": 1, "t4x2": 1, "cpu": 0}  # prediction uses one GPU of a T4 x2 (the second stays idle)
+GPUS_USED = {"t4": 1, "t4x2": 1, "cpu": 0}  # counted for a T4 x2: one (folds split over two; see above)
 MARGIN = 1.5  # Kaggle's machines are shared: disks, cores and the GPU no faster than at home, often slower
 REFUSE_ABOVE = 0.8  # of notebook.timeout_minutes: a push estimated above this is refused without --force
 # How many times slower a T4 (65 TFLOPS fp16 dense) runs the forward passes than these GPUs, by a fragment of
