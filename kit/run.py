@@ -70,7 +70,7 @@ def _number(path: Path, key: str, value: Any, positive: bool = False, optional: 
 
 BLEND = "blend"  # an ensemble's one calibrated part: its blended predictions
 # What every metrics.json holds (a trained run's and a blend's); the rest depends on which it is.
-SUMMARY_KEYS = ("metric", "cv", "cv_uncalibrated", "task", "decisions", "folds_trained", "classes", "folds")
+SUMMARY_KEYS = ("metric", "cv", "classes")
 
 
 def is_ensemble(summary: dict) -> bool:

@@ -12,7 +12,7 @@ from conftest import invoke
 from kit import commands
 from kit.data.labels import load_labels
 from kit.predict import calibrate, ensemble
-from kit.run import BLEND, Run
+from kit.run import BLEND, LAYOUT, Run
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -168,7 +168,7 @@ def fake_run(project, name: str, oof: np.ndarray, classes: list[str]):
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
     (run_dir / "metrics.json").write_text(
-        json.dumps({"metric": "accuracy", "cv": 0.5, "classes": classes, "folds": {}})
+        json.dumps({"layout": LAYOUT, "metric": "accuracy", "cv": 0.5, "classes": classes, "folds": {}})
     )
     np.save(run_dir / "oof.npy", oof)
     return run_dir
@@ -296,9 +296,7 @@ def test_the_reported_cv_includes_the_upload_clip():
     calibrated = calibrate.apply_by_fold(oof, row_folds, fitted)
     assert calibrated.min() >= 0.005 - 1e-12
     uploaded = np.clip(calibrated[:, 1], 0.005, 1 - 0.005)  # what kit.predict.submission.clip does (binary)
-    assert fitted.after == pytest.approx(
-        calibrate.log_loss(np.stack([1 - uploaded, uploaded], 1), targets)
-    )
+    assert fitted.after == pytest.approx(calibrate.log_loss(np.stack([1 - uploaded, uploaded], 1), targets))
     # Other metrics: nothing applied, and predictions are never renormalised (regression values stay).
     assert calibrate.for_metric("accuracy", oof, targets, row_folds, 0.005) == calibrate.identity()
     values = np.array([[3.5], [-1.0]])

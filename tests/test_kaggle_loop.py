@@ -22,6 +22,7 @@ from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
 
 from kit.competitions import load_competition, resolve_name
 from kit.predict import submission
+from kit.run import LAYOUT
 
 pytestmark = pytest.mark.usefixtures("kaggle_environment")
 
@@ -213,7 +214,13 @@ def fake_run(project, query: str, frame: pd.DataFrame):
     for file, value in {
         "config.json": config.to_dict(),
         "provenance.json": {"commit": "0123456789ab"},
-        "metrics.json": {"metric": "log_loss", "cv": 0.5, "classes": classes, "folds_trained": [0]},
+        "metrics.json": {
+            "layout": LAYOUT,
+            "metric": "log_loss",
+            "cv": 0.5,
+            "classes": classes,
+            "folds_trained": [0],
+        },
         "submission.json": {"file": "dog-breeds-fake.csv", "weights": []},
     }.items():
         (run_dir / file).write_text(json.dumps(value, default=str))

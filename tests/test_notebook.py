@@ -22,6 +22,7 @@ from test_kaggle_loop import DOG_SLUG, dog_breeds_bundle
 from test_scaffold import SEEDLINGS_SLUG, seedlings_files
 
 from kit.competitions import load_competition
+from kit.run import LAYOUT
 
 # The dog-breeds recipe cut to seconds; one snapshot predicts, so the run holds weights the package must not.
 RECIPE = [*tiny_recipe((1, 1, 2), tta=1), "predict.snapshot_ensemble=1"]
@@ -138,7 +139,7 @@ def test_package_size_is_capped(project, monkeypatch, tmp_path):
     config = load_competition("dog-breeds")
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     (run_dir / "fold-0" / "last.pt").write_bytes(b"0" * 3_000_000)
-    summary = {"folds_trained": [0], "classes": ["a", "b"], "metric": "log_loss", "cv": 0.5}
+    summary = {"layout": LAYOUT, "folds_trained": [0], "classes": ["a", "b"], "metric": "log_loss", "cv": 0.5}
     (run_dir / "metrics.json").write_text(json.dumps(summary))
     with KaggleStandIn(competitions={DOG_SLUG: None}, notebook_only={DOG_SLUG}) as stand_in:
         result = invoke("notebook", "dog-breeds", "--set", "notebook.max_package_mb=2")

@@ -3,11 +3,13 @@ after it fits the calibration once; prediction only reads it. And a forgotten ta
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
 from kit.tasks import SINGLE_LABEL
-from kit.train import views
+from kit.train import stage, views
 
 
 @pytest.mark.slow
@@ -44,3 +46,5 @@ def test_a_forgotten_task_is_an_error_not_single_label():
         views.view_probabilities(None, np.zeros((1, 8, 8, 3), np.uint8), 1)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="task"):
         views.ensemble_probabilities(None, [], {}, np.zeros((1, 8, 8, 3), np.uint8), 1)  # type: ignore[call-arg]
+    # A stage's loss is its task's: a PreparedStage made without one is refused, not a single-label loss.
+    assert inspect.signature(stage.PreparedStage).parameters["task"].default is inspect.Parameter.empty

@@ -149,19 +149,20 @@ def test_the_mirror_is_never_dropped_where_the_preset_mirrors():
 
 
 def test_logit_means_are_geometric_for_classes_log_odds_for_tags_plain_for_values():
-    from kit.tasks import MultiLabel, Regression
+    from kit.tasks import SINGLE_LABEL, MultiLabel, Regression
 
     sure, unsure = np.array([[0.9, 0.1]]), np.array([[0.5, 0.5]])
     stack = np.stack([sure, unsure])
-    np.testing.assert_allclose(selection.average(stack), [[0.7, 0.3]])
+    np.testing.assert_allclose(selection.average(stack, "probabilities", SINGLE_LABEL), [[0.7, 0.3]])
     # softmax of the mean log-probability: sqrt(0.9 * 0.5) : sqrt(0.1 * 0.5) = 3 : 1
-    np.testing.assert_allclose(selection.average(stack, "logits"), [[0.75, 0.25]])
+    np.testing.assert_allclose(selection.average(stack, "logits", SINGLE_LABEL), [[0.75, 0.25]])
     # tags: log-odds ln 9 and 0, mean ln 3, so 3 / (3 + 1)
     np.testing.assert_allclose(selection.average(stack[:, :, :1], "logits", MultiLabel()), [[0.75]])
     values = np.array([[[2.0]], [[4.0]]])
     np.testing.assert_allclose(selection.average(values, "logits", Regression(mean=0.0, std=1.0)), [[3.0]])
     # A member's zero does not veto a class: the floor keeps the other member's say.
-    vetoed = selection.average(np.stack([np.array([[1.0, 0.0]]), np.array([[0.2, 0.8]])]), "logits")
+    zero_and_not = np.stack([np.array([[1.0, 0.0]]), np.array([[0.2, 0.8]])])
+    vetoed = selection.average(zero_and_not, "logits", SINGLE_LABEL)
     assert 0 < vetoed[0, 1] < 0.5 and vetoed.sum() == pytest.approx(1.0)
 
 
@@ -182,6 +183,7 @@ def test_a_stage_that_joins_prediction_predicts_beside_the_last(digits, project)
     # The head trained on frozen features, kept (fold-K/stage-0.pt), predicts beside the fine-tuned
     # network; OOF and test average the two the same way (here as logits).
     from kit import commands
+    from kit.tasks import SINGLE_LABEL
     from kit.train import views
 
     config = digits(
@@ -215,8 +217,10 @@ def test_a_stage_that_joins_prediction_predicts_beside_the_last(digits, project)
     rows = json.loads((fold / "result.json").read_text())["valid_rows"]
     row_count = len(load_labels(config).paths)
     oof_variant, test_variant = ensemble.variant_predictions(run_dir, "last", False, row_count)
-    np.testing.assert_allclose(oof_variant[rows], selection.average(kept["last"], "logits"), atol=1e-6)
-    np.testing.assert_allclose(test_variant, selection.average(tests["last"], "logits"), atol=1e-6)
+    oof_average = selection.average(kept["last"], "logits", SINGLE_LABEL)
+    np.testing.assert_allclose(oof_variant[rows], oof_average, atol=1e-6)
+    test_average = selection.average(tests["last"], "logits", SINGLE_LABEL)
+    np.testing.assert_allclose(test_variant, test_average, atol=1e-6)
     # On the last stage itself (the quick recipe's head) it adds nothing: last.pt is those weights.
     only = digits("stages=[{cycle_len=0.5, joins_prediction=true}]", "predict.weights='last'")
     assert views.prediction_weights(only, fold) == [fold / "last.pt"]

@@ -6,7 +6,7 @@ kit.train.loop runs the loop over these; the LR finder and the batch-size probe 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from kit.data.loader import BatchDataset, JoinedImages, make_loader, worker_coun
 from kit.device import autocast, backward_and_step, device, gpu_paths, resolve_precision, to_input
 from kit.paths import interim_dir, require_download
 from kit.run import FoldFolder
-from kit.tasks import SINGLE_LABEL, SingleLabel
+from kit.tasks import Task
 from kit.train.features import body_features_cached
 
 
@@ -85,7 +85,7 @@ class PreparedStage:
     generator: torch.Generator  # the shuffling order's source, reseeded every epoch
     transform: object | None = None  # the albumentations Compose, reseeded every epoch
     train_module: nn.Module | None = None  # `module` as training steps call it (DDP, compiled); None: module
-    task: SingleLabel = SINGLE_LABEL  # the competition's kind (kit.tasks): its loss
+    task: Task = field(kw_only=True)  # the competition's kind (kit.tasks): its loss; no default
     mixup: Mixup | None = None  # timm's Mixup/CutMix when the stage mixes; the loop turns it off last
     precision: str = "auto"  # train.precision, resolved (kit.device.choose_precision)
     # fp16's loss scaler (kit.train.tricks.LossScaling hands in the fold's); None: no scaling (bf16, fp32)
