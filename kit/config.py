@@ -28,6 +28,9 @@ LabelSource = Literal["csv", "filenames", "folders"]
 DuplicatesRule = Literal["group", "ignore"]
 SubmissionFormat = Literal["probabilities", "binary", "label"]
 AugmentPreset = Literal["side_on", "top_down", "none"]  # kit.data.augment.PRESETS
+# The distinct test-time views of each preset beside the plain one (kit.data.tta.TTA_VIEWS; a test keeps
+# the two equal): predict.tta beyond them would repeat views, computing the same prediction again.
+TTA_VIEW_COUNTS: dict[str, int] = {"side_on": 8, "top_down": 5, "none": 5}
 PaddingMode = Literal["reflect", "constant", "edge"]  # kit.data.augment.PADDING_MODES
 Optimizer = Literal["adamw", "sgd"]
 ScheduleKind = Literal["sgdr", "one_cycle"]

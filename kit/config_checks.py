@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kit.config import LAYER_GROUPS, SECTIONS, TASK_METRICS, Config, Stage
+from kit.config import LAYER_GROUPS, SECTIONS, TASK_METRICS, TTA_VIEW_COUNTS, Config, Stage
 from kit.errors import ConfigError
 
 
@@ -135,6 +135,12 @@ def _check_numbers(config: Config) -> None:
     _check_range(file, "train.num_workers", config.train.num_workers, "-1 (automatic) or more", low=-1)
     _check_range(file, "data.max_bad_images", config.data.max_bad_images, "0 or more", low=0)
     _check_range(file, "predict.tta", config.predict.tta, "0 (no TTA) or more", low=0)
+    distinct = TTA_VIEW_COUNTS[config.augment.preset]
+    if config.predict.tta > distinct:
+        raise ConfigError(
+            f"{file}: 'predict.tta' = {config.predict.tta}: augment.preset = {config.augment.preset!r} has "
+            f"{distinct} distinct views beside the plain one (more repeat them); give 0 to {distinct}"
+        )
     if not 0.25 <= config.predict.image_scale <= 4:  # NaN too
         raise ConfigError(
             f"{file}: 'predict.image_scale' = {config.predict.image_scale} must be between 0.25 and 4 "

@@ -170,6 +170,23 @@ def test_an_image_size_that_asks_for_tens_of_gigabytes_is_refused_before_any_ima
     one_error_line(invoke("train", "digits", *arguments), str(project / DIGITS_TOML), key)
 
 
+@pytest.mark.parametrize(("preset", "most"), [("side_on", 8), ("top_down", 5), ("none", 5)])
+def test_more_tta_views_than_the_preset_has_are_refused(project, preset, most):
+    """Beyond a preset's distinct views, predict.tta repeated them: the same prediction computed again
+    (and again on every test image) for nothing."""
+    chosen = ["--set", f"augment.preset={preset}", "--set"]
+    refused = invoke("config", "digits", *chosen, f"predict.tta={most + 1}")
+    one_error_line(refused, f"'predict.tta' = {most + 1}", f"give 0 to {most}")
+    assert succeeded(invoke("config", "digits", *chosen, f"predict.tta={most}"))
+
+
+def test_the_config_knows_each_presets_views():
+    from kit.config import TTA_VIEW_COUNTS
+    from kit.data.tta import TTA_VIEWS
+
+    assert TTA_VIEW_COUNTS == {preset: len(views) for preset, views in TTA_VIEWS.items()}
+
+
 def test_two_settings_naming_one_column_are_refused(project):
     one_error_line(
         invoke("config", "digits", "--set", "data.label_column=id"),
