@@ -5,23 +5,22 @@ made the OOF rows alike), averaged over a fold's weight files and over folds, ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
 from kit import models, tasks
 from kit.config import Config
 from kit.data.images import image_cache
 from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
 from kit.data.tta import view_names
-from kit.device import on_devices, place, visible_devices
+from kit.device import place
 from kit.errors import KitError
 from kit.files import save_array, write_json
 from kit.paths import interim_dir
-from kit.predict import calibrate, submission
+from kit.predict import calibrate, prediction_rule, submission
 from kit.run import FoldFolder, Run
 from kit.run_folder import run_config, saved_settings_note
 from kit.train.views import ensemble_probabilities, prediction_cache_side, prediction_weights, weights_rule
@@ -33,7 +32,8 @@ def fold_prediction_weights(config: Config, fold_dir: Path, summary: dict) -> li
     chosen = summary.get("prediction")
     if chosen:
         return [FoldFolder(fold_dir).weights(name) for name in chosen["weights"]]
-    return prediction_weights(config, fold_dir)
+    recipe = summary.get("folds", {}).get(fold_dir.name.removeprefix("fold-"), {}).get("recipe")
+    return prediction_weights(config, fold_dir, recipe)
 
 
 def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
@@ -52,7 +52,12 @@ def predict_run(config: Config, run_dir: Path, summary: dict, overrides: Sequenc
     An error naming a setting the run saved with another value than competition.toml has now says so,
     and how to apply the fix (retrain, or an override)."""
     try:
-        return predict_test(run_config(run_dir, overrides), load_labels(config), run_dir, summary)
+        saved, overridden = run_config(run_dir), run_config(run_dir, overrides)
+        # `--set predict.tta=...` and the like win over the choice made on OOF after training
+        rule = prediction_rule.applied_rule(
+            saved.predict, overridden.predict, summary.get("prediction"), str(Run(run_dir).config_file)
+        )
+        return predict_test(overridden, load_labels(config), run_dir, summary, rule)
     except (click.ClickException, KitError) as error:
         note = saved_settings_note(config, run_dir, getattr(error, "settings", ()))
         if not note:
@@ -60,8 +65,29 @@ def predict_run(config: Config, run_dir: Path, summary: dict, overrides: Sequenc
         raise click.ClickException(f"{error.message}; {note}") from None
 
 
-def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dict) -> Path:
-    """Test probabilities from every trained fold of a run (snapshots, TTA), then the submission file."""
+def stopped_rule(config: Config, summary: dict) -> str:
+    """The config's weights rule, and what replaced it in folds that train.stop_when_worse stopped."""
+    stages_by_fold = summary.get("stages", {}).items()
+    stopped = [fold for fold, stages in stages_by_fold if any(stage.get("why") for stage in stages)]
+    if not stopped:
+        return weights_rule(config)
+    return (
+        f"{weights_rule(config)}; in folds {', '.join(stopped)}, stopped by train.stop_when_worse: the best "
+        "check point's weights and the joined stages that ran before the stop"
+    )
+
+
+def predict_test(
+    config: Config,
+    labels: LabelTable,
+    run_dir: Path,
+    summary: dict,
+    rule: prediction_rule.AppliedRule | None = None,
+) -> Path:
+    """Test probabilities from every trained fold of a run (snapshots, TTA), then the submission file.
+
+    `rule`: the recorded choice or the config's rule (kit.predict.prediction_rule); None: the recorded
+    choice when there is one."""
     classes = summary["classes"]
     test = load_test(config)
     check_test_apart(config, test, labels)
@@ -79,44 +105,32 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             f"every id: fix or re-download them (list in {Run(run_dir).bad_test_images})"
         )
     task = tasks.from_record(summary["task"])  # as trained (the regression's scale included)
+    model = place(models.create_model(config.train.model, task.head_size(classes), pretrained=False))
     meta = models.weights_meta(config, classes)
-    chosen = summary.get("prediction")  # kit.predict.selection's choice, made after training
-    folds = summary["folds_trained"]  # every fold's weights predict; folds are averaged with equal weight
-
-    def fold_predictor(compute: torch.device) -> Callable[[int], tuple[list[Path], np.ndarray]]:
-        """A model on `compute`, and the prediction of a fold with it: kit.device.on_devices deals the folds
-        to every visible GPU in turn (Kaggle's T4 x2: both), one model each."""
-        model = place(
-            models.create_model(config.train.model, task.head_size(classes), pretrained=False), compute
+    weights, fold_probabilities = [], {}
+    rule = rule or prediction_rule.AppliedRule(summary.get("prediction") or None, ())
+    chosen = rule.chosen  # kit.predict.selection's choice, made after training, unless --set changed it
+    for fold in summary[
+        "folds_trained"
+    ]:  # every fold's weights predict; folds are averaged with equal weight
+        fold_dir = Run(run_dir).fold(fold).folder
+        fold_weights = fold_prediction_weights(config, fold_dir, {**summary, "prediction": chosen})
+        fold_probabilities[fold] = ensemble_probabilities(
+            model,
+            fold_weights,
+            meta,
+            images,
+            config.stage_batch_size(last_stage) * 2,
+            keep=FoldFolder(fold_dir, fold).kept_test,
+            preset=config.augment.preset,
+            tta=config.predict.tta,
+            task=task,
+            image_size=image_size,
+            views=chosen["views"] if chosen else None,
+            mean=config.predict.mean,
+            precision=config.predict.precision,
         )
-
-        def predict_fold(fold: int) -> tuple[list[Path], np.ndarray]:
-            fold_dir = Run(run_dir).fold(fold).folder
-            fold_weights = fold_prediction_weights(config, fold_dir, {**summary, "prediction": chosen})
-            return fold_weights, ensemble_probabilities(
-                model,
-                fold_weights,
-                meta,
-                images,
-                config.stage_batch_size(last_stage) * 2,
-                keep=FoldFolder(fold_dir, fold).kept_test,
-                preset=config.augment.preset,
-                tta=config.predict.tta,
-                task=task,
-                image_size=image_size,
-                views=chosen["views"] if chosen else None,
-                mean=config.predict.mean,
-                precision=config.predict.precision,
-                compute=compute,
-            )
-
-        return predict_fold
-
-    predicted = on_devices(folds, fold_predictor, visible_devices())
-    weights = [path for fold_weights, _ in predicted for path in fold_weights]
-    fold_probabilities = {
-        fold: probabilities for fold, (_, probabilities) in zip(folds, predicted, strict=True)
-    }
+        weights += fold_weights
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).
     save_array(Run(run_dir).test_probabilities, np.mean(list(fold_probabilities.values()), axis=0))
     calibration = calibrate.read(Run(run_dir))  # fitted once, when training ended (kit.predict.summary)
@@ -128,10 +142,12 @@ def predict_test(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         {
             "file": path.name,
             "weights": [str(w.relative_to(run_dir)) for w in weights],
-            "weights_rule": weights_rule(config),
+            "weights_rule": rule.describe(stopped_rule(config, summary)),  # the rule used
             "views": views,
             "image_size": image_size,
             "forward_passes": len(test.ids) * len(weights) * len(views),
+            # per fold: which stages ran, which train.stop_when_worse stopped or skipped, and why
+            "stages": summary.get("stages", {}),
         },
     )
     return path

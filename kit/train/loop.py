@@ -62,12 +62,17 @@ def evaluate(
     return loss, score, predictions
 
 
+def diverged(state: FoldState, loss: float) -> bool:
+    """A NaN loss, or one 20x a chance guess's (ln classes, ...): the LR is too high."""
+    return not (math.isfinite(loss) and loss < 20 * state.labels.task.chance_loss(state.meta["classes"]))
+
+
 def check_loss(config: Config, stage: Stage, state: FoldState, epoch: int, kind: str, loss: float) -> None:
-    """Stop the stage on a NaN loss, or one 20x a chance guess's (ln classes, ...): the LR is too high.
+    """Stop the stage on a diverged loss (`diverged`).
 
     Called before any weights of the epoch are saved, so best.pt stays the last good one.
     """
-    if math.isfinite(loss) and loss < 20 * state.labels.task.chance_loss(state.meta["classes"]):
+    if not diverged(state, loss):
         return
     best = state.folder.best
     kept = f"last good weights: {best}" if best.exists() else "no good weights were saved"
@@ -175,9 +180,16 @@ def run_stage(
         # End of epoch: validate, record, keep the best and the last weights.
         train_loss = distributed.average(loss_sum / max(seen, 1)).item()  # the same on every rank
         distributed.sync_buffers(model)
-        check_loss(config, stage, state, epoch, "training", train_loss)
+        # A trick that ends the stage on a check point that does not pay (kit.train.stopping) takes a
+        # diverged loss as one: the recipe stops there and earlier weights predict, instead of an error.
+        tolerated = any(trick.ends_diverged_stage for trick in tricks)
+        if not tolerated:
+            check_loss(config, stage, state, epoch, "training", train_loss)
         valid_loss, valid_score = validate(model)
-        check_loss(config, stage, state, epoch, "validation", valid_loss)  # the epoch's last steps show here
+        if not tolerated:
+            check_loss(config, stage, state, epoch, "validation", valid_loss)  # the epoch's last steps show
+        elif diverged(state, train_loss) or diverged(state, valid_loss):
+            valid_score = math.nan  # never pays
         record = {
             "stage": stage.name,
             "stage_index": stage_index,  # names need not be unique (two stages may both be "train")

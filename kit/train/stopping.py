@@ -161,6 +161,12 @@ class StopWhenWorse(Trick):
     def stopped(self) -> bool:
         return self.stop is not None
 
+    @property
+    def ends_diverged_stage(self) -> bool:
+        """A diverged loss stops the fold like a check point that does not pay, once an earlier check
+        point kept weights to predict with (before that, and when fold 0 decides, the loop's error)."""
+        return self.planned is None and bool(self.checkpoints)
+
     def on_stage_start(self, view: StageView) -> None:
         stage = view.stage
         ends = schedule.cycle_ends(stage.n_cycles, stage.cycle_len, stage.cycle_mult)
@@ -173,7 +179,7 @@ class StopWhenWorse(Trick):
 
     def on_epoch_end(self, view: StageView, record: dict) -> None:
         epoch, snapshot, self.snapshot = record["epoch"], self.snapshot, None
-        if epoch not in self.checks:
+        if epoch not in self.checks and not math.isnan(record[self.metric]):  # a diverged epoch: at once
             return
         last_stage = view.stage_index == len(view.config.stages) - 1
         at_end = epoch == self.checks[-1]
@@ -200,6 +206,11 @@ class StopWhenWorse(Trick):
             )
         elif pays(checkpoint.score, best, self.min_gain, self.higher):
             return
+        elif math.isnan(checkpoint.score):
+            reason = (
+                f"the loss diverged (validation loss {record['valid_loss']:.4g}; best OOF {self.metric} so "
+                f"far {best:.4f}): lower this stage's learning rate"
+            )
         else:
             reason = (
                 f"OOF {self.metric} {checkpoint.score:.4f} not better than the best so far, {best:.4f}, by "

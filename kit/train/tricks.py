@@ -53,6 +53,8 @@ class Trick:
     """A trick that does nothing; subclasses override the points they need."""
 
     name = "trick"  # its key in the resume point: unique among the tricks of a run
+    # True while the trick ends a stage whose loss diverged (kit.train.stopping), instead of the loop's error
+    ends_diverged_stage = False
 
     def on_stage_start(self, view: StageView) -> None:
         pass

@@ -6,6 +6,7 @@ these same functions, so they are made alike.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,15 +43,13 @@ def view_probabilities(
     image_size: int | None = None,
     views: list[int] | None = None,
     precision: str = "auto",
-    compute: torch.device | None = None,
 ) -> np.ndarray:
     """Predictions per view (1 + tta views, N, outputs; float64): view 0 is the plain image. Outputs are
     the task's (kit.tasks): class or tag probabilities, values.
 
     Views see the cached whole photos; each is resized to `image_size` (default: the cache's size).
     `views` picks some of them by index (kit.predict.selection), in that order. `task`: the run's kind (no
-    default: a forgotten one must not silently mean single-label). `precision`: predict.precision;
-    `compute`: the device `model` is on (default: the compute device).
+    default: a forgotten one must not silently mean single-label). `precision`: predict.precision.
     """
     model.eval()
     every = tta_views(preset, tta)
@@ -62,15 +61,7 @@ def view_probabilities(
 
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     stacked = batched_inference(
-        all_views,
-        images,
-        batch_size,
-        mean,
-        std,
-        join_dim=1,
-        progress=progress,
-        precision=precision,
-        compute=compute,
+        all_views, images, batch_size, mean, std, join_dim=1, progress=progress, precision=precision
     )
     return stacked.double().cpu().numpy()
 
@@ -90,7 +81,6 @@ def ensemble_probabilities(
     views: list[int] | None = None,
     mean: str = "probabilities",
     precision: str = "auto",
-    compute: torch.device | None = None,
 ) -> np.ndarray:
     """Average of the predictions of several saved weights (snapshots, folds) on the same images: each
     file's views, then the files, as `mean` says (predict.mean; kit.predict.selection.average).
@@ -116,7 +106,6 @@ def ensemble_probabilities(
             image_size=image_size,
             views=views,
             precision=precision,
-            compute=compute,
         )
         if keep is not None:
             save_array(keep(path.stem), per_view.astype(np.float32))
@@ -191,6 +180,10 @@ def candidate_weights(config: Config, fold_dir: Path, recipe: dict | None = None
     final = [folder.ema_weights() if config.predict.weights == "ema" else folder.last]
     final = final if last_ran and not config.stages[-1].snapshots else []
     found = [*stages, *snapshots, *final]
+    if stop is not None and math.isnan(stop["score"]):  # a diverged stage's weights (NaN) predict nothing
+        wrecked = {folder.stage_weights(stop["stage_index"]), folder.last}
+        wrecked |= {folder.weights(stop["weights"])} if stop.get("weights") else set()
+        found = [path for path in found if path not in wrecked]
     return [path for path in dict.fromkeys([*found, *default]) if path not in default[-1:]] + default[-1:]
 
 
