@@ -307,20 +307,22 @@ COMMENT_WIDTH = 106  # characters of a reason per comment line in the written TO
 CLIP_REASON = (
     "a hundredth of the uniform guess 1/{classes}: one sure mistake costs at most -log({clip:g}), a hedge "
     "against confident mistakes that OOF is too small to show. cats-vs-dogs ships 0.005 for 2 classes; on "
-    "300-photo forks of cats-vs-dogs-dev it took the answer key from 0.4247 to 0.4112 (a weak model) and "
+    "300-photo forks of 1,600 Dogs vs. Cats photos (kept outside the repository) it took the answer key "
+    "from 0.4247 to 0.4112 (a weak model) and "
     "from 0.1147 to 0.1158 (a stronger one) (docs/2026-12-02-forks.md)"
 )
 MIRROR_REASON = (
-    "the plain view and its mirror: side crops scored worse on OOF in every cats-vs-dogs-dev run, the "
-    "mirror helped its answer key in 3 runs of 3 (docs/2026-11-27-cats-vs-dogs-recipe.md)"
+    "the plain view and its mirror: side crops scored worse on OOF in every run on 1,600 Dogs vs. Cats "
+    "photos, the mirror helped their answer key in 3 runs of 3 (docs/2026-11-27-cats-vs-dogs-recipe.md)"
 )
 SCALE_REASON = (
-    "views 8/7 of the training size (256 px after 224; FixRes): the same weights scored cats-vs-dogs-dev's "
-    "answer key better in 7 runs of 8, OOF too (docs/2026-11-27-image-scale.md)"
+    "views 8/7 of the training size (256 px after 224; FixRes): the same weights scored the answer key of "
+    "1,600 Dogs vs. Cats photos better in 7 runs of 8, OOF too (docs/2026-11-27-image-scale.md)"
 )
 HEAD_JOINS_REASON = (
     "the head trained on frozen ImageNet features predicts beside the fine-tuned network: with "
-    "predict.mean = 'logits' it took cats-vs-dogs-dev's OOF and answer key down on 4 seeds of 4 "
+    "predict.mean = 'logits' it took the OOF and answer key of 1,600 Dogs vs. Cats photos down on 4 seeds "
+    "of 4 "
     "(docs/2026-11-27-cats-vs-dogs-recipe.md)"
 )
 LOGITS_REASON = (
@@ -328,7 +330,8 @@ LOGITS_REASON = (
     "better than as probabilities on 4 seeds of 4 (docs/2026-11-27-cats-vs-dogs-recipe.md)"
 )
 PROBABILITIES_REASON = (
-    "views averaged as probabilities: on dog-breeds' 120 classes the head's second opinion scored OOF 1.230 "
+    "views averaged as probabilities: on 1,000 Dog Breed Identification photos (120 classes) the head's "
+    "second opinion scored OOF 1.230 "
     "averaged as probabilities, 1.256 as logits (docs/2026-11-27-cats-vs-dogs-recipe.md)"
 )
 
@@ -347,7 +350,7 @@ def measured_defaults(metric: str, task: str, classes: int, preset: str) -> list
         chosen.append(
             Measured("submission.clip_epsilon", clip, CLIP_REASON.format(classes=classes, clip=clip))
         )
-    if preset == "side_on":  # photos: measured on cats-vs-dogs-dev's
+    if preset == "side_on":  # photos: measured on real Dogs vs. Cats photos (the reasons' docs)
         chosen.append(Measured("predict.tta", 1, MIRROR_REASON))
         chosen.append(Measured("predict.image_scale", 1.143, SCALE_REASON))
     if metric == "log_loss" and task == "single_label" and classes == 2:
