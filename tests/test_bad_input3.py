@@ -789,3 +789,28 @@ def test_damaged_feature_cache_is_rebuilt_and_said(tmp_path, capsys, damage):
     assert np.allclose(again, first, atol=1e-5)
     said = capsys.readouterr().err
     assert str(path) in said and "damaged cache" in said and "rebuilding" in said
+
+
+def _need_cache(barrier, worker: int, paths: list[Path], cache: Path) -> list[tuple[bool, str]]:
+    """What `kit train` and `kit predict` started together do first: take the image cache. Whether this
+    process decoded the images (its progress bar) and a digest of the array it got."""
+    import contextlib
+    import io
+
+    from kit.data.images import image_cache
+
+    said = io.StringIO()
+    barrier.wait()
+    with contextlib.redirect_stderr(said):
+        images, _ = image_cache(paths, 16, cache, "train")
+    return [("cache train" in said.getvalue(), hashlib.sha1(np.ascontiguousarray(images)).hexdigest())]
+
+
+def test_two_commands_needing_one_cache_build_it_once(tmp_path):
+    """Two commands started together on a competition without a cache both decoded every image (minutes
+    on a real set), each renaming its own copy over the other's: the second now waits and reads it."""
+    paths = image_files(tmp_path / "raw", count=300, side=96)
+    results = run_together(_need_cache, 3, paths, tmp_path / "interim")
+    assert sum(built for built, _ in results) == 1, results
+    assert len({digest for _, digest in results}) == 1
+    assert len(list((tmp_path / "interim").glob("train-16px-*.npy"))) == 1
