@@ -31,8 +31,10 @@ from filelock import FileLock
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from kit.config import Config
 from kit.errors import KitError
 from kit.files import atomic_path, disk_full_error, exclusive, free_space, human_size, is_disk_full
+from kit.paths import interim_dir
 
 # Part of every cache key: bump it whenever decode's pixels change, so no cache made by an older decoder
 # is reused. 1: shorter side resized, centre square crop. 2: what a viewer shows (EXIF orientation, 16-bit,
@@ -331,3 +333,10 @@ def _build(
         array.flush()
         del array
     return problems
+
+
+def photo_cache(config: Config, paths: list[Path], side: int, split: str) -> tuple[np.ndarray, dict]:
+    """The one builder of a competition's photo caches: `split` ("train" or "test") under
+    data/interim/<name>, whole photos as `side` x `side` squares within data.max_aspect. Training, its
+    pseudo-labels, test prediction and a notebook's rehearsal all cache through it, so they read one cache."""
+    return image_cache(paths, side, interim_dir(config.name), split, config.data.max_aspect)

@@ -34,7 +34,7 @@ import click
 
 from kit import paths, tasks
 from kit.config import Config
-from kit.data.images import image_cache
+from kit.data.images import photo_cache
 from kit.data.labels import load_test, parse_csv
 from kit.device import device_name, resolve_precision
 from kit.files import atomic_path, git_commit, read_json, write_json
@@ -286,7 +286,7 @@ def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: s
         phase("unpack")
         test = load_test(config)
         side = prediction_cache_side(config)
-        image_cache(test.paths, side, paths.interim_dir(config.name), "test", config.data.max_aspect)
+        photo_cache(config, test.paths, side, "test")
         phase("decode")
         predicted = predict_run(config, run_dir, summary)  # reads the cache just made
         label = config.submission.format == "label"

@@ -13,13 +13,12 @@ import numpy as np
 
 from kit import models, tasks
 from kit.config import Config
-from kit.data.images import image_cache
+from kit.data.images import photo_cache
 from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
 from kit.data.tta import view_names
 from kit.device import place
 from kit.errors import KitError
 from kit.files import save_array, write_json
-from kit.paths import interim_dir
 from kit.predict import calibrate, prediction_rule, submission
 from kit.run import FoldFolder, Run
 from kit.run_folder import run_config, saved_settings_note
@@ -93,9 +92,7 @@ def predict_test(
     check_test_apart(config, test, labels)
     last_stage = config.stages[-1]
     image_size = config.predict_image_size()
-    images, problems = image_cache(
-        test.paths, prediction_cache_side(config), interim_dir(config.name), "test", config.data.max_aspect
-    )
+    images, problems = photo_cache(config, test.paths, prediction_cache_side(config), "test")
     if problems:
         write_json(Run(run_dir).bad_test_images, problems)
         first = next(iter(problems.items()))

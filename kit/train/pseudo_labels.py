@@ -14,11 +14,10 @@ import numpy as np
 
 from kit import distributed
 from kit.config import Config
-from kit.data.images import cache_side, image_cache
+from kit.data.images import cache_side, photo_cache
 from kit.data.labels import check_test_apart, load_test
 from kit.files import read_json, write_json
 from kit.metrics import apply_temperature, fit_temperature
-from kit.paths import interim_dir
 from kit.train.stage import FoldState, PseudoLabels, training_images
 from kit.train.views import view_probabilities
 
@@ -26,9 +25,7 @@ from kit.train.views import view_probabilities
 def cached_test_images(config: Config, image_size: int) -> tuple[np.ndarray, dict]:
     """The test photos cached as test predictions and the training rows cache them (whole, a little larger
     than `image_size`): the chosen ones join the training images as they are."""
-    test = load_test(config)
-    cache = interim_dir(config.name)
-    return image_cache(test.paths, cache_side(image_size), cache, "test", config.data.max_aspect)
+    return photo_cache(config, load_test(config).paths, cache_side(image_size), "test")
 
 
 def choose(probabilities: np.ndarray, threshold: float) -> np.ndarray:

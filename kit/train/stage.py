@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from kit import distributed, models
 from kit.config import Config
 from kit.data import augment
-from kit.data.images import cache_side, image_cache
+from kit.data.images import cache_side, photo_cache
 from kit.data.labels import LabelTable
 from kit.data.loader import BatchDataset, JoinedImages, make_loader, worker_count
 from kit.device import autocast, backward_and_step, device, gpu_paths, resolve_precision, to_input
@@ -228,4 +228,4 @@ def training_images(config: Config, labels: LabelTable, side: int) -> tuple[np.n
     larger than it (kit.data.images.cache_side)."""
     require_download(config.name)
     with distributed.main_first():  # rank 0 builds the cache, the other ranks then read it
-        return image_cache(labels.paths, side, interim_dir(config.name), "train", config.data.max_aspect)
+        return photo_cache(config, labels.paths, side, "train")
