@@ -47,7 +47,9 @@ Usage from any test (tests/ is on sys.path when pytest collects it):
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
+import io
 import json
 import sys
 import tempfile
@@ -166,6 +168,8 @@ def kaggle_env(monkeypatch, tmp_path, credentials=True):
         "VERBOSE_OUTPUT",
     ):
         monkeypatch.delenv(variable, raising=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # `import kaggle` authenticates: done once, with nothing
+        import kaggle  # noqa: F401 - to find, so that no test sees that call
     if credentials is True or credentials == "key-env":
         monkeypatch.setenv("KAGGLE_USERNAME", STANDIN_USERNAME)
         monkeypatch.setenv("KAGGLE_KEY", STANDIN_KEY)

@@ -125,8 +125,9 @@ def refused_credentials_message(used: credential_forms.Credentials | None, kaggl
         "~/.kaggle/access_token"
     )
     if used is not None and used.token_as_key:
+        holder = "KAGGLE_KEY" if "KAGGLE_KEY" in used.name else f"the key in {used.file}"
         fix = (
-            f"{'KAGGLE_KEY' if used.file is None else 'the key in ' + str(used.file)} holds an API token "
+            f"{holder} holds an API token "
             f"({credential_forms.TOKEN_PREFIX}...), "
             "which Kaggle refuses as a legacy key: put it in KAGGLE_API_TOKEN or ~/.kaggle/access_token "
             "instead"
