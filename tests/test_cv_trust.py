@@ -252,3 +252,40 @@ def test_the_cv_line_names_the_in_sample_figure_and_the_interval():
     assert "60 validation rows: the CV's 95% bootstrap interval is 0.3100-0.5200" in said[3]
     older = {key: summary[key] for key in ("metric", "cv", "cv_uncalibrated", "folds_trained")}
     assert len(cv_line(older).splitlines()) == 1  # a run recorded before cross-fitting
+
+
+def test_kit_ensemble_never_writes_a_blend_worse_than_its_best_member_silently(
+    digits_download, project, monkeypatch
+):
+    from conftest import copy_download, invoke
+
+    from kit.data.labels import load_labels, load_test
+    from kit.predict import ensemble
+    from kit.run import LAYOUT
+
+    copy_download(digits_download, project)
+    config = load_competition("digits")
+    labels, test = load_labels(config), load_test(config)
+    classes = labels.classes
+    random = np.random.default_rng(0)
+    right = np.eye(len(classes))[labels.targets] * 0.6 + 0.04  # a good member: the right class
+    wrong = np.eye(len(classes))[(labels.targets + 1) % len(classes)] * 0.9 + 0.01  # sure and always wrong
+    good_test = np.eye(len(classes))[random.integers(0, len(classes), len(test.ids))] * 0.6 + 0.04
+    members = {}
+    for name, oof, test_probabilities in (("a-wrong", wrong, 1 - good_test), ("b-good", right, good_test)):
+        folder = project / "runs" / "digits" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        summary = {"layout": LAYOUT, "metric": "accuracy", "cv": 0.5, "classes": classes, "folds_trained": []}
+        (folder / "metrics.json").write_text(json.dumps(summary))
+        members[name] = ensemble.Member(name, folder, oof, lambda value=test_probabilities: value)
+    monkeypatch.setattr(ensemble, "load_member", lambda config, spec, labels: members[spec])
+    result = invoke("ensemble", "digits", "a-wrong", "b-good")
+    assert result.exit_code == 0, (result.output, result.exc_info)
+    assert "the blend does not pay, so member 2 predicts alone (weight 1)" in result.output
+    (blend_dir,) = [p for p in (project / "runs" / "digits").iterdir() if p.name not in members]
+    summary = json.loads((blend_dir / "metrics.json").read_text())
+    assert (
+        summary["ensemble"]["weights"] == [0.0, 1.0] and not summary["ensemble"]["cross_fitted"]["blend_pays"]
+    )
+    assert "cv_in_sample" in summary and "cross-fitted" in result.output
