@@ -5,18 +5,19 @@ made the OOF rows alike), averaged over a fold's weight files and over folds, ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from kit import models, tasks
 from kit.config import Config
 from kit.data.images import photo_cache
 from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
 from kit.data.tta import view_names
-from kit.device import place
+from kit.device import on_devices, place, visible_devices
 from kit.errors import KitError
 from kit.files import save_array, write_json
 from kit.predict import calibrate, prediction_rule, submission
@@ -102,32 +103,45 @@ def predict_test(
             f"every id: fix or re-download them (list in {Run(run_dir).bad_test_images})"
         )
     task = tasks.from_record(summary["task"])  # as trained (the regression's scale included)
-    model = place(models.create_model(config.train.model, task.head_size(classes), pretrained=False))
     meta = models.weights_meta(config, classes)
-    weights, fold_probabilities = [], {}
     rule = rule or prediction_rule.AppliedRule(summary.get("prediction") or None, ())
     chosen = rule.chosen  # kit.predict.selection's choice, made after training, unless --set changed it
-    for fold in summary[
-        "folds_trained"
-    ]:  # every fold's weights predict; folds are averaged with equal weight
-        fold_dir = Run(run_dir).fold(fold).folder
-        fold_weights = fold_prediction_weights(config, fold_dir, {**summary, "prediction": chosen})
-        fold_probabilities[fold] = ensemble_probabilities(
-            model,
-            fold_weights,
-            meta,
-            images,
-            config.stage_batch_size(last_stage) * 2,
-            keep=FoldFolder(fold_dir, fold).kept_test,
-            preset=config.augment.preset,
-            tta=config.predict.tta,
-            task=task,
-            image_size=image_size,
-            views=chosen["views"] if chosen else None,
-            mean=config.predict.mean,
-            precision=config.predict.precision,
+    folds = summary["folds_trained"]  # every fold's weights predict; folds are averaged with equal weight
+
+    def fold_predictor(compute: torch.device) -> Callable[[int], tuple[list[Path], np.ndarray]]:
+        """A model on `compute`, and the prediction of a fold with it: kit.device.on_devices deals the folds
+        to every visible GPU in turn (Kaggle's T4 x2: both), one model each."""
+        model = place(
+            models.create_model(config.train.model, task.head_size(classes), pretrained=False), compute
         )
-        weights += fold_weights
+
+        def predict_fold(fold: int) -> tuple[list[Path], np.ndarray]:
+            fold_dir = Run(run_dir).fold(fold).folder
+            fold_weights = fold_prediction_weights(config, fold_dir, {**summary, "prediction": chosen})
+            return fold_weights, ensemble_probabilities(
+                model,
+                fold_weights,
+                meta,
+                images,
+                config.stage_batch_size(last_stage) * 2,
+                keep=FoldFolder(fold_dir, fold).kept_test,
+                preset=config.augment.preset,
+                tta=config.predict.tta,
+                task=task,
+                image_size=image_size,
+                views=chosen["views"] if chosen else None,
+                mean=config.predict.mean,
+                precision=config.predict.precision,
+                compute=compute,
+            )
+
+        return predict_fold
+
+    predicted = on_devices(folds, fold_predictor, visible_devices())
+    weights = [path for fold_weights, _ in predicted for path in fold_weights]
+    fold_probabilities = {
+        fold: probabilities for fold, (_, probabilities) in zip(folds, predicted, strict=True)
+    }
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).
     save_array(Run(run_dir).test_probabilities, np.mean(list(fold_probabilities.values()), axis=0))
     calibration = calibrate.read(Run(run_dir))  # fitted once, when training ended (kit.predict.summary)

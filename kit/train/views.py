@@ -43,13 +43,15 @@ def view_probabilities(
     image_size: int | None = None,
     views: list[int] | None = None,
     precision: str = "auto",
+    compute: torch.device | None = None,
 ) -> np.ndarray:
     """Predictions per view (1 + tta views, N, outputs; float64): view 0 is the plain image. Outputs are
     the task's (kit.tasks): class or tag probabilities, values.
 
     Views see the cached whole photos; each is resized to `image_size` (default: the cache's size).
     `views` picks some of them by index (kit.predict.selection), in that order. `task`: the run's kind (no
-    default: a forgotten one must not silently mean single-label). `precision`: predict.precision.
+    default: a forgotten one must not silently mean single-label). `precision`: predict.precision;
+    `compute`: the device `model` is on (default: the compute device).
     """
     model.eval()
     every = tta_views(preset, tta)
@@ -61,7 +63,15 @@ def view_probabilities(
 
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     stacked = batched_inference(
-        all_views, images, batch_size, mean, std, join_dim=1, progress=progress, precision=precision
+        all_views,
+        images,
+        batch_size,
+        mean,
+        std,
+        join_dim=1,
+        progress=progress,
+        precision=precision,
+        compute=compute,
     )
     return stacked.double().cpu().numpy()
 
@@ -81,6 +91,7 @@ def ensemble_probabilities(
     views: list[int] | None = None,
     mean: str = "probabilities",
     precision: str = "auto",
+    compute: torch.device | None = None,
 ) -> np.ndarray:
     """Average of the predictions of several saved weights (snapshots, folds) on the same images: each
     file's views, then the files, as `mean` says (predict.mean; kit.predict.selection.average).
@@ -106,6 +117,7 @@ def ensemble_probabilities(
             image_size=image_size,
             views=views,
             precision=precision,
+            compute=compute,
         )
         if keep is not None:
             save_array(keep(path.stem), per_view.astype(np.float32))
