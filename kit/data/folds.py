@@ -25,6 +25,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from kit.config import Config
+from kit.data import duplicates
 from kit.data import groups as group_sources
 from kit.data.labels import LabelTable, parse_csv
 from kit.files import atomic_path, read_json, write_json
@@ -189,8 +190,6 @@ def row_groups(config: Config, labels: LabelTable) -> np.ndarray | None:
     """Each row's group for the split: the group column or hook, near-duplicates joined when asked."""
     groups = group_sources.read_groups(config, labels)
     if config.data.duplicates == "group":
-        from kit.data import duplicates  # imagehash and a decode of every photo: only when asked
-
         pairs = duplicates.train_pairs(config, labels)
         joined = group_sources.join_groups(groups, pairs, len(labels.ids))
         click.echo(
