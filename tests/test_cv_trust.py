@@ -289,3 +289,17 @@ def test_kit_ensemble_never_writes_a_blend_worse_than_its_best_member_silently(
         summary["ensemble"]["weights"] == [0.0, 1.0] and not summary["ensemble"]["cross_fitted"]["blend_pays"]
     )
     assert "cv_in_sample" in summary and "cross-fitted" in result.output
+
+
+def test_the_report_names_the_in_sample_figure_and_the_interval():
+    from kit.report.report import honesty_note
+
+    summary = {
+        "cv_in_sample": 0.2177,
+        "cv_cross_fitted_by": "halves",
+        "cv_rows": 60,
+        "cv_interval": [0.3, 0.5],
+    }
+    note = honesty_note(summary)
+    assert "in sample, fitted and scored on the same rows: 0.2177" in note and "0.3000-0.5000" in note
+    assert honesty_note({"cv": 0.1}) == ""

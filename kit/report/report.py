@@ -291,6 +291,23 @@ def submission_rows(run_dir: Path) -> pd.DataFrame:
     return entries[["time_utc", "file", "status", "public_score", "message"]]
 
 
+def honesty_note(summary: dict) -> str:
+    """The CV's cross-fitting, the in-sample figure named as such, a small fold's bootstrap interval
+    (kit.predict.crossfit); '' for runs recorded before it."""
+    if "cv_in_sample" not in summary:
+        return ""
+    text = (
+        f"CV cross-fitted by {summary['cv_cross_fitted_by']} (each part scored with what the others chose); "
+        f"in sample, fitted and scored on the same rows: {summary['cv_in_sample']:.4f}"
+    )
+    if summary.get("calibration_pays") is False:
+        text += "; calibration not applied (it did not pay cross-fitted)"
+    if "cv_interval" in summary:
+        low, high = summary["cv_interval"]
+        text += f"; {summary['cv_rows']} validation rows: 95% bootstrap interval {low:.4f}-{high:.4f}"
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
 def leaderboard_section(config: Config, run_dir: Path) -> str:
     """Every scored submission of the competition, CV against public score, this run's marked; or ''."""
     ledger = read_ledger()
@@ -404,6 +421,7 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         + f" (folds {summary['folds_trained']}), "
         f"{summary.get('seconds', 0) / 60:.1f} minutes</p>",
         f"<p>{html.escape(baseline_sentence(metric, labels))}</p>",
+        honesty_note(summary),
     ]
     sections.append(
         "<h2>Submission</h2>"
