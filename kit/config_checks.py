@@ -46,10 +46,12 @@ def _check_data(config: Config) -> None:
     """What the data settings name: an extension as file names end, columns that are not one another."""
     file, data, submission = config.path, config.data, config.submission
     if not EXTENSION.match(data.extension):
-        example = "." + (data.extension.strip(" .*") or "jpg")
+        name = data.extension.replace("\\", "/").rsplit("/", 1)[-1].strip(" *")
+        example = Path(name).suffix or "." + (name.strip(".") or "jpg")  # "x.png": ".png"; "png": ".png"
+        where = " (a path: it reaches outside the image folders)" if "/" in data.extension else ""
         raise ConfigError(
-            f"{file}: 'data.extension' = {data.extension!r} must be the file names' ending with its dot, "
-            f"e.g. {example!r}"
+            f"{file}: 'data.extension' = {data.extension!r} must be the file names' ending with its dot"
+            f"{where}, e.g. {example!r}"
         )
     if data.labels == "csv" and data.id_column == data.label_column:
         raise ConfigError(

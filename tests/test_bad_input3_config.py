@@ -126,7 +126,8 @@ def test_a_hooks_file_that_does_not_load_is_one_line_naming_it(project, prepend,
 
 
 @pytest.mark.parametrize(
-    ("value", "example"), [("png", "'.png'"), ("*.png", "'.png'"), ("''", "'.jpg'"), ("'.'", "'.jpg'")]
+    ("value", "example"),
+    [("png", "'.png'"), ("*.png", "'.png'"), ("''", "'.jpg'"), ("'.'", "'.jpg'"), ("'dir/x.png'", "'.png'")],
 )
 def test_an_extension_without_its_dot_is_refused_with_the_dotted_form(project, value, example):
     one_error_line(
