@@ -115,7 +115,8 @@ def main(
 ) -> None:
     import torch  # the machine's description only
 
-    table = TODAY_SETTINGS if tree != REPO else ARM_SETTINGS
+    # another tree is code without train.stop_when_worse: its full arm needs no key
+    table = {**ARM_SETTINGS, **TODAY_SETTINGS} if tree != REPO else ARM_SETTINGS
     work = work or Path(f"/tmp/compare-stop-{datetime.now(UTC):%Y%m%d-%H%M%S}")
     work.mkdir(parents=True, exist_ok=True)
     answers = (
