@@ -14,25 +14,34 @@ from kit.train import stage, views
 
 @pytest.mark.slow
 def test_calibration_is_fitted_once_per_fold_over_train_and_predict(digits, project, monkeypatch):
-    """`kit train` then `kit predict`: each trained fold's temperature is fitted once, by the step after
-    training, and prediction reads it (the kit before fitted it after training and again in predict)."""
+    """`kit train` then `kit predict`: the calibration that is applied (a temperature per trained fold) is
+    fitted once, by the step after training; `kit predict` fits nothing and reads it (the kit before
+    fitted it after training and again in predict). Cross-fitted scoring (kit.predict.crossfit) fits
+    temperatures on parts of the rows to score the CV honestly: those are not the applied calibration."""
     from kit import commands
     from kit.predict import calibrate
     from kit.run import Run
 
-    fitted, original = [], calibrate.fit_temperature
+    applied, temperatures = [], []
+    fit_by_fold, fit_temperature = calibrate.fit_by_fold, calibrate.fit_temperature
 
-    def counted(probabilities, targets):
-        fitted.append(len(targets))
-        return original(probabilities, targets)
+    def counted_fit(*arguments, **options):
+        applied.append(fit_by_fold(*arguments, **options))
+        return applied[-1]
 
-    monkeypatch.setattr(calibrate, "fit_temperature", counted)
+    def counted_temperature(probabilities, targets):
+        temperatures.append(len(targets))
+        return fit_temperature(probabilities, targets)
+
+    monkeypatch.setattr(calibrate, "fit_by_fold", counted_fit)
+    monkeypatch.setattr(calibrate, "fit_temperature", counted_temperature)
     config = digits("competition.metric=log_loss", "train.folds=3")
     run_dir = commands.train(config, "0")
-    assert len(fitted) == 1  # fold 0's temperature, fitted on its OOF rows
+    assert len(applied) == 1 and list(applied[0].temperatures) == ["0"]  # fold 0's, fitted once
+    assert Run(run_dir).read_calibration() == applied[0]
+    fitted_in_training = len(temperatures)
     commands.predict(config, run_dir.name)
-    assert len(fitted) == 1  # read back, not fitted again
-    assert list(Run(run_dir).read_calibration().temperatures) == ["0"]
+    assert len(applied) == 1 and len(temperatures) == fitted_in_training  # prediction fits nothing
 
 
 def test_a_forgotten_task_is_an_error_not_single_label():
