@@ -101,10 +101,22 @@ def test_the_training_step_scales_an_fp16_loss_with_the_folds_scaler(monkeypatch
     hold) leaves the weights as they were and halves the scale; the scale carries into the next stage."""
     from types import SimpleNamespace
 
-    from test_gpu_paths import tiny_stage, uint8_batch
+    from test_gpu_paths import tiny_config, uint8_batch
 
+    from kit import tasks
     from kit.config_build import config_from_dict
     from kit.train import tricks
+
+    def tiny_stage() -> tuple[torch.nn.Module, stage.PreparedStage]:
+        torch.manual_seed(0)
+        model = device.place(models.create_model("test_efficientnet", CLASSES, pretrained=False))
+        rates = [1e-3] * 3
+        optimizer = stage.make_optimizer(tiny_config(), models.parameter_groups(model, rates))
+        prepared = stage.PreparedStage(
+            model, optimizer, rates, None, None, None, 32, 8, True, torch.Generator(), task=tasks.SINGLE_LABEL
+        )
+        models.train_mode(model)
+        return model, prepared
 
     monkeypatch.delenv(device.GPU_PATHS_ON_CPU, raising=False)
     cpu = torch.device("cpu")
