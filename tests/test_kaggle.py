@@ -67,8 +67,7 @@ def test_download_round_trip_extracts_nested_zips_and_is_idempotent(environment,
     assert (raw_dir / "labels.csv").read_text().startswith("id,breed")
     assert (raw_dir / download.DOWNLOAD_MARKER).is_file()
     assert not list(raw_dir.rglob("*.zip"))
-    left = sorted(path.name for path in raw_dir.parent.iterdir() if not path.name.endswith(".lock"))
-    assert left == [SLUG]  # no hidden download folder left (the lock file two downloads share stays)
+    assert sorted(path.name for path in raw_dir.parent.iterdir()) == [SLUG]
     assert_key_not_printed(capsys)
 
 

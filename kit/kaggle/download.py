@@ -351,6 +351,12 @@ def _stream(response: requests.Response, target: Path, offset: int, size: int | 
 # What the commands call.
 
 
+def download_lock(raw_dir: Path) -> Path:
+    """What downloads of data/raw/<name> take turns on: data/interim/<name>/download (its `.download.lock`
+    stays there, rebuildable state, rather than in data/raw, which holds only what was downloaded)."""
+    return raw_dir.parent.parent / "interim" / raw_dir.name / "download"
+
+
 def _place(archive: Path, folder: Path) -> Path:
     """A second name for `archive` inside `folder` (a hard link: no space, and the original stays put
     until extraction has succeeded); a copy where links are not possible."""
@@ -374,15 +380,15 @@ def download_competition(slug: str, raw_dir: Path, warn: Callable[[str], None] =
     raw_dir = Path(raw_dir)
     if (raw_dir / DOWNLOAD_MARKER).is_file():
         return False
-    with exclusive(raw_dir):
+    api = client.authenticated_api(warn)  # missing credentials stop here, before the lock file is made
+    with exclusive(download_lock(raw_dir)):
         if (raw_dir / DOWNLOAD_MARKER).is_file():  # another kit download finished it while this one waited
             return False
-        return _download_competition(slug, raw_dir, warn)
+        return _download_competition(api, slug, raw_dir, warn)
 
 
-def _download_competition(slug: str, raw_dir: Path, warn: Callable[[str], None]) -> bool:
+def _download_competition(api, slug: str, raw_dir: Path, warn: Callable[[str], None]) -> bool:
     require_fillable(raw_dir)  # before spending the download on a folder that will be refused
-    api = client.authenticated_api(warn)
     folder = download_folder(raw_dir)
     links = [signed_link(api, slug)]  # the first link names the file; later ones (refreshes) are asked anew
 
@@ -424,20 +430,27 @@ def download_file(
         raise click.ClickException(
             f"--file {name!r}: name a file of the competition, as `kit files` lists it"
         )
-    with exclusive(raw_dir):  # the hidden download folder is shared with any other download of raw_dir
-        return _download_file(slug, name, raw_dir, destination, warn)
-
-
-def _download_file(slug: str, name: str, raw_dir: Path, destination: Path, warn) -> Path:
+    _require_not_downloaded(raw_dir, destination, name)
     if (raw_dir / DOWNLOAD_MARKER).is_file():
-        if destination.is_file():
-            return destination  # the whole download holds it already
+        return destination  # the whole download holds it already: no need to ask Kaggle
+    api = client.authenticated_api(warn)
+    with exclusive(download_lock(raw_dir)):  # the hidden download folder is shared with any other download
+        return _download_file(api, slug, name, raw_dir, destination, warn)
+
+
+def _require_not_downloaded(raw_dir: Path, destination: Path, name: str) -> None:
+    if (raw_dir / DOWNLOAD_MARKER).is_file() and not destination.is_file():
         raise click.ClickException(
             f"{raw_dir} holds the whole download, without a file {name} (its zips are extracted): "
             "nothing fetched"
         )
+
+
+def _download_file(api, slug: str, name: str, raw_dir: Path, destination: Path, warn) -> Path:
+    if (raw_dir / DOWNLOAD_MARKER).is_file():  # the whole download holds it (finished while this waited)
+        _require_not_downloaded(raw_dir, destination, name)
+        return destination
     require_fillable(raw_dir)
-    api = client.authenticated_api(warn)
     url_holder: dict[str, str] = {}
 
     def link() -> str:
