@@ -108,7 +108,16 @@ def duplicates(competition: str, listed: int, overrides: tuple[str, ...]) -> Non
 @main.command()
 @COMPETITION
 @click.option(
-    "--fold", default=None, help="Fold number, or 'all' for every fold (OOF predictions).  [default: 0]"
+    "--fold",
+    default=None,
+    help="Fold number, 'all' for every fold (OOF predictions), or 'full': every training row, reusing "
+    "what a fold run chose (its CV is reported).  [default: 0]",
+)
+@click.option(
+    "--seeds", default=1, show_default=True, type=int, help="With --fold full: seeds, averaged."
+)
+@click.option(
+    "--chosen-on", default=None, help="With --fold full: the fold run to reuse (default: the newest)."
 )
 @click.option(
     "--resume",
@@ -119,13 +128,19 @@ def duplicates(competition: str, listed: int, overrides: tuple[str, ...]) -> Non
 @click.option("--run", default=None, help="With --resume: the run to continue.")
 @OVERRIDES
 def train(
-    competition: str, fold: str | None, resume: bool, run: str | None, overrides: tuple[str, ...]
+    competition: str,
+    fold: str | None,
+    seeds: int,
+    chosen_on: str | None,
+    resume: bool,
+    run: str | None,
+    overrides: tuple[str, ...],
 ) -> None:
-    """Train the competition's recipe on one fold or all of them."""
+    """Train the competition's recipe on one fold, all of them, or every row (--fold full)."""
     if resume:
         commands.resume(commands.load_for_training(competition), run, overrides, fold)
     else:
-        commands.train(commands.load_for_training(competition, overrides), fold)
+        commands.train(commands.load_for_training(competition, overrides), fold, seeds, chosen_on)
 
 
 @main.command("lr-find")

@@ -50,6 +50,7 @@ from kit.hooks import load_hooks
 from kit.kaggle import budget, kernels, scaffold
 from kit.kaggle import client as kaggle
 from kit.kaggle import download as kaggle_download
+from kit.predict import refit
 from kit.report.runs_table import runs_table
 from kit.run import BLEND, Run, is_ensemble
 from kit.run_folder import (
@@ -399,10 +400,46 @@ def interrupted_line(config: Config, known: set[Path] | None) -> str:
     )
 
 
-def train(config: Config, fold: str | None = None) -> Path:
-    """Train in a new run folder; `fold` a number or "all" (None: fold 0)."""
+def train(config: Config, fold: str | None = None, seeds: int = 1, chosen_on: str | None = None) -> Path:
+    """Train in a new run folder; `fold` a number, "all" (None: fold 0) or "full" (every row, `seeds`
+    seeds, reusing what the fold run `chosen_on` (default: the newest) chose)."""
+    if fold == "full":
+        with resume_hint(config, set(list_runs(config))):
+            return _train_full(config, load_labels(config), seeds, chosen_on)
+    if seeds != 1:  # seeds of a fold run (averaged like snapshots) are not built yet
+        raise KitError(f"--seeds {seeds}: only with --fold full for now; train a fold run with one seed")
+    if chosen_on is not None:
+        raise KitError("--chosen-on: only with --fold full (a fold run chooses on its own OOF)")
     with resume_hint(config, set(list_runs(config))):
         return _train_in_new_run(config, load_labels(config), "0" if fold is None else fold)
+
+
+def _train_full(config: Config, labels: LabelTable, seeds: int, chosen_on: str | None) -> Path:
+    """A full-data refit (kit.train.full_data, then kit.predict.refit): every training row, `seeds` seeds,
+    the prediction choice, views and temperatures of the fold run it reuses; its CV is that run's."""
+    from kit.device import device_name  # heavy (torch)
+    from kit.train import full_data  # heavy (torch, timm, albumentations)
+
+    if seeds < 1:
+        raise KitError(f"--seeds {seeds}: give 1 or more")
+    source = refit.chosen_on(config, chosen_on)
+    check_row_order(source, labels.ids, f"train a fold run on today's labels first ({source.name} is not)")
+    run_dir = new_run_dir(config, config.train.model, device_name())
+    click.echo(
+        f"run {run_dir.relative_to(run_dir.parents[2])}: every training row, {seeds} seed(s); what predicts, "
+        f"its views and temperatures as {source.name} chose them on its OOF"
+    )
+    _record_precision(config, run_dir)
+    record_row_order(run_dir, labels.ids)
+    started = time.time()
+    with removed_unless_trained(run_dir):
+        parts = full_data.train(config, labels, seeds, run_dir)
+    summary = refit.settle_full(config, labels, run_dir, source, parts, time.time() - started)
+    click.echo(
+        f"CV {summary['metric']}: {summary['cv']:.4f}, reported from {source.name}, the fold run this refit "
+        "reuses (a model trained on every row has no out-of-fold rows to score)"
+    )
+    return run_dir
 
 
 def resume(

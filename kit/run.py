@@ -69,6 +69,12 @@ def _number(path: Path, key: str, value: Any, positive: bool = False, optional: 
 
 
 BLEND = "blend"  # an ensemble's one calibrated part: its blended predictions
+FULL_PART = "full-seed-"  # a full-data refit's parts (folds_trained, calibration): full-seed-0, ...
+
+
+def is_full_refit(summary: dict) -> bool:
+    """Whether a metrics.json is a full-data refit's (kit train --fold full: no OOF of its own)."""
+    return "full" in summary
 # What every metrics.json holds (a trained run's and a blend's); the rest depends on which it is.
 SUMMARY_KEYS = ("metric", "cv", "classes")
 
@@ -239,13 +245,29 @@ class Run:
     def fold(self, number: int) -> FoldFolder:
         return FoldFolder(self.folder / f"fold-{number}", number)
 
+    def full(self, seed: int) -> FoldFolder:
+        """full-seed-K/: seed K's model trained on every row (`kit train --fold full`): weight files and a
+        result, no OOF of its own (it predicts as the fold run it was chosen on chose)."""
+        return FoldFolder(self.folder / f"{FULL_PART}{seed}", None)
+
+    def part(self, key: int | str) -> FoldFolder:
+        """A trained part as metrics.json's folds_trained names it: a fold number, or a full-data seed."""
+        if isinstance(key, str) and key.startswith(FULL_PART):
+            return FoldFolder(self.folder / key, None)
+        return self.fold(int(key))
+
     def folds_present(self) -> list[FoldFolder]:
         found = (path for path in self.folder.glob("fold-*") if path.is_dir())
         numbers = sorted(int(path.name.split("-", 1)[1]) for path in found)
         return [self.fold(number) for number in numbers]
 
+    def full_parts_present(self) -> list[FoldFolder]:
+        """The full-data seeds' folders present (kit train --fold full), in seed order."""
+        found = (path for path in self.folder.glob(f"{FULL_PART}*") if path.is_dir())
+        return [self.full(seed) for seed in sorted(int(path.name.removeprefix(FULL_PART)) for path in found)]
+
     def holds_training(self) -> bool:
-        return any(fold.holds_training() for fold in self.folds_present())
+        return any(part.holds_training() for part in self.folds_present() + self.full_parts_present())
 
     @property
     def config_file(self) -> Path:

@@ -225,7 +225,8 @@ def member_row_folds(member: Member, row_count: int) -> np.ndarray:
     run = Run(member.run_dir)
     row_folds = np.full(row_count, -1, dtype=np.int64)
     for number in read_json(run.summary_file).get("folds_trained", []):
-        row_folds[run.fold(number).read_result().rows] = number
+        if isinstance(number, int):  # a full-data refit's seeds predicted no training row out of fold
+            row_folds[run.fold(number).read_result().rows] = number
     if not (row_folds >= 0).any():
         row_folds[~np.isnan(member.oof).any(1)] = 0
     return row_folds

@@ -41,7 +41,7 @@ def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
     return [
         path
         for fold in summary["folds_trained"]
-        for path in fold_prediction_weights(config, Run(run_dir).fold(fold).folder, summary)
+        for path in fold_prediction_weights(config, Run(run_dir).part(fold).folder, summary)
     ]
 
 
@@ -116,7 +116,7 @@ def predict_test(
         )
 
         def predict_fold(fold: int) -> tuple[list[Path], np.ndarray]:
-            fold_dir = Run(run_dir).fold(fold).folder
+            fold_dir = Run(run_dir).part(fold).folder  # a fold, or a full-data refit's seed
             fold_weights = fold_prediction_weights(config, fold_dir, {**summary, "prediction": chosen})
             return fold_weights, ensemble_probabilities(
                 model,
@@ -124,7 +124,7 @@ def predict_test(
                 meta,
                 images,
                 config.stage_batch_size(last_stage) * 2,
-                keep=FoldFolder(fold_dir, fold).kept_test,
+                keep=Run(run_dir).part(fold).kept_test,
                 preset=config.augment.preset,
                 tta=config.predict.tta,
                 task=task,

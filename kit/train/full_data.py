@@ -1,0 +1,68 @@
+"""The full-data refit (`kit train COMP --fold full [--seeds N]`): the recipe's stages on every training row,
+once per seed, after the recipe was chosen on folds.
+
+Nothing here selects: there are no held-out rows. Each seed's stages run to the recipe's end (its weight
+files written as a fold's are), and what predicts, its views and its temperatures are the fold run's
+(kit.predict.refit). The loop still validates each epoch, on a few training rows (in sample), only to see
+a diverged loss; no decision is made on those figures.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kit import models
+from kit.config import Config
+from kit.data.labels import LabelTable
+from kit.device import place
+from kit.files import write_json
+from kit.run import FoldResult, Run
+from kit.train import resume, tricks
+from kit.train.cross_validation import usable_rows
+from kit.train.loop import run_stage
+from kit.train.stage import FoldState
+
+# Training rows the loop's per-epoch validation runs on: in sample, only to catch a diverged loss (a
+# forward pass over every row each epoch would cost a third of an epoch for no decision).
+MONITOR_ROWS = 256
+# A seed's randomness (kit.train.loop.epoch_seed takes a fold number): 100 + seed, a number no fold has,
+# so that a full-data seed draws other batches than fold K of the same seed.
+SEED_FOLD_OFFSET = 100
+
+
+def train_seed(config: Config, labels: LabelTable, seed: int, run: Run, rows: np.ndarray) -> FoldResult:
+    """Every stage on every usable row for one seed; its result written (no OOF: valid_rows is empty)."""
+    torch.manual_seed(config.train.seed + SEED_FOLD_OFFSET + seed)
+    folder = run.full(seed)
+    folder.folder.mkdir(parents=True, exist_ok=True)
+    model = models.create_model(
+        config.train.model, labels.task.head_size(labels.classes), config.train.pretrained
+    )
+    meta = models.weights_meta(config, labels.classes)
+    monitor = rows[:MONITOR_ROWS]
+    state = FoldState(model, labels, rows, monitor, folder.folder, meta, [], fold=SEED_FOLD_OFFSET + seed)
+    place(model)
+    seed_tricks = tricks.for_fold(config, model)  # no stop: nothing held out to decide on
+    first_stage = resume.restore(state, len(config.stages), seed_tricks)
+    for stage_index in range(first_stage, len(config.stages)):
+        run_stage(config, stage_index, state, tricks=seed_tricks)
+    result = FoldResult(math.nan, state.history, [], {}, None)
+    folder.write_result(result)
+    folder.resume_point.unlink(missing_ok=True)
+    return result
+
+
+def train(config: Config, labels: LabelTable, seeds: int, run_dir: Path) -> list[str]:
+    """Train `seeds` full-data models in `run_dir` (seeds finished before an interruption kept); returns the
+    parts' names, as metrics.json's folds_trained lists them."""
+    run = Run(run_dir)
+    write_json(run.plan_file, {"fold": "full", "seeds": seeds})  # what --resume continues
+    rows = usable_rows(config, labels, run)
+    for seed in range(seeds):
+        if not run.full(seed).result_file.exists():
+            train_seed(config, labels, seed, run, rows)
+    return [run.full(seed).folder.name for seed in range(seeds)]

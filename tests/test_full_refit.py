@@ -1,0 +1,105 @@
+"""`kit train COMP --fold full [--seeds N]`: every training row, what a fold run chose reused; then kit
+predict and kit ensemble with it. The reuse rules on plain values, then tiny digits runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import invoke
+
+from kit import commands
+from kit.data.labels import load_labels
+from kit.predict import calibrate, refit
+from kit.run import Calibration, Run
+from kit.train import stage
+
+
+def test_one_temperature_for_every_seed_is_the_geometric_mean_of_the_folds():
+    source = Calibration({"0": 2.0, "1": 0.5, "2": 1.0}, 0.01, 0.4, 0.3)
+    full = refit.full_calibration(source, ["full-seed-0", "full-seed-1"])
+    assert full.temperatures == {"full-seed-0": pytest.approx(1.0), "full-seed-1": pytest.approx(1.0)}
+    assert full.epsilon == 0.01
+    lopsided = refit.full_calibration(Calibration({"0": 4.0, "1": 1.0}, None), ["full-seed-0"])
+    assert lopsided.temperatures["full-seed-0"] == pytest.approx(2.0)  # not the arithmetic 2.5
+    assert refit.full_calibration(Calibration({}, 0.02), ["full-seed-0"]).temperatures == {}
+
+
+def test_best_weights_become_the_recipes_last_with_no_validation_to_pick_them():
+    chosen = {"weights": ["best", "snapshot-2", "last"], "views": [0, 1]}
+    assert refit.full_prediction(chosen) == {"weights": ["last", "snapshot-2"], "views": [0, 1]}
+    assert refit.full_prediction(None) is None
+
+
+def test_full_refit_without_a_fold_run_is_refused_in_one_line(digits, project):
+    digits()  # the competition in the project
+    result = invoke("train", "digits", "--fold", "full")
+    assert result.exit_code == 1
+    assert "no finished fold run" in result.output and "--fold all" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not list(project.glob("runs/digits/*"))  # no run folder left behind
+
+
+def test_full_refit_trains_every_row_per_seed_predicts_averaged_and_blends(digits, project, monkeypatch):
+    settings = ("competition.metric=log_loss", "train.folds=10", "predict.tta=0")
+    fold_run = commands.train(digits(*settings), "0")
+    labels = load_labels(digits())
+
+    seen: list[np.ndarray] = []  # the rows each training loader was built on
+    original = stage.BatchDataset
+
+    def recording(images, targets, rows, transform):
+        seen.append(np.asarray(rows).copy())
+        return original(images, targets, rows, transform)
+
+    monkeypatch.setattr(stage, "BatchDataset", recording)
+    full_run = commands.train(digits(*settings), "full", seeds=2)
+    assert len(seen) == 2  # one stage, two seeds
+    for rows in seen:  # every training row, each once: nothing held out
+        assert np.array_equal(np.sort(rows), np.arange(len(labels.ids)))
+    monkeypatch.setattr(stage, "BatchDataset", original)
+
+    run = Run(full_run)
+    summary = run.read_summary()
+    source = Run(fold_run).read_summary()
+    assert summary["folds_trained"] == ["full-seed-0", "full-seed-1"]
+    assert summary["full"]["chosen_on"] == fold_run.name and summary["full"]["seeds"] == 2
+    assert summary["cv"] == source["cv"]  # reported from the fold run it was chosen on
+    assert summary.get("prediction", {}).get("views") == source.get("prediction", {}).get("views")
+    (temperature,) = Run(fold_run).read_calibration().temperatures.values()
+    assert run.read_calibration().temperatures == {
+        "full-seed-0": pytest.approx(temperature),
+        "full-seed-1": pytest.approx(temperature),
+    }
+    for seed in (0, 1):
+        assert run.full(seed).last.exists() and run.full(seed).read_result().valid_rows == []
+    # Two seeds: two different models.
+    first, second = (run.full(seed).last.read_bytes() for seed in (0, 1))
+    assert first != second
+
+    # kit predict: each seed predicts; the test probabilities are their average, calibrated as recorded.
+    assert invoke("predict", "digits", full_run.name).exit_code == 0
+    per_seed = {}
+    for seed in (0, 1):
+        kept = sorted(run.full(seed).folder.glob("test-*.npy"))
+        assert kept, "each seed keeps its test views"
+        per_seed[f"full-seed-{seed}"] = np.mean([np.load(path).mean(0) for path in kept], axis=0)
+    averaged = np.load(run.test_probabilities)
+    assert np.allclose(averaged, np.mean(list(per_seed.values()), axis=0), atol=1e-6)
+    assert not np.allclose(per_seed["full-seed-0"], per_seed["full-seed-1"])
+    record = json.loads(run.submission_record_file.read_text())
+    assert any(path.startswith("full-seed-1/") for path in record["weights"])
+    expected = calibrate.apply_to_parts(per_seed, run.read_calibration())
+    assert math.isfinite(float(expected.sum()))
+
+    # kit ensemble blends it with a fold run.
+    result = invoke("ensemble", "digits", fold_run.name, full_run.name)
+    assert result.exit_code == 0, result.output
+    (blend_dir,) = (project / "runs" / "digits").glob("*-ensemble")
+    assert Run(blend_dir).read_summary()["ensemble"]["runs"] == [fold_run.name, full_run.name]
+
+    # --chosen-on a run that is not a fold run is refused in one line.
+    result = invoke("train", "digits", "--fold", "full", "--chosen-on", full_run.name)
+    assert result.exit_code == 1 and "not a finished fold run" in result.output, result.output
