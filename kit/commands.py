@@ -418,7 +418,6 @@ def _train_full(config: Config, labels: LabelTable, seeds: int, chosen_on: str |
     """A full-data refit (kit.train.full_data, then kit.predict.refit): every training row, `seeds` seeds,
     the prediction choice, views and temperatures of the fold run it reuses; its CV is that run's."""
     from kit.device import device_name  # heavy (torch)
-    from kit.train import full_data  # heavy (torch, timm, albumentations)
 
     if seeds < 1:
         raise KitError(f"--seeds {seeds}: give 1 or more")
@@ -431,9 +430,18 @@ def _train_full(config: Config, labels: LabelTable, seeds: int, chosen_on: str |
     )
     _record_precision(config, run_dir)
     record_row_order(run_dir, labels.ids)
-    started = time.time()
     with removed_unless_trained(run_dir):
-        parts = full_data.train(config, labels, seeds, run_dir)
+        return _train_full_and_settle(config, labels, seeds, run_dir, source)
+
+
+def _train_full_and_settle(
+    config: Config, labels: LabelTable, seeds: int, run_dir: Path, source: Path
+) -> Path:
+    """The seeds not finished yet, then kit.predict.refit's step (a new refit, or one --resume continues)."""
+    from kit.train import full_data  # heavy (torch, timm, albumentations)
+
+    started = time.time()
+    parts = full_data.train(config, labels, seeds, run_dir, source.name)
     summary = refit.settle_full(config, labels, run_dir, source, parts, time.time() - started)
     click.echo(
         f"CV {summary['metric']}: {summary['cv']:.4f}, reported from {source.name}, the fold run this refit "
@@ -482,7 +490,14 @@ def _resume(config: Config, run: str | None) -> Path:
         else:
             run_dir = find_run(config, run)
         click.echo(f"resuming run {run_dir.name}")
-        plan = (run_dir, run_config(run_dir), read_json(Run(run_dir).plan_file)["fold"])
+        recorded = read_json(Run(run_dir).plan_file)
+        if recorded["fold"] == "full":  # a full-data refit: one process, its seeds then the refit step
+            saved = run_config(run_dir)
+            labels = load_labels(saved)
+            check_row_order(run_dir, labels.ids, "start a new run: a run resumes on its own rows")
+            source = find_run(saved, recorded["chosen_on"])
+            return _train_full_and_settle(saved, labels, recorded["seeds"], run_dir, source)
+        plan = (run_dir, run_config(run_dir), recorded["fold"])
     run_dir, saved_config, fold = distributed.broadcast_object(plan)
     check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
     summary = _train_and_settle(saved_config, load_labels(saved_config), fold, run_dir)

@@ -100,6 +100,13 @@ def test_full_refit_trains_every_row_per_seed_predicts_averaged_and_blends(digit
     (blend_dir,) = (project / "runs" / "digits").glob("*-ensemble")
     assert Run(blend_dir).read_summary()["ensemble"]["runs"] == [fold_run.name, full_run.name]
 
+    # An interrupted refit (seed 1 unfinished) continues with --resume: the missing seed, then the refit step.
+    run.summary_file.unlink()
+    run.full(1).result_file.unlink()
+    result = invoke("train", "digits", "--resume", "--run", full_run.name)
+    assert result.exit_code == 0, result.output
+    assert run.full(1).result_file.exists() and run.read_summary()["full"]["chosen_on"] == fold_run.name
+
     # --chosen-on a run that is not a fold run is refused in one line.
     result = invoke("train", "digits", "--fold", "full", "--chosen-on", full_run.name)
     assert result.exit_code == 1 and "not a finished fold run" in result.output, result.output

@@ -56,11 +56,11 @@ def train_seed(config: Config, labels: LabelTable, seed: int, run: Run, rows: np
     return result
 
 
-def train(config: Config, labels: LabelTable, seeds: int, run_dir: Path) -> list[str]:
+def train(config: Config, labels: LabelTable, seeds: int, run_dir: Path, chosen_on: str) -> list[str]:
     """Train `seeds` full-data models in `run_dir` (seeds finished before an interruption kept); returns the
-    parts' names, as metrics.json's folds_trained lists them."""
+    parts' names, as metrics.json's folds_trained lists them. `chosen_on`: the fold run reused (recorded)."""
     run = Run(run_dir)
-    write_json(run.plan_file, {"fold": "full", "seeds": seeds})  # what --resume continues
+    write_json(run.plan_file, {"fold": "full", "seeds": seeds, "chosen_on": chosen_on})  # what --resume does
     rows = usable_rows(config, labels, run)
     for seed in range(seeds):
         if not run.full(seed).result_file.exists():
