@@ -110,3 +110,11 @@ def test_full_refit_trains_every_row_per_seed_predicts_averaged_and_blends(digit
     # --chosen-on a run that is not a fold run is refused in one line.
     result = invoke("train", "digits", "--fold", "full", "--chosen-on", full_run.name)
     assert result.exit_code == 1 and "not a finished fold run" in result.output, result.output
+
+
+def test_runs_table_says_a_refit_trained_every_row_and_on_whose_recipe():
+    from kit.report.runs_table import trained
+
+    summary = {"folds_trained": ["full-seed-0", "full-seed-1"], "full": {"seeds": 2, "chosen_on": "RUN-A"}}
+    assert trained(summary) == "every row, 2 seed(s) (recipe of RUN-A)"
+    assert trained({"folds_trained": [0, 1, 2]}) == "folds 0-2"

@@ -13,7 +13,7 @@ import pandas as pd
 from kit.config import Config
 from kit.config_sources import flatten
 from kit.files import read_json
-from kit.run import Run, is_ensemble
+from kit.run import Run, is_ensemble, is_full_refit
 from kit.run_folder import list_runs
 
 
@@ -21,6 +21,9 @@ def trained(summary: dict) -> str:
     """What a run trained, in a few words: 'fold 0', 'folds 0-4', 'folds 0,2', 'ensemble of 3 runs'."""
     if is_ensemble(summary):
         return f"ensemble of {len(summary['ensemble']['runs'])} runs"
+    if is_full_refit(summary):
+        full = summary["full"]
+        return f"every row, {full['seeds']} seed(s) (recipe of {full['chosen_on']})"
     folds = sorted(summary.get("folds_trained", []))
     if not folds:
         return ""
