@@ -118,3 +118,16 @@ def test_runs_table_says_a_refit_trained_every_row_and_on_whose_recipe():
     summary = {"folds_trained": ["full-seed-0", "full-seed-1"], "full": {"seeds": 2, "chosen_on": "RUN-A"}}
     assert trained(summary) == "every row, 2 seed(s) (recipe of RUN-A)"
     assert trained({"folds_trained": [0, 1, 2]}) == "folds 0-2"
+
+
+def test_report_lists_a_refits_seeds_after_folds_by_number():
+    from kit.report.report import fold_table
+
+    history = [{"valid_loss": 0.5, "seconds": 2.0}]
+    summary = {
+        "metric": "log_loss",
+        "folds": {"full-seed-1": {"score": None, "history": history}, "full-seed-0": {"score": None}},
+    }
+    assert list(fold_table(summary)["fold"]) == ["full-seed-0", "full-seed-1"]
+    numbered = {"metric": "log_loss", "folds": {"10": {"score": 1.0}, "2": {"score": 2.0}}}
+    assert list(fold_table(numbered)["fold"]) == ["2", "10"]

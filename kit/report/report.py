@@ -259,7 +259,9 @@ def _embed(path: Path) -> str:
 
 def fold_table(summary: dict) -> pd.DataFrame:
     rows = []
-    for fold, result in sorted(summary["folds"].items(), key=lambda item: int(item[0])):
+    # folds by number; a full-data refit's seeds (full-seed-K) by name
+    order = lambda item: (0, int(item[0]), "") if item[0].isdigit() else (1, 0, item[0])  # noqa: E731
+    for fold, result in sorted(summary["folds"].items(), key=order):
         history = result.get("history") or [{}]
         rows.append(
             {
