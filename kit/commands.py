@@ -808,7 +808,7 @@ def notebook(
 
 def _submit_notebook(config: Config, run_dir: Path, summary: dict, api, pushed, message: str) -> dict:
     """The code submission of a notebook version whose output was checked, recorded in the ledger."""
-    from kit.kaggle import package
+    from kit.kaggle import package  # heavy
 
     row = _ledger_row(config, run_dir, summary, f"{pushed.ref}@{pushed.version}", message)
     kept = (

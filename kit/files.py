@@ -41,8 +41,11 @@ def raw_state(target: Path) -> str:
     marker = target / DOWNLOAD_MARKER
     if marker.is_file():
         return HAND_FILLED if HAND_FILLED in marker.read_text().splitlines()[1:] else "downloaded"
-    if target.is_dir() and any(entry.name != SINGLE_FILES_NOTE for entry in target.iterdir()):
-        return "unmarked"
+    # files `kit download --file` fetched are the kit's own: a folder of only those is still to be filled
+    if target.is_dir():
+        kit_made = {name.split("/")[0] for name in single_files(target)} | {SINGLE_FILES_NOTE}
+        if any(entry.name not in kit_made for entry in target.iterdir()):
+            return "unmarked"
     return "empty"
 
 

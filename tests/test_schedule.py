@@ -156,5 +156,5 @@ def test_a_stage_that_ends_worse_than_it_started_is_found():
     assert line.splitlines() == [
         "CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0])",
         "validation loss ended worse than it started in: 'unfrozen' 0.1230 -> 0.1800 (fold 0)"
-        " (shorten those stages, lower their rates, or use recipe=quick)",
+        " (shorten those stages or lower their rates, or use recipe=quick)",
     ]

@@ -21,6 +21,7 @@ import click
 
 from kit import paths
 from kit.config import Config
+from kit.errors import KitError
 from kit.files import read_json, write_json
 from kit.kaggle import notebook as notebook_writer
 from kit.kaggle import package
@@ -126,7 +127,11 @@ def execute(notebook_path: Path, environment: dict[str, str], timeout_seconds: f
     """Run the notebook in a fresh kernel with `environment`; the executed notebook is saved beside it
     (executed.ipynb). Returns each code cell's first line and seconds (nbclient's timestamps)."""
     import nbformat  # heavy (jsonschema)
-    from nbclient import NotebookClient  # heavy (jupyter_client, zmq)
+    try:
+        from nbclient import NotebookClient  # heavy (jupyter_client, zmq)
+    except ImportError as missing:
+        fix = "pip install -e '.[rehearsal]'"
+        raise KitError(f"kit notebook --local needs nbclient and ipykernel ({missing}): {fix}") from missing
     from nbclient.exceptions import CellExecutionError
 
     notebook = nbformat.read(str(notebook_path), as_version=4)
