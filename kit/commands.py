@@ -31,6 +31,7 @@ from kit.competitions import competition_names, load_competition, resolve_name
 from kit.config import Config, MetricName
 from kit.config_build import config_from_dict, load_config
 from kit.config_sources import value_sources
+from kit.data import duplicates as near_duplicates
 from kit.data.labels import LabelTable, check_row_order, load_labels, load_test, parse_csv, record_row_order
 from kit.errors import KitError
 from kit.files import (
@@ -193,7 +194,6 @@ def folds(config: Config) -> None:
 def duplicates(config: Config, listed: int) -> None:
     """`kit duplicates`: near-duplicate photos within train and between train and test (perceptual hashes),
     training pairs with different labels, written to data/interim/<name>/duplicates.csv."""
-    from kit.data import duplicates as near_duplicates  # heavy (imagehash, a decode of every photo)
 
     labels = load_labels(config)
     found = near_duplicates.find(config, labels, load_test(config))
