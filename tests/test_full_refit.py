@@ -100,6 +100,10 @@ def test_full_refit_trains_every_row_per_seed_predicts_averaged_and_blends(digit
     (blend_dir,) = (project / "runs" / "digits").glob("*-ensemble")
     assert Run(blend_dir).read_summary()["ensemble"]["runs"] == [fold_run.name, full_run.name]
 
+    # A variant of a refit (RUN@WEIGHTS) needs kept OOF, which its seeds have not: one line naming the seed.
+    result = invoke("ensemble", "digits", fold_run.name, f"{full_run.name}@last")
+    assert result.exit_code == 1 and "/full-seed-0" in result.output, result.output
+
     # An interrupted refit (seed 1 unfinished) continues with --resume: the missing seed, then the refit step.
     run.summary_file.unlink()
     run.full(1).result_file.unlink()

@@ -140,7 +140,7 @@ def variant_predictions(
     mean, task = run_config(run_dir).predict.mean, tasks.from_record(summary["task"])
     oof, tests = None, []
     for fold in summary["folds_trained"]:
-        folder = run.fold(fold)
+        folder = run.part(fold)  # a full-data refit's seeds keep no OOF: refused below, naming the folder
         paths = (folder.kept_oof(weights), folder.kept_test(weights))
         if not all(path.exists() for path in paths):
             kept = folder.kept_oof_names()
