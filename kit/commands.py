@@ -969,6 +969,13 @@ def new_competition(
             raise click.ClickException(
                 f"--from-raw: {target_raw} is empty; put the competition's files there first"
             )
+        archives = sorted(path.name for path in target_raw.glob("*.zip"))
+        folders = [path for path in target_raw.iterdir() if path.is_dir() and not path.name.startswith(".")]
+        if archives and not folders:
+            raise click.ClickException(
+                f"--from-raw: {target_raw} holds {', '.join(archives)} not extracted: extract them there "
+                f"(cd {target_raw} && unzip -q {archives[0]}), then run kit new again"
+            )
     elif marker.is_file():
         slug = slug or marked_slug(target_raw)
         click.echo(f"{target_raw} is already downloaded: inspecting it")

@@ -814,3 +814,22 @@ def test_two_commands_needing_one_cache_build_it_once(tmp_path):
     assert sum(built for built, _ in results) == 1, results
     assert len({digest for _, digest in results}) == 1
     assert len(list((tmp_path / "interim").glob("train-16px-*.npy"))) == 1
+
+
+@pytest.mark.parametrize("archives", [["dogs.zip"], ["train.zip", "test.zip"]])
+def test_kit_new_from_raw_on_unextracted_zips_says_to_extract_them(project, archives):
+    """Class 11: a hand-filled folder still holding the competition's zip archives (not extracted) is one
+    line naming the archives and the command that extracts them; nothing is written or extracted."""
+    import zipfile
+
+    raw = project / "data" / "raw" / "kittens"
+    raw.mkdir(parents=True)
+    for name in archives:
+        with zipfile.ZipFile(raw / name, "w") as archive:
+            archive.writestr("train/cat.1.jpg", b"not read")
+    before = sorted(path.name for path in raw.iterdir())
+    result = invoke("new", "kittens", "--from-raw")
+    assert result.exit_code == 1 and "not extracted" in result.output and archives[0] in result.output
+    assert f"unzip -q {sorted(archives)[0]}" in result.output and len(result.output.strip().splitlines()) == 1
+    assert sorted(path.name for path in raw.iterdir()) == before
+    assert not (project / "competitions" / "kittens").exists()
