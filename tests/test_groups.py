@@ -221,3 +221,19 @@ def test_kit_new_detects_an_obvious_group_column_and_says_so(tmp_path):
     layout = scaffold.inspect(raw)
     assert "group_column" not in layout.data
     assert "no group column found" in scaffold.report(layout, "accuracy", tmp_path / "competition.toml")
+
+
+
+def test_kit_new_takes_no_flag_named_group_for_groups():
+    """Pawpularity's train.csv has a 0/1 photo feature called 'Group': it is no grouping of images (folds
+    over 2 groups could not even be made), nor is a column whose values are all distinct."""
+    from kit.kaggle import scaffold
+
+    ids = [f"pet{n}" for n in range(12)]
+    for group, expected in (
+        ([n % 2 for n in range(12)], ""),
+        ([f"g{n}" for n in range(12)], ""),
+        ([f"g{n // 3}" for n in range(12)], "Group"),
+    ):
+        table = pd.DataFrame({"Id": ids, "Group": group, "Pawpularity": list(range(1, 13))})
+        assert scaffold.group_column_of(table, "Id", "Pawpularity") == expected

@@ -75,9 +75,11 @@ def test_kit_notebook_packages_pushes_follows_and_submits(project, monkeypatch, 
         assert dataset.is_private and len(dataset.versions) == 1
         files = dataset.versions[0]["files"]
         used = json.loads((run_dir / "submission.json").read_text())["weights"]
-        assert used == ["fold-0/snapshot-2.pt"] and (run_dir / "fold-0" / "snapshot-1.pt").exists()
-        assert sorted(name for name in files if name.endswith(".pt")) == ["weights--fold-0--snapshot-2.pt"]
-        assert files["weights--fold-0--snapshot-2.pt"] == (run_dir / "fold-0" / "snapshot-2.pt").read_bytes()
+        # selection chose one weight file of several kept (snapshots, stages' final weights): only it travels
+        assert len(used) == 1 and (run_dir / "fold-0" / "snapshot-1.pt").exists()
+        packed = "weights--" + used[0].replace("/", "--")
+        assert sorted(name for name in files if name.endswith(".pt")) == [packed]
+        assert files[packed] == (run_dir / used[0]).read_bytes()
         for name in ("config.json", "metrics.json", "calibration.json"):
             assert files[name] == (run_dir / name).read_bytes()
         assert "oof.npy" not in files and "dataset-metadata.json" not in files
@@ -88,7 +90,7 @@ def test_kit_notebook_packages_pushes_follows_and_submits(project, monkeypatch, 
         toml = project / "competitions" / "dog-breeds" / "competition.toml"
         assert files["competition.toml"] == toml.read_bytes()
         manifest = json.loads(files["kit-package.json"])
-        assert manifest["weights"] == {"weights--fold-0--snapshot-2.pt": "fold-0/snapshot-2.pt"}
+        assert manifest["weights"] == {packed: used[0]}
         assert f"package {DATASET}" in output and " MB " in output
 
         # The kernel: internet off, the competition and the dataset as its sources, CPU as asked.

@@ -24,6 +24,8 @@ from kit.config import TASK_METRICS
 from kit.data.groups import obvious_group_column
 from kit.data.labels import parse_csv
 
+MIN_GROUPS = 3  # fewer distinct values than this: a 0/1 flag, not groups of images
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 # Column names that usually hold the class, best first; otherwise the column with fewest distinct values.
 LABEL_COLUMN_HINTS = ("label", "labels", "class", "category", "breed", "species", "target", "type")
@@ -185,7 +187,7 @@ def infer_labels(
             "id_column": id_column,
             "label_column": label_column,
         }
-        group = obvious_group_column([c for c in table.columns if c not in (id_column, label_column)])
+        group = group_column_of(table, id_column, label_column)
         if group:  # photos of one patient (animal, scene) in two folds would flatter CV
             data["group_column"] = group
         return data, counts, task, notes
@@ -227,6 +229,14 @@ def infer_submission(sample: pd.DataFrame, classes: list[str]) -> tuple[dict, li
         }
         return binary, [] if len(named) == 1 else [guess]
     return {"format": "label", "id_column": id_column, "label_column": column}, []
+
+
+def group_column_of(table: pd.DataFrame, id_column: str, label_column: str) -> str:
+    """The labels CSV's obvious group column, or ''. A group names several images each: a flag named like
+    one (Pawpularity's 0/1 'Group' photo feature) or a column of all-distinct values is no grouping."""
+    group = obvious_group_column([c for c in table.columns if c not in (id_column, label_column)])
+    distinct = table[group].nunique() if group else 0
+    return group if group and MIN_GROUPS <= distinct < len(table) else ""
 
 
 def inspect(raw_dir: Path) -> Layout:

@@ -459,6 +459,11 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             f"<h2>Calibration (fitted on OOF)</h2><p>OOF log loss before {fitted.before:.4f}, "
             f"after {fitted.after:.4f} (temperature {temperature}, clip epsilon {fitted.epsilon:.0e})</p>"
         )
+    elif summary.get("calibration_pays") is False:  # fitted, then dropped: it did not pay on other rows
+        sections.append(
+            "<h2>Calibration (fitted on OOF)</h2><p>not applied: fitted on other rows it did not lower the "
+            f"OOF log loss (cross-fitted {summary['cv_uncalibrated_cross_fitted']:.4f} without it)</p>"
+        )
     if oof is not None and labels.task.name in TASK_SECTIONS:
         sections += TASK_SECTIONS[labels.task.name](labels, summary, oof, run_dir)
     for title, path, note in make_plots(config, run_config, run_dir, labels, class_oof):

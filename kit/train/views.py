@@ -194,7 +194,10 @@ def candidate_weights(config: Config, fold_dir: Path, recipe: dict | None = None
         if int(path.stem.rsplit("-", 1)[1]) in joined
         or config.stage_image_size(config.stages[int(path.stem.rsplit("-", 1)[1])]) == size
     ]
+    # only the last stage's snapshots: an earlier stage's were taken at its size (issue 13, defect 3)
+    last_stage = config.stages[-1]
     snapshots = folder.snapshots(moving_average=config.predict.weights == "ema")
+    snapshots = snapshots[-last_stage.n_cycles :] if last_stage.snapshots else []
     stop = (recipe or {}).get("stop")
     last_ran = stop is None or stop["stage_index"] == len(config.stages) - 1
     final = [folder.ema_weights() if config.predict.weights == "ema" else folder.last]
