@@ -181,8 +181,9 @@ def prediction_weights(config: Config, fold_dir: Path, recipe: dict | None = Non
 
 def candidate_weights(config: Config, fold_dir: Path, recipe: dict | None = None) -> list[Path]:
     """Every saved weight file of a fold that selection may choose (kit.predict.selection), each once:
-    every stage's final weights (stage-S.pt), every snapshot, the last stage's final weights (last.pt,
-    unless a snapshot holds them or the last stage never ran), and the default rule's files
+    the final weights of the stages trained at the last stage's size or joining prediction (stage-S.pt),
+    the last stage's snapshots, its final weights (last.pt, unless a snapshot holds them or the last stage
+    never ran), and the default rule's files
     (`prediction_weights`). The default's last file stays last."""
     default, folder = prediction_weights(config, fold_dir, recipe), FoldFolder(fold_dir)
     # a stage trained at another size than the last one sees the views out of scale (digits: a 48 px head
