@@ -1,7 +1,7 @@
 """The backbone ladder's cost: parameters and seconds per training step of each offline backbone, with the
 body frozen (the quick recipe's head-augmented stage) and trained (the unfrozen stage), measured in one
 run, interleaved, on the same random batch; the ratio of the two is what an unfrozen epoch costs against a
-frozen-body one (kit.commands.UNFROZEN_EPOCH_COST).
+frozen-body one (kit.commands.training.UNFROZEN_EPOCH_COST).
 
     .venv/bin/python scripts/bench_backbones.py                        # lite0-2 at 224 px, batch 32
     .venv/bin/python scripts/bench_backbones.py --steps 2 --repeats 2  # shorter, for a loaded CPU

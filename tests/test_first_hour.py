@@ -14,6 +14,7 @@ from conftest import REPO, copy_download, invoke
 from test_scaffold import breeds_layout, cats_layout
 
 from kit import baselines, commands
+from kit.commands import training as training_commands
 from kit.competitions import load_competition
 from kit.data.labels import load_labels
 from kit.report import runs_table
@@ -80,8 +81,8 @@ def test_ctrl_c_names_the_run_and_the_exact_resume_command(project, monkeypatch)
         (run_dir / "plan.json").write_text(json.dumps({"fold": fold}))  # an epoch ended: resumable
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(commands, "load_labels", lambda config: None)
-    monkeypatch.setattr(commands, "_train_in_new_run", interrupted)
+    monkeypatch.setattr(training_commands, "load_labels", lambda config: None)
+    monkeypatch.setattr(training_commands, "train_in_new_run", interrupted)
     result = invoke("train", "digits")
     assert result.exit_code != 0
     (run_dir,) = (project / "runs" / "digits").iterdir()
@@ -91,7 +92,7 @@ def test_ctrl_c_names_the_run_and_the_exact_resume_command(project, monkeypatch)
     def interrupted_again(config, run):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(commands, "_resume", interrupted_again)
+    monkeypatch.setattr(training_commands, "_resume", interrupted_again)
     result = invoke("train", "digits", "--resume")
     assert f"kit train digits --resume --run {run_dir.name}" in result.output
 
@@ -100,8 +101,8 @@ def test_ctrl_c_before_an_epoch_ended_says_there_is_nothing_to_resume(project, m
     def interrupted(config, labels, fold):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(commands, "load_labels", lambda config: None)
-    monkeypatch.setattr(commands, "_train_in_new_run", interrupted)
+    monkeypatch.setattr(training_commands, "load_labels", lambda config: None)
+    monkeypatch.setattr(training_commands, "train_in_new_run", interrupted)
     result = invoke("train", "digits")
     assert result.exit_code != 0 and "nothing to resume; `kit train digits` starts again" in result.output
 
@@ -207,7 +208,7 @@ def test_a_quick_run_says_what_the_full_recipe_adds_from_measured_epochs(project
     ]
     summary = {"folds": {"0": {"history": history}}}
     note = commands.full_recipe_note(config, summary, [])
-    minutes = 5 * commands.UNFROZEN_EPOCH_COST * 40 / 60  # cats-vs-dogs: one 5-epoch unfrozen cycle
+    minutes = 5 * training_commands.UNFROZEN_EPOCH_COST * 40 / 60  # cats-vs-dogs: one 5-epoch unfrozen cycle
     assert note.startswith("quick recipe: the full recipe adds 'unfrozen' (5 epochs): about ")
     assert f"about {minutes:.0f} min per fold here" in note and "this run's 40 s frozen-body epochs" in note
 
