@@ -120,3 +120,13 @@ def fold_state(config, fold_dir):
     rows = np.arange(len(labels.ids))
     meta = models.weights_meta(config, labels.classes)
     return stage.FoldState(model, labels, rows[folds != 0], rows[folds == 0], fold_dir, meta, [])
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """The Kaggle calls' retry waits (seconds), recorded instead of slept."""
+    from kit.kaggle import answers
+
+    slept: list[float] = []
+    monkeypatch.setattr(answers, "pause", slept.append)
+    return slept

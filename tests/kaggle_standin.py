@@ -60,7 +60,7 @@ import urllib.parse
 import uuid
 
 import pytest
-from kaggle_standin_competitions import image_bytes, make_zip
+from kaggle_standin_competitions import image_bytes, make_zip, noise_bundle
 from kaggle_standin_notebooks import CodeSubmission, Dataset, KernelVersion, Notebooks, notebooks
 from kaggle_standin_server import (
     DAILY_LIMIT_MESSAGE,
@@ -114,6 +114,7 @@ __all__ = [  # what tests import from here (the stand-in's parts live in kaggle_
     "kaggle_environment",
     "kit_command",
     "make_zip",
+    "noise_bundle",
     "notebooks",
     "point_production_at",
     "secrets",

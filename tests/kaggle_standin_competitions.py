@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import random
 import time
 import zipfile
 
@@ -150,6 +151,13 @@ def make_zip(members: dict) -> bytes:
         for name, content in members.items():
             archive.writestr(zipfile.ZipInfo(name), content)
     return buffer.getvalue()
+
+
+def noise_bundle(noise_bytes: int, seed: int = 0) -> bytes:
+    """A competition bundle whose train.zip holds `noise_bytes` random bytes, stored (not compressed), so a
+    transfer is that long and a resume's byte counts are exact; plus a one-row labels.csv."""
+    noise = random.Random(seed).randbytes(noise_bytes)
+    return make_zip({"train.zip": make_zip({"train/a.jpg": noise}), "labels.csv": b"id,breed\na,pug\n"})
 
 
 def image_bytes(color: tuple[int, int, int], seed: int, image_format: str = "JPEG", size: int = 40) -> bytes:

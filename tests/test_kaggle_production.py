@@ -6,7 +6,6 @@ cannot truncate without a word, no private kagglesdk part without a one-line fix
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
     kaggle_env,
     kaggle_environment,  # noqa: F401 (a fixture)
     make_zip,
+    noise_bundle,
     notebooks,
     secrets,
 )
@@ -39,15 +39,7 @@ RULES = f"https://www.kaggle.com/competitions/{DOG_SLUG}/rules"
 
 
 def bundle(size: int = 5 * download.CHUNK_BYTES) -> bytes:
-    noise = random.Random(1).randbytes(size)
-    return make_zip({"train.zip": make_zip({"train/a.jpg": noise}), "labels.csv": b"id,breed\na,pug\n"})
-
-
-@pytest.fixture
-def waits(monkeypatch):
-    slept: list[float] = []
-    monkeypatch.setattr(answers, "pause", slept.append)
-    return slept
+    return noise_bundle(size, seed=1)
 
 
 def invoke(*arguments):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import errno
 import os
-import random
 import shutil
 
 import click
@@ -21,6 +20,7 @@ from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
     kaggle_env,
     kaggle_environment,  # noqa: F401 (a fixture)
     make_zip,
+    noise_bundle,
     secrets,
 )
 
@@ -35,17 +35,8 @@ CHUNK = download.CHUNK_BYTES
 
 
 def big_bundle(chunks: int = 12) -> bytes:
-    """A bundle of `chunks` transfer chunks of random bytes (stored, not compressed): resumes are exact."""
-    noise = random.Random(0).randbytes(chunks * CHUNK - 200)
-    return make_zip({"train.zip": make_zip({"train/a.jpg": noise}), "labels.csv": b"id,breed\na,pug\n"})
-
-
-@pytest.fixture
-def waits(monkeypatch):
-    """The retry waits, recorded instead of slept."""
-    slept: list[float] = []
-    monkeypatch.setattr(answers, "pause", slept.append)
-    return slept
+    """A bundle of `chunks` transfer chunks (the zip's own 200 bytes or so included): resumes are exact."""
+    return noise_bundle(chunks * CHUNK - 200, seed=0)
 
 
 def one_line(error: click.ClickException) -> str:
