@@ -27,8 +27,9 @@ Layer-wise LR decay has no arm: the quick recipe trains the head alone, one laye
         --test-limit 400 --image-size 128       # as measured in the README (about 7 CPU minutes)
 
 The data folder is copied (never written): --limit N keeps the first N/2 training photos of each class,
---test-limit M the first M test photos of sample_submission.csv. Each arm trains fold 0 in its own project
-folder (KIT_PROJECT_ROOT) with the same folds.csv, then predicts the test set; the wall time counts both.
+--test-limit M the first M test photos of sample_submission.csv. Each arm trains fold 0 (or --fold K, or
+--fold all) in its own project folder (KIT_PROJECT_ROOT) with the same folds.csv, then predicts the test
+set; the wall time counts both.
 The answer key (answers.csv: id,label with 1 for the positive class) scores the submission as Kaggle
 would: log loss with the upload's clip, and accuracy. Prints a table with the machine and the date, and
 writes results.json in --work.
@@ -114,14 +115,15 @@ def child_cpu_seconds() -> float:
 
 
 def run_arm(
-    arm: str, tree: Path, root: Path, competition: str, overrides: list[str], log: Path
+    arm: str, tree: Path, root: Path, competition: str, overrides: list[str], log: Path, fold: str = "0"
 ) -> tuple[float, float, Path]:
-    """Train fold 0 and predict with the code in `tree`, in project `root`; (wall s, CPU s, run folder)."""
+    """Train `fold` (a number or "all") and predict with the code in `tree`, in project `root`; (wall s,
+    CPU s, run folder)."""
     environment = {**os.environ, "PYTHONPATH": str(tree), "KIT_PROJECT_ROOT": str(root)}
     settings = [item for value in overrides for item in ("--set", value)]
     started, cpu_started = time.time(), child_cpu_seconds()
     with log.open("w") as output:
-        for command in (["train", competition, "--fold", "0", *settings], ["predict", competition]):
+        for command in (["train", competition, "--fold", fold, *settings], ["predict", competition]):
             subprocess.run(
                 [sys.executable, "-m", "kit", *command], cwd=tree, env=environment, check=True, stdout=output,
                 stderr=subprocess.STDOUT,
@@ -143,12 +145,13 @@ def run_arm(
 @click.option("--test-limit", type=int, default=None, help="Test photos kept (scored by the answer key).")
 @click.option("--image-size", type=int, default=None, help="train.image_size for every arm.")
 @click.option("--seed", type=int, default=None, help="train.seed for every arm (folds and training).")
+@click.option("--fold", default="0", show_default=True, help="Fold(s) each arm trains: a number or all.")
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch folder (default /tmp).")
 @click.option(
     "--set", "settings", multiple=True, help="KEY=VALUE for today's arms (not old): stages.2.cycle_len=4"
 )
 def main(
-    data_dir, competition, arms, tricks, old_commit, limit, test_limit, image_size, seed, work, settings
+    data_dir, competition, arms, tricks, old_commit, limit, test_limit, image_size, seed, fold, work, settings
 ) -> None:
     import torch  # the machine's description only
 
@@ -179,10 +182,10 @@ def main(
             if folds is not None:  # every arm on the first arm's folds
                 (root / "data" / "interim" / competition).mkdir(parents=True)
                 shutil.copy(folds, root / "data" / "interim" / competition / "folds.csv")
-            click.echo(f"{arm}: training fold 0 and predicting ({tree})", err=True)
+            click.echo(f"{arm}: training fold {fold} and predicting ({tree})", err=True)
             overrides = [*common, *ARM_SETTINGS[arm], *(settings if arm != "old" else ())]
             seconds, cpu_seconds, run_dir = run_arm(
-                arm, tree, root, competition, overrides, work / f"{arm}.log"
+                arm, tree, root, competition, overrides, work / f"{arm}.log", fold
             )
             folds = folds or root / "data" / "interim" / competition / "folds.csv"
             summary = json.loads((run_dir / "metrics.json").read_text())
@@ -213,7 +216,8 @@ def main(
     )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     shown_seed = "as shipped" if seed is None else seed
-    subset = f"{limit or 'all'} training photos, {test_limit or 'all'} test photos, fold 0, seed {shown_seed}"
+    photos = f"{limit or 'all'} training photos, {test_limit or 'all'} test photos"
+    subset = f"{photos}, fold {fold}, seed {shown_seed}"
     click.echo(f"{stamp}; {machine}; {data_dir.name}: {subset}; image size {image_size or 'as shipped'}")
     if settings:
         click.echo(f"today's arms with: {' '.join(settings)}")
