@@ -160,9 +160,14 @@ def _fingerprint_or_missing(path: Path) -> str:
 
 
 def cache_key(
-    paths: list[Path], image_size: int, max_aspect: float = 0.0, cache_dir: Path | None = None
+    paths: list[Path],
+    image_size: int,
+    max_aspect: float = 0.0,
+    cache_dir: Path | None = None,
+    decoder: str = "",
 ) -> str:
-    """The cache's name: the decoder, the size and each file's name, size, time and fingerprint. With
+    """The cache's name: the decoder (`decoder`: "" for Pillow, kit.data.gpu_decode.DECODER for nvjpeg,
+    whose pixels differ slightly), the size and each file's name, size, time and fingerprint. With
     `cache_dir`, fingerprints are remembered there (FINGERPRINTS) and read again only for files whose
     inode, size or times changed: the change time moves on every write, even when a tool sets the
     modification time back, so an unchanged file costs a stat and a rewritten one a fresh fingerprint."""
@@ -187,7 +192,7 @@ def cache_key(
             read = pool.map(_fingerprint_or_missing, [paths[index] for index in unread], chunksize=64)
             for index, content in zip(unread, read, strict=True):
                 contents[index] = content
-    digest = hashlib.sha1(f"decode-v{DECODE_VERSION}\0{image_size}\0{max_aspect}".encode())
+    digest = hashlib.sha1(f"decode-v{DECODE_VERSION}{decoder}\0{image_size}\0{max_aspect}".encode())
     for path, stamp, content in zip(paths, stamps, contents, strict=True):
         if isinstance(stamp, list):
             digest.update(f"{path.name}\0{stamp[1]}\0{stamp[2]}\0{content}\n".encode())
@@ -265,15 +270,26 @@ def decode_or_none(path: Path, image_size: int, max_aspect: float = 0.0) -> tupl
 
 
 def image_cache(
-    paths: list[Path], image_size: int, cache_dir: Path, label: str = "images", max_aspect: float = 0.0
+    paths: list[Path],
+    image_size: int,
+    cache_dir: Path,
+    label: str = "images",
+    max_aspect: float = 0.0,
+    decode_device: str = "cpu",
 ) -> tuple[np.ndarray, dict[str, str]]:
     """The images as a read-only (N, S, S, 3) uint8 memmap (S = image_size, the cache's side: see
     `cache_side`), plus {path: problem} for bad images.
 
     Bad images (missing, corrupt, zero-byte) become black squares in the array and are listed, so
-    callers decide: skip a few training images, or refuse to predict a test set.
+    callers decide: skip a few training images, or refuse to predict a test set. `decode_device` "cuda":
+    plain JPEGs are decoded on the GPU (kit.data.gpu_decode), into a cache of its own.
     """
-    key = cache_key(paths, image_size, max_aspect, cache_dir)
+    decoder = ""
+    if decode_device == "cuda":
+        from kit.data.gpu_decode import DECODER  # torch and torchvision: imported only where a GPU decodes
+
+        decoder = f"-{DECODER}"
+    key = cache_key(paths, image_size, max_aspect, cache_dir, decoder)
     array_path = cache_dir / f"{label}-{image_size}px-{key}.npy"
     report_path = array_path.with_suffix(".bad.json")
     shape = (len(paths), image_size, image_size, 3)
@@ -287,7 +303,7 @@ def image_cache(
         if isinstance(cached, str):
             click.echo(f"{array_path}: damaged cache ({cached}); rebuilding it", err=True)
         sweep_interrupted(cache_dir, array_path)
-        problems = _build(paths, image_size, cache_dir, label, max_aspect, array_path, shape)
+        problems = _build(paths, image_size, cache_dir, label, max_aspect, array_path, shape, decode_device)
         with atomic_path(report_path) as temporary:
             temporary.write_text(json.dumps(problems, indent=1))
     return np.load(array_path, mmap_mode="r"), problems
@@ -301,8 +317,11 @@ def _build(
     max_aspect: float,
     array_path: Path,
     shape: tuple[int, ...],
+    decode_device: str = "cpu",
 ) -> dict[str, str]:
-    """Decode every image into `array_path` (atomically); returns {path: problem} for bad images."""
+    """Decode every image into `array_path` (atomically); returns {path: problem} for bad images. Plain
+    JPEGs go to the GPU in batches where `decode_device` is "cuda" (`_decode_on_gpu`), the rest (and any
+    batch the GPU refuses) to Pillow in one thread per usable core."""
     problems: dict[str, str] = {}
     needed = int(np.prod(shape)) + 4096  # the pixels, plus the .npy header
     what = f"caching {len(paths)} {label} images at {image_size}px"
@@ -319,11 +338,16 @@ def _build(
                 if is_disk_full(error):
                     handle.truncate(0)  # give the space back before the message measures what is free
                     raise disk_full_error(cache_dir, what, needed) from None
-        workers = min(32, os.cpu_count() or 1)
-        with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding and resizing
-            results = pool.map(lambda p: decode_or_none(p, image_size, max_aspect), paths, chunksize=16)
-            for index, (image, problem) in enumerate(
-                tqdm(results, total=len(paths), desc=f"cache {label} {image_size}px", leave=False)
+        left = list(range(len(paths)))
+        if decode_device == "cuda":
+            left = _decode_on_gpu(paths, image_size, max_aspect, array)
+        with ThreadPoolExecutor(usable_cores()) as pool:  # PIL releases the GIL while decoding and resizing
+            decode_one = lambda index: decode_or_none(paths[index], image_size, max_aspect)  # noqa: E731
+            results = pool.map(decode_one, left, chunksize=16)
+            for index, (image, problem) in zip(
+                left,
+                tqdm(results, total=len(left), desc=f"cache {label} {image_size}px", leave=False),
+                strict=True,
             ):
                 if image is None:
                     problems[str(paths[index])] = problem
@@ -335,8 +359,49 @@ def _build(
     return problems
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a notebook's 2, a rehearsal held to 2 by its affinity), not the
+    machine's count: decoding threads beyond them only take turns."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _decode_on_gpu(paths: list[Path], side: int, max_aspect: float, array: np.ndarray) -> list[int]:
+    """The plain JPEGs among `paths` decoded on the GPU into `array`, GPU_BATCH at a time; returns the
+    indices left for the CPU: other images, and every image of a batch nvjpeg refused (a damaged file)."""
+    import torch
+
+    from kit.data import gpu_decode
+
+    with ThreadPoolExecutor(usable_cores()) as pool:  # headers only: file reads release the GIL
+        choices = list(pool.map(lambda path: gpu_decode.decoder_for(path, "cuda"), paths, chunksize=64))
+    on_gpu = [index for index, choice in enumerate(choices) if choice == "gpu"]
+    left = [index for index, choice in enumerate(choices) if choice == "cpu"]
+    for start in range(0, len(on_gpu), gpu_decode.GPU_BATCH):
+        batch = on_gpu[start : start + gpu_decode.GPU_BATCH]
+        try:
+            array[batch] = gpu_decode.decode_batch(
+                [paths[index] for index in batch], side, max_aspect, torch.device("cuda")
+            )
+        except (RuntimeError, ValueError):  # a damaged or unsupported JPEG: Pillow decodes it or says why
+            left.extend(batch)
+    return sorted(left)
+
+
+def prediction_decode_device(split: str) -> str:
+    """Where a cache of `split` is decoded: test images on the GPU where there is one (prediction's decoding
+    must not wait on a notebook's two cores), everything else by Pillow on the CPU."""
+    if split != "test":
+        return "cpu"
+    import torch  # already imported by every command that predicts
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def photo_cache(config: Config, paths: list[Path], side: int, split: str) -> tuple[np.ndarray, dict]:
     """The one builder of a competition's photo caches: `split` ("train" or "test") under
     data/interim/<name>, whole photos as `side` x `side` squares within data.max_aspect. Training, its
-    pseudo-labels, test prediction and a notebook's rehearsal all cache through it, so they read one cache."""
-    return image_cache(paths, side, interim_dir(config.name), split, config.data.max_aspect)
+    pseudo-labels, test prediction and a notebook's rehearsal all cache through it, so they read one cache
+    (test images decoded on the GPU where there is one: `prediction_decode_device`)."""
+    return image_cache(
+        paths, side, interim_dir(config.name), split, config.data.max_aspect, prediction_decode_device(split)
+    )
