@@ -19,10 +19,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.nn import functional
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+# torch and torchvision are imported inside the functions that decode: kit.data.images imports this module,
+# and commands that only read a cache (or none) start without them.
 
 # Part of a GPU-decoded cache's key (kit.data.images.cache_key): its pixels are nvjpeg's, not Pillow's.
 DECODER = "nvjpeg"
@@ -57,26 +57,32 @@ def decoder_for(path: Path, device_type: str) -> str:
     return choose_decoder(device_type, *header(path)) if device_type == "cuda" else "cpu"
 
 
-def fit_square_tensor(image: torch.Tensor, side: int, max_aspect: float = 0.0) -> torch.Tensor:
-    """kit.data.images.fit_square on a decoded (3, H, W) uint8 tensor, on its device: the longer side
+def fit_square_tensor(image, side: int, max_aspect: float = 0.0):
+    """kit.data.images.fit_square on a decoded (3, H, W) uint8 torch tensor, on its device: the longer side
     centre-cropped beyond `max_aspect` times the shorter (same rounding), then squished to side x side
     (antialiased bicubic, rounded to uint8); returned as (side, side, 3), as the cache holds it."""
+    import torch  # heavy: imported where a GPU decodes, not by every command that reads a cache
+
     _, height, width = image.shape
     if max_aspect > 0:
         keep_width = min(width, round(height * max_aspect))
         keep_height = min(height, round(width * max_aspect))
         left, top = (width - keep_width) // 2, (height - keep_height) // 2
         image = image[:, top : top + keep_height, left : left + keep_width]
-    resized = functional.interpolate(
+    resized = torch.nn.functional.interpolate(
         image.unsqueeze(0).float(), size=(side, side), mode="bicubic", align_corners=False, antialias=True
     )
     return resized[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
 
 
-def decode_batch(paths: list[Path], side: int, max_aspect: float, compute: torch.device) -> np.ndarray:
-    """JPEG files decoded together on `compute` (nvjpeg's batched decode on a GPU; libjpeg-turbo on a CPU,
-    the twin the tests run), each fitted to side x side there: (len(paths), side, side, 3) uint8 on the host.
+def decode_batch(paths: list[Path], side: int, max_aspect: float, compute) -> np.ndarray:
+    """JPEG files decoded together on `compute`, a torch.device (nvjpeg's batched decode on a GPU;
+    libjpeg-turbo on a CPU, the twin the tests run), each fitted to side x side there: (len(paths), side,
+    side, 3) uint8 on the host.
     Raises what decode_jpeg raises for a damaged file; the caller decodes that batch on the CPU instead."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its image decoders for TorchCodec, which Kaggle's image lacks; the
         # warning is for new code, and nvjpeg through torchvision is what runs there today

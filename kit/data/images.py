@@ -32,6 +32,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from kit.config import Config
+from kit.data import gpu_decode
 from kit.errors import KitError
 from kit.files import atomic_path, disk_full_error, exclusive, free_space, human_size, is_disk_full
 from kit.paths import interim_dir
@@ -284,11 +285,7 @@ def image_cache(
     callers decide: skip a few training images, or refuse to predict a test set. `decode_device` "cuda":
     plain JPEGs are decoded on the GPU (kit.data.gpu_decode), into a cache of its own.
     """
-    decoder = ""
-    if decode_device == "cuda":
-        from kit.data.gpu_decode import DECODER  # torch and torchvision: imported only where a GPU decodes
-
-        decoder = f"-{DECODER}"
+    decoder = f"-{gpu_decode.DECODER}" if decode_device == "cuda" else ""
     key = cache_key(paths, image_size, max_aspect, cache_dir, decoder)
     array_path = cache_dir / f"{label}-{image_size}px-{key}.npy"
     report_path = array_path.with_suffix(".bad.json")
@@ -368,9 +365,7 @@ def usable_cores() -> int:
 def _decode_on_gpu(paths: list[Path], side: int, max_aspect: float, array: np.ndarray) -> list[int]:
     """The plain JPEGs among `paths` decoded on the GPU into `array`, GPU_BATCH at a time; returns the
     indices left for the CPU: other images, and every image of a batch nvjpeg refused (a damaged file)."""
-    import torch
-
-    from kit.data import gpu_decode
+    import torch  # heavy: only where a GPU decodes (gpu_decode imports it there too)
 
     with ThreadPoolExecutor(usable_cores()) as pool:  # headers only: file reads release the GIL
         choices = list(pool.map(lambda path: gpu_decode.decoder_for(path, "cuda"), paths, chunksize=64))
