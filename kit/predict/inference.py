@@ -23,7 +23,13 @@ from kit.files import save_array, write_json
 from kit.predict import calibrate, prediction_rule, submission
 from kit.run import FoldFolder, Run
 from kit.run_folder import run_config, saved_settings_note
-from kit.train.views import ensemble_probabilities, prediction_cache_side, prediction_weights, weights_rule
+from kit.train.views import (
+    ensemble_probabilities,
+    prediction_cache_side,
+    prediction_weights,
+    weight_image_sizes,
+    weights_rule,
+)
 
 
 def fold_prediction_weights(config: Config, fold_dir: Path, summary: dict) -> list[Path]:
@@ -129,6 +135,7 @@ def predict_test(
                 tta=config.predict.tta,
                 task=task,
                 image_size=image_size,
+                image_sizes=weight_image_sizes(config, fold_weights),  # as their OOF rows were made
                 views=chosen["views"] if chosen else None,
                 mean=config.predict.mean,
                 precision=config.predict.precision,
@@ -156,6 +163,8 @@ def predict_test(
             "weights_rule": rule.describe(stopped_rule(config, summary)),  # the rule used
             "views": views,
             "image_size": image_size,
+            # the size each weight file predicted at: the size its stage trained at (kit.train.views)
+            "image_sizes": weight_image_sizes(config, weights),
             "forward_passes": len(test.ids) * len(weights) * len(views),
             # per fold: which stages ran, which train.stop_when_worse stopped or skipped, and why
             "stages": summary.get("stages", {}),

@@ -32,6 +32,7 @@ from kit.train.views import (
     ensemble_probabilities,
     prediction_cache_side,
     prediction_weights,
+    weight_image_sizes,
 )
 
 
@@ -127,6 +128,7 @@ def out_of_fold(
         tta=config.predict.tta,
         task=state.labels.task,
         image_size=config.predict_image_size(),
+        image_sizes=weight_image_sizes(config, candidates),  # each stage's weights at their stage's size
         mean=config.predict.mean,
         precision=config.predict.precision,  # OOF predicted as the test set will be
     )

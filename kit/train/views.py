@@ -88,6 +88,7 @@ def ensemble_probabilities(
     *,
     task: Task,
     image_size: int | None = None,
+    image_sizes: dict[str, int] | None = None,
     views: list[int] | None = None,
     mean: str = "probabilities",
     precision: str = "auto",
@@ -95,6 +96,9 @@ def ensemble_probabilities(
 ) -> np.ndarray:
     """Average of the predictions of several saved weights (snapshots, folds) on the same images: each
     file's views, then the files, as `mean` says (predict.mean; kit.predict.selection.average).
+
+    `image_sizes`: the size each weight file predicts at, by stem (`weight_image_sizes`: the size its
+    stage trained at); a file not named there predicts at `image_size`.
 
     With `keep` (the path for a weight file's stem, such as FoldFolder.kept_oof), each weight file's
     per-view probabilities are also saved there (views x N x classes, float32): every snapshot and TTA
@@ -114,7 +118,7 @@ def ensemble_probabilities(
             tta,
             progress,
             task=task,
-            image_size=image_size,
+            image_size=(image_sizes or {}).get(path.stem, image_size),
             views=views,
             precision=precision,
             compute=compute,
@@ -181,21 +185,15 @@ def prediction_weights(config: Config, fold_dir: Path, recipe: dict | None = Non
 
 def candidate_weights(config: Config, fold_dir: Path, recipe: dict | None = None) -> list[Path]:
     """Every saved weight file of a fold that selection may choose (kit.predict.selection), each once:
-    the final weights of the stages trained at the last stage's size or joining prediction (stage-S.pt),
-    the last stage's snapshots, its final weights (last.pt, unless a snapshot holds them or the last stage
-    never ran), and the default rule's files
-    (`prediction_weights`). The default's last file stays last."""
+    every stage's final weights (stage-S.pt, predicted at the size that stage trained at:
+    `weight_image_size`), the last stage's snapshots, its final weights (last.pt, unless a snapshot holds
+    them or the last stage never ran), and the default rule's files (`prediction_weights`). The default's
+    last file stays last."""
     default, folder = prediction_weights(config, fold_dir, recipe), FoldFolder(fold_dir)
-    # a stage trained at another size than the last one sees the views out of scale (digits: a 48 px head
-    # on 64 px views scored 0.27 where it validated at 0.78): only joined stages and the last one's size
-    joined, size = set(joined_stages(config)), config.stage_image_size(config.stages[-1])
-    stages = [
-        path
-        for path in folder.stage_weights_present()
-        if int(path.stem.rsplit("-", 1)[1]) in joined
-        or config.stage_image_size(config.stages[int(path.stem.rsplit("-", 1)[1])]) == size
-    ]
-    # only the last stage's snapshots: an earlier stage's were taken at its size (issue 13, defect 3)
+    # every stage's final weights, each predicted at the size its stage trained at (`weight_image_sizes`)
+    stages = folder.stage_weights_present()
+    # only the last stage's snapshots (more files cost more OOF forward passes; an earlier stage's final
+    # weights stand for its snapshots)
     last_stage = config.stages[-1]
     snapshots = folder.snapshots(moving_average=config.predict.weights == "ema")
     snapshots = snapshots[-last_stage.n_cycles :] if last_stage.snapshots else []
@@ -209,6 +207,37 @@ def candidate_weights(config: Config, fold_dir: Path, recipe: dict | None = None
         wrecked |= {folder.weights(stop["weights"])} if stop.get("weights") else set()
         found = [path for path in found if path not in wrecked]
     return [path for path in dict.fromkeys([*found, *default]) if path not in default[-1:]] + default[-1:]
+
+
+def weight_stage(config: Config, stem: str) -> int:
+    """The index of the stage whose training left a weight file (by stem): stage-S.pt is stage S's final
+    weights; snapshot-K.pt (and ema-snapshot-K.pt) the K-th snapshot of the fold, numbered over the stages
+    that take snapshots, n_cycles each; last, best and ema are counted as the last stage's."""
+    number = stem.rsplit("-", 1)[-1]
+    if stem.startswith("stage-"):
+        return int(number)
+    if "snapshot-" in stem:
+        taken = 0
+        for index, stage in enumerate(config.stages):
+            taken += stage.n_cycles if stage.snapshots else 0
+            if int(number) <= taken:
+                return index
+    return len(config.stages) - 1
+
+
+def weight_image_size(config: Config, stem: str) -> int:
+    """The size (pixels) a weight file predicts at, OOF and test alike: the size its stage trained at,
+    times predict.image_scale (the last stage's is `Config.predict_image_size`). An earlier stage's weights
+    on views at the last stage's size see them out of scale (digits: a head trained at 48 px scored
+    accuracy 0.27 on 64 px views where it validated at 0.78)."""
+    stage = config.stages[weight_stage(config, stem)]
+    return max(1, round(config.stage_image_size(stage) * config.predict.image_scale))
+
+
+def weight_image_sizes(config: Config, paths: list[Path]) -> dict[str, int]:
+    """`weight_image_size` of each weight file, by stem: what ensemble_probabilities takes and the run's
+    records keep with the files that predict."""
+    return {path.stem: weight_image_size(config, path.stem) for path in paths}
 
 
 def _last_stage_weights(config: Config, fold_dir: Path) -> list[Path]:
@@ -237,5 +266,7 @@ def weights_after_stop(checkpoints: list[dict], higher_is_better: bool) -> str |
 
 def prediction_cache_side(config: Config) -> int:
     """The cached side that prediction's views (OOF and test) are cut from: the last stage's cache, or the
-    prediction size itself where that is larger, so that no view is upsampled from the cache."""
-    return max(cache_side(config.stage_image_size(config.stages[-1])), config.predict_image_size())
+    largest size a weight file predicts at where that is larger, so that no view is upsampled from the
+    cache."""
+    sizes = [weight_image_size(config, f"stage-{index}") for index in range(len(config.stages))]
+    return max(cache_side(config.stage_image_size(config.stages[-1])), *sizes)
