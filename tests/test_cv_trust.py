@@ -303,3 +303,70 @@ def test_the_report_names_the_in_sample_figure_and_the_interval():
     note = honesty_note(summary)
     assert "in sample, fitted and scored on the same rows: 0.2177" in note and "0.3000-0.5000" in note
     assert honesty_note({"cv": 0.1}) == ""
+
+
+# A fold stopped by train.stop_when_worse (its last check point did not pay): stage-0, snapshot-1 and
+# snapshot-2 kept weight files; training chose the check point that predicts on the fold's own rows.
+STOPPED = [
+    "stages=[{cycle_len=1}, {n_cycles=2, cycle_len=1, snapshots=true}]",
+    "train.stop_when_worse=true",
+    "predict.weights='snapshots'",
+    "predict.tta=0",
+]
+
+
+def stopped_run(project, labels, best_by_fold: dict[int, str]) -> tuple:
+    """A finished two-fold run (20 rows a fold) without training: per fold, the check point training chose
+    (`best_by_fold`) is right on that fold's rows and wrong on the other's; snapshot-2 is wrong everywhere."""
+    from kit.run import FoldResult, Run
+
+    run_dir = project / "runs" / "digits" / "20261203-000000-stopped"
+    rows_by_fold = {0: np.arange(0, 20), 1: np.arange(20, 40)}
+    right_on = {name: fold for fold, name in best_by_fold.items()}
+    for fold, rows in rows_by_fold.items():
+        folder = Run(run_dir).fold(fold)
+        folder.folder.mkdir(parents=True)
+        targets = labels.targets[rows]
+        right, wrong = np.eye(10)[targets] * 0.9 + 0.01, np.eye(10)[(targets + 1) % 10] * 0.9 + 0.01
+        for name in ("stage-0", "snapshot-1", "snapshot-2"):
+            folder.weights(name).write_bytes(b"")  # present: a candidate (never loaded here)
+            np.save(folder.kept_oof(name), (right if right_on.get(name) == fold else wrong)[None])
+        np.save(folder.oof, right)  # what out_of_fold wrote: the check point this fold chose
+        scores = {name: (0.95 if name == best_by_fold[fold] else 0.9) for name in ("stage-0", "snapshot-1")}
+        checkpoints = [
+            {"stage_index": 0, "stage": "a", "epoch": 1, "kind": "stage", "score": scores["stage-0"],
+             "weights": "stage-0"},
+            {"stage_index": 1, "stage": "b", "epoch": 1, "kind": "cycle", "score": scores["snapshot-1"],
+             "weights": "snapshot-1"},
+            {"stage_index": 1, "stage": "b", "epoch": 2, "kind": "stage", "score": 0.5, "weights": "last"},
+        ]  # fmt: skip
+        stop = {**checkpoints[-1], "best": 0.95, "reason": "not better"}
+        recipe = {"checkpoints": checkpoints, "stop": stop, "stages": []}
+        folder.write_result(FoldResult(1.0, [], rows.tolist(), {}, recipe))
+    return run_dir
+
+
+def test_a_check_point_chosen_in_training_is_chosen_again_on_the_other_folds_rows(digits, project):
+    """Training chose each fold's check point on the rows the CV scores (right there by construction):
+    in sample the CV is 1.0. The old code reported that as the cross-fitted CV (predict.select off: nothing
+    refitted); now each fold is scored with the check point the other fold's rows prefer: wrong everywhere."""
+    from kit.data.labels import load_labels
+    from kit.predict.summary import settle
+
+    config = digits(*STOPPED, "predict.select=false")
+    labels = load_labels(config)
+    run_dir = stopped_run(project, labels, {0: "snapshot-1", 1: "stage-0"})
+    summary = settle(config, labels, run_dir, [0, 1], 0.0)
+    assert summary["cv_in_sample"] == 1.0 and summary["cv_cross_fitted_by"] == "folds"
+    assert summary["cv"] == 0.0
+    assert "train.stop_when_worse" in summary["chosen_in_training"][0]
+
+
+def test_choices_training_makes_on_the_scored_rows_are_named(project):
+    from kit.predict.training_choices import named_choices
+
+    assert named_choices(load_competition("digits", ["train.stop_when_worse=false"]), [None]) == []
+    best = named_choices(load_competition("digits", ["predict.weights='best'"]), [None])
+    assert len(best) == 1 and "best.pt" in best[0]
+    pseudo = load_competition("digits", ["stages.1.pseudo_label={threshold=0.9, weight=0.5}"])
+    assert any("pseudo-labels" in line for line in named_choices(pseudo, [None]))

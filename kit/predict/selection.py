@@ -141,3 +141,29 @@ def choose(
         elif pays(gain(candidate, chosen), min_gain):
             chosen = candidate
     return {**(chosen or default_item), "default": default_item, "candidates": tried, "min_gain": min_gain}
+
+
+def best_alone(
+    metric: str,
+    kept_by_fold: list[dict[str, np.ndarray]],
+    targets_by_fold: list[np.ndarray],
+    names: list[str],
+    task: SingleLabel = SINGLE_LABEL,
+    mean: str = "probabilities",
+) -> str:
+    """Of `names`, the weight file whose OOF (all its views) scores best alone on these rows; the first of
+    equals wins, a NaN score never does.
+
+    After train.stop_when_worse stopped a fold, this chooses the check point that predicts by default. In
+    training it was chosen on the epoch validation of every row of the fold, the rows the CV then scores
+    (kit.train.views.weights_after_stop); chosen here, on the rows cross-fitting hands in, it is refitted
+    with the other choices (issue 26)."""
+    higher = metrics.METRICS[metric].higher_is_better
+    targets = np.concatenate(targets_by_fold)
+
+    def goodness(name: str) -> float:
+        probabilities = np.concatenate([average(kept[name], mean, task) for kept in kept_by_fold])
+        value = task.score(metrics.METRICS[metric], targets, probabilities)
+        return -np.inf if np.isnan(value) else (value if higher else -value)
+
+    return max(names, key=goodness)  # max keeps the first of equals

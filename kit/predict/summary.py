@@ -16,7 +16,7 @@ from kit.config import Config
 from kit.data.labels import LabelTable
 from kit.data.tta import MIRROR_FIRST, view_names
 from kit.files import save_array
-from kit.predict import calibrate, crossfit, selection
+from kit.predict import calibrate, crossfit, selection, training_choices
 from kit.run import Calibration, FoldFolder, Run
 from kit.train.cross_validation import worse_stages
 from kit.train.views import candidate_weights, prediction_weights, weights_rule
@@ -49,7 +49,10 @@ def select_prediction(
         for path in candidate_weights(config, first, recipes[fold_numbers[0]])
         if all(path.stem in fold_kept for fold_kept in kept)
     ]
-    default = [path.stem for path in prediction_weights(config, first, recipes[fold_numbers[0]])]
+    # after a stop, the default's check point is chosen on the rows handed in, not in training (issue 26)
+    recipe = recipes[fold_numbers[0]]
+    default = prediction_weights(config, first, recipe)
+    default_on = training_choices.default_chooser(config, labels.task, recipe, names, default)
 
     def choose(kept_by_fold: list[dict[str, np.ndarray]], targets_by_fold: list[np.ndarray]) -> dict:
         return selection.choose(
@@ -62,7 +65,7 @@ def select_prediction(
             labels.task,
             fewest_views=2 if config.augment.preset in MIRROR_FIRST else 1,
             mean=config.predict.mean,
-            default=[name for name in default if name in names] or None,
+            default=default_on(kept_by_fold, targets_by_fold),
         )
 
     def blend(fold_kept: dict[str, np.ndarray], choice: dict) -> np.ndarray:
@@ -86,6 +89,31 @@ def select_prediction(
     rows_by_fold = [np.asarray(results[number]["valid_rows"]) for number in fold_numbers]
     refitted = crossfit.refitted_selection(kept, rows_by_fold, labels.targets, len(oof), choose, blend)
     return chosen, chosen_oof, refitted
+
+
+def refitted_default(
+    config: Config, labels: LabelTable, run_dir: Path, fold_numbers: list[int], results: dict, row_count: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """With predict.select off, after a stop: predictions_for(seen) for the cross-fitted CV, each fold's
+    default files (kit.train.views.prediction_weights) with the check point chosen again on the seen rows
+    alone (kit.predict.training_choices.default_chooser): training chose it on every row of the fold."""
+    run = Run(run_dir)
+    recipes = [results[number].get("recipe") for number in fold_numbers]
+    kept = [kept_oof(config, run.fold(number), recipes[index]) for index, number in enumerate(fold_numbers)]
+    names = [name for name in kept[0] if all(name in fold_kept for fold_kept in kept)]
+    default = prediction_weights(config, run.fold(fold_numbers[0]).folder, recipes[0])
+    default_on = training_choices.default_chooser(config, labels.task, recipes[0], names, default)
+    views = tuple(range(1 + config.predict.tta))
+
+    def choose(kept_by_fold: list[dict[str, np.ndarray]], targets_by_fold: list[np.ndarray]) -> dict:
+        return {"weights": default_on(kept_by_fold, targets_by_fold) or names, "views": views}
+
+    def blend(fold_kept: dict[str, np.ndarray], choice: dict) -> np.ndarray:
+        weights = tuple(choice["weights"])
+        return selection.blend(fold_kept, weights, choice["views"], config.predict.mean, labels.task)
+
+    rows_by_fold = [np.asarray(results[number]["valid_rows"]) for number in fold_numbers]
+    return crossfit.refitted_selection(kept, rows_by_fold, labels.targets, row_count, choose, blend)
 
 
 def cv_summary(
@@ -169,10 +197,17 @@ def settle(
         prediction, chosen_oof, predictions_for = select_prediction(
             config, labels, run_dir, fold_numbers, results, oof
         )
+    elif any(training_choices.stop_of(result.get("recipe")) for result in results.values()):
+        predictions_for = refitted_default(config, labels, run_dir, fold_numbers, results, len(oof))
     oof = chosen_oof
     save_array(run.oof, oof)
     summary, calibration = cv_summary(config, labels, oof, row_folds)
     summary, calibration = cross_fitted(config, labels, row_folds, predictions_for, summary, calibration)
+    # what training chose on the scored rows and cross-fitting cannot choose again: the CV is in sample there
+    named = training_choices.named_choices(config, [result.get("recipe") for result in results.values()])
+    if named:
+        summary["chosen_in_training"] = named
+        tqdm.write("chosen in training on the validation rows, not cross-fitted: " + "; ".join(named))
     run.write_calibration(calibration)
     summary = {
         **summary,
