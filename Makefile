@@ -19,7 +19,7 @@ KIT := $(BIN)/kit
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint list config download files leaderboard folds duplicates train resume lr-find predict submit ledger new
+.PHONY: help install demo test test-fast lint list config download files leaderboard folds duplicates train train-parallel resume lr-find predict submit ledger new
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ ifeq ($(GPUS),1)
 else
 	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m kit train $(COMP) --fold $(FOLD) $(foreach s,$(SET),--set $(s))
 endif
+
+train-parallel: $(STAMP) ## Train COMP's folds side by side, one process (GPU) each: NPROC=N (default 2), SET=...
+	$(BIN)/torchrun --standalone --nproc_per_node=$(or $(NPROC),2) -m kit train $(COMP) --fold all --parallel folds $(foreach s,$(SET),--set $(s))
 
 resume: $(STAMP) ## Continue COMP's interrupted run (newest, or RUN=) from its last completed epoch
 	$(KIT) train $(COMP) --resume $(if $(RUN),--run $(RUN))

@@ -120,6 +120,13 @@ def duplicates(competition: str, listed: int, overrides: tuple[str, ...]) -> Non
     "--chosen-on", default=None, help="With --fold full: the fold run to reuse (default: the newest)."
 )
 @click.option(
+    "--parallel",
+    type=click.Choice(["folds"]),
+    default=None,
+    help="Under torchrun with --fold all: each process trains its own folds (fold k on process k mod N, "
+    "one GPU each) instead of DDP inside a fold.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue the newest interrupted run (or --run) from its last epoch, with its own settings and "
@@ -132,6 +139,7 @@ def train(
     fold: str | None,
     seeds: int,
     chosen_on: str | None,
+    parallel: str | None,
     resume: bool,
     run: str | None,
     overrides: tuple[str, ...],
@@ -140,7 +148,7 @@ def train(
     if resume:
         commands.resume(commands.load_for_training(competition), run, overrides, fold)
     else:
-        commands.train(commands.load_for_training(competition, overrides), fold, seeds, chosen_on)
+        commands.train(commands.load_for_training(competition, overrides), fold, seeds, chosen_on, parallel)
 
 
 @main.command("lr-find")

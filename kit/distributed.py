@@ -7,6 +7,11 @@ rows and DistributedDataParallel averages the gradients. Rank 0 alone writes the
 get what they need from it by broadcast. Caches under data/interim are built by rank 0 first, then read
 by the others. With one process every helper here does nothing, so one code path serves CPU, one GPU
 and many.
+
+`kit train --fold all --parallel folds` uses the group differently: each process trains its own folds
+from start to end inside `alone()`, where these helpers act as in a single process (no DDP, no sharding,
+no learning-rate scaling, every process writes its own fold folders), then the processes meet again
+(`gather_objects`) for rank 0 to settle the run.
 """
 
 from __future__ import annotations
@@ -27,13 +32,43 @@ from torch.utils.data import Sampler
 # Rank 0 may build an image or feature cache (minutes on a large set) while the others wait at a barrier.
 TIMEOUT = timedelta(hours=1)
 
+# True inside `alone()`: this process trains its own folds as if it were the only one.
+_alone = False
+
+
+def _grouped() -> bool:
+    """True when the helpers below act across processes: a process group, and not inside `alone()`."""
+    return dist.is_initialized() and not _alone
+
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
+    return dist.get_world_size() if _grouped() else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    return dist.get_rank() if _grouped() else 0
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Inside the block every helper here acts as in a single process (rank 0 of 1), the process group
+    kept for later: a process training its own folds (--parallel folds) trains each one as a lone
+    process would, bit for bit, and writes its own fold folders."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
+
+
+def gather_objects(value: Any) -> list:
+    """Every rank's `value` (any picklable object), in rank order, on every rank; [value] alone."""
+    if not _grouped():
+        return [value]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def is_main() -> bool:
@@ -56,7 +91,7 @@ def teardown() -> None:
 
 
 def barrier() -> None:
-    if dist.is_initialized():
+    if _grouped():
         dist.barrier()
 
 
@@ -72,7 +107,7 @@ def main_first() -> Iterator[None]:
 
 def broadcast_object(value: Any) -> Any:
     """Rank 0's `value` (any picklable object), on every rank."""
-    if not dist.is_initialized():
+    if not _grouped():
         return value
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
@@ -86,7 +121,7 @@ def _collective_device() -> torch.device:
 
 def smallest(value: int) -> int:
     """The smallest of every rank's `value` (e.g. the batch size that fits on every GPU)."""
-    if not dist.is_initialized():
+    if not _grouped():
         return value
     tensor = torch.tensor(value, device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
@@ -99,7 +134,7 @@ def sync_buffers(module: nn.Module) -> None:
     DDP broadcasts them before each forward pass, so after an epoch's last step each rank holds
     statistics updated with its own last batch; this makes validation and checkpoints agree.
     """
-    if dist.is_initialized():
+    if _grouped():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
 
@@ -110,7 +145,7 @@ def wrap(module: nn.Module) -> nn.Module:
     Only parameters that require gradients at wrapping time are synchronised, so a stage that
     changes which layer groups are frozen wraps the model again.
     """
-    if not dist.is_initialized():
+    if not _grouped():
         return module
     device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
     return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, gradient_as_bucket_view=True)
@@ -150,7 +185,7 @@ def shard(items):
 
 def gather_shards(part: np.ndarray | torch.Tensor, count: int) -> np.ndarray | torch.Tensor:
     """Every rank's `part` (made from `shard` of `count` items) in the original order, on every rank."""
-    if not dist.is_initialized():
+    if not _grouped():
         return part
     is_tensor = isinstance(part, torch.Tensor)
     parts: list = [None] * world_size()
@@ -163,7 +198,7 @@ def gather_shards(part: np.ndarray | torch.Tensor, count: int) -> np.ndarray | t
 
 def average(value: torch.Tensor) -> torch.Tensor:
     """The mean over ranks of a scalar tensor on the training device (the same on every rank)."""
-    if not dist.is_initialized():
+    if not _grouped():
         return value
     total = value.detach().clone()
     dist.all_reduce(total)

@@ -42,8 +42,9 @@ def load_for_training(query: str, overrides: tuple[str, ...] = ()) -> Config:
     return config
 
 
-def train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
-    """A new run folder, the LR finder if asked, then training.
+def train_in_new_run(config: Config, labels: LabelTable, fold: str, parallel: str | None = None) -> Path:
+    """A new run folder, the LR finder if asked, then training (`parallel` "folds": each process its own
+    folds, kit.train.parallel_folds).
 
     Under torchrun rank 0 makes the folder and prints.
     """
@@ -68,7 +69,7 @@ def train_in_new_run(config: Config, labels: LabelTable, fold: str) -> Path:
                 _lr_find(config, labels, 0, run_dir, None)
             elif main:
                 click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
-        summary = _train_and_settle(config, labels, fold, run_dir)
+        summary = _train_and_settle(config, labels, fold, run_dir, parallel)
     if main:
         baseline = baseline_text(config, summary["metric"], labels)
         click.echo(cv_line(summary, baseline, quick=_is_quick(config)))
@@ -206,9 +207,17 @@ def interrupted_line(config: Config, known: set[Path] | None) -> str:
     )
 
 
-def train(config: Config, fold: str | None = None, seeds: int = 1, chosen_on: str | None = None) -> Path:
+def train(
+    config: Config,
+    fold: str | None = None,
+    seeds: int = 1,
+    chosen_on: str | None = None,
+    parallel: str | None = None,
+) -> Path:
     """Train in a new run folder; `fold` a number, "all" (None: fold 0) or "full" (every row, `seeds`
-    seeds, reusing what the fold run `chosen_on` (default: the newest) chose)."""
+    seeds, reusing what the fold run `chosen_on` (default: the newest) chose). `parallel` "folds": under
+    torchrun each process trains its own folds (fold k on process k mod N) instead of DDP inside a fold."""
+    parallel = parallel_mode(parallel, fold, int(os.environ.get("WORLD_SIZE", "1")))
     if fold == "full":
         with resume_hint(config, set(list_runs(config))):
             return _train_full(config, load_labels(config), seeds, chosen_on)
@@ -217,7 +226,29 @@ def train(config: Config, fold: str | None = None, seeds: int = 1, chosen_on: st
     if chosen_on is not None:
         raise KitError("--chosen-on: only with --fold full (a fold run chooses on its own OOF)")
     with resume_hint(config, set(list_runs(config))):
-        return train_in_new_run(config, load_labels(config), "0" if fold is None else fold)
+        return train_in_new_run(config, load_labels(config), "0" if fold is None else fold, parallel)
+
+
+def parallel_mode(parallel: str | None, fold: str | None, processes: int) -> str | None:
+    """--parallel folds as it applies: refused in one line with --fold full or one fold under torchrun;
+    with one process (not under torchrun) the folds train one after the other, said in one line."""
+    if parallel is None:
+        return None
+    if parallel != "folds":
+        raise KitError(f"--parallel {parallel}: the one mode is 'folds' (each process trains its own folds)")
+    if fold == "full":
+        raise KitError(
+            "--parallel folds: --fold full trains its seeds in one process; drop --parallel (and torchrun)"
+        )
+    if processes <= 1:
+        click.echo("--parallel folds: one process (not under torchrun): the folds train one after the other")
+        return None
+    if fold != "all":
+        raise KitError(
+            f"--parallel folds with --fold {'0' if fold is None else fold}: one fold cannot be split by "
+            "folds; use --fold all, or drop --parallel to train that fold with DDP across the processes"
+        )
+    return parallel
 
 
 def _train_full(config: Config, labels: LabelTable, seeds: int, chosen_on: str | None) -> Path:
@@ -303,26 +334,33 @@ def _resume(config: Config, run: str | None) -> Path:
             check_row_order(run_dir, labels.ids, "start a new run: a run resumes on its own rows")
             source = find_run(saved, recorded["chosen_on"])
             return _train_full_and_settle(saved, labels, recorded["seeds"], run_dir, source)
-        plan = (run_dir, run_config(run_dir), recorded["fold"])
-    run_dir, saved_config, fold = distributed.broadcast_object(plan)
+        plan = (run_dir, run_config(run_dir), recorded["fold"], recorded.get("parallel"))
+    run_dir, saved_config, fold, parallel = distributed.broadcast_object(plan)
+    if parallel is not None and distributed.world_size() == 1:  # a fold-parallel run resumed in one process
+        click.echo("--parallel folds: one process (not under torchrun): the folds left train in turn")
+        parallel = None
     check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
-    summary = _train_and_settle(saved_config, load_labels(saved_config), fold, run_dir)
+    summary = _train_and_settle(saved_config, load_labels(saved_config), fold, run_dir, parallel)
     if distributed.is_main():
         click.echo(cv_line(summary, baseline_text(saved_config, summary["metric"])))
     distributed.teardown()
     return run_dir
 
 
-def _train_and_settle(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> dict | None:
-    """Training (kit.train: each fold's weight files and kept views), then, on rank 0, the one step after
-    it (kit.predict.summary): the prediction choice, calibration and CV summary, fitted and written once.
+def _train_and_settle(
+    config: Config, labels: LabelTable, fold: str, run_dir: Path, parallel: str | None = None
+) -> dict | None:
+    """Training (kit.train: each fold's weight files and kept views; with `parallel` "folds", each process
+    its own folds, every process's success gathered first), then, on rank 0, the one step after it
+    (kit.predict.summary): the prediction choice, calibration and CV summary, fitted and written once.
     Returns the summary; None on the other ranks."""
     from kit import distributed  # heavy (torch)
     from kit.predict import summary as after_training  # heavy (torch, timm, scikit-learn)
-    from kit.train import cross_validation  # heavy (torch, timm, albumentations)
+    from kit.train import cross_validation, parallel_folds  # heavy (torch, timm, albumentations)
 
     started = time.time()
-    fold_numbers = cross_validation.train(config, labels, fold, run_dir)
+    trainer = parallel_folds.train if parallel == "folds" else cross_validation.train
+    fold_numbers = trainer(config, labels, fold, run_dir)
     if not distributed.is_main():
         return None
     return after_training.settle(config, labels, run_dir, fold_numbers, time.time() - started)

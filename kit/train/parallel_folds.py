@@ -1,0 +1,98 @@
+"""Folds side by side: `torchrun --nproc-per-node N -m kit train COMP --fold all --parallel folds`.
+
+Each process trains its own folds (fold k on process k mod N: one GPU each where there are GPUs) from
+start to end, as a lone process would (kit.distributed.alone: no DDP, no learning-rate scaling), and writes
+their folders into the one run folder. Then every process reports which of its folds failed
+(all_gather_object); any failure fails the command on every process, naming the fold, before anything is
+settled. For models of a few to tens of millions of parameters, one fold per GPU scales almost linearly,
+where DDP inside a fold pays a gradient exchange every step (kept for one big fold: --parallel unset).
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import click
+
+from kit import distributed
+from kit.config import Config
+from kit.data.folds import load_folds
+from kit.data.images import cache_side
+from kit.data.labels import LabelTable
+from kit.errors import KitError
+from kit.files import write_json
+from kit.run import Run
+from kit.train.cross_validation import fold_numbers_of, train_fold, usable_rows
+from kit.train.stage import training_images
+from kit.train.views import prediction_cache_side
+
+
+def folds_of_process(fold_numbers: list[int], process: int, processes: int) -> list[int]:
+    """The folds process `process` of `processes` trains: fold k goes to process k mod processes. Pure."""
+    return [number for number in fold_numbers if number % processes == process]
+
+
+def failure_line(failures: dict[int, tuple[int, str]], run_dir: Path, competition: str) -> str:
+    """One line naming every failed fold, the process it failed in and why, and how to go on. Pure."""
+    named = "; ".join(
+        f"fold {fold} failed in process {process}: {why}" for fold, (process, why) in sorted(failures.items())
+    )
+    return (
+        f"{named}. Nothing was settled (no metrics.json); the finished folds are kept in {run_dir}: fix the "
+        f"cause, then `kit train {competition} --resume --run {run_dir.name}` (under the same torchrun) "
+        "trains the folds left"
+    )
+
+
+def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> list[int]:
+    """Every fold of `fold` ("all") trained across the processes torchrun started, each fold's folder
+    written by the process that trained it; folds finished before an interruption are kept. Returns
+    the fold numbers, on every process, once all of them finished; raises KitError on every process,
+    naming the folds, when any failed."""
+    run = Run(run_dir)
+    fold_numbers = fold_numbers_of(config, fold)
+    with distributed.main_first():  # folds.csv is written once
+        folds = load_folds(config, labels)
+    if distributed.is_main():
+        write_json(run.plan_file, {"fold": fold, "parallel": "folds"})  # what --resume continues
+    rows = usable_rows(config, labels, run)
+    _build_caches(config, labels)
+    process, processes = distributed.rank(), distributed.world_size()
+    failures: dict[int, tuple[int, str]] = {}
+    with distributed.alone():
+        for number in folds_of_process(fold_numbers, process, processes):
+            if run.fold(number).result_file.exists():
+                continue  # finished before an interruption (--resume)
+            try:
+                # planned=None: each fold decides its own stop (train.stop_when_worse), since fold 0,
+                # whose decision the later folds follow in a sequential run, trains at the same time.
+                train_fold(config, labels, folds, number, run, rows, planned=None)
+            except Exception as error:  # reported to every process below; this process trains no more
+                click.echo(f"fold {number} (process {process}):\n{traceback.format_exc()}", err=True)
+                failures[number] = (process, _one_line(error))
+                break
+    gathered = distributed.gather_objects(failures)  # every process waits here for the slowest
+    every_failure = {fold: failed for part in gathered for fold, failed in part.items()}
+    if every_failure:
+        raise KitError(failure_line(every_failure, run_dir, config.name))
+    missing = [number for number in fold_numbers if not run.fold(number).result_file.exists()]
+    if missing and distributed.is_main():
+        raise KitError(
+            f"folds {missing} finished in other processes but their results are not in {run_dir} here: "
+            "runs/ must be one folder every node writes to (a shared file system)"
+        )
+    return fold_numbers
+
+
+def _build_caches(config: Config, labels: LabelTable) -> None:
+    """Every photo cache the folds read (each stage's size, the prediction size), built by rank 0 first
+    and read by the others: inside `alone()` every process would build them at once."""
+    sides = {cache_side(config.stage_image_size(stage)) for stage in config.stages}
+    for side in sorted(sides | {prediction_cache_side(config)}):
+        training_images(config, labels, side)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(getattr(error, "message", error)).split())
+    return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
