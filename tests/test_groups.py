@@ -198,7 +198,7 @@ def test_planted_duplicates_are_found_listed_and_grouped(project):
 def test_kit_new_detects_an_obvious_group_column_and_says_so(tmp_path):
     import tomllib
 
-    from kit.kaggle import scaffold
+    from kit.kaggle import raw_layout, scaffold
 
     raw = tmp_path / "raw"
     (raw / "train").mkdir(parents=True)
@@ -210,7 +210,7 @@ def test_kit_new_detects_an_obvious_group_column_and_says_so(tmp_path):
     table = {"image": ids, "Patient_ID": [f"p{n // 3}" for n in range(12)], "target": ["a", "b"] * 6}
     pd.DataFrame(table).to_csv(raw / "train.csv", index=False)
     (raw / "sample_submission.csv").write_text("image,target\nt1,a\n")
-    layout = scaffold.inspect(raw)
+    layout = raw_layout.inspect(raw)
     assert layout.data["group_column"] == "Patient_ID"
     written = tomllib.loads(scaffold.render("scans", "", layout, "accuracy"))
     assert written["data"]["group_column"] == "Patient_ID"
@@ -218,7 +218,7 @@ def test_kit_new_detects_an_obvious_group_column_and_says_so(tmp_path):
     assert "groups: 'Patient_ID' (data.group_column): folds never split a group" in said
 
     pd.DataFrame({key: table[key] for key in ("image", "target")}).to_csv(raw / "train.csv", index=False)
-    layout = scaffold.inspect(raw)
+    layout = raw_layout.inspect(raw)
     assert "group_column" not in layout.data
     assert "no group column found" in scaffold.report(layout, "accuracy", tmp_path / "competition.toml")
 
@@ -227,7 +227,7 @@ def test_kit_new_detects_an_obvious_group_column_and_says_so(tmp_path):
 def test_kit_new_takes_no_flag_named_group_for_groups():
     """Pawpularity's train.csv has a 0/1 photo feature called 'Group': it is no grouping of images (folds
     over 2 groups could not even be made), nor is a column whose values are all distinct."""
-    from kit.kaggle import scaffold
+    from kit.kaggle import raw_layout
 
     ids = [f"pet{n}" for n in range(12)]
     for group, expected in (
@@ -236,4 +236,4 @@ def test_kit_new_takes_no_flag_named_group_for_groups():
         ([f"g{n // 3}" for n in range(12)], "Group"),
     ):
         table = pd.DataFrame({"Id": ids, "Group": group, "Pawpularity": list(range(1, 13))})
-        assert scaffold.group_column_of(table, "Id", "Pawpularity") == expected
+        assert raw_layout.group_column_of(table, "Id", "Pawpularity") == expected

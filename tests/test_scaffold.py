@@ -15,7 +15,7 @@ from kaggle_standin import KaggleStandIn, image_bytes, kaggle_env, make_zip
 from kit.competitions import load_competition
 from kit.config_build import config_from_dict
 from kit.data import labels as data
-from kit.kaggle import scaffold
+from kit.kaggle import raw_layout, scaffold
 
 SEEDLINGS_SLUG = "plant-seedlings-classification"
 SPECIES = {"Black-grass": (40, 40, 40), "Charlock": (240, 220, 40), "Common wheat": (40, 160, 60)}
@@ -80,7 +80,7 @@ def seedlings_files(per_species: int = 8, tests: int = 4) -> dict:
     return files
 
 
-def loads(layout: scaffold.Layout, metric: str = "log_loss", slug: str = "some-slug"):
+def loads(layout: raw_layout.Layout, metric: str = "log_loss", slug: str = "some-slug"):
     """render's text must be a valid competition.toml."""
     return config_from_dict(
         tomllib.loads(scaffold.render("forked", slug, layout, metric)), Path("/x/forked/competition.toml")
@@ -88,7 +88,7 @@ def loads(layout: scaffold.Layout, metric: str = "log_loss", slug: str = "some-s
 
 
 def test_label_csv_layout(tmp_path):
-    layout = scaffold.inspect(breeds_layout(tmp_path))
+    layout = raw_layout.inspect(breeds_layout(tmp_path))
     assert layout.data == {
         "labels": "csv", "labels_csv": "labels.csv", "id_column": "id", "label_column": "breed",
         "train_dir": "train", "test_dir": "test", "extension": ".jpg",
@@ -107,7 +107,7 @@ def test_label_csv_layout(tmp_path):
 
 
 def test_file_name_labels_with_binary_submission(tmp_path):
-    layout = scaffold.inspect(cats_layout(tmp_path))
+    layout = raw_layout.inspect(cats_layout(tmp_path))
     assert layout.data["labels"] == "filenames" and sorted(layout.class_counts) == ["cat", "dog"]
     assert layout.submission == {
         "format": "binary",
@@ -123,13 +123,13 @@ def test_file_name_labels_with_binary_submission(tmp_path):
 def test_binary_positive_class_named_by_the_column(tmp_path):
     cats_layout(tmp_path)
     (tmp_path / "sample_submission.csv").write_text("id,is_dog\n1,0.5\n2,0.5\n")
-    layout = scaffold.inspect(tmp_path)
+    layout = raw_layout.inspect(tmp_path)
     assert layout.submission["positive_class"] == "dog" and layout.submission["label_column"] == "is_dog"
     assert not any("positive_class" in note for note in layout.notes)
 
 
 def test_class_folders_with_label_submission(tmp_path):
-    layout = scaffold.inspect(write_files(tmp_path, seedlings_files()))
+    layout = raw_layout.inspect(write_files(tmp_path, seedlings_files()))
     assert layout.data["labels"] == "folders" and sorted(layout.class_counts) == sorted(SPECIES)
     assert layout.submission == {"format": "label", "id_column": "file", "label_column": "species"}
     assert (
@@ -147,7 +147,7 @@ def test_nested_folders_and_upper_case_extension(tmp_path):
         "images/test/9.JPG": b"",
     }
     write_files(tmp_path, {**files, "sampleSubmission.csv": "id,a,b\n9,0.5,0.5\n"})
-    data = scaffold.inspect(tmp_path).data
+    data = raw_layout.inspect(tmp_path).data
     assert (data["train_dir"], data["test_dir"], data["extension"]) == ("images/train", "images/test", ".JPG")
     assert data["sample_submission"] == "sampleSubmission.csv" and data["labels"] == "folders"
 
@@ -181,7 +181,7 @@ def test_nested_folders_and_upper_case_extension(tmp_path):
 def test_unknown_layouts_are_one_line_errors(tmp_path, files, message):
     write_files(tmp_path, files)
     with pytest.raises(click.ClickException) as caught:
-        scaffold.inspect(tmp_path)
+        raw_layout.inspect(tmp_path)
     assert message in caught.value.message and "\n" not in caught.value.message
 
 

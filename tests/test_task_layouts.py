@@ -16,7 +16,7 @@ from kaggle_standin import image_bytes
 
 from kit.competitions import load_competition
 from kit.data import labels as data
-from kit.kaggle import package, scaffold
+from kit.kaggle import package, raw_layout, scaffold
 
 TAGS = ["agriculture", "clear", "cloudy", "haze", "partly_cloudy", "primary", "road", "water"]
 PAW_FEATURES = ["Subject Focus", "Eyes", "Face", "Near", "Action", "Accessory", "Group", "Collage"]
@@ -121,7 +121,7 @@ TINY = [
 @pytest.mark.parametrize("name", list(KINDS))
 def test_scaffold_recognises_the_kind(tmp_path, name):
     make, task, metric, id_column, label_column, _ = KINDS[name]
-    layout = scaffold.inspect(make(tmp_path / name))
+    layout = raw_layout.inspect(make(tmp_path / name))
     assert layout.task == task and scaffold.default_metric(layout.submission["format"], task) == metric
     assert (layout.data["id_column"], layout.data["label_column"]) == (id_column, label_column)
     assert layout.submission == {"format": "label", "id_column": id_column, "label_column": label_column}

@@ -32,7 +32,7 @@ from kit.files import (
 from kit.hooks import load_hooks
 from kit.kaggle import client as kaggle
 from kit.kaggle import download as kaggle_download
-from kit.kaggle import kernels, scaffold
+from kit.kaggle import kernels, raw_layout, scaffold
 from kit.run import Run
 from kit.run_folder import (
     finished_runs,
@@ -218,7 +218,7 @@ def new_competition(
                 "add --from-raw to use them, or move it away"
             )
         kaggle_download.download_competition(slug, target_raw, notice)
-    layout = scaffold.inspect(target_raw)
+    layout = raw_layout.inspect(target_raw)
     metric = metric or scaffold.default_metric(layout.submission["format"], layout.task)
     code_competition = None
     if slug:
