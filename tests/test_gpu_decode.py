@@ -164,3 +164,51 @@ def test_decoding_threads_are_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr(images.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(images.os, "cpu_count", lambda: 64)
     assert images.usable_cores() == 2
+
+
+@pytest.mark.slow
+def test_a_notebook_run_decodes_each_test_image_once_for_every_weight_file_and_view(
+    digits, monkeypatch, tmp_path
+):
+    """predict_in_notebook (what the Kaggle notebook runs) on a packaged two-fold run with three views:
+    every test image decoded exactly once, though two folds' weight files and three views each read it."""
+    import json
+    import os
+
+    from conftest import TINY, invoke
+
+    from kit.competitions import load_competition
+    from kit.data.labels import load_test
+    from kit.kaggle import package, rehearsal
+    from kit.run import Run
+
+    project = Path(os.environ["KIT_PROJECT_ROOT"])
+    overrides = [
+        item
+        for value in [*TINY, "train.folds=2", "predict.tta=2", "predict.select=false"]
+        for item in ("--set", value)
+    ]
+    assert invoke("train", "digits", "--fold", "all", *overrides).exit_code == 0
+    (run_dir,) = (project / "runs" / "digits").iterdir()
+    config = load_competition("digits")
+
+    def no_wheel(folder: Path) -> Path:  # the notebook's kit is this one: no wheel is installed here
+        (folder / "kit-0-py3-none-any.whl").touch()
+        return folder / "kit-0-py3-none-any.whl"
+
+    monkeypatch.setattr(package, "build_wheel", no_wheel)
+    dataset = "local/kit-digits"
+    folder = rehearsal.lay_out(
+        tmp_path / "input", "flat", project / "data" / "raw" / "digits", "digits", dataset
+    )
+    package.build(config, run_dir, Run(run_dir).read_summary(), dataset, folder)
+    decoded = []
+    decode = images.decode
+    monkeypatch.setattr(images, "decode", lambda path, *rest: decoded.append(path) or decode(path, *rest))
+    package.predict_in_notebook(
+        str(tmp_path / "input"), dataset, "digits", str(tmp_path / "working"), str(tmp_path / "scratch")
+    )
+    timings = json.loads((tmp_path / "working" / package.TIMINGS_FILE).read_text())
+    assert timings["weight_files"] >= 2 and timings["views"] == 3  # six or more readers of each image
+    test_files = sorted(path.name for path in load_test(config).paths)
+    assert sorted(path.name for path in decoded) == test_files  # each once
