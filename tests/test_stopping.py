@@ -41,6 +41,24 @@ def test_the_stop_compares_with_the_best_so_far_not_the_last():
     assert stopping.best_of([math.nan], higher_is_better=True) is None
 
 
+def test_head_only_check_points_never_stop_the_recipe():
+    # digits: the precomputed head 0.8021, the augmented head 0.7847 (worse, but head-only: no stop), then
+    # the first unfrozen cycle, which pays or stops the recipe
+    assert not stopping.may_stop(trains_head_only=True, score=0.7847)
+    assert stopping.may_stop(trains_head_only=False, score=0.7847)
+    assert stopping.may_stop(trains_head_only=True, score=math.nan)  # a diverged head stops at once
+    head, body = True, False
+    assert not stopping.should_stop([0.8021, 0.7847], 0.0, True, [head, head])
+    assert stopping.should_stop([0.8021, 0.7847], 0.0, True, [body, body])  # without flags, as before
+    assert stopping.should_stop([0.8021, 0.7847], 0.0, True)
+    # the first unfrozen cycle is compared with the best of the head stages: it stops when it does not pay
+    assert not stopping.should_stop([0.8021, 0.7847, 0.99], 0.0, True, [head, head, body])
+    assert stopping.should_stop([0.8021, 0.7847, 0.80], 0.0, True, [head, head, body])
+    # a head stage after an unfrozen one never stops, even when worse; the next unfrozen check may
+    assert not stopping.should_stop([0.8, 0.99, 0.95], 0.0, True, [head, body, head])
+    assert stopping.should_stop([0.8, 0.99, 0.95, 0.97], 0.0, True, [head, body, head, body])
+
+
 def test_checks_follow_the_cycles_that_end_and_the_stage_end():
     # SGDR cycles of 1, 2, 4 epochs end after epochs 1, 3 and 7: the checks, the last being the stage's end.
     assert stopping.check_epochs([1.0, 3.0, 7.0], 7.0) == [1, 3, 7]

@@ -1,7 +1,9 @@
 """Stop a recipe that stops paying (train.stop_when_worse): at the end of every SGDR cycle (where snapshots
 are taken) and of every stage, the fold's out-of-fold score (the epoch's validation on the fold's held-out
 rows) is compared with the best of the earlier check points; when it is not better by train.min_stage_gain,
-the rest of that stage and the remaining stages of the fold are skipped.
+the rest of that stage and the remaining stages of the fold are skipped. Only check points of stages that
+train the body stop (the first is the end of the first unfrozen cycle): head-only stages are compared
+with, never stopped at (`may_stop`).
 
 Checking only at a stage's end would still spend the whole harmful stage: on a five-breed photo set the
 unfrozen stage is the last one and costs 4x the head stages (issue 31). The decisions here are pure
@@ -63,10 +65,29 @@ def best_of(scores: Sequence[float], higher_is_better: bool) -> float | None:
     return max(finite) if higher_is_better else min(finite)
 
 
-def should_stop(scores: Sequence[float], min_gain: float, higher_is_better: bool) -> bool:
+def may_stop(trains_head_only: bool, score: float) -> bool:
+    """Whether a check point may stop the recipe: one in a stage that trains the body (the first such is
+    the end of the first unfrozen cycle), or a diverged one (NaN) anywhere. A head-only stage's check
+    points are compared with, never stop: they cost little, and a head stage that does not beat the one
+    before says nothing of the unfrozen stage after it, where the gain and the cost are (digits: the
+    augmented head scored 0.7847 against the precomputed head's 0.8021, and a stop there gave up the
+    unfrozen stage's 0.99)."""
+    return math.isnan(score) or not trains_head_only
+
+
+def should_stop(
+    scores: Sequence[float],
+    min_gain: float,
+    higher_is_better: bool,
+    head_only: Sequence[bool] | None = None,
+) -> bool:
     """Whether the recipe stops after the last of these check-point scores (in the order they were
-    reached): it is not better than the best of the earlier ones by more than `min_gain`."""
+    reached): it may stop there (`may_stop`; `head_only`: per check point, whether its stage trains the
+    head only; None: none does) and is not better than the best of the earlier ones by more than
+    `min_gain`."""
     if not scores:
+        return False
+    if head_only is not None and not may_stop(head_only[-1], scores[-1]):
         return False
     return not pays(scores[-1], best_of(scores[:-1], higher_is_better), min_gain, higher_is_better)
 
@@ -167,6 +188,11 @@ class StopWhenWorse(Trick):
         point kept weights to predict with (before that, and when fold 0 decides, the loop's error)."""
         return self.planned is None and bool(self.checkpoints)
 
+    def head_only(self, view: StageView) -> list[bool]:
+        """Per check point reached (the running one last), whether its stage trains the head only."""
+        stages = view.config.stages
+        return [stages[item["stage_index"]].trains_head_only for item in self.checkpoints]
+
     def on_stage_start(self, view: StageView) -> None:
         stage = view.stage
         ends = schedule.cycle_ends(stage.n_cycles, stage.cycle_len, stage.cycle_mult)
@@ -204,7 +230,7 @@ class StopWhenWorse(Trick):
                 f"fold 0 stopped here (OOF {self.metric} {planned['score']:.4f}, best so far {best:.4f}); "
                 "train.stop_per_fold = false applies its decision to every fold"
             )
-        elif pays(checkpoint.score, best, self.min_gain, self.higher):
+        elif not should_stop([*earlier, checkpoint.score], self.min_gain, self.higher, self.head_only(view)):
             return
         elif math.isnan(checkpoint.score):
             reason = (
