@@ -9,8 +9,8 @@ same folds and scored by CV and, where the data folder holds answers.csv, on tha
     # today's code for the baseline arms: a copy of another commit's tree (git archive) given as --tree
     nice .venv/bin/python scripts/compare_stop.py ... --tree /tmp/base --arms full,quick --label today
 
-Arms (--arms): full (the recipe as shipped, train.stop_when_worse off), stop (as shipped: the default,
-the stop on), quick (train.recipe = "quick"). Each runs `kit train --fold 0` then `kit predict` in its own
+Arms (--arms): full (the recipe as shipped, train.stop_when_worse off), stop (the stop on), quick
+(train.recipe = "quick"). Each runs `kit train --fold 0` then `kit predict` in its own
 project folder (KIT_PROJECT_ROOT) on a copy of the photos (the data folder is never written): --limit N
 keeps the first N/2 photos of each class (cats and dogs), --breeds B the B breeds with the most photos
 (their columns only in sample_submission.csv), --test-limit M the first M test photos. Wall and CPU
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 MARKER = ".download-complete"  # kit.files.DOWNLOAD_MARKER
 ARM_SETTINGS = {
     "full": ["train.stop_when_worse=false"],
-    "stop": [],
+    "stop": ["train.stop_when_worse=true"],
     "quick": ["train.recipe=quick"],
 }
 TODAY_SETTINGS = {"full": [], "quick": ["train.recipe=quick"]}  # code without train.stop_when_worse
