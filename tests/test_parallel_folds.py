@@ -48,7 +48,9 @@ def test_parallel_folds_applies_to_every_fold_under_torchrun_only(capsys):
 def test_the_failure_line_names_each_failed_fold_and_its_process(tmp_path):
     line = failure_line({2: (0, "RuntimeError: out of memory"), 1: (1, "ValueError: x")}, tmp_path, "digits")
     assert line.startswith("fold 1 failed in process 1: ValueError: x; fold 2 failed in process 0: Runtime")
-    assert "no metrics.json" in line and f"--resume --run {tmp_path.name}" in line and "\n" not in line
+    assert "no metrics.json" in line and "\n" not in line
+    assert "`kit train digits --resume` under the same torchrun" in line
+    assert f"({tmp_path.name};" in line
 
 
 def test_parallel_folds_with_a_full_refit_is_refused_in_one_line(digits, project):
@@ -144,7 +146,7 @@ def test_folds_in_parallel_equal_the_folds_in_turn(digits, project):
 
 
 @pytest.mark.slow
-def test_a_fold_failing_in_one_process_fails_the_command_naming_it(digits, project):
+def test_a_fold_failing_in_one_process_fails_the_command_naming_it_then_resumes(digits, project):
     digits()
     environment = {**_environment(project), "FAIL_FOLD": "1"}
     arguments = [argument.replace("train.folds=3", "train.folds=2") for argument in _train_arguments()]
@@ -156,6 +158,14 @@ def test_a_fold_failing_in_one_process_fails_the_command_naming_it(digits, proje
     (run_dir,) = (project / "runs" / "digits").iterdir()  # kept: fold 0 finished, for --resume
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "oof.npy").exists()
     assert (run_dir / "fold-0").is_dir() and not (run_dir / "fold-1" / "result.json").exists()
+
+    # As the line says: the cause fixed, --resume under the same torchrun trains the fold left, then settles.
+    fold_0 = (run_dir / "fold-0" / "result.json").read_text()
+    environment.pop("FAIL_FOLD")
+    resumed = _torchrun(["-m", "kit"], ["train", "digits", "--resume"], environment)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert (run_dir / "fold-0" / "result.json").read_text() == fold_0  # kept, not trained again
+    assert json.loads((run_dir / "metrics.json").read_text())["folds_trained"] == [0, 1]
 
 
 def fail_one_fold() -> None:

@@ -40,8 +40,8 @@ def failure_line(failures: dict[int, tuple[int, str]], run_dir: Path, competitio
     )
     return (
         f"{named}. Nothing was settled (no metrics.json); the finished folds are kept in {run_dir}: fix the "
-        f"cause, then `kit train {competition} --resume --run {run_dir.name}` (under the same torchrun) "
-        "trains the folds left"
+        f"cause, then `kit train {competition} --resume` under the same torchrun trains the folds left of "
+        f"this newest interrupted run ({run_dir.name}; torchrun takes --run for its own --run-path)"
     )
 
 
