@@ -39,6 +39,20 @@ def share_out(count: int, devices: int) -> list[list[int]]:
     return [list(range(first, count, devices)) for first in range(max(1, min(devices, count)))]
 
 
+def split_parts(items: int, parts: int, devices: int) -> list[tuple[int, list[int]]]:
+    """Work units (item, its parts) for `devices`: each item whole (all its `parts`) where there are as
+    many items as devices or more; else each item's parts cut into devices // items runs of consecutive
+    parts, as even as whole parts allow (at most one run per part), so that one fold's TTA views (or a
+    single weight file's) keep a T4 x2 busy. Items in order, each item's runs in order: joining a unit's
+    results in this order gives the whole item's."""
+    every = list(range(parts))
+    if items <= 0 or items >= devices or parts <= 1:
+        return [(item, every) for item in range(items)]
+    runs = min(parts, devices // items)
+    cuts = [round(index * parts / runs) for index in range(runs + 1)]
+    return [(item, every[cuts[run] : cuts[run + 1]]) for item in range(items) for run in range(runs)]
+
+
 def on_devices(
     items: Sequence[Item],
     make_work: Callable[[torch.device], Callable[[Item], Result]],

@@ -108,3 +108,59 @@ def test_kit_predict_on_two_devices_writes_what_one_device_writes(digits, monkey
     np.testing.assert_allclose(np.load(run_dir / "test-probabilities.npy"), one, rtol=1e-6, atol=1e-7)
     (split,) = (project / "submissions").glob("digits-*.csv")
     assert split.read_text() == expected
+
+
+@pytest.mark.parametrize(
+    ("items", "parts", "devices", "expected"),
+    [
+        (2, 3, 2, [(0, [0, 1, 2]), (1, [0, 1, 2])]),  # two folds on a T4 x2: a fold each, every view
+        (5, 3, 2, [(item, [0, 1, 2]) for item in range(5)]),
+        (1, 3, 2, [(0, [0, 1]), (0, [2])]),  # one fold (or one weight file): its views split
+        (1, 2, 2, [(0, [0]), (0, [1])]),
+        (1, 1, 2, [(0, [0])]),  # one view: nothing to split
+        (2, 3, 5, [(0, [0, 1]), (0, [2]), (1, [0, 1]), (1, [2])]),  # two runs of views per fold
+        (1, 3, 4, [(0, [0]), (0, [1]), (0, [2])]),  # at most one run per view
+        (1, 3, 1, [(0, [0, 1, 2])]),  # one device
+        (0, 3, 2, []),
+    ],
+)
+def test_views_are_split_across_devices_only_where_folds_are_fewer(items, parts, devices, expected):
+    assert device.split_parts(items, parts, devices) == expected
+
+
+@pytest.mark.slow
+def test_one_folds_views_split_over_two_devices_predict_what_one_device_predicts(digits, monkeypatch):
+    """kit predict of a one-fold run with three views on two visible devices (the CPU twice): the views
+    split between them, and the submission, the test probabilities and each weight file's kept per-view
+    probabilities those of one device."""
+    import os
+    from pathlib import Path
+
+    from conftest import TINY, invoke
+
+    from kit.predict import inference
+
+    project = Path(os.environ["KIT_PROJECT_ROOT"])
+    settings = [*TINY, "train.folds=2", "predict.tta=2", "predict.select=false"]
+    overrides = [item for value in settings for item in ("--set", value)]
+    assert invoke("train", "digits", "--fold", "0", *overrides).exit_code == 0
+    (run_dir,) = (project / "runs" / "digits").iterdir()
+    assert invoke("predict", "digits").exit_code == 0
+    alone = {path: np.load(path) for path in sorted(run_dir.rglob("*.npy")) if "test" in path.name}
+    assert len(alone) >= 2  # the test probabilities and a weight file's kept views
+    (submitted,) = (project / "submissions").glob("digits-*.csv")
+    expected = submitted.read_text()
+    submitted.unlink()
+    units = []
+    monkeypatch.setattr(inference, "visible_devices", lambda: [torch.device("cpu"), torch.device("cpu")])
+    monkeypatch.setattr(
+        inference, "on_devices", lambda *args: units.extend(args[0]) or device.on_devices(*args)
+    )
+    assert invoke("predict", "digits").exit_code == 0
+    assert units == [(0, [0, 1]), (0, [2])]
+    for path, probabilities in alone.items():
+        np.testing.assert_allclose(np.load(path), probabilities, rtol=1e-6, atol=1e-7, err_msg=str(path))
+    kept = [array for path, array in alone.items() if array.ndim == 3]
+    assert kept and all(array.shape[0] == 3 for array in kept)  # three views, joined in order
+    (split,) = (project / "submissions").glob("digits-*.csv")
+    assert split.read_text() == expected

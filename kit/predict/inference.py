@@ -17,14 +17,15 @@ from kit.config import Config
 from kit.data.images import photo_cache
 from kit.data.labels import LabelTable, check_test_apart, load_labels, load_test
 from kit.data.tta import view_names
-from kit.device import on_devices, place, visible_devices
+from kit.device import on_devices, place, split_parts, visible_devices
 from kit.errors import KitError
 from kit.files import save_array, write_json
 from kit.predict import calibrate, prediction_rule, submission
 from kit.run import FoldFolder, Run
 from kit.run_folder import run_config, saved_settings_note
 from kit.train.views import (
-    ensemble_probabilities,
+    ensemble_of_views,
+    file_view_probabilities,
     prediction_cache_side,
     prediction_weights,
     weight_image_sizes,
@@ -113,42 +114,54 @@ def predict_test(
     rule = rule or prediction_rule.AppliedRule(summary.get("prediction") or None, ())
     chosen = rule.chosen  # kit.predict.selection's choice, made after training, unless --set changed it
     folds = summary["folds_trained"]  # every fold's weights predict; folds are averaged with equal weight
+    every_view = (
+        chosen["views"] if chosen else list(range(len(view_names(config.augment.preset, config.predict.tta))))
+    )
+    devices = visible_devices()
+    # (fold index, positions in every_view): whole folds dealt to the devices, or, with fewer folds than
+    # devices (one fold, one weight file), each fold's views split across them
+    units = split_parts(len(folds), len(every_view), len(devices))
 
-    def fold_predictor(compute: torch.device) -> Callable[[int], tuple[list[Path], np.ndarray]]:
-        """A model on `compute`, and the prediction of a fold with it: kit.device.on_devices deals the folds
-        to every visible GPU in turn (Kaggle's T4 x2: both), one model each."""
+    def unit_predictor(compute: torch.device) -> Callable[[tuple], tuple[list[Path], list[np.ndarray]]]:
+        """A model on `compute`, and the per-view probabilities of a unit's fold and views with it:
+        kit.device.on_devices deals the units to every visible GPU in turn (Kaggle's T4 x2: both)."""
         model = place(
             models.create_model(config.train.model, task.head_size(classes), pretrained=False), compute
         )
 
-        def predict_fold(fold: int) -> tuple[list[Path], np.ndarray]:
-            fold_dir = Run(run_dir).part(fold).folder  # a fold, or a full-data refit's seed
+        def predict_unit(unit: tuple[int, list[int]]) -> tuple[list[Path], list[np.ndarray]]:
+            fold_dir = Run(run_dir).part(folds[unit[0]]).folder  # a fold, or a full-data refit's seed
             fold_weights = fold_prediction_weights(config, fold_dir, {**summary, "prediction": chosen})
-            return fold_weights, ensemble_probabilities(
+            return fold_weights, file_view_probabilities(
                 model,
                 fold_weights,
                 meta,
                 images,
                 config.stage_batch_size(last_stage) * 2,
-                keep=Run(run_dir).part(fold).kept_test,
                 preset=config.augment.preset,
                 tta=config.predict.tta,
                 task=task,
                 image_size=image_size,
                 image_sizes=weight_image_sizes(config, fold_weights),  # as their OOF rows were made
-                views=chosen["views"] if chosen else None,
-                mean=config.predict.mean,
+                views=[every_view[position] for position in unit[1]],
                 precision=config.predict.precision,
                 compute=compute,
             )
 
-        return predict_fold
+        return predict_unit
 
-    predicted = on_devices(folds, fold_predictor, visible_devices())
-    weights = [path for fold_weights, _ in predicted for path in fold_weights]
-    fold_probabilities = {
-        fold: probabilities for fold, (_, probabilities) in zip(folds, predicted, strict=True)
-    }
+    predicted = on_devices(units, unit_predictor, devices)
+    weights, fold_probabilities = [], {}
+    for index, fold in enumerate(folds):  # a fold's units in order: its views joined as one device made them
+        parts = [result for (item, _), result in zip(units, predicted, strict=True) if item == index]
+        fold_weights = parts[0][0]
+        per_file_views = [
+            np.concatenate([views[file] for _, views in parts]) for file in range(len(fold_weights))
+        ]
+        fold_probabilities[fold] = ensemble_of_views(
+            fold_weights, per_file_views, Run(run_dir).part(fold).kept_test, config.predict.mean, task
+        )
+        weights.extend(fold_weights)
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).
     save_array(Run(run_dir).test_probabilities, np.mean(list(fold_probabilities.values()), axis=0))
     calibration = calibrate.read(Run(run_dir))  # fitted once, when training ended (kit.predict.summary)

@@ -104,6 +104,60 @@ def ensemble_probabilities(
     per-view probabilities are also saved there (views x N x classes, float32): every snapshot and TTA
     setting stays available to selection and ensembles later, at no extra inference cost.
     """
+    per_file_views = file_view_probabilities(
+        model,
+        weight_paths,
+        meta,
+        images,
+        batch_size,
+        preset,
+        tta,
+        task=task,
+        image_size=image_size,
+        image_sizes=image_sizes,
+        views=views,
+        precision=precision,
+        compute=compute,
+    )
+    return ensemble_of_views(weight_paths, per_file_views, keep, mean, task)
+
+
+def ensemble_of_views(
+    weight_paths: list[Path],
+    per_file_views: list[np.ndarray],
+    keep: Callable[[str], Path] | None,
+    mean: str,
+    task: Task,
+) -> np.ndarray:
+    """Each weight file's per-view probabilities (views x N x outputs) kept (`keep`, as
+    ensemble_probabilities says) and averaged, then the files averaged: the second half of
+    ensemble_probabilities, apart so that views predicted on several devices join before it."""
+    per_file = []
+    for path, per_view in zip(weight_paths, per_file_views, strict=True):
+        if keep is not None:
+            save_array(keep(path.stem), per_view.astype(np.float32))
+        per_file.append(average(per_view, mean, task))
+    return average(per_file, mean, task)
+
+
+def file_view_probabilities(
+    model: nn.Module,
+    weight_paths: list[Path],
+    meta: dict,
+    images: np.ndarray,
+    batch_size: int,
+    preset: str = "none",
+    tta: int = 0,
+    *,
+    task: Task,
+    image_size: int | None = None,
+    image_sizes: dict[str, int] | None = None,
+    views: list[int] | None = None,
+    precision: str = "auto",
+    compute: torch.device | None = None,
+) -> list[np.ndarray]:
+    """Each weight file's per-view probabilities (views x N x outputs, the views `views` picks), loaded
+    into `model` in turn: the first half of ensemble_probabilities (whose arguments these are)."""
     per_file = []
     for path in weight_paths:
         models.load_weights(model, path, meta)
@@ -123,10 +177,8 @@ def ensemble_probabilities(
             precision=precision,
             compute=compute,
         )
-        if keep is not None:
-            save_array(keep(path.stem), per_view.astype(np.float32))
-        per_file.append(average(per_view, mean, task))
-    return average(per_file, mean, task)
+        per_file.append(per_view)
+    return per_file
 
 
 def weights_rule(config: Config) -> str:
