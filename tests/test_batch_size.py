@@ -17,7 +17,7 @@ from conftest import fold_state
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from kit.report.report import lr_schedule
+from kit.report.figure_data import lr_schedule
 from kit.train import batch_size as memory
 from kit.train import loop, schedule, stage
 
@@ -187,7 +187,7 @@ def test_the_report_draws_the_rates_the_optimizer_saw_under_a_halved_batch(
 ):
     """Two stages, both named "train", each halved to 16 images per step (64 -> 16: rates x1/4; 32 -> 16:
     x1/2), with discriminative rates and SGDR restarts: every rate each parameter group had at each
-    optimizer step is the report's LR curve (kit.report.report.lr_schedule) at that step's position."""
+    optimizer step is the report's LR curve (kit.report.figure_data.lr_schedule) at that step's position."""
     config = digits(
         "stages=[{cycle_len=0.125, lr=[1e-3, 2e-3, 4e-3]},"
         " {n_cycles=2, cycle_len=0.0625, cycle_mult=2.0, batch_size=32, lr=[4e-4, 1e-3, 3e-3]}]"

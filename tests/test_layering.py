@@ -7,7 +7,8 @@
 - imports inside functions: only in kit/commands/, only of modules that pull in a heavy library, each
   marked `# heavy` (the boundary between commands that need a model and those that do not);
 - what kit.cli imports at start-up reaches no heavy library (tests/test_startup.py checks it by running);
-- kit/README.md has one line for every file of kit/, and no line for a file that is gone.
+- kit/README.md has one line for every file of kit/, and no line for a file that is gone;
+- no file of kit/ is over 500 lines.
 """
 
 from __future__ import annotations
@@ -295,3 +296,15 @@ def test_kit_readme_has_one_line_per_file():
     assert "data/labels.py" in listed and "kaggle/client.py" in listed and "cli.py" in listed
     assert sorted(files - listed) == [], "kit/README.md: add a line for these files"
     assert sorted(listed - files) == [], "kit/README.md lists files that do not exist"
+
+
+MAX_LINES = 500  # a file past this does more than one job: split it by job (kit/README.md, one line each)
+
+
+def test_no_file_of_kit_is_over_500_lines():
+    long = {
+        path.relative_to(KIT).as_posix(): length
+        for path in sorted(KIT.rglob("*.py"))
+        if (length := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, "split these files by job"

@@ -15,7 +15,7 @@ from kit import commands
 from kit.config_build import config_from_dict
 from kit.data.folds import load_folds
 from kit.data.labels import load_labels
-from kit.report import plots, report, runs_table
+from kit.report import figure_data, plots, runs_table
 
 
 def confident(targets: np.ndarray, classes: int, probability: float = 0.9) -> np.ndarray:
@@ -33,18 +33,18 @@ def test_selections_find_planted_rows_and_skip_unpredicted_ones():
     probabilities[20] = [0.5, 0.48, 0.01, 0.01]  # a near tie
     probabilities[5] = [0.0, 1.0, 0.0, 0.0]  # the most confident right answer (label 1)
     probabilities[[30, 31]] = np.nan  # folds not trained
-    assert report.most_wrong(probabilities, targets, 16).tolist() == [7, 11]
-    assert report.most_uncertain(probabilities, targets, 2).tolist() == [20, 11]
-    right = report.most_confident_right(probabilities, targets, 40)
+    assert figure_data.most_wrong(probabilities, targets, 16).tolist() == [7, 11]
+    assert figure_data.most_uncertain(probabilities, targets, 2).tolist() == [20, 11]
+    right = figure_data.most_confident_right(probabilities, targets, 40)
     assert right[0] == 5 and not {7, 11, 30, 31} & set(right.tolist()) and len(right) == 36
 
 
 def test_confusion_counts_and_most_confused_pairs():
     targets = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
     predictions = np.array([0, 1, 1, 1, 0, 2, 1, 2, 2])
-    confusion = report.confusion_counts(targets, predictions, 3)
+    confusion = figure_data.confusion_counts(targets, predictions, 3)
     assert confusion.tolist() == [[1, 2, 0], [1, 1, 0], [0, 1, 3]]
-    assert report.most_confused_pairs(confusion) == [(0, 1, 2), (1, 0, 1), (2, 1, 1)]
+    assert figure_data.most_confused_pairs(confusion) == [(0, 1, 2), (1, 0, 1), (2, 1, 1)]
 
 
 def recipe_config(tmp_path: Path):
@@ -62,7 +62,7 @@ def recipe_config(tmp_path: Path):
 
 
 def test_lr_schedule_restarts_at_every_sgdr_cycle(tmp_path):
-    epochs, rates, starts = report.lr_schedule(recipe_config(tmp_path), points_per_epoch=100)
+    epochs, rates, starts = figure_data.lr_schedule(recipe_config(tmp_path), points_per_epoch=100)
     assert starts == [(0.0, "head"), (1.0, "all")] and epochs[-1] < 8 and rates.shape == (len(epochs), 3)
     head = rates[:, 2]
     # Stage 2 starts at epoch 1 (warming up from a hundredth of its rate: it trains the body); its cycles
@@ -75,7 +75,7 @@ def test_lr_schedule_restarts_at_every_sgdr_cycle(tmp_path):
 
 def test_history_positions_follow_the_stages(tmp_path):
     records = [{"stage": "head", "epoch": 1}, {"stage": "all", "epoch": 1}, {"stage": "all", "epoch": 2}]
-    placed = report.history_positions(recipe_config(tmp_path), records)
+    placed = figure_data.history_positions(recipe_config(tmp_path), records)
     assert [record["x"] for record in placed] == [1.0, 2.0, 3.0]
 
 
@@ -86,7 +86,7 @@ def test_lr_finder_plot_and_image_sizes(tmp_path):
     assert Image.open(path).format == "PNG"
     for index, size in enumerate([(30, 20), (31, 20), (640, 480)]):
         Image.new("RGB", size).save(tmp_path / f"{index}.jpg")
-    widths, heights = report.image_sizes(sorted(tmp_path.glob("*.jpg")) + [tmp_path / "missing.jpg"])
+    widths, heights = figure_data.image_sizes(sorted(tmp_path.glob("*.jpg")) + [tmp_path / "missing.jpg"])
     assert widths.tolist() == [30, 31, 640] and heights.tolist() == [20, 20, 480]
 
 
@@ -114,7 +114,7 @@ def test_report_of_a_digits_run_shows_a_planted_mislabel(digits, project):
     )
 
     oof = np.load(run_dir / "oof.npy")
-    assert planted in report.most_wrong(oof, labels.targets, report.GRID_IMAGES).tolist()
+    assert planted in figure_data.most_wrong(oof, labels.targets, figure_data.GRID_IMAGES).tolist()
 
     result = invoke("report", "digits")
     assert result.exit_code == 0, result.output

@@ -120,7 +120,7 @@ def test_unfrozen_stages_warm_up_by_default_and_the_report_draws_it():
     # Issue 13, defect 5: each SGDR stage restarted at its full rate; unfreezing at full AdamW rate threw
     # the validation loss up. Body stages now warm up over 1/20 of their first cycle; head stages do not.
     from kit.competitions import load_competition
-    from kit.report.report import lr_schedule
+    from kit.report.figure_data import lr_schedule
     from kit.train import schedule
 
     config = load_competition("dog-breeds")

@@ -1,8 +1,7 @@
 """What a run did, on one page: `kit report` writes runs/<name>/<run>/report.html.
 
 The page is self-contained (plots embedded as base64 PNG), so it can be mailed or opened from a GPU box's
-copy. The selections behind the image grids (most wrong, most uncertain, most confidently right) are
-pure functions of (probabilities, targets) returning row indices.
+copy. The rows and numbers behind its figures are pure functions in kit.report.figure_data.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from kit.baselines import BASELINES, baseline, describe
 from kit.config import Config
@@ -27,144 +25,21 @@ from kit.files import atomic_path, read_json
 from kit.ledger import correlation_line, cv_and_public, read_ledger
 from kit.paths import interim_dir
 from kit.report import plots
+from kit.report.figure_data import (
+    GRID_IMAGES,
+    confusion_counts,
+    history_positions,
+    image_captions,
+    image_sizes,
+    lr_schedule,
+    most_confident_right,
+    most_confused_pairs,
+    most_uncertain,
+    most_wrong,
+    predicted_rows,
+)
 from kit.run import Run, is_ensemble
 from kit.run_folder import run_config as saved_run_config
-from kit.train import schedule
-
-GRID_IMAGES = 16  # images per grid: 4 x 4
-CONFUSED_PAIRS = 15  # rows in the table of most confused class pairs
-SIZE_SAMPLE = 4000  # image headers read per set for the size histogram (evenly spaced sample)
-
-
-def _predicted(probabilities: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(~np.isnan(probabilities).any(1))
-
-
-def _true_probability(probabilities: np.ndarray, targets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    return probabilities[rows, targets[rows]]
-
-
-def most_wrong(probabilities: np.ndarray, targets: np.ndarray, count: int = GRID_IMAGES) -> np.ndarray:
-    """Misclassified rows, the least probability given to the true label first (where mislabels hide)."""
-    rows = _predicted(probabilities)
-    rows = rows[probabilities[rows].argmax(1) != targets[rows]]
-    return rows[np.argsort(_true_probability(probabilities, targets, rows), kind="stable")][:count]
-
-
-def most_uncertain(probabilities: np.ndarray, targets: np.ndarray, count: int = GRID_IMAGES) -> np.ndarray:
-    """Rows where the top two classes are closest (smallest margin), whatever the label."""
-    rows = _predicted(probabilities)
-    top_two = np.sort(probabilities[rows], 1)[:, -2:]
-    return rows[np.argsort(top_two[:, 1] - top_two[:, 0], kind="stable")][:count]
-
-
-def most_confident_right(
-    probabilities: np.ndarray, targets: np.ndarray, count: int = GRID_IMAGES
-) -> np.ndarray:
-    """Correctly classified rows, the highest probability of the true label first."""
-    rows = _predicted(probabilities)
-    rows = rows[probabilities[rows].argmax(1) == targets[rows]]
-    return rows[np.argsort(-_true_probability(probabilities, targets, rows), kind="stable")][:count]
-
-
-def confusion_counts(targets: np.ndarray, predictions: np.ndarray, class_count: int) -> np.ndarray:
-    """class_count x class_count counts: row = true class, column = predicted class."""
-    return np.bincount(targets * class_count + predictions, minlength=class_count**2).reshape(
-        class_count, class_count
-    )
-
-
-def most_confused_pairs(confusion: np.ndarray, count: int = CONFUSED_PAIRS) -> list[tuple[int, int, int]]:
-    """(true, predicted, images) for the largest off-diagonal counts, largest first."""
-    errors = confusion.copy()
-    np.fill_diagonal(errors, 0)
-    order = np.argsort(-errors, axis=None, kind="stable")[:count]
-    pairs = [
-        (int(t), int(p), int(errors[t, p]))
-        for t, p in zip(*np.unravel_index(order, errors.shape), strict=True)
-    ]
-    return [pair for pair in pairs if pair[2] > 0]
-
-
-def trained_base_rates(config: Config, history: list[dict]) -> list[list[float]]:
-    """Each stage's peak rates per layer group as the loop used them (recorded per epoch: scaled after a
-    halved batch or with several processes); the configured rates where the history has no record.
-
-    Records name their stage by index (names need not be unique)."""
-    recorded = {}
-    for record in history:
-        recorded.setdefault(record["stage_index"], record["base_rates"])
-    return [
-        recorded.get(index, config.stage_learning_rates(stage)) for index, stage in enumerate(config.stages)
-    ]
-
-
-def lr_schedule(
-    config: Config, history: list[dict] = (), points_per_epoch: int = 100
-) -> tuple[np.ndarray, np.ndarray, list[tuple[float, str]]]:
-    """The learning rate of every layer group across all stages, as trained: (epochs, rates, stage starts).
-
-    Drawn from the same schedule object the loop set the optimizer from (kit.train.schedule).
-    """
-    epochs, rates, starts, offset = [], [], [], 0.0
-    for stage, base_rates in zip(config.stages, trained_base_rates(config, list(history)), strict=True):
-        warmup = config.stage_warmup(stage)
-        stage_schedule = schedule.for_stage(config.train.schedule, stage, base_rates, warmup)
-        positions = np.arange(0, stage_schedule.epochs, 1 / points_per_epoch)
-        epochs.append(positions + offset)
-        rates.append(np.array([stage_schedule.rates(position) for position in positions]))
-        starts.append((offset, stage.name))
-        offset += stage_schedule.epochs
-    return np.concatenate(epochs), np.concatenate(rates), starts
-
-
-def history_positions(config: Config, history: list[dict]) -> list[dict]:
-    """Each epoch record with `x`: epochs since training began (stages follow each other)."""
-    lengths = [config.stage_epochs(stage) for stage in config.stages]
-    stage, offset, previous, placed = 0, 0.0, None, []
-    for record in history:
-        if previous is not None and (
-            record["stage"] != previous["stage"] or record["epoch"] <= previous["epoch"]
-        ):
-            offset += lengths[stage] if stage < len(lengths) else previous["epoch"]
-            stage += 1
-        length = lengths[stage] if stage < len(lengths) else record["epoch"]
-        placed.append({**record, "x": offset + min(record["epoch"], length)})
-        previous = record
-    return placed
-
-
-def image_sizes(paths: list[Path], limit: int = SIZE_SAMPLE) -> tuple[np.ndarray, np.ndarray]:
-    """Widths and heights in pixels, read from file headers (no decoding); unreadable files are skipped."""
-    step = max(1, len(paths) // limit)
-    widths, heights = [], []
-    for path in paths[::step]:
-        try:
-            with Image.open(path) as image:  # lazy: only the header is parsed
-                widths.append(image.size[0])
-                heights.append(image.size[1])
-        except (OSError, Image.DecompressionBombError):  # unreadable, or too large to open safely
-            continue
-    return np.array(widths), np.array(heights)
-
-
-def _probability(value: float) -> str:
-    """0.93, or 3e-05 where two decimals would say 0.00."""
-    return f"{value:.2f}" if value >= 0.005 else f"{value:.0e}"
-
-
-def image_captions(
-    probabilities: np.ndarray, targets: np.ndarray, rows: np.ndarray, classes: list[str]
-) -> list[str]:
-    captions = []
-    for row in rows:
-        predicted = int(probabilities[row].argmax())
-        captions.append(
-            f"true {plots.shorten(classes[targets[row]], 24)} "
-            f"({_probability(probabilities[row, targets[row]])})\n"
-            f"pred {plots.shorten(classes[predicted], 24)} ({_probability(probabilities[row, predicted])})"
-        )
-    return captions
 
 
 def make_plots(
@@ -201,7 +76,7 @@ def make_plots(
             )
         )
     if oof is not None:
-        rows = _predicted(oof)
+        rows = predicted_rows(oof)
         confusion = confusion_counts(labels.targets[rows], oof[rows].argmax(1), len(labels.classes))
         made.append(
             (
@@ -355,7 +230,7 @@ def tag_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Pa
     """Multi-label: per tag, its images, threshold (fitted on OOF) and F2 out of fold; a plot of both."""
     from sklearn.metrics import fbeta_score
 
-    rows = _predicted(oof)
+    rows = predicted_rows(oof)
     thresholds = summary.get("decisions", {}).get("thresholds", [0.5] * len(labels.classes))
     decided = labels.task.decide(oof[rows], summary.get("decisions"))
     truth = labels.targets[rows]
@@ -372,7 +247,7 @@ def tag_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Pa
 
 def value_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Path) -> list[str]:
     """Regression: predicted against true, out of fold."""
-    rows = _predicted(oof)
+    rows = predicted_rows(oof)
     path = plots.plot_predicted_vs_true(
         labels.targets[rows], oof[rows, 0], Run(run_dir).plot("predicted-vs-true")
     )
@@ -381,7 +256,7 @@ def value_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: 
 
 def grade_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Path) -> list[str]:
     """Ordinal: the confusion of grades (cut by the fitted cut-points), out of fold."""
-    rows = _predicted(oof)
+    rows = predicted_rows(oof)
     grades = labels.task.decide(oof[rows], summary.get("decisions"))[:, 0].astype(np.int64)
     confusion = confusion_counts(labels.targets[rows], grades, len(labels.classes))
     cuts = ", ".join(f"{cut:.2f}" for cut in summary.get("decisions", {}).get("cuts", []))
@@ -472,7 +347,7 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             + (f'<p class="note">{html.escape(note)}</p>' if note else "")
         )
     if class_oof is not None:
-        rows = _predicted(oof)
+        rows = predicted_rows(oof)
         confusion = confusion_counts(labels.targets[rows], oof[rows].argmax(1), len(classes))
         pairs = pd.DataFrame(
             [
