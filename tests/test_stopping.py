@@ -229,3 +229,44 @@ def test_kit_runs_says_where_a_fold_stopped_and_what_predicts():
     assert runs_table.predicts(summary) == "stage-0"
     assert runs_table.stages_run({"stages": {"0": summary["stages"]["0"][:1]}}) == ""
     assert runs_table.stages_run({}) == "" and runs_table.predicts({}) == ""
+
+
+def test_the_trick_never_stops_at_a_head_stage_but_at_the_first_unfrozen_cycle_that_does_not_pay():
+    # The trick as the loop drives it, on plain values: digits' head stages (the augmented head worse than
+    # the precomputed one), then an unfrozen stage of two 1-epoch cycles whose first cycle does not pay.
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from kit.config_build import config_from_dict
+
+    stages = [
+        {"name": "head-precomputed", "freeze_to": -1, "cycle_len": 1},
+        {"name": "head-augmented", "freeze_to": -1, "cycle_len": 1},
+        {"name": "unfrozen", "n_cycles": 2, "cycle_len": 1},
+    ]
+    config = config_from_dict(
+        {"competition": {"metric": "accuracy"}, "stages": stages}, Path("x/competition.toml")
+    )
+    trick = stopping.StopWhenWorse(config, fold=0)
+    history: list[dict] = []
+
+    def epoch(stage_index: int, number: int, score: float) -> str | None:
+        view = SimpleNamespace(
+            config=config,
+            stage_index=stage_index,
+            stage=config.stages[stage_index],
+            state=SimpleNamespace(history=history),
+            stop_reason=None,
+        )
+        if number == 1:
+            trick.on_stage_start(view)
+        record = {"epoch": number, "accuracy": score, "seconds": 1.0, "valid_loss": 1.0}
+        trick.on_epoch_end(view, record)
+        history.append({**record, "stage_index": stage_index})
+        return view.stop_reason
+
+    assert epoch(0, 1, 0.8021) is None
+    assert epoch(1, 1, 0.7847) is None  # worse, but head-only: compared with, no stop
+    assert epoch(2, 1, 0.7900) is not None  # the first unfrozen cycle does not beat 0.8021: stop
+    assert trick.stop["stage_index"] == 2 and trick.stop["best"] == 0.8021
+    assert trick.stop["epochs_skipped"] == 1  # the second cycle
