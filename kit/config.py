@@ -39,6 +39,7 @@ PredictMean = Literal["probabilities", "logits"]  # kit.predict.selection.averag
 PredictWeights = Literal["snapshots", "last", "best", "ema"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]  # kit.device.PRECISIONS
 Accelerator = Literal["auto", "t4", "t4x2", "cpu"]  # kit.kaggle.budget.ACCELERATORS
+OnnxSetting = Literal["auto", "on", "off"]  # kit.predict.onnx_runtime.SETTINGS
 SubmissionKind = Literal["csv", "notebook"]  # notebook: a code competition (`kit notebook --submit`)
 LAYER_GROUPS = 3  # early body, late body, head: the lesson's three learning rates
 DEFAULT_WARMUP = 0.05  # of the first cycle, in stages that train body layers (fastai 0.7: 1/20)
@@ -193,6 +194,10 @@ class NotebookSection:
     # folder: the competition's Data or Code Requirements page says); 0: the public test count. The time
     # budget before a push scales to it.
     hidden_test_images: int = 0
+    # The packaged weights exported to ONNX and predicted by onnxruntime (its wheel packaged beside the
+    # kit's): "auto" for a CPU notebook where onnx and onnxruntime are installed (8.5x less CPU time per
+    # forward pass than torch eager, scripts/bench_onnx.py); "on" always; "off" never.
+    onnx: OnnxSetting = "auto"
 
 
 @dataclass(frozen=True)

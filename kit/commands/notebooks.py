@@ -77,7 +77,7 @@ def notebook(
         kept_output = base / "output" / package.SUBMISSION_FILE
         package.check_submission(config, kept_output, summary["classes"], summary["task"])
         return _submit_notebook(config, run_dir, summary, api, pushed, message)
-    built = package.build(config, run_dir, summary, dataset_id, base / "dataset")
+    built = package.build(config, run_dir, summary, dataset_id, base / "dataset", accelerator)
     click.echo(
         f"package {dataset_id}: {built.size_bytes / package.MEGABYTE:.1f} MB "
         f"({len(built.manifest['weights'])} weight files, wheel {built.manifest['wheel']})"

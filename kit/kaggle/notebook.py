@@ -46,11 +46,12 @@ manifests = [
 if not manifests:
     raise FileNotFoundError(f"no {MANIFEST} of {{DATASET}} under {{DATA_ROOT}}: add the dataset as an input")
 package = manifests[0].parent
-wheel = package / json.loads(manifests[0].read_text())["wheel"]
+manifest = json.loads(manifests[0].read_text())
+wheels = [str(package / name) for name in [manifest["wheel"], *manifest.get("wheels", [])]]  # + onnxruntime
 target = Path(SCRATCH) / "site"
 subprocess.run(
     [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--upgrade",
-     "--target", str(target), str(wheel)],
+     "--target", str(target), *wheels],
     check=True,
 )
 sys.path.insert(0, str(target))

@@ -5,10 +5,12 @@ The dataset is flat (the official client uploads a folder's files, not its sub-f
 
     kit-package.json                what it holds: competition, slug, run, metric, CV, weights, commits
     kit-<version>-py3-none-any.whl  the kit, built from the working tree (`pip wheel --no-deps`)
+    onnxruntime-*.whl               CPU notebooks (notebook.onnx): onnxruntime, installed offline likewise
     config.json, metrics.json       the run's resolved config and its summary (classes, folds, CV)
     calibration.json                log-loss runs: the temperature and clip fitted on OOF (never refitted)
     competition.toml, hooks.py      the competition's folder
     weights--fold-0--snapshot-3.pt  exactly the weight files `kit predict` uses (run_weights), renamed flat
+    weights--fold-0--snapshot-3.onnx  CPU notebooks: each one's forward pass (kit.predict.onnx_runtime)
     dataset-metadata.json           the dataset's id, title and licence (read by the client, not uploaded)
 
 Inside the notebook, nothing is fitted and nothing is downloaded: the competition's read-only input is
@@ -32,13 +34,14 @@ from typing import NamedTuple
 
 import click
 
-from kit import paths, tasks
+from kit import models, paths, tasks
 from kit.config import Config
 from kit.data.images import photo_cache
 from kit.data.labels import load_test, parse_csv
 from kit.device import device_name, resolve_precision
 from kit.files import atomic_path, git_commit, read_json, write_json
-from kit.predict import submission
+from kit.kaggle.budget import default_accelerator
+from kit.predict import onnx_runtime, submission
 from kit.predict.inference import predict_run, run_weights
 from kit.run import Run
 from kit.run_folder import run_config
@@ -114,12 +117,29 @@ def build_wheel(destination: Path) -> Path:
     return target
 
 
-def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder: Path) -> Package:
+def build(
+    config: Config,
+    run_dir: Path,
+    summary: dict,
+    dataset_id: str,
+    folder: Path,
+    accelerator: str | None = None,
+) -> Package:
     """Fill `folder` (emptied first) with the run's package; refuse, before copying, one above the cap.
 
     `config` is the competition as the command loaded it (its slug); the run's own config.json is what is
     packaged, with the calibration the step after training fitted (calibration.json, never refitted).
+    `accelerator`: the Kaggle machine the notebook runs on (default: notebook.accelerator made concrete);
+    for a CPU one, the weights are also exported to ONNX with onnxruntime's wheel (notebook.onnx).
     """
+    target = accelerator or default_accelerator(config.notebook.accelerator, config.notebook.gpu)
+    available = onnx_runtime.installed()
+    onnx = onnx_runtime.use_onnx(config.notebook.onnx, target, available)
+    if onnx and not available:
+        raise click.ClickException(
+            f"notebook.onnx = 'on' ({config.path}) needs onnx and onnxruntime here: "
+            "pip install -e '.[onnx]', or --set notebook.onnx=off"
+        )
     trained = run_config(run_dir)
     weights = run_weights(trained, run_dir, summary)
     missing = [path for path in weights if not path.is_file()]
@@ -143,6 +163,10 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
         relative = path.relative_to(run_dir)
         names[weight_file_name(relative)] = relative.as_posix()
         _link_or_copy(path, folder / weight_file_name(relative))
+    runtime_wheels = []
+    if onnx:
+        names.update(_export_onnx(trained, run_dir, summary, weights, folder))
+        runtime_wheels.append(onnx_runtime.runtime_wheel(folder).name)
     copied = [path.name for path in (run.config_file, run.summary_file, run.calibration_file)]
     for name in copied:
         shutil.copy2(run_dir / name, folder / name)
@@ -163,6 +187,7 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
         "metric": summary["metric"],
         "cv": summary["cv"],
         "wheel": wheel.name,
+        "wheels": runtime_wheels,  # installed beside the kit's (onnxruntime, for a CPU notebook)
         "weights": names,
         "run_files": copied,
         "competition_files": competition_files,
@@ -179,6 +204,24 @@ def build(config: Config, run_dir: Path, summary: dict, dataset_id: str, folder:
     if size > cap * MEGABYTE:
         raise click.ClickException(_too_large(config, run_dir, size, len(weights)))
     return Package(folder, manifest, size)
+
+
+def _export_onnx(
+    trained: Config, run_dir: Path, summary: dict, weights: list[Path], folder: Path
+) -> dict[str, str]:
+    """Each weight file's forward pass as ONNX in `folder` (flat names, as the weights'), for the notebook
+    to link beside its weights; returns {flat name: path in the run}."""
+    task, classes = tasks.from_record(summary["task"]), summary["classes"]
+    model = models.create_model(trained.train.model, task.head_size(classes), pretrained=False)
+    meta = models.weights_meta(trained, classes)
+    exported = {}
+    for path in weights:
+        relative = path.relative_to(run_dir).with_suffix(onnx_runtime.SUFFIX)
+        onnx_runtime.export(
+            model, path, meta, folder / weight_file_name(relative), trained.predict_image_size()
+        )
+        exported[weight_file_name(relative)] = relative.as_posix()
+    return exported
 
 
 def _too_large(config: Config, run_dir: Path, size: int, weight_count: int) -> str:

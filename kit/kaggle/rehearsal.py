@@ -219,7 +219,7 @@ def rehearse(
     started = time.perf_counter()
     inputs = base / "input"
     folder = lay_out(inputs, layout, paths.raw_dir(config.name), slug, dataset_id)
-    built = package.build(config, run_dir, summary, dataset_id, folder)
+    built = package.build(config, run_dir, summary, dataset_id, folder, None if gpu else "cpu")
     drop_client_metadata(folder)
     notebook_path, _ = notebook_writer.write_kernel(
         base / "kernel", built.manifest, LOCAL_OWNER, dataset_id, slug, gpu

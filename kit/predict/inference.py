@@ -20,7 +20,7 @@ from kit.data.tta import view_names
 from kit.device import on_devices, place, split_parts, visible_devices
 from kit.errors import KitError
 from kit.files import save_array, write_json
-from kit.predict import calibrate, prediction_rule, submission
+from kit.predict import calibrate, onnx_runtime, prediction_rule, submission
 from kit.run import FoldFolder, Run
 from kit.run_folder import run_config, saved_settings_note
 from kit.train.views import (
@@ -146,6 +146,8 @@ def predict_test(
                 views=[every_view[position] for position in unit[1]],
                 precision=config.predict.precision,
                 compute=compute,
+                # a CPU notebook's ONNX exports, where `kit notebook` packaged them beside the weights
+                forward_for=lambda path: onnx_runtime.onnx_model(path, model, compute),
             )
 
         return predict_unit

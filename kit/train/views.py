@@ -155,17 +155,23 @@ def file_view_probabilities(
     views: list[int] | None = None,
     precision: str = "auto",
     compute: torch.device | None = None,
+    forward_for: Callable[[Path], nn.Module | None] | None = None,
 ) -> list[np.ndarray]:
     """Each weight file's per-view probabilities (views x N x outputs, the views `views` picks), loaded
-    into `model` in turn: the first half of ensemble_probabilities (whose arguments these are)."""
+    into `model` in turn: the first half of ensemble_probabilities (whose arguments these are).
+
+    `forward_for(path)`: another module that computes the forward pass of the weight file at `path` (a CPU
+    notebook's ONNX export, kit.predict.onnx_runtime), or None where `model` loads the file as usual."""
     per_file = []
     for path in weight_paths:
-        models.load_weights(model, path, meta)
+        standing_in = forward_for(path) if forward_for is not None else None
+        if standing_in is None:
+            models.load_weights(model, path, meta)
         names = view_names(preset, tta)
         shown = [names[index] for index in views] if views is not None else names
         progress = f"{path.parent.name}/{path.stem} x {'+'.join(shown)}"
         per_view = view_probabilities(
-            model,
+            model if standing_in is None else standing_in,
             images,
             batch_size,
             preset,
