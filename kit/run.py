@@ -13,6 +13,7 @@ One owner for each file's name (as timm's CheckpointSaver owns its checkpoints')
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,49 @@ def _number(path: Path, key: str, value: Any, positive: bool = False, optional: 
 
 BLEND = "blend"  # an ensemble's one calibrated part: its blended predictions
 FULL_PART = "full-seed-"  # a full-data refit's parts (folds_trained, calibration): full-seed-0, ...
+FOLD_PART = "fold-"  # a fold's folder: fold-0, ...
+WEIGHT_SUFFIX = ".pt"
+CONFIG_FILE = "config.json"  # names for messages; paths: Run.config_file, Run.summary_file
+SUMMARY_FILE = "metrics.json"
+
+
+def weight_file_name(stem: str) -> str:
+    """A weight file's name from its stem: "last" -> "last.pt" (for messages; paths: FoldFolder.weights)."""
+    return f"{stem}{WEIGHT_SUFFIX}"
+
+
+def snapshot_stem(number: int, moving_average: bool = False) -> str:
+    """The stem of the weight file SGDR cycle `number` (1-based, over the fold) left: "snapshot-3"."""
+    return f"{'ema-' if moving_average else ''}snapshot-{number}"
+
+
+def stage_stem(stage_index: int) -> str:
+    """The stem of a stage's final weights when it joins prediction: "stage-1"."""
+    return f"stage-{stage_index}"
+
+
+def stage_of_stem(stem: str) -> int | None:
+    """The stage a "stage-S" stem names; None for any other stem."""
+    found = re.fullmatch(r"stage-(\d+)", stem)
+    return int(found[1]) if found else None
+
+
+def snapshot_of_stem(stem: str) -> int | None:
+    """The snapshot number a "snapshot-K" or "ema-snapshot-K" stem names; None for any other stem."""
+    found = re.fullmatch(r"(?:ema-)?snapshot-(\d+)", stem)
+    return int(found[1]) if found else None
+
+
+def fold_key(folder: Path) -> str:
+    """How metrics.json's per-fold records name a fold's folder: fold-3 -> "3"."""
+    return folder.name.removeprefix(FOLD_PART)
 
 
 def is_full_refit(summary: dict) -> bool:
     """Whether a metrics.json is a full-data refit's (kit train --fold full: no OOF of its own)."""
     return "full" in summary
+
+
 # What every metrics.json holds (a trained run's and a blend's); the rest depends on which it is.
 SUMMARY_KEYS = ("metric", "cv", "classes")
 
@@ -156,7 +195,7 @@ class FoldFolder:
 
     def weights(self, name: str) -> Path:
         """A weight file by stem: "best", "last", "ema", "snapshot-3", "ema-snapshot-3", "stage-0"."""
-        return self.folder / f"{name}.pt"
+        return self.folder / weight_file_name(name)
 
     @property
     def best(self) -> Path:  # best validation score so far
@@ -170,13 +209,13 @@ class FoldFolder:
         return self.weights("ema")
 
     def snapshot(self, number: int) -> Path:  # at the end of SGDR cycle `number` (1-based, over the fold)
-        return self.weights(f"snapshot-{number}")
+        return self.weights(snapshot_stem(number))
 
     def ema_snapshot(self, number: int) -> Path:
-        return self.weights(f"ema-snapshot-{number}")
+        return self.weights(snapshot_stem(number, moving_average=True))
 
     def stage_weights(self, stage_index: int) -> Path:  # a stage that joins prediction: its final weights
-        return self.weights(f"stage-{stage_index}")
+        return self.weights(stage_stem(stage_index))
 
     def stage_weights_present(self) -> list[Path]:
         """The stages' final weights present (stage-S.pt), in stage order."""
@@ -243,7 +282,7 @@ class Run:
         return self.folder.name
 
     def fold(self, number: int) -> FoldFolder:
-        return FoldFolder(self.folder / f"fold-{number}", number)
+        return FoldFolder(self.folder / f"{FOLD_PART}{number}", number)
 
     def full(self, seed: int) -> FoldFolder:
         """full-seed-K/: seed K's model trained on every row (`kit train --fold full`): weight files and a
@@ -271,7 +310,7 @@ class Run:
 
     @property
     def config_file(self) -> Path:
-        return self.folder / "config.json"
+        return self.folder / CONFIG_FILE
 
     @property
     def provenance_file(self) -> Path:
@@ -283,7 +322,7 @@ class Run:
 
     @property
     def summary_file(self) -> Path:
-        return self.folder / "metrics.json"
+        return self.folder / SUMMARY_FILE
 
     @property
     def oof(self) -> Path:  # every training row's OOF probabilities as the chosen prediction makes them
@@ -316,6 +355,10 @@ class Run:
     @property
     def submission_record_file(self) -> Path:
         return self.folder / "submission.json"
+
+    @property
+    def row_order_file(self) -> Path:  # which training rows, in order, the OOF rows are (kit.data.labels)
+        return self.folder / "row-order.json"
 
     @property
     def bad_images(self) -> Path:  # training images that could not be read (skipped)

@@ -283,7 +283,7 @@ def ensemble(config: Config, specs: list[str]) -> Path:
     )
     click.echo(
         f"ensemble {run_dir.name}: OOF {summary['metric']} {summary['cv']:.4f} (weights {weights}); "
-        f"submission {read_json(run_dir / 'submission.json')['file']}"
+        f"submission {read_json(Run(run_dir).submission_record_file)['file']}"
     )
     if "cross_fitted" in summary["ensemble"]:  # the blend against its best member, on rows that chose nothing
         click.echo(summary["ensemble"]["cross_fitted"]["line"])

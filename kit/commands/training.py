@@ -23,7 +23,7 @@ from kit.files import (
     write_json,
 )
 from kit.predict import refit
-from kit.run import Run
+from kit.run import CONFIG_FILE, Run
 from kit.run_folder import (
     find_run,
     list_runs,
@@ -298,7 +298,7 @@ def resume(
     given = [f"--set {text}" for text in overrides] + ([f"--fold {fold}"] if fold is not None else [])
     if given:
         raise KitError(
-            "--resume continues a run with the settings and folds it started with (its config.json): "
+            f"--resume continues a run with the settings and folds it started with (its {CONFIG_FILE}): "
             f"drop {', '.join(given)}, or start a new run without --resume"
         )
     with resume_hint(config):

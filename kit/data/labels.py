@@ -27,6 +27,7 @@ from kit.config import Config
 from kit.errors import KitError
 from kit.files import read_json, write_json
 from kit.paths import raw_dir, require_download
+from kit.run import Run
 
 # The setting that decides each image's class, per label source: named when the classes look wrong.
 LABEL_SETTING = {"csv": "label_column", "filenames": "filename_pattern", "folders": "train_dir"}
@@ -455,23 +456,20 @@ def check_test_apart(config: Config, test: TestTable, labels: LabelTable) -> Non
             )
 
 
-ROW_ORDER_FILE = "row-order.json"  # in a run folder: which training rows its oof.npy rows are
-
-
 def row_order(ids: list[str]) -> dict:
     return {"rows": len(ids), "ids_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest()}
 
 
 def record_row_order(run_dir: Path, ids: list[str]) -> None:
     """Record the training ids, in order, that a run's out-of-fold rows follow."""
-    write_json(run_dir / ROW_ORDER_FILE, row_order(ids))
+    write_json(Run(run_dir).row_order_file, row_order(ids))
 
 
 def check_row_order(run_dir: Path, ids: list[str], fix: str) -> None:
     """Refuse a run whose out-of-fold rows follow other training ids, or the same in another order (the
     labels file re-sorted, rows added or removed since it trained): its predictions would meet other
     images' labels. Runs made before the record exist are left to the row-count check."""
-    path = run_dir / ROW_ORDER_FILE
+    path = Run(run_dir).row_order_file
     if not path.is_file():
         return
     saved = read_json(path)

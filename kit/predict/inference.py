@@ -21,7 +21,7 @@ from kit.device import on_devices, place, split_parts, visible_devices
 from kit.errors import KitError
 from kit.files import save_array, write_json
 from kit.predict import calibrate, onnx_runtime, prediction_rule, submission
-from kit.run import FoldFolder, Run
+from kit.run import FoldFolder, Run, fold_key
 from kit.run_folder import run_config, saved_settings_note
 from kit.train.views import (
     ensemble_of_views,
@@ -39,7 +39,7 @@ def fold_prediction_weights(config: Config, fold_dir: Path, summary: dict) -> li
     chosen = summary.get("prediction")
     if chosen:
         return [FoldFolder(fold_dir).weights(name) for name in chosen["weights"]]
-    recipe = summary.get("folds", {}).get(fold_dir.name.removeprefix("fold-"), {}).get("recipe")
+    recipe = summary.get("folds", {}).get(fold_key(fold_dir), {}).get("recipe")
     return prediction_weights(config, fold_dir, recipe)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from kit.config import Config
 from kit.predict import selection
+from kit.run import stage_stem, weight_file_name
 from kit.tasks import Task
 from kit.train.views import joined_stages
 
@@ -63,7 +64,7 @@ def default_chooser(
         return lambda kept_by_fold, targets_by_fold: fixed
     stop_index = stop_of(recipe)["stage_index"]
     # the stages that join prediction and ran before the stop predict beside the check point, as in training
-    ran = [f"stage-{index}" for index in joined_stages(config) if index < stop_index]
+    ran = [stage_stem(index) for index in joined_stages(config) if index < stop_index]
 
     def default_on(kept_by_fold: list[dict[str, np.ndarray]], targets_by_fold: list[np.ndarray]) -> list[str]:
         best = selection.best_alone(
@@ -84,7 +85,8 @@ def named_choices(config: Config, recipes: list[dict | None]) -> list[str]:
             "predicts is chosen again cross-fitted; the epochs never trained are not)"
         )
     if config.predict.weights == "best":
-        found.append("predict.weights = 'best': best.pt is the epoch with the best validation score")
+        best = weight_file_name("best")
+        found.append(f"predict.weights = 'best': {best} is the epoch with the best validation score")
     if any(stage.pseudo_label for stage in config.stages):
         found.append("pseudo-labels: the fold's temperature for the confidence threshold")
     return found

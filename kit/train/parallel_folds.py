@@ -22,7 +22,7 @@ from kit.data.images import cache_side
 from kit.data.labels import LabelTable
 from kit.errors import KitError
 from kit.files import write_json
-from kit.run import Run
+from kit.run import SUMMARY_FILE, Run
 from kit.train.cross_validation import fold_numbers_of, train_fold, usable_rows
 from kit.train.stage import training_images
 from kit.train.views import prediction_cache_side
@@ -39,9 +39,9 @@ def failure_line(failures: dict[int, tuple[int, str]], run_dir: Path, competitio
         f"fold {fold} failed in process {process}: {why}" for fold, (process, why) in sorted(failures.items())
     )
     return (
-        f"{named}. Nothing was settled (no metrics.json); the finished folds are kept in {run_dir}: fix the "
-        f"cause, then `kit train {competition} --resume` under the same torchrun trains the folds left of "
-        f"this newest interrupted run ({run_dir.name}; torchrun takes --run for its own --run-path)"
+        f"{named}. Nothing was settled (no {SUMMARY_FILE}); the finished folds are kept in {run_dir}: "
+        f"fix the cause, then `kit train {competition} --resume` under the same torchrun trains the folds "
+        f"left of this newest interrupted run ({run_dir.name}; torchrun takes --run for its own --run-path)"
     )
 
 

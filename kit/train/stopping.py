@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from kit import distributed, metrics
 from kit.config import Config
+from kit.run import snapshot_stem, stage_stem
 from kit.train import schedule
 from kit.train.tricks import Trick
 
@@ -201,7 +202,7 @@ class StopWhenWorse(Trick):
             view.stop_reason = self.stop["reason"]
 
     def on_snapshot(self, view: StageView, number: int) -> None:
-        self.snapshot = f"snapshot-{number}"
+        self.snapshot = snapshot_stem(number)
 
     def on_epoch_end(self, view: StageView, record: dict) -> None:
         epoch, snapshot, self.snapshot = record["epoch"], self.snapshot, None
@@ -209,7 +210,7 @@ class StopWhenWorse(Trick):
             return
         last_stage = view.stage_index == len(view.config.stages) - 1
         at_end = epoch == self.checks[-1]
-        weights = ("last" if last_stage else f"stage-{view.stage_index}") if at_end else snapshot
+        weights = ("last" if last_stage else stage_stem(view.stage_index)) if at_end else snapshot
         checkpoint = Checkpoint(
             view.stage_index,
             view.stage.name,

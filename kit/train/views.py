@@ -20,7 +20,7 @@ from kit.data.images import cache_side
 from kit.data.tta import tta_views, view_names
 from kit.device import batched_inference, resize
 from kit.files import save_array
-from kit.run import FoldFolder
+from kit.run import FoldFolder, snapshot_of_stem, stage_of_stem, stage_stem, weight_file_name
 from kit.tasks import Task
 
 
@@ -195,7 +195,8 @@ def weights_rule(config: Config) -> str:
     "ema" follows the same rule with the weights' moving average (train.ema_decay).
     """
     joined = "".join(
-        f"; and stage-{index}.pt, the final weights of stage '{config.stages[index].name}'"
+        f"; and {weight_file_name(stage_stem(index))}, the final weights of stage "
+        f"'{config.stages[index].name}'"
         for index in joined_stages(config)
     )
     return _last_stage_rule(config) + joined
@@ -204,16 +205,17 @@ def weights_rule(config: Config) -> str:
 def _last_stage_rule(config: Config) -> str:
     mode, last = config.predict.weights, config.stages[-1]
     average = "the moving average's " if mode == "ema" else ""
+    last_file, best_file, ema_file = (weight_file_name(stem) for stem in ("last", "best", "ema"))
     if mode in ("snapshots", "ema") and last.snapshots:
         count = min(config.predict.snapshot_ensemble, last.n_cycles)
         return f"{average}last {count} snapshots of stage '{last.name}'"
     if mode == "snapshots":
-        return f"last.pt: stage '{last.name}' takes no snapshots, so its final weights predict"
+        return f"{last_file}: stage '{last.name}' takes no snapshots, so its final weights predict"
     if mode == "ema":
-        return f"ema.pt: the moving average at the end of stage '{last.name}' (it takes no snapshots)"
+        return f"{ema_file}: the moving average at the end of stage '{last.name}' (it takes no snapshots)"
     if mode == "best":
-        return "best.pt (best validation score; last.pt when none was saved)"
-    return "last.pt"
+        return f"{best_file} (best validation score; {last_file} when none was saved)"
+    return last_file
 
 
 def joined_stages(config: Config) -> list[int]:
@@ -271,14 +273,14 @@ def weight_stage(config: Config, stem: str) -> int:
     """The index of the stage whose training left a weight file (by stem): stage-S.pt is stage S's final
     weights; snapshot-K.pt (and ema-snapshot-K.pt) the K-th snapshot of the fold, numbered over the stages
     that take snapshots, n_cycles each; last, best and ema are counted as the last stage's."""
-    number = stem.rsplit("-", 1)[-1]
-    if stem.startswith("stage-"):
-        return int(number)
-    if "snapshot-" in stem:
+    stage_index, snapshot = stage_of_stem(stem), snapshot_of_stem(stem)
+    if stage_index is not None:
+        return stage_index
+    if snapshot is not None:
         taken = 0
         for index, stage in enumerate(config.stages):
             taken += stage.n_cycles if stage.snapshots else 0
-            if int(number) <= taken:
+            if snapshot <= taken:
                 return index
     return len(config.stages) - 1
 
@@ -326,5 +328,5 @@ def prediction_cache_side(config: Config) -> int:
     """The cached side that prediction's views (OOF and test) are cut from: the last stage's cache, or the
     largest size a weight file predicts at where that is larger, so that no view is upsampled from the
     cache."""
-    sizes = [weight_image_size(config, f"stage-{index}") for index in range(len(config.stages))]
+    sizes = [weight_image_size(config, stage_stem(index)) for index in range(len(config.stages))]
     return max(cache_side(config.stage_image_size(config.stages[-1])), *sizes)
