@@ -13,13 +13,12 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-import click
-
 from kit import paths
 from kit.config import Config
 from kit.config_build import config_from_dict
 from kit.config_overrides import with_overrides
 from kit.config_sources import flatten
+from kit.errors import KitError
 from kit.files import git_commit, make_folder, not_writable, read_json, utc_stamp, write_json
 from kit.run import Run
 
@@ -108,14 +107,12 @@ def find_run(config: Config, run: str | None) -> Path:
     if run is None:
         finished = finished_runs(config)
         if not finished:
-            raise click.ClickException(
-                f"no finished run of {config.name}: run `make train COMP={config.name}`"
-            )
+            raise KitError(f"no finished run of {config.name}: run `make train COMP={config.name}`")
         return finished[-1]
     matches = [p for p in runs if p.name == run] or [p for p in runs if p.name.startswith(run)]
     if len(matches) != 1:
         known = ", ".join(p.name for p in runs[-5:]) or "(none)"
-        raise click.ClickException(f"run '{run}' of {config.name} not found or ambiguous; recent: {known}")
+        raise KitError(f"run '{run}' of {config.name} not found or ambiguous; recent: {known}")
     return matches[0]
 
 
@@ -172,7 +169,7 @@ def run_summary(run_dir: Path, command: str) -> dict:
     """metrics.json of a finished run; an unfinished one is refused in one line naming `command`."""
     path = Run(run_dir).summary_file
     if not path.exists():
-        raise click.ClickException(
+        raise KitError(
             f"{run_dir.name} has not finished training (no {path.name}): "
             f"finish it with `make resume RUN={run_dir.name}`"
             f" before `{command}`, or pick a finished run"

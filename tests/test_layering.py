@@ -308,3 +308,11 @@ def test_no_file_of_kit_is_over_500_lines():
         if (length := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}, "split these files by job"
+
+
+def test_the_base_layer_needs_no_command_line_library():
+    """The base modules raise kit.errors.KitError (plain exceptions); only the command line shows them,
+    so kit.run_folder, kit.config and the rest can be used without click."""
+    base = [name for name in MODULES if layer(name) == LAYERS["base"]]
+    assert "kit.run_folder" in base and "kit.cli" not in base
+    assert sorted(name for name in base if "click" in EXTERNAL[name]) == []
