@@ -406,6 +406,16 @@ def test_kit_leaderboard_top_and_own_rank(project, monkeypatch, tmp_path):
     assert "your team: rank 25 of 30" in result.output
 
 
+def test_kit_leaderboard_without_a_public_score_says_so(project, monkeypatch, tmp_path):
+    # Kaggle leaves userRank out for a team with no public score; kagglesdk reads that as rank 0.
+    kaggle_env(monkeypatch, tmp_path, credentials="token-env")
+    board = [{"teamId": 1, "teamName": "team 1", "submissionDate": "2024-05-01T00:00:00Z", "score": "0.90"}]
+    with KaggleStandIn(competitions={DOG_SLUG: None}, leaderboards={DOG_SLUG: board}):
+        result = invoke("leaderboard", "dog-breeds", "--top", "5")
+    assert result.exit_code == 0, result.output
+    assert "your team: no public score yet" in result.output and "rank 0" not in result.output
+
+
 def test_kit_download_one_file_then_the_whole_competition(project, monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
     members = {"sample_submission.csv": b"id,pug\na,1\n", "train.zip": make_zip({"train/a.jpg": b"x"})}

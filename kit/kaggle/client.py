@@ -394,4 +394,5 @@ def leaderboard(slug: str, top: int, warn: Callable[[str], None] = _stderr) -> S
         }
         for rank, entry in enumerate(entries, 1)
     ]
-    return Standing(rows, competition.user_rank, competition.team_count)
+    # kagglesdk reads an absent userRank as 0 (`self._user_rank or 0`); ranks start at 1: 0 is no public score
+    return Standing(rows, competition.user_rank or None, competition.team_count)
