@@ -32,6 +32,10 @@ from torch.utils.data import Sampler
 # Rank 0 may build an image or feature cache (minutes on a large set) while the others wait at a barrier.
 TIMEOUT = timedelta(hours=1)
 
+# A process that finished its folds (--parallel folds) waits for the slowest at the final gather: as long
+# as a fold may take (hours on a GPU, days on a large set), far past TIMEOUT.
+PATIENT_TIMEOUT = timedelta(days=7)
+
 # True inside `alone()`: this process trains its own folds as if it were the only one.
 _alone = False
 
@@ -62,12 +66,20 @@ def alone() -> Iterator[None]:
         _alone = before
 
 
-def gather_objects(value: Any) -> list:
-    """Every rank's `value` (any picklable object), in rank order, on every rank; [value] alone."""
+def patient_group() -> Any:
+    """A group of every process on gloo, with PATIENT_TIMEOUT, for `gather_objects` after the folds:
+    gloo waits on the CPU (an NCCL collective would spin on the GPU and its watchdog end the wait after
+    TIMEOUT). Every process must call it, at the same point; None with one process."""
+    return dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT) if _grouped() else None
+
+
+def gather_objects(value: Any, group: Any = None) -> list:
+    """Every rank's `value` (any picklable object), in rank order, on every rank; [value] alone.
+    `group`: e.g. `patient_group()` (default: the process group torchrun started)."""
     if not _grouped():
         return [value]
     gathered: list = [None] * world_size()
-    dist.all_gather_object(gathered, value)
+    dist.all_gather_object(gathered, value, group=group)
     return gathered
 
 

@@ -59,6 +59,7 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> list[
     rows = usable_rows(config, labels, run)
     _build_caches(config, labels)
     process, processes = distributed.rank(), distributed.world_size()
+    waiting = distributed.patient_group()  # made by every process here, before any fold can fail
     failures: dict[int, tuple[int, str]] = {}
     with distributed.alone():
         for number in folds_of_process(fold_numbers, process, processes):
@@ -72,7 +73,7 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> list[
                 click.echo(f"fold {number} (process {process}):\n{traceback.format_exc()}", err=True)
                 failures[number] = (process, _one_line(error))
                 break
-    gathered = distributed.gather_objects(failures)  # every process waits here for the slowest
+    gathered = distributed.gather_objects(failures, waiting)  # every process waits here for the slowest
     every_failure = {fold: failed for part in gathered for fold, failed in part.items()}
     if every_failure:
         raise KitError(failure_line(every_failure, run_dir, config.name))
