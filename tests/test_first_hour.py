@@ -18,6 +18,7 @@ from kit.commands import training as training_commands
 from kit.competitions import load_competition
 from kit.data.labels import load_labels
 from kit.report import runs_table
+from kit.run import LAYOUT
 from kit.run_folder import new_run_dir
 
 # --- hand-filled data -------------------------------------------------------------------------------------
@@ -132,7 +133,8 @@ def write_run(project, name, summary, saved):
     run_dir = project / "runs" / "digits" / name
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps({"path": "x", **saved}))
-    (run_dir / "metrics.json").write_text(json.dumps({"seconds": 60, "folds": {}, **summary}))
+    record = {"layout": LAYOUT, "classes": [], "seconds": 60, "folds": {}, **summary}
+    (run_dir / "metrics.json").write_text(json.dumps(record))
     return run_dir
 
 
@@ -270,6 +272,17 @@ def test_kit_new_like_a_shipped_competition_takes_its_recipe(project):
     wrong = invoke("new", "tags", "--from-raw", "--like", "digits-tags")
     assert wrong.exit_code == 1 and "is a multi_label competition" in wrong.output
     assert len(wrong.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["cats-vs-dogs", "dog-breeds"])
+def test_a_like_forks_comments_cite_measurements_that_exist(name):
+    # --like copies these comments into every fork; the measurement history left the README for docs/, so a
+    # comment citing "README" sends a competitor to a section that is no longer there.
+    text = (REPO / "competitions" / name / "competition.toml").read_text()
+    comments = "\n".join(line.partition("#")[2] for line in text.splitlines() if "#" in line)
+    assert "README" not in comments
+    cited = re.findall(r"docs/[\w.-]+\.md", comments)
+    assert cited and all((REPO / path).is_file() for path in cited), cited
 
 
 def test_the_report_states_the_baseline():
