@@ -77,7 +77,7 @@ class DataSection:
     # The cache squishes the photo into a square; a longer side beyond max_aspect times the shorter one is
     # centre-cropped first. 0: no cap (the whole photo squished), 1: the centre square. 1.33 keeps a 4:3
     # photo whole and squishes no more than that: by 5-fold CV on 1,000 real Dog Breed Identification photos
-    # (kept outside the repository) it beat no cap (README, "Real photos"; scripts/compare_aspect.py).
+    # (kept outside the repository) it beat no cap (docs/2026-11-27-aspect.md; scripts/compare_aspect.py).
     max_aspect: float = 1.33
     # Photos of one patient, animal or scene never sit in two folds: a column of the labels CSV naming each
     # row's group (e.g. "patient_id"), or "" (a hooks.py `groups` function, when defined; else none)
@@ -166,7 +166,7 @@ class PredictSection:
     # (the mean on the scale the head outputs: a renormalised geometric mean of class probabilities). With
     # a head-only model beside the fine-tuned one (a stage's joins_prediction) the logit mean scored better
     # on 4 seeds of 4 on 1,600 Dogs vs. Cats photos with an answer key, but not on 1,000 Dog Breed
-    # Identification photos (both kept outside the repository; README, "The recipe on real photos").
+    # Identification photos (both kept outside the repository; docs/2026-11-27-cats-vs-dogs-recipe.md).
     mean: PredictMean = "probabilities"
     precision: Precision = "auto"  # as train.precision, for OOF and test predictions
 

@@ -10,7 +10,7 @@ turns (the second reads what the first built), and what a killed build left behi
 The cache keeps the whole photo, squished into a square a little larger than the training size
 (`cache_side`), so random crops and TTA views can reach every part of it: a 500x375 photo centre-cropped
 once would lose a quarter of its width for good. `data.max_aspect` caps how much is squished (longer
-sides beyond the cap are centre-cropped); it was measured on real photos (README, "Whole photos").
+sides beyond the cap are centre-cropped); it was measured on real photos (docs/2026-11-27-aspect.md).
 """
 
 from __future__ import annotations
