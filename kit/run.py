@@ -124,6 +124,113 @@ def is_ensemble(summary: dict) -> bool:
 
 
 @dataclass(frozen=True)
+class Summary:
+    """metrics.json, read: what the step after training (kit.predict.summary), a blend (kit.predict.ensemble)
+    or a full-data refit (kit.predict.refit) found. Readers ask these accessors instead of testing which
+    keys are present; the record's layout is checked when it is read (`Run.summary`)."""
+
+    record: dict  # as written (Run.write_summary), the layout number aside
+
+    @property
+    def metric(self) -> str:
+        return self.record["metric"]
+
+    @property
+    def cv(self) -> float:  # as submitted: calibrated (when calibration pays), cross-fitted where it can be
+        return self.record["cv"]
+
+    @property
+    def cv_uncalibrated(self) -> float:  # the same rows without the calibration (the CV when none is fitted)
+        return self.record.get("cv_uncalibrated", self.cv)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.record["classes"]
+
+    @property
+    def task_record(self) -> dict:  # kit.tasks.Task.describe(): kit.tasks.from_record reads it back
+        return self.record["task"]
+
+    @property
+    def decisions(self) -> dict | None:  # thresholds or cut-points fitted on OOF (kit.tasks), or None
+        return self.record.get("decisions")
+
+    @property
+    def folds_trained(self) -> list:  # fold numbers, or a full-data refit's parts (full-seed-K); a blend: []
+        return self.record.get("folds_trained", [])
+
+    @property
+    def folds(self) -> dict[str, dict]:  # per trained part: score, history, pseudo_labels, recipe
+        return self.record.get("folds", {})
+
+    def fold_recipe(self, key: str) -> dict | None:
+        """A fold's check points, stop and stages (kit.train.stopping); None: trained without the stop."""
+        return self.folds.get(key, {}).get("recipe")
+
+    @property
+    def seconds(self) -> float:
+        return self.record.get("seconds", 0)
+
+    @property
+    def prediction(self) -> dict | None:  # the prediction choice made on OOF (kit.predict.selection), or None
+        return self.record.get("prediction") or None
+
+    @property
+    def stages(self) -> dict[str, list]:  # per fold: which stages ran, were stopped or skipped, and why
+        return self.record.get("stages", {})
+
+    @property
+    def worse_stages(self) -> dict[str, list]:  # per fold: stages that ended worse than they started
+        return self.record.get("worse_stages", {})
+
+    @property
+    def is_ensemble(self) -> bool:  # a blend (kit ensemble): no weight files, no folds of its own
+        return "ensemble" in self.record
+
+    @property
+    def ensemble(self) -> dict:  # a blend's members (runs), their weights, rows, cross_fitted; {} for a run
+        return self.record.get("ensemble", {})
+
+    @property
+    def members(self) -> list[str]:  # a blend's runs (or kept variants), as named on the command line
+        return self.ensemble.get("runs", [])
+
+    @property
+    def is_full_refit(self) -> bool:  # kit train --fold full: no OOF of its own
+        return "full" in self.record
+
+    @property
+    def full(self) -> dict:  # a full-data refit's chosen_on, seeds, rows, cv_from; {} otherwise
+        return self.record.get("full", {})
+
+    # How the CV was scored (kit.predict.crossfit.honest_cv); None where it was not cross-fitted.
+    @property
+    def cross_fitted_by(self) -> str | None:  # "folds" or "halves"
+        return self.record.get("cv_cross_fitted_by")
+
+    @property
+    def cv_in_sample(self) -> float | None:  # fitted and scored on the same rows
+        return self.record.get("cv_in_sample")
+
+    @property
+    def calibration_pays(self) -> bool | None:  # None: no calibration was weighed (not log loss)
+        return self.record.get("calibration_pays")
+
+    @property
+    def cv_uncalibrated_cross_fitted(self) -> float | None:
+        return self.record.get("cv_uncalibrated_cross_fitted")
+
+    @property
+    def cv_interval(self) -> tuple[float, float] | None:  # a small fold's 95% bootstrap interval
+        found = self.record.get("cv_interval")
+        return (found[0], found[1]) if found else None
+
+    @property
+    def cv_rows(self) -> int | None:  # the validation rows the CV was scored on
+        return self.record.get("cv_rows")
+
+
+@dataclass(frozen=True)
 class Calibration:
     """What is done to predictions before they are submitted, fitted once on OOF (kit.predict.calibrate):
     one shape for runs and ensembles. A temperature per part (a run: each fold's, applied to that fold's
@@ -339,6 +446,10 @@ class Run:
     def read_summary(self) -> dict:
         """metrics.json of a finished run, of this kit's layout (another's is one line: retrain it)."""
         return _record(self.summary_file, SUMMARY_KEYS)
+
+    def summary(self) -> Summary:
+        """metrics.json of a finished run, typed (another kit's layout is one line: retrain it)."""
+        return Summary(self.read_summary())
 
     def write_calibration(self, calibration: Calibration) -> None:
         write_json(self.calibration_file, {"layout": LAYOUT, **asdict(calibration)})

@@ -16,6 +16,7 @@ from kit.config_build import config_from_dict
 from kit.data.folds import load_folds
 from kit.data.labels import load_labels
 from kit.report import figure_data, plots, runs_table
+from kit.run import LAYOUT
 
 
 def confident(targets: np.ndarray, classes: int, probability: float = 0.9) -> np.ndarray:
@@ -144,6 +145,19 @@ def test_report_of_a_digits_run_shows_a_planted_mislabel(digits, project):
     assert result.exit_code == 0 and run_dir.name in result.output
 
 
+def test_runs_table_lists_a_run_of_another_layout_without_reading_it(project):
+    """A run another kit made (metrics.json without this kit's layout number) is one row saying so:
+    its keys are not guessed at; `kit predict` on it is one line (kit.run.RunError)."""
+    run_dir = project / "runs" / "digits" / "20260101-000000-old"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"path": "x", "stages": []}))
+    (run_dir / "metrics.json").write_text(json.dumps({"metric": "accuracy", "cv": 0.9, "folds_trained": [0]}))
+    from kit.competitions import load_competition
+
+    table = runs_table.runs_table(load_competition("digits"))
+    assert table["metric"].tolist() == ["(another kit's layout)"] and np.isnan(table["cv"].tolist()[0])
+
+
 def test_runs_table_shows_only_settings_that_differ(project):
     base = project / "runs" / "digits"
     for name, lr, seconds in (("20260101-000000-a", 1e-3, 60), ("20260101-000001-b", 3e-3, 120)):
@@ -152,7 +166,15 @@ def test_runs_table_shows_only_settings_that_differ(project):
         (base / name / "config.json").write_text(json.dumps(saved))
         (base / name / "metrics.json").write_text(
             json.dumps(
-                {"metric": "accuracy", "cv": lr * 100, "folds_trained": [0], "seconds": seconds, "folds": {}}
+                {
+                    "layout": LAYOUT,
+                    "metric": "accuracy",
+                    "cv": lr * 100,
+                    "classes": [],
+                    "folds_trained": [0],
+                    "seconds": seconds,
+                    "folds": {},
+                }
             )
         )
     from kit.competitions import load_competition

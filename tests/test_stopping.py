@@ -214,6 +214,7 @@ def test_a_run_killed_after_its_stop_resumes_without_training_the_skipped_stages
 
 def test_kit_runs_says_where_a_fold_stopped_and_what_predicts():
     from kit.report import runs_table
+    from kit.run import Summary
 
     summary = {
         "stages": {
@@ -225,10 +226,10 @@ def test_kit_runs_says_where_a_fold_stopped_and_what_predicts():
         },
         "prediction": {"weights": ["stage-0"]},
     }
-    assert runs_table.stages_run(summary) == "fold 0: 'unfrozen' 1/7 epochs, skipped 'final'"
-    assert runs_table.predicts(summary) == "stage-0"
-    assert runs_table.stages_run({"stages": {"0": summary["stages"]["0"][:1]}}) == ""
-    assert runs_table.stages_run({}) == "" and runs_table.predicts({}) == ""
+    assert runs_table.stages_run(Summary(summary)) == "fold 0: 'unfrozen' 1/7 epochs, skipped 'final'"
+    assert runs_table.predicts(Summary(summary)) == "stage-0"
+    assert runs_table.stages_run(Summary({"stages": {"0": summary["stages"]["0"][:1]}})) == ""
+    assert runs_table.stages_run(Summary({})) == "" and runs_table.predicts(Summary({})) == ""
 
 
 def test_the_trick_never_stops_at_a_head_stage_but_at_the_first_unfrozen_cycle_that_does_not_pay():

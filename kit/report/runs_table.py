@@ -13,18 +13,18 @@ import pandas as pd
 from kit.config import Config
 from kit.config_sources import flatten
 from kit.files import read_json
-from kit.run import Run, is_ensemble, is_full_refit
+from kit.run import Run, RunError, Summary
 from kit.run_folder import list_runs
 
 
-def trained(summary: dict) -> str:
+def trained(summary: Summary) -> str:
     """What a run trained, in a few words: 'fold 0', 'folds 0-4', 'folds 0,2', 'ensemble of 3 runs'."""
-    if is_ensemble(summary):
-        return f"ensemble of {len(summary['ensemble']['runs'])} runs"
-    if is_full_refit(summary):
-        full = summary["full"]
+    if summary.is_ensemble:
+        return f"ensemble of {len(summary.members)} runs"
+    if summary.is_full_refit:
+        full = summary.full
         return f"every row, {full['seeds']} seed(s) (recipe of {full['chosen_on']})"
-    folds = sorted(summary.get("folds_trained", []))
+    folds = sorted(summary.folds_trained)
     if not folds:
         return ""
     if len(folds) == 1:
@@ -43,12 +43,12 @@ def recipe_summary(stages: list[dict]) -> str:
     return ", ".join(described)
 
 
-def stages_run(summary: dict) -> str:
+def stages_run(summary: Summary) -> str:
     """Which stages ran, in a few words (train.stop_when_worse): '' when every stage ran or the run was
     trained without the stop; else where each fold stopped and what was skipped, e.g. "fold 0: 'unfrozen'
     1/7 epochs, skipped 'final'". A pure function of metrics.json."""
     described = []
-    for fold, stages in summary.get("stages", {}).items():
+    for fold, stages in summary.stages.items():
         stopped = [
             f"'{stage['stage']}' {stage['epochs']}/{stage['of']} epochs"
             for stage in stages
@@ -66,9 +66,9 @@ def stages_run(summary: dict) -> str:
     return "; ".join(described)
 
 
-def predicts(summary: dict) -> str:
+def predicts(summary: Summary) -> str:
     """The weight files that predict (metrics.json's prediction, chosen on OOF), e.g. 'stage-1+last'."""
-    chosen = summary.get("prediction")
+    chosen = summary.prediction
     return "+".join(chosen["weights"]) if chosen else ""
 
 
@@ -102,21 +102,26 @@ def runs_table(config: Config) -> pd.DataFrame:
     rows, configs = [], {}
     for run_dir in list_runs(config):
         run = Run(run_dir)
-        summary = read_json(run.summary_file) if run.summary_file.exists() else {}
-        ensemble = summary.get("ensemble")
-        rows.append(
-            {
-                "run": run_dir.name,
-                "cv": summary.get("cv", np.nan),  # as submitted (calibrated)
-                "cv_uncalibrated": summary.get("cv_uncalibrated", summary.get("cv", np.nan)),
-                "metric": summary.get("metric", "(unfinished)"),
+        row = {"run": run_dir.name, "cv": np.nan, "cv_uncalibrated": np.nan, "metric": "(unfinished)"}
+        row |= {"trained": "(unfinished)", "minutes": 0.0, "stopped": "", "predicts": ""}
+        summary = None
+        try:
+            summary = run.summary() if run.summary_file.exists() else None
+        except RunError:  # made by another kit, or damaged: listed, not read (kit predict says why)
+            row["metric"] = "(another kit's layout)"
+        if summary is not None:
+            row |= {
+                "cv": summary.cv,  # as submitted (calibrated)
+                "cv_uncalibrated": summary.cv_uncalibrated,
+                "metric": summary.metric,
                 "trained": trained(summary) or "(unfinished)",
-                "minutes": round(summary.get("seconds", 0) / 60, 1),
+                "minutes": round(summary.seconds / 60, 1),
                 "stopped": stages_run(summary),  # where train.stop_when_worse stopped, what it skipped
                 "predicts": predicts(summary),
             }
-        )
-        if not ensemble:  # an ensemble's config.json is its first run's: its settings say nothing new
+        rows.append(row)
+        # an ensemble's config.json is its first run's: its settings say nothing new
+        if summary is None or not summary.is_ensemble:
             configs[run_dir.name] = read_json(run.config_file)
     settings = setting_columns(configs)
     for row in rows:
