@@ -121,9 +121,9 @@ def best_run(config: Config, higher_is_better: bool) -> tuple[Path, str]:
     and one line saying which and why; runs without a CV in that metric are left out."""
     scored = []
     for run_dir in finished_runs(config):
-        summary = read_json(Run(run_dir).summary_file)
-        if summary.get("metric") == config.competition.metric and isinstance(summary.get("cv"), int | float):
-            scored.append((run_dir, float(summary["cv"]), summary.get("folds_trained")))
+        summary = Run(run_dir).summary()  # another kit's layout: one line, retrain it
+        if summary.metric == config.competition.metric and isinstance(summary.cv, int | float):
+            scored.append((run_dir, float(summary.cv), summary.folds_trained))
     if not scored:
         return find_run(config, None), f"no finished run has a CV in {config.competition.metric}: the newest"
     best = 0

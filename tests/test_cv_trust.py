@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kit.competitions import load_competition
+from kit.run import LAYOUT
 from kit.run_folder import best_run
 
 
@@ -17,7 +18,7 @@ def fake_run(project, name: str, metric: str, cv: float, folds=(0,)) -> None:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     (folder / "metrics.json").write_text(
-        json.dumps({"metric": metric, "cv": cv, "folds_trained": list(folds)})
+        json.dumps({"layout": LAYOUT, "metric": metric, "cv": cv, "classes": [], "folds_trained": [*folds]})
     )
 
 
@@ -39,6 +40,18 @@ def test_equal_cvs_take_the_newer_and_other_folds_are_said(project):
     fake_run(project, "20261201-000001-b", "log_loss", 0.10)
     run_dir, why = best_run(load_competition("digits", ["competition.metric=log_loss"]), False)
     assert run_dir.name.endswith("b") and "runs on other folds" in why
+
+
+def test_best_cv_of_a_run_another_kit_made_is_one_line_not_a_guess(project):
+    """metrics.json without this kit's layout number: its keys are not read as if they were this kit's."""
+    from kit.run import RunError
+
+    fake_run(project, "20261201-000000-a", "log_loss", 0.10)
+    (project / "runs" / "digits" / "20261201-000000-a" / "metrics.json").write_text(
+        json.dumps({"metric": "log_loss", "cv": 0.1, "folds_trained": [0]})
+    )
+    with pytest.raises(RunError, match="made by another kit.*retrain"):
+        best_run(load_competition("digits", ["competition.metric=log_loss"]), False)
 
 
 def write_ledger(project, rows: list[tuple[str, float, str]]) -> None:
@@ -261,7 +274,6 @@ def test_kit_ensemble_never_writes_a_blend_worse_than_its_best_member_silently(
 
     from kit.data.labels import load_labels, load_test
     from kit.predict import ensemble
-    from kit.run import LAYOUT
 
     copy_download(digits_download, project)
     config = load_competition("digits")
