@@ -4,7 +4,8 @@ under torchrun with 2 processes (CPU, gloo), on this machine.
 The same recipe, seed and threads in all (the sequential run gets every thread, each parallel process its
 share), in a temporary project with its own download of digits; the photo caches and folds.csv are built
 before either arm, so both time training alone. Prints the wall time and the CPU time (user + system of
-every process, torchrun's workers included) of each, their ratios, and the machine.
+every process, torchrun's workers included) of each, their ratios, and the machine. The folds in turn
+run twice: with every thread, and with one.
 
     .venv/bin/python scripts/bench_parallel_folds.py                  # 4 folds, 3 tiny epochs, 32 px
     .venv/bin/python scripts/bench_parallel_folds.py --folds 2 --epochs 1   # quicker
@@ -126,6 +127,9 @@ def main(
         sequential = timed(
             [sys.executable, "-m", "kit", *arguments], {**environment, "OMP_NUM_THREADS": str(threads)}
         )
+        # The folds in turn on one thread too: on a small model a second thread adds little but overhead,
+        # so this arm tells the gain of parallel folds from the cost of threads.
+        one_thread = timed([sys.executable, "-m", "kit", *arguments], {**environment, "OMP_NUM_THREADS": "1"})
         share = max(threads // processes, 1)
         parallel = timed(
             [
@@ -155,11 +159,16 @@ def main(
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
         "recipe": f"digits, {model} from scratch, {image_size} px, {epochs} epoch(s) per fold, {folds} folds",
         "sequential": {**sequential, "threads": threads},
+        "sequential_one_thread": {**one_thread, "threads": 1},
         "parallel": {**parallel, "processes": processes, "threads_per_process": share},
         "wall_ratio_sequential_over_parallel": round(
             sequential["wall_seconds"] / parallel["wall_seconds"], 2
         ),
         "cpu_ratio_parallel_over_sequential": round(parallel["cpu_seconds"] / sequential["cpu_seconds"], 2),
+        "wall_ratio_one_thread_over_parallel": round(
+            one_thread["wall_seconds"] / parallel["wall_seconds"], 2
+        ),
+        "cpu_ratio_parallel_over_one_thread": round(parallel["cpu_seconds"] / one_thread["cpu_seconds"], 2),
     }
     print(json.dumps(result, indent=2))
 
