@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kit.competitions import load_competition
-from kit.run import LAYOUT
+from kit.run import LAYOUT, Summary
 from kit.run_folder import best_run
 
 
@@ -257,14 +257,14 @@ def test_the_cv_line_names_the_in_sample_figure_and_the_interval():
         "cv_in_sample": 0.2177, "cv_cross_fitted_by": "halves", "calibration_pays": False,
         "cv_uncalibrated_cross_fitted": 0.4012, "cv_rows": 60, "cv_interval": [0.31, 0.52],
     }  # fmt: skip
-    said = cv_line(summary).splitlines()
+    said = cv_line(Summary(summary)).splitlines()
     assert said[0].startswith("CV log_loss: 0.4012")
     assert "in sample (fitted and scored on the same rows, not a CV) 0.2177" in said[1]
     assert "each half of the one fold" in said[1]
     assert "calibration not applied" in said[2]
     assert "60 validation rows: the CV's 95% bootstrap interval is 0.3100-0.5200" in said[3]
     older = {key: summary[key] for key in ("metric", "cv", "cv_uncalibrated", "folds_trained")}
-    assert len(cv_line(older).splitlines()) == 1  # a run recorded before cross-fitting
+    assert len(cv_line(Summary(older)).splitlines()) == 1  # not cross-fitted (a full-data refit's)
 
 
 def test_kit_ensemble_never_writes_a_blend_worse_than_its_best_member_silently(

@@ -18,7 +18,7 @@ from kit.commands import training as training_commands
 from kit.competitions import load_competition
 from kit.data.labels import load_labels
 from kit.report import runs_table
-from kit.run import LAYOUT
+from kit.run import LAYOUT, Summary
 from kit.run_folder import new_run_dir
 
 # --- hand-filled data -------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def test_make_new_passes_from_raw_and_like():
 
 
 def test_ctrl_c_names_the_run_and_the_exact_resume_command(project, monkeypatch):
-    def interrupted(config, labels, fold):
+    def interrupted(config, labels, fold, parallel=None):
         run_dir = new_run_dir(config, config.train.model, "cpu")
         (run_dir / "plan.json").write_text(json.dumps({"fold": fold}))  # an epoch ended: resumable
         raise KeyboardInterrupt
@@ -99,7 +99,7 @@ def test_ctrl_c_names_the_run_and_the_exact_resume_command(project, monkeypatch)
 
 
 def test_ctrl_c_before_an_epoch_ended_says_there_is_nothing_to_resume(project, monkeypatch):
-    def interrupted(config, labels, fold):
+    def interrupted(config, labels, fold, parallel=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(training_commands, "load_labels", lambda config: None)
@@ -122,10 +122,10 @@ SUMMARY = {
 
 def test_cv_line_has_the_baseline_beside_it_and_a_quick_run_is_not_sent_to_the_quick_recipe():
     reference = baselines.describe(baselines.baseline("log_loss", np.array([0, 1, 1, 0]), 2))
-    full = commands.cv_line(SUMMARY, reference)
+    full = commands.cv_line(Summary(SUMMARY), reference)
     assert full.startswith("CV log_loss: 0.2000 (uncalibrated 0.2500; folds [0]); baseline 0.6931 (")
     assert "recipe=quick" in full
-    quick = commands.cv_line(SUMMARY, reference, quick=True)
+    quick = commands.cv_line(Summary(SUMMARY), reference, quick=True)
     assert "recipe=quick" not in quick and "shorten those stages or lower their rates" in quick
 
 
@@ -208,7 +208,7 @@ def test_a_quick_run_says_what_the_full_recipe_adds_from_measured_epochs(project
         {"stage": "head-precomputed", "seconds": 1.0},
         {"stage": "head-augmented", "seconds": 40.0},
     ]
-    summary = {"folds": {"0": {"history": history}}}
+    summary = Summary({"folds": {"0": {"history": history}}})
     note = commands.full_recipe_note(config, summary, [])
     minutes = 5 * training_commands.UNFROZEN_EPOCH_COST * 40 / 60  # cats-vs-dogs: one 5-epoch unfrozen cycle
     assert note.startswith("quick recipe: the full recipe adds 'unfrozen' (5 epochs): about ")
@@ -217,7 +217,14 @@ def test_a_quick_run_says_what_the_full_recipe_adds_from_measured_epochs(project
     resolved = load_competition("cats-vs-dogs")  # an earlier full run, as `kit train` saves one
     full_dir = new_run_dir(resolved, resolved.train.model, "cpu")
     unfrozen = [{"stage": "unfrozen", "seconds": 90.0}] * 5
-    (full_dir / "metrics.json").write_text(json.dumps({"cv": 0.1, "folds": {"0": {"history": unfrozen}}}))
+    record = {
+        "layout": LAYOUT,
+        "metric": "log_loss",
+        "cv": 0.1,
+        "classes": [],
+        "folds": {"0": {"history": unfrozen}},
+    }
+    (full_dir / "metrics.json").write_text(json.dumps(record))
     measured = commands.full_recipe_note(config, summary, [full_dir])
     assert f"about 8 min per fold here (as run {full_dir.name} measured its epochs)" in measured
 

@@ -150,9 +150,10 @@ def test_a_stage_that_ends_worse_than_it_started_is_found():
     assert worse_stages(history) == [{"stage": "unfrozen", "start": 0.123, "end": 0.18}]
     assert worse_stages(history[:2]) == [] and worse_stages([]) == []
     from kit.commands import cv_line
+    from kit.run import Summary
 
-    line = cv_line({"metric": "log_loss", "cv": 0.112, "cv_uncalibrated": 0.1447, "folds_trained": [0],
-                    "worse_stages": {"0": worse_stages(history)}})  # fmt: skip
+    line = cv_line(Summary({"metric": "log_loss", "cv": 0.112, "cv_uncalibrated": 0.1447,
+                            "folds_trained": [0], "worse_stages": {"0": worse_stages(history)}}))  # fmt: skip
     assert line.splitlines() == [
         "CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0])",
         "validation loss ended worse than it started in: 'unfrozen' 0.1230 -> 0.1800 (fold 0)"

@@ -276,17 +276,16 @@ def ensemble(config: Config, specs: list[str]) -> Path:
     from kit.predict.ensemble import ensemble_runs  # heavy when a member must predict first (torch)
 
     run_dir = ensemble_runs(config, load_labels(config), specs)
-    summary = Run(run_dir).read_summary()
+    summary = Run(run_dir).summary()
     weights = ", ".join(
         f"{name} {weight:.3f}"
-        for name, weight in zip(summary["ensemble"]["runs"], summary["ensemble"]["weights"], strict=True)
+        for name, weight in zip(summary.members, summary.ensemble["weights"], strict=True)
     )
     click.echo(
-        f"ensemble {run_dir.name}: OOF {summary['metric']} {summary['cv']:.4f} (weights {weights}); "
+        f"ensemble {run_dir.name}: OOF {summary.metric} {summary.cv:.4f} (weights {weights}); "
         f"submission {read_json(Run(run_dir).submission_record_file)['file']}"
     )
-    if "cross_fitted" in summary["ensemble"]:  # the blend against its best member, on rows that chose nothing
-        click.echo(summary["ensemble"]["cross_fitted"]["line"])
+    click.echo(summary.ensemble["cross_fitted"]["line"])  # the blend against its best member, cross-fitted
     for line in cv_honesty(summary):
         click.echo(line)
     return run_dir

@@ -23,7 +23,7 @@ from kit.files import (
     write_json,
 )
 from kit.predict import refit
-from kit.run import CONFIG_FILE, Run
+from kit.run import CONFIG_FILE, Run, RunError, Summary
 from kit.run_folder import (
     find_run,
     list_runs,
@@ -71,7 +71,7 @@ def train_in_new_run(config: Config, labels: LabelTable, fold: str, parallel: st
                 click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
         summary = _train_and_settle(config, labels, fold, run_dir, parallel)
     if main:
-        baseline = baseline_text(config, summary["metric"], labels)
+        baseline = baseline_text(config, summary.metric, labels)
         click.echo(cv_line(summary, baseline, quick=_is_quick(config)))
         if _is_quick(config):
             click.echo(full_recipe_note(config, summary, list_runs(config)))
@@ -83,45 +83,45 @@ def _is_quick(config: Config) -> bool:
     return config.train.recipe == "quick"
 
 
-def cv_honesty(summary: dict) -> list[str]:
+def cv_honesty(summary: Summary) -> list[str]:
     """How far the CV can be trusted (kit.predict.crossfit): how it was cross-fitted, the in-sample figure
     beside it (named so), a calibration that did not pay, a small fold's bootstrap interval. None of it
-    for a run recorded before cross-fitting."""
-    if "cv_in_sample" not in summary:
+    where the CV was not cross-fitted (a full-data refit reports its fold run's)."""
+    if summary.cross_fitted_by is None or summary.cv_in_sample is None:
         return []
     how = {
         "halves": "each half of the one fold scored with what the other half chose",
         "folds": "each fold scored with what the other folds chose",
-    }[summary["cv_cross_fitted_by"]]
+    }[summary.cross_fitted_by]
     lines = [
         f"cross-fitted: {how}; in sample (fitted and scored on the same rows, not a CV) "
-        f"{summary['cv_in_sample']:.4f}"
+        f"{summary.cv_in_sample:.4f}"
     ]
-    if summary.get("calibration_pays") is False:
+    if summary.calibration_pays is False:
         lines.append(
             "calibration not applied: fitted on other rows it did not lower the log loss (cross-fitted "
-            f"{summary['cv_uncalibrated_cross_fitted']:.4f} without it)"
+            f"{summary.cv_uncalibrated_cross_fitted:.4f} without it)"
         )
-    if "cv_interval" in summary:
-        low, high = summary["cv_interval"]
+    if summary.cv_interval is not None:
+        low, high = summary.cv_interval
         lines.append(
-            f"{summary['cv_rows']} validation rows: the CV's 95% bootstrap interval is {low:.4f}-{high:.4f} "
+            f"{summary.cv_rows} validation rows: the CV's 95% bootstrap interval is {low:.4f}-{high:.4f} "
             "(under 200 rows: differences inside it are noise; train more folds to narrow it)"
         )
     return lines
 
 
-def cv_line(summary: dict, baseline: str = "", quick: bool = False) -> str:
+def cv_line(summary: Summary, baseline: str = "", quick: bool = False) -> str:
     """'CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0]); baseline 0.6931 (...)', and the stages that
     made the loss worse (a quick run is not told to use the quick recipe)."""
-    raw = summary.get("cv_uncalibrated", summary["cv"])
-    beside = f"uncalibrated {raw:.4f}; " if f"{raw:.4f}" != f"{summary['cv']:.4f}" else ""
-    line = f"CV {summary['metric']}: {summary['cv']:.4f} ({beside}folds {summary['folds_trained']})"
+    raw = summary.cv_uncalibrated
+    beside = f"uncalibrated {raw:.4f}; " if f"{raw:.4f}" != f"{summary.cv:.4f}" else ""
+    line = f"CV {summary.metric}: {summary.cv:.4f} ({beside}folds {summary.folds_trained})"
     line += f"; {baseline}" if baseline else ""
     line += "".join(f"\n{said}" for said in cv_honesty(summary))
     worse = [
         f"'{item['stage']}' {item['start']:.4f} -> {item['end']:.4f} (fold {fold})"
-        for fold, items in summary.get("worse_stages", {}).items()
+        for fold, items in summary.worse_stages.items()
         for item in items
     ]
     if worse:
@@ -139,16 +139,16 @@ def cv_line(summary: dict, baseline: str = "", quick: bool = False) -> str:
 UNFROZEN_EPOCH_COST = 4.0
 
 
-def _epoch_seconds(summary: dict) -> dict[str, list[float]]:
+def _epoch_seconds(summary: Summary) -> dict[str, list[float]]:
     """Seconds of every trained epoch, by stage name, over the run's folds (its history)."""
     seconds: dict[str, list[float]] = {}
-    for result in summary.get("folds", {}).values():
+    for result in summary.folds.values():
         for record in result.get("history", []):
             seconds.setdefault(record["stage"], []).append(record["seconds"])
     return seconds
 
 
-def full_recipe_note(config: Config, summary: dict, runs: list[Path]) -> str:
+def full_recipe_note(config: Config, summary: Summary, runs: list[Path]) -> str:
     """What the full recipe would add to a quick run, and what it would cost per fold: from the epochs of
     an earlier full run of the competition when there is one, else from this run's frozen-body epochs
     times UNFROZEN_EPOCH_COST."""
@@ -161,7 +161,10 @@ def full_recipe_note(config: Config, summary: dict, runs: list[Path]) -> str:
     measured = {}
     for run_dir in reversed(runs):  # the newest earlier full run that trained those stages
         if Run(run_dir).summary_file.exists() and run_config(run_dir).train.recipe == "full":
-            seconds = _epoch_seconds(read_json(Run(run_dir).summary_file))
+            try:
+                seconds = _epoch_seconds(Run(run_dir).summary())
+            except RunError:  # another kit's run: no measurement to take from it
+                continue
             if all(name in seconds for name in epochs):
                 measured = {name: sum(seconds[name]) / len(seconds[name]) for name in epochs}
                 source = f"as run {run_dir.name} measured its epochs"
@@ -279,9 +282,9 @@ def _train_full_and_settle(
 
     started = time.time()
     parts = full_data.train(config, labels, seeds, run_dir, source.name)
-    summary = refit.settle_full(config, labels, run_dir, source, parts, time.time() - started)
+    summary = Summary(refit.settle_full(config, labels, run_dir, source, parts, time.time() - started))
     click.echo(
-        f"CV {summary['metric']}: {summary['cv']:.4f}, reported from {source.name}, the fold run this refit "
+        f"CV {summary.metric}: {summary.cv:.4f}, reported from {source.name}, the fold run this refit "
         "reuses (a model trained on every row has no out-of-fold rows to score)"
     )
     return run_dir
@@ -342,14 +345,14 @@ def _resume(config: Config, run: str | None) -> Path:
     check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
     summary = _train_and_settle(saved_config, load_labels(saved_config), fold, run_dir, parallel)
     if distributed.is_main():
-        click.echo(cv_line(summary, baseline_text(saved_config, summary["metric"])))
+        click.echo(cv_line(summary, baseline_text(saved_config, summary.metric)))
     distributed.teardown()
     return run_dir
 
 
 def _train_and_settle(
     config: Config, labels: LabelTable, fold: str, run_dir: Path, parallel: str | None = None
-) -> dict | None:
+) -> Summary | None:
     """Training (kit.train: each fold's weight files and kept views; with `parallel` "folds", each process
     its own folds, every process's success gathered first), then, on rank 0, the one step after it
     (kit.predict.summary): the prediction choice, calibration and CV summary, fitted and written once.
@@ -363,7 +366,7 @@ def _train_and_settle(
     fold_numbers = trainer(config, labels, fold, run_dir)
     if not distributed.is_main():
         return None
-    return after_training.settle(config, labels, run_dir, fold_numbers, time.time() - started)
+    return Summary(after_training.settle(config, labels, run_dir, fold_numbers, time.time() - started))
 
 
 def _record_precision(config: Config, run_dir: Path) -> None:
