@@ -128,13 +128,14 @@ class TrainSection:
     # "quick": only the recipe's head stages (frozen body), with the competition's TTA: a first submission
     # in minutes (`make train COMP=... SET="recipe=quick"`). "full": every stage.
     recipe: Recipe = "full"
-    # Stop a recipe that stops paying (kit.train.stopping): at each SGDR cycle's end and each stage's end,
-    # an OOF score not better than the best so far by more than min_stage_gain (the metric's units) skips
-    # the rest of that stage and the later stages of the fold. With --fold all, fold 0's decision applies
-    # to every fold (the folds stay one recipe) unless stop_per_fold: then each fold decides on its own.
-    # Off by default until measured: on digits it stopped after the head-augmented stage (0.7847 against
-    # the precomputed head's 0.8021) and the fold then predicted with head weights trained at 48 px on
-    # 64 px views (OOF accuracy 0.27 against 0.99 for the whole recipe).
+    # Stop a recipe that stops paying (kit.train.stopping): at each SGDR cycle's end and each stage's end
+    # from the first unfrozen cycle's on (head-only stages never stop it), an OOF score not better than the
+    # best so far by more than min_stage_gain (the metric's units) skips the rest of that stage and the
+    # later stages of the fold. With --fold all, fold 0's decision applies to every fold (the folds stay
+    # one recipe) unless stop_per_fold: then each fold decides on its own. Off by default: on digits the
+    # first unfrozen cycle (1 epoch) drops OOF accuracy from the head's 0.80 to 0.48 before the later
+    # cycles reach 0.98, so the stop ends the recipe there and the head's weights predict (OOF 0.82
+    # against 0.99; docs/2026-12-03-stop-when-worse.md).
     stop_when_worse: bool = False
     min_stage_gain: float = 0.0
     stop_per_fold: bool = False

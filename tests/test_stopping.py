@@ -271,3 +271,13 @@ def test_the_trick_never_stops_at_a_head_stage_but_at_the_first_unfrozen_cycle_t
     assert epoch(2, 1, 0.7900) is not None  # the first unfrozen cycle does not beat 0.8021: stop
     assert trick.stop["stage_index"] == 2 and trick.stop["best"] == 0.8021
     assert trick.stop["epochs_skipped"] == 1  # the second cycle
+
+
+def test_the_stop_is_off_by_default():
+    # on digits the first unfrozen cycle is worse than the head before the later cycles pay (0.48 against
+    # 0.80, then 0.98): docs/2026-12-03-stop-when-worse.md
+    from pathlib import Path
+
+    from kit.config_build import config_from_dict
+
+    assert config_from_dict({}, Path("x/competition.toml")).train.stop_when_worse is False
