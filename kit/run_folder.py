@@ -20,7 +20,7 @@ from kit.config_overrides import with_overrides
 from kit.config_sources import flatten
 from kit.errors import KitError
 from kit.files import git_commit, make_folder, not_writable, read_json, utc_stamp, write_json
-from kit.run import Run
+from kit.run import Run, Summary
 
 
 def new_run_dir(config: Config, kind: str, device: str = "cpu") -> Path:
@@ -165,7 +165,7 @@ def saved_settings_note(config: Config, run_dir: Path, settings: Sequence[str]) 
     )
 
 
-def run_summary(run_dir: Path, command: str) -> dict:
+def run_summary(run_dir: Path, command: str) -> Summary:
     """metrics.json of a finished run; an unfinished one is refused in one line naming `command`."""
     path = Run(run_dir).summary_file
     if not path.exists():
@@ -174,4 +174,4 @@ def run_summary(run_dir: Path, command: str) -> dict:
             f"finish it with `make resume RUN={run_dir.name}`"
             f" before `{command}`, or pick a finished run"
         )
-    return Run(run_dir).read_summary()  # another kit's layout: one line, retrain it
+    return Run(run_dir).summary()  # another kit's layout: one line, retrain it

@@ -312,9 +312,9 @@ def test_the_report_names_the_in_sample_figure_and_the_interval():
         "cv_rows": 60,
         "cv_interval": [0.3, 0.5],
     }
-    note = honesty_note(summary)
+    note = honesty_note(Summary(summary))
     assert "in sample, fitted and scored on the same rows: 0.2177" in note and "0.3000-0.5000" in note
-    assert honesty_note({"cv": 0.1}) == ""
+    assert honesty_note(Summary({"cv": 0.1})) == ""
 
 
 # A fold stopped by train.stop_when_worse (its last check point did not pay): stage-0, snapshot-1 and

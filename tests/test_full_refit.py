@@ -13,7 +13,7 @@ from conftest import invoke
 from kit import commands
 from kit.data.labels import load_labels
 from kit.predict import calibrate, refit
-from kit.run import Calibration, Run
+from kit.run import Calibration, Run, Summary
 from kit.train import stage
 
 
@@ -120,8 +120,8 @@ def test_runs_table_says_a_refit_trained_every_row_and_on_whose_recipe():
     from kit.report.runs_table import trained
 
     summary = {"folds_trained": ["full-seed-0", "full-seed-1"], "full": {"seeds": 2, "chosen_on": "RUN-A"}}
-    assert trained(summary) == "every row, 2 seed(s) (recipe of RUN-A)"
-    assert trained({"folds_trained": [0, 1, 2]}) == "folds 0-2"
+    assert trained(Summary(summary)) == "every row, 2 seed(s) (recipe of RUN-A)"
+    assert trained(Summary({"folds_trained": [0, 1, 2]})) == "folds 0-2"
 
 
 def test_report_lists_a_refits_seeds_after_folds_by_number():
@@ -132,6 +132,6 @@ def test_report_lists_a_refits_seeds_after_folds_by_number():
         "metric": "log_loss",
         "folds": {"full-seed-1": {"score": None, "history": history}, "full-seed-0": {"score": None}},
     }
-    assert list(fold_table(summary)["fold"]) == ["full-seed-0", "full-seed-1"]
+    assert list(fold_table(Summary(summary))["fold"]) == ["full-seed-0", "full-seed-1"]
     numbered = {"metric": "log_loss", "folds": {"10": {"score": 1.0}, "2": {"score": 2.0}}}
-    assert list(fold_table(numbered)["fold"]) == ["2", "10"]
+    assert list(fold_table(Summary(numbered))["fold"]) == ["2", "10"]

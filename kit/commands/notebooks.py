@@ -12,7 +12,7 @@ from kit.commands.results import ledger_row, submission_file
 from kit.config import Config
 from kit.kaggle import budget, kernels
 from kit.kaggle import client as kaggle
-from kit.run import Run, is_ensemble
+from kit.run import Run, Summary
 from kit.run_folder import (
     find_run,
     run_summary,
@@ -57,7 +57,7 @@ def notebook(
         )
     run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit notebook")
-    if is_ensemble(summary):
+    if summary.is_ensemble:
         raise click.ClickException(
             f"{run_dir.name} is an ensemble (no weights of its own): package one of its runs with --run"
         )
@@ -75,9 +75,9 @@ def notebook(
     if submit_only:
         pushed = kernels.recorded_pushed(base, f"run `kit notebook {config.name} --submit` instead")
         kept_output = base / "output" / package.SUBMISSION_FILE
-        package.check_submission(config, kept_output, summary["classes"], summary["task"])
+        package.check_submission(config, kept_output, summary.classes, summary.task_record)
         return _submit_notebook(config, run_dir, summary, api, pushed, message)
-    built = package.build(config, run_dir, summary, dataset_id, base / "dataset", accelerator)
+    built = package.build(config, run_dir, summary.record, dataset_id, base / "dataset", accelerator)
     click.echo(
         f"package {dataset_id}: {built.size_bytes / package.MEGABYTE:.1f} MB "
         f"({len(built.manifest['weights'])} weight files, wheel {built.manifest['wheel']})"
@@ -113,7 +113,7 @@ def notebook(
             f"the notebook {pushed.ref} version {pushed.version} wrote no {package.SUBMISSION_FILE}: "
             "nothing was submitted"
         )
-    package.check_submission(config, produced, summary["classes"], summary["task"])
+    package.check_submission(config, produced, summary.classes, summary.task_record)
     click.echo(f"notebook {pushed.ref} v{pushed.version} complete; its {package.SUBMISSION_FILE} is valid")
     kernels.record_pushed(base, pushed)  # `--submit-only` can submit this output later
     if not submit:
@@ -122,7 +122,7 @@ def notebook(
     return _submit_notebook(config, run_dir, summary, api, pushed, message)
 
 
-def _submit_notebook(config: Config, run_dir: Path, summary: dict, api, pushed, message: str) -> dict:
+def _submit_notebook(config: Config, run_dir: Path, summary: Summary, api, pushed, message: str) -> dict:
     """The code submission of a notebook version whose output was checked, recorded in the ledger."""
     from kit.kaggle import package  # heavy
 
@@ -138,7 +138,7 @@ def _submit_notebook(config: Config, run_dir: Path, summary: dict, api, pushed, 
     return row
 
 
-def _rehearse_notebook(config: Config, run_dir: Path, summary: dict, slug: str, accelerator: str) -> dict:
+def _rehearse_notebook(config: Config, run_dir: Path, summary: Summary, slug: str, accelerator: str) -> dict:
     """`kit notebook --local`: the rehearsal, its phases, its submission against `kit predict`'s, and the
     time budget on Kaggle's `accelerator`."""
     from kit.kaggle import rehearsal  # heavy (nbclient; torch through the package)
@@ -148,7 +148,7 @@ def _rehearse_notebook(config: Config, run_dir: Path, summary: dict, slug: str, 
         f"rehearsing the notebook of run {run_dir.name} here: offline, {budget.KAGGLE_CORES} cores, "
         f"{'the GPU if any' if gpu else 'no GPU'}; nothing is pushed"
     )
-    record = rehearsal.rehearse(config, run_dir, summary, slug, gpu)
+    record = rehearsal.rehearse(config, run_dir, summary.record, slug, gpu)
     for cell in record["cells"]:
         click.echo(f"  {cell['seconds']:8.1f} s  {cell['cell']}")
     phases = record["phases"]

@@ -25,7 +25,7 @@ from kit.files import (
 from kit.hooks import load_hooks
 from kit.kaggle import client as kaggle
 from kit.report.runs_table import runs_table
-from kit.run import BLEND, Run, is_ensemble
+from kit.run import BLEND, Run, Summary
 from kit.run_folder import (
     best_run,
     find_run,
@@ -35,7 +35,7 @@ from kit.run_folder import (
 
 
 def submission_file(
-    config: Config, run_dir: Path, summary: dict, remake: bool, overrides: tuple[str, ...] = ()
+    config: Config, run_dir: Path, summary: Summary, remake: bool, overrides: tuple[str, ...] = ()
 ) -> Path:
     """The run's submission CSV: predicted (again) when `remake` or when the file is missing.
 
@@ -44,16 +44,16 @@ def submission_file(
     """
     record = Run(run_dir).submission_record_file
     existing = paths.submissions_dir() / read_json(record)["file"] if record.exists() else None
-    if existing is not None and existing.exists() and not (remake and not is_ensemble(summary)):
+    if existing is not None and existing.exists() and not (remake and not summary.is_ensemble):
         return existing
-    if is_ensemble(summary):
+    if summary.is_ensemble:
         return _rebuild_ensemble_submission(config, run_dir, summary)
     from kit.predict.inference import predict_run  # heavy (torch, timm)
 
-    return predict_run(config, run_dir, summary, overrides)
+    return predict_run(config, run_dir, summary.record, overrides)
 
 
-def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -> Path:
+def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: Summary) -> Path:
     from kit.predict import submission  # heavy (scikit-learn, through kit.metrics)
 
     probabilities = Run(run_dir).test_probabilities
@@ -63,7 +63,7 @@ def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: dict) -
 
     parts = {BLEND: np.load(probabilities)}  # an ensemble's one calibrated part
     blend = calibrate.apply_to_parts(parts, Run(run_dir).read_calibration())
-    path = submission.write_for_run(config, load_test(config).ids, blend, summary)
+    path = submission.write_for_run(config, load_test(config).ids, blend, summary.record)
     record = Run(run_dir).submission_record_file
     write_json(record, {**read_json(record), "file": path.name})
     return path
@@ -73,10 +73,10 @@ def predict(config: Config, run: str | None, overrides: tuple[str, ...] = ()) ->
     """The run's test prediction and submission, with the settings it was trained with (plus `overrides`)."""
     run_dir = find_run(config, run)
     summary = run_summary(run_dir, "kit predict")
-    if not is_ensemble(summary):  # its OOF calibrates the prediction: it must follow today's labels
+    if not summary.is_ensemble:  # its OOF calibrates the prediction: it must follow today's labels
         check_row_order(run_dir, load_labels(config).ids, f"train {run_dir.name} again, or restore them")
     path = submission_file(config, run_dir, summary, remake=True, overrides=overrides)
-    kind = "ensemble run" if is_ensemble(summary) else "run"
+    kind = "ensemble run" if summary.is_ensemble else "run"
     click.echo(f"submission {path.relative_to(path.parents[1])} from {kind} {run_dir.name}")
     return path
 
@@ -121,7 +121,8 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
         dtype=str if config.submission.format == "label" else {config.submission.id_column: str},
     )
     sample = submission.read_sample(config)
-    submission.check(config, frame, sample, str(path), summary["classes"], tasks.from_record(summary["task"]))
+    task = tasks.from_record(summary.task_record)
+    submission.check(config, frame, sample, str(path), summary.classes, task)
     submission.check_unchanged(path)  # valid, but edited since `kit predict`: not under the run's CV
     frame = submission.clip(config, frame)
     row = ledger_row(config, run_dir, summary, path.name, message)
@@ -149,11 +150,11 @@ def submit(config: Config, run: str | None, message: str, dry_run: bool) -> dict
     return row
 
 
-def ledger_row(config: Config, run_dir: Path, summary: dict, file: str, message: str) -> dict:
+def ledger_row(config: Config, run_dir: Path, summary: Summary, file: str, message: str) -> dict:
     """A ledger row for a submission of a run (its status and scores are added by the caller)."""
     commit = read_json(Run(run_dir).provenance_file).get("commit", git_commit())
     text = (
-        f"{message + ' | ' if message else ''}CV {summary['metric']} {summary['cv']:.4f} | "
+        f"{message + ' | ' if message else ''}CV {summary.metric} {summary.cv:.4f} | "
         f"run {run_dir.name} | commit {commit}"
     )
     return {
@@ -162,9 +163,9 @@ def ledger_row(config: Config, run_dir: Path, summary: dict, file: str, message:
         "file": file,
         "run": run_dir.name,
         "commit": commit,
-        "metric": summary["metric"],
-        "cv": f"{summary['cv']:.6f}",  # as submitted: calibrated, upload clip included
-        "cv_uncalibrated": f"{summary.get('cv_uncalibrated', summary['cv']):.6f}",
+        "metric": summary.metric,
+        "cv": f"{summary.cv:.6f}",  # as submitted: calibrated, upload clip included
+        "cv_uncalibrated": f"{summary.cv_uncalibrated:.6f}",
         "message": text,
     }
 

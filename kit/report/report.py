@@ -38,7 +38,7 @@ from kit.report.figure_data import (
     most_wrong,
     predicted_rows,
 )
-from kit.run import Run, is_ensemble
+from kit.run import Run, Summary
 from kit.run_folder import run_config as saved_run_config
 
 
@@ -47,7 +47,7 @@ def make_plots(
 ) -> list[tuple[str, Path, str]]:
     """Every plot the run supports, written as PNGs in the run folder: [(title, path, note)]."""
     run = Run(run_dir)
-    summary = run.read_summary()
+    summary = run.summary()
     made = []
     for found in run.lr_find_files(".json"):  # the LR finder's record; draw it if it was not drawn
         finder = read_json(found)
@@ -58,19 +58,17 @@ def make_plots(
     made += [(f"LR finder ({path.stem})", path, "") for path in run.lr_find_files(".png")]
     histories = {
         fold: history_positions(run_config, result["history"])
-        for fold, result in summary["folds"].items()
+        for fold, result in summary.folds.items()
         if result.get("history")
     }
     if histories:
-        first_history = next(
-            result["history"] for result in summary["folds"].values() if result.get("history")
-        )
+        first_history = next(result["history"] for result in summary.folds.values() if result.get("history"))
         epochs, rates, starts = lr_schedule(run_config, first_history)
         made.append(
             (
                 "Loss, metric and learning rate per epoch",
                 plots.plot_history(
-                    histories, summary["metric"], epochs, rates, starts, Run(run_dir).plot("history")
+                    histories, summary.metric, epochs, rates, starts, Run(run_dir).plot("history")
                 ),
                 "",
             )
@@ -132,16 +130,16 @@ def _embed(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def fold_table(summary: dict) -> pd.DataFrame:
+def fold_table(summary: Summary) -> pd.DataFrame:
     rows = []
     # folds by number; a full-data refit's seeds (full-seed-K) by name
     order = lambda item: (0, int(item[0]), "") if item[0].isdigit() else (1, 0, item[0])  # noqa: E731
-    for fold, result in sorted(summary["folds"].items(), key=order):
+    for fold, result in sorted(summary.folds.items(), key=order):
         history = result.get("history") or [{}]
         rows.append(
             {
                 "fold": fold,
-                summary["metric"]: result["score"],
+                summary.metric: result["score"],
                 "epochs": len(result.get("history") or []),
                 "last valid loss": history[-1].get("valid_loss", np.nan),
                 "seconds": int(round(sum(r.get("seconds", 0) for r in result.get("history") or []))),
@@ -168,20 +166,21 @@ def submission_rows(run_dir: Path) -> pd.DataFrame:
     return entries[["time_utc", "file", "status", "public_score", "message"]]
 
 
-def honesty_note(summary: dict) -> str:
+def honesty_note(summary: Summary) -> str:
     """The CV's cross-fitting, the in-sample figure named as such, a small fold's bootstrap interval
-    (kit.predict.crossfit); '' for runs recorded before it."""
-    if "cv_in_sample" not in summary:
+    (kit.predict.crossfit); '' where the CV was not cross-fitted (a full-data refit reports its fold
+    run's)."""
+    if summary.cross_fitted_by is None or summary.cv_in_sample is None:
         return ""
     text = (
-        f"CV cross-fitted by {summary['cv_cross_fitted_by']} (each part scored with what the others chose); "
-        f"in sample, fitted and scored on the same rows: {summary['cv_in_sample']:.4f}"
+        f"CV cross-fitted by {summary.cross_fitted_by} (each part scored with what the others chose); "
+        f"in sample, fitted and scored on the same rows: {summary.cv_in_sample:.4f}"
     )
-    if summary.get("calibration_pays") is False:
+    if summary.calibration_pays is False:
         text += "; calibration not applied (it did not pay cross-fitted)"
-    if "cv_interval" in summary:
-        low, high = summary["cv_interval"]
-        text += f"; {summary['cv_rows']} validation rows: 95% bootstrap interval {low:.4f}-{high:.4f}"
+    if summary.cv_interval is not None:
+        low, high = summary.cv_interval
+        text += f"; {summary.cv_rows} validation rows: 95% bootstrap interval {low:.4f}-{high:.4f}"
     return f'<p class="note">{html.escape(text)}</p>'
 
 
@@ -226,13 +225,13 @@ def _image(title: str, path: Path) -> str:
     return f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="{_embed(path)}">'
 
 
-def tag_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Path) -> list[str]:
+def tag_sections(labels: LabelTable, summary: Summary, oof: np.ndarray, run_dir: Path) -> list[str]:
     """Multi-label: per tag, its images, threshold (fitted on OOF) and F2 out of fold; a plot of both."""
     from sklearn.metrics import fbeta_score
 
     rows = predicted_rows(oof)
-    thresholds = summary.get("decisions", {}).get("thresholds", [0.5] * len(labels.classes))
-    decided = labels.task.decide(oof[rows], summary.get("decisions"))
+    thresholds = (summary.decisions or {}).get("thresholds", [0.5] * len(labels.classes))
+    decided = labels.task.decide(oof[rows], summary.decisions)
     truth = labels.targets[rows]
     f2 = [
         float(fbeta_score(truth[:, tag], decided[:, tag], beta=2, zero_division=0.0))
@@ -245,7 +244,7 @@ def tag_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Pa
     return ["<h2>Per tag (out of fold)</h2>" + _table(table), _image("Per-tag threshold and F2", path)]
 
 
-def value_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Path) -> list[str]:
+def value_sections(labels: LabelTable, summary: Summary, oof: np.ndarray, run_dir: Path) -> list[str]:
     """Regression: predicted against true, out of fold."""
     rows = predicted_rows(oof)
     path = plots.plot_predicted_vs_true(
@@ -254,12 +253,12 @@ def value_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: 
     return [_image("Predicted against true (out of fold)", path)]
 
 
-def grade_sections(labels: LabelTable, summary: dict, oof: np.ndarray, run_dir: Path) -> list[str]:
+def grade_sections(labels: LabelTable, summary: Summary, oof: np.ndarray, run_dir: Path) -> list[str]:
     """Ordinal: the confusion of grades (cut by the fitted cut-points), out of fold."""
     rows = predicted_rows(oof)
-    grades = labels.task.decide(oof[rows], summary.get("decisions"))[:, 0].astype(np.int64)
+    grades = labels.task.decide(oof[rows], summary.decisions)[:, 0].astype(np.int64)
     confusion = confusion_counts(labels.targets[rows], grades, len(labels.classes))
-    cuts = ", ".join(f"{cut:.2f}" for cut in summary.get("decisions", {}).get("cuts", []))
+    cuts = ", ".join(f"{cut:.2f}" for cut in (summary.decisions or {}).get("cuts", []))
     path = plots.plot_confusion(confusion, labels.classes, Run(run_dir).plot("confusion"))
     return [_image("Confusion of grades (out of fold)", path) + f"<p>cut-points: {cuts or 'rounding'}</p>"]
 
@@ -276,7 +275,7 @@ def baseline_sentence(metric: str, labels: LabelTable) -> str:
 TASK_SECTIONS = {"multi_label": tag_sections, "regression": value_sections, "ordinal": grade_sections}
 
 
-def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dict) -> Path:
+def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: Summary) -> Path:
     """runs/<name>/<run>/report.html: config, CV per fold, plots, confusions, calibration, submission."""
     run = Run(run_dir)
     saved = read_json(run.config_file)
@@ -286,17 +285,13 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
         oof = None  # the labels changed since the run: its rows no longer line up
     # Calibration, confusions and image grids read class probabilities; other kinds have their own section.
     class_oof = oof if labels.task.name == "single_label" else None
-    classes, metric = labels.classes, summary["metric"]
+    classes, metric = labels.classes, summary.metric
     sections = [
         f"<h1>{html.escape(config.name)}: run {html.escape(run_dir.name)}</h1>",
-        f"<p>CV {html.escape(metric)} <b>{summary['cv']:.4f}</b>"
-        + (
-            f" (uncalibrated {summary['cv_uncalibrated']:.4f})"
-            if summary.get("cv_uncalibrated", summary["cv"]) != summary["cv"]
-            else ""
-        )
-        + f" (folds {summary['folds_trained']}), "
-        f"{summary.get('seconds', 0) / 60:.1f} minutes</p>",
+        f"<p>CV {html.escape(metric)} <b>{summary.cv:.4f}</b>"
+        + (f" (uncalibrated {summary.cv_uncalibrated:.4f})" if summary.cv_uncalibrated != summary.cv else "")
+        + f" (folds {summary.folds_trained}), "
+        f"{summary.seconds / 60:.1f} minutes</p>",
         f"<p>{html.escape(baseline_sentence(metric, labels))}</p>",
         honesty_note(summary),
     ]
@@ -308,10 +303,10 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             else "<p>none yet: <code>make predict</code></p>"
         )
     )
-    if summary["folds"]:
+    if summary.folds:
         sections.append("<h2>Cross-validation per fold</h2>" + _table(fold_table(summary)))
-    if is_ensemble(summary):
-        details = summary["ensemble"]
+    if summary.is_ensemble:
+        details = summary.ensemble
         frame = pd.DataFrame(
             [
                 {"run": name, "weight": weight, **details["single_runs"][name]}
@@ -334,10 +329,10 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: dic
             f"<h2>Calibration (fitted on OOF)</h2><p>OOF log loss before {fitted.before:.4f}, "
             f"after {fitted.after:.4f} (temperature {temperature}, clip epsilon {fitted.epsilon:.0e})</p>"
         )
-    elif summary.get("calibration_pays") is False:  # fitted, then dropped: it did not pay on other rows
+    elif summary.calibration_pays is False:  # fitted, then dropped: it did not pay on other rows
         sections.append(
             "<h2>Calibration (fitted on OOF)</h2><p>not applied: fitted on other rows it did not lower the "
-            f"OOF log loss (cross-fitted {summary['cv_uncalibrated_cross_fitted']:.4f} without it)</p>"
+            f"OOF log loss (cross-fitted {summary.cv_uncalibrated_cross_fitted:.4f} without it)</p>"
         )
     if oof is not None and labels.task.name in TASK_SECTIONS:
         sections += TASK_SECTIONS[labels.task.name](labels, summary, oof, run_dir)
