@@ -20,7 +20,7 @@ from conftest import TINY, invoke
 
 from kit.commands.training import parallel_mode
 from kit.errors import KitError
-from kit.train.parallel_folds import failure_line, folds_of_process
+from kit.train.parallel_folds import failure_line, folds_of_process, stop_note
 
 # Three folds on two processes: process 0 trains folds 0 and 2, process 1 fold 1 (k mod 2). One tiny
 # epoch each, no TTA: seconds per fold on a CPU.
@@ -43,6 +43,12 @@ def test_parallel_folds_applies_to_every_fold_under_torchrun_only(capsys):
         parallel_mode("folds", "3", 2)
     with pytest.raises(KitError, match="--fold full trains its seeds in one process"):
         parallel_mode("folds", "full", 1)
+
+
+def test_with_the_stop_on_each_parallel_fold_decides_its_own_stop_and_says_so():
+    assert "each fold decides its own stop" in stop_note(True, False, 2)
+    assert stop_note(True, True, 2) is None and stop_note(False, False, 2) is None
+    assert stop_note(True, False, 1) is None  # in turn: the later folds follow fold 0's stop
 
 
 def test_the_failure_line_names_each_failed_fold_and_its_process(tmp_path):

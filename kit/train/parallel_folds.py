@@ -45,6 +45,17 @@ def failure_line(failures: dict[int, tuple[int, str]], run_dir: Path, competitio
     )
 
 
+def stop_note(stop_when_worse: bool, stop_per_fold: bool, processes: int) -> str | None:
+    """The line said when the folds train side by side where, in turn, the later folds would follow
+    fold 0's stop (train.stop_when_worse without train.stop_per_fold); None otherwise. Pure."""
+    if processes <= 1 or not stop_when_worse or stop_per_fold:
+        return None
+    return (
+        "train.stop_when_worse with --parallel folds: each fold decides its own stop (as with "
+        "train.stop_per_fold), since fold 0, whose stop the later folds follow in turn, trains beside them"
+    )
+
+
 def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> list[int]:
     """Every fold of `fold` ("all") trained across the processes torchrun started, each fold's folder
     written by the process that trained it; folds finished before an interruption are kept. Returns
@@ -59,6 +70,9 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> list[
     rows = usable_rows(config, labels, run)
     _build_caches(config, labels)
     process, processes = distributed.rank(), distributed.world_size()
+    note = stop_note(config.train.stop_when_worse, config.train.stop_per_fold, processes)
+    if note and distributed.is_main():
+        click.echo(note)
     waiting = distributed.patient_group()  # made by every process here, before any fold can fail
     failures: dict[int, tuple[int, str]] = {}
     with distributed.alone():
