@@ -201,7 +201,7 @@ def test_a_notebook_run_decodes_each_test_image_once_for_every_weight_file_and_v
     folder = rehearsal.lay_out(
         tmp_path / "input", "flat", project / "data" / "raw" / "digits", "digits", dataset
     )
-    package.build(config, run_dir, Run(run_dir).read_summary(), dataset, folder)
+    package.build(config, run_dir, Run(run_dir).summary(), dataset, folder)
     decoded = []
     decode = images.decode
     monkeypatch.setattr(images, "decode", lambda path, *rest: decoded.append(path) or decode(path, *rest))

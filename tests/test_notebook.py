@@ -254,9 +254,7 @@ def test_the_notebook_predicts_offline_as_kit_predict_does(project, monkeypatch,
     kaggle = tmp_path / "kaggle"
     inputs = kaggle / "input"
     shutil.copytree(project / "data" / "raw" / "dog-breeds", inputs / DOG_SLUG)
-    built = package.build(
-        config, run_dir, run_summary(run_dir, "test").record, DATASET, inputs / "kit-dog-breeds"
-    )
+    built = package.build(config, run_dir, run_summary(run_dir, "test"), DATASET, inputs / "kit-dog-breeds")
     (inputs / "kit-dog-breeds" / package.DATASET_METADATA).unlink()  # the client's file, not the dataset's
     assert not (inputs / "kit-dog-breeds" / "oof.npy").exists()  # nothing to refit calibration on
     notebook_path, _ = notebook.write_kernel(

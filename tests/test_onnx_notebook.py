@@ -56,11 +56,11 @@ def test_onnxruntime_predicts_what_torch_predicts_on_a_digits_run(digits, monkey
     run_dir = trained_digits(project)
     assert invoke("predict", "digits").exit_code == 0
     with_torch = np.load(Run(run_dir).test_probabilities)
-    summary = Run(run_dir).read_summary()
+    summary = Run(run_dir).summary()
     trained = run_config(run_dir)
-    task = tasks.from_record(summary["task"])
-    model = models.create_model(trained.train.model, task.head_size(summary["classes"]), pretrained=False)
-    meta = models.weights_meta(trained, summary["classes"])
+    task = tasks.from_record(summary.task_record)
+    model = models.create_model(trained.train.model, task.head_size(summary.classes), pretrained=False)
+    meta = models.weights_meta(trained, summary.classes)
     weights = run_weights(load_competition("digits"), run_dir, summary)
     for path in weights:
         onnx_runtime.export(model, path, meta, path.with_suffix(onnx_runtime.SUFFIX), 32)
@@ -104,7 +104,7 @@ def test_a_cpu_notebooks_package_holds_onnx_exports_and_onnxruntimes_wheel(digit
 
     monkeypatch.setattr(package, "build_wheel", no_wheel)
     monkeypatch.setattr(onnx_runtime, "runtime_wheel", runtime_wheel)
-    summary = Run(run_dir).read_summary()
+    summary = Run(run_dir).summary()
     cpu = package.build(config, run_dir, summary, "local/kit-digits", tmp_path / "cpu", "cpu")
     exported = {
         name: relative for name, relative in cpu.manifest["weights"].items() if name.endswith(".onnx")

@@ -77,7 +77,7 @@ def notebook(
         kept_output = base / "output" / package.SUBMISSION_FILE
         package.check_submission(config, kept_output, summary.classes, summary.task_record)
         return _submit_notebook(config, run_dir, summary, api, pushed, message)
-    built = package.build(config, run_dir, summary.record, dataset_id, base / "dataset", accelerator)
+    built = package.build(config, run_dir, summary, dataset_id, base / "dataset", accelerator)
     click.echo(
         f"package {dataset_id}: {built.size_bytes / package.MEGABYTE:.1f} MB "
         f"({len(built.manifest['weights'])} weight files, wheel {built.manifest['wheel']})"
@@ -148,7 +148,7 @@ def _rehearse_notebook(config: Config, run_dir: Path, summary: Summary, slug: st
         f"rehearsing the notebook of run {run_dir.name} here: offline, {budget.KAGGLE_CORES} cores, "
         f"{'the GPU if any' if gpu else 'no GPU'}; nothing is pushed"
     )
-    record = rehearsal.rehearse(config, run_dir, summary.record, slug, gpu)
+    record = rehearsal.rehearse(config, run_dir, summary, slug, gpu)
     for cell in record["cells"]:
         click.echo(f"  {cell['seconds']:8.1f} s  {cell['cell']}")
     phases = record["phases"]

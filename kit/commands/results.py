@@ -50,7 +50,7 @@ def submission_file(
         return _rebuild_ensemble_submission(config, run_dir, summary)
     from kit.predict.inference import predict_run  # heavy (torch, timm)
 
-    return predict_run(config, run_dir, summary.record, overrides)
+    return predict_run(config, run_dir, summary, overrides)
 
 
 def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: Summary) -> Path:
@@ -63,7 +63,7 @@ def _rebuild_ensemble_submission(config: Config, run_dir: Path, summary: Summary
 
     parts = {BLEND: np.load(probabilities)}  # an ensemble's one calibrated part
     blend = calibrate.apply_to_parts(parts, Run(run_dir).read_calibration())
-    path = submission.write_for_run(config, load_test(config).ids, blend, summary.record)
+    path = submission.write_for_run(config, load_test(config).ids, blend, summary)
     record = Run(run_dir).submission_record_file
     write_json(record, {**read_json(record), "file": path.name})
     return path

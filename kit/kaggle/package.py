@@ -43,7 +43,7 @@ from kit.files import atomic_path, git_commit, read_json, write_json
 from kit.kaggle.budget import default_accelerator
 from kit.predict import onnx_runtime, submission
 from kit.predict.inference import predict_run, run_weights
-from kit.run import Run
+from kit.run import Run, Summary
 from kit.run_folder import run_config
 from kit.train.views import prediction_cache_side
 
@@ -120,7 +120,7 @@ def build_wheel(destination: Path) -> Path:
 def build(
     config: Config,
     run_dir: Path,
-    summary: dict,
+    summary: Summary,
     dataset_id: str,
     folder: Path,
     accelerator: str | None = None,
@@ -184,8 +184,8 @@ def build(
         "competition": config.name,
         "kaggle": config.competition.kaggle,
         "run": run_dir.name,
-        "metric": summary["metric"],
-        "cv": summary["cv"],
+        "metric": summary.metric,
+        "cv": summary.cv,
         "wheel": wheel.name,
         "wheels": runtime_wheels,  # installed beside the kit's (onnxruntime, for a CPU notebook)
         "weights": names,
@@ -207,11 +207,11 @@ def build(
 
 
 def _export_onnx(
-    trained: Config, run_dir: Path, summary: dict, weights: list[Path], folder: Path
+    trained: Config, run_dir: Path, summary: Summary, weights: list[Path], folder: Path
 ) -> dict[str, str]:
     """Each weight file's forward pass as ONNX in `folder` (flat names, as the weights'), for the notebook
     to link beside its weights; returns {flat name: path in the run}."""
-    task, classes = tasks.from_record(summary["task"]), summary["classes"]
+    task, classes = tasks.from_record(summary.task_record), summary.classes
     model = models.create_model(trained.train.model, task.head_size(classes), pretrained=False)
     meta = models.weights_meta(trained, classes)
     exported = {}
@@ -325,7 +325,7 @@ def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: s
     output = Path(work_root) / SUBMISSION_FILE
     with _project_root(root):
         config = run_config(run_dir)
-        summary = Run(run_dir).read_summary()
+        summary = Run(run_dir).summary()
         phase("unpack")
         test = load_test(config)
         side = prediction_cache_side(config)
@@ -341,7 +341,7 @@ def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: s
         with atomic_path(output) as temporary:
             frame.to_csv(temporary, index=False)
         phase("predict")
-        check_submission(config, output, summary["classes"], summary["task"])
+        check_submission(config, output, summary.classes, summary.task_record)
         phase("check")
         made = read_json(Run(run_dir).submission_record_file)
         write_json(

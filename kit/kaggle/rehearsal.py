@@ -27,6 +27,7 @@ from kit.kaggle import notebook as notebook_writer
 from kit.kaggle import package
 from kit.kaggle.budget import KAGGLE_CORES
 from kit.kaggle.package import DATASET_METADATA, SUBMISSION_FILE, TIMINGS_FILE
+from kit.run import Summary
 
 LOCAL_OWNER = "local"  # the dataset's owner in a rehearsal (no Kaggle account is asked for)
 REHEARSAL_FILE = "rehearsal.json"  # in runs/<name>/<run>/kaggle/: what the last rehearsal measured
@@ -127,6 +128,7 @@ def execute(notebook_path: Path, environment: dict[str, str], timeout_seconds: f
     """Run the notebook in a fresh kernel with `environment`; the executed notebook is saved beside it
     (executed.ipynb). Returns each code cell's first line and seconds (nbclient's timestamps)."""
     import nbformat  # heavy (jsonschema)
+
     try:
         from nbclient import NotebookClient  # heavy (jupyter_client, zmq)
     except ImportError as missing:
@@ -207,7 +209,7 @@ def drop_client_metadata(package_folder: Path) -> None:
 
 
 def rehearse(
-    config: Config, run_dir: Path, summary: dict, slug: str, gpu: bool, layout: str = "nested"
+    config: Config, run_dir: Path, summary: Summary, slug: str, gpu: bool, layout: str = "nested"
 ) -> dict:
     """Build the run's package and notebook as `kit notebook` pushes them, lay them out under
     runs/<name>/<run>/kaggle/local/input as Kaggle mounts them (`layout`), execute the notebook offline on

@@ -28,7 +28,7 @@ from kit.data.labels import LabelTable, check_row_order, load_test, record_row_o
 from kit.files import read_json, save_array, write_json
 from kit.predict import calibrate, crossfit, selection, submission
 from kit.predict.inference import predict_test
-from kit.run import BLEND, Calibration, Run, is_ensemble
+from kit.run import BLEND, Calibration, Run, Summary
 from kit.run_folder import find_run, new_run_dir, run_config, run_summary
 
 
@@ -123,7 +123,7 @@ def test_probabilities(run_dir: Path, labels: LabelTable) -> np.ndarray:
     path = Run(run_dir).test_probabilities
     if not path.exists():
         tqdm.write(f"predicting the test set with {run_dir.name} first")
-        predict_test(run_config(run_dir), labels, run_dir, Run(run_dir).read_summary())
+        predict_test(run_config(run_dir), labels, run_dir, Run(run_dir).summary())
     return np.load(path)
 
 
@@ -136,10 +136,10 @@ def variant_predictions(
     Test predictions are averaged over folds.
     """
     run = Run(run_dir)
-    summary = run.read_summary()
-    mean, task = run_config(run_dir).predict.mean, tasks.from_record(summary["task"])
+    summary = run.summary()
+    mean, task = run_config(run_dir).predict.mean, tasks.from_record(summary.task_record)
     oof, tests = None, []
-    for fold in summary["folds_trained"]:
+    for fold in summary.folds_trained:
         folder = run.part(fold)  # a full-data refit's seeds keep no OOF: refused below, naming the folder
         paths = (folder.kept_oof(weights), folder.kept_test(weights))
         if not all(path.exists() for path in paths):
@@ -187,9 +187,9 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
 def check_not_ensemble_variant(run_dir: Path, spec: str) -> None:
     """An ensemble keeps no weight files or views of its own: RUN@WEIGHTS of one is refused, naming its
     runs, whose variants can be blended instead."""
-    summary = Run(run_dir).read_summary()
-    if is_ensemble(summary):
-        runs = ", ".join(summary["ensemble"].get("runs", []))
+    summary = Run(run_dir).summary()
+    if summary.is_ensemble:
+        runs = ", ".join(summary.members)
         raise click.ClickException(
             f"{spec}: {run_dir.name} is an ensemble, which keeps no weight files or views of its own; blend "
             f"it whole ({run_dir.name}), or a variant of one of its runs ({runs})"
@@ -198,13 +198,13 @@ def check_not_ensemble_variant(run_dir: Path, spec: str) -> None:
 
 def check_classes(members: list[Member]) -> tuple[list[str], str]:
     """The members' shared classes and metric; refuses a blend of runs of other label sets."""
-    first = Run(members[0].run_dir).read_summary()
+    first = Run(members[0].run_dir).summary()
     for member in members:
-        if Run(member.run_dir).read_summary()["classes"] != first["classes"]:
+        if Run(member.run_dir).summary().classes != first.classes:
             raise click.ClickException(
                 f"{member.name}: its classes differ from {members[0].name}'s; blend runs of one label set"
             )
-    return first["classes"], first["metric"]
+    return first.classes, first.metric
 
 
 def test_predictions(members: list[Member]) -> list[np.ndarray]:
@@ -224,7 +224,7 @@ def member_row_folds(member: Member, row_count: int) -> np.ndarray:
     no folds of its own, counts as one fold (cross-fitted by halves)."""
     run = Run(member.run_dir)
     row_folds = np.full(row_count, -1, dtype=np.int64)
-    for number in read_json(run.summary_file).get("folds_trained", []):
+    for number in run.summary().folds_trained:
         if isinstance(number, int):  # a full-data refit's seeds predicted no training row out of fold
             row_folds[run.fold(number).read_result().rows] = number
     if not (row_folds >= 0).any():
@@ -330,6 +330,6 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     run.write_summary(summary)
     run.write_calibration(calibration)
     blend_submitted = calibrate.apply_to_parts({BLEND: test_blend}, calibration)
-    path = submission.write_for_run(config, load_test(config).ids, blend_submitted, summary)
+    path = submission.write_for_run(config, load_test(config).ids, blend_submitted, Summary(summary))
     write_json(run.submission_record_file, {"file": path.name, "weights": [], "runs": details["runs"]})
     return run_dir

@@ -21,7 +21,7 @@ from kit.device import on_devices, place, split_parts, visible_devices
 from kit.errors import KitError
 from kit.files import save_array, write_json
 from kit.predict import calibrate, onnx_runtime, prediction_rule, submission
-from kit.run import FoldFolder, Run, fold_key
+from kit.run import FoldFolder, Run, Summary, fold_key
 from kit.run_folder import run_config, saved_settings_note
 from kit.train.views import (
     ensemble_of_views,
@@ -33,26 +33,28 @@ from kit.train.views import (
 )
 
 
-def fold_prediction_weights(config: Config, fold_dir: Path, summary: dict) -> list[Path]:
-    """A fold's weight files that predict its test rows: those chosen on OOF after training
-    (summary["prediction"], kit.predict.selection), else `prediction_weights`."""
-    chosen = summary.get("prediction")
+def fold_prediction_weights(
+    config: Config, fold_dir: Path, summary: Summary, chosen: dict | None
+) -> list[Path]:
+    """A fold's weight files that predict its test rows: those `chosen` on OOF after training (usually
+    summary.prediction, kit.predict.selection), else `prediction_weights` (after the fold's stop, if any)."""
     if chosen:
         return [FoldFolder(fold_dir).weights(name) for name in chosen["weights"]]
-    recipe = summary.get("folds", {}).get(fold_key(fold_dir), {}).get("recipe")
-    return prediction_weights(config, fold_dir, recipe)
+    return prediction_weights(config, fold_dir, summary.fold_recipe(fold_key(fold_dir)))
 
 
-def run_weights(config: Config, run_dir: Path, summary: dict) -> list[Path]:
+def run_weights(config: Config, run_dir: Path, summary: Summary) -> list[Path]:
     """Every weight file the run's prediction uses: per trained fold, as `fold_prediction_weights` picks."""
     return [
         path
-        for fold in summary["folds_trained"]
-        for path in fold_prediction_weights(config, Run(run_dir).part(fold).folder, summary)
+        for fold in summary.folds_trained
+        for path in fold_prediction_weights(
+            config, Run(run_dir).part(fold).folder, summary, summary.prediction
+        )
     ]
 
 
-def predict_run(config: Config, run_dir: Path, summary: dict, overrides: Sequence[str] = ()) -> Path:
+def predict_run(config: Config, run_dir: Path, summary: Summary, overrides: Sequence[str] = ()) -> Path:
     """`kit predict` for a trained run, and what a Kaggle notebook runs on a packaged one: the run's saved
     config (with `overrides`), the competition's labels (to keep test ids apart from them), the submission.
 
@@ -62,7 +64,7 @@ def predict_run(config: Config, run_dir: Path, summary: dict, overrides: Sequenc
         saved, overridden = run_config(run_dir), run_config(run_dir, overrides)
         # `--set predict.tta=...` and the like win over the choice made on OOF after training
         rule = prediction_rule.applied_rule(
-            saved.predict, overridden.predict, summary.get("prediction"), str(Run(run_dir).config_file)
+            saved.predict, overridden.predict, summary.prediction, str(Run(run_dir).config_file)
         )
         return predict_test(overridden, load_labels(config), run_dir, summary, rule)
     except (click.ClickException, KitError) as error:
@@ -72,9 +74,9 @@ def predict_run(config: Config, run_dir: Path, summary: dict, overrides: Sequenc
         raise click.ClickException(f"{error.message}; {note}") from None
 
 
-def stopped_rule(config: Config, summary: dict) -> str:
+def stopped_rule(config: Config, summary: Summary) -> str:
     """The config's weights rule, and what replaced it in folds that train.stop_when_worse stopped."""
-    stages_by_fold = summary.get("stages", {}).items()
+    stages_by_fold = summary.stages.items()
     stopped = [fold for fold, stages in stages_by_fold if any(stage.get("why") for stage in stages)]
     if not stopped:
         return weights_rule(config)
@@ -88,14 +90,14 @@ def predict_test(
     config: Config,
     labels: LabelTable,
     run_dir: Path,
-    summary: dict,
+    summary: Summary,
     rule: prediction_rule.AppliedRule | None = None,
 ) -> Path:
     """Test probabilities from every trained fold of a run (snapshots, TTA), then the submission file.
 
     `rule`: the recorded choice or the config's rule (kit.predict.prediction_rule); None: the recorded
     choice when there is one."""
-    classes = summary["classes"]
+    classes = summary.classes
     test = load_test(config)
     check_test_apart(config, test, labels)
     last_stage = config.stages[-1]
@@ -109,11 +111,11 @@ def predict_test(
             "a submission must cover "
             f"every id: fix or re-download them (list in {Run(run_dir).bad_test_images})"
         )
-    task = tasks.from_record(summary["task"])  # as trained (the regression's scale included)
+    task = tasks.from_record(summary.task_record)  # as trained (the regression's scale included)
     meta = models.weights_meta(config, classes)
-    rule = rule or prediction_rule.AppliedRule(summary.get("prediction") or None, ())
+    rule = rule or prediction_rule.AppliedRule(summary.prediction, ())
     chosen = rule.chosen  # kit.predict.selection's choice, made after training, unless --set changed it
-    folds = summary["folds_trained"]  # every fold's weights predict; folds are averaged with equal weight
+    folds = summary.folds_trained  # every fold's weights predict; folds are averaged with equal weight
     every_view = (
         chosen["views"] if chosen else list(range(len(view_names(config.augment.preset, config.predict.tta))))
     )
@@ -131,7 +133,7 @@ def predict_test(
 
         def predict_unit(unit: tuple[int, list[int]]) -> tuple[list[Path], list[np.ndarray]]:
             fold_dir = Run(run_dir).part(folds[unit[0]]).folder  # a fold, or a full-data refit's seed
-            fold_weights = fold_prediction_weights(config, fold_dir, {**summary, "prediction": chosen})
+            fold_weights = fold_prediction_weights(config, fold_dir, summary, chosen)
             return fold_weights, file_view_probabilities(
                 model,
                 fold_weights,
@@ -182,7 +184,7 @@ def predict_test(
             "image_sizes": weight_image_sizes(config, weights),
             "forward_passes": len(test.ids) * len(weights) * len(views),
             # per fold: which stages ran, which train.stop_when_worse stopped or skipped, and why
-            "stages": summary.get("stages", {}),
+            "stages": summary.stages,
         },
     )
     return path

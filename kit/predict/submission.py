@@ -20,6 +20,7 @@ from kit.config import Config
 from kit.data.labels import read_csv
 from kit.files import atomic_path, exclusive, not_writable, utc_stamp
 from kit.metrics import clip_and_renormalise
+from kit.run import Summary
 from kit.tasks import SINGLE_LABEL, SingleLabel, from_record
 
 
@@ -244,19 +245,19 @@ def check_unchanged(path: Path) -> None:
         )
 
 
-def write_for_run(config: Config, ids: list[str], predictions: np.ndarray, summary: dict) -> Path:
+def write_for_run(config: Config, ids: list[str], predictions: np.ndarray, summary: Summary) -> Path:
     """A run's (or an ensemble's) submission from its test predictions, as submitted (calibrated), with
     the task, decisions and CVs its metrics.json records: built, checked, written."""
-    task, sample = from_record(summary["task"]), read_sample(config)
-    classes = summary["classes"]
-    frame = build(config, ids, predictions, classes, sample, task, summary.get("decisions"))
+    task, sample = from_record(summary.task_record), read_sample(config)
+    classes = summary.classes
+    frame = build(config, ids, predictions, classes, sample, task, summary.decisions)
     return write(
         config,
         frame,
         sample,
-        summary["metric"],
-        summary["cv"],
+        summary.metric,
+        summary.cv,
         classes,
         task,
-        cv_uncalibrated=summary.get("cv_uncalibrated"),
+        cv_uncalibrated=summary.cv_uncalibrated,
     )
