@@ -109,18 +109,8 @@ def fold_key(folder: Path) -> str:
     return folder.name.removeprefix(FOLD_PART)
 
 
-def is_full_refit(summary: dict) -> bool:
-    """Whether a metrics.json is a full-data refit's (kit train --fold full: no OOF of its own)."""
-    return "full" in summary
-
-
 # What every metrics.json holds (a trained run's and a blend's); the rest depends on which it is.
 SUMMARY_KEYS = ("metric", "cv", "classes")
-
-
-def is_ensemble(summary: dict) -> bool:
-    """Whether a metrics.json is a blend's (kit ensemble: no weight files, no folds of its own)."""
-    return "ensemble" in summary
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ from pathlib import Path
 from kit.config import Config
 from kit.data.labels import LabelTable
 from kit.errors import KitError
-from kit.run import Calibration, Run, is_ensemble, is_full_refit
+from kit.run import Calibration, Run, Summary
 from kit.run_folder import find_run, finished_runs
 
 # What a full-data refit takes over from the fold run's metrics.json as it is.
 TAKEN_OVER = ("metric", "cv", "cv_uncalibrated", "cv_default_decisions", "task", "decisions", "weights_rule")
 
 
-def is_fold_run(summary: dict) -> bool:
-    return not is_ensemble(summary) and not is_full_refit(summary) and bool(summary.get("folds_trained"))
+def is_fold_run(summary: Summary) -> bool:
+    return not summary.is_ensemble and not summary.is_full_refit and bool(summary.folds_trained)
 
 
 def chosen_on(config: Config, run: str | None) -> Path:
@@ -30,14 +30,14 @@ def chosen_on(config: Config, run: str | None) -> Path:
     line when there is none, or when `run` is not a fold run."""
     if run is not None:
         run_dir = find_run(config, run)
-        if not is_fold_run(Run(run_dir).read_summary()):
+        if not is_fold_run(Run(run_dir).summary()):
             raise KitError(
                 f"--chosen-on {run}: {run_dir.name} is not a finished fold run (an ensemble or a full-data "
                 "refit has no OOF of its own to choose on); name a run of `kit train --fold all`"
             )
         return run_dir
     for run_dir in reversed(finished_runs(config)):
-        if is_fold_run(Run(run_dir).read_summary()):
+        if is_fold_run(Run(run_dir).summary()):
             return run_dir
     raise KitError(
         f"--fold full reuses what a fold run chose, and {config.name} has no finished fold run: "
