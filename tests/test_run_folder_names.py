@@ -67,3 +67,23 @@ def test_the_reader_finds_names_where_they_are_spelled():
 def test_no_run_folder_name_outside_run_py():
     found = [line for path in sorted(KIT.rglob("*.py")) if path != KIT / "run.py" for line in literals(path)]
     assert found == [], "ask kit.run's Run / FoldFolder (or its stem functions) for these names"
+
+
+# Readers of metrics.json that test for keys or index the record, instead of asking kit.run.Summary.
+SUMMARY_READS = re.compile(r"summary\.get\(|summary\[|\bin summary\b(?!\.)|\"ensemble\" in\b|\"full\" in\b")
+# The one writer: kit.predict.summary builds the record that Run.write_summary writes (a dict until then).
+SUMMARY_WRITER = KIT / "predict" / "summary.py"
+
+
+def test_metrics_json_is_read_through_the_typed_summary_only():
+    """metrics.json is read through kit.run.Summary's accessors (its layout checked when it is read): no
+    reader branches on which keys are present, so an older record is one line, not a guess per reader."""
+    assert SUMMARY_READS.search('if "ensemble" in summary:') and not SUMMARY_READS.search("summary.cv")
+    found = [
+        f"{path.relative_to(KIT)}:{number}: {line.strip()}"
+        for path in sorted(KIT.rglob("*.py"))
+        if path not in (KIT / "run.py", SUMMARY_WRITER)
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if SUMMARY_READS.search(line)
+    ]
+    assert found == [], "ask kit.run.Summary (Run(run_dir).summary()) instead"

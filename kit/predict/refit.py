@@ -68,12 +68,12 @@ def settle_full(
 ) -> dict:
     """The full-data refit's calibration.json, oof.npy (the fold run's) and metrics.json, written once."""
     run, source = Run(run_dir), Run(source_dir)
-    chosen = source.read_summary()
+    chosen = source.summary()
     run.write_calibration(full_calibration(source.read_calibration(), parts))
     shutil.copyfile(source.oof, run.oof)  # a stand-in: the same recipe's out-of-fold predictions
-    prediction = full_prediction(chosen.get("prediction"))
+    prediction = full_prediction(chosen.prediction)
     summary = {
-        **{key: chosen[key] for key in TAKEN_OVER if key in chosen},
+        **{key: chosen.record[key] for key in TAKEN_OVER if key in chosen.record},  # copied as they are
         "folds_trained": parts,
         "classes": labels.classes,
         "seconds": round(seconds, 1),
