@@ -11,6 +11,7 @@ import pytest
 from kit.competitions import load_competition
 from kit.run import LAYOUT, Summary
 from kit.run_folder import best_run
+from kit.tasks import SINGLE_LABEL
 
 
 def fake_run(project, name: str, metric: str, cv: float, folds=(0,)) -> None:
@@ -127,7 +128,6 @@ def overconfident(rows: int, seed: int, sharpness: float = 4.0):
 
 def test_a_tiny_fold_reports_the_cross_fitted_cv_not_the_in_sample_one():
     from kit.predict import calibrate, crossfit
-    from kit.tasks import SINGLE_LABEL
 
     probabilities, targets = overconfident(60, seed=3)
     row_folds = np.zeros(60, dtype=np.int64)  # one fold of 60 rows
@@ -156,7 +156,6 @@ def test_a_tiny_fold_reports_the_cross_fitted_cv_not_the_in_sample_one():
 
 def test_calibration_that_does_not_pay_under_cross_fitting_is_dropped():
     from kit.predict import calibrate, crossfit
-    from kit.tasks import SINGLE_LABEL
 
     random = np.random.default_rng(0)
     chance = random.uniform(0.2, 0.8, 40)  # calibrated already: each row's probability is its chance
@@ -174,7 +173,6 @@ def test_calibration_that_does_not_pay_under_cross_fitting_is_dropped():
 
 def test_the_bootstrap_interval_is_given_only_for_small_folds():
     from kit.predict import crossfit
-    from kit.tasks import SINGLE_LABEL
 
     for rows, interval in ((150, True), (400, False)):
         probabilities, targets = overconfident(rows, seed=1)
@@ -192,7 +190,6 @@ def test_the_bootstrap_interval_is_given_only_for_small_folds():
 
 def test_a_blend_worse_than_its_best_member_keeps_the_best_member_alone():
     from kit.predict import crossfit
-    from kit.tasks import SINGLE_LABEL
 
     good, targets = overconfident(200, seed=5, sharpness=1.0)
     noise = np.random.default_rng(9).dirichlet((1, 1), 200)
@@ -218,7 +215,6 @@ def test_a_blend_worse_than_its_best_member_keeps_the_best_member_alone():
 
 def test_the_weight_files_are_chosen_again_on_the_seen_rows_only():
     from kit.predict import crossfit, selection
-    from kit.tasks import SINGLE_LABEL
 
     random = np.random.default_rng(0)
     targets = random.integers(0, 2, 40)
@@ -232,10 +228,12 @@ def test_the_weight_files_are_chosen_again_on_the_seen_rows_only():
     ]
 
     def choose(kept, truth):
-        return selection.choose("log_loss", kept, truth, ["a", "b"], 1, min_gain=0.0, default=["a", "b"])
+        return selection.choose(
+            "log_loss", kept, truth, ["a", "b"], 1, min_gain=0.0, default=["a", "b"], task=SINGLE_LABEL
+        )
 
     def blend(kept, chosen):
-        return selection.blend(kept, tuple(chosen["weights"]), tuple(chosen["views"]))
+        return selection.blend(kept, tuple(chosen["weights"]), tuple(chosen["views"]), task=SINGLE_LABEL)
 
     predictions_for = crossfit.refitted_selection(kept_by_fold, rows_by_fold, targets, 40, choose, blend)
     seen_fold_0 = np.arange(40) < 20

@@ -57,3 +57,21 @@ def test_a_forgotten_task_is_an_error_not_single_label():
         views.ensemble_probabilities(None, [], {}, np.zeros((1, 8, 8, 3), np.uint8), 1)  # type: ignore[call-arg]
     # A stage's loss is its task's: a PreparedStage made without one is refused, not a single-label loss.
     assert inspect.signature(stage.PreparedStage).parameters["task"].default is inspect.Parameter.empty
+
+
+def test_selection_needs_the_task():
+    """Choosing and blending kept views average them as the task's predictions: without the task, a
+    multi-label or regression run would be averaged and scored as single-label probabilities."""
+    from kit.predict import selection
+
+    kept = {"last": np.full((2, 3, 4), 0.25)}
+    targets = [np.zeros(3, dtype=np.int64)]
+    with pytest.raises(TypeError, match="task"):
+        selection.blend(kept, ("last",), (0, 1))  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="positional"):  # by name only: never taken for another argument
+        selection.blend(kept, ("last",), (0, 1), "probabilities", SINGLE_LABEL)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="task"):
+        selection.choose("log_loss", [kept], targets, ["last"], 2, 0.0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="task"):
+        selection.best_alone("log_loss", [kept], targets, ["last"])  # type: ignore[call-arg]
+    assert selection.blend(kept, ("last",), (0, 1), task=SINGLE_LABEL).shape == (3, 4)

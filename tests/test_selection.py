@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from kit.predict import calibrate, selection
+from kit.tasks import SINGLE_LABEL
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -35,12 +36,20 @@ def test_views_and_weight_files_that_do_not_pay_are_dropped():
         {name: array[:, 1500:] for name, array in kept.items()},
     ]
     chosen = selection.choose(
-        "log_loss", folds, [targets[:1500], targets[1500:]], ["snapshot-1", "snapshot-2"], 3, 0.002
+        "log_loss",
+        folds,
+        [targets[:1500], targets[1500:]],
+        ["snapshot-1", "snapshot-2"],
+        3,
+        0.002,
+        task=SINGLE_LABEL,
     )
     assert chosen["views"] == [0, 1]  # the bad view is not computed for the test set
     assert chosen["score"] <= chosen["default"]["score"]  # never worse than the default on OOF
     assert chosen["score"] == pytest.approx(
-        calibrate.log_loss(selection.blend(kept, tuple(chosen["weights"]), (0, 1)), targets)
+        calibrate.log_loss(
+            selection.blend(kept, tuple(chosen["weights"]), (0, 1), task=SINGLE_LABEL), targets
+        )
     )
     # both files, the last, the first, each with 3 view sets: every file alone is a candidate too
     assert chosen["cost"] < chosen["default"]["cost"] and len(chosen["candidates"]) == 9
@@ -52,13 +61,14 @@ def test_a_costlier_choice_must_gain_at_least_the_minimum():
     # Identical views: extra views gain nothing, so the plain view alone is taken (cheapest, not worse).
     same = kept_views(rng, targets, [0.0])
     kept = [{"last": np.repeat(same, 3, axis=0)}]
-    chosen = selection.choose("log_loss", kept, [targets], ["last"], 3, 0.002)
+    chosen = selection.choose("log_loss", kept, [targets], ["last"], 3, 0.002, task=SINGLE_LABEL)
     assert chosen["views"] == [0] and chosen["weights"] == ["last"]
     # Independent noisy views do gain: nothing cheaper is as good as the default, so the default stays,
     # whatever the minimum gain (it guards costlier choices, never lets a worse one in).
     noisy = [{"last": kept_views(rng, targets, [1.5, 1.5, 1.5])}]
-    assert selection.choose("log_loss", noisy, [targets], ["last"], 3, 0.002)["views"] == [0, 1, 2]
-    assert selection.choose("accuracy", noisy, [targets], ["last"], 3, 10.0)["views"] == [0, 1, 2]
+    for metric, min_gain in (("log_loss", 0.002), ("accuracy", 10.0)):
+        chosen = selection.choose(metric, noisy, [targets], ["last"], 3, min_gain, task=SINGLE_LABEL)
+        assert chosen["views"] == [0, 1, 2]
 
 
 def test_every_stages_weights_are_candidates_and_the_harmful_ones_are_left_out():
@@ -74,7 +84,14 @@ def test_every_stages_weights_are_candidates_and_the_harmful_ones_are_left_out()
     }
     names = list(kept)
     chosen = selection.choose(
-        "log_loss", [kept], [targets], names, 2, 0.002, default=["snapshot-1", "snapshot-2"]
+        "log_loss",
+        [kept],
+        [targets],
+        names,
+        2,
+        0.002,
+        default=["snapshot-1", "snapshot-2"],
+        task=SINGLE_LABEL,
     )
     assert chosen["default"]["weights"] == ["snapshot-1", "snapshot-2"]
     assert "snapshot-1" not in chosen["weights"] and "snapshot-2" not in chosen["weights"]
@@ -82,7 +99,9 @@ def test_every_stages_weights_are_candidates_and_the_harmful_ones_are_left_out()
     assert chosen["score"] < chosen["default"]["score"]
     # Blends are grown from the best file: two good, independent files blend better than either.
     twins = {"a": kept_views(rng, targets, [1.0]), "b": kept_views(rng, targets, [1.0])}
-    blended = selection.choose("log_loss", [twins], [targets], ["a", "b"], 1, 0.002, default=["a"])
+    blended = selection.choose(
+        "log_loss", [twins], [targets], ["a", "b"], 1, 0.002, default=["a"], task=SINGLE_LABEL
+    )
     assert blended["weights"] == ["a", "b"] and blended["cost"] == 2
 
 
@@ -92,7 +111,7 @@ def test_at_equal_score_the_cheaper_candidate_is_taken():
     targets = rng.integers(0, 5, 1000)
     same = np.repeat(kept_views(rng, targets, [0.5]), 2, axis=0)  # two identical views
     kept = {name: same.copy() for name in ("stage-0", "stage-1", "last")}
-    chosen = selection.choose("log_loss", [kept], [targets], list(kept), 2, 0.0)
+    chosen = selection.choose("log_loss", [kept], [targets], list(kept), 2, 0.0, task=SINGLE_LABEL)
     assert chosen["cost"] == 1 and len(chosen["weights"]) == 1 and chosen["views"] == [0]
     assert chosen["default"]["cost"] == 6
 
@@ -141,10 +160,14 @@ def test_the_mirror_is_never_dropped_where_the_preset_mirrors():
     rng = np.random.default_rng(3)
     targets = rng.integers(0, 5, 1000)
     kept = [{"last": np.repeat(kept_views(rng, targets, [0.0]), 3, axis=0)}]
-    chosen = selection.choose("log_loss", kept, [targets], ["last"], 3, 0.002, fewest_views=2)
+    chosen = selection.choose(
+        "log_loss", kept, [targets], ["last"], 3, 0.002, fewest_views=2, task=SINGLE_LABEL
+    )
     assert chosen["views"] == [0, 1]
     assert all(len(candidate["views"]) >= 2 for candidate in chosen["candidates"])
-    assert selection.choose("log_loss", kept, [targets], ["last"], 1, 0.002, fewest_views=2)["views"] == [0]
+    assert selection.choose(
+        "log_loss", kept, [targets], ["last"], 1, 0.002, fewest_views=2, task=SINGLE_LABEL
+    )["views"] == [0]
     assert all(view_names(preset, 1)[1] == "flip" for preset in MIRROR_FIRST)  # the first view mirrors
 
 
@@ -171,11 +194,15 @@ def test_the_choice_is_scored_on_the_blend_prediction_will_make():
     targets = rng.integers(0, 5, 1000)
     kept = {"stage-0": kept_views(rng, targets, [1.0, 1.0]), "last": kept_views(rng, targets, [0.3, 0.3])}
     for mean in ("probabilities", "logits"):
-        chosen = selection.choose("log_loss", [kept], [targets], ["stage-0", "last"], 2, 0.0, mean=mean)
-        blended = selection.blend(kept, ("stage-0", "last"), (0, 1), mean)
+        chosen = selection.choose(
+            "log_loss", [kept], [targets], ["stage-0", "last"], 2, 0.0, mean=mean, task=SINGLE_LABEL
+        )
+        blended = selection.blend(kept, ("stage-0", "last"), (0, 1), mean, task=SINGLE_LABEL)
         assert chosen["default"]["score"] == pytest.approx(calibrate.log_loss(blended, targets))
-    arithmetic = selection.blend(kept, ("stage-0", "last"), (0, 1))
-    assert not np.allclose(arithmetic, selection.blend(kept, ("stage-0", "last"), (0, 1), "logits"))
+    arithmetic = selection.blend(kept, ("stage-0", "last"), (0, 1), task=SINGLE_LABEL)
+    assert not np.allclose(
+        arithmetic, selection.blend(kept, ("stage-0", "last"), (0, 1), "logits", task=SINGLE_LABEL)
+    )
 
 
 @pytest.mark.slow
@@ -200,11 +227,11 @@ def test_a_stage_that_joins_prediction_predicts_beside_the_last(digits, project)
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert "stage-0.pt" in summary["weights_rule"]
     kept = {name: np.load(fold / f"oof-{name}.npy").astype(np.float64) for name in ("stage-0", "last")}
-    oof = selection.blend(kept, ("stage-0", "last"), (0, 1), "logits")
+    oof = selection.blend(kept, ("stage-0", "last"), (0, 1), "logits", task=SINGLE_LABEL)
     np.testing.assert_allclose(np.load(fold / "oof.npy"), oof, atol=1e-5)
     commands.predict(config, run_dir.name)
     tests = {name: np.load(fold / f"test-{name}.npy").astype(np.float64) for name in ("stage-0", "last")}
-    blended = selection.blend(tests, ("stage-0", "last"), (0, 1), "logits")
+    blended = selection.blend(tests, ("stage-0", "last"), (0, 1), "logits", task=SINGLE_LABEL)
     np.testing.assert_allclose(np.load(run_dir / "test-probabilities.npy"), blended, atol=1e-5)
     assert json.loads((run_dir / "submission.json").read_text())["weights"] == [
         "fold-0/stage-0.pt",

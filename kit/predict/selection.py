@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from kit import metrics
-from kit.tasks import SINGLE_LABEL, SingleLabel
+from kit.tasks import Task
 from kit.train.views import average
 
 
@@ -56,7 +56,8 @@ def blend(
     weights: tuple[str, ...],
     views: tuple[int, ...],
     mean: str = "probabilities",
-    task: SingleLabel = SINGLE_LABEL,
+    *,
+    task: Task,  # no default: a forgotten task would silently average as single-label probabilities
 ) -> np.ndarray:
     """The average over these weight files and views of kept per-view probabilities (views x rows x C):
     each file's views, then the files, as prediction averages them (kit.predict.inference)."""
@@ -76,7 +77,7 @@ def choose(
     weight_names: list[str],
     view_count: int,
     min_gain: float,
-    task: SingleLabel = SINGLE_LABEL,
+    task: Task,
     fewest_views: int = 1,
     mean: str = "probabilities",
     default: list[str] | None = None,
@@ -101,7 +102,8 @@ def choose(
         for item in tried:
             if tuple(item["weights"]) == weights and tuple(item["views"]) == views:
                 return item
-        probabilities = np.concatenate([blend(kept, weights, views, mean, task) for kept in kept_by_fold])
+        blended = [blend(kept, weights, views, mean, task=task) for kept in kept_by_fold]
+        probabilities = np.concatenate(blended)
         value = task.score(metrics.METRICS[metric], targets, probabilities)
         item = {
             "weights": list(weights),
@@ -148,7 +150,7 @@ def best_alone(
     kept_by_fold: list[dict[str, np.ndarray]],
     targets_by_fold: list[np.ndarray],
     names: list[str],
-    task: SingleLabel = SINGLE_LABEL,
+    task: Task,
     mean: str = "probabilities",
 ) -> str:
     """Of `names`, the weight file whose OOF (all its views) scores best alone on these rows; the first of

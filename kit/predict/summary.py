@@ -70,7 +70,7 @@ def select_prediction(
 
     def blend(fold_kept: dict[str, np.ndarray], choice: dict) -> np.ndarray:
         weights, views = tuple(choice["weights"]), tuple(choice["views"])
-        return selection.blend(fold_kept, weights, views, config.predict.mean, labels.task)
+        return selection.blend(fold_kept, weights, views, config.predict.mean, task=labels.task)
 
     chosen = choose(kept, targets)
     view_names_all = view_names(config.augment.preset, config.predict.tta)
@@ -110,7 +110,7 @@ def refitted_default(
 
     def blend(fold_kept: dict[str, np.ndarray], choice: dict) -> np.ndarray:
         weights = tuple(choice["weights"])
-        return selection.blend(fold_kept, weights, choice["views"], config.predict.mean, labels.task)
+        return selection.blend(fold_kept, weights, choice["views"], config.predict.mean, task=labels.task)
 
     rows_by_fold = [np.asarray(results[number]["valid_rows"]) for number in fold_numbers]
     return crossfit.refitted_selection(kept, rows_by_fold, labels.targets, row_count, choose, blend)
