@@ -158,7 +158,8 @@ class PredictSection:
     # not pay is not computed for the test set. A costlier choice must gain at least min_gain on OOF.
     select: bool = True
     min_gain: float = 0.002
-    # The test and OOF views' size, as a multiple of the last stage's size (rounded to whole pixels).
+    # The test and OOF views' size, as a multiple of the size the weight file's stage trained at (the last
+    # stage's for its snapshots and last.pt; an earlier stage's stage-S.pt at its own; rounded to pixels).
     # Random crops magnify a photo's subject in training, so a model trained on crops sees it at that scale
     # in a view a little larger than its training size ("FixRes", Touvron et al. 2019): 1.143 predicts at
     # 256 px after training at 224. A multiple, not pixels, so that a changed training size carries it.
