@@ -153,6 +153,7 @@ def test_selection_after_a_stop_never_takes_the_harmful_weights(digits, project)
     # diverged stage's files are not even candidates: NaN weights)
     tried = {name for candidate in chosen["candidates"] for name in candidate["weights"]}
     assert "stage-0" in tried and chosen["weights"] == ["stage-0"]
+    assert chosen["image_sizes"] == {"stage-0": 32}  # the size it predicts at: its stage's (TINY: 32 px)
 
 
 @pytest.mark.slow

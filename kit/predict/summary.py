@@ -19,7 +19,7 @@ from kit.files import save_array
 from kit.predict import calibrate, crossfit, selection, training_choices
 from kit.run import Calibration, FoldFolder, Run
 from kit.train.cross_validation import worse_stages
-from kit.train.views import candidate_weights, prediction_weights, weights_rule
+from kit.train.views import candidate_weights, prediction_weights, weight_image_size, weights_rule
 
 
 def kept_oof(config: Config, folder: FoldFolder, recipe: dict | None = None) -> dict[str, np.ndarray]:
@@ -76,6 +76,8 @@ def select_prediction(
     view_names_all = view_names(config.augment.preset, config.predict.tta)
     chosen["view_names"] = [view_names_all[index] for index in chosen["views"]]
     chosen["forward_passes_per_image"] = chosen["cost"] * len(fold_numbers)
+    # each file predicts at the size its stage trained at, as its OOF rows were made (kit.train.views)
+    chosen["image_sizes"] = {name: weight_image_size(config, name) for name in chosen["weights"]}
     default = chosen["default"]
     tqdm.write(
         f"prediction: {'+'.join(chosen['weights'])} x {'+'.join(chosen['view_names'])} "
