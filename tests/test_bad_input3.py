@@ -23,6 +23,7 @@ import pytest
 from conftest import invoke
 
 from kit.errors import KitError
+from kit.tasks import SINGLE_LABEL
 
 
 def sets(values) -> list[str]:
@@ -83,7 +84,9 @@ def _write_submissions(barrier, worker: int, config, rounds: int) -> list[tuple[
     for round_number in range(rounds):
         frame = pd.DataFrame({"id": sample["id"], "label": str(worker % 10)})
         barrier.wait()
-        path = submission.write(config, frame, sample, "accuracy", 0.9, [str(d) for d in range(10)])
+        path = submission.write(
+            config, frame, sample, "accuracy", 0.9, [str(d) for d in range(10)], task=SINGLE_LABEL
+        )
         written.append((path.name, str(worker % 10), round_number))
     return written
 
@@ -106,10 +109,14 @@ def test_submission_names_taken_are_never_reused(digits):
     config = digits()
     sample = submission.read_sample(config)
     frame = pd.DataFrame({"id": sample["id"], "label": "3"})
-    first = submission.write(config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)])
+    first = submission.write(
+        config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)], task=SINGLE_LABEL
+    )
     before = first.read_bytes()
     frame["label"] = "4"
-    second = submission.write(config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)])
+    second = submission.write(
+        config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)], task=SINGLE_LABEL
+    )
     assert second != first and first.read_bytes() == before
     assert second.name.startswith(first.stem) or second.name[:30] != first.name[:30]
 
@@ -315,7 +322,9 @@ def test_submissions_folder_not_writable_is_one_line(digits, project, read_only)
     sample = submission.read_sample(config)
     frame = pd.DataFrame({"id": sample["id"], "label": "1"})
     for write in (
-        lambda: submission.write(config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)]),
+        lambda: submission.write(
+            config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)], task=SINGLE_LABEL
+        ),
         lambda: ledger.append_ledger({"competition": "digits", "file": "a.csv"}),
     ):
         with pytest.raises(KitError) as error:
@@ -606,9 +615,9 @@ def test_sample_submission_with_the_id_column_last(digits, project):
     sample = submission.read_sample(config)
     classes = [str(digit) for digit in range(10)]
     probabilities = np.eye(10)[np.arange(len(sample)) % 10]
-    frame = submission.build(config, list(sample["id"]), probabilities, classes, sample)
+    frame = submission.build(config, list(sample["id"]), probabilities, classes, sample, task=SINGLE_LABEL)
     assert list(frame.columns) == ["label", "id"]
-    assert submission.problems(config, frame, sample, classes) == []
+    assert submission.problems(config, frame, sample, classes, task=SINGLE_LABEL) == []
     assert list(frame["label"][:3]) == ["0", "1", "2"]
 
 
@@ -623,9 +632,9 @@ def test_probability_sample_with_the_id_column_last(digits, project):
     config = digits("submission.format=probabilities", "competition.metric=log_loss")
     sample = submission.read_sample(config)
     probabilities = np.full((len(sample), 10), 0.1)
-    frame = submission.build(config, list(sample["id"]), probabilities, classes, sample)
+    frame = submission.build(config, list(sample["id"]), probabilities, classes, sample, task=SINGLE_LABEL)
     assert list(frame.columns) == [*classes, "id"]
-    assert submission.problems(config, frame, sample, classes) == []
+    assert submission.problems(config, frame, sample, classes, task=SINGLE_LABEL) == []
 
 
 # --- class 5: stale runs blended, an edited submission uploaded ------------------------------------------
@@ -729,7 +738,9 @@ def test_submission_edited_after_predict_is_not_submitted(digits, project, edit)
     (run / "provenance.json").write_text('{"commit": "0123456789ab"}\n')
     sample = submission.read_sample(config)
     frame = pd.DataFrame({"id": sample["id"], "label": [str(n % 10) for n in range(len(sample))]})
-    path = submission.write(config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)])
+    path = submission.write(
+        config, frame, sample, "accuracy", 0.5, [str(d) for d in range(10)], task=SINGLE_LABEL
+    )
     (run / "submission.json").write_text(json.dumps({"file": path.name}))
     path.write_text(edit(path.read_text()))
     edited = path.read_bytes()

@@ -23,6 +23,7 @@ from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
 from kit.competitions import load_competition, resolve_name
 from kit.predict import submission
 from kit.run import LAYOUT
+from kit.tasks import SINGLE_LABEL
 
 pytestmark = pytest.mark.usefixtures("kaggle_environment")
 
@@ -162,7 +163,7 @@ def test_download_train_predict_submit_ledger(environment, query, name, slug, bu
         sent = pd.read_csv(io.BytesIO(upload.content), dtype={"id": str})
         sample = submission.read_sample(config)
         assert upload.slug == slug and list(sent.columns) == columns
-        assert submission.problems(config, sent, sample, metrics["classes"]) == []
+        assert submission.problems(config, sent, sample, metrics["classes"], task=SINGLE_LABEL) == []
         assert list(sent["id"]) == list(sample["id"])
         commit = json.loads((run_dir / "provenance.json").read_text())["commit"]
         for part in (

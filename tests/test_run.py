@@ -75,3 +75,13 @@ def test_selection_needs_the_task():
     with pytest.raises(TypeError, match="task"):
         selection.best_alone("log_loss", [kept], targets, ["last"])  # type: ignore[call-arg]
     assert selection.blend(kept, ("last",), (0, 1), task=SINGLE_LABEL).shape == (3, 4)
+
+
+def test_a_submission_needs_the_task():
+    """Building, checking or writing a submission without the run's task would write single-label columns
+    (or check them) for any run: the task has no default there either."""
+    from kit.predict import submission
+
+    for function in (submission.build, submission.problems, submission.check, submission.write):
+        parameter = inspect.signature(function).parameters["task"]
+        assert parameter.default is inspect.Parameter.empty, function.__name__

@@ -13,6 +13,7 @@ import pytest
 from kit import ledger as ledger_file
 from kit.competitions import load_competition
 from kit.predict import submission
+from kit.tasks import SINGLE_LABEL
 
 CLASSES = ["akita", "beagle", "pug"]  # sorted, as load_labels gives them
 IDS = ["t1", "t2", "t3"]
@@ -59,19 +60,24 @@ def valid_probability_frame() -> pd.DataFrame:
 def test_valid_frames_have_no_problems(probabilities_config, binary_config, label_config):
     frame, sample = valid_probability_frame(), probability_sample()
     frame_before, sample_before = frame.copy(), sample.copy()
-    assert submission.problems(probabilities_config, frame, sample, CLASSES) == []
+    assert submission.problems(probabilities_config, frame, sample, CLASSES, task=SINGLE_LABEL) == []
     pd.testing.assert_frame_equal(frame, frame_before)  # nothing modified in place
     pd.testing.assert_frame_equal(sample, sample_before)
     shuffled = frame.iloc[[2, 0, 1]].reset_index(drop=True)  # row order is free; the id set is what counts
-    assert submission.problems(probabilities_config, shuffled, sample, CLASSES) == []
+    assert submission.problems(probabilities_config, shuffled, sample, CLASSES, task=SINGLE_LABEL) == []
 
     binary_sample = pd.DataFrame({"id": IDS, "is_dog": "0.5"})
     binary = pd.DataFrame({"id": IDS, "is_dog": [0.0, 0.3, 1.0]})  # one probability: no sum to check
-    assert submission.problems(binary_config, binary, binary_sample, ["cat", "dog"]) == []
+    assert submission.problems(binary_config, binary, binary_sample, ["cat", "dog"], task=SINGLE_LABEL) == []
 
     label_sample = pd.DataFrame({"id": IDS, "label": "0"})
     labels = pd.DataFrame({"id": IDS, "label": ["3", "0", "9"]})
-    assert submission.problems(label_config, labels, label_sample, [str(d) for d in range(10)]) == []
+    assert (
+        submission.problems(
+            label_config, labels, label_sample, [str(d) for d in range(10)], task=SINGLE_LABEL
+        )
+        == []
+    )
 
 
 def with_value(frame: pd.DataFrame, row: int, column: str, value) -> pd.DataFrame:
@@ -110,14 +116,18 @@ PROBABILITY_PROBLEMS = {
 def test_each_problem_is_reported(probabilities_config, case):
     change, expected = PROBABILITY_PROBLEMS[case]
     found = submission.problems(
-        probabilities_config, change(valid_probability_frame()), probability_sample(), CLASSES
+        probabilities_config,
+        change(valid_probability_frame()),
+        probability_sample(),
+        CLASSES,
+        task=SINGLE_LABEL,
     )
     assert found and any(expected in problem for problem in found), found
 
 
 def test_an_empty_frame_is_reported_not_a_crash(probabilities_config):
     empty = valid_probability_frame().iloc[:0]
-    found = submission.problems(probabilities_config, empty, probability_sample(), CLASSES)
+    found = submission.problems(probabilities_config, empty, probability_sample(), CLASSES, task=SINGLE_LABEL)
     assert any("3 ids of sample_submission.csv are missing" in problem for problem in found)
 
 
@@ -125,21 +135,24 @@ def test_binary_probability_out_of_range(binary_config):
     sample = pd.DataFrame({"id": IDS, "is_dog": "0.5"})
     frame = pd.DataFrame({"id": IDS, "is_dog": [0.0, 1.5, 1.0]})
     assert any(
-        "[0, 1]" in problem for problem in submission.problems(binary_config, frame, sample, ["cat", "dog"])
+        "[0, 1]" in problem
+        for problem in submission.problems(binary_config, frame, sample, ["cat", "dog"], task=SINGLE_LABEL)
     )
 
 
 def test_unknown_label(label_config):
     sample = pd.DataFrame({"id": IDS, "label": "0"})
     frame = pd.DataFrame({"id": IDS, "label": ["3", "ten", "9"]})
-    found = submission.problems(label_config, frame, sample, [str(d) for d in range(10)])
+    found = submission.problems(label_config, frame, sample, [str(d) for d in range(10)], task=SINGLE_LABEL)
     assert any("unknown labels, e.g. 'ten'" in problem for problem in found), found
 
 
 def test_check_is_one_line_naming_the_source(probabilities_config):
     frame = with_value(valid_probability_frame(), 1, "pug", np.nan).iloc[:2]
     with pytest.raises(click.ClickException) as raised:
-        submission.check(probabilities_config, frame, probability_sample(), "my.csv", CLASSES)
+        submission.check(
+            probabilities_config, frame, probability_sample(), "my.csv", CLASSES, task=SINGLE_LABEL
+        )
     message = raised.value.message
     assert (
         message.startswith("my.csv: invalid submission:") and "(+1 more)" in message and "\n" not in message
@@ -151,17 +164,27 @@ def test_check_is_one_line_naming_the_source(probabilities_config):
 
 def test_build_probabilities_in_the_sample_column_order(probabilities_config):
     probabilities = np.array([[0.7, 0.1, 0.2], [1.0, 0.0, 0.0], [0.25, 0.25, 0.5]])  # columns: CLASSES
-    frame = submission.build(probabilities_config, IDS, probabilities, CLASSES, probability_sample())
+    frame = submission.build(
+        probabilities_config, IDS, probabilities, CLASSES, probability_sample(), task=SINGLE_LABEL
+    )
     assert list(frame.columns) == ["id", "pug", "akita", "beagle"]
     assert list(frame["id"]) == IDS
     assert frame["pug"].tolist() == [0.2, 0.0, 0.5] and frame["akita"].tolist() == [0.7, 1.0, 0.25]
-    assert submission.problems(probabilities_config, frame, probability_sample(), CLASSES) == []
+    assert (
+        submission.problems(probabilities_config, frame, probability_sample(), CLASSES, task=SINGLE_LABEL)
+        == []
+    )
 
 
 def test_build_refuses_a_sample_class_the_labels_lack(probabilities_config):
     with pytest.raises(click.ClickException, match="pug"):
         submission.build(
-            probabilities_config, IDS, np.full((3, 2), 0.5), ["akita", "beagle"], probability_sample()
+            probabilities_config,
+            IDS,
+            np.full((3, 2), 0.5),
+            ["akita", "beagle"],
+            probability_sample(),
+            task=SINGLE_LABEL,
         )
 
 
@@ -169,7 +192,9 @@ def test_build_refuses_a_sample_lacking_a_class_column_naming_it(probabilities_c
     """Not 'probabilities sum to 0.89' later: the column the sample lacks, and where to fix it."""
     sample = probability_sample().drop(columns=["beagle"])
     with pytest.raises(click.ClickException) as raised:
-        submission.build(probabilities_config, IDS, np.full((3, 3), 1 / 3), CLASSES, sample)
+        submission.build(
+            probabilities_config, IDS, np.full((3, 3), 1 / 3), CLASSES, sample, task=SINGLE_LABEL
+        )
     message = raised.value.message
     assert "sample_submission.csv has no column for the training class(es) 'beagle'" in message
     assert "sum" not in message and "download it again" in message
@@ -178,16 +203,16 @@ def test_build_refuses_a_sample_lacking_a_class_column_naming_it(probabilities_c
 def test_build_binary_takes_the_positive_class(binary_config):
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])  # columns: cat, dog
     sample = pd.DataFrame({"id": IDS, "is_dog": "0.5"})
-    frame = submission.build(binary_config, IDS, probabilities, ["cat", "dog"], sample)
+    frame = submission.build(binary_config, IDS, probabilities, ["cat", "dog"], sample, task=SINGLE_LABEL)
     assert list(frame.columns) == ["id", "is_dog"] and frame["is_dog"].tolist() == [0.1, 0.8, 0.5]
     with pytest.raises(click.ClickException, match="positive_class 'dog' is not a class"):
-        submission.build(binary_config, IDS, probabilities, ["cat", "wolf"], sample)
+        submission.build(binary_config, IDS, probabilities, ["cat", "wolf"], sample, task=SINGLE_LABEL)
 
 
 def test_build_label_is_the_most_probable_class(label_config):
     probabilities = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
     sample = pd.DataFrame({"id": IDS, "label": "x"})
-    frame = submission.build(label_config, IDS, probabilities, CLASSES, sample)
+    frame = submission.build(label_config, IDS, probabilities, CLASSES, sample, task=SINGLE_LABEL)
     assert list(frame.columns) == ["id", "label"] and frame["label"].tolist() == ["pug", "akita", "beagle"]
 
 
@@ -218,14 +243,18 @@ def test_clip_only_for_log_loss(project, probabilities_config):
 def test_an_invalid_submission_is_never_written(project, probabilities_config):
     invalid = with_value(valid_probability_frame(), 0, "pug", 1.5)
     with pytest.raises(click.ClickException, match="invalid submission"):
-        submission.write(probabilities_config, invalid, probability_sample(), "log_loss", 0.25, CLASSES)
+        submission.write(
+            probabilities_config, invalid, probability_sample(), "log_loss", 0.25, CLASSES, task=SINGLE_LABEL
+        )
     folder = project / "submissions"
     assert not folder.exists() or not any(folder.iterdir())
 
 
 def test_a_valid_submission_is_named_by_competition_time_and_score(project, probabilities_config):
     frame = valid_probability_frame()
-    path = submission.write(probabilities_config, frame, probability_sample(), "log_loss", 0.123456, CLASSES)
+    path = submission.write(
+        probabilities_config, frame, probability_sample(), "log_loss", 0.123456, CLASSES, task=SINGLE_LABEL
+    )
     assert path.parent == project / "submissions"
     assert re.fullmatch(r"breeds-\d{8}-\d{6}-log_loss0\.1235\.csv", path.name), path.name
     # No temporary file left behind; beside it only its checksum record (and that record's lock).
@@ -234,7 +263,14 @@ def test_a_valid_submission_is_named_by_competition_time_and_score(project, prob
     pd.testing.assert_frame_equal(written, frame)
     # The calibrated CV (what the file holds) first, the uncalibrated one beside it when they differ.
     again = submission.write(
-        probabilities_config, frame, probability_sample(), "log_loss", 0.112, CLASSES, cv_uncalibrated=0.1447
+        probabilities_config,
+        frame,
+        probability_sample(),
+        "log_loss",
+        0.112,
+        CLASSES,
+        cv_uncalibrated=0.1447,
+        task=SINGLE_LABEL,
     )
     assert re.fullmatch(r"breeds-\d{8}-\d{6}-log_loss0\.1120-uncalibrated0\.1447\.csv", again.name), (
         again.name

@@ -361,7 +361,7 @@ def predict_in_notebook(data_root: str, dataset_id: str, slug: str, work_root: s
     return output
 
 
-def check_submission(config: Config, path: Path, classes: list[str], task: dict | None = None) -> None:
+def check_submission(config: Config, path: Path, classes: list[str], task: dict) -> None:
     """A submission file checked against the competition's sample (kit.predict.submission.check), for the
     run's task (metrics.json "task")."""
     label = config.submission.format == "label"

@@ -21,7 +21,7 @@ from kit.data.labels import read_csv
 from kit.files import atomic_path, exclusive, not_writable, utc_stamp
 from kit.metrics import clip_and_renormalise
 from kit.run import Summary
-from kit.tasks import SINGLE_LABEL, SingleLabel, from_record
+from kit.tasks import Task, from_record
 
 
 def read_sample(config: Config) -> pd.DataFrame:
@@ -36,7 +36,7 @@ def build(
     probabilities: np.ndarray,
     classes: list[str],
     sample: pd.DataFrame,
-    task: SingleLabel = SINGLE_LABEL,
+    task: Task,  # no default: a forgotten task would silently write single-label columns
     decisions: dict | None = None,
 ) -> pd.DataFrame:
     """The submission frame: one probability column per class, P(positive), or the label: the task's
@@ -96,8 +96,8 @@ def problems(
     config: Config,
     frame: pd.DataFrame,
     sample: pd.DataFrame,
-    classes: list[str] | None = None,
-    task: SingleLabel = SINGLE_LABEL,
+    classes: list[str] | None,
+    task: Task,
 ) -> list[str]:
     """Everything that would make Kaggle refuse (or mis-score) this submission; empty when it is valid."""
     found = []
@@ -152,8 +152,8 @@ def check(
     frame: pd.DataFrame,
     sample: pd.DataFrame,
     source: str,
-    classes: list[str] | None = None,
-    task: SingleLabel = SINGLE_LABEL,
+    classes: list[str] | None,
+    task: Task,
 ) -> None:
     found = problems(config, frame, sample, classes, task)
     if found:
@@ -179,7 +179,7 @@ def write(
     metric: str,
     cv: float,
     classes: list[str],
-    task: SingleLabel = SINGLE_LABEL,
+    task: Task,
     *,
     cv_uncalibrated: float | None = None,
 ) -> Path:
