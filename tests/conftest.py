@@ -23,10 +23,24 @@ def invoke(*arguments) -> Result:
     return CliRunner().invoke(main, [str(argument) for argument in arguments])
 
 
-def _copy_competitions(root: Path) -> None:
-    shutil.copytree(
-        REPO / "competitions", root / "competitions", ignore=shutil.ignore_patterns("__pycache__")
-    )
+# The first line `kit new` writes: a competitor's own forks (`make new`) are not the shipped competitions the
+# tests expect, and a fork named like a test's (kittens) or sharing a shipped slug would fail `make test`.
+FORK_HEADER = "# Written by `kit new "
+
+
+def _is_fork(folder: Path) -> bool:
+    toml = folder / "competition.toml"
+    return toml.is_file() and toml.read_text(errors="replace").startswith(FORK_HEADER)
+
+
+def _copy_competitions(root: Path, source: Path = REPO / "competitions") -> None:
+    """The shipped competitions (not the forks `kit new` wrote into this checkout) into root/competitions."""
+
+    def ignored(directory: str, names: list[str]) -> list[str]:
+        forks = [name for name in names if Path(directory) == source and _is_fork(source / name)]
+        return forks + [name for name in names if name == "__pycache__"]
+
+    shutil.copytree(source, root / "competitions", ignore=ignored)
 
 
 @pytest.fixture

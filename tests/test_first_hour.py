@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import REPO, copy_download, invoke
+from conftest import REPO, _copy_competitions, copy_download, invoke
 from test_scaffold import breeds_layout, cats_layout
 
 from kit import baselines, commands
@@ -291,6 +291,15 @@ def test_a_like_forks_comments_cite_measurements_that_exist(name):
     cited = re.findall(r"docs/[\w.-]+\.md", comments)
     assert cited and all((REPO / path).is_file() for path in cited), cited
 
+
+def test_the_tests_copy_the_shipped_competitions_not_the_competitors_forks(project, tmp_path):
+    # A fresh clone's walk: `make new COMP=kittens` then `make test` failed 8 tests ('kittens' already exists,
+    # a slug now ambiguous), because every test project copied the checkout's forks too.
+    cats_layout(project / "data" / "raw" / "kittens")
+    assert invoke("new", "kittens", "--from-raw").exit_code == 0
+    _copy_competitions(tmp_path / "copy", source=project / "competitions")
+    copied = {path.name for path in (tmp_path / "copy" / "competitions").iterdir()}
+    assert "kittens" not in copied and {"cats-vs-dogs", "digits", "dog-breeds"} <= copied
 
 def test_the_report_states_the_baseline():
     from kit.data.labels import LabelTable
