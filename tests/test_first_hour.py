@@ -228,6 +228,11 @@ def test_a_quick_run_says_what_the_full_recipe_adds_from_measured_epochs(project
     measured = commands.full_recipe_note(config, summary, [full_dir])
     assert f"about 8 min per fold here (as run {full_dir.name} measured its epochs)" in measured
 
+    # A small fork's frozen-body epochs take a second: the cost is said in seconds, not "about 0 min".
+    history[-1]["seconds"] = 1.0
+    small = commands.full_recipe_note(config, summary, [])
+    assert f"about {5 * training_commands.UNFROZEN_EPOCH_COST:.0f} s per fold here" in small
+
 
 def test_kit_new_writes_the_measured_defaults_for_a_cats_vs_dogs_like_folder(project):
     cats_layout(project / "data" / "raw" / "kittens")

@@ -176,9 +176,10 @@ def full_recipe_note(config: Config, summary: Summary, runs: list[Path]) -> str:
         each = UNFROZEN_EPOCH_COST * sum(frozen) / len(frozen)
         measured = dict.fromkeys(epochs, each)
         source = f"{UNFROZEN_EPOCH_COST}x this run's {sum(frozen) / len(frozen):.0f} s frozen-body epochs"
-    minutes = sum(measured[name] * count for name, count in epochs.items()) / 60
+    seconds = sum(measured[name] * count for name, count in epochs.items())
+    cost = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.0f} min"  # "about 0 min" said nothing
     return (
-        f"quick recipe: the full recipe adds {names}: about {minutes:.0f} min per fold here ({source}); "
+        f"quick recipe: the full recipe adds {names}: about {cost} per fold here ({source}); "
         f"`make train COMP={config.name}` runs it"
     )
 
