@@ -160,7 +160,8 @@ def train(
 @OVERRIDES
 def lr_find(competition: str, stage: int, run: str | None, overrides: tuple[str, ...]) -> None:
     """Learning-rate range test: plot loss against LR and suggest a rate."""
-    commands.find_learning_rate(commands.load_for_training(competition, overrides), stage, run=run)
+    config = commands.load_for_training(competition, overrides)
+    commands.find_learning_rate(config, stage, run=run, overrides=overrides)
 
 
 @main.command()

@@ -306,6 +306,23 @@ def test_the_tests_copy_the_shipped_competitions_not_the_competitors_forks(proje
     copied = {path.name for path in (tmp_path / "copy" / "competitions").iterdir()}
     assert "kittens" not in copied and {"cats-vs-dogs", "digits", "dog-breeds"} <= copied
 
+def test_lr_find_from_a_run_uses_the_settings_that_run_trained_with(project, monkeypatch):
+    # The walk's `make lr-find COMP=redux STAGE=2 RUN=...` of a run trained at 96 px cached and tested at
+    # the TOML's 224 px: minutes more on a CPU, and not the regime the weights were trained in.
+    trained = load_competition("cats-vs-dogs", ("train.image_size=96",))
+    run_dir = new_run_dir(trained, trained.train.model, "cpu")
+    weights = training_commands.Run(run_dir).fold(0).last
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"")
+    seen = {}
+    monkeypatch.setattr(training_commands, "_lr_find", lambda config, *rest: seen.update(config=config))
+    monkeypatch.setattr(training_commands, "load_labels", lambda config: None)
+    commands.find_learning_rate(load_competition("cats-vs-dogs"), 1, run=run_dir.name)
+    assert seen["config"].train.image_size == 96
+    commands.find_learning_rate(load_competition("cats-vs-dogs"), 1, run=run_dir.name,
+                                overrides=("train.lr=0.01",))
+    assert seen["config"].train.image_size == 96 and seen["config"].train.lr == 0.01
+
 def test_the_report_states_the_baseline():
     from kit.data.labels import LabelTable
     from kit.report.report import baseline_sentence

@@ -397,8 +397,11 @@ def _lr_find(config: Config, labels: LabelTable, stage: int, run_dir: Path, weig
     return result
 
 
-def find_learning_rate(config: Config, stage: int, run: str | None = None) -> dict:
-    """The LR finder at a stage; with `run`, starting from that run's fold-0 weights, and writing there."""
+def find_learning_rate(
+    config: Config, stage: int, run: str | None = None, overrides: tuple[str, ...] = ()
+) -> dict:
+    """The LR finder at a stage; with `run`, starting from that run's fold-0 weights, with the settings it
+    trained with (its image size, stages; plus `overrides`), and writing there."""
     from kit.device import device_name  # heavy (torch)
 
     if not 0 <= stage < len(config.stages):
@@ -406,6 +409,7 @@ def find_learning_rate(config: Config, stage: int, run: str | None = None) -> di
     weights = None
     if run is not None:
         run_dir = find_run(config, run)
+        config = run_config(run_dir, overrides)  # a run trained at 96 px is tested at 96 px, not at 224
         weights = Run(run_dir).fold(0).last
         if not weights.is_file():
             raise click.ClickException(
