@@ -20,6 +20,7 @@ from kit.data.labels import load_labels
 from kit.report import runs_table
 from kit.run import LAYOUT, Summary
 from kit.run_folder import new_run_dir
+from kit.tasks import SINGLE_LABEL
 
 # --- hand-filled data -------------------------------------------------------------------------------------
 
@@ -327,6 +328,8 @@ def test_the_report_states_the_baseline():
     from kit.data.labels import LabelTable
     from kit.report.report import baseline_sentence
 
-    labels = LabelTable(ids=["a", "b", "c"], paths=[], targets=np.array([0, 1, 1]), classes=["x", "y"])
+    labels = LabelTable(
+        ids=["a", "b", "c"], paths=[], targets=np.array([0, 1, 1]), classes=["x", "y"], task=SINGLE_LABEL
+    )
     sentence = baseline_sentence("accuracy", labels)
     assert sentence.endswith("baseline 0.6667 (the most common class for every image).")

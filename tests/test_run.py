@@ -85,3 +85,11 @@ def test_a_submission_needs_the_task():
     for function in (submission.build, submission.problems, submission.check, submission.write):
         parameter = inspect.signature(function).parameters["task"]
         assert parameter.default is inspect.Parameter.empty, function.__name__
+
+
+def test_a_label_table_needs_its_task():
+    """Labels read without their task would be single-label class indices for any competition."""
+    from kit.data.labels import LabelTable
+
+    with pytest.raises(TypeError, match="task"):
+        LabelTable(ids=["a"], paths=[], targets=np.array([0]), classes=["x"])  # type: ignore[call-arg]

@@ -14,7 +14,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -39,9 +39,7 @@ class LabelTable:
     paths: list[Path]
     targets: np.ndarray  # per image, as kit.tasks describes: class index, 0/1 tags, value or grade index
     classes: list[str]  # sorted class names (tags, grades); index i is class i
-    task: tasks.SingleLabel = field(
-        default_factory=tasks.SingleLabel
-    )  # competition.task, fitted to the labels
+    task: tasks.Task  # competition.task, fitted to the labels; no default: a forgotten one is an error
 
 
 @dataclass(frozen=True)
