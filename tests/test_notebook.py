@@ -63,7 +63,8 @@ def test_kit_notebook_packages_pushes_follows_and_submits(project, monkeypatch, 
     expected = predicted_by_kit(project, run_dir)
     command = [
         "notebook", "dog-breeds", "--run", run_dir.name, "--no-gpu", "--submit", "-m", "first notebook",
-        *overrides(["competition.submission=notebook", "notebook.poll_seconds=0.01"]),
+        # the torch path: the ONNX exports and onnxruntime's wheel are tests/test_onnx_notebook.py's
+        *overrides(["competition.submission=notebook", "notebook.poll_seconds=0.01", "notebook.onnx=off"]),
     ]  # fmt: skip
     with KaggleStandIn(competitions={DOG_SLUG: None}, notebook_only={DOG_SLUG}) as stand_in:
         state = notebooks(stand_in)
