@@ -59,8 +59,9 @@ def test_the_prediction_cache_holds_the_largest_size_a_file_predicts_at():
 
 @pytest.mark.slow
 def test_an_earlier_stage_at_another_size_predicts_at_its_own_size(digits, project):
-    # Stage 0 trains at 24 px and learns; stage 1, at 32 px and a learning rate 100x too high, wrecks the
-    # weights: the stop makes stage 0's final weights predict, OOF and test, at 24 px.
+    # Stage 0 trains 3 epochs at 24 px and learns (1 epoch learnt too little: stage 1's first cycle could
+    # still beat it); stage 1, at 32 px and a learning rate 1000x too high, wrecks the weights: the stop
+    # makes stage 0's final weights predict, OOF and test, at 24 px.
     from kit import commands, models
     from kit.data.images import image_cache
     from kit.data.labels import load_labels, load_test
@@ -68,7 +69,7 @@ def test_an_earlier_stage_at_another_size_predicts_at_its_own_size(digits, proje
     from kit.tasks import SINGLE_LABEL
 
     config = digits(
-        "stages=[{cycle_len=1, image_size=24}, {n_cycles=2, cycle_len=1, lr=0.3, image_size=32}]",
+        "stages=[{cycle_len=3, image_size=24}, {n_cycles=2, cycle_len=1, lr=3.0, image_size=32}]",
         "train.stop_when_worse=true",
         "predict.select=false",
         "predict.tta=0",

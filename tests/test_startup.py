@@ -53,11 +53,13 @@ def digits_with_a_run(project, digits_download):
     `kit runs` read a run's files, not an empty folder."""
     from kit.competitions import load_competition
     from kit.files import write_json
+    from kit.run import LAYOUT
     from kit.run_folder import new_run_dir
 
     copy_download(digits_download, project)
     run_dir = new_run_dir(load_competition("digits"), "test_efficientnet")
-    summary = {"metric": "accuracy", "cv": 0.875, "folds_trained": [0], "seconds": 90, "classes": []}
+    summary = {"layout": LAYOUT, "metric": "accuracy", "cv": 0.875, "folds_trained": [0], "seconds": 90}
+    summary["classes"] = []
     write_json(run_dir / "metrics.json", summary)
     return run_dir
 
