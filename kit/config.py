@@ -129,14 +129,17 @@ class TrainSection:
     # in minutes (`make train COMP=... SET="recipe=quick"`). "full": every stage.
     recipe: Recipe = "full"
     # Stop a recipe that stops paying (kit.train.stopping): at each SGDR cycle's end and each stage's end
-    # from the first unfrozen cycle's on (head-only stages never stop it), an OOF score not better than the
-    # best so far by more than min_stage_gain (the metric's units) skips the rest of that stage and the
-    # later stages of the fold. With --fold all, fold 0's decision applies to every fold (the folds stay
-    # one recipe) unless stop_per_fold: then each fold decides on its own. Off by default: on digits the
-    # first unfrozen cycle (1 epoch) drops OOF accuracy from the head's 0.80 to 0.48 before the later
-    # cycles reach 0.98, so the stop ends the recipe there and the head's weights predict (OOF 0.82
-    # against 0.99; docs/2026-12-03-stop-when-worse.md).
-    stop_when_worse: bool = False
+    # from the first unfrozen cycle's on (head-only stages never count), stop_patience + 1 check points in a
+    # row whose OOF score is not better than the best so far by more than min_stage_gain (the metric's
+    # units) skip the rest of that stage and the later stages of the fold; a better one resets the count, a
+    # diverged one stops at once. With --fold all, fold 0's decision applies to every fold (the folds stay
+    # one recipe) unless stop_per_fold: then each fold decides on its own. Patience 1 (check points, not
+    # epochs): on digits the first unfrozen cycle (1 epoch) drops OOF accuracy from the head's 0.80 to 0.48
+    # before the later cycles reach 0.98, so patience 0 stopped there and the head predicted (OOF 0.82
+    # against 0.99); with 1 digits runs to its end, and a recipe whose unfrozen stage never pays stops
+    # after two unfrozen cycles (docs/2026-12-03-stop-patience.md).
+    stop_when_worse: bool = True
+    stop_patience: int = 1
     min_stage_gain: float = 0.0
     stop_per_fold: bool = False
     # Tricks from recent winning solutions, all off by default (timm's implementations):

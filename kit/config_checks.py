@@ -137,6 +137,9 @@ def _check_numbers(config: Config) -> None:
     _check_range(file, "train.num_workers", config.train.num_workers, "-1 (automatic) or more", low=-1)
     _check_range(file, "data.max_bad_images", config.data.max_bad_images, "0 or more", low=0)
     _check_range(file, "predict.tta", config.predict.tta, "0 (no TTA) or more", low=0)
+    _check_range(
+        file, "train.stop_patience", config.train.stop_patience, "0 (stop at the first) or more", low=0
+    )
     distinct = TTA_VIEW_COUNTS[config.augment.preset]
     if config.predict.tta > distinct:
         raise ConfigError(

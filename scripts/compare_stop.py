@@ -9,12 +9,15 @@ same folds and scored by CV and, where the data folder holds answers.csv, on tha
     # today's code for the baseline arms: a copy of another commit's tree (git archive) given as --tree
     nice .venv/bin/python scripts/compare_stop.py ... --tree /tmp/base --arms full,quick --label today
 
-Arms (--arms): full (the recipe as shipped, train.stop_when_worse off), stop (the stop on), quick
-(train.recipe = "quick"). Each runs `kit train --fold 0` then `kit predict` in its own
-project folder (KIT_PROJECT_ROOT) on a copy of the photos (the data folder is never written): --limit N
-keeps the first N/2 photos of each class (cats and dogs), --breeds B the B breeds with the most photos
-(their columns only in sample_submission.csv), --test-limit M the first M test photos. Wall and CPU
-time count training and prediction; the table prints the machine, the date and the machine's load.
+Arms (--arms): full (every stage, train.stop_when_worse off), stop (the stop on, the tree's own patience),
+default (the tree's defaults, no setting), quick (train.recipe = "quick"). Each runs `kit train --fold 0`
+then `kit predict` in its own project folder (KIT_PROJECT_ROOT) on a copy of the photos (the data folder
+is never written): --limit N keeps the first N/2 photos of each class (cats and dogs), --breeds B the B
+breeds with the most photos (their columns only in sample_submission.csv), --test-limit M the first M test
+photos. --holdout K (a set whose test photos have no answer key: dog breeds) keeps the last K labelled
+photos of each breed out of training and makes them the test set, scored by multi-class log loss as the
+answer key. Wall and CPU time count training and prediction; the table prints the machine, the date and
+the machine's load.
 """
 
 from __future__ import annotations
@@ -39,13 +42,23 @@ MARKER = ".download-complete"  # kit.files.DOWNLOAD_MARKER
 ARM_SETTINGS = {
     "full": ["train.stop_when_worse=false"],
     "stop": ["train.stop_when_worse=true"],
+    "default": [],
     "quick": ["train.recipe=quick"],
 }
 TODAY_SETTINGS = {"full": [], "quick": ["train.recipe=quick"]}  # code without train.stop_when_worse
 
 
-def copy_photos(source: Path, target: Path, limit: int | None, breeds: int | None, test_limit: int | None):
-    """The competition's files, a subset when asked, copied into data/raw/<name> (never linked)."""
+def copy_photos(
+    source: Path,
+    target: Path,
+    limit: int | None,
+    breeds: int | None,
+    test_limit: int | None,
+    holdout: int | None = None,
+) -> pd.DataFrame | None:
+    """The competition's files, a subset when asked, copied into data/raw/<name> (never linked). With
+    `holdout` (a labels.csv set), the last `holdout` photos of each breed are the test set instead of the
+    test folder's: returned as the answer key (id, breed); None otherwise."""
     (target / "train").mkdir(parents=True)
     (target / "test").mkdir()
     sample = pd.read_csv(source / "sample_submission.csv", dtype={"id": str})
@@ -55,6 +68,17 @@ def copy_photos(source: Path, target: Path, limit: int | None, breeds: int | Non
             kept = labels.iloc[:, 1].value_counts().index[:breeds]
             labels = labels[labels.iloc[:, 1].isin(kept)]
             sample = sample[["id", *sorted(kept)]]
+        held = None
+        if holdout:
+            held = labels.groupby(labels.columns[1], sort=False).tail(holdout)
+            labels = labels.drop(held.index)
+            columns = [column for column in sample.columns if column != "id"]
+            sample = pd.DataFrame({"id": held["id"].to_numpy()})
+            for column in columns:
+                sample[column] = 1 / len(columns)
+            for identifier in held["id"]:
+                shutil.copy(source / "train" / f"{identifier}.jpg", target / "test" / f"{identifier}.jpg")
+            sample.to_csv(target / "sample_submission.csv", index=False)
         labels.to_csv(target / "labels.csv", index=False)
         for identifier in labels["id"]:
             shutil.copy(source / "train" / f"{identifier}.jpg", target / "train" / f"{identifier}.jpg")
@@ -65,12 +89,27 @@ def copy_photos(source: Path, target: Path, limit: int | None, breeds: int | Non
         for paths in by_class.values():
             for path in paths[: limit // len(by_class)] if limit else paths:
                 shutil.copy(path, target / "train" / path.name)
+        if held is not None:
+            (target / MARKER).write_text("copied by scripts/compare_stop.py\n")
+            return held.rename(columns={held.columns[1]: "breed"}).reset_index(drop=True)
     if test_limit:
         sample = sample.iloc[:test_limit]
     for identifier in sample["id"]:
         shutil.copy(source / "test" / f"{identifier}.jpg", target / "test" / f"{identifier}.jpg")
     sample.to_csv(target / "sample_submission.csv", index=False)
     (target / MARKER).write_text("copied by scripts/compare_stop.py\n")
+    return None
+
+
+def key_multiclass_log_loss(path: Path, held: pd.DataFrame, clip: float) -> float:
+    """The held-out labelled photos (id, breed) scored as Kaggle scores dog breeds: each row's
+    probabilities clipped and renormalised, the mean negative log of the true breed's."""
+    frame = pd.read_csv(path, dtype={"id": str}).set_index("id").loc[held["id"]]
+    probabilities = np.clip(frame.to_numpy(dtype=float), clip, 1 - clip)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    columns = list(frame.columns)
+    truth = [columns.index(breed) for breed in held["breed"]]
+    return float(-np.mean(np.log(probabilities[np.arange(len(truth)), truth])))
 
 
 def key_log_loss(path: Path, answers: pd.DataFrame, clip: float) -> float:
@@ -79,6 +118,13 @@ def key_log_loss(path: Path, answers: pd.DataFrame, clip: float) -> float:
     probability = np.clip(frame["label"].to_numpy(dtype=float), clip, 1 - clip)
     truth = frame["label_true"].to_numpy(dtype=int)
     return float(-np.mean(truth * np.log(probability) + (1 - truth) * np.log(1 - probability)))
+
+
+def key_score(path: Path, answers: pd.DataFrame | None, held: pd.DataFrame | None, clip: float):
+    """The submission's log loss on the answer key (answers.csv) or the held-out photos; None without."""
+    if held is not None:
+        return key_multiclass_log_loss(path, held, clip)
+    return None if answers is None else key_log_loss(path, answers, clip)
 
 
 def child_cpu_seconds() -> float:
@@ -95,6 +141,7 @@ def child_cpu_seconds() -> float:
 @click.option("--limit", type=int, default=None, help="Training photos kept (half of each class).")
 @click.option("--breeds", type=int, default=None, help="Keep the breeds with the most photos.")
 @click.option("--test-limit", type=int, default=None)
+@click.option("--holdout", type=int, default=None, help="Labelled photos per breed kept out as the test set.")
 @click.option("--image-size", type=int, default=None, help="train.image_size for every arm.")
 @click.option("--folds-from", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--work", type=click.Path(path_type=Path), default=None)
@@ -108,6 +155,7 @@ def main(
     limit,
     breeds,
     test_limit,
+    holdout,
     image_size,
     folds_from,
     work,
@@ -115,8 +163,9 @@ def main(
 ) -> None:
     import torch  # the machine's description only
 
-    # another tree is code without train.stop_when_worse: its full arm needs no key
-    table = {**ARM_SETTINGS, **TODAY_SETTINGS} if tree != REPO else ARM_SETTINGS
+    # a tree whose code has no train.stop_when_worse: its full arm needs no key (an unknown key is an error)
+    without_stop = "stop_when_worse" not in (tree / "kit" / "config.py").read_text()
+    table = {**ARM_SETTINGS, **TODAY_SETTINGS} if without_stop else ARM_SETTINGS
     work = work or Path(f"/tmp/compare-stop-{datetime.now(UTC):%Y%m%d-%H%M%S}")
     work.mkdir(parents=True, exist_ok=True)
     answers = (
@@ -132,7 +181,7 @@ def main(
         shutil.copytree(
             tree / "competitions", root / "competitions", ignore=shutil.ignore_patterns("__pycache__")
         )
-        copy_photos(data_dir, root / "data" / "raw" / competition, limit, breeds, test_limit)
+        held = copy_photos(data_dir, root / "data" / "raw" / competition, limit, breeds, test_limit, holdout)
         if folds is not None:  # every arm on the same folds
             (root / "data" / "interim" / competition).mkdir(parents=True)
             shutil.copy(folds, root / "data" / "interim" / competition / "folds.csv")
@@ -158,10 +207,8 @@ def main(
             "cpu_seconds": round(cpu_seconds, 1),
             "load": round((load_before + os.getloadavg()[0]) / 2, 2),
             "cv": summary["cv"],
-            "key": None
-            if answers is None
-            else key_log_loss(
-                root / "submissions" / record["file"], answers, config["submission"]["clip_epsilon"]
+            "key": key_score(
+                root / "submissions" / record["file"], answers, held, config["submission"]["clip_epsilon"]
             ),
             "epochs": epochs,
             "weights": record["weights"],

@@ -247,7 +247,8 @@ def test_the_trick_never_stops_at_a_head_stage_but_at_the_first_unfrozen_cycle_t
         {"name": "unfrozen", "n_cycles": 2, "cycle_len": 1},
     ]
     config = config_from_dict(
-        {"competition": {"metric": "accuracy"}, "stages": stages}, Path("x/competition.toml")
+        {"competition": {"metric": "accuracy"}, "train": {"stop_patience": 0}, "stages": stages},
+        Path("x/competition.toml"),
     )
     trick = stopping.StopWhenWorse(config, fold=0)
     history: list[dict] = []
@@ -272,13 +273,15 @@ def test_the_trick_never_stops_at_a_head_stage_but_at_the_first_unfrozen_cycle_t
     assert epoch(2, 1, 0.7900) is not None  # the first unfrozen cycle does not beat 0.8021: stop
     assert trick.stop["stage_index"] == 2 and trick.stop["best"] == 0.8021
     assert trick.stop["epochs_skipped"] == 1  # the second cycle
+    assert trick.stop["patience"] == 0 and trick.stop["misses"] == 1
 
 
-def test_the_stop_is_off_by_default():
+def test_the_stop_is_on_by_default_with_a_patience_of_one_check_point():
     # on digits the first unfrozen cycle is worse than the head before the later cycles pay (0.48 against
-    # 0.80, then 0.98): docs/2026-12-03-stop-when-worse.md
+    # 0.80, then 0.98): patience 1 lets the next cycle recover (docs/2026-12-03-stop-patience.md)
     from pathlib import Path
 
     from kit.config_build import config_from_dict
 
-    assert config_from_dict({}, Path("x/competition.toml")).train.stop_when_worse is False
+    train = config_from_dict({}, Path("x/competition.toml")).train
+    assert train.stop_when_worse is True and train.stop_patience == 1 and train.min_stage_gain == 0
