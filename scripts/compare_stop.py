@@ -82,6 +82,9 @@ def copy_photos(
         labels.to_csv(target / "labels.csv", index=False)
         for identifier in labels["id"]:
             shutil.copy(source / "train" / f"{identifier}.jpg", target / "train" / f"{identifier}.jpg")
+        if held is not None:
+            (target / MARKER).write_text("copied by scripts/compare_stop.py\n")
+            return held.rename(columns={held.columns[1]: "breed"}).reset_index(drop=True)
     else:  # labels in the file names: cat.N.jpg, dog.N.jpg
         by_class: dict[str, list[Path]] = {}
         for path in sorted((source / "train").iterdir(), key=lambda p: (p.name.split(".")[0], p.name)):
@@ -89,9 +92,6 @@ def copy_photos(
         for paths in by_class.values():
             for path in paths[: limit // len(by_class)] if limit else paths:
                 shutil.copy(path, target / "train" / path.name)
-        if held is not None:
-            (target / MARKER).write_text("copied by scripts/compare_stop.py\n")
-            return held.rename(columns={held.columns[1]: "breed"}).reset_index(drop=True)
     if test_limit:
         sample = sample.iloc[:test_limit]
     for identifier in sample["id"]:
