@@ -148,7 +148,9 @@ def train(
     if resume:
         commands.resume(commands.load_for_training(competition), run, overrides, fold)
     else:
-        commands.train(commands.load_for_training(competition, overrides), fold, seeds, chosen_on, parallel)
+        commands.train(
+            commands.load_for_training(competition, overrides), fold, seeds, chosen_on, parallel, overrides
+        )
 
 
 @main.command("lr-find")

@@ -135,3 +135,31 @@ def test_report_lists_a_refits_seeds_after_folds_by_number():
     assert list(fold_table(Summary(summary))["fold"]) == ["full-seed-0", "full-seed-1"]
     numbered = {"metric": "log_loss", "folds": {"10": {"score": 1.0}, "2": {"score": 2.0}}}
     assert list(fold_table(Summary(numbered))["fold"]) == ["2", "10"]
+
+
+def test_refit_settings_differences_name_what_trains_otherwise_and_leave_the_rest(digits):
+    recorded = digits("train.epochs=2", "train.lr_find=true", "predict.tta=2")
+    now = digits()
+    found = refit.training_differences(recorded, now)
+    assert found == ["train.epochs = 2 (competition.toml now: 1)"]  # predict.*, train.lr_find: not training
+    assert refit.settings_note("RUN-A", recorded, recorded) == ""
+    note = refit.settings_note("RUN-A", recorded, now)
+    assert "fold run RUN-A" in note and "train.epochs = 2" in note and "\n" not in note
+
+
+def test_full_refit_trains_the_recipe_its_fold_run_was_trained_with(digits, project, capsys):
+    settings = ("competition.metric=log_loss", "train.folds=10", "predict.tta=0")
+    # The fold run was trained with a --set that changes the recipe: two stages, not TINY's one.
+    fold_run = commands.train(digits(*settings, "stages=[{cycle_len=1}, {cycle_len=2}]"), "0")
+    capsys.readouterr()
+    full_run = commands.train(digits(*settings), "full", overrides=("train.lr=1e-3",))
+    said = capsys.readouterr().out
+    assert f"fold run {fold_run.name}" in said and "stages.1.cycle_len = 2.0" in said, said
+
+    history = Run(full_run).full(0).read_result().history
+    assert [record["stage"] for record in history] == [
+        record["stage"] for record in Run(fold_run).fold(0).read_result().history
+    ]
+    assert len(history) == 3  # 1 + 2 epochs: the fold run's two stages, not the TOML's one epoch
+    recorded = json.loads(Run(full_run).config_file.read_text())
+    assert len(recorded["stages"]) == 2 and recorded["train"]["lr"] == 1e-3  # the refit's own --set on top

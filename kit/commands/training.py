@@ -217,14 +217,16 @@ def train(
     seeds: int = 1,
     chosen_on: str | None = None,
     parallel: str | None = None,
+    overrides: typing.Sequence[str] = (),
 ) -> Path:
     """Train in a new run folder; `fold` a number, "all" (None: fold 0) or "full" (every row, `seeds`
-    seeds, reusing what the fold run `chosen_on` (default: the newest) chose). `parallel` "folds": under
-    torchrun each process trains its own folds (fold k on process k mod N) instead of DDP inside a fold."""
+    seeds, reusing what the fold run `chosen_on` (default: the newest) chose, trained with that run's
+    settings plus `overrides`, the command's --set). `parallel` "folds": under torchrun each process
+    trains its own folds (fold k on process k mod N) instead of DDP inside a fold."""
     parallel = parallel_mode(parallel, fold, int(os.environ.get("WORLD_SIZE", "1")))
     if fold == "full":
         with resume_hint(config, set(list_runs(config))):
-            return _train_full(config, load_labels(config), seeds, chosen_on)
+            return _train_full(config, seeds, chosen_on, overrides)
     if seeds != 1:  # seeds of a fold run (averaged like snapshots) are not built yet
         raise KitError(f"--seeds {seeds}: only with --fold full for now; train a fold run with one seed")
     if chosen_on is not None:
@@ -255,14 +257,25 @@ def parallel_mode(parallel: str | None, fold: str | None, processes: int) -> str
     return parallel
 
 
-def _train_full(config: Config, labels: LabelTable, seeds: int, chosen_on: str | None) -> Path:
+def _train_full(config: Config, seeds: int, chosen_on: str | None, overrides: typing.Sequence[str]) -> Path:
     """A full-data refit (kit.train.full_data, then kit.predict.refit): every training row, `seeds` seeds,
-    the prediction choice, views and temperatures of the fold run it reuses; its CV is that run's."""
+    the prediction choice, views and temperatures of the fold run it reuses; its CV is that run's.
+
+    It trains the fold run's settings (its config.json) plus `overrides`, not competition.toml's: what it
+    reuses was chosen on that recipe. Where the TOML now trains otherwise, one line says so."""
+    from kit.data import augment  # heavy (albumentations, cv2)
     from kit.device import device_name  # heavy (torch)
 
     if seeds < 1:
         raise KitError(f"--seeds {seeds}: give 1 or more")
     source = refit.chosen_on(config, chosen_on)
+    recorded = run_config(source, overrides)  # the recipe the fold run was chosen on, plus this --set
+    note = refit.settings_note(source.name, recorded, config)
+    if note:
+        click.echo(note)
+    config = recorded
+    augment.check_transforms(config)
+    labels = load_labels(config)
     check_row_order(source, labels.ids, f"train a fold run on today's labels first ({source.name} is not)")
     run_dir = new_run_dir(config, config.train.model, device_name())
     click.echo(

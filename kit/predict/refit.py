@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from kit.config import Config
+from kit.config_sources import flatten
 from kit.data.labels import LabelTable
 from kit.errors import KitError
 from kit.run import Calibration, Run, Summary
@@ -42,6 +43,46 @@ def chosen_on(config: Config, run: str | None) -> Path:
     raise KitError(
         f"--fold full reuses what a fold run chose, and {config.name} has no finished fold run: "
         f"run `kit train {config.name} --fold all` first"
+    )
+
+
+# The sections whose settings change what a full-data refit trains (its recipe, model, image size, data).
+TRAINING_SECTIONS = ("data", "augment", "train", "stages")
+# Keys of those sections a full-data refit does not use: no LR finder, no folds, no stop (nothing held out).
+UNUSED_BY_REFIT = ("train.lr_find", "train.folds", "train.stop_when_worse", "train.stop_per_fold")
+
+
+def training_differences(recorded: Config, now: Config) -> list[str]:
+    """The settings that change training on which `now` (competition.toml plus the refit's --set) differs
+    from `recorded` (the fold run's config plus the same --set), as "key = recorded (competition.toml now:
+    value)". Pure."""
+    saved, current = flatten(recorded.to_dict()), flatten(now.to_dict())
+    keys = sorted(
+        key
+        for key in saved.keys() | current.keys()
+        if key.split(".")[0] in TRAINING_SECTIONS
+        and key not in UNUSED_BY_REFIT
+        and saved.get(key) != current.get(key)
+    )
+    missing = "(none)"
+    return [
+        f"{key} = {saved.get(key, missing)!r} (competition.toml now: {current.get(key, missing)!r})"
+        for key in keys
+    ]
+
+
+def settings_note(source_name: str, recorded: Config, now: Config, shown: int = 3) -> str:
+    """'' when the fold run's settings train what competition.toml (with the refit's --set) trains now;
+    else one line: the refit trains the fold run's settings, the first `shown` differences, and how to
+    train the TOML's instead. Pure."""
+    found = training_differences(recorded, now)
+    if not found:
+        return ""
+    more = f"; and {len(found) - shown} more" if len(found) > shown else ""
+    return (
+        f"--fold full trains the settings fold run {source_name} was trained and chosen with, not "
+        f"competition.toml's now: {'; '.join(found[:shown])}{more} (to refit the TOML's recipe, train a "
+        f"fold run of it first, or pass --set on the refit)"
     )
 
 
