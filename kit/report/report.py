@@ -24,6 +24,7 @@ from kit.errors import KitError
 from kit.files import atomic_path, read_json
 from kit.ledger import correlation_line, cv_and_public, read_ledger
 from kit.paths import interim_dir
+from kit.predict import fold_average
 from kit.report import plots
 from kit.report.figure_data import (
     GRID_IMAGES,
@@ -166,6 +167,14 @@ def submission_rows(run_dir: Path) -> pd.DataFrame:
     return entries[["time_utc", "file", "status", "public_score", "message"]]
 
 
+def fold_average_note(run_dir: Path) -> str:
+    """What kit predict said of the file's fold models against the CV (kit.predict.fold_average); '' when
+    the run was not predicted or has one fold."""
+    record = Run(run_dir).submission_record_file
+    averaged = read_json(record).get("fold_average") if record.exists() else None
+    return f'<p class="note">{html.escape(fold_average.gain_line(averaged))}</p>' if averaged else ""
+
+
 def honesty_note(summary: Summary) -> str:
     """The CV's cross-fitting, the in-sample figure named as such, a small fold's bootstrap interval
     (kit.predict.crossfit); '' where the CV was not cross-fitted (a full-data refit reports its fold
@@ -298,7 +307,7 @@ def write_report(config: Config, labels: LabelTable, run_dir: Path, summary: Sum
     sections.append(
         "<h2>Submission</h2>"
         + (
-            _table(submission_rows(run_dir))
+            _table(submission_rows(run_dir)) + fold_average_note(run_dir)
             if run.submission_record_file.exists()
             else "<p>none yet: <code>make predict</code></p>"
         )
