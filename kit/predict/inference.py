@@ -23,7 +23,6 @@ from kit.files import save_array, write_json
 from kit.predict import calibrate, fold_average, onnx_runtime, prediction_rule, submission
 from kit.run import FoldFolder, Run, Summary, fold_key
 from kit.run_folder import run_config, saved_settings_note
-from kit.train.seeds import join_seeds
 from kit.train.views import (
     ensemble_of_views,
     file_view_probabilities,
@@ -45,15 +44,13 @@ def fold_prediction_weights(
 
 
 def run_weights(config: Config, run_dir: Path, summary: Summary) -> list[Path]:
-    """Every weight file the run's prediction uses: per trained fold, as `fold_prediction_weights` picks,
-    each as every seed of the fold saved it (--seeds N)."""
+    """Every weight file the run's prediction uses: per trained fold, as `fold_prediction_weights` picks."""
     return [
-        seeded
+        path
         for fold in summary.folds_trained
         for path in fold_prediction_weights(
             config, Run(run_dir).part(fold).folder, summary, summary.prediction
         )
-        for seeded in Run(run_dir).part(fold).seed_weights(path, summary.seeds)
     ]
 
 
@@ -119,7 +116,6 @@ def predict_test(
     rule = rule or prediction_rule.AppliedRule(summary.prediction, ())
     chosen = rule.chosen  # kit.predict.selection's choice, made after training, unless --set changed it
     folds = summary.folds_trained  # every fold's weights predict; folds are averaged with equal weight
-    seeds = summary.seeds  # each fold's seeds (--seeds N): a file's views averaged over them, as its OOF
     every_view = (
         chosen["views"] if chosen else list(range(len(view_names(config.augment.preset, config.predict.tta))))
     )
@@ -136,10 +132,8 @@ def predict_test(
         )
 
         def predict_unit(unit: tuple[int, list[int]]) -> tuple[list[Path], list[np.ndarray]]:
-            part = Run(run_dir).part(folds[unit[0]])  # a fold, or a full-data refit's seed
-            chosen_files = fold_prediction_weights(config, part.folder, summary, chosen)
-            # each file as every seed of the fold saved it (--seeds N), a file's seeds in a row
-            fold_weights = [seeded for path in chosen_files for seeded in part.seed_weights(path, seeds)]
+            fold_dir = Run(run_dir).part(folds[unit[0]]).folder  # a fold, or a full-data refit's seed
+            fold_weights = fold_prediction_weights(config, fold_dir, summary, chosen)
             return fold_weights, file_view_probabilities(
                 model,
                 fold_weights,
@@ -164,20 +158,14 @@ def predict_test(
     weights, fold_probabilities = [], {}
     for index, fold in enumerate(folds):  # a fold's units in order: its views joined as one device made them
         parts = [result for (item, _), result in zip(units, predicted, strict=True) if item == index]
-        seeded_weights = parts[0][0]
+        fold_weights = parts[0][0]
         per_file_views = [
-            np.concatenate([views[file] for _, views in parts]) for file in range(len(seeded_weights))
+            np.concatenate([views[file] for _, views in parts]) for file in range(len(fold_weights))
         ]
-        fold_weights = seeded_weights[::seeds]  # seed 0's files: the fold's, named as selection named them
-        if seeds > 1:  # each seed's own views kept in its folder; the fold's are their mean (kit.train.seeds)
-            for position, (path, views) in enumerate(zip(seeded_weights, per_file_views, strict=True)):
-                kept = Run(run_dir).part(fold).seed_record(position % seeds).kept_test(path.stem)
-                save_array(kept, views.astype(np.float32))
-            per_file_views = join_seeds(per_file_views, seeds)
         fold_probabilities[fold] = ensemble_of_views(
             fold_weights, per_file_views, Run(run_dir).part(fold).kept_test, config.predict.mean, task
         )
-        weights.extend(seeded_weights)
+        weights.extend(fold_weights)
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).
     save_array(Run(run_dir).test_probabilities, np.mean(list(fold_probabilities.values()), axis=0))
     calibration = calibrate.read(Run(run_dir))  # fitted once, when training ended (kit.predict.summary)
