@@ -188,7 +188,10 @@ def stop_line(
     """One line: where the fold stopped, the two figures, the patience and the time saved (`count`: the
     check points in a row that did not pay, this one the last)."""
     where = "its end" if checkpoint.kind == "stage" else f"the cycle ending in epoch {checkpoint.epoch}"
-    why = not_better(metric, checkpoint.score, best, min_gain, count, patience)
+    if math.isnan(checkpoint.score):  # a diverged check point stops at once, whatever the patience
+        why = f"the loss diverged (OOF {metric} nan; best so far {best:.4f})"
+    else:
+        why = not_better(metric, checkpoint.score, best, min_gain, count, patience)
     return (
         f"fold {fold}: stopped in stage '{checkpoint.stage}' at {where}: {why}; "
         f"skipping {epochs:g} epochs (about {seconds / 60:.1f} min); train.stop_when_worse = false "
