@@ -166,9 +166,47 @@ def test_fold_zeros_decision_stops_the_later_folds_where_it_stopped_and_carries_
     assert stop["decided_by"] == "fold 0" and stop["patience"] == 1 and stop["misses"] == 2
 
 
+def test_a_fold_that_follows_fold_zero_still_stops_on_its_own_when_its_loss_diverges():
+    # fold 0 ran every stage ({"stop": None}); fold 1's unfrozen stage diverges: diverged weights never
+    # train on (before, the loop raised its error for a fold that followed fold 0)
+    config = recipe_config(patience=1)
+    fold_one = Driver(stopping.StopWhenWorse(config, fold=1, planned={"stop": None}), config)
+    assert not fold_one.trick.ends_diverged_stage  # no weights kept yet: the loop's error
+    fold_one.epoch(0, 1, 0.70), fold_one.epoch(1, 1, 0.75)
+    assert fold_one.trick.ends_diverged_stage
+    assert fold_one.epoch(2, 1, 0.50) is None  # not better, but fold 0 decides
+    reason = fold_one.epoch(2, 2, math.nan)
+    assert reason is not None and "diverged" in reason and fold_one.trick.stop["decided_by"] == "fold 1"
+
+
 def test_stop_patience_below_zero_is_a_one_line_error():
     from kit.config_build import config_from_dict
     from kit.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"train\.stop_patience' = -1 must be 0 .*or more"):
         config_from_dict({"train": {"stop_patience": -1}}, Path("x/competition.toml"))
+
+
+@pytest.mark.slow
+def test_a_fold_all_run_stops_every_fold_where_fold_zero_stopped(digits, project):
+    # stage 1 at a learning rate 100x too high diverges in fold 0 (a stop at once, whatever the patience);
+    # fold 1 does not decide: it stops at the same check point, and says fold 0 decided (with its patience)
+    from kit import commands
+
+    config = digits(
+        "stages=[{cycle_len=1}, {n_cycles=3, cycle_len=1, lr=0.3, snapshots=true}, {cycle_len=1}]",
+        "train.folds=2",
+        "train.stop_when_worse=true",  # the default (the tiny runs of other tests turn it off)
+        "predict.select=false",
+    )
+    assert config.train.stop_patience == 1  # the default
+    run_dir = commands.train(config, "all")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    for fold in ("0", "1"):
+        assert [record["stage_index"] for record in summary["folds"][fold]["history"]] == [0, 1]
+        assert [stage["status"] for stage in summary["stages"][fold]] == ["ran", "stopped", "skipped"]
+    zero, one = (summary["folds"][fold]["recipe"]["stop"] for fold in ("0", "1"))
+    assert (
+        zero["decided_by"] == "fold 0" and one["decided_by"] == "fold 0" and "fold 0 stopped" in one["reason"]
+    )
+    assert zero["patience"] == one["patience"] == 1

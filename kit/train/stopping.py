@@ -249,8 +249,10 @@ class StopWhenWorse(Trick):
     @property
     def ends_diverged_stage(self) -> bool:
         """A diverged loss stops the fold like a check point that does not pay, once an earlier check
-        point kept weights to predict with (before that, and when fold 0 decides, the loop's error)."""
-        return self.planned is None and bool(self.checkpoints)
+        point kept weights to predict with (before that, the loop's error). A fold that follows fold 0's
+        decision stops on its own here too: its weights are lost, wherever fold 0 stopped (a stage at too
+        high a rate that diverged in fold 0 often diverges in the others)."""
+        return bool(self.checkpoints)
 
     def head_only(self, view: StageView) -> list[bool]:
         """Per check point reached (the running one last), whether its stage trains the head only."""
@@ -288,16 +290,18 @@ class StopWhenWorse(Trick):
         scores, head_only = [*earlier, checkpoint.score], self.head_only(view)
         count = 1 if math.isnan(checkpoint.score) else misses(scores, self.min_gain, self.higher, head_only)
         patience = self.patience
-        if self.planned is not None:  # fold 0 decided for every fold
-            planned = self.planned.get("stop")
-            if planned is None or (planned["stage_index"], planned["epoch"]) != (view.stage_index, epoch):
-                return
+        planned = (self.planned or {}).get("stop")
+        here = (view.stage_index, epoch)
+        follows = planned is not None and (planned["stage_index"], planned["epoch"]) == here
+        if follows:  # fold 0 decided for every fold: it stopped here
             best, count, patience = planned["best"], planned.get("misses", 1), planned.get("patience", 0)
             reason = (
                 f"fold 0 stopped here (OOF {self.metric} {planned['score']:.4f}, best so far {best:.4f}, "
                 f"{count} check point(s) in a row not better, train.stop_patience = {patience}); "
                 "train.stop_per_fold = false applies its decision to every fold"
             )
+        elif self.planned is not None and not math.isnan(checkpoint.score):
+            return  # fold 0 decides where the other folds stop, unless one diverges
         elif not should_stop(scores, self.min_gain, self.higher, head_only, self.patience):
             return
         elif math.isnan(checkpoint.score):
@@ -315,7 +319,7 @@ class StopWhenWorse(Trick):
             **checkpoint.to_dict(),
             "best": best,
             "reason": reason,
-            "decided_by": "fold 0" if self.planned is not None else f"fold {self.fold}",
+            "decided_by": "fold 0" if follows else f"fold {self.fold}",
             "patience": patience,  # train.stop_patience of the fold that decided
             "misses": count,  # check points in a row that did not pay, this one the last
             "epochs_skipped": skipped,
@@ -326,7 +330,7 @@ class StopWhenWorse(Trick):
             line = stop_line(
                 self.fold, checkpoint, best, self.metric, skipped, saved, self.min_gain, count, patience
             )
-            if self.planned is not None:
+            if follows:
                 line = (
                     f"fold {self.fold}: stopped in stage '{checkpoint.stage}' after epoch {epoch}, where "
                     f"fold 0 stopped (train.stop_per_fold = false; OOF here {checkpoint.score:.4f}); "
