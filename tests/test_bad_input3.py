@@ -16,7 +16,6 @@ import os
 import shutil
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -564,7 +563,7 @@ def test_sample_submission_with_a_repeated_id_column_is_refused(digits, project)
     path = raw(project) / "sample_submission.csv"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(["id,label,id"] + [f"{line},x" for line in lines[1:]]) + "\n")
-    with pytest.raises(click.ClickException) as error:
+    with pytest.raises(KitError) as error:
         load_test(digits())
     assert "sample_submission.csv" in error.value.message and "'id' 2 times" in error.value.message
 
@@ -584,7 +583,7 @@ def test_a_300_character_test_id_is_refused_naming_its_row(digits, project):
     table = pd.read_csv(path, dtype=str)
     table.loc[5, "id"] = "y" * 300
     table.to_csv(path, index=False)
-    with pytest.raises(click.ClickException) as error:
+    with pytest.raises(KitError) as error:
         load_test(digits())
     assert "sample_submission.csv row 7" in error.value.message and "300 characters" in error.value.message
 

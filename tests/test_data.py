@@ -245,7 +245,7 @@ def test_a_class_with_fewer_images_than_folds_is_spread_over_as_many_folds():
     [([0, 0, 1, 1, 2], 3, "at most 2"), ([0, 1], 3, "add images"), ([0, 0, 0, 1], 5, "at most 3")],
 )
 def test_folds_scikit_learn_cannot_make_are_refused_with_the_largest_possible(targets, folds, fix):
-    with pytest.raises(click.ClickException) as raised:
+    with pytest.raises(KitError) as raised:
         assign_folds(np.array(targets), folds, seed=0)
     assert fix in raised.value.message and "the largest, '0'," in raised.value.message
 

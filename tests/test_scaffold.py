@@ -15,6 +15,7 @@ from kaggle_standin import KaggleStandIn, image_bytes, kaggle_env, make_zip
 from kit.competitions import load_competition
 from kit.config_build import config_from_dict
 from kit.data import labels as data
+from kit.errors import KitError
 from kit.kaggle import raw_layout, scaffold
 
 SEEDLINGS_SLUG = "plant-seedlings-classification"
@@ -180,7 +181,7 @@ def test_nested_folders_and_upper_case_extension(tmp_path):
 )
 def test_unknown_layouts_are_one_line_errors(tmp_path, files, message):
     write_files(tmp_path, files)
-    with pytest.raises(click.ClickException) as caught:
+    with pytest.raises(KitError) as caught:
         raw_layout.inspect(tmp_path)
     assert message in caught.value.message and "\n" not in caught.value.message
 

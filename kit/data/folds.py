@@ -16,18 +16,20 @@ validate, no group split) and used, or refused in one line naming the fix.
 from __future__ import annotations
 
 import hashlib
+import sys
 import warnings
 
-import click
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from tqdm import tqdm
 
 from kit.config import Config
 from kit.data import duplicates
 from kit.data import groups as group_sources
 from kit.data.labels import LabelTable, parse_csv
+from kit.errors import KitError
 from kit.files import atomic_path, read_json, write_json
 from kit.paths import interim_dir
 
@@ -49,7 +51,7 @@ def small_classes(targets: np.ndarray, classes: list[str], n_folds: int) -> str:
 def _check_group_count(groups: np.ndarray, n_folds: int) -> None:
     count = len(np.unique(groups))
     if count < n_folds:
-        raise click.ClickException(
+        raise KitError(
             f"train.folds = {n_folds}: the images form {count} groups, and a fold needs a whole group; "
             f"set train.folds to at most {count}" + (" (or add groups)" if count < 2 else "")
         )
@@ -60,7 +62,7 @@ def _fold_numbers(splits, row_count: int, n_folds: int) -> np.ndarray:
     for fold, (_, validation_rows) in enumerate(splits):
         folds[validation_rows] = fold
     if (np.bincount(folds, minlength=n_folds) == 0).any():  # a grouped split can leave a fold empty
-        raise click.ClickException(
+        raise KitError(
             f"train.folds = {n_folds}: the groups are too uneven to fill every fold; lower train.folds"
         )
     return folds
@@ -84,7 +86,7 @@ def assign_folds(
     if len(targets) < n_folds or counts.max() < n_folds:
         largest, most = classes[int(counts.argmax())], int(counts.max())
         fix = f"set train.folds to at most {most}" if most >= 2 else "add images (every class has one)"
-        raise click.ClickException(
+        raise KitError(
             f"train.folds = {n_folds}: a split needs a class with at least {n_folds} images, and the "
             f"largest, {largest!r}, has {most}; {fix}"
         )
@@ -109,9 +111,7 @@ def assign_tag_folds(
     row takes its group's fold: fold sizes are then even in groups, not rows.
     """
     if len(targets) < n_folds:
-        raise click.ClickException(
-            f"{len(targets)} images, fewer than train.folds = {n_folds}; lower train.folds"
-        )
+        raise KitError(f"{len(targets)} images, fewer than train.folds = {n_folds}; lower train.folds")
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     if groups is None:
         return _fold_numbers(splitter.split(np.zeros(len(targets)), targets), len(targets), n_folds)
@@ -192,10 +192,10 @@ def row_groups(config: Config, labels: LabelTable) -> np.ndarray | None:
     if config.data.duplicates == "group":
         pairs = duplicates.train_pairs(config, labels)
         joined = group_sources.join_groups(groups, pairs, len(labels.ids))
-        click.echo(
+        tqdm.write(
             f"folds: {len(pairs)} near-duplicate pairs joined; {len(labels.ids)} images in "
             f"{len(np.unique(joined))} groups (data.duplicates = 'group')",
-            err=True,
+            file=sys.stderr,
         )
         return joined
     return groups
@@ -206,19 +206,19 @@ def _hand_made(path, saved: pd.DataFrame, record: dict, config: Config, labels: 
     one line naming the file, what is wrong and the fix. It is never overwritten."""
     away = "or move the file away to make the kit's folds"
     if not {"id", "fold"} <= set(saved.columns):
-        raise click.ClickException(
+        raise KitError(
             f"{path}: no 'id' and 'fold' columns (columns: {', '.join(saved.columns)}); fix the header, "
             + away
         )
     ids = saved["id"].str.strip()
     repeated = ids[ids.duplicated()]
     if len(repeated):
-        raise click.ClickException(f"{path}: id {repeated.iloc[0]!r} is listed twice; keep one row, {away}")
+        raise KitError(f"{path}: id {repeated.iloc[0]!r} is listed twice; keep one row, {away}")
     missing = sorted(set(labels.ids) - set(ids))
     extra = sorted(set(ids) - set(labels.ids))
     if missing or extra:
         example = f"{missing[0]!r} missing" if missing else f"{extra[0]!r} is not a training image"
-        raise click.ClickException(
+        raise KitError(
             f"{path}: made by hand for other images ({len(missing)} training ids missing, {len(extra)} "
             f"unknown: {example}); list every training id once, {away}"
         )
@@ -227,7 +227,7 @@ def _hand_made(path, saved: pd.DataFrame, record: dict, config: Config, labels: 
     numbers = pd.to_numeric(written.where(written.str.fullmatch(r"-?\d+")), errors="coerce")
     bad = bad if len(bad) else written[numbers < HELD_OUT]
     if len(bad):
-        raise click.ClickException(
+        raise KitError(
             f"{path} row {bad.index[0] + 2}: fold {bad.iloc[0]!r} is not a fold number; write 0.."
             f"{config.train.folds - 1}, or -1 for a row that trains in every fold and never validates"
         )
@@ -237,13 +237,13 @@ def _hand_made(path, saved: pd.DataFrame, record: dict, config: Config, labels: 
         count = max(present, default=-1) + 1
         numbered = present == list(range(count)) and count >= 2
         fix = f"set train.folds = {count}" if numbered else "renumber them"
-        raise click.ClickException(
+        raise KitError(
             f"{path} (made by hand) validates folds {present}, and train.folds = {config.train.folds} needs "
             f"0..{config.train.folds - 1}: {fix}, {away}"
         )
     made_with = record.get("seed")
     if made_with is not None and made_with != config.train.seed:
-        raise click.ClickException(
+        raise KitError(
             f"{path} was made with train.seed = {made_with} and then edited; train.seed = "
             f"{config.train.seed} would make other folds: keep the file and set train.seed = {made_with}, "
             f"or move the file away to make folds with seed {config.train.seed}"
@@ -254,7 +254,7 @@ def _hand_made(path, saved: pd.DataFrame, record: dict, config: Config, labels: 
             spread = np.unique(folds[groups == code])
             if len(spread) > 1:
                 first = labels.ids[int(np.flatnonzero(groups == code)[0])]
-                raise click.ClickException(
+                raise KitError(
                     f"{path} (made by hand) puts one group ({group_sources.group_source(config)}, the "
                     f"group of {first!r}) in folds {spread.tolist()}; give its rows one fold, {away}"
                 )
@@ -295,10 +295,10 @@ def load_folds(config: Config, labels: LabelTable) -> np.ndarray:
         if not kit_made:
             folds = _hand_made(path, saved, record, config, labels)
             held = int((folds == HELD_OUT).sum())
-            click.echo(
+            tqdm.write(
                 f"folds: {path} was made or edited by hand: used as it is"
                 + (f" ({held} rows of fold -1 train in every fold and never validate)" if held else ""),
-                err=True,
+                file=sys.stderr,
             )
             return folds
         if same_rows and all(record.get(key) == value for key, value in settings.items()):
@@ -310,7 +310,7 @@ def load_folds(config: Config, labels: LabelTable) -> np.ndarray:
         else ""
     )
     if notice:
-        click.echo(f"folds: {notice}", err=True)
+        tqdm.write(f"folds: {notice}", file=sys.stderr)
     label_names = labels.task.row_labels(labels.targets, labels.classes)
     table = pd.DataFrame({"id": labels.ids, "label": label_names, "fold": folds})
     with atomic_path(path) as temporary:

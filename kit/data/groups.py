@@ -7,11 +7,11 @@ one group on top (`data.duplicates = "group"`): groups that share a copy become 
 
 from __future__ import annotations
 
-import click
 import numpy as np
 
 from kit.config import Config
 from kit.data.labels import LabelTable, read_csv
+from kit.errors import KitError
 from kit.hooks import load_hooks
 from kit.paths import raw_dir
 
@@ -40,7 +40,7 @@ def read_groups(config: Config, labels: LabelTable) -> np.ndarray | None:
     column = config.data.group_column
     if column:
         if config.data.labels != "csv":
-            raise click.ClickException(
+            raise KitError(
                 f"{config.path}: data.group_column = {column!r} needs labels in a CSV (data.labels = 'csv'); "
                 "with labels from file or folder names, define groups(ids, raw_dir) in hooks.py"
             )
@@ -55,7 +55,7 @@ def read_groups(config: Config, labels: LabelTable) -> np.ndarray | None:
         names = [by_id[identifier] for identifier in labels.ids]
         empty = [row for row, name in enumerate(names, start=2) if not name]
         if empty:
-            raise click.ClickException(
+            raise KitError(
                 f"{source}: {len(empty)} rows have no {column!r} (row {empty[0]} first); fill them, or give "
                 "each its own group name"
             )
@@ -65,7 +65,7 @@ def read_groups(config: Config, labels: LabelTable) -> np.ndarray | None:
             return None
         names = [str(name) for name in hook(list(labels.ids), raw_dir(config.name))]
         if len(names) != len(labels.ids):
-            raise click.ClickException(
+            raise KitError(
                 f"{config.directory / 'hooks.py'}: groups() returned {len(names)} groups for "
                 f"{len(labels.ids)} training images; return one per id, in order"
             )

@@ -22,10 +22,10 @@ import math
 import os
 import re
 import stat
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import click
 import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -244,8 +244,9 @@ def sweep_interrupted(cache_dir: Path, building: Path) -> None:
         try:
             size = temporary.stat().st_size
             temporary.unlink()
-            click.echo(
-                f"{temporary}: left by an interrupted cache build ({human_size(size)}); removed", err=True
+            tqdm.write(
+                f"{temporary}: left by an interrupted cache build ({human_size(size)}); removed",
+                file=sys.stderr,
             )
         except FileNotFoundError:
             pass
@@ -298,7 +299,7 @@ def image_cache(
         if isinstance(cached, tuple):
             return cached
         if isinstance(cached, str):
-            click.echo(f"{array_path}: damaged cache ({cached}); rebuilding it", err=True)
+            tqdm.write(f"{array_path}: damaged cache ({cached}); rebuilding it", file=sys.stderr)
         sweep_interrupted(cache_dir, array_path)
         problems = _build(paths, image_size, cache_dir, label, max_aspect, array_path, shape, decode_device)
         with atomic_path(report_path) as temporary:

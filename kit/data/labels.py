@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 
@@ -51,7 +50,7 @@ class TestTable:
 def _check_id(identifier: str, where: str, row: int) -> str:
     """Ids become file names: refuse anything that could step outside the image folder."""
     if identifier in ("", ".", "..") or "/" in identifier or "\\" in identifier or "\x00" in identifier:
-        raise click.ClickException(
+        raise KitError(
             f"{where} row {row}: id {identifier!r} is not a plain file name (no '/', '\\' or '..'); "
             "fix that row"
         )
@@ -67,7 +66,7 @@ def _check_ids(ids, where: str, extension: str = "") -> list[str]:
     for row, identifier in enumerate(checked, start=2):
         name = identifier if identifier.lower().endswith(extension.lower()) else identifier + extension
         if len(os.fsencode(name)) > NAME_MAX:
-            raise click.ClickException(
+            raise KitError(
                 f"{where} row {row}: id {identifier[:20]!r}... ({len(identifier)} characters) makes a file "
                 f"name longer than a file system allows ({NAME_MAX} bytes with the extension); fix that row"
             )
@@ -93,7 +92,7 @@ def _inside(config: Config, key: str, value: str | None = None) -> Path:
     value = getattr(config.data, key) if value is None else value
     path = raw / value
     if not resolved(path).is_relative_to(resolved(raw)):
-        raise click.ClickException(
+        raise KitError(
             f"{config.path}: data.{key} = {value!r} leads outside {raw} "
             f"(to {path.resolve()}); "
             f"give a path inside it (to keep the files on another disk, link {raw} itself there)"
@@ -107,7 +106,7 @@ def resolved(path: Path, place: str = "") -> Path:
     try:
         return path.resolve()
     except (RuntimeError, OSError) as error:  # Python 3.11: RuntimeError("Symlink loop"); later: ELOOP
-        raise click.ClickException(
+        raise KitError(
             f"{place}{path}: a link that leads back to itself (a loop: {error}); replace it with the file "
             "or folder it should name"
         ) from None
@@ -130,7 +129,7 @@ def real_paths(paths: list[Path], root: Path, where: str, rows: bool) -> list[Pa
                 folders[path.parent] = resolved(path.parent, place)
             real = folders[path.parent] / path.name
         if not real.is_relative_to(root):
-            raise click.ClickException(
+            raise KitError(
                 f"{place}{path} leads outside {root} (to {real}); "
                 f"copy the file in, or link the whole folder {root} instead"
             )
@@ -149,12 +148,12 @@ def _check_unique(ids: list[str], where: str, extension: str, places: list[str],
             continue
         first = seen[key]
         if ids[first] == identifier:
-            raise click.ClickException(
+            raise KitError(
                 f"{where}: duplicate id {identifier!r} ({places[index]}, and {places[first]}); "
                 "ids must be unique"
             )
         labelled = f" (labels {labels[first]!r} and {labels[index]!r})" if labels is not None else ""
-        raise click.ClickException(
+        raise KitError(
             f"{where}: {places[first]} {ids[first]!r} and {places[index]} {identifier!r} name the same image"
             f"{labelled}: they differ only in extension, case or Unicode form; keep one of them"
         )
@@ -168,7 +167,7 @@ def _normalise_labels(labels: list[str], where: str, places: list[str]) -> list[
     for index, label in enumerate(labels):
         first = spelled.setdefault(label.casefold(), index)
         if labels[first] != label:
-            raise click.ClickException(
+            raise KitError(
                 f"{where}: labels {labels[first]!r} ({places[first]}) and {label!r} ({places[index]}) differ "
                 f"only in case; write them the same, or they become two classes"
             )
@@ -203,7 +202,7 @@ def _check_look_alike(labels: list[str], task: str, where: str, places: list[str
     for index, label in enumerate(labels):
         for name in label.split() if task == "multi_label" else [label]:
             if name in MISSING_MARKERS:
-                raise click.ClickException(
+                raise KitError(
                     f"{where}: {places[index]} has the {word} {name!r}, how pandas writes a missing value; "
                     "fill in that row's label or drop the row (a class really named so: rename it)"
                 )
@@ -212,7 +211,7 @@ def _check_look_alike(labels: list[str], task: str, where: str, places: list[str
                 continue
             same_case = first_name.casefold() == name.casefold()
             how = "only in case" if same_case else "only in how the number is written"
-            raise click.ClickException(
+            raise KitError(
                 f"{where}: {word}s {first_name!r} ({places[first]}) and {name!r} ({places[index]}) differ "
                 f"{how}; write them the same, or they become two classes"
             )
@@ -272,13 +271,13 @@ def parse_csv(path: Path, fix: str = "repair the file or download it again", **o
     try:
         return pd.read_csv(path, encoding=csv_encoding(path), **options)
     except UnicodeDecodeError as error:
-        raise click.ClickException(
+        raise KitError(
             f"{path}: not a readable CSV (not UTF-8: byte 0x{error.object[error.start]:02x} at offset "
             f"{error.start}); save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or {fix}"
         ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise click.ClickException(f"{path}: not a readable CSV ({reason}); {fix}") from None
+        raise KitError(f"{path}: not a readable CSV ({reason}); {fix}") from None
 
 
 def header_names(path: Path) -> list[str]:
@@ -294,13 +293,13 @@ def read_csv(path: Path, columns: list[str], fix: str, settings: Sequence[str] =
     """A CSV read as strings, with the columns we need checked and named in the error; `settings`: the
     keys that named the columns (kit.errors.KitError.settings)."""
     if not path.is_file():
-        raise click.ClickException(f"{path} not found: {fix}")
+        raise KitError(f"{path} not found: {fix}")
     table = parse_csv(path, dtype=str, keep_default_na=False)
     header = header_names(path)
     for column in columns:
         positions = [number for number, name in enumerate(header, start=1) if name.strip() == column]
         if len(positions) > 1:
-            raise click.ClickException(
+            raise KitError(
                 f"{path}: the header names column {column!r} {len(positions)} times (columns "
                 f"{', '.join(map(str, positions))}); rename or remove all but the one to use"
             )
@@ -331,27 +330,21 @@ def load_labels(config: Config) -> LabelTable:
         labels = list(table[data.label_column])
         for row, label in enumerate(labels, start=2):
             if not label.strip():
-                raise click.ClickException(f"{source}: empty label in row {row}; fill it or drop the row")
+                raise KitError(f"{source}: empty label in row {row}; fill it or drop the row")
         places = [f"row {row}" for row in range(2, len(ids) + 2)]
         paths = found_paths([image_path(train_dir, i, data.extension) for i in ids])
     elif data.labels == "filenames":
         try:
             pattern = re.compile(data.filename_pattern)
         except re.error as error:
-            raise click.ClickException(
-                f"{config.path}: data.filename_pattern is not a regex: {error}"
-            ) from None
+            raise KitError(f"{config.path}: data.filename_pattern is not a regex: {error}") from None
         if "label" not in pattern.groupindex:
-            raise click.ClickException(
-                f"{config.path}: data.filename_pattern needs a named group (?P<label>...)"
-            )
+            raise KitError(f"{config.path}: data.filename_pattern needs a named group (?P<label>...)")
         ids, labels, paths = [], [], []
         for path in _image_files(_folder(train_dir, config), data.extension):
             match = pattern.match(path.stem)
             if match is None:
-                raise click.ClickException(
-                    f"{path}: name does not match data.filename_pattern {pattern.pattern!r}"
-                )
+                raise KitError(f"{path}: name does not match data.filename_pattern {pattern.pattern!r}")
             # The stem is the id: the number alone repeats across classes (cat.12.jpg, dog.12.jpg).
             ids.append(path.stem)
             labels.append(match["label"])
@@ -366,7 +359,7 @@ def load_labels(config: Config) -> LabelTable:
                 paths.append(path)
         source, places = train_dir, [f"{path.parent.name}/{path.name}" for path in paths]
     if not ids:
-        raise click.ClickException(f"{source}: no training images with extension {data.extension!r} found")
+        raise KitError(f"{source}: no training images with extension {data.extension!r} found")
     labels = _normalise_labels(labels, str(source), places)
     _check_look_alike(labels, config.competition.task, str(source), places)
     _check_unique(ids, str(source), data.extension, places, labels)
@@ -374,11 +367,9 @@ def load_labels(config: Config) -> LabelTable:
     try:
         task, targets, classes = tasks.read_labels(config.competition.task, labels)
     except tasks.LabelError as error:
-        raise click.ClickException(
-            f"{source} {error}; fix that row, or set competition.task in {config.path}"
-        ) from None
+        raise KitError(f"{source} {error}; fix that row, or set competition.task in {config.path}") from None
     if task.stratify == "classes" and len(classes) < 2:  # classes or grades: one of them says nothing
-        raise click.ClickException(
+        raise KitError(
             f"{source}: every training image has the label {classes[0]!r}; a classifier needs two or more "
             f"classes: check data.{LABEL_SETTING[data.labels]} in {config.path}"
         )
@@ -388,16 +379,14 @@ def load_labels(config: Config) -> LabelTable:
 def _check_extension(config: Config) -> None:
     extension = config.data.extension
     if "/" in extension or "\\" in extension:
-        raise click.ClickException(
+        raise KitError(
             f"{config.path}: data.extension = {extension!r} leads outside the image folder; write e.g. '.jpg'"
         )
 
 
 def _folder(path: Path, config: Config) -> Path:
     if not path.is_dir():
-        raise click.ClickException(
-            f"{path} is not a folder: check data.train_dir / data.test_dir in {config.path}"
-        )
+        raise KitError(f"{path} is not a folder: check data.train_dir / data.test_dir in {config.path}")
     return path
 
 
@@ -412,7 +401,7 @@ def load_test(config: Config) -> TestTable:
     for test_dir in folders:
         if any(path.suffix.lower() == data.extension.lower() for path in test_dir.iterdir()):
             continue
-        raise click.ClickException(
+        raise KitError(
             f"{test_dir}: no test images with extension {data.extension!r}; "
             "check data.test_dir / data.extension "
             f"in {config.path}, or download again (move {raw} away, then `make download COMP={config.name}`)"
@@ -421,7 +410,7 @@ def load_test(config: Config) -> TestTable:
         column = config.submission.id_column
         ids = list(read_csv(sample, [column], "set submission.id_column", ["submission.id_column"])[column])
         if not ids:
-            raise click.ClickException(f"{sample}: lists no test ids; download it again")
+            raise KitError(f"{sample}: lists no test ids; download it again")
         ids = _check_ids(ids, str(sample), data.extension)
         _check_unique(ids, str(sample), data.extension, [f"row {row}" for row in range(2, len(ids) + 2)])
         paths = [image_path(folders[0], i, data.extension) for i in ids]
@@ -447,7 +436,7 @@ def check_test_apart(config: Config, test: TestTable, labels: LabelTable) -> Non
         if real in training:
             place = f"{sample} row {index + 2}" if sample.is_file() else str(test.paths[index])
             source = f"{data.labels_csv} row {training[real] + 2}" if data.labels == "csv" else data.train_dir
-            raise click.ClickException(
+            raise KitError(
                 f"{place}: test image {test.paths[index].name} "
                 f"is training image {labels.paths[training[real]].name} "
                 f"({source}); a labelled image must not be in the test set: fix the listing or the files"
@@ -472,7 +461,7 @@ def check_row_order(run_dir: Path, ids: list[str], fix: str) -> None:
         return
     saved = read_json(path)
     if saved != row_order(ids):
-        raise click.ClickException(
+        raise KitError(
             f"{run_dir.name}: trained on {saved.get('rows')} training ids in another order or other ids "
             f"than the labels file lists now ({len(ids)}; recorded in {path}): re-sorted, or rows added or "
             f"removed since; {fix}"

@@ -11,12 +11,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 
 from kit.data.groups import obvious_group_column
 from kit.data.labels import parse_csv
+from kit.errors import KitError
 
 MIN_GROUPS = 3  # fewer distinct values than this: a 0/1 flag, not groups of images
 
@@ -59,7 +59,7 @@ def find_image_folder(raw_dir: Path, word: str) -> Path:
     candidates = [p for p in [*raw_dir.glob("*"), *raw_dir.glob("*/*")] if p.name.lower().startswith(word)]
     counted = [(count, p) for p in candidates if p.is_dir() and (count := _image_count(p))]
     if not counted:
-        raise click.ClickException(
+        raise KitError(
             f"{raw_dir}: no folder named {word}* with images found; "
             f"write data.{word}_dir in competition.toml by hand"
         )
@@ -74,7 +74,7 @@ def find_sample_submission(raw_dir: Path) -> Path:
         if "samplesubmission" in re.sub(r"[^a-z]", "", p.stem.lower())
     ]
     if not found:
-        raise click.ClickException(
+        raise KitError(
             f"{raw_dir}: no sample_submission*.csv; "
             "kit needs one to know the submission's columns and test ids"
         )
@@ -100,7 +100,7 @@ def _label_csv(
             continue
         try:
             table = parse_csv(path, dtype=str, keep_default_na=False, nrows=2000)
-        except click.ClickException:  # not the label table (another encoding, not a CSV): look on
+        except KitError:  # not the label table (another encoding, not a CSV): look on
             continue
         if len(table.columns) < 2 or table.empty:
             continue
@@ -186,7 +186,7 @@ def infer_labels(
     named = _filename_labels(train_dir)
     if named:
         return {"labels": "filenames", "filename_pattern": named[0]}, named[1], "single_label", []
-    raise click.ClickException(
+    raise KitError(
         f"{train_dir}: cannot tell where the labels are (no class folders, no CSV naming these images, no "
         "<class>.<n> file names); set data.labels, data.labels_csv and the columns by hand"
     )
@@ -198,14 +198,14 @@ def infer_submission(sample: pd.DataFrame, classes: list[str]) -> tuple[dict, li
     if len(value_columns) >= 2:
         unknown = sorted(set(value_columns) - set(classes))
         if unknown:
-            raise click.ClickException(
+            raise KitError(
                 f"sample submission columns {unknown[:3]} are not training classes "
                 f"({', '.join(classes[:5])} ...); "
                 "kit writes one probability column per class, id + P(positive), or id + label"
             )
         return {"format": "probabilities", "id_column": id_column}, []
     if not value_columns:
-        raise click.ClickException("the sample submission has only an id column; kit needs a value column")
+        raise KitError("the sample submission has only an id column; kit needs a value column")
     column = value_columns[0]
     values, numbers = sample[column], pd.to_numeric(sample[column], errors="coerce")
     probabilities = numbers.notna().all() and numbers.between(0, 1).all() and not values.isin(classes).all()
