@@ -114,7 +114,11 @@ def duplicates(competition: str, listed: int, overrides: tuple[str, ...]) -> Non
     "what a fold run chose (its CV is reported).  [default: 0]",
 )
 @click.option(
-    "--seeds", default=1, show_default=True, type=int, help="With --fold full: seeds, averaged."
+    "--seeds",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Models per fold (or, with --fold full, full-data models), each with its own seed, averaged.",
 )
 @click.option(
     "--chosen-on", default=None, help="With --fold full: the fold run to reuse (default: the newest)."

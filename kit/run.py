@@ -72,6 +72,7 @@ def _number(path: Path, key: str, value: Any, positive: bool = False, optional: 
 BLEND = "blend"  # an ensemble's one calibrated part: its blended predictions
 FULL_PART = "full-seed-"  # a full-data refit's parts (folds_trained, calibration): full-seed-0, ...
 FOLD_PART = "fold-"  # a fold's folder: fold-0, ...
+SEED_PART = "seed-"  # --seeds N: fold-0/seed-1/ (seed 0's record too; its weights stay in fold-0/)
 WEIGHT_SUFFIX = ".pt"
 CONFIG_FILE = "config.json"  # names for messages; paths: Run.config_file, Run.summary_file
 SUMMARY_FILE = "metrics.json"
@@ -152,6 +153,10 @@ class Summary:
     @property
     def folds(self) -> dict[str, dict]:  # per trained part: score, history, pseudo_labels, recipe
         return self.record.get("folds", {})
+
+    @property
+    def seeds(self) -> int:  # seeds each fold averages (--seeds N; per seed: folds[K]["seeds"]); 1: one model
+        return self.record.get("seeds", 1)
 
     def fold_recipe(self, key: str) -> dict | None:
         """A fold's check points, stop and stages (kit.train.stopping); None: trained without the stop."""
@@ -259,6 +264,7 @@ class FoldResult:
     # check points, the stop (train.stop_when_worse) and each stage's outcome (kit.train.stopping); None:
     # trained without the stop
     recipe: dict | None = None
+    seeds: list[dict] = field(default_factory=list)  # --seeds N: each seed alone (seed, train_seed, score)
 
     @classmethod
     def from_record(cls, value: dict, path: Path) -> FoldResult:
@@ -276,7 +282,9 @@ class FoldResult:
         recipe = value.get("recipe")
         if recipe is not None and not (isinstance(recipe, dict) and {"checkpoints", "stop"} <= set(recipe)):
             raise RunError(f"{path}: recipe must be an object with checkpoints and stop; {_FIX}")
-        return cls(float(score), value["history"], rows, pseudo, recipe)
+        if not isinstance(value.get("seeds", []), list):
+            raise RunError(f"{path}: seeds must be a list of the fold's seeds; {_FIX}")
+        return cls(float(score), value["history"], rows, pseudo, recipe, value.get("seeds", []))
 
     @property
     def rows(self) -> np.ndarray:
@@ -348,6 +356,10 @@ class FoldFolder:
     def kept_oof_names(self) -> list[str]:
         """Stems of the weight files whose per-view OOF probabilities are kept."""
         return sorted(path.stem.removeprefix("oof-") for path in self.folder.glob("oof-*.npy"))
+
+    def seed(self, seed: int, record: bool = False) -> FoldFolder:  # --seeds N: seed S's weights or `record`
+        own = seed == 0 and not record  # seed 0's weights and resume point: the fold's own folder
+        return self if own else FoldFolder(self.folder / f"{SEED_PART}{seed}", self.number)
 
     def pseudo_labels(self, stage_index: int) -> Path:  # test images labelled for a stage
         return self.folder / f"pseudo-labels-stage-{stage_index}.json"

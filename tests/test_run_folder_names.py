@@ -20,7 +20,17 @@ FILE_NAMES = re.compile(
     r"|row-order|bad-images|bad-test-images)\.json|test-probabilities\.npy|report\.html)\b"
 )
 # Names built from a number or a stem: f"snapshot-{number}", f"fold-{k}", f"{stem}.pt", ...
-PREFIXES = ("snapshot-", "stage-", "fold-", "full-seed-", "oof-", "test-", "pseudo-labels-stage-", "lr-find-")
+PREFIXES = (
+    "snapshot-",
+    "stage-",
+    "fold-",
+    "full-seed-",
+    "seed-",
+    "oof-",
+    "test-",
+    "pseudo-labels-stage-",
+    "lr-find-",
+)
 WEIGHT_SUFFIX = re.compile(r"^\.pt\b")
 
 

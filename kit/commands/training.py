@@ -31,6 +31,7 @@ from kit.run_folder import (
     removed_unless_trained,
     run_config,
 )
+from kit.train.seeds import check_seeds  # light (numpy): refuses before anything heavy loads
 
 
 def load_for_training(query: str, overrides: tuple[str, ...] = ()) -> Config:
@@ -42,9 +43,11 @@ def load_for_training(query: str, overrides: tuple[str, ...] = ()) -> Config:
     return config
 
 
-def train_in_new_run(config: Config, labels: LabelTable, fold: str, parallel: str | None = None) -> Path:
+def train_in_new_run(
+    config: Config, labels: LabelTable, fold: str, parallel: str | None = None, seeds: int = 1
+) -> Path:
     """A new run folder, the LR finder if asked, then training (`parallel` "folds": each process its own
-    folds, kit.train.parallel_folds).
+    folds, kit.train.parallel_folds; `seeds`: each fold trained with that many seeds, averaged).
 
     Under torchrun rank 0 makes the folder and prints.
     """
@@ -69,7 +72,7 @@ def train_in_new_run(config: Config, labels: LabelTable, fold: str, parallel: st
                 _lr_find(config, labels, 0, run_dir, None)
             elif main:
                 click.echo("train.lr_find: skipped with several processes; run `make lr-find` on one GPU")
-        summary = _train_and_settle(config, labels, fold, run_dir, parallel)
+        summary = _train_and_settle(config, labels, fold, run_dir, parallel, seeds)
     if main:
         baseline = baseline_text(config, summary.metric, labels)
         click.echo(cv_line(summary, baseline, quick=_is_quick(config)))
@@ -227,12 +230,13 @@ def train(
     if fold == "full":
         with resume_hint(config, set(list_runs(config))):
             return _train_full(config, seeds, chosen_on, overrides)
-    if seeds != 1:  # seeds of a fold run (averaged like snapshots) are not built yet
-        raise KitError(f"--seeds {seeds}: only with --fold full for now; train a fold run with one seed")
+    stop_note = check_seeds(config, seeds)  # seeds of a fold: averaged like snapshots (kit.train.seeds)
     if chosen_on is not None:
         raise KitError("--chosen-on: only with --fold full (a fold run chooses on its own OOF)")
+    if stop_note and os.environ.get("RANK", "0") == "0":
+        click.echo(stop_note)
     with resume_hint(config, set(list_runs(config))):
-        return train_in_new_run(config, load_labels(config), "0" if fold is None else fold, parallel)
+        return train_in_new_run(config, load_labels(config), "0" if fold is None else fold, parallel, seeds)
 
 
 def parallel_mode(parallel: str | None, fold: str | None, processes: int) -> str | None:
@@ -351,13 +355,19 @@ def _resume(config: Config, run: str | None) -> Path:
             check_row_order(run_dir, labels.ids, "start a new run: a run resumes on its own rows")
             source = find_run(saved, recorded["chosen_on"])
             return _train_full_and_settle(saved, labels, recorded["seeds"], run_dir, source)
-        plan = (run_dir, run_config(run_dir), recorded["fold"], recorded.get("parallel"))
-    run_dir, saved_config, fold, parallel = distributed.broadcast_object(plan)
+        plan = (
+            run_dir,
+            run_config(run_dir),
+            recorded["fold"],
+            recorded.get("parallel"),
+            recorded.get("seeds", 1),
+        )
+    run_dir, saved_config, fold, parallel, seeds = distributed.broadcast_object(plan)
     if parallel is not None and distributed.world_size() == 1:  # a fold-parallel run resumed in one process
         click.echo("--parallel folds: one process (not under torchrun): the folds left train in turn")
         parallel = None
     check_row_order(run_dir, load_labels(saved_config).ids, "start a new run: a run resumes on its own rows")
-    summary = _train_and_settle(saved_config, load_labels(saved_config), fold, run_dir, parallel)
+    summary = _train_and_settle(saved_config, load_labels(saved_config), fold, run_dir, parallel, seeds)
     if distributed.is_main():
         click.echo(cv_line(summary, baseline_text(saved_config, summary.metric)))
     distributed.teardown()
@@ -365,11 +375,12 @@ def _resume(config: Config, run: str | None) -> Path:
 
 
 def _train_and_settle(
-    config: Config, labels: LabelTable, fold: str, run_dir: Path, parallel: str | None = None
+    config: Config, labels: LabelTable, fold: str, run_dir: Path, parallel: str | None = None, seeds: int = 1
 ) -> Summary | None:
-    """Training (kit.train: each fold's weight files and kept views; with `parallel` "folds", each process
-    its own folds, every process's success gathered first), then, on rank 0, the one step after it
-    (kit.predict.summary): the prediction choice, calibration and CV summary, fitted and written once.
+    """Training (kit.train: each fold's weight files and kept views, its `seeds` averaged; with `parallel`
+    "folds", each process its own folds, every process's success gathered first), then, on rank 0, the
+    one step after it (kit.predict.summary): the prediction choice, calibration and CV summary, fitted and
+    written once.
     Returns the summary; None on the other ranks."""
     from kit import distributed  # heavy (torch)
     from kit.predict import summary as after_training  # heavy (torch, timm, scikit-learn)
@@ -377,7 +388,7 @@ def _train_and_settle(
 
     started = time.time()
     trainer = parallel_folds.train if parallel == "folds" else cross_validation.train
-    fold_numbers = trainer(config, labels, fold, run_dir)
+    fold_numbers = trainer(config, labels, fold, run_dir, seeds)
     if not distributed.is_main():
         return None
     return Summary(after_training.settle(config, labels, run_dir, fold_numbers, time.time() - started))

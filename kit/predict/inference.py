@@ -23,6 +23,7 @@ from kit.files import save_array, write_json
 from kit.predict import calibrate, fold_average, onnx_runtime, prediction_rule, submission
 from kit.run import FoldFolder, Run, Summary, fold_key
 from kit.run_folder import run_config, saved_settings_note
+from kit.train.seeds import join_seeds, seed_files
 from kit.train.views import (
     ensemble_of_views,
     file_view_probabilities,
@@ -44,13 +45,15 @@ def fold_prediction_weights(
 
 
 def run_weights(config: Config, run_dir: Path, summary: Summary) -> list[Path]:
-    """Every weight file the run's prediction uses: per trained fold, as `fold_prediction_weights` picks."""
+    """Every weight file the run's prediction uses: per trained fold, as `fold_prediction_weights` picks,
+    each as every seed of the fold saved it (--seeds N)."""
     return [
-        path
+        seeded
         for fold in summary.folds_trained
         for path in fold_prediction_weights(
             config, Run(run_dir).part(fold).folder, summary, summary.prediction
         )
+        for seeded in seed_files(Run(run_dir).part(fold), path, summary.seeds)
     ]
 
 
@@ -116,6 +119,7 @@ def predict_test(
     rule = rule or prediction_rule.AppliedRule(summary.prediction, ())
     chosen = rule.chosen  # kit.predict.selection's choice, made after training, unless --set changed it
     folds = summary.folds_trained  # every fold's weights predict; folds are averaged with equal weight
+    seeds = summary.seeds  # each fold's seeds (--seeds N): a file's views averaged over them, as its OOF
     every_view = (
         chosen["views"] if chosen else list(range(len(view_names(config.augment.preset, config.predict.tta))))
     )
@@ -132,8 +136,10 @@ def predict_test(
         )
 
         def predict_unit(unit: tuple[int, list[int]]) -> tuple[list[Path], list[np.ndarray]]:
-            fold_dir = Run(run_dir).part(folds[unit[0]]).folder  # a fold, or a full-data refit's seed
-            fold_weights = fold_prediction_weights(config, fold_dir, summary, chosen)
+            part = Run(run_dir).part(folds[unit[0]])  # a fold, or a full-data refit's seed
+            chosen_files = fold_prediction_weights(config, part.folder, summary, chosen)
+            # each file as every seed of the fold saved it (--seeds N), a file's seeds in a row
+            fold_weights = [seeded for path in chosen_files for seeded in seed_files(part, path, seeds)]
             return fold_weights, file_view_probabilities(
                 model,
                 fold_weights,
@@ -158,14 +164,20 @@ def predict_test(
     weights, fold_probabilities = [], {}
     for index, fold in enumerate(folds):  # a fold's units in order: its views joined as one device made them
         parts = [result for (item, _), result in zip(units, predicted, strict=True) if item == index]
-        fold_weights = parts[0][0]
+        seeded_weights = parts[0][0]
         per_file_views = [
-            np.concatenate([views[file] for _, views in parts]) for file in range(len(fold_weights))
+            np.concatenate([views[file] for _, views in parts]) for file in range(len(seeded_weights))
         ]
+        fold_weights = seeded_weights[::seeds]  # seed 0's files: the fold's, named as selection named them
+        if seeds > 1:  # each seed's own views kept in its folder; the fold's are their mean (kit.train.seeds)
+            for position, (path, views) in enumerate(zip(seeded_weights, per_file_views, strict=True)):
+                kept = Run(run_dir).part(fold).seed(position % seeds, record=True).kept_test(path.stem)
+                save_array(kept, views.astype(np.float32))
+            per_file_views = join_seeds(per_file_views, seeds)
         fold_probabilities[fold] = ensemble_of_views(
             fold_weights, per_file_views, Run(run_dir).part(fold).kept_test, config.predict.mean, task
         )
-        weights.extend(fold_weights)
+        weights.extend(seeded_weights)
     # Uncalibrated, like oof.npy: what `kit ensemble` blends (it calibrates the blend once).
     save_array(Run(run_dir).test_probabilities, np.mean(list(fold_probabilities.values()), axis=0))
     calibration = calibrate.read(Run(run_dir))  # fitted once, when training ended (kit.predict.summary)

@@ -175,6 +175,7 @@ def fold_results(run: Run, fold_numbers: list[int]) -> dict[int, dict]:
             "history": result.history,
             "pseudo_labels": result.pseudo_labels,
             "recipe": result.recipe,  # check points, stop, stages that ran (kit.train.stopping)
+            "seeds": result.seeds,  # --seeds N: each seed as trained alone ([] with one seed)
             "valid_rows": result.rows,
             "probabilities": np.load(folder.oof),
         }
@@ -222,9 +223,12 @@ def settle(
                 "history": v["history"],
                 **({"pseudo_labels": v["pseudo_labels"]} if v.get("pseudo_labels") else {}),
                 **({"recipe": v["recipe"]} if v.get("recipe") else {}),
+                **({"seeds": v["seeds"]} if v["seeds"] else {}),
             }
             for k, v in results.items()
         },
+        # seeds each fold averages (--seeds N): kit predict averages each chosen file over them
+        "seeds": max(len(v["seeds"]) for v in results.values()) or 1,
         # which stages ran, which were stopped or skipped and why (train.stop_when_worse), per fold
         "stages": {str(k): v["recipe"]["stages"] for k, v in results.items() if v.get("recipe")},
         "weights_rule": weights_rule(config),

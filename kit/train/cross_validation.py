@@ -20,10 +20,11 @@ from kit.data.folds import load_folds
 from kit.data.images import cache_side
 from kit.data.labels import LabelTable
 from kit.device import place
+from kit.errors import KitError
 from kit.files import read_json, save_array, write_json
 from kit.paths import interim_dir
-from kit.run import FoldResult, Run
-from kit.train import resume, stopping, tricks
+from kit.run import FoldFolder, FoldResult, Run
+from kit.train import resume, seeds, stopping, tricks
 from kit.train.loop import run_stage
 from kit.train.stage import FoldState, training_images
 from kit.train.views import (
@@ -75,15 +76,19 @@ def train_fold(
     run: Run,
     rows: np.ndarray,
     planned: dict | None = None,
+    seed: int | None = None,
 ) -> FoldResult:
     """All stages on one fold, continued from its resume point if it has one; its result (every rank
     gets it), written with its OOF probabilities and each weight file's views.
 
     With train.stop_when_worse, a check point that does not pay ends the stage and skips the later ones
     (kit.train.stopping); `planned` ({"stop": fold 0's stop or None}) makes the fold stop where fold 0 did
-    instead of deciding on its own."""
+    instead of deciding on its own. `seed` (--seeds N): seed S of the fold, trained with its own
+    randomness (kit.train.seeds), its result and views written in its seed folder, not the fold's."""
+    config = config if seed is None else seeds.seed_config(config, seed)
     torch.manual_seed(config.train.seed + fold)
-    folder = run.fold(fold)
+    folder = run.fold(fold) if seed is None else run.fold(fold).seed(seed)
+    record = folder if seed is None else run.fold(fold).seed(seed, record=True)
     model = models.create_model(
         config.train.model, labels.task.head_size(labels.classes), config.train.pretrained
     )
@@ -104,17 +109,24 @@ def train_fold(
     recipe = stop.recipe(config, state.history) if stop is not None else None
     images, _ = training_images(config, labels, prediction_cache_side(config))
     return distributed.broadcast_object(
-        out_of_fold(config, state, images, recipe) if distributed.is_main() else None
+        out_of_fold(config, state, images, recipe, record) if distributed.is_main() else None
     )
 
 
 def out_of_fold(
-    config: Config, state: FoldState, images: np.ndarray, recipe: dict | None = None
+    config: Config,
+    state: FoldState,
+    images: np.ndarray,
+    recipe: dict | None = None,
+    record: FoldFolder | None = None,
 ) -> FoldResult:
     """Out-of-fold probabilities, made the way test predictions are (with TTA): every candidate weight
     file's views kept for selection (kit.train.views.candidate_weights), the default rule's blend as the
-    fold's OOF; the fold's result written, its resume point removed."""
+    fold's OOF; the fold's result written, its resume point removed. `record`: where the views, OOF and
+    result are written (a seed's folder; default: the fold's, where its weights are)."""
     folder = state.folder
+    record = record or folder
+    record.folder.mkdir(parents=True, exist_ok=True)
     weights = prediction_weights(config, folder.folder, recipe)
     candidates = candidate_weights(config, folder.folder, recipe)
     ensemble_probabilities(
@@ -123,7 +135,7 @@ def out_of_fold(
         state.meta,
         images[state.valid_rows],
         config.stage_batch_size(config.stages[-1]) * 2,
-        keep=folder.kept_oof,  # every candidate's views: no file is predicted twice
+        keep=record.kept_oof,  # every candidate's views: no file is predicted twice
         preset=config.augment.preset,
         tta=config.predict.tta,
         task=state.labels.task,
@@ -132,21 +144,65 @@ def out_of_fold(
         mean=config.predict.mean,
         precision=config.predict.precision,  # OOF predicted as the test set will be
     )
-    task, mean = state.labels.task, config.predict.mean
-    kept = [average(np.load(folder.kept_oof(path.stem)).astype(np.float64), mean, task) for path in weights]
-    probabilities = average(kept, mean, task)  # the default rule's blend, as prediction makes it
-    score = state.labels.task.score(
-        metrics.METRICS[config.competition.metric], state.labels.targets[state.valid_rows], probabilities
-    )
+    probabilities, score = default_blend(config, state.labels, record, weights, state.valid_rows)
     tqdm.write(
-        f"fold {state.fold}: {config.competition.metric} {score:.4f} "
-        f"({len(weights)} weights, TTA {config.predict.tta})"
+        f"fold {state.fold}{'' if record is folder else f' ({record.folder.name})'}: "
+        f"{config.competition.metric} {score:.4f} ({len(weights)} weights, TTA {config.predict.tta})"
     )
     pseudo = {path.name: len(read_json(path)["ids"]) for path in folder.pseudo_label_files()}
     result = FoldResult(score, state.history, state.valid_rows.tolist(), pseudo, recipe)
-    save_array(folder.oof, probabilities)
-    folder.write_result(result)
+    save_array(record.oof, probabilities)
+    record.write_result(result)
     folder.resume_point.unlink(missing_ok=True)  # the fold is done: its result replaces the resume point
+    return result
+
+
+def default_blend(
+    config: Config, labels: LabelTable, record: FoldFolder, weights: list[Path], valid_rows: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """The default rule's blend of a fold's kept views of `weights` (as prediction makes it), and its
+    score on the fold's validation rows."""
+    task, mean = labels.task, config.predict.mean
+    kept = [average(np.load(record.kept_oof(path.stem)).astype(np.float64), mean, task) for path in weights]
+    probabilities = average(kept, mean, task)
+    score = task.score(metrics.METRICS[config.competition.metric], labels.targets[valid_rows], probabilities)
+    return probabilities, score
+
+
+def average_seeds(config: Config, labels: LabelTable, run: Run, number: int, seed_count: int) -> FoldResult:
+    """After a fold's last seed: each candidate file's kept OOF views in the fold's folder made the mean
+    of its seeds' (each seed's own stays in its seed folder), the fold's OOF and score made again from
+    them, and the fold's result written last (its seeds recorded in it)."""
+    fold = run.fold(number)
+    records = [fold.seed(seed, record=True) for seed in range(seed_count)]
+    results = [record.read_result() for record in records]
+    names = records[0].kept_oof_names()
+    for seed, record in enumerate(records):
+        lacking = [name for name in names if not record.kept_oof(name).exists()]
+        if lacking:  # a seed that diverged stops where it diverged, before seed 0's check point
+            raise KitError(
+                f"fold {number}, seed {seed}: no kept views of {', '.join(lacking)} ({record.folder}; its "
+                "loss diverged and it stopped early?): lower the diverging stage's learning rate, or train "
+                "one seed"
+            )
+    for name in names:
+        mean = seeds.mean_over_seeds([np.load(record.kept_oof(name)) for record in records])
+        save_array(fold.kept_oof(name), mean.astype(np.float32))  # float32, as every kept view is
+    weights = prediction_weights(config, fold.folder, results[0].recipe)
+    valid_rows = results[0].rows
+    probabilities, score = default_blend(config, labels, fold, weights, valid_rows)
+    tqdm.write(f"fold {number}: {config.competition.metric} {score:.4f} ({seed_count} seeds averaged)")
+    first = results[0]
+    result = FoldResult(
+        score,
+        first.history,
+        first.valid_rows,
+        first.pseudo_labels,
+        first.recipe,
+        seeds.seed_records(config, results),
+    )
+    save_array(fold.oof, probabilities)
+    fold.write_result(result)
     return result
 
 
@@ -166,24 +222,47 @@ def worse_stages(history: list[dict]) -> list[dict]:
     return found
 
 
-def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> list[int]:
+def train(config: Config, labels: LabelTable, fold: str, run_dir: Path, seed_count: int = 1) -> list[int]:
     """Train one fold or all of them (`fold`: as `fold_numbers_of` accepts) in `run_dir`, each fold's
     weight files, kept views and result written; folds finished before an interruption are kept as they
-    are. Returns the fold numbers: what kit.predict.summary chooses, calibrates and summarises after."""
+    are. `seed_count` (--seeds N): each fold trained with N seeds, then averaged (kit.train.seeds); the
+    seeds finished before an interruption are kept too. Returns the fold numbers: what
+    kit.predict.summary chooses, calibrates and summarises after."""
     run = Run(run_dir)
     fold_numbers = fold_numbers_of(config, fold)
     with distributed.main_first():  # folds.csv is written once
         folds = load_folds(config, labels)
     if distributed.is_main():
-        write_json(run.plan_file, {"fold": fold})  # what --resume continues
+        plan = {"fold": fold, **({"seeds": seed_count} if seed_count > 1 else {})}
+        write_json(run.plan_file, plan)  # what --resume continues
     rows = usable_rows(config, labels, run)
     for number in fold_numbers:
         finished = distributed.broadcast_object(run.fold(number).result_file.exists())
-        if not finished:
-            train_fold(
-                config, labels, folds, number, run, rows, planned_stop(config, run, fold_numbers, number)
-            )
+        if finished:
+            continue
+        planned = planned_stop(config, run, fold_numbers, number)
+        if seed_count == 1:
+            train_fold(config, labels, folds, number, run, rows, planned)
+            continue
+        for seed in range(seed_count):
+            record = run.fold(number).seed(seed, record=True)
+            if not distributed.broadcast_object(record.result_file.exists()):
+                follows = planned if seed == 0 or planned is not None else seed_zero_stop(config, run, number)
+                train_fold(config, labels, folds, number, run, rows, follows, seed)
+        if distributed.is_main():
+            average_seeds(config, labels, run, number, seed_count)
     return fold_numbers
+
+
+def seed_zero_stop(config: Config, run: Run, number: int) -> dict | None:
+    """With --seeds N and train.stop_when_worse, seed 0's stop decision for the fold's later seeds, so
+    that every seed runs the same check points and their files average file by file: {"stop": where seed 0
+    stopped, or None}. None: the stop is off."""
+    if not config.train.stop_when_worse:
+        return None
+    record = run.fold(number).seed(0, record=True)
+    recipe = distributed.broadcast_object(record.read_result().recipe if distributed.is_main() else None)
+    return {"stop": (recipe or {}).get("stop")}
 
 
 def planned_stop(config: Config, run: Run, fold_numbers: list[int], number: int) -> dict | None:

@@ -23,7 +23,13 @@ from kit.data.labels import LabelTable
 from kit.errors import KitError
 from kit.files import write_json
 from kit.run import SUMMARY_FILE, Run
-from kit.train.cross_validation import fold_numbers_of, train_fold, usable_rows
+from kit.train.cross_validation import (
+    average_seeds,
+    fold_numbers_of,
+    seed_zero_stop,
+    train_fold,
+    usable_rows,
+)
 from kit.train.stage import training_images
 from kit.train.views import prediction_cache_side
 
@@ -31,6 +37,23 @@ from kit.train.views import prediction_cache_side
 def folds_of_process(fold_numbers: list[int], process: int, processes: int) -> list[int]:
     """The folds process `process` of `processes` trains: fold k goes to process k mod processes. Pure."""
     return [number for number in fold_numbers if number % processes == process]
+
+
+def jobs_of_process(
+    fold_numbers: list[int], seed_count: int, process: int, processes: int, whole_folds: bool = False
+) -> list[tuple[int, int | None]]:
+    """The (fold, seed) jobs process `process` of `processes` trains: every fold's seeds in turn, job i (in
+    that order) on process i mod processes; seed None when the folds train one seed each. One seed, or
+    `whole_folds` (a fold's later seeds follow its seed 0's stop: train.stop_when_worse): fold k and all
+    its seeds, in turn, on process k mod processes (as folds_of_process deals them). Pure."""
+    if seed_count == 1 or whole_folds:
+        return [
+            (number, None if seed_count == 1 else seed)
+            for number in folds_of_process(fold_numbers, process, processes)
+            for seed in range(seed_count)
+        ]
+    jobs = [(number, seed) for number in fold_numbers for seed in range(seed_count)]
+    return [job for index, job in enumerate(jobs) if index % processes == process]
 
 
 def failure_line(failures: dict[int, tuple[int, str]], run_dir: Path, competition: str) -> str:
@@ -56,17 +79,20 @@ def stop_note(stop_when_worse: bool, stop_per_fold: bool, processes: int) -> str
     )
 
 
-def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> list[int]:
+def train(config: Config, labels: LabelTable, fold: str, run_dir: Path, seed_count: int = 1) -> list[int]:
     """Every fold of `fold` ("all") trained across the processes torchrun started, each fold's folder
-    written by the process that trained it; folds finished before an interruption are kept. Returns
-    the fold numbers, on every process, once all of them finished; raises KitError on every process,
-    naming the folds, when any failed."""
+    written by the process that trained it; folds finished before an interruption are kept. With
+    `seed_count` > 1 each (fold, seed) is a job of its own (jobs_of_process), and process 0 averages each
+    fold's seeds once every process finished (kit.train.cross_validation.average_seeds). Returns the fold
+    numbers, on every process, once all of them finished; raises KitError on every process, naming the
+    folds, when any failed."""
     run = Run(run_dir)
     fold_numbers = fold_numbers_of(config, fold)
     with distributed.main_first():  # folds.csv is written once
         folds = load_folds(config, labels)
     if distributed.is_main():
-        write_json(run.plan_file, {"fold": fold, "parallel": "folds"})  # what --resume continues
+        plan = {"fold": fold, "parallel": "folds", **({"seeds": seed_count} if seed_count > 1 else {})}
+        write_json(run.plan_file, plan)  # what --resume continues
     rows = usable_rows(config, labels, run)
     _build_caches(config, labels)
     process, processes = distributed.rank(), distributed.world_size()
@@ -76,28 +102,47 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path) -> list[
     waiting = distributed.patient_group()  # made by every process here, before any fold can fail
     failures: dict[int, tuple[int, str]] = {}
     with distributed.alone():
-        for number in folds_of_process(fold_numbers, process, processes):
-            if run.fold(number).result_file.exists():
+        whole_folds = (
+            config.train.stop_when_worse
+        )  # a fold's seeds follow its seed 0: one process trains them
+        for number, seed in jobs_of_process(fold_numbers, seed_count, process, processes, whole_folds):
+            done = run.fold(number) if seed is None else run.fold(number).seed(seed, record=True)
+            if run.fold(number).result_file.exists() or done.result_file.exists():
                 continue  # finished before an interruption (--resume)
             try:
                 # planned=None: each fold decides its own stop (train.stop_when_worse), since fold 0,
-                # whose decision the later folds follow in a sequential run, trains at the same time.
-                train_fold(config, labels, folds, number, run, rows, planned=None)
+                # whose decision the later folds follow in a sequential run, trains at the same time;
+                # a fold's later seeds follow its seed 0, trained before them in this process.
+                planned = seed_zero_stop(config, run, number) if seed else None
+                train_fold(config, labels, folds, number, run, rows, planned=planned, seed=seed)
             except Exception as error:  # reported to every process below; this process trains no more
                 click.echo(f"fold {number} (process {process}):\n{traceback.format_exc()}", err=True)
-                failures[number] = (process, _one_line(error))
+                failures[number] = (process, ("" if seed is None else f"seed {seed}: ") + _one_line(error))
                 break
     gathered = distributed.gather_objects(failures, waiting)  # every process waits here for the slowest
     every_failure = {fold: failed for part in gathered for fold, failed in part.items()}
     if every_failure:
         raise KitError(failure_line(every_failure, run_dir, config.name))
-    missing = [number for number in fold_numbers if not run.fold(number).result_file.exists()]
+    missing = [number for number in fold_numbers if not _finished(run, number, seed_count)]
     if missing and distributed.is_main():
         raise KitError(
             f"folds {missing} finished in other processes but their results are not in {run_dir} here: "
             "runs/ must be one folder every node writes to (a shared file system)"
         )
+    if distributed.is_main():  # every seed of every fold is done: the folds' results are made last
+        for number in fold_numbers:
+            if not run.fold(number).result_file.exists():
+                average_seeds(config, labels, run, number, seed_count)
     return fold_numbers
+
+
+def _finished(run: Run, number: int, seed_count: int) -> bool:
+    """A fold's result is written, or (several seeds) every seed's is, to be averaged."""
+    fold = run.fold(number)
+    seeds_done = seed_count > 1 and all(
+        fold.seed(seed, record=True).result_file.exists() for seed in range(seed_count)
+    )
+    return fold.result_file.exists() or seeds_done
 
 
 def _build_caches(config: Config, labels: LabelTable) -> None:
