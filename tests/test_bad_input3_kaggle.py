@@ -22,6 +22,7 @@ from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
 )
 
 from kit.cli import main
+from kit.errors import KitError
 
 pytestmark = pytest.mark.usefixtures("kaggle_environment")
 
@@ -165,7 +166,6 @@ def test_no_network_fails_at_once_whatever_the_credentials(
 
 
 def test_no_network_while_listing_submissions_is_one_line_at_once(project, monkeypatch, tmp_path):
-    import click
 
     from kit.kaggle import client
 
@@ -173,6 +173,6 @@ def test_no_network_while_listing_submissions_is_one_line_at_once(project, monke
     (home.config_directory / "kaggle.json").write_text(json.dumps({"username": STANDIN_USERNAME, "key": "k"}))
     point_the_client_at_nothing(monkeypatch)
     started = time.monotonic()
-    with pytest.raises(click.ClickException) as caught:
+    with pytest.raises(KitError) as caught:
         client.list_submissions(DOG_SLUG)
     assert caught.value.message.startswith("cannot reach Kaggle") and time.monotonic() - started < 10

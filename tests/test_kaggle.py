@@ -17,6 +17,7 @@ from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
     make_zip,
 )
 
+from kit.cli import Commands
 from kit.errors import KitError
 from kit.kaggle import answers, credentials, download
 from kit.kaggle import client as kaggle
@@ -46,8 +47,8 @@ def assert_key_not_printed(capsys) -> None:
         assert secret not in captured.out + captured.err
 
 
-def assert_one_line_without_key(error: click.ClickException) -> str:
-    message = error.format_message()
+def assert_one_line_without_key(error: KitError) -> str:
+    message = error.message
     assert "\n" not in message
     assert STANDIN_KEY not in message
     return message
@@ -76,7 +77,7 @@ def test_download_refuses_parent_traversal_and_writes_nothing(environment, tmp_p
     evil = make_zip({"ok.txt": b"fine", "../evil": b"pwned"})
     bundle = make_zip({"train.zip": evil}) if nested else evil
     raw_dir = tmp_path / "data" / "raw" / SLUG
-    with KaggleStandIn(competitions={SLUG: bundle}), pytest.raises(click.ClickException) as caught:
+    with KaggleStandIn(competitions={SLUG: bundle}), pytest.raises(KitError) as caught:
         download.download_competition(SLUG, raw_dir)
     message = assert_one_line_without_key(caught.value)
     assert "'../evil'" in message and (".zip" in message)
@@ -96,7 +97,7 @@ def test_safe_extract_refuses_escaping_members(tmp_path, member_name, reason):
     zip_path = tmp_path / "bad.zip"
     zip_path.write_bytes(make_zip({"harmless.txt": b"x", member_name: b"pwned"}))
     destination = tmp_path / "out"
-    with pytest.raises(click.ClickException) as caught:
+    with pytest.raises(KitError) as caught:
         download.safe_extract(zip_path, destination)
     message = assert_one_line_without_key(caught.value)
     assert "bad.zip" in message and repr(member_name) in message and reason in message
@@ -110,7 +111,7 @@ def test_safe_extract_refuses_symlink_member(tmp_path):
     zip_path = tmp_path / "links.zip"
     with zipfile.ZipFile(zip_path, "w") as archive:
         archive.writestr(link, "/etc/passwd")
-    with pytest.raises(click.ClickException, match="symbolic link"):
+    with pytest.raises(KitError, match="symbolic link"):
         download.safe_extract(zip_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -128,7 +129,7 @@ def test_interrupted_download_leaves_no_raw_dir_and_next_try_replaces_partial(en
     partial = raw_dir.parent / f".partial-{SLUG}"
     with (
         KaggleStandIn(competitions={SLUG: b"PK\x03\x04 truncated"}),
-        pytest.raises(click.ClickException, match="not a valid zip"),
+        pytest.raises(KitError, match="not a valid zip"),
     ):
         download.download_competition(SLUG, raw_dir)
     assert not raw_dir.exists() and not partial.exists()
@@ -169,7 +170,7 @@ def test_failed_upload_is_an_error_not_a_silent_success(environment, tmp_path):
     csv_path.write_bytes(b"id,label\n1,0\n")
     with (
         KaggleStandIn(competitions={SLUG: None}, failing_uploads=True) as stand_in,
-        pytest.raises(click.ClickException, match="uploading submission.csv to dog-breeds failed"),
+        pytest.raises(KitError, match="uploading submission.csv to dog-breeds failed"),
     ):
         kaggle.submit(SLUG, csv_path, "never arrives")
     assert stand_in.uploads == []
@@ -220,18 +221,22 @@ def test_list_submissions_returns_server_rows_across_pages(environment):
 
 def test_missing_credentials_give_one_line_fix_without_traceback(monkeypatch, tmp_path, capsys):
     kaggle_env(monkeypatch, tmp_path, credentials=False)
-    with pytest.raises(click.ClickException) as caught:
+    with pytest.raises(KitError) as caught:
         kaggle.authenticated_api()
     message = assert_one_line_without_key(caught.value)
     positions = [message.index(form) for form in credentials.FORM_NAMES]  # every form, in the client's order
     assert positions == sorted(positions)
     assert capsys.readouterr().out == ""  # the client's multi-line banner is swallowed
 
-    @click.command()
+    @click.group(cls=Commands)  # the kit's command line: a KitError becomes click's one line
+    def group():
+        pass
+
+    @group.command()
     def command():
         kaggle.authenticated_api()
 
-    result = CliRunner().invoke(command)
+    result = CliRunner().invoke(group, ["command"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: {message}"]
 
@@ -248,7 +253,7 @@ def test_credentials_from_kaggle_json_in_config_dir(monkeypatch, tmp_path):
 def test_wrong_key_is_reported_without_leaking_it(environment, capsys):
     with (
         KaggleStandIn(submissions={SLUG: []}, key="the-real-key-is-different"),
-        pytest.raises(click.ClickException) as caught,
+        pytest.raises(KitError) as caught,
     ):
         kaggle.list_submissions(SLUG)
     message = assert_one_line_without_key(caught.value)
@@ -260,7 +265,7 @@ def test_rules_not_accepted_points_at_rules_page(environment, tmp_path):
     raw_dir = tmp_path / "rules-not-accepted"
     with (
         KaggleStandIn(competitions={"rules-not-accepted": competition_zip()}),
-        pytest.raises(click.ClickException) as caught,
+        pytest.raises(KitError) as caught,
     ):
         download.download_competition("rules-not-accepted", raw_dir)
     message = assert_one_line_without_key(caught.value)
@@ -269,9 +274,9 @@ def test_rules_not_accepted_points_at_rules_page(environment, tmp_path):
 
 
 def test_unknown_slug_says_so(environment, tmp_path):
-    with KaggleStandIn(competitions={SLUG: competition_zip()}), pytest.raises(click.ClickException) as caught:
+    with KaggleStandIn(competitions={SLUG: competition_zip()}), pytest.raises(KitError) as caught:
         download.download_competition("dog-bredes", tmp_path / "dog-bredes")
-        with pytest.raises(click.ClickException, match="unknown competition 'dog-bredes'"):
+        with pytest.raises(KitError, match="unknown competition 'dog-bredes'"):
             kaggle.list_submissions("dog-bredes")
     assert "unknown competition 'dog-bredes'" in assert_one_line_without_key(caught.value)
     assert not (tmp_path / "dog-bredes").exists()
@@ -288,7 +293,7 @@ def test_unreachable_server_says_no_network(environment, monkeypatch, tmp_path):
     )
     waits = []
     monkeypatch.setattr(answers, "pause", waits.append)
-    with pytest.raises(click.ClickException) as caught:
+    with pytest.raises(KitError) as caught:
         download.download_competition(SLUG, tmp_path / SLUG)
     assert assert_one_line_without_key(caught.value).startswith("cannot reach Kaggle (no network?)")
     assert waits == []  # no connection at all: said at once, as for a token (issue 32), not after 30 s

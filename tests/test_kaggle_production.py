@@ -9,7 +9,6 @@ import json
 import re
 from pathlib import Path
 
-import click
 import pytest
 import requests
 from click.testing import CliRunner
@@ -28,6 +27,7 @@ from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
 )
 
 from kit.cli import main
+from kit.errors import KitError
 from kit.kaggle import answers, client, credentials, download, kernels
 
 pytestmark = pytest.mark.usefixtures("kaggle_environment")
@@ -136,7 +136,7 @@ def test_a_link_refused_twice_stops_in_one_line(monkeypatch, tmp_path, waits):
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
     with KaggleStandIn(competitions={SLUG: bundle()}) as stand_in:
         stand_in.fail_next("storage", "expired-400").fail_next("storage", "expired-400")
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             download.download_competition(SLUG, tmp_path / "raw" / SLUG)
     assert "expired" in caught.value.message and "ExpiredToken (HTTP 400)" not in caught.value.message
     assert stand_in.api_calls("DownloadDataFiles") == 2 and waits == []
@@ -189,7 +189,7 @@ def test_a_missing_private_part_is_one_line_with_versions_and_pin(monkeypatch, t
     with KaggleStandIn(competitions={SLUG: bundle()}):
         api = client.authenticated_api()
         monkeypatch.setattr(KaggleHttpClient, "_init_session", lambda self: None)  # a release without it
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             download.signed_link(api, SLUG)
     message = caught.value.message
     assert "\n" not in message and "KaggleHttpClient._session" in message
@@ -271,7 +271,7 @@ def test_a_revoked_token_with_a_valid_legacy_key_says_what_the_client_will_send(
         (home.home / ".kaggle").mkdir(exist_ok=True)
         (home.home / ".kaggle" / "access_token").write_text("KGAT_revoked00000000000000000000\n")
     warned = []
-    with KaggleStandIn(competitions={SLUG: None}), pytest.raises(click.ClickException) as caught:
+    with KaggleStandIn(competitions={SLUG: None}), pytest.raises(KitError) as caught:
         client.list_files(SLUG, warned.append)
     message = caught.value.message
     assert "not active" in message and "keeps sending it" in message and "kaggle.json" in message
@@ -386,7 +386,7 @@ def test_a_code_submission_refused_for_rules_gives_the_rules_url(monkeypatch, tm
         completed_kernel(stand_in, b"id\n")
         stand_in.rules_not_accepted.add(DOG_SLUG)  # after `kit notebook` checked: the rules changed
         api = client.authenticated_api()
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             kernels.submit_code(api, DOG_SLUG, kernels.Pushed(KERNEL, 1, ""), "submission.csv", "m", "KEPT")
     assert RULES in caught.value.message and caught.value.message.endswith("; KEPT")
 

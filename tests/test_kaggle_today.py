@@ -9,7 +9,6 @@ import errno
 import os
 import shutil
 
-import click
 import pytest
 from click.testing import CliRunner
 from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
@@ -25,6 +24,7 @@ from kaggle_standin import (  # kaggle_environment: every test in PROD and TEST
 )
 
 from kit.cli import main
+from kit.errors import KitError
 from kit.files import human_size
 from kit.kaggle import answers, client, download
 
@@ -39,8 +39,8 @@ def big_bundle(chunks: int = 12) -> bytes:
     return noise_bundle(chunks * CHUNK - 200, seed=0)
 
 
-def one_line(error: click.ClickException) -> str:
-    message = error.format_message()
+def one_line(error: KitError) -> str:
+    message = error.message
     assert "\n" not in message
     for secret in secrets():
         assert secret not in message
@@ -81,7 +81,7 @@ def test_every_credential_form_works(monkeypatch, tmp_path, form, scheme, capsys
 
 def test_missing_credentials_name_every_form_in_order(monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials=False)
-    with pytest.raises(click.ClickException) as caught:
+    with pytest.raises(KitError) as caught:
         client.authenticated_api()
     message = one_line(caught.value)
     positions = [message.index(form) for form in client.credential_forms.FORM_NAMES]
@@ -92,7 +92,7 @@ def test_missing_credentials_name_every_form_in_order(monkeypatch, tmp_path):
 def test_refused_token_names_its_form_never_its_value(monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials="token-file")
     with KaggleStandIn(submissions={SLUG: []}, token="KGAT_another-token"):
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             client.list_submissions(SLUG)
     message = one_line(caught.value)
     assert "~/.kaggle/access_token" in message and "not active" in message
@@ -101,7 +101,7 @@ def test_refused_token_names_its_form_never_its_value(monkeypatch, tmp_path):
 def test_401_names_the_form_used_and_all_forms(monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials="key-env")
     with KaggleStandIn(submissions={SLUG: []}, key="the-real-key-is-different"):
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             client.list_submissions(SLUG)
     message = one_line(caught.value)
     assert "HTTP 401" in message and "KAGGLE_USERNAME/KAGGLE_KEY" in message
@@ -114,7 +114,7 @@ def test_token_pasted_as_legacy_key_says_where_tokens_go(monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials="key-env")
     monkeypatch.setenv("KAGGLE_KEY", STANDIN_TOKEN)  # the new token, sent as Basic auth: refused
     with KaggleStandIn(submissions={SLUG: []}):
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             client.list_submissions(SLUG)
     message = one_line(caught.value)
     assert "KAGGLE_KEY holds an API token" in message and "KAGGLE_API_TOKEN" in message
@@ -132,7 +132,7 @@ def test_credentials_file_readable_by_others_is_warned_once(monkeypatch, tmp_pat
 
 def test_old_client_is_refused_naming_its_version(monkeypatch):
     monkeypatch.setattr(client.importlib.metadata, "version", lambda name: "1.7.4.5")
-    with pytest.raises(click.ClickException) as caught:
+    with pytest.raises(KitError) as caught:
         client.check_client_version()
     message = one_line(caught.value)
     assert "kaggle 1.7.4.5 is installed" in message and "kaggle>=2.2.4,<3" in message
@@ -144,7 +144,7 @@ def test_old_client_is_refused_naming_its_version(monkeypatch):
 def test_403_rules_shows_kaggles_text_and_rules_page(monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
     with KaggleStandIn(competitions={SLUG: big_bundle(1)}, rules_not_accepted={SLUG}):
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             download.download_competition(SLUG, tmp_path / "raw" / SLUG)
     message = one_line(caught.value)
     assert RULES_MESSAGE in message and f"https://www.kaggle.com/competitions/{SLUG}/rules" in message
@@ -153,7 +153,7 @@ def test_403_rules_shows_kaggles_text_and_rules_page(monkeypatch, tmp_path):
 def test_403_participate_says_join_and_verify_phone_not_rules(monkeypatch, tmp_path):
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
     with KaggleStandIn(competitions={SLUG: big_bundle(1)}, not_joined={SLUG}):
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             download.download_competition(SLUG, tmp_path / "raw" / SLUG)
     message = one_line(caught.value)
     assert PARTICIPATE_MESSAGE in message and "join" in message and "phone" in message
@@ -173,7 +173,7 @@ def test_expired_link_is_replaced_by_a_fresh_one(monkeypatch, tmp_path, waits):
 def test_link_that_stays_expired_is_one_line_without_signature(monkeypatch, tmp_path, waits):
     kaggle_env(monkeypatch, tmp_path, credentials="token-env")
     with KaggleStandIn(competitions={SLUG: big_bundle(1)}, link_lifetime=0) as stand_in:
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             download.download_competition(SLUG, tmp_path / "raw" / SLUG)
     message = one_line(caught.value)
     assert "expired" in message and "run the command again" in message
@@ -187,7 +187,7 @@ def test_400_daily_limit_says_how_many_tomorrow(monkeypatch, tmp_path):
     csv_path.write_text("id,label\n1,0.5\n")
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     with KaggleStandIn(submissions={SLUG: [{"date": today, "fileName": "a.csv"}]}, daily_limit=1) as stand_in:
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             client.submit(SLUG, csv_path, "one too many")
     message = one_line(caught.value)
     assert "daily Submission allowance (1)" in message and "daily limit reached; 1 left tomorrow" in message
@@ -199,7 +199,7 @@ def test_400_notebook_only(monkeypatch, tmp_path):
     csv_path = tmp_path / "submission.csv"
     csv_path.write_text("id,label\n1,0.5\n")
     with KaggleStandIn(competitions={SLUG: None}, notebook_only={SLUG}) as stand_in:
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             client.submit(SLUG, csv_path, "csv")
     assert "this competition takes notebook submissions only" in one_line(caught.value)
     assert stand_in.uploads == []
@@ -219,7 +219,7 @@ def test_429_forever_is_bounded_and_one_line(monkeypatch, tmp_path, waits):
     with KaggleStandIn(submissions={SLUG: []}) as stand_in:
         for _ in range(answers.RETRY_ATTEMPTS + 2):
             stand_in.fail_next("ListSubmissions", "429", retry_after="3600")
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             client.list_submissions(SLUG)
     assert "HTTP 429" in one_line(caught.value)
     assert stand_in.api_calls("ListSubmissions") == answers.RETRY_ATTEMPTS
@@ -236,7 +236,7 @@ def test_dropped_connection_then_resume_transfers_only_the_rest(monkeypatch, tmp
     with KaggleStandIn(competitions={SLUG: bundle}) as stand_in:
         for _ in range(answers.RETRY_ATTEMPTS):
             stand_in.fail_next("storage", "drop", after_bytes=CHUNK)
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             download.download_competition(SLUG, raw_dir)
         message = one_line(caught.value)
         no_signature(message, stand_in)
@@ -260,7 +260,7 @@ def test_too_little_free_space_up_front_says_how_much_is_missing(monkeypatch, tm
     monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=len(bundle)))
     raw_dir = tmp_path / "data" / "raw" / SLUG
     with KaggleStandIn(competitions={SLUG: bundle}):
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             download.download_competition(SLUG, raw_dir)
     message = one_line(caught.value)
     assert "not enough free space for downloading dog-breeds.zip (its size × 2: to extract it)" in message
@@ -276,7 +276,7 @@ def test_too_little_free_space_before_extracting(monkeypatch, tmp_path):
     monkeypatch.setattr(download.shutil, "disk_usage", lambda path: next(answers))
     raw_dir = tmp_path / "data" / "raw" / SLUG
     with KaggleStandIn(competitions={SLUG: bundle}) as stand_in:
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             download.download_competition(SLUG, raw_dir)
     message = one_line(caught.value)
     assert "not enough free space for extracting dog-breeds.zip" in message
@@ -310,7 +310,7 @@ def test_disk_full_in_the_middle_of_writing(monkeypatch, tmp_path, reason):
     raw_dir = tmp_path / "data" / "raw" / SLUG
     with KaggleStandIn(competitions={SLUG: bundle}) as stand_in:
         monkeypatch.setattr(download, "open", FullDisk, raising=False)
-        with pytest.raises(click.ClickException) as caught:
+        with pytest.raises(KitError) as caught:
             download.download_competition(SLUG, raw_dir)
         message = one_line(caught.value)
         assert "disk filled up" in message and "run it again to resume" in message

@@ -12,7 +12,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,6 +21,7 @@ from test_kaggle_loop import DOG_SLUG, dog_breeds_bundle
 from test_scaffold import SEEDLINGS_SLUG, seedlings_files
 
 from kit.competitions import load_competition
+from kit.errors import KitError
 from kit.run import LAYOUT
 
 # The dog-breeds recipe cut to seconds; one snapshot predicts, so the run holds weights the package must not.
@@ -130,7 +130,7 @@ def test_kit_notebook_packages_pushes_follows_and_submits(project, monkeypatch, 
     # `kit submit` on a code competition points at `kit notebook`.
     from kit import commands
 
-    with pytest.raises(click.ClickException, match="kit notebook dog-breeds --submit"):
+    with pytest.raises(KitError, match="kit notebook dog-breeds --submit"):
         commands.submit(load_competition("dog-breeds", ["competition.submission=notebook"]), None, "", True)
 
 
@@ -317,7 +317,7 @@ def test_kaggle_refusals_are_one_line(project, monkeypatch, tmp_path):
         write_kernel(folder, manifest, STANDIN_USERNAME, DATASET, DOG_SLUG, gpu=True)
         metadata = json.loads((folder / "kernel-metadata.json").read_text())
         (folder / "kernel-metadata.json").write_text(json.dumps({**metadata, "enable_internet": True}))
-        with pytest.raises(click.ClickException, match=f"did not attach {DATASET}"):
+        with pytest.raises(KitError, match=f"did not attach {DATASET}"):
             kernels.push_kernel(api, folder)  # the dataset does not exist yet: Kaggle cannot attach it
         state = notebooks(stand_in)
         (version,) = state.kernels[KERNEL]
@@ -325,7 +325,7 @@ def test_kaggle_refusals_are_one_line(project, monkeypatch, tmp_path):
         state.running_polls, state.outputs = 0, {"submission.csv": b"id\n"}
         pushed = kernels.Pushed(KERNEL, 1, "")
         assert kernels.wait_for_kernel(api, pushed, 0.01, 60) == kernels.Finished("complete", "")
-        with pytest.raises(click.ClickException) as refused:
+        with pytest.raises(KitError) as refused:
             kernels.submit_code(api, DOG_SLUG, pushed, "submission.csv", "m")
         assert "Notebooks with internet access enabled cannot be submitted" in refused.value.message
         assert "\n" not in refused.value.message and state.code_submissions == []

@@ -16,6 +16,7 @@ from kit.commands.common import baseline_text, notice
 from kit.commands.training import cv_honesty, load_for_training, train_in_new_run
 from kit.config import Config
 from kit.data.labels import check_row_order, load_labels, load_test, parse_csv
+from kit.errors import KitError
 from kit.files import (
     git_commit,
     read_json,
@@ -180,7 +181,7 @@ def ledger(config: Config) -> pd.DataFrame:
     if config.competition.kaggle and "score" not in load_hooks(config):
         try:
             remote = kaggle.list_submissions(config.competition.kaggle)
-        except click.ClickException as error:  # the local ledger is still worth showing
+        except KitError as error:  # the local ledger is still worth showing
             click.echo(f"scores not refreshed: {error.message}", err=True)
         else:
             with submission_ledger.ledger_lock():  # a `kit submit` meanwhile keeps its row

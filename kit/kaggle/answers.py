@@ -17,8 +17,9 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-import click
 import requests
+
+from kit.errors import KitError
 
 PAGE_SIZE = 20  # the official client's own default, so every server honours it
 MAXIMUM_PAGES = 50
@@ -114,13 +115,13 @@ def error_message(error: requests.HTTPError, slug: str | None, refused_credentia
 
 @contextlib.contextmanager
 def translate_errors(slug: str | None, refused_credentials=None) -> Iterator[None]:
-    """Turn the client's requests exceptions into one-line ClickExceptions that name the fix."""
+    """Turn the client's requests exceptions into one-line KitErrors that name the fix."""
     try:
         yield
     except requests.HTTPError as error:
-        raise click.ClickException(error_message(error, slug, refused_credentials)) from None
+        raise KitError(error_message(error, slug, refused_credentials)) from None
     except (requests.ConnectionError, requests.Timeout):
-        raise click.ClickException(NO_NETWORK) from None
+        raise KitError(NO_NETWORK) from None
 
 
 def status_of(error: Exception) -> int | None:

@@ -2,7 +2,7 @@
 does it (credentials.py asks it which forms it finds), Kaggle's errors with the kit's fix (answers.py),
 files, submission limits, submit, submissions and the leaderboard.
 
-Every failure the user can fix surfaces as a one-line `click.ClickException`. The client's verbose mode
+Every failure the user can fix surfaces as a one-line `kit.errors.KitError`. The client's verbose mode
 (which prints the Authorization header) is never switched on. Where the kit needs a part of kagglesdk that
 is not public, it reaches it through `private_part`, which names the installed versions if it is gone.
 """
@@ -15,12 +15,14 @@ import functools
 import importlib.metadata
 import io
 import pathlib
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-import click
 import requests
+from tqdm import tqdm
 
+from kit.errors import KitError
 from kit.kaggle import answers
 from kit.kaggle import credentials as credential_forms
 from kit.kaggle.answers import PAGE_SIZE, describe, paged, status_of, with_retries
@@ -37,11 +39,11 @@ def check_client_version() -> None:
     try:
         installed = importlib.metadata.version("kaggle")
     except importlib.metadata.PackageNotFoundError:
-        raise click.ClickException(
+        raise KitError(
             f"the official kaggle client is not installed: pip install '{CLIENT_REQUIREMENT}'"
         ) from None
     if not Version(MINIMUM_CLIENT) <= Version(installed) < Version("3"):
-        raise click.ClickException(
+        raise KitError(
             f"kaggle {installed} is installed; the kit needs {CLIENT_REQUIREMENT}: "
             f"pip install -U '{CLIENT_REQUIREMENT}'"
         )
@@ -90,7 +92,7 @@ def private_part(owner, name: str, expected_type: type):
     versions and the pin to install where a release renamed or removed it."""
     value = getattr(owner, name, None)
     if not isinstance(value, expected_type):
-        raise click.ClickException(
+        raise KitError(
             f"the installed kaggle client ({installed_versions()}) has no {type(owner).__name__}.{name}, "
             f"which the kit relies on: pip install {TESTED_WITH} (the versions the kit is tested with)"
         )
@@ -172,12 +174,12 @@ def authenticated_api(warn: Callable[[str], None] = lambda line: None):
     present = credential_forms.found(api)
     malformed = credential_forms.malformed_config(api)
     if credential_forms.breaks_the_client(api):
-        raise click.ClickException(
+        raise KitError(
             f"{malformed}, which stops the kaggle client: write it as "
             '{"username": "<user>", "key": "<key>"}, or remove it and use an API token (KAGGLE_API_TOKEN)'
         )
     if not present:
-        raise click.ClickException(missing_credentials_message(malformed))
+        raise KitError(missing_credentials_message(malformed))
     if malformed:
         _warn_once(warn, f"warning: {malformed}; the kaggle client skips it")
     for form in present:
@@ -189,7 +191,7 @@ def authenticated_api(warn: Callable[[str], None] = lambda line: None):
         with translate_errors(None, api), contextlib.redirect_stdout(io.StringIO()):
             api.authenticate()
     except SystemExit:
-        raise click.ClickException(
+        raise KitError(
             f"Kaggle says the API token in {present[0].name} is not active (expired or revoked): "
             f"create a new one at {credential_forms.SETTINGS_URL} "
             f"(the kit looks in {credential_forms.IN_ORDER}, in that order)"
@@ -198,7 +200,7 @@ def authenticated_api(warn: Callable[[str], None] = lambda line: None):
     if present[0].token and method != _auth_method("ACCESS_TOKEN") and len(present) > 1:
         # The client moved on from an inactive token, but kagglesdk reads the token again for every
         # request (KaggleHttpClient sends it whenever it is given none), so the fallback would be refused.
-        raise click.ClickException(
+        raise KitError(
             f"Kaggle says the API token in {present[0].name} is not active (expired or revoked), and the "
             f"kaggle client keeps sending it instead of {present[1].name}: create a new token at "
             f"{credential_forms.SETTINGS_URL} and put it in {present[0].name}, or remove it there"
@@ -235,7 +237,7 @@ def _service(kaggle):
 
 
 def _stderr(line: str) -> None:
-    click.echo(line, err=True)
+    tqdm.write(line, file=sys.stderr)
 
 
 def list_files(slug: str, warn: Callable[[str], None] = _stderr) -> list[DataFile]:
@@ -283,10 +285,8 @@ def require_submissions_left(api, slug: str) -> Limits | None:
     limits = submission_limits(api, slug)
     if limits is not None and limits.left_today <= 0:
         if limits.limited_by_total:
-            raise click.ClickException(
-                f"no submissions left for {slug}: its lifetime cap is reached; nothing uploaded"
-            )
-        raise click.ClickException(
+            raise KitError(f"no submissions left for {slug}: its lifetime cap is reached; nothing uploaded")
+        raise KitError(
             f"no submissions left today for {slug} ({limits.used_today} used; more in "
             f"{hours_to_utc_midnight():.1f} h, at 00:00 UTC); nothing uploaded"
         )
@@ -301,7 +301,7 @@ def submit(slug: str, csv_path: pathlib.Path, message: str, api=None) -> None:
     """
     csv_path = pathlib.Path(csv_path)
     if not csv_path.is_file():
-        raise click.ClickException(f"submission file not found: {csv_path}")
+        raise KitError(f"submission file not found: {csv_path}")
     api = api or authenticated_api()
 
     def upload():
@@ -314,13 +314,13 @@ def submit(slug: str, csv_path: pathlib.Path, message: str, api=None) -> None:
             response = with_retries(upload, retry_on=lambda error: status_of(error) == 429)
         except Exception as error:
             if status_of(error) is None or status_of(error) >= 500:
-                raise click.ClickException(
+                raise KitError(
                     f"the upload to {slug} was cut off ({describe(error)}): run `kit ledger` to see whether "
                     "Kaggle received it before submitting again"
                 ) from None
             raise
     if response is None or response.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
-        raise click.ClickException(f"uploading {csv_path.name} to {slug} failed; retry the submission")
+        raise KitError(f"uploading {csv_path.name} to {slug} failed; retry the submission")
 
 
 def _text_or_none(value) -> str | None:

@@ -25,7 +25,6 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import click
 import requests
 
 from kit.errors import KitError
@@ -79,14 +78,14 @@ def safe_extract(zip_path: Path, destination: Path) -> None:
                 if reason is None and (destination / member.filename).resolve() == zip_path.resolve():
                     reason = "the archive's own name"
                 if reason:
-                    raise click.ClickException(
+                    raise KitError(
                         f"refusing to extract {zip_path.name}: member {member.filename!r} has {reason}"
                     )
             destination.mkdir(parents=True, exist_ok=True)
             for member in members:
                 archive.extract(member, destination)
     except zipfile.BadZipFile:
-        raise click.ClickException(
+        raise KitError(
             f"{zip_path.name} is not a valid zip archive (truncated download?); delete it and retry"
         ) from None
 
@@ -131,7 +130,7 @@ def _extract_archives(folder: Path) -> None:
         for archive in archives:
             safe_extract(archive, archive.parent if level == 0 else _nested_destination(archive))
             archive.unlink()
-    raise click.ClickException(f"zip archives in {folder.name} nest deeper than {MAXIMUM_ZIP_NESTING} levels")
+    raise KitError(f"zip archives in {folder.name} nest deeper than {MAXIMUM_ZIP_NESTING} levels")
 
 
 # Transfers.
@@ -144,7 +143,7 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < needed:
-        raise click.ClickException(
+        raise KitError(
             f"not enough free space for {what}: {human_size(needed)} needed on the disk of {folder}, "
             f"{human_size(free)} free; "
             f"free {human_size(needed - free)} more, then rerun"
@@ -188,7 +187,7 @@ def signed_link(api, slug: str, file_name: str | None = None) -> str:
             response.close()
             if getattr(response, "history", None) and response.url:
                 return response.url
-            raise click.ClickException(
+            raise KitError(
                 f"Kaggle answered the download of {slug} with HTTP {response.status_code} instead of a link; "
                 "retry later"
             )
@@ -199,7 +198,7 @@ def signed_link(api, slug: str, file_name: str | None = None) -> str:
         except requests.HTTPError as error:
             if file_name is None or answers.status_of(error) != 404:
                 raise
-            raise click.ClickException(
+            raise KitError(
                 f"Kaggle: {answers.kaggle_message(error)} (HTTP 404): no file {file_name!r} in {slug}; "
                 "`kit files` lists its files"
             ) from None
@@ -288,7 +287,7 @@ def fetch(
                 continue
             failures += 1
             if not answers.retryable(error) or failures >= answers.RETRY_ATTEMPTS:
-                raise click.ClickException(answers.error_message(error, None) + _kept(target)) from None
+                raise KitError(answers.error_message(error, None) + _kept(target)) from None
             _pause(error, failures, on_retry)
         except (
             requests.ConnectionError,
@@ -297,12 +296,12 @@ def fetch(
         ) as error:
             failures += 1
             if answers.never_connected(error):
-                raise click.ClickException(
+                raise KitError(
                     f"cannot reach the download host for {describe} (no network?): check your connection, "
                     f"then run it again{_kept(target)}"
                 ) from None
             if failures >= answers.RETRY_ATTEMPTS:
-                raise click.ClickException(
+                raise KitError(
                     f"the download of {describe} stopped: the connection dropped {failures} times"
                     f"{_kept(target)}"
                 ) from None
@@ -310,7 +309,7 @@ def fetch(
         except OSError as error:
             if not is_disk_full(error):
                 raise
-            raise click.ClickException(
+            raise KitError(
                 f"the disk filled up while writing {target.name} for {describe}: free space on the disk of "
                 f"{target.parent}, then rerun{_kept(target)}"
             ) from None
@@ -404,12 +403,12 @@ def _download_competition(api, slug: str, raw_dir: Path, warn: Callable[[str], N
     except OSError as error:
         if not is_disk_full(error):
             raise
-        raise click.ClickException(
+        raise KitError(
             f"the disk filled up while extracting {archive.name} into {raw_dir}: "
             f"free {human_size(size)} more, "
             f"then rerun (the archive is kept in {folder})"
         ) from None
-    except (click.ClickException, KitError):
+    except KitError:
         shutil.rmtree(folder, ignore_errors=True)  # a broken or hostile archive is no use to a later run
         raise
     shutil.rmtree(folder, ignore_errors=True)
@@ -427,9 +426,7 @@ def download_file(
     raw_dir = Path(raw_dir)
     destination = raw_dir / name
     if not destination.resolve().is_relative_to(raw_dir.resolve()) or name.endswith("/"):
-        raise click.ClickException(
-            f"--file {name!r}: name a file of the competition, as `kit files` lists it"
-        )
+        raise KitError(f"--file {name!r}: name a file of the competition, as `kit files` lists it")
     _require_not_downloaded(raw_dir, destination, name)
     if (raw_dir / DOWNLOAD_MARKER).is_file():
         return destination  # the whole download holds it already: no need to ask Kaggle
@@ -440,7 +437,7 @@ def download_file(
 
 def _require_not_downloaded(raw_dir: Path, destination: Path, name: str) -> None:
     if (raw_dir / DOWNLOAD_MARKER).is_file() and not destination.is_file():
-        raise click.ClickException(
+        raise KitError(
             f"{raw_dir} holds the whole download, without a file {name} (its zips are extracted): "
             "nothing fetched"
         )
@@ -462,7 +459,7 @@ def _download_file(api, slug: str, name: str, raw_dir: Path, destination: Path, 
     fetched = folder / re.sub(r"[^A-Za-z0-9._-]", "_", name)
     try:
         fetch(link, fetched, name, warn)
-    except (click.ClickException, KitError):
+    except KitError:
         if not any(folder.iterdir()):
             shutil.rmtree(folder.parent, ignore_errors=True)  # nothing fetched: leave no empty folders
         raise

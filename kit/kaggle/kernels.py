@@ -2,7 +2,7 @@
 new version), the notebook pushed as a kernel and followed until it ends, its log and outputs, the code
 submission; and whether a competition takes notebooks only.
 
-Every failure is a one-line click.ClickException naming what Kaggle said and the fix. The client's own
+Every failure is a one-line kit.errors.KitError naming what Kaggle said and the fix. The client's own
 validation errors (ValueError: a bad slug or title) are reported the same way.
 """
 
@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import click
 import requests
 from tqdm import tqdm
 
+from kit.errors import KitError
 from kit.files import atomic_path
 from kit.kaggle import answers, client
 
@@ -47,25 +47,25 @@ def _reported(what: str, fix: str) -> Iterator[None]:
         status = error.response.status_code if error.response is not None else "?"
         said = answers.kaggle_message(error)  # Kaggle's own words, never the URL
         if status == 401:
-            raise click.ClickException(
+            raise KitError(
                 f"Kaggle refused the credentials while {what} (HTTP 401: {said}): create a new "
                 "API token at https://www.kaggle.com/settings/api and put it in KAGGLE_API_TOKEN or "
                 "~/.kaggle/access_token"
             ) from None
-        raise click.ClickException(f"Kaggle: {said} (HTTP {status}) while {what}: {fix}") from None
+        raise KitError(f"Kaggle: {said} (HTTP {status}) while {what}: {fix}") from None
     except (requests.ConnectionError, requests.Timeout):
-        raise click.ClickException(
+        raise KitError(
             f"cannot reach Kaggle while {what} (no network?): check the connection, then {fix}"
         ) from None
     except ValueError as error:  # the client's checks of a folder's metadata
-        raise click.ClickException(f"the kaggle client refused {what}: {error}") from None
+        raise KitError(f"the kaggle client refused {what}: {error}") from None
 
 
 def username(api) -> str:
     """The user the credentials belong to (token introspection names it; the legacy key states it)."""
     name = api.config_values.get(api.CONFIG_NAME_USER)
     if not name:
-        raise click.ClickException("Kaggle did not say whose credentials these are: create a new API token")
+        raise KitError("Kaggle did not say whose credentials these are: create a new API token")
     return str(name)
 
 
@@ -75,7 +75,7 @@ def is_code_competition(slug: str) -> bool | None:
 
     try:
         api = client.authenticated_api()
-    except click.ClickException:  # no credentials: `kit new --from-raw` works offline
+    except KitError:  # no credentials: `kit new --from-raw` works offline
         return None
     request = ApiGetCompetitionRequest()
     request.competition_name = slug
@@ -116,7 +116,7 @@ def publish_dataset(api, folder: Path, dataset_id: str, notes: str, delete_old_v
             response = api.dataset_create_new(str(folder), public=False, quiet=True, dir_mode="skip")
     if response is None or (response.error or "") or (response.status or "").lower() not in ("ok", ""):
         said = (response.error if response is not None else "") or "no answer"
-        raise click.ClickException(f"Kaggle refused {what}: {said}")
+        raise KitError(f"Kaggle refused {what}: {said}")
     return "new version" if exists else "created"
 
 
@@ -129,12 +129,12 @@ def wait_for_dataset(api, dataset_id: str, poll_seconds: float, timeout_seconds:
         if status == "ready":
             return
         if status in ("failed", "deleted"):
-            raise click.ClickException(
+            raise KitError(
                 f"Kaggle could not process the dataset {dataset_id} (status {status}): "
                 "run `kit notebook` again"
             )
         if time.monotonic() > deadline:
-            raise click.ClickException(
+            raise KitError(
                 f"the dataset {dataset_id} is still {status} after {timeout_seconds / 60:.0f} min: run "
                 "`kit notebook` again later"
             )
@@ -148,15 +148,15 @@ def push_kernel(api, folder: Path) -> Pushed:
     with _reported(what, "run `kit notebook` again"):
         response = api.kernels_push(str(folder))
     if response is None or response.error:
-        raise click.ClickException(f"Kaggle refused {what}: {response.error if response else 'no answer'}")
+        raise KitError(f"Kaggle refused {what}: {response.error if response else 'no answer'}")
     invalid = [*response.invalid_dataset_sources, *response.invalid_competition_sources]
     if invalid:
-        raise click.ClickException(
+        raise KitError(
             f"Kaggle did not attach {', '.join(invalid)} to {metadata['id']}: join the competition and check "
             "the dataset exists, then run `kit notebook` again"
         )
     if not response.version_number:
-        raise click.ClickException(f"Kaggle gave no version number {what}: run `kit notebook` again")
+        raise KitError(f"Kaggle gave no version number {what}: run `kit notebook` again")
     # The kernel's id is the metadata's owner/slug (the answer's ref is a path such as /code/owner/slug).
     return Pushed(metadata["id"], int(response.version_number), response.url or "")
 
@@ -210,13 +210,13 @@ def require_code_submission_possible(api, slug: str) -> None:
         service = kaggle.competitions.competition_api_client
         competition = answers.with_retries(lambda: service.get_competition(request))
     if not competition.is_kernels_submissions_only:
-        raise click.ClickException(
+        raise KitError(
             f"{slug} takes submission files, not notebooks: submit with `kit submit`; nothing was built"
         )
     if competition.submissions_disabled:
-        raise click.ClickException(f"{slug} takes no submissions now (closed?); nothing was built")
+        raise KitError(f"{slug} takes no submissions now (closed?); nothing was built")
     if not competition.user_has_entered:
-        raise click.ClickException(
+        raise KitError(
             f"you have not joined {slug}: accept its rules at {answers.RULES_URL.format(slug=slug)} (Join "
             f"Competition, with your phone verified at {answers.PHONE_URL}), then retry; nothing was built"
         )
@@ -231,7 +231,7 @@ def _maybe_received() -> Iterator[None]:
     except requests.HTTPError as error:
         if (answers.status_of(error) or 0) < 500:
             raise
-        raise click.ClickException(
+        raise KitError(
             f"Kaggle: {answers.describe(error)}; it may have taken the submission: `kit ledger` shows "
             "whether it did"
         ) from None
@@ -250,13 +250,11 @@ def submit_code(api, slug: str, pushed: Pushed, file_name: str, message: str, ke
                 kernel_version=pushed.version,
                 quiet=True,
             )
-    except click.ClickException as error:
+    except KitError as error:
         where = f"submitting {pushed.ref} v{pushed.version} to {slug}"
-        raise click.ClickException(f"{where}: {error.message}" + (f"; {kept}" if kept else "")) from None
+        raise KitError(f"{where}: {error.message}" + (f"; {kept}" if kept else "")) from None
     if response is None:
-        raise click.ClickException(
-            f"Kaggle did not answer the submission of {pushed.ref}: check `kit ledger`"
-        )
+        raise KitError(f"Kaggle did not answer the submission of {pushed.ref}: check `kit ledger`")
 
 
 RECORD = "pushed.json"  # in runs/<comp>/<run>/kaggle: the notebook version that ran, for --submit-only
@@ -275,11 +273,11 @@ def recorded_pushed(base: Path, submit_only_hint: str) -> Pushed:
         values = json.loads(path.read_text())
         return Pushed(str(values["ref"]), int(values["version"]), str(values.get("url", "")))
     except FileNotFoundError:
-        raise click.ClickException(
+        raise KitError(
             f"no notebook of this run has completed ({path} missing): {submit_only_hint}"
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise click.ClickException(f"{path} is damaged ({error}): {submit_only_hint}") from None
+        raise KitError(f"{path} is damaged ({error}): {submit_only_hint}") from None
 
 
 def last_lines(text: str, count: int = 20) -> list[str]:

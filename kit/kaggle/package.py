@@ -32,13 +32,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import click
-
 from kit import models, paths, tasks
 from kit.config import Config
 from kit.data.images import photo_cache
 from kit.data.labels import load_test, parse_csv
 from kit.device import device_name, resolve_precision
+from kit.errors import KitError
 from kit.files import atomic_path, git_commit, read_json, write_json
 from kit.kaggle.budget import default_accelerator
 from kit.predict import onnx_runtime, submission
@@ -89,7 +88,7 @@ def build_wheel(destination: Path) -> Path:
     """
     source = paths.CHECKOUT
     if not (source / "pyproject.toml").is_file():
-        raise click.ClickException(
+        raise KitError(
             f"kit notebook builds the kit's wheel from its source checkout, but {source} has no "
             "pyproject.toml: install the kit from a clone (pip install -e .)"
         )
@@ -108,7 +107,7 @@ def build_wheel(destination: Path) -> Path:
         wheels = sorted(built.glob("kit-*.whl"))
         if result.returncode != 0 or len(wheels) != 1:
             said = (result.stderr or result.stdout).strip().splitlines()
-            raise click.ClickException(
+            raise KitError(
                 f"`pip wheel --no-deps {source}` failed ({said[-1] if said else 'no wheel'}): "
                 "run it by hand to see why"
             )
@@ -136,7 +135,7 @@ def build(
     available = onnx_runtime.installed()
     onnx = onnx_runtime.use_onnx(config.notebook.onnx, target, available)
     if onnx and not available:
-        raise click.ClickException(
+        raise KitError(
             f"notebook.onnx = 'on' ({config.path}) needs onnx and onnxruntime here: "
             "pip install -e '.[onnx]', or --set notebook.onnx=off"
         )
@@ -144,13 +143,13 @@ def build(
     weights = run_weights(trained, run_dir, summary)
     missing = [path for path in weights if not path.is_file()]
     if missing:
-        raise click.ClickException(
+        raise KitError(
             f"{missing[0]} is missing: run {run_dir.name} cannot predict; pick another run with --run"
         )
     cap = config.notebook.max_package_mb
     weight_bytes = sum(path.stat().st_size for path in weights)
     if weight_bytes > cap * MEGABYTE:
-        raise click.ClickException(_too_large(config, run_dir, weight_bytes, len(weights)))
+        raise KitError(_too_large(config, run_dir, weight_bytes, len(weights)))
     run = Run(run_dir)
     run.read_calibration()  # a run whose calibration is missing or damaged is refused here, in one line
 
@@ -202,7 +201,7 @@ def build(
     )
     size = sum(path.stat().st_size for path in folder.iterdir() if path.name != DATASET_METADATA)
     if size > cap * MEGABYTE:
-        raise click.ClickException(_too_large(config, run_dir, size, len(weights)))
+        raise KitError(_too_large(config, run_dir, size, len(weights)))
     return Package(folder, manifest, size)
 
 
@@ -242,9 +241,7 @@ def find_package(data_root: Path, dataset_id: str) -> Path:
         for manifest in sorted(data_root.glob("/".join(["*"] * depth) + f"/{MANIFEST}")):
             if read_json(manifest).get("dataset") == dataset_id:
                 return manifest.parent
-    raise click.ClickException(
-        f"no {MANIFEST} of {dataset_id} under {data_root}: add the dataset as an input"
-    )
+    raise KitError(f"no {MANIFEST} of {dataset_id} under {data_root}: add the dataset as an input")
 
 
 def find_competition(data_root: Path, slug: str) -> Path:
@@ -256,7 +253,7 @@ def find_competition(data_root: Path, slug: str) -> Path:
         for candidate in sorted(data_root.glob("/".join(["*"] * (depth - 1)) + f"/{slug}")):
             if candidate.is_dir():
                 return candidate
-    raise click.ClickException(f"no folder {slug} under {data_root}: add the competition as an input")
+    raise KitError(f"no folder {slug} under {data_root}: add the competition as an input")
 
 
 def unpack(package: Path, competition_data: Path, scratch: Path) -> tuple[Path, Path]:

@@ -17,8 +17,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import click
-
 from kit import paths
 from kit.config import Config
 from kit.errors import KitError
@@ -147,7 +145,7 @@ def execute(notebook_path: Path, environment: dict[str, str], timeout_seconds: f
     try:
         client.execute(env=environment)  # kernel started with `environment`, every cell run, kernel shut down
     except CellExecutionError as error:
-        raise click.ClickException(
+        raise KitError(
             f"the notebook failed in the rehearsal: {error.ename}: {error.evalue} (every cell's output in "
             f"{notebook_path.with_name('executed.ipynb')}); nothing was pushed"
         ) from None

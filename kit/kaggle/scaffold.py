@@ -14,10 +14,10 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import tomllib
 
 from kit.config import TASK_METRICS
+from kit.errors import KitError
 from kit.kaggle.raw_layout import DEFAULT_FOLDS, Layout
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")  # at most 100 characters: a folder name in paths
@@ -244,7 +244,7 @@ def render_like(
     shipped = tomllib.loads(text)
     shipped_task = shipped.get("competition", {}).get("task", "single_label")
     if shipped_task != layout.task:
-        raise click.ClickException(
+        raise KitError(
             f"--like {like}: {like_path} is a {shipped_task} competition, data/raw/{name} holds "
             f"{layout.task} labels; choose a shipped competition of that kind (`kit list`)"
         )
@@ -266,7 +266,7 @@ def render_like(
     recipe = text[headers[0].start() :] if headers else ""
     later = re.findall(r"^\[([a-z_]+)\]\s*$", recipe, re.M)
     if any(section not in LIKE_SECTIONS for section in later):
-        raise click.ClickException(
+        raise KitError(
             f"--like {like}: {like_path} has [{later[-1]}] after its recipe; kit new copies the recipe "
             "sections (augment, train, predict, notebook, stages) only when they come last"
         )
@@ -293,11 +293,9 @@ def render_like(
 
 def check_name(name: str, target: Path) -> None:
     if not NAME_PATTERN.match(name):
-        raise click.ClickException(
-            f"competition name {name!r}: use 1 to 100 lowercase letters, digits, '-' and '_'"
-        )
+        raise KitError(f"competition name {name!r}: use 1 to 100 lowercase letters, digits, '-' and '_'")
     if target.exists():
-        raise click.ClickException(ALREADY_EXISTS.format(target=target))
+        raise KitError(ALREADY_EXISTS.format(target=target))
 
 
 def write_new(target: Path, text: str) -> None:
@@ -308,7 +306,7 @@ def write_new(target: Path, text: str) -> None:
     try:
         os.link(temporary, target)  # fails if target exists, unlike a rename
     except FileExistsError:
-        raise click.ClickException(ALREADY_EXISTS.format(target=target)) from None
+        raise KitError(ALREADY_EXISTS.format(target=target)) from None
     finally:
         temporary.unlink()
 

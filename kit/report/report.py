@@ -11,7 +11,6 @@ import html
 import json
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 
@@ -117,7 +116,7 @@ def make_plots(
     sizes = {"train": image_sizes(labels.paths)}
     try:
         sizes["test"] = image_sizes(load_test(config).paths)
-    except (click.ClickException, KitError):  # no test images (yet): the training sizes say what to pick
+    except KitError:  # no test images (yet): the training sizes say what to pick
         pass
     made.append(("Raw image sizes", plots.plot_image_sizes(sizes, Run(run_dir).plot("image-sizes")), ""))
     return made
