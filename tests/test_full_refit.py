@@ -138,10 +138,17 @@ def test_report_lists_a_refits_seeds_after_folds_by_number():
 
 
 def test_refit_settings_differences_name_what_trains_otherwise_and_leave_the_rest(digits):
-    recorded = digits("train.epochs=2", "train.lr_find=true", "predict.tta=2")
+    recorded = digits(
+        "train.epochs=2",
+        "train.lr_find=true",
+        "predict.tta=2",
+        "train.stop_patience=3",
+        "train.min_stage_gain=0.1",
+    )
     now = digits()
     found = refit.training_differences(recorded, now)
-    assert found == ["train.epochs = 2 (competition.toml now: 1)"]  # predict.*, train.lr_find: not training
+    # predict.*, train.lr_find and the stop's settings (nothing held out in a refit): not training
+    assert found == ["train.epochs = 2 (competition.toml now: 1)"]
     assert refit.settings_note("RUN-A", recorded, recorded) == ""
     note = refit.settings_note("RUN-A", recorded, now)
     assert "fold run RUN-A" in note and "train.epochs = 2" in note and "\n" not in note

@@ -49,7 +49,14 @@ def chosen_on(config: Config, run: str | None) -> Path:
 # The sections whose settings change what a full-data refit trains (its recipe, model, image size, data).
 TRAINING_SECTIONS = ("data", "augment", "train", "stages")
 # Keys of those sections a full-data refit does not use: no LR finder, no folds, no stop (nothing held out).
-UNUSED_BY_REFIT = ("train.lr_find", "train.folds", "train.stop_when_worse", "train.stop_per_fold")
+UNUSED_BY_REFIT = (
+    "train.lr_find",
+    "train.folds",
+    "train.stop_when_worse",
+    "train.stop_patience",  # a fold run recorded before the key existed differs only there
+    "train.min_stage_gain",
+    "train.stop_per_fold",
+)
 
 
 def training_differences(recorded: Config, now: Config) -> list[str]:
