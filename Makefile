@@ -72,7 +72,7 @@ folds: $(STAMP) ## Make and show COMP's cross-validation folds
 duplicates: $(STAMP) ## Find COMP's near-duplicate photos (within train, train/test)
 	$(KIT) duplicates $(COMP)
 
-train: $(STAMP) ## Train COMP (FOLD=0|all|full, SEEDS=N with full, SET="train.epochs=2 ..."; GPUS=N uses torchrun)
+train: $(STAMP) ## Train COMP (FOLD=0|all|full, SEEDS=N models per fold or with full, SET="train.epochs=2 ..."; GPUS=N uses torchrun)
 ifeq ($(GPUS),1)
 	$(KIT) train $(COMP) --fold $(FOLD) $(if $(SEEDS),--seeds $(SEEDS)) $(foreach s,$(SET),--set $(s))
 else

@@ -122,6 +122,7 @@ def test_runs_table_says_a_refit_trained_every_row_and_on_whose_recipe():
     summary = {"folds_trained": ["full-seed-0", "full-seed-1"], "full": {"seeds": 2, "chosen_on": "RUN-A"}}
     assert trained(Summary(summary)) == "every row, 2 seed(s) (recipe of RUN-A)"
     assert trained(Summary({"folds_trained": [0, 1, 2]})) == "folds 0-2"
+    assert trained(Summary({"folds_trained": [0], "seeds": 3})) == "fold 0, 3 seeds each"
 
 
 def test_report_lists_a_refits_seeds_after_folds_by_number():

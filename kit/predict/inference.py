@@ -172,6 +172,7 @@ def predict_test(
         if seeds > 1:  # each seed's own views kept in its folder; the fold's are their mean (kit.train.seeds)
             for position, (path, views) in enumerate(zip(seeded_weights, per_file_views, strict=True)):
                 kept = Run(run_dir).part(fold).seed(position % seeds, record=True).kept_test(path.stem)
+                kept.parent.mkdir(parents=True, exist_ok=True)  # a packaged run (kit notebook) has no records
                 save_array(kept, views.astype(np.float32))
             per_file_views = join_seeds(per_file_views, seeds)
         fold_probabilities[fold] = ensemble_of_views(

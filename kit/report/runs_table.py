@@ -18,7 +18,8 @@ from kit.run_folder import list_runs
 
 
 def trained(summary: Summary) -> str:
-    """What a run trained, in a few words: 'fold 0', 'folds 0-4', 'folds 0,2', 'ensemble of 3 runs'."""
+    """What a run trained, in a few words: 'fold 0', 'folds 0-4', 'folds 0,2, 3 seeds each', 'ensemble of 3
+    runs'."""
     if summary.is_ensemble:
         return f"ensemble of {len(summary.members)} runs"
     if summary.is_full_refit:
@@ -27,10 +28,12 @@ def trained(summary: Summary) -> str:
     folds = sorted(summary.folds_trained)
     if not folds:
         return ""
+    seeds = f", {summary.seeds} seeds each" if summary.seeds > 1 else ""  # --seeds N, averaged per fold
     if len(folds) == 1:
-        return f"fold {folds[0]}"
+        return f"fold {folds[0]}{seeds}"
     consecutive = folds == list(range(folds[0], folds[-1] + 1))
-    return f"folds {folds[0]}-{folds[-1]}" if consecutive else "folds " + ",".join(map(str, folds))
+    named = f"folds {folds[0]}-{folds[-1]}" if consecutive else "folds " + ",".join(map(str, folds))
+    return named + seeds
 
 
 def recipe_summary(stages: list[dict]) -> str:
