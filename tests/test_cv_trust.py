@@ -213,6 +213,31 @@ def test_a_blend_worse_than_its_best_member_keeps_the_best_member_alone():
     assert kept["blend_cv"] < min(kept["member_cvs"]) and "alone" not in kept["line"]
 
 
+def test_the_best_member_is_the_one_with_the_best_cv_its_choices_refitted_not_its_in_sample_oof():
+    """A member whose own choices (views, weight files) flatter its OOF in sample: right wherever it chose,
+    wrong elsewhere. Before, the blend scored each member's in-sample OOF, so that member was the "best
+    member" with a figure that was neither run's CV (the README walk: 0.2947, weight 1 on the worse run);
+    now each member is scored as its run's CV is, with its choices fitted on the other rows."""
+    from kit.predict import crossfit
+
+    good, targets = overconfident(200, seed=5, sharpness=1.0)
+    right, wrong = np.eye(2)[targets] * 0.9 + 0.05, np.eye(2)[1 - targets] * 0.9 + 0.05
+    row_folds = np.arange(200) % 5
+
+    def chooser(seen: np.ndarray) -> np.ndarray:  # what it chose on the seen rows is right only there
+        return np.where(seen[:, None], right, wrong)
+
+    decision = crossfit.blend_or_best_member(
+        "log_loss", SINGLE_LABEL, targets, row_folds, [chooser, good], lambda rows, truth: [0.5, 0.5], 1e-3,
+        ["chooser", "fixed"],
+    )  # fmt: skip
+    fixed_cv = crossfit.honest_cv("log_loss", SINGLE_LABEL, targets, row_folds, lambda seen: good, 1e-3, 0)
+    assert decision["best_member"] == 1 and decision["weights"] == [0.0, 1.0]
+    assert decision["member_cvs"][1] == pytest.approx(fixed_cv["cv"])  # its run's CV, on these rows
+    assert decision["member_cvs"][0] > 2.0  # wrong on every row it did not choose on
+    assert "against its best member's, fixed: " in decision["line"] and "chooser " in decision["line"]
+
+
 def test_the_weight_files_are_chosen_again_on_the_seen_rows_only():
     from kit.predict import crossfit, selection
 
@@ -380,3 +405,35 @@ def test_choices_training_makes_on_the_scored_rows_are_named(project):
     assert len(best) == 1 and "best.pt" in best[0]
     pseudo = load_competition("digits", ["stages.1.pseudo_label={threshold=0.9, weight=0.5}"])
     assert any("pseudo-labels" in line for line in named_choices(pseudo, [None]))
+
+
+@pytest.mark.slow
+def test_kit_ensemble_scores_each_member_as_its_run_scored_its_cv(digits, project):
+    """Two fold-0 runs of digits whose selection chooses among snapshots and TTA views: the figure the blend
+    gives each member is that run's reported CV (before: its in-sample OOF, 0.1383 for a run whose CV was
+    0.1422), and a blend that does not pay reports its best member's CV."""
+    import pandas as pd
+
+    from kit import commands
+
+    sample = project / "data" / "raw" / "digits" / "sample_submission.csv"
+    ids = pd.read_csv(sample)["id"]
+    pd.DataFrame({"id": ids, **{str(digit): 0.1 for digit in range(10)}}).to_csv(sample, index=False)
+    settings = [
+        "competition.metric=log_loss",
+        "submission.format=probabilities",
+        "predict.tta=2",
+        "stages=[{cycle_len=1}, {n_cycles=2, cycle_len=1, snapshots=true}]",
+        "predict.weights='snapshots'",
+    ]
+    runs = [commands.train(digits(*settings, f"train.lr={rate}"), "0") for rate in ("3e-3", "1e-2")]
+    cvs = [json.loads((run / "metrics.json").read_text())["cv"] for run in runs]
+    blend_dir = commands.ensemble(digits(*settings), [run.name for run in runs])
+    summary = json.loads((blend_dir / "metrics.json").read_text())
+    decision = summary["ensemble"]["cross_fitted"]
+    assert decision["member_cvs"] == pytest.approx(cvs, rel=1e-9)
+    best = int(np.argmin(cvs))
+    assert f"against its best member's, {runs[best].name}: {cvs[best]:.4f}" in decision["line"]
+    if not decision["blend_pays"]:
+        assert summary["cv"] == pytest.approx(cvs[best], rel=1e-9)
+        assert summary["ensemble"]["weights"] == [float(index == best) for index in range(2)]

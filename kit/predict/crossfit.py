@@ -201,38 +201,49 @@ def blend_or_best_member(
     task: SingleLabel,
     targets: np.ndarray,
     row_folds: np.ndarray,
-    members: list[np.ndarray],
+    members: list[np.ndarray | Callable[[np.ndarray], np.ndarray]],
     fit_weights: Callable[[list[np.ndarray], np.ndarray], np.ndarray],
     min_epsilon: float,
+    names: list[str] | None = None,
 ) -> dict:
     """An ensemble's weights, kept only when the blend pays under cross-fitting.
 
-    members: each member's OOF predictions on the same rows (NaN where the row is not scored);
-    fit_weights(member rows, targets) -> weights. The blend's weights are fitted on the other parts and
-    scored on each part; each member is scored as it is (calibrated on the other parts, like the blend).
+    members: each member's OOF predictions on the same rows (NaN where the row is not scored), or its
+    predictions_for(seen): its OOF under what its run chose (views, weight files) on the `seen` rows
+    alone (kit.predict.summary.select_prediction). fit_weights(member rows, targets) -> weights. Each
+    member and the blend are scored as a run's CV is (`honest_cv`: what predicts, the blend's weights and
+    the calibration fitted on the other parts, the calibration kept only where it pays), so a member's
+    figure is its run's CV when the blend scores the rows its run did: scored on its in-sample OOF, a
+    member with more choices looked better than it is, and a worse run could be kept alone (issue 26).
     When the blend is not better than its best member, that member gets weight 1 and the others 0.
     Returns {"weights", "blend_cv", "member_cvs", "best_member", "blend_pays", "line"}."""
     higher = METRICS[metric].higher_is_better
-    parts = parts_of(row_folds)
+    names = names or [f"member {index + 1}" for index in range(len(members))]
+    predicting = [member if callable(member) else (lambda seen, member=member: member) for member in members]
 
     def blended(seen: np.ndarray) -> np.ndarray:
-        weights = fit_weights([member[seen] for member in members], targets[seen])
-        return sum(weight * member for weight, member in zip(weights, members, strict=True))
+        chosen = [predictions_for(seen) for predictions_for in predicting]
+        weights = fit_weights([member[seen] for member in chosen], targets[seen])
+        return sum(weight * member for weight, member in zip(weights, chosen, strict=True))
 
     def cross_fitted(predictions_for) -> float:
-        calibrate_too = metric == "log_loss"
-        arguments = (metric, task, targets, parts, predictions_for, min_epsilon, calibrate_too)
-        return score_rows(metric, targets, cross_fitted_predictions(*arguments))
+        return honest_cv(metric, task, targets, row_folds, predictions_for, min_epsilon, np.nan)["cv"]
 
     blend_cv = cross_fitted(blended)
-    member_cvs = [cross_fitted(lambda seen, member=member: member) for member in members]
+    member_cvs = [cross_fitted(predictions_for) for predictions_for in predicting]
     best = max(range(len(members)), key=lambda index: gain(member_cvs[index], member_cvs[0], higher))
     blend_pays = pays(blend_cv, member_cvs[best], higher)
-    everything = parts >= 0
-    weights = np.asarray(
-        fit_weights([member[everything] for member in members], targets[everything]), dtype=float
+    everything = parts_of(row_folds) >= 0
+    chosen = [predictions_for(everything)[everything] for predictions_for in predicting]
+    weights = np.asarray(fit_weights(chosen, targets[everything]), dtype=float)
+    others = "; ".join(
+        f"{names[index]} {member_cvs[index]:.4f}" for index in range(len(members)) if index != best
     )
-    line = f"blend: cross-fitted CV {metric} {blend_cv:.4f} against its best member's {member_cvs[best]:.4f}"
+    line = (
+        f"blend: cross-fitted CV {metric} {blend_cv:.4f} against its best member's, {names[best]}: "
+        f"{member_cvs[best]:.4f} (each member's CV cross-fitted on the {int(everything.sum())} rows the "
+        f"blend scores, as its run's CV is; {others})"
+    )
     if not blend_pays:
         weights = np.eye(len(members))[best]
         line += f": the blend does not pay, so member {best + 1} predicts alone (weight 1)"

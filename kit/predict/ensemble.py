@@ -12,6 +12,8 @@ alone (with the run's TTA views), RUN@snapshot-3:plain its plain view alone (fol
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +28,8 @@ from kit import metrics, tasks
 from kit.config import Config
 from kit.data.labels import LabelTable, check_row_order, load_test, record_row_order
 from kit.files import read_json, save_array, write_json
-from kit.predict import calibrate, crossfit, selection, submission
+from kit.predict import calibrate, crossfit, selection, submission, training_choices
+from kit.predict import summary as after_training
 from kit.predict.inference import predict_test
 from kit.run import BLEND, Calibration, Run, Summary
 from kit.run_folder import find_run, new_run_dir, run_config, run_summary
@@ -116,6 +119,29 @@ class Member(NamedTuple):
     run_dir: Path
     oof: np.ndarray  # N_train x C, NaN rows for folds not trained
     test: Callable[[], np.ndarray]  # N_test x C, read (or predicted) only once the OOF blend is possible
+    # () -> predictions_for(seen, every training row's mask): `oof` as the run's choices (views, weight
+    # files) fitted on the seen rows alone would make it (None: nothing chosen: a kept variant, a blend, a
+    # refit); read only once the blend is possible, like `test`
+    refit: Callable[[], Callable[[np.ndarray], np.ndarray] | None] = lambda: None
+
+
+def refitted_choices(run_dir: Path, labels: LabelTable) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A fold run's OOF with what predicts chosen again on any rows (kit.predict.summary, as its CV was
+    cross-fitted), so that a blend scores it as its run did; None where the run chose nothing on its OOF."""
+    run = Run(run_dir)
+    summary = run.summary()
+    if summary.is_ensemble or summary.is_full_refit:
+        return None
+    saved, folds = run_config(run_dir), summary.folds_trained
+    results = after_training.fold_results(run, folds)
+    if saved.predict.select:
+        # its "prediction: ..." line was printed when it trained; here it would repeat it
+        with contextlib.redirect_stdout(io.StringIO()):
+            oof = np.load(run.oof)
+            return after_training.select_prediction(saved, labels, run_dir, folds, results, oof)[2]
+    if any(training_choices.stop_of(result.get("recipe")) for result in results.values()):
+        return after_training.refitted_default(saved, labels, run_dir, folds, results, len(labels.ids))
+    return None
 
 
 def test_probabilities(run_dir: Path, labels: LabelTable) -> np.ndarray:
@@ -173,7 +199,8 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
                 f"{Run(run_dir).oof}: {oof.shape[0]} rows but the labels have {row_count}; "
                 "the data changed since this run"
             )
-        return Member(run_dir.name, run_dir, oof, lambda: test_probabilities(run_dir, labels))
+        refit = lambda: refitted_choices(run_dir, labels)  # noqa: E731 (read once the blend is possible)
+        return Member(run_dir.name, run_dir, oof, lambda: test_probabilities(run_dir, labels), refit)
     check_not_ensemble_variant(run_dir, spec)
     weights, _, views = variant.partition(":")
     if views not in ("", "plain"):
@@ -232,6 +259,24 @@ def member_row_folds(member: Member, row_count: int) -> np.ndarray:
     return row_folds
 
 
+def on_rows(member: Member, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """predictions_for(seen, a mask of the blend's rows) -> the member's OOF on the blend's rows, its run's
+    choices fitted on the seen rows alone (the same OOF where it chose nothing); each mask fitted once."""
+    index, fitted, refit = np.flatnonzero(rows), {}, member.refit()
+
+    def predictions_for(seen: np.ndarray) -> np.ndarray:
+        if refit is None:
+            return member.oof[rows]
+        key = np.asarray(seen, dtype=bool).tobytes()
+        if key not in fitted:
+            everywhere = np.zeros(len(rows), dtype=bool)
+            everywhere[index[seen]] = True
+            fitted[key] = refit(everywhere)[rows]
+        return fitted[key]
+
+    return predictions_for
+
+
 def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     """`kit ensemble`: blend runs (by id or unique prefix) or kept variants (RUN@WEIGHTS[:plain]) on OOF,
     calibrate (log-loss metrics), write the submission; returns the ensemble's folder."""
@@ -263,7 +308,11 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     # The blend is kept only when, fitted on other rows, it beats its best member (kit.predict.crossfit);
     # else that member predicts alone, with weight 1.
     row_folds = member_row_folds(members[0], len(labels.ids))[rows]
-    decision = crossfit.blend_or_best_member(metric, task, targets, row_folds, member_rows, fit_weights, clip)
+    member_choices = [on_rows(member, rows) for member in members]
+    names = [member.name for member in members]
+    decision = crossfit.blend_or_best_member(
+        metric, task, targets, row_folds, member_choices, fit_weights, clip, names
+    )
     weights = np.asarray(decision["weights"])
     # Members' OOF and test predictions are both uncalibrated: blend them alike, then calibrate once.
     blended = blend(member_rows, weights)
@@ -279,10 +328,11 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     cv_uncalibrated = task.score(scorer, targets, blended, decisions)
     single = {m.name: {metric: task.score(scorer, targets, m.oof[rows], decisions)} for m in members}
 
-    def predictions_for(seen: np.ndarray) -> np.ndarray:  # the weights as fitted on the seen rows
+    def predictions_for(seen: np.ndarray) -> np.ndarray:  # the members' choices and weights as fitted on seen
         if not decision["blend_pays"]:
-            return member_rows[decision["best_member"]]
-        return blend(member_rows, fit_weights([member[seen] for member in member_rows], targets[seen]))
+            return member_choices[decision["best_member"]](seen)
+        chosen = [choices(seen) for choices in member_choices]
+        return blend(chosen, fit_weights([member[seen] for member in chosen], targets[seen]))
 
     honest = crossfit.honest_cv(metric, task, targets, row_folds, predictions_for, clip, cv)
     if honest.get("calibration_pays") is False and calibration.temperatures:
@@ -295,7 +345,6 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     run_dir = new_run_dir(config, "ensemble")
     record_row_order(run_dir, labels.ids)  # its oof.npy follows these rows, as a trained run's does
     # config.json makes the folder a run (listed, reportable, submittable): the first run's settings.
-    names = [member.name for member in members]
     run = Run(run_dir)
     write_json(run.config_file, read_json(Run(members[0].run_dir).config_file))
     write_json(run.provenance_file, {**read_json(run.provenance_file), "runs": names})
