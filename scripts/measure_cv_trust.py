@@ -63,8 +63,9 @@ def main(competition: str, answers: Path) -> None:
 
     def blend(kept, chosen):
         return selection.blend(
-            kept, tuple(chosen["weights"]), tuple(chosen["views"]), saved["predict"]["mean"]
-        )
+            kept, tuple(chosen["weights"]), tuple(chosen["views"]), saved["predict"]["mean"],
+            task=SINGLE_LABEL,
+        )  # fmt: skip
 
     predictions_for = crossfit.refitted_selection(
         kept_by_fold, rows_by_fold, targets, len(targets), choose, blend
