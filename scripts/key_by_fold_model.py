@@ -39,10 +39,10 @@ def main() -> None:
     per_fold = []
     for fold in summary["folds_trained"]:
         test = np.load(run_dir / f"fold-{fold}" / f"test-{name}.npy").astype(np.float64)
-        per_fold.append(selection.blend({name: test}, (name,), views, mean, SINGLE_LABEL))
+        per_fold.append(selection.blend({name: test}, (name,), views, mean, task=SINGLE_LABEL))
     singles = [loss(probabilities) for probabilities in per_fold]
     print(f"single fold models on the key: {[round(s, 4) for s in singles]}, mean {np.mean(singles):.4f}")
-    averaged = loss(selection.average(per_fold, mean, SINGLE_LABEL))
+    averaged = loss(selection.average(per_fold, mean, task=SINGLE_LABEL))
     print(f"their average (as submitted, uncalibrated): {averaged:.4f}")
     uncalibrated = summary["cv_uncalibrated_cross_fitted"]
     print(f"CV uncalibrated, cross-fitted: {uncalibrated:.4f}; reported CV {summary['cv']:.4f}")

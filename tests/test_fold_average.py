@@ -101,3 +101,16 @@ def test_kit_predict_of_a_fold_run_says_and_records_the_averages_gain(digits, pr
     assert fold_average.gain_line(record) in result.output
     assert invoke("report", "digits").exit_code == 0
     assert "the submission averages 2 fold models" in (run_dir / "report.html").read_text()
+
+
+def test_kit_train_of_several_folds_says_the_file_averages_them():
+    from kit.commands import cv_line
+    from kit.run import Summary
+
+    record = {"metric": "log_loss", "cv": 0.1193, "cv_uncalibrated": 0.1871, "folds_trained": [0, 1, 2, 3, 4]}
+    assert cv_line(Summary(record)).splitlines()[-1] == (
+        "the submission averages 5 fold models; CV scores one per row: `kit predict` estimates how much "
+        "better the leaderboard should be"
+    )
+    one = cv_line(Summary({**record, "folds_trained": [0]}))
+    assert "averages" not in one

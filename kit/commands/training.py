@@ -122,6 +122,11 @@ def cv_line(summary: Summary, baseline: str = "", quick: bool = False) -> str:
     line = f"CV {summary.metric}: {summary.cv:.4f} ({beside}folds {summary.folds_trained})"
     line += f"; {baseline}" if baseline else ""
     line += "".join(f"\n{said}" for said in cv_honesty(summary))
+    if len(summary.folds_trained) > 1 and not summary.is_full_refit:  # kit.predict.fold_average
+        line += (
+            f"\nthe submission averages {len(summary.folds_trained)} fold models; CV scores one per row: "
+            "`kit predict` estimates how much better the leaderboard should be"
+        )
     worse = [
         f"'{item['stage']}' {item['start']:.4f} -> {item['end']:.4f} (fold {fold})"
         for fold, items in summary.worse_stages.items()
