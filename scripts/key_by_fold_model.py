@@ -4,6 +4,10 @@ row with one fold's model; the file averages every fold's). Uncalibrated, with t
 test views the run kept (fold-K/test-<file>.npy) and the prediction it chose (one weight file).
 
     .venv/bin/python scripts/key_by_fold_model.py RUN_DIR KEY_CSV SAMPLE_CSV CLIP
+
+Then, as submitted (each fold's temperature, calibration.json's clip): the average's gain over the fold
+models alone measured on the key, with its bootstrap interval, against kit.predict.fold_average's estimate
+made without the key.
     # KEY_CSV: id,label (a class name, or 1/0 for the positive class of a binary competition)
 """
 
@@ -16,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit.predict import selection
+from kit.metrics import clip_and_renormalise
+from kit.predict import crossfit, fold_average, selection
 from kit.tasks import SINGLE_LABEL
 
 
@@ -46,6 +51,28 @@ def main() -> None:
     print(f"their average (as submitted, uncalibrated): {averaged:.4f}")
     uncalibrated = summary["cv_uncalibrated_cross_fitted"]
     print(f"CV uncalibrated, cross-fitted: {uncalibrated:.4f}; reported CV {summary['cv']:.4f}")
+
+    # As submitted (each fold's temperature, the clip calibration.json keeps): the gain of the average
+    # measured on the key, and estimated without it from the fold models' disagreement (issue 26)
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    parts = dict(zip(summary["folds_trained"], per_fold, strict=True))
+    scaled = fold_average.scaled_parts(parts, calibration["temperatures"])
+    epsilon = calibration["epsilon"] if calibration["epsilon"] is not None else clip
+    alone = np.array([row_losses(part, truth, epsilon) for part in scaled])  # fold models x rows
+    together = row_losses(scaled.mean(0), truth, epsilon)
+    gains = alone.mean(0) - together
+    low, high = crossfit.bootstrap_interval(lambda draw: float(gains[draw].mean()), len(gains))
+    print(
+        f"as submitted: each fold model alone {alone.mean():.4f} (mean), the file {together.mean():.4f}: "
+        f"the average gains {gains.mean():.4f} on the key (95% bootstrap interval {low:.4f}-{high:.4f}); "
+        f"estimated without the key: {fold_average.expected_gain(scaled, epsilon):.4f}"
+    )
+
+
+def row_losses(probabilities: np.ndarray, truth: np.ndarray, epsilon: float) -> np.ndarray:
+    """Each row's log loss with the clip, rows renormalised (as Kaggle scores a file)."""
+    clipped = clip_and_renormalise(probabilities, epsilon)
+    return -np.log(clipped[np.arange(len(truth)), truth])
 
 
 if __name__ == "__main__":
