@@ -139,3 +139,46 @@ def test_with_the_stop_on_a_folds_later_seeds_stop_where_its_seed_zero_did(digit
     assert names == fold.seed(0, record=True).kept_oof_names()
     assert set(names) <= set(fold.seed(1, record=True).kept_oof_names())
     assert invoke("predict", "digits", run_dir.name).exit_code == 0
+
+
+@pytest.mark.slow
+def test_seeds_in_parallel_as_fold_and_seed_jobs_equal_the_seeds_in_turn(digits, project):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import TINY
+    from test_parallel_folds import _environment, _torchrun
+
+    digits()
+    environment = _environment(project)
+    arguments = ["train", "digits", "--fold", "all", "--parallel", "folds", "--seeds", "2"]
+    for value in [*TINY, "train.folds=2", "predict.tta=0"]:
+        arguments += ["--set", value]
+    # 2 folds x 2 seeds on 2 processes: process 0 trains (fold 0, seed 0) and (fold 1, seed 0), process 1
+    # both folds' seed 1; process 0 averages each fold's seeds once both processes finished.
+    parallel = _torchrun(["-m", "kit"], arguments, environment)
+    assert parallel.returncode == 0, parallel.stdout + parallel.stderr
+    (parallel_dir,) = (project / "runs" / "digits").iterdir()
+    plan = json.loads(Run(parallel_dir).plan_file.read_text())
+    assert plan == {"fold": "all", "parallel": "folds", "seeds": 2}
+    sequential = subprocess.run(
+        [sys.executable, "-m", "kit", *arguments],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert sequential.returncode == 0, sequential.stdout + sequential.stderr
+    (sequential_dir,) = set((project / "runs" / "digits").iterdir()) - {parallel_dir}
+
+    runs = [Run(parallel_dir), Run(sequential_dir)]
+    for number in (0, 1):
+        folds = [run.fold(number) for run in runs]
+        for seed in (0, 1):
+            own = [np.load(fold.seed(seed, record=True).oof) for fold in folds]
+            assert np.abs(own[0] - own[1]).max() <= 1e-6  # each job trained as in turn
+        seed_oof = [np.load(folds[0].seed(seed, record=True).oof) for seed in (0, 1)]
+        assert np.allclose(np.load(folds[0].oof), np.mean(seed_oof, axis=0), atol=1e-6)
+    assert np.abs(np.load(runs[0].oof) - np.load(runs[1].oof)).max() <= 1e-6
+    assert [run.summary().seeds for run in runs] == [2, 2]
