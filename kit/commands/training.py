@@ -227,10 +227,11 @@ def train(
     parallel: str | None = None,
     overrides: typing.Sequence[str] = (),
 ) -> Path:
-    """Train in a new run folder; `fold` a number, "all" (None: fold 0) or "full" (every row, `seeds`
-    seeds, reusing what the fold run `chosen_on` (default: the newest) chose, trained with that run's
-    settings plus `overrides`, the command's --set). `parallel` "folds": under torchrun each process
-    trains its own folds (fold k on process k mod N) instead of DDP inside a fold."""
+    """Train in a new run folder; `fold` a number or "all" (None: fold 0), each fold `seeds` times with
+    the seeds averaged (kit.train.seeds), or "full" (every row, `seeds` seeds, reusing what the fold run
+    `chosen_on` (default: the newest) chose, trained with that run's settings plus `overrides`, the
+    command's --set). `parallel` "folds": under torchrun each process trains its own folds (fold k on
+    process k mod N) instead of DDP inside a fold."""
     parallel = parallel_mode(parallel, fold, int(os.environ.get("WORLD_SIZE", "1")))
     if fold == "full":
         with resume_hint(config, set(list_runs(config))):
