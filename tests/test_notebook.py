@@ -12,6 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,7 +131,7 @@ def test_kit_notebook_packages_pushes_follows_and_submits(project, monkeypatch, 
     # `kit submit` on a code competition points at `kit notebook`.
     from kit import commands
 
-    with pytest.raises(KitError, match="kit notebook dog-breeds --submit"):
+    with pytest.raises(click.ClickException, match="kit notebook dog-breeds --submit"):
         commands.submit(load_competition("dog-breeds", ["competition.submission=notebook"]), None, "", True)
 
 
