@@ -182,3 +182,23 @@ def test_seeds_in_parallel_as_fold_and_seed_jobs_equal_the_seeds_in_turn(digits,
         assert np.allclose(np.load(folds[0].oof), np.mean(seed_oof, axis=0), atol=1e-6)
     assert np.abs(np.load(runs[0].oof) - np.load(runs[1].oof)).max() <= 1e-6
     assert [run.summary().seeds for run in runs] == [2, 2]
+
+
+def test_a_packaged_run_carries_every_seeds_weight_files(tmp_path):
+    from kit.predict.inference import run_weights
+    from kit.run import Summary
+
+    summary = Summary(
+        {"folds_trained": [0, 1], "seeds": 2, "prediction": {"weights": ["last", "snapshot-2"]}}
+    )
+    found = [path.relative_to(tmp_path).as_posix() for path in run_weights(None, tmp_path, summary)]
+    assert found == [
+        "fold-0/last.pt",
+        "fold-0/seed-1/last.pt",
+        "fold-0/snapshot-2.pt",
+        "fold-0/seed-1/snapshot-2.pt",
+        "fold-1/last.pt",
+        "fold-1/seed-1/last.pt",
+        "fold-1/snapshot-2.pt",
+        "fold-1/seed-1/snapshot-2.pt",
+    ]
