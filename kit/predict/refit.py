@@ -89,7 +89,7 @@ def settings_note(source_name: str, recorded: Config, now: Config, shown: int = 
     return (
         f"--fold full trains the settings fold run {source_name} was trained and chosen with, not "
         f"competition.toml's now: {'; '.join(found[:shown])}{more} (to refit the TOML's recipe, train a "
-        f"fold run of it first, or pass --set on the refit)"
+        "fold run of it first and refit on it: what is reused was chosen on the fold run's recipe)"
     )
 
 
