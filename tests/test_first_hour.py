@@ -78,7 +78,7 @@ def test_make_new_passes_from_raw_and_like():
 
 
 def test_ctrl_c_names_the_run_and_the_exact_resume_command(project, monkeypatch):
-    def interrupted(config, labels, fold, parallel=None):
+    def interrupted(config, labels, fold, parallel=None, seeds=1):
         run_dir = new_run_dir(config, config.train.model, "cpu")
         (run_dir / "plan.json").write_text(json.dumps({"fold": fold}))  # an epoch ended: resumable
         raise KeyboardInterrupt
@@ -100,7 +100,7 @@ def test_ctrl_c_names_the_run_and_the_exact_resume_command(project, monkeypatch)
 
 
 def test_ctrl_c_before_an_epoch_ended_says_there_is_nothing_to_resume(project, monkeypatch):
-    def interrupted(config, labels, fold, parallel=None):
+    def interrupted(config, labels, fold, parallel=None, seeds=1):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(training_commands, "load_labels", lambda config: None)
