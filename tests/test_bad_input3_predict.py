@@ -14,6 +14,8 @@ import json
 import pytest
 from conftest import TINY, copy_download, invoke
 
+from kit.errors import KitError
+
 TRAINED = [
     *TINY,
     "stages=[{n_cycles=2, cycle_len=0.5, snapshots=true}]",
@@ -119,12 +121,11 @@ def test_set_predict_min_gain_is_refused_in_one_line_and_nothing_is_lost(run_dir
 
 
 def test_select_at_prediction_needs_a_choice_made_in_training():
-    import click
 
     from kit.config import PredictSection
     from kit.predict import prediction_rule
 
-    with pytest.raises(click.ClickException, match="predict.select = false"):
+    with pytest.raises(KitError, match="predict.select = false"):
         prediction_rule.applied_rule(
             PredictSection(select=False), PredictSection(select=True), None, "x.json"
         )

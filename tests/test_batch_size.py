@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import weakref
 
-import click
 import numpy as np
 import pytest
 import torch
@@ -17,6 +16,7 @@ from conftest import fold_state
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from kit.errors import KitError
 from kit.report.figure_data import lr_schedule
 from kit.train import batch_size as memory
 from kit.train import loop, schedule, stage
@@ -43,7 +43,7 @@ def test_out_of_memory_halves_the_batch_until_it_fits():
 
 def test_a_step_that_never_fits_is_one_clear_error():
     tried = []
-    with pytest.raises(click.ClickException, match="training step of 2 images runs out of GPU memory"):
+    with pytest.raises(KitError, match="training step of 2 images runs out of GPU memory"):
         memory.fit_batch_size(out_of_memory_above(0, tried), 16, minimum=2)
     assert tried == [16, 8, 4, 2]
 

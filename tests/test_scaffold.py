@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 import pandas as pd
 import pytest
 import tomllib
@@ -189,10 +188,10 @@ def test_unknown_layouts_are_one_line_errors(tmp_path, files, message):
 def test_write_new_never_replaces_a_file(tmp_path):
     target = tmp_path / "comp" / "competition.toml"
     scaffold.write_new(target, "first")
-    with pytest.raises(click.ClickException, match="already exists"):
+    with pytest.raises(KitError, match="already exists"):
         scaffold.write_new(target, "second")
     assert target.read_text() == "first" and [p.name for p in target.parent.iterdir()] == ["competition.toml"]
-    with pytest.raises(click.ClickException, match="lowercase"):
+    with pytest.raises(KitError, match="lowercase"):
         scaffold.check_name("Bad Name", tmp_path / "x")
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 import pytest
 
 from kit import ledger as ledger_file
 from kit.competitions import load_competition
+from kit.errors import KitError
 from kit.predict import submission
 from kit.tasks import SINGLE_LABEL
 
@@ -149,7 +149,7 @@ def test_unknown_label(label_config):
 
 def test_check_is_one_line_naming_the_source(probabilities_config):
     frame = with_value(valid_probability_frame(), 1, "pug", np.nan).iloc[:2]
-    with pytest.raises(click.ClickException) as raised:
+    with pytest.raises(KitError) as raised:
         submission.check(
             probabilities_config, frame, probability_sample(), "my.csv", CLASSES, task=SINGLE_LABEL
         )
@@ -177,7 +177,7 @@ def test_build_probabilities_in_the_sample_column_order(probabilities_config):
 
 
 def test_build_refuses_a_sample_class_the_labels_lack(probabilities_config):
-    with pytest.raises(click.ClickException, match="pug"):
+    with pytest.raises(KitError, match="pug"):
         submission.build(
             probabilities_config,
             IDS,
@@ -191,7 +191,7 @@ def test_build_refuses_a_sample_class_the_labels_lack(probabilities_config):
 def test_build_refuses_a_sample_lacking_a_class_column_naming_it(probabilities_config):
     """Not 'probabilities sum to 0.89' later: the column the sample lacks, and where to fix it."""
     sample = probability_sample().drop(columns=["beagle"])
-    with pytest.raises(click.ClickException) as raised:
+    with pytest.raises(KitError) as raised:
         submission.build(
             probabilities_config, IDS, np.full((3, 3), 1 / 3), CLASSES, sample, task=SINGLE_LABEL
         )
@@ -205,7 +205,7 @@ def test_build_binary_takes_the_positive_class(binary_config):
     sample = pd.DataFrame({"id": IDS, "is_dog": "0.5"})
     frame = submission.build(binary_config, IDS, probabilities, ["cat", "dog"], sample, task=SINGLE_LABEL)
     assert list(frame.columns) == ["id", "is_dog"] and frame["is_dog"].tolist() == [0.1, 0.8, 0.5]
-    with pytest.raises(click.ClickException, match="positive_class 'dog' is not a class"):
+    with pytest.raises(KitError, match="positive_class 'dog' is not a class"):
         submission.build(binary_config, IDS, probabilities, ["cat", "wolf"], sample, task=SINGLE_LABEL)
 
 
@@ -242,7 +242,7 @@ def test_clip_only_for_log_loss(project, probabilities_config):
 
 def test_an_invalid_submission_is_never_written(project, probabilities_config):
     invalid = with_value(valid_probability_frame(), 0, "pug", 1.5)
-    with pytest.raises(click.ClickException, match="invalid submission"):
+    with pytest.raises(KitError, match="invalid submission"):
         submission.write(
             probabilities_config, invalid, probability_sample(), "log_loss", 0.25, CLASSES, task=SINGLE_LABEL
         )
@@ -284,7 +284,7 @@ def test_read_sample(project, probabilities_config):
     sample = submission.read_sample(probabilities_config)
     assert list(sample.columns) == ["id", "pug", "akita", "beagle"] and sample["id"].tolist() == ["007"]
     (raw / "sample_submission.csv").unlink()
-    with pytest.raises(click.ClickException, match="make download COMP=breeds"):
+    with pytest.raises(KitError, match="make download COMP=breeds"):
         submission.read_sample(probabilities_config)
 
 

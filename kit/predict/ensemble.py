@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-import click
 import numpy as np
 from scipy.optimize import minimize
 from tqdm import tqdm
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from kit import metrics, tasks
 from kit.config import Config
 from kit.data.labels import LabelTable, check_row_order, load_test, record_row_order
+from kit.errors import KitError
 from kit.files import read_json, save_array, write_json
 from kit.predict import calibrate, crossfit, selection, submission, training_choices
 from kit.predict import summary as after_training
@@ -170,7 +170,7 @@ def variant_predictions(
         paths = (folder.kept_oof(weights), folder.kept_test(weights))
         if not all(path.exists() for path in paths):
             kept = folder.kept_oof_names()
-            raise click.ClickException(
+            raise KitError(
                 f"{run_dir.name}@{weights}: no kept predictions {paths[0].name} and {paths[1].name} "
                 f"in {folder.folder} "
                 f"(kept: {', '.join(kept) or 'none'}; run `make predict` first for the test ones)"
@@ -190,12 +190,12 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
     run_dir = find_run(config, run_id)
     run_summary(run_dir, "kit ensemble")  # an unfinished run: how to finish it
     if not Run(run_dir).oof.exists():
-        raise click.ClickException(f"{Run(run_dir).oof}: missing; train the run again (`make train`)")
+        raise KitError(f"{Run(run_dir).oof}: missing; train the run again (`make train`)")
     check_row_order(run_dir, labels.ids, f"train {run_dir.name} again, or restore the labels file")
     if not variant:
         oof = np.load(Run(run_dir).oof)
         if oof.shape[0] != row_count:
-            raise click.ClickException(
+            raise KitError(
                 f"{Run(run_dir).oof}: {oof.shape[0]} rows but the labels have {row_count}; "
                 "the data changed since this run"
             )
@@ -204,9 +204,7 @@ def load_member(config: Config, spec: str, labels: LabelTable) -> Member:
     check_not_ensemble_variant(run_dir, spec)
     weights, _, views = variant.partition(":")
     if views not in ("", "plain"):
-        raise click.ClickException(
-            f"{spec}: write RUN@WEIGHTS or RUN@WEIGHTS:plain (e.g. {run_id}@snapshot-2:plain)"
-        )
+        raise KitError(f"{spec}: write RUN@WEIGHTS or RUN@WEIGHTS:plain (e.g. {run_id}@snapshot-2:plain)")
     oof, test = variant_predictions(run_dir, weights, views == "plain", row_count)
     return Member(f"{run_dir.name}@{variant}", run_dir, oof, lambda: test)
 
@@ -217,7 +215,7 @@ def check_not_ensemble_variant(run_dir: Path, spec: str) -> None:
     summary = Run(run_dir).summary()
     if summary.is_ensemble:
         runs = ", ".join(summary.members)
-        raise click.ClickException(
+        raise KitError(
             f"{spec}: {run_dir.name} is an ensemble, which keeps no weight files or views of its own; blend "
             f"it whole ({run_dir.name}), or a variant of one of its runs ({runs})"
         )
@@ -228,7 +226,7 @@ def check_classes(members: list[Member]) -> tuple[list[str], str]:
     first = Run(members[0].run_dir).summary()
     for member in members:
         if Run(member.run_dir).summary().classes != first.classes:
-            raise click.ClickException(
+            raise KitError(
                 f"{member.name}: its classes differ from {members[0].name}'s; blend runs of one label set"
             )
     return first.classes, first.metric
@@ -239,7 +237,7 @@ def test_predictions(members: list[Member]) -> list[np.ndarray]:
     tests = [member.test() for member in members]
     for member, test in zip(members, tests, strict=True):
         if test.shape != tests[0].shape:
-            raise click.ClickException(
+            raise KitError(
                 f"{member.name}: test probabilities of shape {test.shape}, but {members[0].name}'s are "
                 f"{tests[0].shape}; the test set changed between runs: re-run `make predict` for it"
             )
@@ -281,20 +279,16 @@ def ensemble_runs(config: Config, labels: LabelTable, specs: list[str]) -> Path:
     """`kit ensemble`: blend runs (by id or unique prefix) or kept variants (RUN@WEIGHTS[:plain]) on OOF,
     calibrate (log-loss metrics), write the submission; returns the ensemble's folder."""
     if len(specs) < 2 or len(set(specs)) != len(specs):
-        raise click.ClickException(
-            "an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`"
-        )
+        raise KitError("an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`")
     started = time.time()
     members = [load_member(config, spec, labels) for spec in specs]
     if len({member.name for member in members}) != len(members):
-        raise click.ClickException(
-            "an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`"
-        )
+        raise KitError("an ensemble needs at least two different runs: `kit ensemble COMP RUN RUN ...`")
     classes, metric = check_classes(members)
     oofs = [member.oof for member in members]
     rows = common_rows(oofs)
     if not rows.any():
-        raise click.ClickException(
+        raise KitError(
             "no training image was predicted out of fold by every run; "
             "train the runs on shared folds (e.g. --fold all)"
         )

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from kit import models, tasks
 from kit.config import Config
@@ -70,11 +70,11 @@ def predict_run(config: Config, run_dir: Path, summary: Summary, overrides: Sequ
             saved.predict, overridden.predict, summary.prediction, str(Run(run_dir).config_file)
         )
         return predict_test(overridden, load_labels(config), run_dir, summary, rule)
-    except (click.ClickException, KitError) as error:
+    except KitError as error:
         note = saved_settings_note(config, run_dir, getattr(error, "settings", ()))
         if not note:
             raise
-        raise click.ClickException(f"{error.message}; {note}") from None
+        raise KitError(f"{error.message}; {note}") from None
 
 
 def stopped_rule(config: Config, summary: Summary) -> str:
@@ -109,7 +109,7 @@ def predict_test(
     if problems:
         write_json(Run(run_dir).bad_test_images, problems)
         first = next(iter(problems.items()))
-        raise click.ClickException(
+        raise KitError(
             f"{len(problems)} test images cannot be read (e.g. {first[0]}: {first[1]}); "
             "a submission must cover "
             f"every id: fix or re-download them (list in {Run(run_dir).bad_test_images})"
@@ -194,7 +194,7 @@ def predict_test(
             calibration.temperatures,
             calibration.epsilon,
         )
-        click.echo(fold_average.gain_line(averaged))
+        tqdm.write(fold_average.gain_line(averaged))
     views = chosen["view_names"] if chosen else view_names(config.augment.preset, config.predict.tta)
     write_json(
         Run(run_dir).submission_record_file,

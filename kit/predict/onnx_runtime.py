@@ -18,11 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import torch
 from torch import nn
 
 from kit import models
+from kit.errors import KitError
 from kit.files import atomic_path
 
 SUFFIX = ".onnx"  # beside its weight file: fold-0/last.pt -> fold-0/last.onnx
@@ -115,7 +115,7 @@ def runtime_wheel(destination: Path) -> Path:
     wheels = sorted(destination.glob(f"onnxruntime-{version}-*.whl"))
     if result.returncode != 0 or not wheels:
         said = (result.stderr or result.stdout).strip().splitlines()
-        raise click.ClickException(
+        raise KitError(
             f"`pip download onnxruntime=={version}` failed ({said[-1] if said else 'no wheel'}): the CPU "
             "notebook's ONNX path needs its wheel; fix pip's access, or --set notebook.onnx=off"
         )

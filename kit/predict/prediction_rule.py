@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import click
-
 from kit.config import PredictSection
+from kit.errors import KitError
 
 # Settings the recorded choice was made under: changing one at prediction makes the config's rule predict
 # (the weight files of predict.weights / snapshot_ensemble, with every view of predict.tta).
@@ -49,13 +48,13 @@ def applied_rule(saved: PredictSection, now: PredictSection, chosen: dict | None
     config.json). `saved`: the run's settings as trained; `now`: with `kit predict --set`."""
     for key in TRAINING_ONLY_KEYS:
         if getattr(saved, key) != getattr(now, key) and chosen is not None:
-            raise click.ClickException(
+            raise KitError(
                 f"--set predict.{key}={getattr(now, key)!r}: the weights and views of this run were chosen "
                 f"on OOF after training with predict.{key} = {getattr(saved, key)!r} ({where}); "
                 f"retrain with `--set predict.{key}=...`, or predict with `--set predict.select=false`"
             )
     if now.select and not saved.select:
-        raise click.ClickException(
+        raise KitError(
             "--set predict.select=true: the run was trained with predict.select = false "
             f"({where}), so no choice was made on its OOF; retrain with predict.select = true"
         )

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 
 from kit import paths
 from kit.config import Config
 from kit.data.labels import read_csv
+from kit.errors import KitError
 from kit.files import atomic_path, exclusive, not_writable, utc_stamp
 from kit.metrics import clip_and_renormalise
 from kit.run import Summary
@@ -47,12 +47,12 @@ def build(
         missing = sorted(set(expected) - set(classes))
         sample_path = paths.raw_dir(config.name) / config.data.sample_submission
         if missing:
-            raise click.ClickException(
+            raise KitError(
                 f"{sample_path} has class columns the training labels lack: {', '.join(missing[:5])}"
             )
         lacking = [name for name in classes if name not in expected]
         if lacking:  # their probability would be dropped: rows would no longer sum to one
-            raise click.ClickException(
+            raise KitError(
                 f"{sample_path} has no column for the training class(es) "
                 f"{', '.join(map(repr, lacking[:5]))}; download it again (`make download COMP={config.name}` "
                 f"after moving data/raw/{config.name} away), or check data.label_column"
@@ -60,7 +60,7 @@ def build(
         frame = pd.DataFrame(probabilities, columns=classes)[expected]
     elif config.submission.format == "binary":
         if config.submission.positive_class not in classes:
-            raise click.ClickException(
+            raise KitError(
                 f"{config.path}: submission.positive_class {config.submission.positive_class!r} "
                 "is not a class "
                 f"({', '.join(classes)})"
@@ -157,7 +157,7 @@ def check(
 ) -> None:
     found = problems(config, frame, sample, classes, task)
     if found:
-        raise click.ClickException(
+        raise KitError(
             f"{source}: invalid submission: {found[0]}"
             + (f" (+{len(found) - 1} more)" if len(found) > 1 else "")
         )
@@ -238,7 +238,7 @@ def check_unchanged(path: Path) -> None:
     run's CV beside a score the run did not make."""
     expected = recorded_digest(path)
     if expected is not None and file_digest(path) != expected:
-        raise click.ClickException(
+        raise KitError(
             f"{path}: changed since the kit wrote it (its SHA-256 is not the one in "
             f"{path.parent / CHECKSUMS}), so the run's CV would be recorded for another file; delete it, "
             "and `kit submit` predicts it again (or upload your edited file yourself, outside the ledger)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import click
 import numpy as np
 import torch
 from torch import nn
@@ -20,6 +19,7 @@ from kit import distributed
 from kit.config import Config
 from kit.data.loader import make_loader
 from kit.device import device, gpu_paths
+from kit.errors import KitError
 from kit.train.stage import FoldState, PreparedStage
 
 Step = Callable[
@@ -42,7 +42,7 @@ def fit_batch_size(try_step: Callable[[int], None], batch_size: int, minimum: in
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         batch_size //= 2
-    raise click.ClickException(
+    raise KitError(
         f"a training step of {tried} images runs out of GPU memory: "
         "lower the image size or choose a smaller train.model"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -40,7 +39,7 @@ from kit.train.views import (
 def fold_numbers_of(config: Config, fold: str) -> list[int]:
     """--fold K or --fold all as fold numbers, refusing anything else in one line."""
     if fold != "all" and not (fold.isdigit() and int(fold) < config.train.folds):
-        raise click.ClickException(f"--fold {fold}: choose 0..{config.train.folds - 1} or 'all'")
+        raise KitError(f"--fold {fold}: choose 0..{config.train.folds - 1} or 'all'")
     return list(range(config.train.folds)) if fold == "all" else [int(fold)]
 
 
@@ -55,7 +54,7 @@ def usable_rows(config: Config, labels: LabelTable, run: Run) -> np.ndarray:
             write_json(listed, problems)
         listing = "; ".join(f"{Path(p).name}: {why}" for p, why in list(problems.items())[:5])
         if too_many:
-            raise click.ClickException(
+            raise KitError(
                 f"{len(problems)} training images cannot be read (limit data.max_bad_images = "
                 f"{config.data.max_bad_images}): {listing} ...; fix or re-download them, or raise "
                 f"data.max_bad_images (list in {listed})"

@@ -6,12 +6,13 @@ kept under data/interim, so a frozen-body stage trains only the head on these ro
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from kit.device import batched_inference
 from kit.files import save_array
@@ -53,7 +54,7 @@ def body_features_cached(
             reason = f"{type(error).__name__}: {error}".replace("\n", " ")[:200]
         if not reason:
             return cached
-        click.echo(f"{path}: damaged cache ({reason}); rebuilding it", err=True)
+        tqdm.write(f"{path}: damaged cache ({reason}); rebuilding it", file=sys.stderr)
     features = body_features(model, images, batch_size, image_size)
     save_array(path, features)
     return features

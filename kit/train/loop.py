@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-import click
 import numpy as np
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from kit import distributed, metrics, models
 from kit.config import Config, Stage
 from kit.device import batched_inference, capability, compile_skipped, device
+from kit.errors import KitError
 from kit.tasks import SingleLabel
 from kit.train import batch_size, pseudo_labels, resume, schedule
 from kit.train.stage import FoldState, PreparedStage, prepare_stage, train_step
@@ -76,7 +76,7 @@ def check_loss(config: Config, stage: Stage, state: FoldState, epoch: int, kind:
         return
     best = state.folder.best
     kept = f"last good weights: {best}" if best.exists() else "no good weights were saved"
-    raise click.ClickException(
+    raise KitError(
         f"stage '{stage.name}': {kind} loss is {loss:.4g} (diverged) at epoch {epoch}; "
         "lower the learning rate "
         f"(try `make lr-find COMP={config.name}`); {kept}"

@@ -10,10 +10,11 @@ where DDP inside a fold pays a gradient exchange every step (kept for one big fo
 
 from __future__ import annotations
 
+import sys
 import traceback
 from pathlib import Path
 
-import click
+from tqdm import tqdm
 
 from kit import distributed
 from kit.config import Config
@@ -98,7 +99,7 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path, seed_cou
     process, processes = distributed.rank(), distributed.world_size()
     note = stop_note(config.train.stop_when_worse, config.train.stop_per_fold, processes)
     if note and distributed.is_main():
-        click.echo(note)
+        tqdm.write(note)
     waiting = distributed.patient_group()  # made by every process here, before any fold can fail
     failures: dict[int, tuple[int, str]] = {}
     with distributed.alone():
@@ -116,7 +117,7 @@ def train(config: Config, labels: LabelTable, fold: str, run_dir: Path, seed_cou
                 planned = seed_zero_stop(config, run, number) if seed else None
                 train_fold(config, labels, folds, number, run, rows, planned=planned, seed=seed)
             except Exception as error:  # reported to every process below; this process trains no more
-                click.echo(f"fold {number} (process {process}):\n{traceback.format_exc()}", err=True)
+                tqdm.write(f"fold {number} (process {process}):\n{traceback.format_exc()}", file=sys.stderr)
                 failures[number] = (process, ("" if seed is None else f"seed {seed}: ") + _one_line(error))
                 break
     gathered = distributed.gather_objects(failures, waiting)  # every process waits here for the slowest

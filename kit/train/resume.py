@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import click
 from torch.optim import Optimizer
 from tqdm import tqdm
 
 from kit import distributed, models
+from kit.errors import KitError
 from kit.train.stage import FoldState, PreparedStage
 from kit.train.tricks import Trick
 
@@ -57,9 +57,9 @@ def read(state: FoldState, stages: int) -> dict:
     point = models.load_checkpoint(path, fix)
     missing = sorted(KEYS - set(point))
     if missing:
-        raise click.ClickException(f"{path}: not a resume point (no {', '.join(missing)}); {fix}")
+        raise KitError(f"{path}: not a resume point (no {', '.join(missing)}); {fix}")
     if not (isinstance(point["stage_index"], int) and 0 <= point["stage_index"] < stages):
-        raise click.ClickException(f"{path}: stage {point['stage_index']!r} is not one of the run's; {fix}")
+        raise KitError(f"{path}: stage {point['stage_index']!r} is not one of the run's; {fix}")
     return point
 
 
@@ -73,14 +73,14 @@ def restore(state: FoldState, stages: int, tricks: Sequence[Trick]) -> int:
         return 0
     path, fix = state.folder.resume_point, FIX.format(fold=state.fold)
     if state.resume["meta"] != state.meta:
-        raise click.ClickException(f"{path} was made for another model or class list")
+        raise KitError(f"{path} was made for another model or class list")
     try:
         state.model.load_state_dict(state.resume["model"])
     except RuntimeError:  # tensors of other shapes: not this run's model
-        raise click.ClickException(f"{path}: its weights do not fit the run's model; {fix}") from None
+        raise KitError(f"{path}: its weights do not fit the run's model; {fix}") from None
     for trick in tricks:
         if trick.name not in state.resume["tricks"]:  # a setting changed since the point was written
-            raise click.ClickException(f"{path}: no '{trick.name}' state to resume; {fix}")
+            raise KitError(f"{path}: no '{trick.name}' state to resume; {fix}")
         trick.load_state_dict(state.resume["tricks"][trick.name])
     state.history, state.best_score = state.resume["history"], state.resume["best_score"]
     state.snapshots_taken = state.resume["snapshots_taken"]
