@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,15 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+from measuring import child_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = ".download-complete"  # kit.files.DOWNLOAD_MARKER
-
-
-def child_cpu_seconds() -> float:
-    """CPU seconds (user + system) of every finished child process so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 @click.command()

@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
+from measuring import child_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = ".download-complete"  # kit.files.DOWNLOAD_MARKER (the same at the old commit)
@@ -105,13 +105,6 @@ def score_submission(path: Path, answers: pd.DataFrame, clip: float) -> dict:
         "accuracy": float(np.mean((probability > 0.5) == truth)),
         "rows": len(frame),
     }
-
-
-def child_cpu_seconds() -> float:
-    """CPU seconds (user + system) of every finished child process so far: unlike the wall time, not
-    inflated by other work on a shared machine."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_arm(

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
+from measuring import child_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = ".download-complete"  # kit.files.DOWNLOAD_MARKER
@@ -125,11 +125,6 @@ def key_score(path: Path, answers: pd.DataFrame | None, held: pd.DataFrame | Non
     if held is not None:
         return key_multiclass_log_loss(path, held, clip)
     return None if answers is None else key_log_loss(path, answers, clip)
-
-
-def child_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 @click.command()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pandas as pd
+from measuring import child_cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = ".download-complete"  # kit.files.DOWNLOAD_MARKER
@@ -70,11 +70,6 @@ def key_losses(submission: Path, key: pd.DataFrame, clip: float) -> np.ndarray:
     columns = list(frame.columns)
     truth = np.array([columns.index(label) for label in key["label"]])
     return -np.log(probabilities[np.arange(len(truth)), truth])
-
-
-def child_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 @click.command()
