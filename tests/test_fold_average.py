@@ -114,3 +114,26 @@ def test_kit_train_of_several_folds_says_the_file_averages_them():
     )
     one = cv_line(Summary({**record, "folds_trained": [0]}))
     assert "averages" not in one
+
+
+def test_the_squared_error_gain_is_exact_whatever_the_truth():
+    """Averaging values gains, in squared error, exactly their spread across the models: checked against
+    three made-up truths, which the estimate never sees."""
+    rng = np.random.default_rng(2)
+    parts = rng.normal(size=(4, 40, 1))
+    spread = fold_average.squared_error_gain(parts)
+    for truth in (np.zeros(40), rng.normal(size=40), 10 + rng.normal(size=40)):
+        alone = np.mean([np.mean((truth - part[:, 0]) ** 2) for part in parts])
+        averaged = np.mean((truth - parts.mean(0)[:, 0]) ** 2)
+        assert alone - averaged == pytest.approx(spread, rel=1e-9)
+    assert fold_average.squared_error_gain(np.stack([parts[0]] * 3)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_rmse_gain_is_taken_from_the_cv():
+    parts = {0: np.array([[1.0], [2.0]]), 1: np.array([[3.0], [2.0]])}  # spread: (1 + 0) / 2 = 0.5
+    record = fold_average.estimate("rmse", False, parts, {}, None, cv=1.5)
+    assert record["squared_error_gain"] == pytest.approx(0.5)
+    assert record["gain"] == pytest.approx(1.5 - math.sqrt(1.5**2 - 0.5))
+    line = fold_average.gain_line(record)
+    assert "RMSE" in line and f"{record['gain']:.4f}" in line
+    assert fold_average.estimate("rmse", False, parts, {}, None)["gain"] is None  # no CV: not estimated

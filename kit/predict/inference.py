@@ -193,6 +193,7 @@ def predict_test(
             fold_probabilities,
             calibration.temperatures,
             calibration.epsilon,
+            summary.cv,
         )
         tqdm.write(fold_average.gain_line(averaged))
     views = chosen["view_names"] if chosen else view_names(config.augment.preset, config.predict.tta)
