@@ -18,7 +18,7 @@ from kit.commands import training as training_commands
 from kit.competitions import load_competition
 from kit.data.labels import load_labels
 from kit.report import runs_table
-from kit.run import LAYOUT, Summary
+from kit.run import LAYOUT, Run, Summary
 from kit.run_folder import new_run_dir
 from kit.tasks import SINGLE_LABEL
 
@@ -107,6 +107,21 @@ def test_ctrl_c_before_an_epoch_ended_says_there_is_nothing_to_resume(project, m
     monkeypatch.setattr(training_commands, "train_in_new_run", interrupted)
     result = invoke("train", "digits")
     assert result.exit_code != 0 and "nothing to resume; `kit train digits` starts again" in result.output
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_resume_and_does_nothing(project, monkeypatch):
+    """`make resume RUN=` of a run whose metrics.json is written used to settle it again (the prediction
+    choice and calibration redone, every line printed); now one line says it is finished and what is next."""
+    config = load_competition("digits")
+    run_dir = new_run_dir(config, config.train.model, "cpu")
+    (run_dir / "plan.json").write_text(json.dumps({"fold": "0"}))
+    Run(run_dir).summary_file.write_text(json.dumps({"layout": LAYOUT}))
+    monkeypatch.setattr(training_commands, "_train_and_settle", lambda *args: pytest.fail("settled again"))
+    result = invoke("train", "digits", "--resume", "--run", run_dir.name)
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert f"run {run_dir.name} is finished" in line and "nothing to resume" in line
+    assert f"`kit predict digits {run_dir.name}`" in line
 
 
 # --- baselines and the quick run's lines ------------------------------------------------------------------
@@ -307,6 +322,7 @@ def test_the_tests_copy_the_shipped_competitions_not_the_competitors_forks(proje
     copied = {path.name for path in (tmp_path / "copy" / "competitions").iterdir()}
     assert "kittens" not in copied and {"cats-vs-dogs", "digits", "dog-breeds"} <= copied
 
+
 def test_lr_find_from_a_run_uses_the_settings_that_run_trained_with(project, monkeypatch):
     # The walk's `make lr-find COMP=redux STAGE=2 RUN=...` of a run trained at 96 px cached and tested at
     # the TOML's 224 px: minutes more on a CPU, and not the regime the weights were trained in.
@@ -320,9 +336,11 @@ def test_lr_find_from_a_run_uses_the_settings_that_run_trained_with(project, mon
     monkeypatch.setattr(training_commands, "load_labels", lambda config: None)
     commands.find_learning_rate(load_competition("cats-vs-dogs"), 1, run=run_dir.name)
     assert seen["config"].train.image_size == 96
-    commands.find_learning_rate(load_competition("cats-vs-dogs"), 1, run=run_dir.name,
-                                overrides=("train.lr=0.01",))
+    commands.find_learning_rate(
+        load_competition("cats-vs-dogs"), 1, run=run_dir.name, overrides=("train.lr=0.01",)
+    )
     assert seen["config"].train.image_size == 96 and seen["config"].train.lr == 0.01
+
 
 def test_the_report_states_the_baseline():
     from kit.data.labels import LabelTable

@@ -353,6 +353,12 @@ def _resume(config: Config, run: str | None) -> Path:
             run_dir = unfinished[-1]
         else:
             run_dir = find_run(config, run)
+            if Run(run_dir).summary_file.exists():  # settled: resuming it would only redo its prediction
+                raise KitError(
+                    f"run {run_dir.name} is finished (its {Run(run_dir).summary_file.name} is written): "
+                    f"nothing to resume; `kit predict {config.name} {run_dir.name}` predicts with it, "
+                    f"`kit train {config.name}` starts a new run"
+                )
         click.echo(f"resuming run {run_dir.name}")
         recorded = read_json(Run(run_dir).plan_file)
         if recorded["fold"] == "full":  # a full-data refit: one process, its seeds then the refit step
