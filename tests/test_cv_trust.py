@@ -282,6 +282,10 @@ def test_the_cv_line_names_the_in_sample_figure_and_the_interval():
     }  # fmt: skip
     said = cv_line(Summary(summary)).splitlines()
     assert said[0].startswith("CV log_loss: 0.4012")
+    # 0.3630 is the raw OOF scored on the rows that chose it: never shown beside a cross-fitted CV
+    assert "0.3630" not in said[0] and "uncalibrated" not in said[0]
+    pays = {**summary, "cv": 0.3500, "calibration_pays": True}  # then the cross-fitted raw figure compares
+    assert "(uncalibrated 0.4012; folds [0])" in cv_line(Summary(pays)).splitlines()[0]
     assert "in sample (fitted and scored on the same rows, not a CV) 0.2177" in said[1]
     assert "each half of the one fold" in said[1]
     assert "calibration not applied" in said[2]

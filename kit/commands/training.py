@@ -118,7 +118,12 @@ def cv_line(summary: Summary, baseline: str = "", quick: bool = False) -> str:
     """'CV log_loss: 0.1120 (uncalibrated 0.1447; folds [0]); baseline 0.6931 (...)', and the stages that
     made the loss worse (a quick run is not told to use the quick recipe)."""
     raw = summary.cv_uncalibrated
-    beside = f"uncalibrated {raw:.4f}; " if f"{raw:.4f}" != f"{summary.cv:.4f}" else ""
+    if summary.cross_fitted_by is not None and summary.cv_in_sample is not None:
+        # cv_uncalibrated is scored on the rows that chose the views and weights: beside a cross-fitted CV,
+        # only the cross-fitted figure without calibration compares (and only where calibration applies)
+        raw = summary.cv_uncalibrated_cross_fitted if summary.calibration_pays else None
+    uncalibrated = f"{raw:.4f}" if raw is not None else None
+    beside = f"uncalibrated {uncalibrated}; " if uncalibrated not in (None, f"{summary.cv:.4f}") else ""
     line = f"CV {summary.metric}: {summary.cv:.4f} ({beside}folds {summary.folds_trained})"
     line += f"; {baseline}" if baseline else ""
     line += "".join(f"\n{said}" for said in cv_honesty(summary))
