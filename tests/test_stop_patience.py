@@ -76,6 +76,10 @@ def test_the_stop_line_names_the_patience_and_the_check_points_in_a_row():
     one = stopping.stop_line(0, checkpoint, 0.3512, "log_loss", 4, 540.0, 0.0, 1, 0)
     assert "OOF log_loss 0.4123 not better than the best so far, 0.3512" in one
     assert "train.stop_patience = 0" in one and "in a row" not in one
+    # at the recipe's last check point nothing is skipped: the line says what the stop still changes
+    at_end = stopping.Checkpoint(2, "unfrozen", 7, "stage", 0.4123, "last")
+    last = stopping.stop_line(0, at_end, 0.3512, "log_loss", 0, 0.0, 0.0, 2, 1)
+    assert "the recipe's last check point" in last and "skipping" not in last and "best check point" in last
     diverged = stopping.Checkpoint(2, "unfrozen", 1, "cycle", math.nan, None)
     assert "the loss diverged" in stopping.stop_line(0, diverged, 0.3512, "log_loss", 4, 540.0, 0.0, 1, 1)
 

@@ -192,6 +192,11 @@ def stop_line(
         why = f"the loss diverged (OOF {metric} nan; best so far {best:.4f})"
     else:
         why = not_better(metric, checkpoint.score, best, min_gain, count, patience)
+    if epochs <= 0:  # the recipe's last check point: nothing is skipped, but its weights do not predict
+        return (
+            f"fold {fold}: stopped in stage '{checkpoint.stage}' at {where}, the recipe's last check point: "
+            f"{why}; nothing left to skip: the best check point's weights predict by default"
+        )
     return (
         f"fold {fold}: stopped in stage '{checkpoint.stage}' at {where}: {why}; "
         f"skipping {epochs:g} epochs (about {seconds / 60:.1f} min); train.stop_when_worse = false "
