@@ -171,3 +171,22 @@ def test_full_refit_trains_the_recipe_its_fold_run_was_trained_with(digits, proj
     assert len(history) == 3  # 1 + 2 epochs: the fold run's two stages, not the TOML's one epoch
     recorded = json.loads(Run(full_run).config_file.read_text())
     assert len(recorded["stages"]) == 2 and recorded["train"]["lr"] == 1e-3  # the refit's own --set on top
+
+
+@pytest.mark.slow
+def test_full_refit_stops_where_its_fold_run_stopped(digits, project, capsys):
+    """A fold run whose recipe stopped (train.stop_when_worse, here at a stage whose rate wrecks the weights)
+    chose among the files it trained up to the stop: the refit trains the same, not the stages it skipped."""
+    from test_stopping import HARMFUL
+
+    config = digits(*HARMFUL, "predict.select=false")
+    fold_run = commands.train(config, "0")
+    assert Run(fold_run).fold(0).read_result().recipe["stop"]["stage_index"] == 1
+    capsys.readouterr()
+    full_run = commands.train(config, "full")
+    assert f"{fold_run.name} stopped in stage" in capsys.readouterr().out
+    history = Run(full_run).full(0).read_result().history
+    assert [record["stage_index"] for record in history] == [0, 1]  # not stage 1's other cycles, nor stage 2
+    commands.predict(config, full_run.name)
+    record = json.loads(Run(full_run).submission_record_file.read_text())
+    assert record["weights"] == ["full-seed-0/stage-0.pt"]  # the fold run's choice, trained on every row

@@ -15,7 +15,7 @@ from kit.config import Config
 from kit.config_sources import flatten
 from kit.data.labels import LabelTable
 from kit.errors import KitError
-from kit.run import Calibration, Run, Summary
+from kit.run import Calibration, FoldResult, Run, Summary
 from kit.run_folder import find_run, finished_runs
 
 # What a full-data refit takes over from the fold run's metrics.json as it is.
@@ -111,6 +111,13 @@ def full_prediction(prediction: dict | None) -> dict | None:
     return {**prediction, "weights": names}
 
 
+def full_part_record(result: FoldResult) -> dict:
+    """metrics.json's record of one full-data seed: no score (nothing held out), its epochs and, where
+    the fold run's stop was followed, its recipe. Pure."""
+    record = {"score": None, "history": result.history}
+    return {**record, "recipe": result.recipe} if result.recipe is not None else record
+
+
 def settle_full(
     config: Config, labels: LabelTable, run_dir: Path, source_dir: Path, parts: list[str], seconds: float
 ) -> dict:
@@ -125,7 +132,9 @@ def settle_full(
         "folds_trained": parts,
         "classes": labels.classes,
         "seconds": round(seconds, 1),
-        "folds": {part: {"score": None, "history": run.part(part).read_result().history} for part in parts},
+        # each seed's recipe: where it stopped, following the fold run (kit.train.full_data.fold_run_stop),
+        # so that a weights rule picks the files it picked there (kit.predict.inference.stopped_rule)
+        "folds": {part: full_part_record(run.part(part).read_result()) for part in parts},
         "full": {
             "chosen_on": source_dir.name,
             "seeds": len(parts),
