@@ -131,8 +131,10 @@ def test_with_the_stop_on_a_folds_later_seeds_stop_where_its_seed_zero_did(digit
     run_dir = commands.train(digits(*HARMFUL, "train.folds=10", "predict.tta=0"), "0", seeds=2)
     fold = Run(run_dir).fold(0)
     stops = [fold.seed(seed, record=True).read_result().recipe["stop"] for seed in (0, 1)]
-    assert stops[0] is not None and planned_by_seed == {0: None, 1: {"stop": stops[0]}}
+    leader = "seed 0 of fold 0"
+    assert stops[0] is not None and planned_by_seed == {0: None, 1: {"stop": stops[0], "by": leader}}
     assert (stops[1]["stage_index"], stops[1]["epoch"]) == (stops[0]["stage_index"], stops[0]["epoch"])
+    assert stops[1]["decided_by"] == leader and f"{leader} stopped here" in stops[1]["reason"]
     # the fold's candidates are seed 0's (here stage-0: its diverged stage-1 weights are no candidate), each
     # averaged over both seeds
     names = fold.kept_oof_names()

@@ -187,6 +187,8 @@ def test_full_refit_stops_where_its_fold_run_stopped(digits, project, capsys):
     assert f"{fold_run.name} stopped in stage" in capsys.readouterr().out
     history = Run(full_run).full(0).read_result().history
     assert [record["stage_index"] for record in history] == [0, 1]  # not stage 1's other cycles, nor stage 2
+    stop = Run(full_run).full(0).read_result().recipe["stop"]
+    assert stop["decided_by"] == f"fold run {fold_run.name}" and "fold 0" not in stop["reason"]
     commands.predict(config, full_run.name)
     record = json.loads(Run(full_run).submission_record_file.read_text())
     assert record["weights"] == ["full-seed-0/stage-0.pt"]  # the fold run's choice, trained on every row

@@ -261,7 +261,7 @@ def seed_zero_stop(config: Config, run: Run, number: int) -> dict | None:
         return None
     record = run.fold(number).seed(0, record=True)
     recipe = distributed.broadcast_object(record.read_result().recipe if distributed.is_main() else None)
-    return {"stop": (recipe or {}).get("stop")}
+    return {"stop": (recipe or {}).get("stop"), "by": f"seed 0 of fold {number}"}
 
 
 def planned_stop(config: Config, run: Run, fold_numbers: list[int], number: int) -> dict | None:

@@ -82,7 +82,8 @@ def train(config: Config, labels: LabelTable, seeds: int, run_dir: Path, chosen_
         )
     for seed in range(seeds):
         if not run.full(seed).result_file.exists():
-            train_seed(config, labels, seed, run, rows, {"stop": stop} if stop is not None else None)
+            planned = {"stop": stop, "by": f"fold run {chosen_on}"} if stop is not None else None
+            train_seed(config, labels, seed, run, rows, planned)
     return [run.full(seed).folder.name for seed in range(seeds)]
 
 

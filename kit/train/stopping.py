@@ -298,12 +298,17 @@ class StopWhenWorse(Trick):
         planned = (self.planned or {}).get("stop")
         here = (view.stage_index, epoch)
         follows = planned is not None and (planned["stage_index"], planned["epoch"]) == here
-        if follows:  # fold 0 decided for every fold: it stopped here
+        leader = (self.planned or {}).get("by", "fold 0")  # fold 0, a fold's seed 0, or a refit's fold run
+        if follows:  # the leader decided for this fold (or seed, or refit): it stopped here
             best, count, patience = planned["best"], planned.get("misses", 1), planned.get("patience", 0)
-            reason = (
-                f"fold 0 stopped here (OOF {self.metric} {planned['score']:.4f}, best so far {best:.4f}, "
-                f"{count} check point(s) in a row not better, train.stop_patience = {patience}); "
+            why = (
                 "train.stop_per_fold = false applies its decision to every fold"
+                if leader == "fold 0"
+                else "followed so that the weight files match the ones it trained"
+            )
+            reason = (
+                f"{leader} stopped here (OOF {self.metric} {planned['score']:.4f}, best so far {best:.4f}, "
+                f"{count} check point(s) in a row not better, train.stop_patience = {patience}); {why}"
             )
         elif self.planned is not None and not math.isnan(checkpoint.score):
             return  # fold 0 decides where the other folds stop, unless one diverges
@@ -324,7 +329,7 @@ class StopWhenWorse(Trick):
             **checkpoint.to_dict(),
             "best": best,
             "reason": reason,
-            "decided_by": "fold 0" if follows else f"fold {self.fold}",
+            "decided_by": leader if follows else f"fold {self.fold}",
             "patience": patience,  # train.stop_patience of the fold that decided
             "misses": count,  # check points in a row that did not pay, this one the last
             "epochs_skipped": skipped,
